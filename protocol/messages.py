@@ -1,0 +1,332 @@
+"""The message types, one frozen dataclass each.
+
+Wire format: one ZeroMQ frame holding an orjson object ``{"v": 1, "type": "<type>", ...fields}``.
+Worker sockets are DEALERs talking to the supervisor's worker ROUTER; client sockets are DEALERs
+talking to the control ROUTER. Every client request carries an ``id`` that its replies echo.
+
+Worker -> supervisor: ``hello``, ``result``.  Supervisor -> worker: ``run``, ``stop``.
+Client -> supervisor: ``submit``, ``trigger``, ``pause``, ``resume``, ``status``.
+Supervisor -> client: ``reply`` (``ok`` with a ``kind`` and ``data``, or an ``error``).
+
+The dataclasses carry ``v`` and ``type`` as fields so that ``orjson.dumps`` serializes a message
+directly, without an intermediate dict.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from protocol.errors import ProtocolError
+from protocol.fields import MAX_TEXT, FieldReader
+from protocol.outcomes import Reason, Status
+
+PROTOCOL_VERSION = 1
+MODES = frozenset({"fork", "exec"})
+STATUSES = frozenset(s.value for s in Status)
+REASONS = frozenset(r.value for r in Reason)
+MAX_INPUT_CHARS = 8 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Resource limits of one run; ``None`` leaves the limit unset (inherited)."""
+
+    cpu_s: int | None = None
+    memory_mb: int | None = 1024
+    nofile: int | None = 256
+    nproc: int | None = 128
+    fsize_mb: int | None = 100
+    output_kb: int = 1024
+    stderr_kb: int = 8
+
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "cpu_s", "memory_mb", "nofile", "nproc", "fsize_mb", "output_kb", "stderr_kb",
+    )  # fmt: skip
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Limits":
+        return cls(
+            cpu_s=r.opt_integer("cpu_s", minimum=1),
+            memory_mb=r.opt_integer("memory_mb", minimum=16),
+            nofile=r.opt_integer("nofile", minimum=8),
+            nproc=r.opt_integer("nproc", minimum=1),
+            fsize_mb=r.opt_integer("fsize_mb", minimum=0),
+            output_kb=r.integer("output_kb", minimum=1),
+            stderr_kb=r.integer("stderr_kb", minimum=0),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rusage:
+    """Resources the run's process used, from ``os.wait4``."""
+
+    utime_s: float = 0.0
+    stime_s: float = 0.0
+    maxrss_kb: int = 0
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Rusage":
+        return cls(
+            utime_s=r.number("utime_s", minimum=0),
+            stime_s=r.number("stime_s", minimum=0),
+            maxrss_kb=r.integer("maxrss_kb", minimum=0),
+        )
+
+
+# --- worker <-> supervisor -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    """A worker announces itself once its launcher is up and it can take runs."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="hello", init=False)
+    worker_id: str
+    pid: int
+    launcher_pid: int
+    capacity: int
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Hello":
+        return cls(
+            worker_id=r.string("worker_id", max_len=64),
+            pid=r.integer("pid", minimum=1),
+            launcher_pid=r.integer("launcher_pid", minimum=1),
+            capacity=r.integer("capacity", minimum=1),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    """Run one attempt of an actor's script.
+
+    ``script`` is the file to execute, ``cwd`` the folder that acts as its home: the working
+    directory and the first entry of ``sys.path`` (they differ when the code is materialized from
+    the database). ``input_json`` is the exact text fed to the script's stdin.
+    """
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="run", init=False)
+    run_id: str
+    attempt: int
+    actor: str
+    script: str
+    cwd: str
+    mode: str
+    input_json: str
+    env: dict[str, str]
+    limits: Limits
+    timeout_s: float
+    code_sha256: str
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Run":
+        return cls(
+            run_id=r.string("run_id", max_len=64),
+            attempt=r.integer("attempt", minimum=1),
+            actor=r.string("actor", max_len=200),
+            script=r.string("script"),
+            cwd=r.string("cwd"),
+            mode=r.choice("mode", MODES),
+            input_json=r.string("input_json", max_len=MAX_INPUT_CHARS),
+            env=r.str_map("env"),
+            limits=Limits.read(r.sub("limits")),
+            timeout_s=r.number("timeout_s", minimum=0.001),
+            code_sha256=r.string("code_sha256", max_len=64, empty=True),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """The classified outcome of one attempt, as the worker saw it."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="result", init=False)
+    run_id: str
+    attempt: int
+    worker_id: str
+    status: str
+    reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    output: Any = None
+    stderr_tail: str = ""
+    error: str | None = None  # a human-readable detail of the reason
+    duration_ms: float = 0.0
+    started_at: float = 0.0  # epoch seconds
+    finished_at: float = 0.0
+    child_pid: int | None = None
+    rusage: Rusage = field(default_factory=Rusage)
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Result":
+        reason = r.opt_string("reason")
+        if reason is not None and reason not in REASONS:
+            raise ProtocolError(f"result.reason: unknown value {reason!r}")
+        return cls(
+            run_id=r.string("run_id", max_len=64),
+            attempt=r.integer("attempt", minimum=1),
+            worker_id=r.string("worker_id", max_len=64),
+            status=r.choice("status", STATUSES),
+            reason=reason,
+            exit_code=r.opt_integer("exit_code"),
+            signal=r.opt_integer("signal", minimum=1),
+            output=r.any("output"),
+            stderr_tail=r.string("stderr_tail", max_len=MAX_TEXT, empty=True),
+            error=r.opt_string("error", max_len=MAX_TEXT),
+            duration_ms=r.number("duration_ms", minimum=0),
+            started_at=r.number("started_at", minimum=0),
+            finished_at=r.number("finished_at", minimum=0),
+            child_pid=r.opt_integer("child_pid", minimum=1),
+            rusage=Rusage.read(r.sub("rusage")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stop:
+    """Stop taking runs and exit once idle; with ``kill``, kill the runs in flight first."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="stop", init=False)
+    kill: bool = False
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Stop":
+        return cls(kill=r.boolean("kill", default=False))
+
+
+# --- client <-> supervisor -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Submit:
+    """Queue one run of an actor. With ``wait`` a second reply carries the final result."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="submit", init=False)
+    id: str
+    actor: str
+    input: Any = None
+    wait: bool = False
+    idempotency_key: str | None = None
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Submit":
+        return cls(
+            id=r.string("id", max_len=64),
+            actor=r.string("actor", max_len=200),
+            input=r.any("input"),
+            wait=r.boolean("wait", default=False),
+            idempotency_key=r.opt_string("idempotency_key", max_len=200),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Trigger:
+    """Run an actor now, outside its schedule (with its configured input unless one is given)."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="trigger", init=False)
+    id: str
+    actor: str
+    input: Any = None
+    force: bool = False
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Trigger":
+        return cls(
+            id=r.string("id", max_len=64),
+            actor=r.string("actor", max_len=200),
+            input=r.any("input"),
+            force=r.boolean("force", default=False),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pause:
+    """Pause an actor: no new scheduled runs start until it is resumed."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="pause", init=False)
+    id: str
+    actor: str
+    reason: str | None = None
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Pause":
+        return cls(
+            id=r.string("id", max_len=64),
+            actor=r.string("actor", max_len=200),
+            reason=r.opt_string("reason", max_len=1000),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
+    """Resume a paused actor and reset its consecutive-failure count."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="resume", init=False)
+    id: str
+    actor: str
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Resume":
+        return cls(id=r.string("id", max_len=64), actor=r.string("actor", max_len=200))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest:
+    """Ask for the scoreboard, the schedule and the store's health."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="status", init=False)
+    id: str
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "StatusRequest":
+        return cls(id=r.string("id", max_len=64))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """The answer to a client request: ``ok`` with ``kind``/``data``, or an error ``code``."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="reply", init=False)
+    id: str
+    ok: bool
+    kind: str
+    data: Any = None
+    error: str | None = None  # a stable code: bad_request, unknown_actor, busy, paused, ...
+    message: str | None = None
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Reply":
+        return cls(
+            id=r.string("id", max_len=64, empty=True),
+            ok=r.boolean("ok"),
+            kind=r.string("kind", max_len=64),
+            data=r.any("data"),
+            error=r.opt_string("error", max_len=64),
+            message=r.opt_string("message", max_len=MAX_TEXT),
+        )
+
+
+Message = Hello | Run | Result | Stop | Submit | Trigger | Pause | Resume | StatusRequest | Reply
+
+MESSAGE_TYPES: dict[str, Any] = {
+    "hello": Hello,
+    "run": Run,
+    "result": Result,
+    "stop": Stop,
+    "submit": Submit,
+    "trigger": Trigger,
+    "pause": Pause,
+    "resume": Resume,
+    "status": StatusRequest,
+    "reply": Reply,
+}
+WORKER_TO_SUPERVISOR = frozenset({"hello", "result"})
+SUPERVISOR_TO_WORKER = frozenset({"run", "stop"})
+CLIENT_REQUESTS = frozenset({"submit", "trigger", "pause", "resume", "status"})

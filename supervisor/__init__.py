@@ -1,0 +1,1 @@
+"""The supervisor process: configuration, schedules, dispatch, scoreboard and the store."""

@@ -1,0 +1,112 @@
+"""The durable records: what the supervisor writes to the store and reads back.
+
+Records are frozen: the main loop makes a new version with :func:`dataclasses.replace` for every
+change and hands that version to the batch writer thread, so the two threads never share mutable
+state. All timestamps are epoch seconds (UTC); the stores convert them to their native types.
+"""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RunState(StrEnum):
+    """Lifecycle of one attempt. The last three are final; the first two are "in flight"."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED_RETRYABLE = "failed_retryable"
+    FAILED_PERMANENT = "failed_permanent"
+
+
+FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED_RETRYABLE, RunState.FAILED_PERMANENT})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecord:
+    """One attempt of one run: a row of ``runs``, keyed by ``(run_id, attempt)``.
+
+    ``run_id`` names the run across its attempts (it is also the default correlation id).
+    ``trigger`` says what started it: ``schedule``, ``submit``, ``trigger``, ``retry``.
+    """
+
+    run_id: str
+    attempt: int
+    actor: str
+    correlation_id: str
+    trigger: str
+    status: str = RunState.QUEUED
+    reason: str | None = None
+    input_json: str = "null"
+    queued_at: float
+    scheduled_for: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_ms: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    output_json: str | None = None
+    stderr_tail: str = ""
+    error: str | None = None
+    code_sha256: str = ""
+    worker_id: str | None = None
+    idempotency_key: str | None = None
+    utime_s: float | None = None
+    stime_s: float | None = None
+    maxrss_kb: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.run_id, self.attempt)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One row of the append-only ``execution_events`` table.
+
+    ``event_id`` is unique, so writing the same event twice (a replayed batch) stores it once.
+    ``aggregate_type`` is ``run``, ``actor`` or ``supervisor``; ``aggregate_id`` the run id, the
+    actor name or the supervisor instance id.
+    """
+
+    event_id: str
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    correlation_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskState:
+    """The scheduling state of one actor that must survive a restart (``task_state``)."""
+
+    actor: str
+    last_run_at: float | None = None
+    next_run_at: float | None = None
+    consecutive_failures: int = 0
+    is_paused: bool = False
+    paused_reason: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorRecord:
+    """What the store knows of a configured actor (``actors``), written at start-up and reload."""
+
+    name: str
+    script_path: str
+    code_sha256: str
+    schedule: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    updated_at: float
+
+
+Record = RunRecord | Event | TaskState | ActorRecord

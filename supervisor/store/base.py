@@ -1,0 +1,81 @@
+"""The store interface: one contract, one conformance suite, several backends.
+
+Only the batch writer thread writes (``write_batch``); reads happen at start-up, before the
+supervisor's loop, and from CLI processes. Implementations must be safe to use from one thread
+at a time per method call and must not share connections across ``fork``.
+"""
+
+import abc
+from collections.abc import Sequence
+
+from supervisor.errors import SupervisorError
+from supervisor.records import Event, Record, RunRecord, TaskState
+
+
+class StoreError(SupervisorError):
+    """The store failed in a way that retrying will not fix (bad schema, bad data, bug)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now; the caller keeps the batch and retries later."""
+
+
+class SchemaTooNew(StoreError):
+    """The database has migrations this version of actor-supervisor does not know."""
+
+
+class Store(abc.ABC):
+    """Durable home of runs, events, task state and actors."""
+
+    #: a safe description for logs and ``status``: the URL with any password removed
+    description: str
+
+    @abc.abstractmethod
+    def migrate(self) -> list[str]:
+        """Apply the numbered migrations not yet applied, in order; return the names applied.
+
+        Safe to call twice. :raises SchemaTooNew: the database is ahead of this code.
+        """
+
+    @abc.abstractmethod
+    def write_batch(self, records: Sequence[Record]) -> None:
+        """Write ``records`` in one transaction: all or nothing.
+
+        Runs, task states and actors are upserted by key (the last version in the batch wins);
+        events are inserted, and an ``event_id`` already present is skipped, so replaying a batch
+        changes nothing. :raises StoreUnavailable: the store is unreachable; nothing was written.
+        """
+
+    @abc.abstractmethod
+    def list_runs(
+        self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        """Attempts, newest first (by queue time, then attempt), optionally of one actor or run."""
+
+    @abc.abstractmethod
+    def list_events(
+        self,
+        *,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+        correlation_id: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
+        """Events oldest first, filtered by every argument given."""
+
+    @abc.abstractmethod
+    def load_task_states(self) -> dict[str, TaskState]:
+        """Every actor's persisted scheduling state, by actor name."""
+
+    @abc.abstractmethod
+    def unfinished_runs(self) -> list[RunRecord]:
+        """Attempts still ``queued`` or ``running``: after a crash, the runs to recover."""
+
+    @abc.abstractmethod
+    def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
+        """``(actor, idempotency_key) -> run_id`` for runs queued at or after ``since``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""

@@ -1,0 +1,1 @@
+"""Worker processes and the sandbox each run executes in."""
