@@ -1,0 +1,203 @@
+"""The Python client of a running supervisor; the CLI is built on it.
+
+One ``Client`` holds one DEALER socket and is meant for one thread at a time; many clients may
+talk to the same supervisor concurrently. Every call has a deadline and raises
+:class:`ClientTimeout` when it passes; an error reply raises :class:`ClientError` with the
+supervisor's stable error code (``busy``, ``unknown_actor``, ``bad_request``, ...).
+"""
+
+import os
+import time
+from dataclasses import dataclass, fields
+from types import TracebackType
+from typing import Any
+
+import orjson
+import zmq
+
+from protocol.codec import decode
+from protocol.errors import ProtocolError
+from protocol.messages import Pause, Reply, Resume, StatusRequest, Submit, Trigger
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5570"
+
+
+class ClientError(Exception):
+    """The supervisor answered with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ClientTimeout(ClientError):
+    """No (complete) answer within the deadline. ``run_id`` is set when the run was accepted."""
+
+    def __init__(self, message: str, run_id: str | None = None) -> None:
+        super().__init__("timeout", message)
+        self.run_id = run_id
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A submission the supervisor recorded durably; it will end in a recorded outcome."""
+
+    run_id: str
+    actor: str
+    deduplicated: bool = False  # an earlier run with the same idempotency key was returned
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOutcome:
+    """The final outcome of a run (after its retries): the last attempt's fields."""
+
+    run_id: str
+    actor: str
+    status: str
+    reason: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    output: Any = None
+    stderr_tail: str = ""
+    duration_ms: float | None = None
+    code_sha256: str = ""
+    attempt: int = 1
+    attempts: int = 1
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunOutcome":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Client:
+    """Talks to the control endpoint of one supervisor."""
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        timeout_s: float = 10.0,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- calls -------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        actor: str,
+        input: Any = None,
+        *,
+        wait: bool = False,
+        timeout_s: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Accepted | RunOutcome:
+        """Queue a run. Without ``wait``: the :class:`Accepted` receipt. With ``wait``: the
+        :class:`RunOutcome` once the run has its final outcome (after any retries)."""
+        rid = _new_id()
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        self._send(
+            Submit(id=rid, actor=actor, input=input, wait=wait, idempotency_key=idempotency_key)
+        )
+        reply = self._receive(rid, deadline, "accepted")
+        accepted = Accepted(
+            run_id=reply.data["run_id"],
+            actor=reply.data["actor"],
+            deduplicated=bool(reply.data.get("deduplicated")),
+        )
+        if not wait:
+            return accepted
+        try:
+            result = self._receive(rid, deadline, "result")
+        except ClientTimeout as exc:
+            raise ClientTimeout(
+                f"run {accepted.run_id} accepted but not finished within the deadline",
+                run_id=accepted.run_id,
+            ) from exc
+        return RunOutcome.from_dict(result.data)
+
+    def trigger(self, actor: str, input: Any = None, *, force: bool = False) -> Accepted:
+        """Run an actor now, outside its schedule (a paused one only with ``force``)."""
+        rid = _new_id()
+        self._send(Trigger(id=rid, actor=actor, input=input, force=force))
+        data = self._receive(rid, time.monotonic() + self.timeout_s, "accepted").data
+        return Accepted(run_id=data["run_id"], actor=data["actor"])
+
+    def pause(self, actor: str, reason: str | None = None) -> dict[str, Any]:
+        rid = _new_id()
+        self._send(Pause(id=rid, actor=actor, reason=reason))
+        data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data
+        return data
+
+    def resume(self, actor: str) -> dict[str, Any]:
+        rid = _new_id()
+        self._send(Resume(id=rid, actor=actor))
+        data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data
+        return data
+
+    def status(self) -> dict[str, Any]:
+        """Workers (scoreboard slots), actors (next due, paused), queue and store health."""
+        rid = _new_id()
+        self._send(StatusRequest(id=rid))
+        data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "status").data
+        return data
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _send(self, message: Submit | Trigger | Pause | Resume | StatusRequest) -> None:
+        self._sock.send(orjson.dumps(message))
+
+    def _receive(self, rid: str, deadline: float, kind: str) -> Reply:
+        """Wait for the reply of ``kind`` to request ``rid``; replies to other ids are stale."""
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._sock.poll(max(1, int(left * 1000))):
+                break
+            body = self._sock.recv()
+            try:
+                reply = decode(body, ("reply",))
+            except ProtocolError as exc:
+                raise ClientError("bad_reply", f"unreadable reply from supervisor: {exc}") from exc
+            assert isinstance(reply, Reply)
+            if reply.id != rid:
+                continue
+            if not reply.ok:
+                raise ClientError(reply.error or "error", reply.message or "request failed")
+            if reply.kind == kind:
+                return reply
+        raise ClientTimeout(f"no {kind} reply from {self.endpoint} within the deadline")
+
+
+def _new_id() -> str:
+    return os.urandom(12).hex()

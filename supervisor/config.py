@@ -1,0 +1,376 @@
+"""The configuration file: TOML read once into a validated, frozen :class:`Config`.
+
+Precedence for ``[supervisor]`` settings: flag, then ``ACTOR_SUPERVISOR_<NAME>``, then the
+file, then the default (see :mod:`supervisor.settings`). Every ``[[actors]]`` entry is checked
+key by key; the first problem raises a :class:`ConfigError` naming the file, the key path and
+what was expected, so the supervisor refuses to start rather than guess.
+"""
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from protocol.messages import Limits
+from supervisor.errors import ConfigError
+from supervisor.schedule import (
+    CATCH_UP_POLICIES,
+    Schedule,
+    ScheduleError,
+    load_zone,
+    parse_schedule,
+)
+from supervisor.settings import (
+    ENV_NAME,
+    MODES,
+    SETTINGS,
+    Boolean,
+    Choice,
+    Integer,
+    Invalid,
+    Kind,
+    LimitsKind,
+    Number,
+    Setting,
+    SupervisorSettings,
+    checked,
+    config_error,
+    declare,
+    describe,
+    resolve_settings,
+    unknown_key,
+)
+
+__all__ = [
+    "SETTINGS",
+    "ActorConfig",
+    "Config",
+    "ConfigError",
+    "SupervisorSettings",
+    "dump_effective",
+    "load_config",
+]
+
+ACTOR_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+OVERLAP_POLICIES = ("skip", "queue", "allow")
+_PASSWORD = re.compile(r"^([a-z]+://[^:/@]*:)[^@]*@")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorConfig:
+    """One ``[[actors]]`` entry, resolved: absolute script, merged limits, effective mode."""
+
+    name: str
+    script: Path
+    schedule: Schedule | None  # None: on demand only
+    timezone: str = "UTC"
+    mode: str
+    timeout_s: float = 60.0
+    input: Any = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    limits: Limits
+    max_retries: int = 3
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: float = 300.0
+    retry_jitter: bool = True
+    max_consecutive_failures: int
+    breaker_cooldown_s: float | None = None  # None: no automatic half-open probe
+    catch_up: str = "once"
+    catch_up_max: int = 100
+    overlap: str = "skip"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Everything the supervisor was configured with, validated once."""
+
+    path: Path | None
+    base_dir: Path
+    supervisor: SupervisorSettings
+    actors: dict[str, ActorConfig]
+    sources: dict[str, str] = field(
+        default_factory=dict
+    )  # setting -> default|file|environment|flag
+
+
+class _Json(Kind):
+    """Any TOML value as JSON-compatible data: date-times become ISO 8601 strings."""
+
+    @property
+    def expected(self) -> str:
+        return "a JSON-compatible value"
+
+    def check(self, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): self._under(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._under(i, v) for i, v in enumerate(value)]
+        if isinstance(value, datetime | date | time):
+            return value.isoformat()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Invalid(f"{value} is not valid in JSON")
+        return value
+
+    def _under(self, key: str | int, value: Any) -> Any:
+        try:
+            return self.check(value)
+        except Invalid as exc:
+            raise exc.under(key) from None
+
+
+class _Text(Kind):
+    """A string matched against a pattern (names)."""
+
+    def __init__(self, pattern: re.Pattern[str], expected: str) -> None:
+        self._pattern, self._expected = pattern, expected
+
+    @property
+    def expected(self) -> str:
+        return self._expected
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str) or not self._pattern.match(value):
+            raise self._wrong(value)
+        return value
+
+
+class _EnvMap(Kind):
+    @property
+    def expected(self) -> str:
+        return "a table of environment variables (strings)"
+
+    def check(self, value: Any) -> dict[str, str]:
+        if not isinstance(value, Mapping):
+            raise self._wrong(value)
+        for name, text in value.items():
+            if not ENV_NAME.match(name):
+                raise Invalid("not an environment variable name", name)
+            if not isinstance(text, str) or "\0" in text:
+                raise Invalid(f"expected a string, got {describe(text)}", name)
+        return dict(value)
+
+
+class _Zone(Kind):
+    @property
+    def expected(self) -> str:
+        return "an IANA time zone name"
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self._wrong(value)
+        try:
+            load_zone(value)
+        except ScheduleError as exc:
+            raise Invalid(exc.message) from None
+        return value
+
+
+class _Script(Kind):
+    """A script file, relative to the configuration's folder; resolved to an absolute path."""
+
+    @property
+    def expected(self) -> str:
+        return "a path to a script"
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self._wrong(value)
+        return value
+
+    def resolve(self, value: Any, base_dir: Path) -> Path:
+        path = Path(os.path.normpath(base_dir / Path(value).expanduser()))
+        if not path.exists():
+            raise Invalid(f"no such file: {str(path)!r}")
+        if not path.is_file():
+            raise Invalid(f"not a regular file: {str(path)!r}")
+        return path
+
+
+class _ScheduleTable(Kind):
+    """Checked as a table here; :func:`parse_schedule` needs the actor's zone for the rest."""
+
+    @property
+    def expected(self) -> str:
+        return "a table such as { type = 'interval', seconds = 60 }"
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise self._wrong(value)
+        return value
+
+
+ACTOR_KEYS: tuple[Setting, ...] = declare(
+    ActorConfig,
+    [
+        Setting("name", _Text(ACTOR_NAME, "a name of 1-200 characters [A-Za-z0-9_.-]"), ""),
+        Setting("script", _Script(), "relative to the config file"),
+        Setting("schedule", _ScheduleTable(), "absent: on demand only"),
+        Setting("timezone", _Zone(), "of the schedule"),
+        Setting("mode", Choice(MODES), "sandbox mode; default: [supervisor].mode"),
+        Setting("timeout_s", Number(positive=True), "wall-clock limit of one run"),
+        Setting("input", _Json(), "the JSON document a scheduled run gets on stdin"),
+        Setting("env", _EnvMap(), "added to the allow-listed environment"),
+        Setting("limits", LimitsKind(), "merged over [supervisor].limits key by key"),
+        Setting("max_retries", Integer(0), "retries of a retryable failure"),
+        Setting("retry_backoff_s", Number(minimum=0), "first retry delay, doubled each time"),
+        Setting("retry_backoff_max_s", Number(minimum=0), "cap of the retry delay"),
+        Setting("retry_jitter", Boolean(), "full jitter on the retry delay"),
+        Setting("max_consecutive_failures", Integer(0), "circuit breaker (0: never pause)"),
+        Setting("breaker_cooldown_s", Number(positive=True), "half-open probe after a pause"),
+        Setting("catch_up", Choice(CATCH_UP_POLICIES), "missed fires after downtime"),
+        Setting("catch_up_max", Integer(1), "at most this many missed fires with 'all'"),
+        Setting("overlap", Choice(OVERLAP_POLICIES), "a fire while the previous run is busy"),
+    ],
+)
+_ACTOR_KEYS = {s.name: s for s in ACTOR_KEYS}
+_REQUIRED = ("name", "script")
+
+
+def load_config(
+    path: Path | None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read, merge and validate the configuration; raise :class:`ConfigError` on any problem.
+
+    ``path`` None means no file: defaults, environment and flags only, with the current
+    directory as ``base_dir``. ``overrides`` are typed flag values (None: flag not given).
+    ``environ`` defaults to ``os.environ``, read at call time.
+    """
+    document: dict[str, Any] = {}
+    where = ""
+    if path is not None:
+        where = f"{path}: "
+        document = _read(path)
+        base_dir = path.absolute().parent
+    else:
+        base_dir = Path.cwd()
+    for key in document:
+        if key not in ("supervisor", "actors"):
+            error = unknown_key(key, ("supervisor", "actors"), "top-level key")
+            raise ConfigError(f"{where}{key}: {error.message}")
+    table = document.get("supervisor", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(
+            f"{where}supervisor: expected a table ([supervisor]), got {describe(table)}"
+        )
+    settings, sources = resolve_settings(
+        table,
+        where=where,
+        environ=os.environ if environ is None else environ,
+        overrides=overrides or {},
+        base_dir=base_dir,
+    )
+    entries = document.get("actors", [])
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise ConfigError(
+            f"{where}actors: expected an array of tables ([[actors]]), got {describe(entries)}"
+        )
+    actors: dict[str, ActorConfig] = {}
+    first_seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        actor = _actor(entry, f"{where}actors[{index}]", settings, base_dir)
+        if actor.name in first_seen:
+            raise ConfigError(
+                f"{where}actors[{index}] ({actor.name}).name: duplicate actor name "
+                f"{actor.name!r} (first defined at actors[{first_seen[actor.name]}])"
+            )
+        first_seen[actor.name] = index
+        actors[actor.name] = actor
+    return Config(path=path, base_dir=base_dir, supervisor=settings, actors=actors, sources=sources)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc.reason})") from None
+
+
+def _actor(
+    entry: Mapping[str, Any], label: str, sup: SupervisorSettings, base_dir: Path
+) -> ActorConfig:
+    """One ``[[actors]]`` table -> :class:`ActorConfig`; ``label`` is ``file: actors[i]``."""
+    name = entry.get("name")
+    if isinstance(name, str) and ACTOR_NAME.match(name):
+        label = f"{label} ({name})"
+    for key in entry:
+        if key not in _ACTOR_KEYS:
+            raise config_error(label, unknown_key(key, _ACTOR_KEYS))
+    for key in _REQUIRED:
+        if key not in entry:
+            raise ConfigError(
+                f"{label}.{key}: missing; every actor needs {' and '.join(_REQUIRED)}"
+            )
+    values: dict[str, Any] = {}
+    for key, raw in entry.items():
+        values[key] = checked(_ACTOR_KEYS[key].kind.check, raw, f"{label}.{key}")
+    values["script"] = checked(_Script().resolve, values["script"], f"{label}.script", base_dir)
+    timezone = values.setdefault("timezone", _ACTOR_KEYS["timezone"].default)
+    values["schedule"] = _schedule(values.get("schedule"), f"{label}.schedule", timezone)
+    values["limits"] = LimitsKind().combine(sup.limits, [values.get("limits", {})])
+    values.setdefault("mode", sup.mode)
+    values.setdefault("max_consecutive_failures", sup.max_consecutive_failures)
+    base = values.get("retry_backoff_s", _ACTOR_KEYS["retry_backoff_s"].default)
+    cap = values.get("retry_backoff_max_s", _ACTOR_KEYS["retry_backoff_max_s"].default)
+    if cap < base:
+        raise ConfigError(
+            f"{label}.retry_backoff_max_s: must be >= retry_backoff_s ({base}), got {cap}"
+        )
+    return ActorConfig(**values)
+
+
+def _schedule(value: Mapping[str, Any] | None, label: str, timezone: str) -> Schedule | None:
+    if value is None:
+        return None
+    try:
+        return parse_schedule(value, timezone)
+    except ScheduleError as exc:
+        inner = f".{exc.key}" if exc.key else ""
+        raise ConfigError(f"{label}{inner}: {exc.message}") from None
+
+
+def dump_effective(config: Config) -> dict[str, Any]:
+    """The effective configuration as JSON-friendly data (for ``status``), with its sources.
+
+    A password in the database URL is masked.
+    """
+    settings: dict[str, Any] = {}
+    for setting in SETTINGS:
+        settings[setting.name] = setting.kind.to_json(getattr(config.supervisor, setting.name))
+    settings["database"] = _mask_password(config.supervisor.database)
+    actors: dict[str, Any] = {}
+    for name, actor in config.actors.items():
+        shown: dict[str, Any] = {}
+        for key in _ACTOR_KEYS:
+            value = getattr(actor, key)
+            if key == "script":
+                value = str(value)
+            elif key == "schedule":
+                value = value.describe() if value is not None else None
+            elif key == "limits":
+                value = LimitsKind().to_json(value)
+            shown[key] = value
+        actors[name] = shown
+    return {
+        "path": str(config.path) if config.path is not None else None,
+        "base_dir": str(config.base_dir),
+        "supervisor": settings,
+        "sources": dict(config.sources),
+        "actors": actors,
+    }
+
+
+def _mask_password(url: str) -> str:
+    return _PASSWORD.sub(r"\1***@", url)

@@ -1,0 +1,1032 @@
+"""The supervisor process: one thread that owns the schedule, the runs and the sockets.
+
+The loop never blocks on the database or on a script. It polls, with a timeout equal to the
+time until the top of the schedule heap, the worker ROUTER, the control ROUTER, the batch
+writer's commit pipe, the signal wake-up pipe and every worker's process sentinel; then it runs
+named steps: fire what is due, dispatch to idle workers, look after the pool.
+
+A run is durable from the moment it is accepted: the client hears "accepted", and a worker
+gets the run, only once its ``queued`` row is committed. The final outcome is likewise
+committed before a waiting client hears it.
+"""
+
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zmq
+
+from protocol import ProtocolError, decode
+from protocol.codec import request_id_of
+from protocol.messages import (
+    CLIENT_REQUESTS,
+    WORKER_TO_SUPERVISOR,
+    Hello,
+    Pause,
+    Reply,
+    Result,
+    Resume,
+    Run,
+    StatusRequest,
+    Stop,
+    Submit,
+    Trigger,
+)
+from protocol.outcomes import Reason, Status
+from supervisor import events
+from supervisor.actors import ActorRuntime, build_actors
+from supervisor.config import Config
+from supervisor.errors import StartupError
+from supervisor.pool import WorkerPool
+from supervisor.records import RunRecord, RunState
+from supervisor.runs import ActiveRun, RecentOutcomes, Waiter, apply_result, outcome_of
+from supervisor.schedule import ScheduleHeap, missed_fires, retry_delay
+from supervisor.scoreboard import Scoreboard
+from supervisor.status import build_status
+from supervisor.store import open_store
+from supervisor.writer import BatchWriter
+from workers.access import resolve_user, unreadable_scripts
+from workers.launcher import SandboxConfig
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5  # maintenance cadence: heartbeats, respawns, overdue runs, shutdown progress
+OVERDUE_SLACK_S = 30.0  # beyond timeout + kill grace, a run's worker is presumed hung
+IDEMPOTENCY_WINDOW_S = 24 * 3600.0
+RECV_BATCH = 256  # messages taken from one socket per loop turn, so no socket starves another
+
+
+class Phase(Enum):
+    RUNNING = "running"
+    DRAINING = "draining"  # no new runs; in-flight ones may finish within the grace period
+    KILLING = "killing"  # grace over: workers were told to kill their runs
+    DONE = "done"
+
+
+class Supervisor:
+    """Build with a validated :class:`Config`, then call :meth:`run` (blocks until stopped)."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.settings = config.supervisor
+        self._clock = clock
+        self.instance_id = events.new_id()[:12]
+        self.started_at = clock()
+        self.phase = Phase.RUNNING
+        self.counters: dict[str, int] = {
+            "runs_accepted": 0,
+            "runs_finished": 0,
+            "runs_succeeded": 0,
+            "runs_failed": 0,
+            "retries_scheduled": 0,
+            "busy_rejections": 0,
+            "bad_requests": 0,
+            "bad_worker_messages": 0,
+            "stale_results": 0,
+            "worker_deaths": 0,
+        }
+        self.runs: dict[str, ActiveRun] = {}
+        self.ready: deque[str] = deque()
+        self.heap: ScheduleHeap[tuple[str, str]] = ScheduleHeap()
+        self.outcomes = RecentOutcomes()
+        self._barrier: deque[tuple[int, Callable[[], None]]] = deque()
+        self._awaiting_durable = 0  # accepted runs whose queued row is not committed yet
+        self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
+        self._shutdown_deadline = float("inf")
+        self._next_tick = 0.0
+        self._sentinels: set[int] = set()
+        self._runtime_dir = Path(tempfile.mkdtemp(prefix="actor-supervisor-"))
+
+    # --- start-up (before the loop; the sandbox check forks, so it runs before any thread) ----
+
+    def _prepare(self) -> None:
+        s = self.settings
+        run_as = None
+        if os.geteuid() == 0:
+            run_as = resolve_user(s.run_as)
+            problems = unreadable_scripts([a.script for a in self.config.actors.values()], *run_as)
+            if problems:
+                raise StartupError(
+                    f"scripts run as user {s.run_as!r}, which cannot read them:\n  "
+                    + "\n  ".join(problems)
+                )
+        self.sandbox = SandboxConfig(
+            worker_id="", env_allow=s.env_allow, run_as=run_as, kill_grace_s=s.kill_grace_s
+        )
+        self.store = open_store(
+            s.database, base_dir=self.config.base_dir, sqlite_synchronous=s.sqlite_synchronous
+        )
+        applied = self.store.migrate()
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        states = self.store.load_task_states()
+        unfinished = self.store.unfinished_runs()
+        since = self._clock() - IDEMPOTENCY_WINDOW_S
+        for key, run_id in self.store.idempotency_keys(since).items():
+            self._idempotency[key] = (run_id, self._clock())
+        self.actors: dict[str, ActorRuntime] = build_actors(self.config.actors, states)
+        self.writer = BatchWriter(
+            self.store, batch_size=s.batch_size, max_age_s=s.batch_max_age_ms / 1000
+        )
+        self._unfinished = unfinished
+
+    def _open_sockets(self) -> None:
+        self._ctx = zmq.Context()
+        self._control = self._ctx.socket(zmq.ROUTER)
+        self._control.setsockopt(zmq.LINGER, 1000)
+        self._control.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
+        self._control.setsockopt(zmq.SNDHWM, 100_000)
+        self._control.setsockopt(zmq.RCVHWM, 100_000)
+        try:
+            self._control.bind(self.settings.control)
+        except zmq.ZMQError as exc:
+            raise StartupError(
+                f"cannot bind the control endpoint {self.settings.control}: {exc} "
+                "(is another supervisor running? choose another with --control)"
+            ) from exc
+        self._workers = self._ctx.socket(zmq.ROUTER)
+        self._workers.setsockopt(zmq.LINGER, 0)
+        self._workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._workers.setsockopt(zmq.SNDHWM, 0)
+        self._workers.setsockopt(zmq.RCVHWM, 0)
+        self._worker_endpoint = f"ipc://{self._runtime_dir}/workers.sock"
+        self._workers.bind(self._worker_endpoint)
+        self._signal_r, self._signal_w = socket.socketpair()
+        self._signal_r.setblocking(False)
+        self._signal_w.setblocking(False)
+        self._poller = zmq.Poller()
+        self._poller.register(self._control, zmq.POLLIN)
+        self._poller.register(self._workers, zmq.POLLIN)
+        self._poller.register(self.writer.wakeup_fd(), zmq.POLLIN)
+        self._poller.register(self._signal_r.fileno(), zmq.POLLIN)
+
+    def _install_signals(self) -> None:
+        """Handlers do nothing; the C-level handler writes the signal number to our pipe."""
+        signal.set_wakeup_fd(self._signal_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, _ignore_signal)
+
+    def _start_workers(self) -> None:
+        self.scoreboard = Scoreboard.create(self.settings.workers)
+        self.pool = WorkerPool(
+            size=self.settings.workers,
+            capacity=self.settings.concurrency,
+            endpoint=self._worker_endpoint,
+            scoreboard=self.scoreboard,
+            sandbox=self.sandbox,
+            heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
+            log_level=self.settings.log_level,
+            log_format=self.settings.log_format,
+        )
+        self.pool.start()
+        self._sync_sentinels()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until a stop signal has been handled; return the process exit code."""
+        self._prepare()
+        self.writer.start()
+        try:
+            self._open_sockets()
+            self._install_signals()
+            self._start_workers()
+            self._restore()
+            log.info(
+                "supervisor started",
+                extra={
+                    "control": self.settings.control,
+                    "workers": self.settings.workers,
+                    "concurrency": self.settings.concurrency,
+                    "actors": len(self.actors),
+                    "store": self.store.description,
+                },
+            )
+            self._loop()
+        finally:
+            self._teardown()
+        return 0
+
+    def _loop(self) -> None:
+        while self.phase is not Phase.DONE:
+            now = self._clock()
+            for item, _ in self._poller.poll(self._poll_timeout_ms(now)):
+                if item is self._workers:
+                    self._on_worker_messages()
+                elif item is self._control:
+                    self._on_control_messages()
+                elif item == self._signal_r.fileno():
+                    self._on_signals()
+                elif item == self.writer.wakeup_fd():
+                    self._on_commits()
+                elif isinstance(item, int):
+                    self._on_worker_exit(item)
+            now = self._clock()
+            if self.phase is Phase.RUNNING:
+                self._fire_due(now)
+                self._dispatch()
+            if time.monotonic() >= self._next_tick:
+                self._next_tick = time.monotonic() + TICK_S
+                self._maintain()
+
+    def _poll_timeout_ms(self, now: float) -> int:
+        cap_ms = max(1, int((self._next_tick - time.monotonic()) * 1000))
+        if self.phase is not Phase.RUNNING:
+            return cap_ms
+        return self.heap.timeout_ms(now, cap_ms)
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def _on_signals(self) -> None:
+        try:
+            data = self._signal_r.recv(256)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._begin_shutdown(signal.Signals(signum).name)
+            elif signum == signal.SIGHUP:
+                log.warning(
+                    "SIGHUP: this version cannot reload its configuration while running; "
+                    "restart it to apply changes"
+                )
+
+    def _on_commits(self) -> None:
+        self.writer.drain_wakeups()
+        committed = self.writer.committed
+        while self._barrier and self._barrier[0][0] <= committed:
+            _, callback = self._barrier.popleft()
+            callback()
+
+    def _after_commit(self, seq: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every record up to ``seq`` is durable."""
+        if seq <= self.writer.committed:
+            callback()
+        else:
+            self._barrier.append((seq, callback))
+
+    def _on_worker_messages(self) -> None:
+        for _ in range(RECV_BATCH):
+            try:
+                frames = self._workers.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handle = self.pool.by_identity(frames[0]) if len(frames) == 2 else None
+            if handle is None:
+                self.counters["bad_worker_messages"] += 1
+                continue
+            try:
+                message = decode(frames[1], WORKER_TO_SUPERVISOR)
+            except ProtocolError as exc:
+                self.counters["bad_worker_messages"] += 1
+                log.warning("malformed message from worker %s: %s", handle.worker_id, exc)
+                continue
+            if isinstance(message, Result):
+                self._on_result(handle.worker_id, message)
+            elif isinstance(message, Hello):
+                self.pool.on_hello(frames[0])
+                log.info("worker %s ready", handle.worker_id, extra={"pid": message.pid})
+
+    def _on_control_messages(self) -> None:
+        for _ in range(RECV_BATCH):
+            try:
+                frames = self._control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            envelope = len(frames) == 3 and frames[1] == b""  # a REQ socket's delimiter
+            if len(frames) != 2 and not envelope:
+                self.counters["bad_requests"] += 1
+                if frames:
+                    self._reply_error(
+                        Waiter(frames[0], "", False),
+                        "bad_request",
+                        f"expected 1 body frame, got {len(frames) - 1}",
+                    )
+                continue
+            identity, body = frames[0], frames[-1]
+            try:
+                message = decode(body, CLIENT_REQUESTS)
+            except ProtocolError as exc:
+                self.counters["bad_requests"] += 1
+                waiter = Waiter(identity, request_id_of(body), False, envelope)
+                self._reply_error(waiter, "bad_request", str(exc))
+                continue
+            waiter = Waiter(identity, message.id, False, envelope)  # type: ignore[union-attr]
+            try:
+                self._handle_request(waiter, message)
+            except Exception:  # a bug must cost one request, never the supervisor
+                log.exception("internal error handling a %s request", message.type)
+                self._reply_error(waiter, "internal_error", "the supervisor failed this request")
+
+    def _handle_request(self, waiter: Waiter, message: object) -> None:
+        if isinstance(message, Submit):
+            self._on_submit(replace(waiter, wants_result=message.wait), message)
+        elif isinstance(message, Trigger):
+            self._on_trigger(waiter, message)
+        elif isinstance(message, StatusRequest):
+            self._reply(waiter, "status", build_status(self))
+        elif isinstance(message, Pause):
+            self._on_pause(waiter, message)
+        elif isinstance(message, Resume):
+            self._on_resume(waiter, message)
+
+    # --- replies -----------------------------------------------------------------------------
+
+    def _send_reply(self, waiter: Waiter, reply: Reply) -> None:
+        frames = (
+            [waiter.identity, b"", orjson.dumps(reply)]
+            if waiter.envelope
+            else [waiter.identity, orjson.dumps(reply)]
+        )
+        try:
+            self._control.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the client is gone or flooding us: its loss only
+            log.debug("reply to a client dropped: %s", exc)
+
+    def _reply(self, waiter: Waiter, kind: str, data: Any) -> None:
+        self._send_reply(waiter, Reply(id=waiter.request_id, ok=True, kind=kind, data=data))
+
+    def _reply_error(self, waiter: Waiter, code: str, message: str) -> None:
+        self._send_reply(
+            waiter, Reply(id=waiter.request_id, ok=False, kind="error", error=code, message=message)
+        )
+
+    # --- client requests ---------------------------------------------------------------------
+
+    def _actor_or_error(self, waiter: Waiter, name: str) -> ActorRuntime | None:
+        actor = self.actors.get(name)
+        if actor is None:
+            known = ", ".join(sorted(self.actors)) or "none"
+            self._reply_error(waiter, "unknown_actor", f"no actor named {name!r} (known: {known})")
+        return actor
+
+    def _refuse_when_stopping(self, waiter: Waiter) -> bool:
+        if self.phase is Phase.RUNNING:
+            return False
+        self._reply_error(waiter, "shutting_down", "the supervisor is shutting down")
+        return True
+
+    def _refuse_when_busy(self, waiter: Waiter) -> bool:
+        waiting = len(self.ready) + self._awaiting_durable
+        if waiting < self.settings.queue_size:
+            return False
+        self.counters["busy_rejections"] += 1
+        self._reply_error(
+            waiter, "busy", f"the ready queue is full ({waiting} runs waiting); retry later"
+        )
+        return True
+
+    def _on_submit(self, waiter: Waiter, message: Submit) -> None:
+        actor = self._actor_or_error(waiter, message.actor)
+        if actor is None or self._refuse_when_stopping(waiter):
+            return
+        key = message.idempotency_key
+        if key is not None and (actor.name, key) in self._idempotency:
+            self._answer_duplicate(waiter, actor, self._idempotency[(actor.name, key)][0])
+            return
+        if self._refuse_when_busy(waiter):
+            return
+        self._accept(
+            actor,
+            input_value=actor.config.input if message.input is None else message.input,
+            trigger="submit",
+            waiter=waiter,
+            idempotency_key=key,
+        )
+
+    def _answer_duplicate(self, waiter: Waiter, actor: ActorRuntime, run_id: str) -> None:
+        """Same idempotency key: the earlier run stands for this one."""
+        self._reply(
+            waiter, "accepted", {"run_id": run_id, "actor": actor.name, "deduplicated": True}
+        )
+        if not waiter.wants_result:
+            return
+        active = self.runs.get(run_id)
+        if active is not None:
+            active.waiters.append(waiter)
+        elif (outcome := self.outcomes.get(run_id)) is not None:
+            self._reply(waiter, "result", outcome)
+        else:
+            self._reply_error(
+                waiter,
+                "result_unavailable",
+                f"run {run_id} finished earlier; see `actor-supervisor history` for its outcome",
+            )
+
+    def _on_trigger(self, waiter: Waiter, message: Trigger) -> None:
+        actor = self._actor_or_error(waiter, message.actor)
+        if actor is None or self._refuse_when_stopping(waiter):
+            return
+        if actor.state.is_paused and not message.force:
+            self._reply_error(
+                waiter,
+                "paused",
+                f"actor {actor.name!r} is paused ({actor.state.paused_reason}); "
+                "use --force to run it anyway",
+            )
+            return
+        if self._refuse_when_busy(waiter):
+            return
+        self._accept(
+            actor,
+            input_value=actor.config.input if message.input is None else message.input,
+            trigger="trigger",
+            waiter=waiter,
+        )
+
+    def _on_pause(self, waiter: Waiter, message: Pause) -> None:
+        actor = self._actor_or_error(waiter, message.actor)
+        if actor is None:
+            return
+        self._pause(actor, message.reason or "paused by an operator", by="operator")
+        self._reply(waiter, "ok", {"actor": actor.name, "paused": True})
+
+    def _on_resume(self, waiter: Waiter, message: Resume) -> None:
+        actor = self._actor_or_error(waiter, message.actor)
+        if actor is None:
+            return
+        self._resume(actor, by="operator")
+        self._reply(waiter, "ok", {"actor": actor.name, "paused": False})
+
+    # --- the life of a run -------------------------------------------------------------------
+
+    def _accept(
+        self,
+        actor: ActorRuntime,
+        *,
+        input_value: Any,
+        trigger: str,
+        waiter: Waiter | None = None,
+        scheduled_for: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> ActiveRun:
+        """Record a new run as queued; once durable, acknowledge it and make it ready."""
+        now = self._clock()
+        run_id = events.new_id()
+        record = RunRecord(
+            run_id=run_id,
+            attempt=1,
+            actor=actor.name,
+            correlation_id=run_id,
+            trigger=trigger,
+            input_json=orjson.dumps(input_value).decode(),
+            queued_at=now,
+            scheduled_for=scheduled_for,
+            code_sha256=actor.code_sha256,
+            idempotency_key=idempotency_key,
+        )
+        active = ActiveRun(record=record, waiters=[waiter] if waiter else [])
+        self.runs[run_id] = active
+        actor.active.add(run_id)
+        if idempotency_key is not None:
+            self._idempotency[(actor.name, idempotency_key)] = (run_id, now)
+        self.counters["runs_accepted"] += 1
+        self._awaiting_durable += 1
+        self.writer.put(record)
+        seq = self.writer.put(events.run_queued(record))
+        self._after_commit(seq, lambda: self._on_durable(active))
+        return active
+
+    def _on_durable(self, active: ActiveRun) -> None:
+        self._awaiting_durable -= 1
+        for waiter in active.waiters:
+            self._reply(waiter, "accepted", {"run_id": active.run_id, "actor": active.record.actor})
+        active.waiters = [w for w in active.waiters if w.wants_result]
+        if self.runs.get(active.run_id) is active and active.record.status == RunState.QUEUED:
+            if self.phase is Phase.RUNNING:
+                self.ready.append(active.run_id)
+            else:
+                self._tell_waiters_stopping(active)
+
+    def _dispatch(self) -> None:
+        while self.ready:
+            handle = self.pool.pick()
+            if handle is None:
+                return
+            active = self.runs.get(self.ready.popleft())
+            if active is None or active.record.status != RunState.QUEUED:
+                continue
+            actor = self.actors.get(active.record.actor)
+            if actor is None:
+                self._complete_attempt(
+                    active,
+                    self._lost(
+                        active.record, Reason.UNKNOWN_ACTOR, "the actor is no longer configured"
+                    ),
+                )
+                continue
+            cfg = actor.config
+            record = replace(
+                active.record,
+                status=RunState.RUNNING,
+                worker_id=handle.worker_id,
+                started_at=self._clock(),
+                code_sha256=actor.code_sha256,
+            )
+            message = Run(
+                run_id=record.run_id,
+                attempt=record.attempt,
+                actor=cfg.name,
+                script=str(cfg.script),
+                cwd=str(cfg.script.parent),
+                mode=cfg.mode,
+                input_json=record.input_json,
+                env=cfg.env,
+                limits=cfg.limits,
+                timeout_s=cfg.timeout_s,
+                code_sha256=actor.code_sha256,
+            )
+            try:
+                self._workers.send_multipart([handle.identity, orjson.dumps(message)], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                self.ready.appendleft(record.run_id)
+                self.pool.kill(handle, f"unreachable: {exc}")
+                continue
+            handle.in_flight.add(record.run_id)
+            active.record = record
+            active.worker_id = handle.worker_id
+            active.overdue_at = (
+                time.monotonic() + cfg.timeout_s + self.settings.kill_grace_s + OVERDUE_SLACK_S
+            )
+            self.writer.put(record)
+            self.writer.put(events.run_started(record))
+
+    def _on_result(self, worker_id: str, result: Result) -> None:
+        handle = self.pool.by_identity(worker_id.encode())
+        if handle is not None:
+            handle.in_flight.discard(result.run_id)
+        active = self.runs.get(result.run_id)
+        if (
+            active is None
+            or active.record.attempt != result.attempt
+            or active.worker_id != worker_id
+            or active.record.status != RunState.RUNNING
+        ):
+            self.counters["stale_results"] += 1
+            log.warning(
+                "ignored a result for run %s attempt %d from %s: not in flight there",
+                result.run_id,
+                result.attempt,
+                worker_id,
+            )
+            return
+        record = apply_result(active.record, result)
+        if self.phase is Phase.KILLING and result.reason == Reason.SHUTDOWN:
+            record = replace(record, error="killed: the shutdown grace period ran out")
+        self._complete_attempt(active, record, output=result.output)
+
+    def _lost(self, record: RunRecord, reason: Reason, error: str) -> RunRecord:
+        """The attempt's row when it ended without a result from a worker."""
+        retryable = reason not in (Reason.UNKNOWN_ACTOR,)
+        now = self._clock()
+        return replace(
+            record,
+            status=Status.FAILED_RETRYABLE if retryable else Status.FAILED_PERMANENT,
+            reason=reason,
+            error=error,
+            finished_at=now,
+            duration_ms=(now - record.started_at) * 1000 if record.started_at else None,
+        )
+
+    def _complete_attempt(self, active: ActiveRun, record: RunRecord, output: Any = None) -> None:
+        """Record an attempt's outcome; then either schedule the next attempt or finish."""
+        active.record = record
+        active.worker_id = None
+        actor = self.actors.get(record.actor)
+        retry_at = self._retry_time(actor, record)
+        self.writer.put(record)
+        seq = self.writer.put(events.run_finished(record))
+        self._log_attempt(record, retry_at)
+        if retry_at is not None and actor is not None:
+            self._schedule_retry(active, retry_at)
+            return
+        self.runs.pop(record.run_id, None)
+        outcome = outcome_of(record, output)
+        self.outcomes.add(outcome)
+        self.counters["runs_finished"] += 1
+        self.counters["runs_succeeded" if record.status == Status.SUCCEEDED else "runs_failed"] += 1
+        waiters, active.waiters = active.waiters, []
+        self._after_commit(seq, lambda: self._deliver(waiters, outcome))
+        if actor is not None:
+            actor.active.discard(record.run_id)
+            self._account(actor, record)
+            if actor.pending_fires and not actor.active and self.phase is Phase.RUNNING:
+                actor.pending_fires -= 1
+                self._accept(
+                    actor,
+                    input_value=actor.config.input,
+                    trigger="schedule",
+                    scheduled_for=self._clock(),
+                )
+
+    def _deliver(self, waiters: list[Waiter], outcome: dict[str, Any]) -> None:
+        for waiter in waiters:
+            self._reply(waiter, "result", outcome)
+
+    def _retry_time(self, actor: ActorRuntime | None, record: RunRecord) -> float | None:
+        if actor is None or record.status != Status.FAILED_RETRYABLE:
+            return None
+        cfg = actor.config
+        if record.attempt > cfg.max_retries:
+            return None
+        delay = retry_delay(
+            record.attempt,
+            cfg.retry_backoff_s,
+            cfg.retry_backoff_max_s,
+            cfg.retry_jitter,
+            _RNG,
+        )
+        return self._clock() + delay
+
+    def _schedule_retry(self, active: ActiveRun, retry_at: float) -> None:
+        """The next attempt is a durable queued row due at ``retry_at``: it survives restarts."""
+        previous = active.record
+        record = RunRecord(
+            run_id=previous.run_id,
+            attempt=previous.attempt + 1,
+            actor=previous.actor,
+            correlation_id=previous.correlation_id,
+            trigger="retry",
+            input_json=previous.input_json,
+            queued_at=self._clock(),
+            scheduled_for=retry_at,
+            code_sha256=previous.code_sha256,
+            idempotency_key=previous.idempotency_key,
+        )
+        active.record = record
+        self.counters["retries_scheduled"] += 1
+        self.writer.put(record)
+        self.writer.put(events.run_queued(record))
+        self.heap.push(("retry", record.run_id), retry_at)
+        if self.phase is not Phase.RUNNING:
+            self._tell_waiters_stopping(active)
+
+    def _tell_waiters_stopping(self, active: ActiveRun) -> None:
+        for waiter in active.waiters:
+            self._reply_error(
+                waiter,
+                "shutting_down",
+                f"run {active.run_id} stays queued (attempt {active.record.attempt}) and "
+                "will run when the supervisor starts again",
+            )
+        active.waiters = []
+
+    def _log_attempt(self, record: RunRecord, retry_at: float | None) -> None:
+        level = logging.INFO if record.status == Status.SUCCEEDED else logging.WARNING
+        extra: dict[str, Any] = {
+            "actor": record.actor,
+            "run_id": record.run_id,
+            "attempt": record.attempt,
+            "status": record.status,
+            "duration_ms": round(record.duration_ms or 0.0, 1),
+        }
+        if record.reason:
+            extra["reason"] = record.reason
+            extra["error"] = record.error
+        if retry_at is not None:
+            extra["retry_in_s"] = round(retry_at - self._clock(), 2)
+        log.log(level, "run %s", record.status, extra=extra)
+
+    # --- actors: breaker, pause, resume ------------------------------------------------------
+
+    def _account(self, actor: ActorRuntime, record: RunRecord) -> None:
+        """Update the actor's durable state after a final outcome; open the breaker if due."""
+        if record.reason in (Reason.SHUTDOWN, Reason.SUPERVISOR_LOST):
+            return  # our failures, not the actor's
+        succeeded = record.status == Status.SUCCEEDED
+        failures = 0 if succeeded else actor.state.consecutive_failures + 1
+        self.writer.put(
+            actor.update_state(last_run_at=record.finished_at, consecutive_failures=failures)
+        )
+        breaker = actor.state.metadata.get("paused_by") == "breaker"
+        if succeeded and actor.state.is_paused and breaker and record.trigger == "probe":
+            self._resume(actor, by="breaker")
+            return
+        limit = actor.config.max_consecutive_failures
+        if not succeeded and failures >= limit and not actor.state.is_paused:
+            self._pause(actor, f"circuit breaker: {failures} consecutive failures", by="breaker")
+        elif not succeeded and breaker and record.trigger == "probe":
+            self._schedule_probe(actor)
+
+    def _pause(self, actor: ActorRuntime, reason: str, *, by: str) -> None:
+        if actor.state.is_paused:
+            return
+        metadata = {**actor.state.metadata, "paused_by": by}
+        self.writer.put(actor.update_state(is_paused=True, paused_reason=reason, metadata=metadata))
+        self.writer.put(events.actor_event("actor_paused", actor.name, reason=reason, by=by))
+        log.warning("actor %s paused: %s", actor.name, reason, extra={"actor": actor.name})
+        if by == "breaker":
+            self._schedule_probe(actor)
+
+    def _resume(self, actor: ActorRuntime, *, by: str) -> None:
+        metadata = {k: v for k, v in actor.state.metadata.items() if k != "paused_by"}
+        self.writer.put(
+            actor.update_state(
+                is_paused=False, paused_reason=None, consecutive_failures=0, metadata=metadata
+            )
+        )
+        self.heap.remove(("probe", actor.name))
+        self.writer.put(events.actor_event("actor_resumed", actor.name, by=by))
+        log.info("actor %s resumed", actor.name, extra={"actor": actor.name, "by": by})
+
+    def _schedule_probe(self, actor: ActorRuntime) -> None:
+        cooldown = actor.config.breaker_cooldown_s
+        if cooldown is not None:
+            self.heap.push(("probe", actor.name), self._clock() + cooldown)
+
+    # --- schedules ---------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Recover the previous supervisor's unfinished runs, then seed the schedule heap."""
+        now = self._clock()
+        for record in self._unfinished:
+            self._recover(record, now)
+        self._unfinished = []
+        for actor in self.actors.values():
+            self.writer.put(actor.record())
+            self._seed_schedule(actor, now)
+        self.writer.put(
+            events.supervisor_event(
+                "supervisor_started", self.instance_id, pid=os.getpid(), actors=sorted(self.actors)
+            )
+        )
+
+    def _recover(self, record: RunRecord, now: float) -> None:
+        """A queued attempt never started: queue it again. A running one was lost with us."""
+        active = ActiveRun(record=record)
+        self.runs[record.run_id] = active
+        if (actor := self.actors.get(record.actor)) is not None:
+            actor.active.add(record.run_id)
+        if record.status == RunState.QUEUED:
+            due = record.scheduled_for if record.scheduled_for is not None else now
+            self.heap.push(("retry", record.run_id), max(due, now))
+            log.info(
+                "re-queued run %s attempt %d from before the restart", record.run_id, record.attempt
+            )
+            return
+        self._complete_attempt(
+            active,
+            self._lost(
+                record, Reason.SUPERVISOR_LOST, "the supervisor stopped while the run was in flight"
+            ),
+        )
+
+    def _seed_schedule(self, actor: ActorRuntime, now: float) -> None:
+        """Where the actor's schedule resumes: fresh, caught up after downtime, or as stored."""
+        schedule = actor.config.schedule
+        if schedule is None:
+            return
+        described = schedule.describe()
+        state = actor.state
+        due: float | None
+        if state.metadata.get("schedule") != described or described["type"] == "immediate":
+            due = schedule.first_due(now)
+        elif state.next_run_at is None:
+            due = None  # no fires left: a `once` that already ran
+        elif state.next_run_at < now:
+            due = schedule.resume_due(state.next_run_at, now)
+            self._catch_up(actor, state.next_run_at, now)
+        else:
+            due = state.next_run_at
+        self.writer.put(
+            actor.update_state(next_run_at=due, metadata={**state.metadata, "schedule": described})
+        )
+        if due is not None:
+            self.heap.push(("fire", actor.name), due)
+
+    def _catch_up(self, actor: ActorRuntime, first_missed: float, now: float) -> None:
+        """Fires missed while no supervisor ran, per the actor's ``catch_up`` policy.
+
+        ``first_missed`` is the stored next due time that never fired; the later ones are in
+        ``(first_missed, now]``.
+        """
+        cfg = actor.config
+        assert cfg.schedule is not None
+        keep = {"none": 0, "once": 1}.get(cfg.catch_up, cfg.catch_up_max)
+        later = missed_fires(cfg.schedule, first_missed, now, cfg.catch_up, cfg.catch_up_max)
+        missed = ([first_missed, *later])[-keep:] if keep else []
+        log.info(
+            "actor %s missed fires while stopped; catch_up=%s runs %d",
+            actor.name, cfg.catch_up, len(missed), extra={"actor": actor.name},
+        )  # fmt: skip
+        if actor.state.is_paused:
+            return
+        for fire in missed:
+            self._accept(actor, input_value=cfg.input, trigger="catch_up", scheduled_for=fire)
+
+    def _fire_due(self, now: float) -> None:
+        for key, due in self.heap.pop_due(now):
+            kind, name = key
+            if kind == "retry":
+                self._retry_due(name)
+            elif (actor := self.actors.get(name)) is None:
+                continue
+            elif kind == "fire":
+                self._fire(actor, due, now)
+            elif kind == "probe" and actor.state.is_paused:
+                log.info("actor %s: half-open probe run", name, extra={"actor": name})
+                self._accept(actor, input_value=actor.config.input, trigger="probe")
+
+    def _retry_due(self, run_id: str) -> None:
+        active = self.runs.get(run_id)
+        if active is not None and active.record.status == RunState.QUEUED:
+            self.ready.append(run_id)
+
+    def _fire(self, actor: ActorRuntime, due: float, now: float) -> None:
+        schedule = actor.config.schedule
+        if schedule is None:
+            return
+        following = schedule.next_due(due)
+        if following is not None and following <= now:  # the loop fell behind: no burst
+            following = schedule.next_due(now)
+        if following is not None:
+            self.heap.push(("fire", actor.name), following)
+        self.writer.put(actor.update_state(next_run_at=following))
+        if actor.state.is_paused:
+            return
+        if actor.active and actor.config.overlap != "allow":
+            if actor.config.overlap == "queue":
+                actor.pending_fires += 1
+                return
+            self.writer.put(
+                events.actor_event(
+                    "run_skipped",
+                    actor.name,
+                    scheduled_for=due,
+                    reason="overlap",
+                    active_runs=sorted(actor.active),
+                )
+            )
+            log.info(
+                "actor %s: fire skipped, previous run still going",
+                actor.name,
+                extra={"actor": actor.name},
+            )
+            return
+        if len(self.ready) + self._awaiting_durable >= self.settings.queue_size:
+            self.counters["busy_rejections"] += 1
+            log.warning("actor %s: fire dropped, the ready queue is full", actor.name)
+            return
+        self._accept(actor, input_value=actor.config.input, trigger="schedule", scheduled_for=due)
+
+    # --- workers -----------------------------------------------------------------------------
+
+    def _sync_sentinels(self) -> None:
+        current = set(self.pool.sentinels())
+        for fd in current - self._sentinels:
+            self._poller.register(fd, zmq.POLLIN)
+        for fd in self._sentinels - current:
+            self._poller.unregister(fd)
+        self._sentinels = current
+
+    def _on_worker_exit(self, sentinel: int) -> None:
+        gone = self.pool.reap(sentinel)
+        self._sync_sentinels()
+        if gone is None:
+            return
+        self.counters["worker_deaths"] += 1
+        expected = self.phase is not Phase.RUNNING and not gone.lost_runs
+        (log.info if expected else log.error)(
+            "worker %s %s",
+            gone.handle.worker_id,
+            gone.description,
+            extra={"lost_runs": len(gone.lost_runs)},
+        )
+        for run_id in gone.lost_runs:
+            active = self.runs.get(run_id)
+            if active is not None and active.worker_id == gone.handle.worker_id:
+                reason = Reason.SHUTDOWN if self.phase is Phase.KILLING else Reason.WORKER_LOST
+                self._complete_attempt(
+                    active, self._lost(active.record, reason, f"worker {gone.description}")
+                )
+
+    def _maintain(self) -> None:
+        running = self.phase is Phase.RUNNING
+        self.pool.maintain(respawn=running)
+        self._sync_sentinels()
+        now = time.monotonic()
+        for active in list(self.runs.values()):
+            if active.worker_id is not None and now > active.overdue_at:
+                handle = self.pool.by_identity(active.worker_id.encode())
+                if handle is not None and not handle.killed_by_us:
+                    self.pool.kill(
+                        handle,
+                        f"run {active.run_id} is {OVERDUE_SLACK_S:.0f}s "
+                        "past its timeout and kill grace",
+                    )
+        self._prune_idempotency()
+        if not running:
+            self._advance_shutdown(now)
+
+    def _prune_idempotency(self) -> None:
+        cutoff = self._clock() - IDEMPOTENCY_WINDOW_S
+        if len(self._idempotency) > 100_000 or (
+            self._idempotency and next(iter(self._idempotency.values()))[1] < cutoff
+        ):
+            self._idempotency = {k: v for k, v in self._idempotency.items() if v[1] >= cutoff}
+
+    # --- shutdown ----------------------------------------------------------------------------
+
+    def _in_flight(self) -> list[ActiveRun]:
+        return [a for a in self.runs.values() if a.worker_id is not None]
+
+    def _begin_shutdown(self, why: str) -> None:
+        if self.phase is Phase.RUNNING:
+            grace = self.settings.shutdown_grace_s
+            log.info(
+                "%s: stopping; %d run(s) in flight get %.1fs to finish",
+                why,
+                len(self._in_flight()),
+                grace,
+            )
+            self.phase = Phase.DRAINING
+            self._shutdown_deadline = time.monotonic() + grace
+            for run_id in self.ready:
+                if (active := self.runs.get(run_id)) is not None:
+                    self._tell_waiters_stopping(active)
+            self.ready.clear()
+        else:
+            log.info("%s again: no more grace, killing runs in flight", why)
+            self._shutdown_deadline = time.monotonic()
+        self._next_tick = 0.0  # act now, not at the next tick
+
+    def _advance_shutdown(self, now: float) -> None:
+        in_flight = self._in_flight()
+        if not in_flight:
+            self.phase = Phase.DONE
+        elif self.phase is Phase.DRAINING and now >= self._shutdown_deadline:
+            log.warning("grace period over: killing %d run(s) in flight", len(in_flight))
+            self.phase = Phase.KILLING
+            self._shutdown_deadline = now + self.settings.kill_grace_s + 5.0
+            for handle in self.pool.handles():
+                self._send_worker(handle.identity, Stop(kill=True))
+        elif self.phase is Phase.KILLING and now >= self._shutdown_deadline:
+            for active in in_flight:
+                self._complete_attempt(
+                    active,
+                    self._lost(
+                        active.record,
+                        Reason.SHUTDOWN,
+                        "no result after the kill; worker unresponsive",
+                    ),
+                )
+            self.phase = Phase.DONE
+
+    def _send_worker(self, identity: bytes, message: Stop) -> None:
+        try:
+            self._workers.send_multipart([identity, orjson.dumps(message)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("could not reach worker %s: %s", identity, exc)
+
+    def _teardown(self) -> None:
+        """Stop workers, persist state, flush the writer, answer the last waiters, close up."""
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            for handle in pool.handles():
+                self._send_worker(handle.identity, Stop(kill=True))
+            pool.stop_all(timeout=self.settings.kill_grace_s + 5.0)
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            for actor in getattr(self, "actors", {}).values():
+                writer.put(actor.state)
+            writer.put(
+                events.supervisor_event(
+                    "supervisor_stopped", self.instance_id, counters=dict(self.counters)
+                )
+            )
+            if not writer.close(timeout=60.0):
+                log.error("the store writer could not flush everything before exit")
+            if hasattr(self, "_control"):
+                self._on_commits()
+        if hasattr(self, "_ctx"):
+            signal.set_wakeup_fd(-1)
+            self._control.close(linger=1000)
+            self._workers.close(linger=0)
+            self._ctx.term()
+            self._signal_r.close()
+            self._signal_w.close()
+        if hasattr(self, "scoreboard"):
+            self.scoreboard.close()
+        if hasattr(self, "store"):
+            self.store.close()
+        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        log.info("supervisor stopped", extra=dict(self.counters))
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """The wake-up fd carries the signal; the loop handles it on the main thread."""
+
+
+_RNG = random.Random()

@@ -1,0 +1,82 @@
+"""Constructors for the events the supervisor appends to ``execution_events``.
+
+Run events have the run as aggregate and carry, in their metadata, what an operator asks about
+a run without joining tables: actor, attempt, retry_count, duration_ms, correlation_id.
+"""
+
+import os
+import time
+from typing import Any
+
+from supervisor.records import Event, RunRecord
+
+
+def new_id() -> str:
+    """A random 128-bit id in hex, for runs and events (cheaper than ``uuid4().hex``)."""
+    return os.urandom(16).hex()
+
+
+def run_event(event_type: str, run: RunRecord, **extra: Any) -> Event:
+    metadata: dict[str, Any] = {
+        "actor": run.actor,
+        "attempt": run.attempt,
+        "retry_count": run.attempt - 1,
+        "correlation_id": run.correlation_id,
+        "trigger": run.trigger,
+        **extra,
+    }
+    return Event(
+        event_id=new_id(),
+        event_type=event_type,
+        aggregate_type="run",
+        aggregate_id=run.run_id,
+        correlation_id=run.correlation_id,
+        metadata=metadata,
+        created_at=time.time(),
+    )
+
+
+def run_queued(run: RunRecord) -> Event:
+    return run_event("run_queued", run, scheduled_for=run.scheduled_for)
+
+
+def run_started(run: RunRecord) -> Event:
+    return run_event("run_started", run, worker_id=run.worker_id, code_sha256=run.code_sha256)
+
+
+def run_finished(run: RunRecord) -> Event:
+    """``run_succeeded`` or ``run_failed``, with the classified outcome."""
+    return run_event(
+        "run_succeeded" if run.status == "succeeded" else "run_failed",
+        run,
+        status=run.status,
+        reason=run.reason,
+        error=run.error,
+        exit_code=run.exit_code,
+        signal=run.signal,
+        duration_ms=run.duration_ms,
+        worker_id=run.worker_id,
+        code_sha256=run.code_sha256,
+    )
+
+
+def actor_event(event_type: str, actor: str, **metadata: Any) -> Event:
+    return Event(
+        event_id=new_id(),
+        event_type=event_type,
+        aggregate_type="actor",
+        aggregate_id=actor,
+        metadata=metadata,
+        created_at=time.time(),
+    )
+
+
+def supervisor_event(event_type: str, instance_id: str, **metadata: Any) -> Event:
+    return Event(
+        event_id=new_id(),
+        event_type=event_type,
+        aggregate_type="supervisor",
+        aggregate_id=instance_id,
+        metadata=metadata,
+        created_at=time.time(),
+    )

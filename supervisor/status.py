@@ -1,0 +1,97 @@
+"""The ``status`` reply: scoreboard slots, actors' schedules, queue and store health.
+
+Built from what the supervisor already holds in memory and shared memory: answering it costs
+no database query and no message to a worker.
+"""
+
+import os
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from supervisor.core import Supervisor
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC, for people; None stays None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_status(sup: "Supervisor") -> dict[str, Any]:
+    now = time.monotonic()
+    workers = []
+    for handle, view in sup.pool.views():
+        workers.append(
+            {
+                "slot": view.index,
+                "worker_id": handle.worker_id if handle else None,
+                "pid": view.pid or None,
+                "launcher_pid": view.launcher_pid or None,
+                "state": view.state.name.lower() if handle else "restarting",
+                "ready": bool(handle and handle.ready),
+                "in_flight": view.in_flight,
+                "current_run": view.run_id or None,
+                "current_attempt": view.attempt or None,
+                "child_pid": view.child_pid or None,
+                "runs_done": view.runs_done,
+                "runs_failed": view.runs_failed,
+                "rss_kb": view.rss_kb,
+                "heartbeat_age_s": round(view.heartbeat_age(now), 3) if view.pid else None,
+                "started_at": iso(view.started_at) if view.started_at else None,
+            }
+        )
+    actors = []
+    for actor in sup.actors.values():
+        state = actor.state
+        schedule = actor.config.schedule
+        actors.append(
+            {
+                "name": actor.name,
+                "schedule": schedule.describe() if schedule else None,
+                "next_due": iso(state.next_run_at) if schedule else None,
+                "next_due_ts": state.next_run_at if schedule else None,
+                "paused": state.is_paused,
+                "paused_reason": state.paused_reason,
+                "consecutive_failures": state.consecutive_failures,
+                "last_run_at": iso(state.last_run_at),
+                "active_runs": len(actor.active),
+                "mode": actor.config.mode,
+                "code_sha256": actor.code_sha256,
+            }
+        )
+    stats = sup.writer.stats()
+    return {
+        "supervisor": {
+            "pid": os.getpid(),
+            "instance_id": sup.instance_id,
+            "phase": sup.phase.value,
+            "started_at": iso(sup.started_at),
+            "uptime_s": round(time.time() - sup.started_at, 3),
+            "control": sup.settings.control,
+            "workers": sup.settings.workers,
+            "concurrency": sup.settings.concurrency,
+        },
+        "workers": workers,
+        "actors": actors,
+        "queue": {
+            "ready": len(sup.ready),
+            "in_flight": sum(1 for a in sup.runs.values() if a.worker_id is not None),
+            "active_runs": len(sup.runs),
+            "capacity": sup.settings.queue_size,
+        },
+        "store": {
+            "database": sup.store.description,
+            "degraded": stats.degraded,
+            "queue_depth": stats.queue_depth,
+            "committed": stats.committed,
+            "batches": stats.batches,
+            "records": stats.records,
+            "failures": stats.failures,
+            "last_error": stats.last_error,
+            "last_flush_ms": stats.last_flush_ms,
+        },
+        "counters": dict(sup.counters),
+    }

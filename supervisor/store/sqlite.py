@@ -1,0 +1,449 @@
+"""The embedded SQLite store (the default): one file, WAL mode, one connection behind a lock.
+
+Modelled on huey's ``SqliteStorage``: autocommit connection (``isolation_level=None``) with
+explicit ``BEGIN IMMEDIATE`` for writes, so a writer takes the lock up front instead of failing
+to upgrade a read transaction half-way. WAL lets CLI processes read while the supervisor writes.
+The batch writer thread writes and the main thread reads at start-up, so the connection is
+shared across threads (``check_same_thread=False``) and every use holds ``_lock``.
+"""
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
+from supervisor.store.base import Store, StoreError, StoreUnavailable
+from supervisor.store.migrations import apply_sqlite, load_migrations
+
+log = logging.getLogger(__name__)
+
+SYNCHRONOUS_MODES = frozenset({"off", "normal", "full", "extra"})
+
+# Primary result codes that mean "not now" rather than "never": another process holds the
+# lock, the disk failed or filled up, the file cannot be opened or written at the moment.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        5,  # SQLITE_BUSY: "database is locked"
+        6,  # SQLITE_LOCKED
+        8,  # SQLITE_READONLY: permissions or a read-only mount; fixable by the operator
+        10,  # SQLITE_IOERR: "disk I/O error"
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL: WAL lock protocol race
+    }
+)
+
+# ---------------------------------------------------------------------------------------------
+# Values: timestamps as fixed-width ISO text, JSON as text.
+
+_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
+
+
+def to_text(ts: float) -> str:
+    """Epoch seconds to ``2026-11-29T15:15:24.123456Z`` (microseconds; text order = time order)."""
+    moment = _EPOCH + timedelta(microseconds=round(ts * 1_000_000))
+    return moment.isoformat(timespec="microseconds") + "Z"
+
+
+def from_text(text: str) -> float:
+    """The inverse of :func:`to_text`."""
+    return (datetime.fromisoformat(text.removesuffix("Z")) - _EPOCH) / _SECOND
+
+
+def _opt_to_text(ts: float | None) -> str | None:
+    return None if ts is None else to_text(ts)
+
+
+def _opt_from_text(text: str | None) -> float | None:
+    return None if text is None else from_text(text)
+
+
+def _to_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _opt_to_json(value: Any) -> str | None:
+    return None if value is None else _to_json(value)
+
+
+def _from_json(text: str) -> Any:
+    return orjson.loads(text)
+
+
+def _opt_from_json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: for each record type, its columns (the dataclass fields) and how each is converted.
+
+_Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]  # (to the database, from it)
+_TIMESTAMP: _Codec = (_opt_to_text, _opt_from_text)
+_JSON: _Codec = (_to_json, _from_json)
+_OPT_JSON: _Codec = (_opt_to_json, _opt_from_json)
+_BOOL: _Codec = (int, bool)
+_PLAIN: _Codec = (_same, _same)
+
+
+class _Table:
+    """One record type's table: column order, value codecs and the SQL that reads and writes it.
+
+    ``insert`` upserts by ``key`` (every non-key column takes the new value), or for an
+    ``append_only`` table skips a row whose key exists. ``extra_columns`` are inserted after the
+    record's own columns and never updated (``actors.created_at``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        record: type[Any],
+        *,
+        key: tuple[str, ...],
+        codecs: dict[str, _Codec],
+        extra_columns: tuple[str, ...] = (),
+        append_only: bool = False,
+    ) -> None:
+        self.record = record
+        self.columns = [f.name for f in fields(record)]
+        self._to_db = [codecs.get(c, _PLAIN)[0] for c in self.columns]
+        self._from_db = [codecs.get(c, _PLAIN)[1] for c in self.columns]
+        self.select = f"SELECT {_names(self.columns)} FROM {name}"
+        insert_columns = [*self.columns, *extra_columns]
+        updates = ", ".join(
+            f"{_quote(c)} = excluded.{_quote(c)}" for c in self.columns if c not in key
+        )
+        action = "DO NOTHING" if append_only else f"DO UPDATE SET {updates}"
+        self.insert = (
+            f"INSERT INTO {name} ({_names(insert_columns)}) "
+            f"VALUES ({', '.join('?' * len(insert_columns))}) "
+            f"ON CONFLICT ({_names(key)}) {action}"
+        )
+
+    def row(self, record: Any) -> tuple[Any, ...]:
+        return tuple(
+            to_db(getattr(record, column))
+            for column, to_db in zip(self.columns, self._to_db, strict=True)
+        )
+
+    def record_from(self, row: Sequence[Any]) -> Any:
+        return self.record(
+            **{
+                column: from_db(value)
+                for column, from_db, value in zip(self.columns, self._from_db, row, strict=True)
+            }
+        )
+
+
+def _quote(identifier: str) -> str:
+    # "trigger" is an SQL keyword; quoting every column keeps the generated SQL uniform.
+    return f'"{identifier}"'
+
+
+def _names(columns: Sequence[str]) -> str:
+    return ", ".join(_quote(c) for c in columns)
+
+
+_RUNS = _Table(
+    "runs",
+    RunRecord,
+    key=("run_id", "attempt"),
+    codecs={c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
+)
+_TASK_STATE = _Table(
+    "task_state",
+    TaskState,
+    key=("actor",),
+    codecs={
+        "last_run_at": _TIMESTAMP,
+        "next_run_at": _TIMESTAMP,
+        "updated_at": _TIMESTAMP,
+        "is_paused": _BOOL,
+        "metadata": _JSON,
+    },
+)
+_ACTORS = _Table(
+    "actors",
+    ActorRecord,
+    key=("name",),
+    codecs={"schedule": _OPT_JSON, "config": _JSON, "updated_at": _TIMESTAMP},
+    extra_columns=("created_at",),  # set by the first insert, kept by every later upsert
+)
+_EVENTS = _Table(
+    "execution_events",
+    Event,
+    key=("event_id",),
+    codecs={"metadata": _JSON, "created_at": _TIMESTAMP},
+    append_only=True,  # a replayed batch must not touch events already stored
+)
+_UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
+
+
+class _BatchRows:
+    """A batch split by table, coalesced by key (the last version wins), converted to rows.
+
+    Conversion happens before the transaction opens, so a record that cannot be encoded fails
+    the batch without touching the database.
+    """
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        runs: dict[tuple[str, int], RunRecord] = {}
+        states: dict[str, TaskState] = {}
+        actors: dict[str, ActorRecord] = {}
+        events: list[Event] = []
+        for record in records:
+            if isinstance(record, RunRecord):
+                runs[record.key] = record
+            elif isinstance(record, Event):
+                events.append(record)
+            elif isinstance(record, TaskState):
+                states[record.actor] = record
+            elif isinstance(record, ActorRecord):
+                actors[record.name] = record
+            else:
+                raise StoreError(f"cannot store a {type(record).__name__}: not a Record")
+        try:
+            self.runs = [_RUNS.row(r) for r in runs.values()]
+            self.states = [_TASK_STATE.row(s) for s in states.values()]
+            self.actors = [(*_ACTORS.row(a), to_text(a.updated_at)) for a in actors.values()]
+            self.events = [_EVENTS.row(e) for e in events]
+        except (TypeError, ValueError, OverflowError) as exc:  # orjson and datetime limits
+            raise StoreError(f"a record in the batch cannot be encoded: {exc}") from exc
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.states or self.actors or self.events)
+
+
+class SqliteStore(Store):
+    """A :class:`Store` in one SQLite file; parent folders are created."""
+
+    def __init__(
+        self, path: Path | str, *, synchronous: str = "normal", busy_timeout_s: float = 5.0
+    ) -> None:
+        if synchronous.lower() not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
+        self.path = Path(path).absolute()
+        self.description = f"sqlite:{self.path}"
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.description}: cannot create its folder: {exc}") from exc
+        with self._translate("open the database"):
+            conn = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                self._configure(conn, synchronous.upper())
+            except BaseException:
+                conn.close()
+                raise
+        self._conn: sqlite3.Connection | None = conn
+
+    def _configure(self, conn: sqlite3.Connection, synchronous: str) -> None:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            log.warning(
+                "%s: WAL is not available here (journal_mode=%s); readers will block writers",
+                self.description,
+                mode,
+                extra={"event": "store_no_wal"},
+            )
+        conn.execute(f"PRAGMA synchronous = {synchronous}")  # validated against SYNCHRONOUS_MODES
+
+    # -- the one translation boundary ----------------------------------------------------------
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        """sqlite3 errors to ``StoreUnavailable`` (transient) or ``StoreError`` (all others)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            message = f"{self.description}: cannot {action}: {exc}"
+            if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
+                raise StoreUnavailable(message) from exc
+            raise StoreError(message) from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"{self.description}: the store is closed")
+        if os.getpid() != self._pid:
+            # a SQLite connection must never cross fork(); the child opens its own store
+            raise StoreError(
+                f"{self.description}: opened in process {self._pid}, used in {os.getpid()}"
+            )
+        return self._conn
+
+    @contextmanager
+    def _tx(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction: ``BEGIN IMMEDIATE``, then commit, or roll back on any error."""
+        with self._lock, self._translate(action):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn)
+                raise
+
+    @contextmanager
+    def _read(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._translate(action):
+            yield self._connection()
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # the original error is the one worth raising; SQLite rolls back on close anyway
+            log.exception("%s: rollback failed", self.description)
+
+    # -- Store ---------------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        migrations = load_migrations("sqlite")
+        with self._lock, self._translate("migrate"):
+            applied = apply_sqlite(self._connection(), migrations, now=lambda: to_text(time.time()))
+        for name in applied:
+            log.info(
+                "%s: applied migration %s",
+                self.description,
+                name,
+                extra={"event": "migration_applied", "migration": name},
+            )
+        return applied
+
+    def write_batch(self, records: Sequence[Record]) -> None:
+        rows = _BatchRows(records)
+        if not rows:
+            return
+        with self._tx("write a batch") as conn:
+            if rows.runs:
+                conn.executemany(_RUNS.insert, rows.runs)
+            if rows.states:
+                conn.executemany(_TASK_STATE.insert, rows.states)
+            if rows.actors:
+                conn.executemany(_ACTORS.insert, rows.actors)
+            if rows.events:
+                conn.executemany(_EVENTS.insert, rows.events)
+
+    def list_runs(
+        self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        where, params = _where(actor=actor, run_id=run_id)
+        sql = f"{_RUNS.select}{where} ORDER BY queued_at DESC, attempt DESC, run_id DESC LIMIT ?"
+        with self._read("list runs") as conn:
+            rows = conn.execute(sql, (*params, _limit(limit))).fetchall()
+        return [_RUNS.record_from(row) for row in rows]
+
+    def list_events(
+        self,
+        *,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+        correlation_id: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
+        where, params = _where(
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            correlation_id=correlation_id,
+        )
+        if since is not None:
+            where += " AND created_at >= ?" if where else " WHERE created_at >= ?"
+            params.append(to_text(since))
+        sql = f"{_EVENTS.select}{where} ORDER BY created_at, id LIMIT ?"
+        with self._read("list events") as conn:
+            rows = conn.execute(sql, (*params, _limit(limit))).fetchall()
+        return [_EVENTS.record_from(row) for row in rows]
+
+    def load_task_states(self) -> dict[str, TaskState]:
+        with self._read("load task states") as conn:
+            rows = conn.execute(f"{_TASK_STATE.select} ORDER BY actor").fetchall()
+        states = [_TASK_STATE.record_from(row) for row in rows]
+        return {state.actor: state for state in states}
+
+    def unfinished_runs(self) -> list[RunRecord]:
+        sql = f"{_RUNS.select} WHERE status IN (?, ?) ORDER BY queued_at, attempt, run_id"
+        with self._read("list unfinished runs") as conn:
+            rows = conn.execute(sql, _UNFINISHED).fetchall()
+        return [_RUNS.record_from(row) for row in rows]
+
+    def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
+        # oldest first, so that if a key was ever reused the newest run wins
+        sql = (
+            "SELECT actor, idempotency_key, run_id FROM runs "
+            "WHERE idempotency_key IS NOT NULL AND queued_at >= ? "
+            "ORDER BY queued_at, attempt, run_id"
+        )
+        with self._read("load idempotency keys") as conn:
+            rows = conn.execute(sql, (to_text(since),)).fetchall()
+        return {(actor, key): run_id for actor, key, run_id in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    # -- beyond the ABC ------------------------------------------------------------------------
+
+    def load_actors(self) -> dict[str, ActorRecord]:
+        """Every stored actor by name: the read side of the ``actors`` upsert.
+
+        Not in the ``Store`` ABC yet; it belongs there so that the contract can check actors.
+        """
+        with self._read("load actors") as conn:
+            rows = conn.execute(f"{_ACTORS.select} ORDER BY name").fetchall()
+        actors = [_ACTORS.record_from(row) for row in rows]
+        return {actor.name: actor for actor in actors}
+
+    def settings(self) -> dict[str, str | int]:
+        """The connection's effective journal mode, synchronous level and busy timeout."""
+        with self._read("read settings") as conn:
+            journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            level = conn.execute("PRAGMA synchronous").fetchone()[0]
+            busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        names = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+        return {
+            "journal_mode": journal,
+            "synchronous": names.get(level, str(level)),
+            "busy_timeout_ms": busy,
+        }
+
+
+def _where(**filters: str | None) -> tuple[str, list[Any]]:
+    """`` WHERE a = ? AND b = ?`` for the filters that are not None, and their values."""
+    given = {column: value for column, value in filters.items() if value is not None}
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = ?" for c in given), list(given.values())
+
+
+def _limit(limit: int) -> int:
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return limit

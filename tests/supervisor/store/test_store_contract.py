@@ -1,0 +1,306 @@
+"""The store contract: every backend must pass this suite unchanged (see ``conftest.store``)."""
+
+import dataclasses
+from typing import Any
+
+import orjson
+import pytest
+
+from supervisor.records import Event, Record, RunRecord, RunState, TaskState
+from supervisor.store.base import Store, StoreError, StoreUnavailable
+
+T0 = 1_764_429_324.123456  # 2025-11-29T15:15:24.123456Z: microseconds must survive
+
+
+def run(run_id: str = "r1", attempt: int = 1, **changes: Any) -> RunRecord:
+    fields: dict[str, Any] = {
+        "run_id": run_id,
+        "attempt": attempt,
+        "actor": "backup",
+        "correlation_id": run_id,
+        "trigger": "submit",
+        "queued_at": T0,
+    }
+    fields.update(changes)
+    return RunRecord(**fields)
+
+
+def event(event_id: str, **changes: Any) -> Event:
+    fields: dict[str, Any] = {
+        "event_id": event_id,
+        "event_type": "run_queued",
+        "aggregate_type": "run",
+        "aggregate_id": "r1",
+        "correlation_id": "r1",
+        "created_at": T0,
+    }
+    fields.update(changes)
+    return Event(**fields)
+
+
+def state(actor: str = "backup", **changes: Any) -> TaskState:
+    return TaskState(**{"actor": actor, "updated_at": T0, **changes})
+
+
+def test_run_with_every_field_set_round_trips(store: Store) -> None:
+    big_input = orjson.dumps({"rows": [{"i": i, "text": "ä€𝄞" * 10} for i in range(20_000)]})
+    full = RunRecord(
+        run_id="run-ünï-1",
+        attempt=3,
+        actor="backup-é",
+        correlation_id="corr-👀",
+        trigger="retry",
+        status=RunState.FAILED_PERMANENT,
+        reason="invalid_output",
+        input_json=big_input.decode(),
+        queued_at=T0,
+        scheduled_for=T0 - 0.000001,
+        started_at=T0 + 0.000002,
+        finished_at=T0 + 12.345678,
+        duration_ms=12_345.678,
+        exit_code=2,
+        signal=9,
+        output_json='{"ok": false, "msg": "日本語"}',
+        stderr_tail="Traceback…\nValueError: ☃\n",
+        error="script printed invalid JSON",
+        code_sha256="ab" * 32,
+        worker_id="worker-7",
+        idempotency_key="key-∑",
+        utime_s=1.25,
+        stime_s=0.5,
+        maxrss_kb=123_456,
+    )
+    store.write_batch([full])
+
+    assert store.list_runs(run_id=full.run_id) == [full]
+    assert len(full.input_json) > 1_000_000
+
+
+def test_run_with_defaults_and_nones_round_trips(store: Store) -> None:
+    minimal = run()
+    store.write_batch([minimal])
+
+    (stored,) = store.list_runs()
+    assert stored == minimal
+    assert stored.started_at is None and stored.output_json is None and stored.exit_code is None
+    assert stored.status == RunState.QUEUED
+
+
+def test_event_round_trips_with_nested_unicode_metadata(store: Store) -> None:
+    metadata = {
+        "conversation_id": "conv-1",
+        "nested": {"list": [1, 2.5, None, True, "ünï"], "empty": {}},
+        "big": ["x" * 100] * 5_000,
+    }
+    with_meta = event("e1", metadata=metadata, correlation_id="c-€")
+    bare = event("e2", correlation_id=None, created_at=T0 + 0.000001)
+    store.write_batch([with_meta, bare])
+
+    assert store.list_events() == [with_meta, bare]
+
+
+def test_task_state_round_trips(store: Store) -> None:
+    paused = state(
+        "a",
+        last_run_at=T0 - 60.5,
+        next_run_at=T0 + 59.999999,
+        consecutive_failures=5,
+        is_paused=True,
+        paused_reason="circuit breaker: 5 failures",
+        metadata={"window": [1, 2], "note": "ß"},
+    )
+    fresh = state("b")
+    store.write_batch([paused, fresh])
+
+    assert store.load_task_states() == {"a": paused, "b": fresh}
+
+
+def test_empty_batch_is_a_no_op(store: Store) -> None:
+    store.write_batch([])
+    assert store.list_runs() == [] and store.list_events() == []
+
+
+def test_upsert_within_one_batch_keeps_the_last_version(store: Store) -> None:
+    queued = run()
+    running = dataclasses.replace(queued, status=RunState.RUNNING, started_at=T0 + 1)
+    done = dataclasses.replace(running, status=RunState.SUCCEEDED, finished_at=T0 + 2)
+    store.write_batch([queued, state(consecutive_failures=1), running, done, state()])
+
+    assert store.list_runs() == [done]
+    assert store.load_task_states() == {"backup": state()}
+
+
+def test_upsert_across_batches_keeps_the_last_version(store: Store) -> None:
+    queued = run(idempotency_key="k")
+    done = dataclasses.replace(queued, status=RunState.SUCCEEDED, output_json='{"n": 1}')
+    store.write_batch([queued, state(is_paused=True)])
+    store.write_batch([done, state(is_paused=False, updated_at=T0 + 5)])
+
+    assert store.list_runs() == [done]
+    assert store.load_task_states()["backup"].is_paused is False
+    assert store.unfinished_runs() == []
+
+
+def test_replayed_batch_changes_nothing(store: Store) -> None:
+    batch: list[Record] = [
+        run(),
+        event("e1"),
+        event("e2", event_type="run_started", created_at=T0 + 1),
+        state(consecutive_failures=2),
+    ]
+    store.write_batch(batch)
+    before = (store.list_runs(), store.list_events(), store.load_task_states())
+
+    store.write_batch(batch)
+    store.write_batch([event("e1", metadata={"replayed": True})])  # same id, different body
+
+    assert (store.list_runs(), store.list_events(), store.load_task_states()) == before
+
+
+def test_duplicate_event_ids_within_one_batch_are_stored_once(store: Store) -> None:
+    store.write_batch([event("e1"), event("e1", event_type="other"), event("e2")])
+
+    assert [(e.event_id, e.event_type) for e in store.list_events()] == [
+        ("e1", "run_queued"),
+        ("e2", "run_queued"),
+    ]
+
+
+def test_list_runs_newest_first_with_filters_and_limit(store: Store) -> None:
+    store.write_batch(
+        [
+            run("r1", 1, queued_at=T0),
+            run("r1", 2, queued_at=T0 + 10),
+            run("r2", 1, actor="mail", queued_at=T0 + 5),
+            run("r3", 1, queued_at=T0 + 20),
+            run("r4", 1, actor="mail", queued_at=T0 + 0.000001),
+        ]
+    )
+
+    def keys(runs: list[RunRecord]) -> list[tuple[str, int]]:
+        return [r.key for r in runs]
+
+    assert keys(store.list_runs()) == [("r3", 1), ("r1", 2), ("r2", 1), ("r4", 1), ("r1", 1)]
+    assert keys(store.list_runs(actor="backup")) == [("r3", 1), ("r1", 2), ("r1", 1)]
+    assert keys(store.list_runs(run_id="r1")) == [("r1", 2), ("r1", 1)]
+    assert keys(store.list_runs(actor="mail", run_id="r1")) == []
+    assert keys(store.list_runs(limit=2)) == [("r3", 1), ("r1", 2)]
+    assert store.list_runs(limit=0) == []
+    assert store.list_runs(actor="nobody") == []
+
+
+def test_list_runs_orders_attempts_of_one_run_by_attempt_when_queued_together(
+    store: Store,
+) -> None:
+    store.write_batch([run("r1", 1), run("r1", 3), run("r1", 2)])
+    assert [r.attempt for r in store.list_runs(run_id="r1")] == [3, 2, 1]
+
+
+def test_list_events_oldest_first_with_filters(store: Store) -> None:
+    store.write_batch(
+        [
+            event("late", created_at=T0 + 2),
+            event("a2", aggregate_id="r2", correlation_id="c2", created_at=T0 + 1),
+            event("tie-1", created_at=T0 + 1),
+            event("tie-2", created_at=T0 + 1),  # equal time: insertion order decides
+            event("actor", aggregate_type="actor", aggregate_id="backup", created_at=T0),
+            event("early", created_at=T0 - 0.000001),
+        ]
+    )
+
+    def ids(events: list[Event]) -> list[str]:
+        return [e.event_id for e in events]
+
+    assert ids(store.list_events()) == ["early", "actor", "a2", "tie-1", "tie-2", "late"]
+    assert ids(store.list_events(aggregate_type="run", aggregate_id="r1")) == [
+        "early",
+        "tie-1",
+        "tie-2",
+        "late",
+    ]
+    assert ids(store.list_events(aggregate_type="actor")) == ["actor"]
+    assert ids(store.list_events(correlation_id="c2")) == ["a2"]
+    assert ids(store.list_events(since=T0 + 1)) == ["a2", "tie-1", "tie-2", "late"]  # inclusive
+    assert ids(store.list_events(since=T0 + 1, aggregate_id="r1", limit=2)) == ["tie-1", "tie-2"]
+    assert ids(store.list_events(since=T0 + 2.000001)) == []
+    assert ids(store.list_events(limit=1)) == ["early"]
+
+
+def test_unfinished_runs_are_queued_or_running_oldest_first(store: Store) -> None:
+    store.write_batch(
+        [
+            run("done", status=RunState.SUCCEEDED, queued_at=T0 - 30),
+            run("running", status=RunState.RUNNING, queued_at=T0 + 1, started_at=T0 + 2),
+            run("queued", queued_at=T0),
+            run("retry-later", status=RunState.FAILED_RETRYABLE, queued_at=T0 - 20),
+            run("gave-up", status=RunState.FAILED_PERMANENT, queued_at=T0 - 10),
+        ]
+    )
+
+    assert [r.run_id for r in store.unfinished_runs()] == ["queued", "running"]
+
+
+def test_unfinished_run_leaves_the_list_when_it_finishes(store: Store) -> None:
+    store.write_batch([run(status=RunState.RUNNING)])
+    store.write_batch([run(status=RunState.SUCCEEDED)])
+    assert store.unfinished_runs() == []
+
+
+def test_idempotency_keys_since_a_time(store: Store) -> None:
+    store.write_batch(
+        [
+            run("old", idempotency_key="k1", queued_at=T0 - 100),
+            run("edge", idempotency_key="k2", queued_at=T0),
+            run("new", idempotency_key="k3", actor="mail", queued_at=T0 + 1),
+            run("nokey", queued_at=T0 + 2),
+            run("edge", attempt=2, idempotency_key="k2", queued_at=T0 + 3),
+        ]
+    )
+
+    assert store.idempotency_keys(since=T0) == {("backup", "k2"): "edge", ("mail", "k3"): "new"}
+    assert store.idempotency_keys(since=T0 + 10) == {}
+
+
+def test_load_task_states_empty_then_one_per_actor(store: Store) -> None:
+    assert store.load_task_states() == {}
+    store.write_batch([state("a"), state("b"), state("a", consecutive_failures=1)])
+
+    states = store.load_task_states()
+    assert sorted(states) == ["a", "b"]
+    assert states["a"].consecutive_failures == 1
+
+
+@pytest.mark.parametrize("bad_position", ["first_run", "last_run", "event"])
+def test_failing_batch_writes_nothing(store: Store, bad_position: str) -> None:
+    store.write_batch([run("kept"), event("kept")])
+    bad_run = run("bad", actor=None)  # violates NOT NULL in the middle of the transaction
+    bad_event = event("bad", event_type=None)
+    good: list[Record] = [run("r2"), state(), event("e2"), run("r3")]
+    batch: list[Record] = {
+        "first_run": [bad_run, *good],
+        "last_run": [*good, bad_run],
+        "event": [*good, bad_event],
+    }[bad_position]
+
+    with pytest.raises(StoreError) as raised:
+        store.write_batch(batch)
+
+    assert not isinstance(raised.value, StoreUnavailable)  # bad data: retrying will not help
+    assert [r.run_id for r in store.list_runs()] == ["kept"]
+    assert [e.event_id for e in store.list_events()] == ["kept"]
+    assert store.load_task_states() == {}
+
+
+def test_unencodable_record_fails_the_batch_without_writing(store: Store) -> None:
+    with pytest.raises(StoreError):
+        store.write_batch([run(), event("e1", metadata={"bad": object()})])
+    assert store.list_runs() == [] and store.list_events() == []
+
+
+def test_store_is_unusable_after_close(store: Store) -> None:
+    store.close()
+    with pytest.raises(StoreError):
+        store.list_runs()
+    with pytest.raises(StoreError):
+        store.write_batch([run()])
+    store.close()  # closing twice is harmless

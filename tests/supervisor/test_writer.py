@@ -1,0 +1,330 @@
+"""The batch writer against a real SQLite store: ordering, durability signals, batching, retries."""
+
+import dataclasses
+import logging
+import select
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from supervisor.records import Event, Record, RunRecord, RunState
+from supervisor.store.sqlite import SqliteStore
+from supervisor.writer import BatchWriter
+
+T0 = 1_764_429_324.0
+
+
+class RecordingStore(SqliteStore):
+    """A real SQLite store that also remembers the size of every batch it committed."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float) -> None:
+        super().__init__(path, busy_timeout_s=busy_timeout_s)
+        self.sizes: list[int] = []
+
+    def write_batch(self, records: Sequence[Record]) -> None:
+        super().write_batch(records)
+        self.sizes.append(len(records))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RecordingStore]:
+    store = RecordingStore(tmp_path / "store.db", busy_timeout_s=0.05)
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def writers() -> Iterator[list[BatchWriter]]:
+    """Writers made by a test; closed at the end even when the test fails."""
+    made: list[BatchWriter] = []
+    yield made
+    for writer in made:
+        writer.close(timeout=5)
+
+
+def make_writer(
+    writers: list[BatchWriter],
+    store: SqliteStore,
+    *,
+    start: bool = True,
+    batch_size: int = 1000,
+    max_age_s: float = 0.02,
+    backoff_initial_s: float = 0.05,
+    backoff_max_s: float = 5.0,
+) -> BatchWriter:
+    writer = BatchWriter(
+        store,
+        batch_size=batch_size,
+        max_age_s=max_age_s,
+        backoff_initial_s=backoff_initial_s,
+        backoff_max_s=backoff_max_s,
+    )
+    writers.append(writer)
+    if start:
+        writer.start()
+    return writer
+
+
+def event(n: int) -> Event:
+    return Event(
+        event_id=f"e{n}",
+        event_type="tick",
+        aggregate_type="supervisor",
+        aggregate_id="s1",
+        created_at=T0,  # equal times: only the insertion order can tell them apart
+    )
+
+
+def run_versions(run_id: str) -> list[RunRecord]:
+    queued = RunRecord(
+        run_id=run_id,
+        attempt=1,
+        actor="backup",
+        correlation_id=run_id,
+        trigger="submit",
+        queued_at=T0,
+    )
+    running = dataclasses.replace(queued, status=RunState.RUNNING, started_at=T0 + 1)
+    done = dataclasses.replace(running, status=RunState.SUCCEEDED, finished_at=T0 + 2)
+    return [queued, running, done]
+
+
+def stored_event_ids(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT event_id FROM execution_events ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def readable(fd: int, timeout: float) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+# -- ordering and durability signals ----------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_records_commit_in_order_and_committed_and_wakeup_fd_advance(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    writer = make_writer(writers, store)
+    fd = writer.wakeup_fd()
+    assert not readable(fd, 0) and writer.committed == 0
+
+    for round_ in range(5):
+        seqs = [writer.put(event(round_ * 20 + i)) for i in range(20)]
+        assert seqs == list(range(round_ * 20 + 1, round_ * 20 + 21))
+        # wait the way the supervisor loop does: on the fd, then read ``committed``
+        deadline = time.monotonic() + 10
+        while writer.committed < seqs[-1] and time.monotonic() < deadline:
+            assert readable(fd, 5)
+            writer.drain_wakeups()
+            durable = len(stored_event_ids(store.path))  # another connection sees them
+            assert durable >= writer.committed
+        assert writer.committed == seqs[-1]
+
+    writer.drain_wakeups()
+    assert not readable(fd, 0)
+    assert stored_event_ids(store.path) == [f"e{n}" for n in range(100)]
+    stats = writer.stats()
+    assert (stats.committed, stats.records, stats.queue_depth, stats.failures) == (100, 100, 0, 0)
+    assert stats.last_flush_ms is not None and not stats.degraded
+
+
+@pytest.mark.timeout(30)
+def test_upserts_through_the_writer_keep_the_last_version(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    writer = make_writer(writers, store)
+    for n in range(50):
+        for version in run_versions(f"r{n}"):
+            writer.put(version)
+    assert writer.flush(10)
+
+    runs = store.list_runs(limit=100)
+    assert len(runs) == 50 and {r.status for r in runs} == {RunState.SUCCEEDED}
+
+
+# -- batching ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_batches_are_cut_at_batch_size(store: RecordingStore, writers: list[BatchWriter]) -> None:
+    writer = make_writer(writers, store, start=False, batch_size=1000, max_age_s=5.0)
+    for n in range(2500):
+        writer.put(event(n))
+    writer.start()
+    assert writer.flush(10)
+
+    assert store.sizes == [1000, 1000, 500]
+    stats = writer.stats()
+    assert (stats.batches, stats.full_batches) == (3, 2)
+    assert stored_event_ids(store.path) == [f"e{n}" for n in range(2500)]
+
+
+@pytest.mark.timeout(30)
+def test_a_busy_queue_is_cut_by_age(store: RecordingStore, writers: list[BatchWriter]) -> None:
+    writer = make_writer(writers, store, batch_size=10**9, max_age_s=0.05)
+    produced = 0
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # a producer that never pauses
+        writer.put(event(produced))
+        produced += 1
+    assert writer.flush(20)
+
+    stats = writer.stats()
+    assert stats.aged_batches >= 1 and stats.full_batches == 0
+    assert len(store.sizes) >= 2 and max(store.sizes) < produced
+    assert sum(store.sizes) == produced == stats.committed
+
+
+@pytest.mark.timeout(30)
+def test_idle_writer_flushes_at_once_without_waiting_for_age(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    writer = make_writer(writers, store, max_age_s=5.0)
+    latencies = []
+    for n in range(5):
+        time.sleep(0.05)  # idle
+        started = time.monotonic()
+        seq = writer.put(event(n))
+        while writer.committed < seq:
+            assert readable(writer.wakeup_fd(), 2)
+            writer.drain_wakeups()
+        latencies.append(time.monotonic() - started)
+
+    assert max(latencies) < 1.0  # far below max_age_s: the writer did not wait for the age rule
+    assert writer.stats().idle_batches == 5
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_locked_store_is_retried_until_every_record_lands_exactly_once(
+    store: RecordingStore, writers: list[BatchWriter], caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = make_writer(writers, store, backoff_initial_s=0.01, backoff_max_s=0.1)
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    try:
+        for n in range(30):
+            writer.put(event(n))
+        assert wait_for(lambda: writer.stats().failures >= 3, timeout=10)
+        stats = writer.stats()
+        assert stats.degraded and stats.committed == 0 and "locked" in (stats.last_error or "")
+        for n in range(30, 60):  # put keeps accepting while the store is down
+            writer.put(event(n))
+        for version in run_versions("r1"):
+            writer.put(version)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert writer.flush(10)
+    assert stored_event_ids(store.path) == [f"e{n}" for n in range(60)]
+    assert [r.status for r in store.list_runs()] == [RunState.SUCCEEDED]
+    stats = writer.stats()
+    assert not stats.degraded and stats.committed == 63 and stats.failures >= 3
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert len(failures) == stats.failures
+
+
+@pytest.mark.timeout(30)
+def test_non_transient_errors_are_retried_too(tmp_path: Path, writers: list[BatchWriter]) -> None:
+    unmigrated = SqliteStore(tmp_path / "late.db")
+    writer = make_writer(writers, unmigrated, backoff_initial_s=0.01, backoff_max_s=0.05)
+    try:
+        writer.put(event(1))
+        assert wait_for(lambda: writer.stats().failures >= 2, timeout=10)
+        assert "no such table" in (writer.stats().last_error or "")
+
+        operator = SqliteStore(tmp_path / "late.db")  # an operator runs `migrate` meanwhile
+        operator.migrate()
+        operator.close()
+
+        assert writer.flush(10)
+        assert stored_event_ids(tmp_path / "late.db") == ["e1"]
+    finally:
+        writer.close(5)
+        unmigrated.close()
+
+
+# -- closing and threads ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_close_flushes_everything_then_refuses_records(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    writer = make_writer(writers, store, batch_size=100)
+    for n in range(3000):
+        writer.put(event(n))
+
+    assert writer.close(timeout=10) is True
+    assert len(stored_event_ids(store.path)) == 3000
+    assert writer.stats().queue_depth == 0
+    with pytest.raises(RuntimeError):
+        writer.put(event(9999))
+
+
+@pytest.mark.timeout(30)
+def test_close_gives_up_after_its_timeout_when_the_store_stays_down(
+    store: RecordingStore, writers: list[BatchWriter], caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = make_writer(writers, store, backoff_initial_s=0.01, backoff_max_s=0.05)
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for n in range(10):
+            writer.put(event(n))
+        started = time.monotonic()
+        assert writer.close(timeout=0.5) is False
+        assert time.monotonic() - started < 5
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert writer.stats().queue_depth == 10
+    assert any("10 records unwritten" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(30)
+def test_put_from_several_threads(store: RecordingStore, writers: list[BatchWriter]) -> None:
+    writer = make_writer(writers, store, batch_size=64)
+    per_thread: dict[int, list[int]] = {}
+    start = threading.Barrier(8)
+
+    def produce(t: int) -> None:
+        start.wait()
+        per_thread[t] = [writer.put(event(t * 1000 + i)) for i in range(250)]
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert writer.flush(10)
+
+    seqs = [seq for t in per_thread for seq in per_thread[t]]
+    assert sorted(seqs) == list(range(1, 2001))
+    assert all(s == sorted(s) for s in per_thread.values())
+    ids = stored_event_ids(store.path)
+    assert len(ids) == len(set(ids)) == 2000
+    for t in range(8):  # each thread's records are stored in the order it put them
+        mine = [int(i[1:]) for i in ids if int(i[1:]) // 1000 == t]
+        assert mine == sorted(mine)

@@ -1,0 +1,219 @@
+"""The worker process: a thin relay between the supervisor and its sandbox launcher.
+
+It forks the launcher first (no thread may exist at that moment), then opens a ZeroMQ DEALER to
+the supervisor, announces itself with ``hello`` and relays: ``run`` bodies to the launcher,
+``result`` bodies back, unchanged. It owns nothing durable: killing it loses nothing, because
+the supervisor records every run it held as ``worker_lost``.
+
+It writes its scoreboard slot (state, heartbeat, current run, counters, rss) so the supervisor
+can see it without asking. If the supervisor dies, the kernel kills the worker
+(``PR_SET_PDEATHSIG``); its launcher then sees EOF and kills every run, so a restarted
+supervisor can retry them without two copies running at once.
+"""
+
+import ctypes
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import psutil
+import zmq
+
+from protocol import ProtocolError, decode
+from protocol.messages import SUPERVISOR_TO_WORKER, Hello, Run, Stop
+from supervisor.logs import setup_logging
+from supervisor.scoreboard import Scoreboard, SlotFields, SlotState
+from workers.launcher import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+EXIT_OK = 0
+EXIT_SUPERVISOR_GONE = 3
+EXIT_LAUNCHER_GONE = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSpec:
+    """Everything a worker needs, passed once at spawn."""
+
+    worker_id: str
+    slot: int
+    endpoint: str
+    scoreboard_path: str
+    scoreboard_slots: int
+    supervisor_pid: int
+    capacity: int
+    sandbox: SandboxConfig
+    heartbeat_interval_s: float = 0.5
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+def worker_main(spec: WorkerSpec) -> int:
+    """Entry point of a spawned worker process; returns its exit code."""
+    _die_with_parent(spec.supervisor_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor orchestrates shutdown
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until the loop installs its own handler
+    setup_logging(spec.log_level, spec.log_format)
+    launcher = start_launcher(spec.sandbox)  # before any thread exists (zmq starts I/O threads)
+    try:
+        return Worker(spec, launcher).run()
+    finally:
+        launcher.close()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(EXIT_SUPERVISOR_GONE)
+
+
+class Worker:
+    """The relay loop: bounded poll, then named steps."""
+
+    def __init__(self, spec: WorkerSpec, launcher: Launcher) -> None:
+        self.spec = spec
+        self.launcher = launcher
+        self.in_flight: dict[tuple[str, int], float] = {}
+        self.stopping = False
+        self.bad_messages = 0
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.ROUTING_ID, spec.worker_id.encode())
+        self._sock.setsockopt(zmq.LINGER, 2000)
+        self._sock.connect(spec.endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(launcher.fileno(), zmq.POLLIN)
+        self._board = Scoreboard.attach(Path(spec.scoreboard_path), spec.scoreboard_slots)
+        self._slot = self._board.slot(spec.slot)
+        self._me = psutil.Process()
+        self._fields = SlotFields(
+            pid=os.getpid(),
+            launcher_pid=launcher.pid,
+            state=SlotState.READY,
+            started_at=time.time(),
+            heartbeat=time.monotonic(),
+        )
+        self._next_rss = 0.0
+        self._terms = 0
+        self._killed = False
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        """First TERM: finish the runs in flight, then exit. Second: kill them (next tick)."""
+        self._terms += 1
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._slot.write(self._fields)
+        self._send(
+            orjson.dumps(
+                Hello(
+                    worker_id=self.spec.worker_id,
+                    pid=os.getpid(),
+                    launcher_pid=self.launcher.pid,
+                    capacity=self.spec.capacity,
+                )
+            )
+        )
+        interval_ms = int(self.spec.heartbeat_interval_s * 1000)
+        try:
+            while not (self.stopping and not self.in_flight):
+                ready = dict(self._poller.poll(interval_ms))
+                if self._sock in ready:
+                    self._on_supervisor_messages()
+                if self.launcher.fileno() in ready:
+                    self._on_launcher_events()
+                self._beat()
+                self._on_terms()
+                if os.getppid() != self.spec.supervisor_pid:
+                    log.error("supervisor is gone; killing runs and exiting")
+                    self.launcher.kill_all()
+                    return EXIT_SUPERVISOR_GONE
+        except LauncherGone:
+            log.error(
+                "launcher %d is gone; exiting so the supervisor replaces this worker",
+                self.launcher.pid,
+            )
+            return EXIT_LAUNCHER_GONE
+        finally:
+            self._fields.state = SlotState.STOPPING
+            self._slot.write(self._fields)
+            self._sock.close(linger=2000)
+            self._ctx.term()
+            self._board.close()
+        return EXIT_OK
+
+    def _send(self, body: bytes) -> None:
+        self._sock.send(body, copy=False)
+
+    def _on_supervisor_messages(self) -> None:
+        while True:
+            try:
+                body = self._sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                message = decode(body, SUPERVISOR_TO_WORKER)
+            except ProtocolError as exc:
+                self.bad_messages += 1
+                log.warning("dropped malformed message from supervisor: %s", exc)
+                continue
+            if isinstance(message, Run):
+                self._start(message, body)
+            elif isinstance(message, Stop):
+                self._stop(message)
+
+    def _start(self, run: Run, body: bytes) -> None:
+        self.in_flight[(run.run_id, run.attempt)] = time.time()
+        self.launcher.submit(body)
+        self._fields.in_flight = len(self.in_flight)
+        self._fields.run_id = run.run_id
+        self._fields.attempt = run.attempt
+        self._fields.child_pid = 0
+        self._slot.write(self._fields)
+
+    def _stop(self, stop: Stop) -> None:
+        self.stopping = True
+        self._fields.state = SlotState.STOPPING
+        if stop.kill and self.in_flight:
+            log.info("killing %d run(s) on request", len(self.in_flight))
+            self.launcher.kill_all()
+
+    def _on_launcher_events(self) -> None:
+        for event in self.launcher.receive():
+            if isinstance(event, Finished):
+                self._send(event.result_body)
+                self.in_flight.pop((event.run_id, event.attempt), None)
+                self._fields.in_flight = len(self.in_flight)
+                self._fields.runs_done += 1
+                if b'"status":"succeeded"' not in event.result_body:
+                    self._fields.runs_failed += 1
+            else:
+                self._fields.run_id = event.run_id
+                self._fields.attempt = event.attempt
+                self._fields.child_pid = event.child_pid
+                self._fields.run_started_at = event.started_at
+        self._slot.write(self._fields)
+
+    def _on_terms(self) -> None:
+        if self._terms and not self.stopping:
+            log.info("SIGTERM: finishing %d run(s) in flight, then exiting", len(self.in_flight))
+            self._stop(Stop(kill=False))
+        if self._terms > 1 and not self._killed:
+            self._killed = True
+            self._stop(Stop(kill=True))
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        self._fields.heartbeat = now
+        if now >= self._next_rss:
+            self._next_rss = now + 5.0
+            self._fields.rss_kb = self._me.memory_info().rss // 1024
+        self._slot.write(self._fields)
