@@ -14,6 +14,8 @@ from protocol.errors import ProtocolError
 from protocol.fields import FieldReader
 from protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
 
+__all__ = ["MAX_BODY_BYTES", "PROTOCOL_VERSION", "decode", "decode_object", "encode"]
+
 MAX_BODY_BYTES = 32 << 20
 
 
@@ -47,9 +49,9 @@ def decode_object(obj: Any, expected: Collection[str] | None = None) -> Message:
             f"unsupported protocol version: {version!r}, expected {PROTOCOL_VERSION}"
         )
     kind = obj.get("type")
-    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         raise ProtocolError(f"unknown message type {kind!r}")
+    cls = MESSAGE_TYPES[kind]
     if expected is not None and kind not in expected:
         raise ProtocolError(f"message type {kind!r} is not accepted here")
     try:
@@ -62,7 +64,7 @@ def decode_object(obj: Any, expected: Collection[str] | None = None) -> Message:
 
 
 def request_id_of(body: bytes) -> str:
-    """Best-effort request id of a message that failed to decode, so the error reply can carry it."""
+    """Best-effort request id of a message that failed to decode, for the error reply."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -74,7 +74,9 @@ class FieldReader:
     def choice(self, name: str, choices: frozenset[str]) -> str:
         value = self.string(name)
         if value not in choices:
-            raise ProtocolError(f"{self._kind}.{name}: expected one of {sorted(choices)}, got {value!r}")
+            raise ProtocolError(
+                f"{self._kind}.{name}: expected one of {sorted(choices)}, got {value!r}"
+            )
         return value
 
     def mapping(self, name: str) -> dict[str, Any]:

@@ -30,7 +30,9 @@ class Reason(StrEnum):
     WORKER_LOST = "worker_lost"  # the worker holding the run died
     SUPERVISOR_LOST = "supervisor_lost"  # the supervisor died while the run was in flight
     SHUTDOWN = "shutdown"  # killed because the supervisor stopped and the grace period ran out
-    UNKNOWN_ACTOR = "unknown_actor"  # recovered after a restart, but the actor is no longer configured
+    UNKNOWN_ACTOR = (
+        "unknown_actor"  # recovered after a restart, but the actor is no longer configured
+    )
 
 
 EX_TEMPFAIL = 75

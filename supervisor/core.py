@@ -57,7 +57,7 @@ from supervisor.scoreboard import Scoreboard
 from supervisor.status import build_status
 from supervisor.store import open_store
 from supervisor.writer import BatchWriter
-from workers.access import resolve_user, unreadable_scripts
+from workers.access import AccessCheckError, resolve_user, unreadable_scripts
 from workers.launcher import SandboxConfig
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,12 @@ class Supervisor:
         s = self.settings
         run_as = None
         if os.geteuid() == 0:
-            run_as = resolve_user(s.run_as)
-            problems = unreadable_scripts([a.script for a in self.config.actors.values()], *run_as)
+            try:
+                run_as = resolve_user(s.run_as)
+                scripts = [str(a.script) for a in self.config.actors.values()]
+                problems = unreadable_scripts(scripts, *run_as)
+            except AccessCheckError as exc:
+                raise StartupError(f"run_as = {s.run_as!r}: {exc}") from exc
             if problems:
                 raise StartupError(
                     f"scripts run as user {s.run_as!r}, which cannot read them:\n  "

@@ -459,6 +459,7 @@ class SupervisorSettings:
     shutdown_grace_s: float = 10.0
     kill_grace_s: float = 2.0
     run_as: str = "nobody"
+    python: str | None = None
     queue_size: int = 10000
     batch_size: int = 1000
     batch_max_age_ms: float = 20.0
@@ -489,6 +490,11 @@ SETTINGS: tuple[Setting, ...] = declare(
         Setting("shutdown_grace_s", Number(minimum=0), "seconds in-flight runs get on shutdown"),
         Setting("kill_grace_s", Number(minimum=0), "SIGTERM -> SIGKILL delay on a timeout"),
         Setting("run_as", Word(), "user scripts run as when the supervisor runs as root"),
+        Setting(
+            "python",
+            OptionalPath(),
+            "interpreter for exec mode (default: the supervisor's own, else python3 on PATH)",
+        ),
         Setting("queue_size", Integer(1), "bounded ready queue; beyond it submissions get busy"),
         Setting("batch_size", Integer(1), "store writer: rows per batch"),
         Setting("batch_max_age_ms", Number(minimum=0), "store writer: flush a batch this old"),

@@ -1,5 +1,6 @@
 """Encode/decode: every message round-trips; anything malformed is one clear ProtocolError."""
 
+import contextlib
 import random
 
 import orjson
@@ -110,7 +111,7 @@ def test_malformed_fields_name_the_problem(changes: dict[str, object], expected:
 def test_result_with_unknown_reason_is_rejected() -> None:
     obj = orjson.loads(encode(RESULT))
     obj["reason"] = "gremlins"
-    with pytest.raises(ProtocolError, match="result.reason: unknown value 'gremlins'"):
+    with pytest.raises(ProtocolError, match=r"result\.reason: unknown value 'gremlins'"):
         decode(orjson.dumps(obj))
 
 
@@ -156,10 +157,8 @@ def test_random_frames_only_ever_raise_protocol_error() -> None:
             key = rng.choice(list(obj))
             obj[key] = rng.choice([None, 0, -1, 1.5, "", [], {}, True, "x" * 5000])
             body = orjson.dumps(obj)
-        try:
+        with contextlib.suppress(ProtocolError):
             decode(body)
-        except ProtocolError:
-            pass
 
 
 def test_request_id_is_recovered_from_an_invalid_request() -> None:

@@ -74,7 +74,7 @@ def test_heartbeat_age_uses_the_monotonic_clock() -> None:
 def test_slot_index_out_of_range_is_an_error() -> None:
     board = Scoreboard.create(2)
     try:
-        with pytest.raises(IndexError, match="out of range 0..1"):
+        with pytest.raises(IndexError, match=r"out of range 0\.\.1"):
             board.slot(2)
     finally:
         board.close()
