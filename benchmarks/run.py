@@ -81,7 +81,9 @@ def measure_ceiling(mode: str, parallel: int, runs: int, script: Path) -> float:
     results = ctx.Queue()
     per_proc = max(1, runs // parallel)
     target: Any = _bare_fork_loop if mode == "fork" else _bare_exec_loop
-    args: tuple[Any, ...] = (per_proc, results) if mode == "fork" else (per_proc, str(script), results)
+    args: tuple[Any, ...] = (per_proc, results)
+    if mode == "exec":
+        args = (per_proc, str(script), results)
     started = time.perf_counter()
     procs = [ctx.Process(target=target, args=args) for _ in range(parallel)]
     for proc in procs:

@@ -50,6 +50,7 @@ from supervisor.actors import ActorRuntime, build_actors
 from supervisor.config import Config
 from supervisor.errors import StartupError
 from supervisor.pool import WorkerPool
+from supervisor.preflight import prepare_sandbox
 from supervisor.records import RunRecord, RunState
 from supervisor.runs import ActiveRun, RecentOutcomes, Waiter, apply_result, outcome_of
 from supervisor.schedule import ScheduleHeap, missed_fires, retry_delay
@@ -57,8 +58,6 @@ from supervisor.scoreboard import Scoreboard
 from supervisor.status import build_status
 from supervisor.store import open_store
 from supervisor.writer import BatchWriter
-from workers.access import AccessCheckError, resolve_user, unreadable_scripts
-from workers.launcher import SandboxConfig
 
 log = logging.getLogger(__name__)
 
@@ -113,22 +112,7 @@ class Supervisor:
 
     def _prepare(self) -> None:
         s = self.settings
-        run_as = None
-        if os.geteuid() == 0:
-            try:
-                run_as = resolve_user(s.run_as)
-                scripts = [str(a.script) for a in self.config.actors.values()]
-                problems = unreadable_scripts(scripts, *run_as)
-            except AccessCheckError as exc:
-                raise StartupError(f"run_as = {s.run_as!r}: {exc}") from exc
-            if problems:
-                raise StartupError(
-                    f"scripts run as user {s.run_as!r}, which cannot read them:\n  "
-                    + "\n  ".join(problems)
-                )
-        self.sandbox = SandboxConfig(
-            worker_id="", env_allow=s.env_allow, run_as=run_as, kill_grace_s=s.kill_grace_s
-        )
+        self.sandbox = prepare_sandbox(self.config)
         self.store = open_store(
             s.database, base_dir=self.config.base_dir, sqlite_synchronous=s.sqlite_synchronous
         )

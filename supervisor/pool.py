@@ -5,6 +5,7 @@ method (the supervisor has ZeroMQ threads, so it never forks), and the superviso
 every worker's ``sentinel``; nothing else waits for worker processes.
 """
 
+import contextlib
 import logging
 import os
 import signal
@@ -214,10 +215,8 @@ class WorkerPool:
         log.warning("killing worker %s: %s", handle.worker_id, why)
         handle.killed_by_us = why
         handle.ready = False
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(handle.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def stop_all(self, timeout: float) -> None:
         """Wait for workers told to stop; kill the ones still there after ``timeout``."""

@@ -57,6 +57,7 @@ class WorkerSpec:
 def worker_main(spec: WorkerSpec) -> int:
     """Entry point of a spawned worker process; returns its exit code."""
     _die_with_parent(spec.supervisor_pid)
+    _scrub_environment(spec.sandbox.env_allow)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor orchestrates shutdown
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until the loop installs its own handler
     setup_logging(spec.log_level, spec.log_format)
@@ -65,6 +66,14 @@ def worker_main(spec: WorkerSpec) -> int:
         return Worker(spec, launcher).run()
     finally:
         launcher.close()
+
+
+def _scrub_environment(allowed: tuple[str, ...]) -> None:
+    """Drop everything but the allow-list before the launcher is forked from this process:
+    fork-mode scripts start from a copy of its memory, and the supervisor's environment may
+    hold credentials (a database URL, say)."""
+    for name in [n for n in os.environ if n not in allowed]:
+        del os.environ[name]
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -193,6 +202,7 @@ class Worker:
                 self.in_flight.pop((event.run_id, event.attempt), None)
                 self._fields.in_flight = len(self.in_flight)
                 self._fields.runs_done += 1
+                # orjson writes a Result's fields in order, so the status reads as exactly this
                 if b'"status":"succeeded"' not in event.result_body:
                     self._fields.runs_failed += 1
             else:

@@ -1,0 +1,99 @@
+"""Start-up checks that must run before the supervisor has any thread (they fork).
+
+They answer one question: can the sandbox user really run these scripts? A wrong answer found
+here is a clear refusal to start ("which file, which user"); found later, it would be every run
+failing.
+"""
+
+import logging
+import os
+import shutil
+import sys
+
+from supervisor.config import Config
+from supervisor.errors import StartupError
+from workers.access import AccessCheckError, resolve_user, unreadable_scripts, unrunnable_python
+from workers.launcher import SandboxConfig
+
+log = logging.getLogger(__name__)
+
+
+def prepare_sandbox(config: Config) -> SandboxConfig:
+    """The sandbox settings every worker gets, after checking them as the sandbox user."""
+    settings = config.supervisor
+    modes = {actor.mode for actor in config.actors.values()}
+    run_as = None
+    try:
+        if os.geteuid() == 0:
+            run_as = resolve_user(settings.run_as)
+            problems = unreadable_scripts([str(a.script) for a in config.actors.values()], *run_as)
+            if problems:
+                raise StartupError(
+                    f"scripts run as user {settings.run_as!r}, which cannot read them:\n  "
+                    + "\n  ".join(problems)
+                )
+            if "fork" in modes:
+                _warn_if_stdlib_hidden(settings.run_as, run_as)
+        python = resolve_python(settings.python, run_as, needed="exec" in modes)
+    except AccessCheckError as exc:
+        raise StartupError(f"run_as = {settings.run_as!r}: {exc}") from exc
+    return SandboxConfig(
+        worker_id="",
+        env_allow=settings.env_allow,
+        run_as=run_as,
+        kill_grace_s=settings.kill_grace_s,
+        python=python,
+    )
+
+
+def resolve_python(configured: str | None, run_as: tuple[int, int] | None, *, needed: bool) -> str:
+    """The interpreter exec mode starts.
+
+    Configured: it must work, or we refuse. Otherwise this supervisor's own interpreter, or --
+    when the sandbox user cannot run it (a pyenv or venv under a private home) -- the first
+    ``python3`` on PATH that it can, with a warning that says so.
+    """
+    if configured is not None:
+        if run_as is not None and needed and (problems := unrunnable_python(configured, *run_as)):
+            raise StartupError("python: " + "; ".join(problems))
+        return configured
+    if run_as is None or not needed:
+        return sys.executable
+    candidates = [sys.executable, *_all_on_path("python3")]
+    failures: list[str] = []
+    for candidate in candidates:
+        problems = unrunnable_python(candidate, *run_as)
+        if not problems:
+            if candidate != sys.executable:
+                log.warning(
+                    "exec mode: the sandbox user cannot run %s (%s); using %s instead "
+                    "(set `python` in [supervisor] to choose)",
+                    sys.executable, failures[0], candidate,
+                )  # fmt: skip
+            return candidate
+        failures.extend(problems)
+    raise StartupError(
+        "exec mode: no Python interpreter the sandbox user can run; tried:\n  "
+        + "\n  ".join(failures)
+        + "\nset `python` in [supervisor] to one it can run"
+    )
+
+
+def _all_on_path(name: str) -> list[str]:
+    found: list[str] = []
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = shutil.which(name, path=folder)
+        if path and os.path.realpath(path) not in {os.path.realpath(p) for p in found}:
+            found.append(path)
+    return found
+
+
+def _warn_if_stdlib_hidden(user: str, run_as: tuple[int, int]) -> None:
+    """Fork-mode scripts import from the supervisor's own standard library, as the sandbox user."""
+    if unreadable_scripts([os.__file__], *run_as):
+        log.warning(
+            "fork mode: user %s cannot read this Python's standard library (%s); fork-mode "
+            "scripts can import only the modules the launcher pre-imports. Install Python where "
+            "that user can read it, or run such actors in exec mode.",
+            user, os.path.dirname(os.__file__),
+        )  # fmt: skip

@@ -1,0 +1,188 @@
+"""classify() with real wait statuses: children that exit with a code or die of a signal."""
+
+import os
+import resource
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from protocol.messages import Limits
+from workers.classify import Kill, classify
+from workers.sandbox import NOTE_MEMORY, NOTE_MISSING, NOTE_SETUP
+
+
+def status_of(child: Callable[[], None]) -> int:
+    """The raw wait status of a forked child running ``child``."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child()
+        finally:
+            os._exit(99)
+    _, status, _ = os.wait4(pid, 0)
+    return status
+
+
+def exited(code: int) -> int:
+    return status_of(lambda: os._exit(code))
+
+
+def killed_by(sig: int) -> int:
+    def die() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core files from SIGXCPU & co
+        if sig != signal.SIGKILL:  # its disposition cannot be changed (nor needs to be)
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+
+    status = status_of(die)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == sig
+    return status
+
+
+def test_exit_0_with_one_json_document_succeeds() -> None:
+    outcome = classify(exited(0), b'  {"a": [1, 2]}\n\n')
+    assert (outcome.status, outcome.reason, outcome.exit_code) == ("succeeded", None, 0)
+    assert outcome.output == {"a": [1, 2]} and outcome.error is None
+
+
+@pytest.mark.parametrize(
+    ("stdout", "expected"),
+    [
+        (b"", "printed nothing"),
+        (b" \n\t", "printed nothing"),
+        (b"hello world", "it starts with 'hello world'"),
+        (b'{"a": 1}{"b": 2}', "not one JSON document"),
+        (b"\xff\xfe\x00", "not one JSON document"),
+        (b"NaN", "not one JSON document"),
+    ],
+)
+def test_exit_0_without_exactly_one_json_document_is_invalid_output(
+    stdout: bytes, expected: str
+) -> None:
+    outcome = classify(exited(0), stdout)
+    assert (outcome.status, outcome.reason, outcome.output) == (
+        "failed_permanent",
+        "invalid_output",
+        None,
+    )
+    assert expected in (outcome.error or "")
+
+
+def test_invalid_output_preview_is_bounded() -> None:
+    outcome = classify(exited(0), b"x" * 10_000)
+    assert outcome.error is not None and len(outcome.error) < 400 and outcome.error.endswith("...")
+
+
+def test_exit_75_is_retryable() -> None:
+    outcome = classify(exited(75), b"")
+    assert (outcome.status, outcome.reason, outcome.exit_code) == (
+        "failed_retryable",
+        "exit_code",
+        75,
+    )
+    assert "EX_TEMPFAIL" in (outcome.error or "")
+
+
+def test_other_exit_codes_are_permanent_and_keep_json_output() -> None:
+    plain = classify(exited(3), b"half a line")
+    assert (plain.status, plain.reason, plain.exit_code) == ("failed_permanent", "exit_code", 3)
+    assert (plain.output, plain.error) == (None, "exited with code 3")
+    listed = classify(exited(2), b"[1, 2]")
+    assert (listed.status, listed.output) == ("failed_permanent", [1, 2])
+
+
+def test_json_retryable_true_makes_an_exit_retryable_and_carries_its_error() -> None:
+    outcome = classify(exited(1), b'{"retryable": true, "error": "db locked", "n": 1}')
+    assert (outcome.status, outcome.reason, outcome.exit_code) == (
+        "failed_retryable",
+        "exit_code",
+        1,
+    )
+    assert outcome.error == "db locked"
+    assert outcome.output == {"retryable": True, "error": "db locked", "n": 1}
+
+
+def test_only_a_literal_true_asks_for_a_retry() -> None:
+    outcome = classify(exited(1), b'{"retryable": "yes", "error": 5}')
+    assert outcome.status == "failed_permanent"
+    assert outcome.error == "exited with code 1"  # a non-string "error" is not a message
+
+
+def test_sandbox_notes_win_over_the_exit_status() -> None:
+    setup = classify(exited(71), b"", note=NOTE_SETUP + b"cwd: [Errno 2] nope")
+    assert (setup.status, setup.reason) == ("failed_permanent", "sandbox_error")
+    assert setup.error == "sandbox setup: cwd: [Errno 2] nope"
+    missing = classify(exited(71), b"", note=NOTE_MISSING + b"script: gone")
+    assert (missing.status, missing.reason) == ("failed_permanent", "file_missing")
+    memory = classify(exited(1), b"", note=NOTE_MEMORY, limits=Limits(memory_mb=64))
+    assert (memory.status, memory.reason) == ("failed_permanent", "memory_limit")
+    assert "64 MiB" in (memory.error or "")
+
+
+def test_sigxcpu_is_cpu_limit() -> None:
+    outcome = classify(killed_by(signal.SIGXCPU), b"", limits=Limits(cpu_s=2))
+    assert (outcome.status, outcome.reason, outcome.signal) == (
+        "failed_permanent",
+        "cpu_limit",
+        signal.SIGXCPU,
+    )
+
+
+def test_sigkill_at_the_cpu_hard_limit_is_cpu_limit() -> None:
+    status = killed_by(signal.SIGKILL)
+    outcome = classify(status, b"", cpu_used_s=3.0, limits=Limits(cpu_s=2))
+    assert outcome.reason == "cpu_limit"
+
+
+def test_unexplained_sigkill_says_perhaps_out_of_memory() -> None:
+    outcome = classify(killed_by(signal.SIGKILL), b"{}", cpu_used_s=0.1, limits=Limits(cpu_s=2))
+    assert (outcome.status, outcome.reason, outcome.signal) == (
+        "failed_permanent",
+        "signal",
+        signal.SIGKILL,
+    )
+    assert outcome.error == "killed by SIGKILL (perhaps out of memory)"
+    assert outcome.exit_code is None and outcome.output is None
+
+
+def test_sigxfsz_is_file_size_limit() -> None:
+    outcome = classify(killed_by(signal.SIGXFSZ), b"")
+    assert (outcome.status, outcome.reason) == ("failed_permanent", "file_size_limit")
+
+
+def test_other_signals_are_permanent_and_named() -> None:
+    outcome = classify(killed_by(signal.SIGSEGV), b"")
+    assert (outcome.status, outcome.reason, outcome.signal) == (
+        "failed_permanent",
+        "signal",
+        signal.SIGSEGV,
+    )
+    assert outcome.error == "killed by SIGSEGV"
+
+
+def test_our_kills_win_even_over_a_clean_exit() -> None:
+    clean = exited(0)
+    timeout = classify(clean, b"{}", killed=Kill.TIMEOUT, timeout_s=1.5)
+    assert (timeout.status, timeout.reason) == ("failed_retryable", "timeout")
+    assert timeout.error == "timed out after 1.5 s; killed with SIGTERM"
+    escalated = classify(killed_by(signal.SIGKILL), b"", killed=Kill.TIMEOUT, timeout_s=1)
+    assert "SIGKILL" in (escalated.error or "")
+    output = classify(killed_by(signal.SIGKILL), b"x" * 100, killed=Kill.OUTPUT_LIMIT)
+    assert (output.status, output.reason, output.output) == (
+        "failed_permanent",
+        "output_limit",
+        None,
+    )
+    shutdown = classify(killed_by(signal.SIGTERM), b"", killed=Kill.SHUTDOWN)
+    assert (shutdown.status, shutdown.reason, shutdown.signal) == (
+        "failed_retryable",
+        "shutdown",
+        signal.SIGTERM,
+    )
+
+
+def test_a_setup_failure_stays_a_sandbox_error_even_if_we_killed_it() -> None:
+    outcome = classify(exited(71), b"", note=NOTE_SETUP + b"user: EPERM", killed=Kill.SHUTDOWN)
+    assert outcome.reason == "sandbox_error"

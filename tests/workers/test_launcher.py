@@ -1,0 +1,612 @@
+"""The sandbox against nasty scripts, through one real launcher per module.
+
+Every test forks real children from a real launcher and runs real scripts written to disk. The
+module-scoped launcher must survive all of them; the last test proves it still runs a normal
+script, and an autouse fixture checks after each test that nothing it spawned is left alive.
+"""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from protocol.codec import encode
+from protocol.messages import Limits
+from tests.workers.conftest import (
+    IS_ROOT,
+    RUN_AS,
+    SECRET_NAME,
+    collect,
+    descendants,
+    is_idle_spare,
+    is_running,
+    make_run,
+    run_script,
+    wait_for,
+    wait_started,
+    write_script,
+)
+from workers.launcher import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
+
+ECHO = """\
+import json, sys
+data = json.load(sys.stdin)
+print(json.dumps({"echo": data, "argv": sys.argv, "path0": sys.path[0], "name": __name__}))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_noop_script_succeeds_with_its_output_and_input(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(public_tmp, "echo.py", ECHO)
+    run = make_run(script, mode, input_json='{"n": 41, "s": "h\\u00e9"}')
+    before = time.time()
+    result = run_script(launcher, run)
+    assert (result.status, result.reason, result.exit_code) == ("succeeded", None, 0)
+    assert result.output == {
+        "echo": {"n": 41, "s": "hé"},
+        "argv": [str(script)],
+        "path0": str(public_tmp),
+        "name": "__main__",
+    }
+    assert (result.run_id, result.attempt, result.worker_id) == (run.run_id, 1, "test-worker")
+    assert before <= result.started_at <= result.finished_at <= time.time()
+    assert result.duration_ms > 0 and result.child_pid is not None
+    assert result.rusage.maxrss_kb > 0
+
+
+@pytest.mark.timeout(30)
+def test_large_input_reaches_the_script(launcher: Launcher, public_tmp: Path) -> None:
+    script = write_script(public_tmp, "size.py", "import sys; print(len(sys.stdin.read()))")
+    text = '"' + "x" * (3 << 20) + '"'
+    result = run_script(launcher, make_run(script, "fork", input_json=text))
+    assert result.output == len(text)
+
+
+@pytest.mark.timeout(30)
+def test_local_helper_modules_import_from_cwd(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    home = public_tmp / "home"
+    home.mkdir(mode=0o755)
+    elsewhere = public_tmp / "materialized"
+    elsewhere.mkdir(mode=0o755)
+    write_script(home, "helper.py", "ANSWER = 42\n")
+    script = write_script(elsewhere, "main.py", "import helper, json; print(helper.ANSWER)")
+    result = run_script(launcher, make_run(script, mode, cwd=str(home)))
+    assert (result.status, result.output) == ("succeeded", 42)
+
+
+@pytest.mark.timeout(30)
+def test_script_sees_only_allowed_env_and_runs_unprivileged_in_its_folder(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    assert os.environ.get(SECRET_NAME) is None  # only the launcher's environment had it
+    script = write_script(
+        public_tmp,
+        "who.py",
+        """\
+        import json, os
+        try:
+            with open("/proc/self/environ", "rb") as f:
+                initial = f.read().decode("utf-8", "replace")
+        except OSError:
+            initial = ""  # not readable at all after the switch to an unprivileged user
+        print(json.dumps({"env": dict(os.environ), "uid": os.getuid(), "gid": os.getgid(),
+                          "groups": os.getgroups(), "cwd": os.getcwd(), "initial": initial}))
+        """,
+    )
+    result = run_script(launcher, make_run(script, mode, env={"GREETING": "hi"}, attempt=3))
+    assert result.status == "succeeded", result.error
+    env = result.output["env"]
+    assert SECRET_NAME not in env
+    assert SECRET_NAME not in result.output["initial"]  # fork mode: the launcher's scrubbed block
+    assert "PATH" in env and env["GREETING"] == "hi"
+    assert env["ACTOR_NAME"] == "test-actor"
+    assert env["ACTOR_RUN_ID"] == result.run_id
+    assert env["ACTOR_ATTEMPT"] == "3"
+    assert result.output["cwd"] == str(public_tmp)
+    if RUN_AS is not None:
+        assert (result.output["uid"], result.output["gid"]) == RUN_AS
+        assert result.output["groups"] == []
+        assert env["HOME"] == "/nonexistent"
+
+
+@pytest.mark.timeout(30)
+def test_endless_loop_times_out_and_its_group_is_gone(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(public_tmp, "loop.py", "import time\nwhile True: time.sleep(0.05)\n")
+    result = run_script(launcher, make_run(script, mode, timeout_s=0.5))
+    assert (result.status, result.reason) == ("failed_retryable", "timeout")
+    assert result.signal == signal.SIGTERM
+    assert 500 <= result.duration_ms < 5000
+    assert result.child_pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(result.child_pid, 0)
+
+
+@pytest.mark.timeout(30)
+def test_script_ignoring_sigterm_is_killed_after_the_grace(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(
+        public_tmp,
+        "stubborn.py",
+        """\
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(0.05)
+        """,
+    )
+    result = run_script(launcher, make_run(script, mode, timeout_s=0.5))
+    assert (result.status, result.reason) == ("failed_retryable", "timeout")
+    assert result.signal == signal.SIGKILL
+    assert result.duration_ms >= 1000  # timeout + kill_grace_s
+    assert "SIGKILL" in (result.error or "")
+
+
+@pytest.mark.timeout(30)
+def test_timeout_wins_even_if_the_script_then_exits_cleanly(
+    launcher: Launcher, public_tmp: Path
+) -> None:
+    script = write_script(
+        public_tmp,
+        "polite.py",
+        """\
+        import signal, sys, time
+        def bye(*_):
+            print("{}")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, bye)
+        while True:
+            time.sleep(0.05)
+        """,
+    )
+    result = run_script(launcher, make_run(script, "fork", timeout_s=0.5))
+    assert (result.status, result.reason, result.exit_code) == ("failed_retryable", "timeout", 0)
+
+
+@pytest.mark.timeout(30)
+def test_allocating_past_memory_mb_is_memory_limit(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(
+        public_tmp,
+        "hog.py",
+        """\
+        chunks = []
+        while True:
+            chunks.append(bytearray(64 << 20))
+        """,
+    )
+    limits = Limits(memory_mb=600)
+    result = run_script(launcher, make_run(script, mode, limits=limits))
+    assert (result.status, result.reason) == ("failed_permanent", "memory_limit"), result
+    assert "MemoryError" in result.stderr_tail
+
+
+@pytest.mark.timeout(30)
+def test_burning_cpu_past_cpu_s_is_cpu_limit(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(public_tmp, "burn.py", "while True:\n    pass\n")
+    result = run_script(launcher, make_run(script, mode, limits=Limits(cpu_s=1), timeout_s=15))
+    assert (result.status, result.reason) == ("failed_permanent", "cpu_limit")
+    assert result.signal == signal.SIGXCPU
+    assert result.rusage.utime_s + result.rusage.stime_s >= 0.9
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not IS_ROOT, reason="RLIMIT_NPROC counts all of the user's processes")
+def test_fork_bomb_is_contained(launcher: Launcher, public_tmp: Path, mode: str) -> None:
+    script = write_script(
+        public_tmp,
+        "bomb.py",
+        """\
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+        """,
+    )
+    run = make_run(script, mode, limits=Limits(nproc=12), timeout_s=1.5)
+    result = run_script(launcher, run)
+    assert result.status != "succeeded"
+    assert result.reason == "timeout"
+    # The autouse fixture then checks that not one bomb process is left.
+
+
+@pytest.mark.timeout(30)
+def test_flooding_stdout_is_output_limit_promptly(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(
+        public_tmp,
+        "flood.py",
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
+    )
+    run = make_run(script, mode, limits=Limits(output_kb=64), timeout_s=30)
+    result = run_script(launcher, run)
+    assert (result.status, result.reason) == ("failed_permanent", "output_limit")
+    assert result.signal == signal.SIGKILL and result.output is None
+    assert result.duration_ms < 5000
+
+
+@pytest.mark.timeout(30)
+def test_output_past_the_limit_is_caught_even_after_a_quick_exit(
+    launcher: Launcher, public_tmp: Path
+) -> None:
+    script = write_script(public_tmp, "burst.py", "print('[' + '1,' * 60000 + '1]')\n")
+    result = run_script(launcher, make_run(script, "fork", limits=Limits(output_kb=16)))
+    assert (result.status, result.reason) == ("failed_permanent", "output_limit")
+
+
+@pytest.mark.timeout(30)
+def test_flooding_stderr_keeps_only_the_tail(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(
+        public_tmp,
+        "noisy.py",
+        """\
+        import sys
+        for i in range(40000):
+            sys.stderr.write("line %d of noise\\n" % i)
+        sys.stderr.write("THE END\\n")
+        print("{}")
+        """,
+    )
+    result = run_script(launcher, make_run(script, mode, limits=Limits(stderr_kb=4)))
+    assert result.status == "succeeded"
+    assert 0 < len(result.stderr_tail.encode()) <= 4096
+    assert result.stderr_tail.endswith("line 39999 of noise\nTHE END\n")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("print('not json at all')", "not json at all"),
+        ("pass", "printed nothing"),
+        ("import sys; sys.stdout.buffer.write(b'\\xff\\xfe\\x00\\x01garbage')", "not one JSON"),
+        ("print('{} {}')", "not one JSON"),
+    ],
+    ids=["text", "nothing", "binary", "two-documents"],
+)
+def test_bad_stdout_is_invalid_output(
+    launcher: Launcher, public_tmp: Path, code: str, expected: str
+) -> None:
+    script = write_script(public_tmp, "bad.py", code)
+    result = run_script(launcher, make_run(script, "fork"))
+    assert (result.status, result.reason, result.exit_code) == (
+        "failed_permanent",
+        "invalid_output",
+        0,
+    )
+    assert expected in (result.error or "")
+
+
+@pytest.mark.timeout(30)
+def test_exit_75_is_retryable(launcher: Launcher, public_tmp: Path, mode: str) -> None:
+    script = write_script(public_tmp, "tempfail.py", "import sys; sys.exit(75)")
+    result = run_script(launcher, make_run(script, mode))
+    assert (result.status, result.reason, result.exit_code) == ("failed_retryable", "exit_code", 75)
+
+
+@pytest.mark.timeout(30)
+def test_exit_3_is_permanent(launcher: Launcher, public_tmp: Path, mode: str) -> None:
+    script = write_script(
+        public_tmp, "three.py", "import os; print('partial'); raise SystemExit(3)"
+    )
+    result = run_script(launcher, make_run(script, mode))
+    assert (result.status, result.reason, result.exit_code) == ("failed_permanent", "exit_code", 3)
+    assert result.output is None and result.error == "exited with code 3"
+
+
+@pytest.mark.timeout(30)
+def test_json_asking_for_a_retry_with_exit_1_is_retryable(
+    launcher: Launcher, public_tmp: Path
+) -> None:
+    script = write_script(
+        public_tmp,
+        "busy.py",
+        """\
+        import json, sys
+        print(json.dumps({"retryable": True, "error": "upstream busy"}))
+        sys.exit(1)
+        """,
+    )
+    result = run_script(launcher, make_run(script, "fork"))
+    assert (result.status, result.reason, result.exit_code) == ("failed_retryable", "exit_code", 1)
+    assert result.error == "upstream busy"
+    assert result.output == {"retryable": True, "error": "upstream busy"}
+
+
+@pytest.mark.timeout(30)
+def test_uncaught_exception_prints_a_traceback_from_the_script(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(public_tmp, "boom.py", "def f():\n    raise ValueError('boom')\nf()\n")
+    result = run_script(launcher, make_run(script, mode))
+    assert (result.status, result.reason, result.exit_code) == ("failed_permanent", "exit_code", 1)
+    lines = result.stderr_tail.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1].startswith(f'  File "{script}", line 3')  # no sandbox frames before it
+    assert lines[-1] == "ValueError: boom"
+
+
+@pytest.mark.timeout(30)
+def test_syntax_error_is_reported_as_python_would(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(public_tmp, "broken.py", "x = (1,\nprint(x\n")
+    result = run_script(launcher, make_run(script, mode))
+    assert (result.status, result.reason, result.exit_code) == ("failed_permanent", "exit_code", 1)
+    assert f'File "{script}", line 2' in result.stderr_tail
+    assert "SyntaxError" in result.stderr_tail.splitlines()[-1]
+
+
+@pytest.mark.timeout(30)
+def test_non_daemon_threads_finish_before_exit(launcher: Launcher, public_tmp: Path) -> None:
+    script = write_script(
+        public_tmp,
+        "threads.py",
+        """\
+        import threading, time
+        def late():
+            time.sleep(0.2)
+            print('"from the thread"')
+        threading.Thread(target=late).start()
+        """,
+    )
+    result = run_script(launcher, make_run(script, "fork"))
+    assert (result.status, result.output) == ("succeeded", "from the thread")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("setsid", [False, True], ids=["same-group", "setsid"])
+def test_grandchild_left_behind_is_killed(
+    launcher: Launcher, public_tmp: Path, mode: str, setsid: bool
+) -> None:
+    script = write_script(
+        public_tmp,
+        "parent.py",
+        f"""\
+        import os, time
+        pid = os.fork()
+        if pid == 0:
+            if {setsid}:
+                os.setsid()
+            time.sleep(300)
+            os._exit(0)
+        print(pid)
+        """,
+    )
+    result = run_script(launcher, make_run(script, mode))
+    assert result.status == "succeeded"
+    grandchild = result.output
+    assert isinstance(grandchild, int)
+    assert wait_for(lambda: not is_running(grandchild)), "grandchild survived its run"
+
+
+@pytest.mark.timeout(30)
+def test_escaped_descendant_is_spared_while_its_run_is_in_flight(
+    launcher: Launcher, public_tmp: Path
+) -> None:
+    # Exec mode: the daemon's /proc environ names its run, so the sweep that follows the
+    # intermediate's death must spare it until the run itself ends.
+    script = write_script(
+        public_tmp,
+        "daemonize.py",
+        """\
+        import os, time
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.write(w, str(os.getpid()).encode())
+                time.sleep(300)
+            os._exit(0)
+        os.close(w)
+        daemon = int(os.read(r, 32))
+        time.sleep(0.5)  # the intermediate has been reaped (and a sweep done) by now
+        os.kill(daemon, 0)
+        print(daemon)
+        """,
+    )
+    result = run_script(launcher, make_run(script, "exec"))
+    assert result.status == "succeeded", result.stderr_tail
+    assert wait_for(lambda: not is_running(result.output)), "daemon survived its run"
+
+
+@pytest.mark.timeout(30)
+def test_script_closing_stdout_early_still_counts(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    script = write_script(
+        public_tmp,
+        "closer.py",
+        """\
+        import os, sys, time
+        print('{"done": true}')
+        sys.stdout.flush()
+        os.close(1)
+        time.sleep(0.3)
+        """,
+    )
+    result = run_script(launcher, make_run(script, mode))
+    assert (result.status, result.output) == ("succeeded", {"done": True})
+
+
+@pytest.mark.timeout(30)
+def test_setup_failures_are_sandbox_errors(launcher: Launcher, public_tmp: Path, mode: str) -> None:
+    script = write_script(public_tmp, "ok.py", "print(1)")
+    bad_cwd = run_script(launcher, make_run(script, mode, cwd=str(public_tmp / "missing")))
+    assert (bad_cwd.status, bad_cwd.reason) == ("failed_permanent", "sandbox_error")
+    assert "cwd" in (bad_cwd.error or "") and "No such file" in (bad_cwd.error or "")
+    missing = run_script(launcher, make_run(public_tmp / "gone.py", mode))
+    assert (missing.status, missing.reason) == ("failed_permanent", "file_missing")
+
+
+@pytest.mark.timeout(30)
+def test_two_runs_at_once_on_one_launcher(launcher: Launcher, public_tmp: Path) -> None:
+    script = write_script(
+        public_tmp,
+        "nap.py",
+        "import json, os, time; time.sleep(1); print(json.dumps(os.environ['ACTOR_RUN_ID']))",
+    )
+    runs = [make_run(script, "fork"), make_run(script, "exec")]
+    began = time.monotonic()
+    for run in runs:
+        launcher.submit(encode(run))
+    ids = {run.run_id for run in runs}
+    started = wait_started(launcher, ids)
+    assert len({s.child_pid for s in started}) == 2
+    results = collect(launcher, ids, timeout=20)
+    assert time.monotonic() - began < 1.9  # they overlapped
+    assert {r.output for r in results.values()} == ids
+
+
+@pytest.mark.timeout(30)
+def test_kill_all_stops_every_run_as_shutdown(launcher: Launcher, public_tmp: Path) -> None:
+    sleeper = write_script(public_tmp, "sleeper.py", "import time; time.sleep(300)")
+    stubborn = write_script(
+        public_tmp,
+        "stubborn.py",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)\n",
+    )
+    runs = [make_run(sleeper, "fork"), make_run(stubborn, "exec")]
+    for run in runs:
+        launcher.submit(encode(run))
+    ids = {run.run_id for run in runs}
+    wait_started(launcher, ids)
+    time.sleep(0.3)  # let the stubborn one install its handler
+    launcher.kill_all()
+    results = collect(launcher, ids, timeout=10)
+    for run in runs:
+        assert (results[run.run_id].status, results[run.run_id].reason) == (
+            "failed_retryable",
+            "shutdown",
+        )
+    assert results[runs[0].run_id].signal == signal.SIGTERM
+    assert results[runs[1].run_id].signal == signal.SIGKILL
+
+
+@pytest.mark.timeout(30)
+def test_an_undecodable_run_is_answered_not_fatal(launcher: Launcher) -> None:
+    launcher.submit(b'{"v": 1, "type": "run", "run_id": "bad-run", "attempt": 2}')
+    result = collect(launcher, {"bad-run"}, timeout=10)["bad-run"]
+    assert (result.status, result.reason, result.attempt) == (
+        "failed_permanent",
+        "sandbox_error",
+        2,
+    )
+    assert "could not decode" in (result.error or "")
+
+
+@pytest.mark.timeout(30)
+def test_a_killed_idle_spare_is_replaced(launcher: Launcher, public_tmp: Path) -> None:
+    assert wait_for(lambda: any(is_idle_spare(p) for p in descendants(launcher.pid)))
+    (spare,) = [p for p in descendants(launcher.pid) if is_idle_spare(p)]
+    os.kill(spare.pid, signal.SIGKILL)
+    # Once reaped, the next run forks a new child on demand. (A spare killed at the very moment
+    # of its handoff takes that run down with it, reported as killed by SIGKILL.)
+    assert wait_for(lambda: not psutil.pid_exists(spare.pid))
+    script = write_script(public_tmp, "echo.py", ECHO)
+    result = run_script(launcher, make_run(script, "fork"))
+    assert result.status == "succeeded" and result.child_pid != spare.pid
+
+
+@pytest.mark.timeout(30)
+def test_launcher_ignores_sigint_and_still_runs_a_normal_script(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    """Runs last in this module: after every nasty script above, the same launcher is fine."""
+    os.kill(launcher.pid, signal.SIGINT)
+    script = write_script(public_tmp, "echo.py", ECHO)
+    result = run_script(launcher, make_run(script, mode, input_json="[1, 2]"))
+    assert (result.status, result.output["echo"]) == ("succeeded", [1, 2])
+
+
+# --- the launcher's own life ---------------------------------------------------------------
+
+
+@pytest.fixture
+def own_launcher(exec_python: str) -> Launcher:
+    config = SandboxConfig(worker_id="w", env_allow=("PATH",), run_as=RUN_AS, python=exec_python)
+    return start_launcher(config)
+
+
+@pytest.mark.timeout(30)
+def test_close_kills_runs_and_reaps_the_launcher(own_launcher: Launcher, public_tmp: Path) -> None:
+    script = write_script(public_tmp, "sleeper.py", "import time; time.sleep(300)")
+    run = make_run(script, "fork")
+    own_launcher.submit(encode(run))
+    (started,) = wait_started(own_launcher, {run.run_id})
+    own_launcher.close(timeout=5)
+    assert own_launcher.exit_status == 0
+    assert wait_for(lambda: not is_running(started.child_pid))
+    with pytest.raises(LauncherGone):
+        own_launcher.submit(encode(run))
+
+
+@pytest.mark.timeout(30)
+def test_launcher_environment_block_no_longer_shows_its_secrets(
+    launcher: Launcher, public_tmp: Path
+) -> None:
+    with open(f"/proc/{launcher.pid}/environ", "rb") as f:
+        assert SECRET_NAME.encode() not in f.read()
+
+
+@pytest.mark.timeout(30)
+def test_missing_exec_interpreter_is_a_sandbox_error(public_tmp: Path) -> None:
+    config = SandboxConfig(worker_id="w", env_allow=(), run_as=RUN_AS, python="/nonexistent/py")
+    with start_launcher(config) as broken:
+        script = write_script(public_tmp, "ok.py", "print(1)")
+        result = run_script(broken, make_run(script, "exec"))
+    assert (result.status, result.reason) == ("failed_permanent", "sandbox_error")
+    assert "exec" in (result.error or "") and "/nonexistent/py" in (result.error or "")
+
+
+@pytest.mark.timeout(30)
+def test_a_killed_launcher_is_reported_gone_with_its_runs(
+    own_launcher: Launcher, public_tmp: Path
+) -> None:
+    script = write_script(public_tmp, "sleeper.py", "import time; time.sleep(300)")
+    run = make_run(script, "fork")
+    own_launcher.submit(encode(run))
+    (started,) = wait_started(own_launcher, {run.run_id})
+    os.kill(own_launcher.pid, signal.SIGKILL)
+    with pytest.raises(LauncherGone) as gone:
+        for _ in range(100):
+            assert not [e for e in own_launcher.receive() if isinstance(e, Finished)]
+            time.sleep(0.05)
+    assert gone.value.in_flight == ((run.run_id, 1),)
+    assert "SIGKILL" in str(gone.value)
+    assert wait_for(lambda: not is_running(started.child_pid))
+    own_launcher.close()
+
+
+@pytest.mark.timeout(30)
+def test_sigterm_makes_the_launcher_kill_its_runs_and_exit(
+    own_launcher: Launcher, public_tmp: Path
+) -> None:
+    script = write_script(public_tmp, "sleeper.py", "import time; time.sleep(300)")
+    run = make_run(script, "exec")
+    own_launcher.submit(encode(run))
+    (started,) = wait_started(own_launcher, {run.run_id})
+    os.kill(own_launcher.pid, signal.SIGTERM)
+    assert wait_for(lambda: not is_running(started.child_pid))
+    with pytest.raises(LauncherGone):
+        for _ in range(100):
+            own_launcher.receive()
+            time.sleep(0.05)
+    own_launcher.close()

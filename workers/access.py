@@ -1,0 +1,145 @@
+"""Start-up checks that the user scripts run as can actually reach them.
+
+The answer depends on owners, modes, ACLs and every component of every path, so it is not
+computed here: a forked child switches to that user and simply asks the kernel (``open`` and
+``access``). The supervisor calls these before it has any thread, and refuses to start with the
+returned messages ("which file, which user") rather than failing every run later.
+"""
+
+import os
+import pwd
+from collections.abc import Callable, Iterable
+
+import orjson
+
+EXIT_SWITCH_FAILED = 3
+
+
+class AccessCheckError(Exception):
+    """The check itself could not run (unknown user, no privilege to switch to it)."""
+
+
+def resolve_user(name: str) -> tuple[int, int]:
+    """``(uid, gid)`` of a user name (or a numeric uid), from the password database.
+
+    :raises AccessCheckError: no such user.
+    """
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        raise AccessCheckError(
+            f"unknown user {name!r}: not in the password database (check run_as)"
+        ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def unreadable_scripts(paths: Iterable[str], uid: int, gid: int) -> list[str]:
+    """Messages for each script that user ``uid`` cannot read, or whose folder it cannot list
+    and enter; empty when every script is fine.
+
+    :raises AccessCheckError: when this process cannot switch to that user.
+    """
+    return _check_as(uid, gid, [os.path.abspath(p) for p in paths], _script_problems)
+
+
+def unexecutable(paths: Iterable[str], uid: int, gid: int) -> list[str]:
+    """Messages for each program (say, the exec-mode interpreter) user ``uid`` cannot run."""
+    return _check_as(uid, gid, [os.path.abspath(p) for p in paths], _exec_problems)
+
+
+def unrunnable_python(python: str, uid: int, gid: int) -> list[str]:
+    """Messages when user ``uid`` cannot start ``python`` and import the standard library.
+
+    Stronger than an execute-permission check: the interpreter's ``lib`` folder (a pyenv build
+    under a private home, say) must be readable too, so the check really runs it.
+    """
+    return _check_as(uid, gid, [python], _python_problems)
+
+
+def _python_problems(python: str) -> list[str]:
+    import subprocess  # only in this short-lived, single-threaded child
+
+    try:
+        done = subprocess.run(
+            [python, "-c", "import json, runpy, sys"],
+            env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            timeout=60,
+            cwd="/",
+        )
+    except OSError as exc:
+        return [f"cannot run this interpreter: {exc.strerror}"]
+    except subprocess.TimeoutExpired:
+        return ["this interpreter did not start within 60 s"]
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return [f"this interpreter fails to start (exit {done.returncode}): {tail[0]}"]
+    return []
+
+
+def _script_problems(path: str) -> list[str]:
+    problems: list[str] = []
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except FileNotFoundError:
+        problems.append("this file does not exist (or is hidden from it)")
+    except OSError:
+        problems.append("cannot read this file")
+    folder = os.path.dirname(path)
+    if not os.access(folder, os.R_OK | os.X_OK):
+        problems.append(f"cannot list and enter its folder {folder}")
+    return problems
+
+
+def _exec_problems(path: str) -> list[str]:
+    return [] if os.access(path, os.X_OK) else ["cannot execute this program"]
+
+
+def _check_as(
+    uid: int, gid: int, paths: list[str], problems_of: Callable[[str], list[str]]
+) -> list[str]:
+    """Run ``problems_of`` on each path in a child switched to ``uid``/``gid``."""
+    if not paths:
+        return []
+    user = _user_name(uid)
+    switch = os.geteuid() == 0 or (uid, gid) != (os.getuid(), os.getgid())
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: switch, check, report; never returns into the caller
+        status = 1
+        try:
+            os.close(r)
+            if switch:
+                try:
+                    os.setgroups([])
+                    os.setgid(gid)
+                    os.setuid(uid)
+                except OSError as exc:
+                    os.write(w, orjson.dumps(str(exc)))
+                    os._exit(EXIT_SWITCH_FAILED)
+            found = [f"{p}: user {user} (uid {uid}) {msg}" for p in paths for msg in problems_of(p)]
+            data = orjson.dumps(found)
+            while data:
+                data = data[os.write(w, data) :]
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        report = f.read()
+    _, wait_status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code == EXIT_SWITCH_FAILED:
+        why = orjson.loads(report)
+        raise AccessCheckError(f"cannot switch to user {user} (uid {uid}, gid {gid}): {why}")
+    if code != 0:
+        raise AccessCheckError(f"the access check as user {user} failed (exit status {code})")
+    messages: list[str] = orjson.loads(report)
+    return messages
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"

@@ -1,0 +1,203 @@
+"""A run's child: forked ahead as a :class:`Spare`, then in flight, then a result once reaped.
+
+The launcher's loop owns the timing and the reaping; these objects own a child's descriptors
+and buffers. The run (and so its input) reaches the child through a ``memfd``, which never
+blocks the launcher whatever its size; the child copies the input into its own stdin memfd.
+stdout and stderr are non-blocking pipes the loop reads; the status pipe (fd 3 in the child) is
+only read once the child is gone, since its notes are a few bytes.
+"""
+
+import contextlib
+import os
+import resource
+import time
+
+from protocol.codec import encode
+from protocol.messages import Result, Run, Rusage
+from workers.classify import Kill, classify
+from workers.sandbox import EXIT_SANDBOX, Order, Sandbox
+
+CHUNK = 1 << 16  # one pipe buffer's worth per read
+DRAIN_MAX_READS = 16  # after exit, read at most this many chunks per pipe (a killed writer is
+# gone; an escaped one must not keep the loop here)
+_PIPE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Flight:
+    """A run's child, from its handoff to its result."""
+
+    __slots__ = (
+        "err", "err_cap", "err_fd", "killed", "note_fd", "out", "out_cap", "out_fd", "pid",
+        "run", "started_at", "t0",
+    )  # fmt: skip
+
+    def __init__(self, run: Run, pid: int, out_fd: int, err_fd: int, note_fd: int) -> None:
+        self.run = run
+        self.pid = pid
+        self.out_fd = out_fd
+        self.err_fd = err_fd
+        self.note_fd = note_fd
+        self.out = bytearray()
+        self.err = bytearray()
+        self.out_cap = run.limits.output_kb << 10
+        self.err_cap = run.limits.stderr_kb << 10
+        self.t0 = 0.0  # monotonic, at handoff (the child was forked just before, off the clock)
+        self.started_at = 0.0  # epoch, at handoff
+        self.killed: Kill | None = None
+
+    def take_stdout(self, data: bytes) -> bool:
+        """Keep a chunk of stdout; True once it passed the output limit."""
+        self.out += data
+        return len(self.out) > self.out_cap
+
+    def take_stderr(self, data: bytes) -> None:
+        """Keep the tail of stderr only; trimmed in batches so a flood costs O(bytes)."""
+        err = self.err
+        err += data
+        if len(err) > 2 * self.err_cap + CHUNK:
+            del err[: len(err) - self.err_cap]
+
+    def drain(self) -> bytes:
+        """Read what the (now dead) child left in its pipes; return the status-fd note."""
+        if self.out_fd >= 0:
+            for data in _drain(self.out_fd):
+                if self.take_stdout(data):
+                    self.killed = self.killed or Kill.OUTPUT_LIMIT
+                    break
+        if self.err_fd >= 0:
+            for data in _drain(self.err_fd):
+                self.take_stderr(data)
+        return b"".join(_drain(self.note_fd))
+
+    def result(self, worker_id: str, status: int, ru: resource.struct_rusage, note: bytes) -> bytes:
+        """The encoded Result of this run, given its wait status and rusage."""
+        finished_at = time.time()
+        duration_ms = (time.monotonic() - self.t0) * 1000.0
+        run = self.run
+        cpu = ru.ru_utime + ru.ru_stime
+        outcome = classify(
+            status, self.out, note=note, killed=self.killed, cpu_used_s=cpu,
+            limits=run.limits, timeout_s=run.timeout_s,
+        )  # fmt: skip
+        tail = self.err[len(self.err) - self.err_cap :] if self.err_cap else b""
+        return encode(
+            Result(
+                run_id=run.run_id,
+                attempt=run.attempt,
+                worker_id=worker_id,
+                status=outcome.status.value,
+                reason=outcome.reason.value if outcome.reason is not None else None,
+                exit_code=outcome.exit_code,
+                signal=outcome.signal,
+                output=outcome.output,
+                stderr_tail=tail.decode("utf-8", "replace"),
+                error=outcome.error,
+                duration_ms=duration_ms,
+                started_at=self.started_at,
+                finished_at=finished_at,
+                child_pid=self.pid,
+                rusage=Rusage(utime_s=ru.ru_utime, stime_s=ru.ru_stime, maxrss_kb=ru.ru_maxrss),
+            )
+        )
+
+    def close(self) -> None:
+        for fd in (self.out_fd, self.err_fd, self.note_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.out_fd = self.err_fd = self.note_fd = -1
+
+
+class Spare:
+    """A child forked ahead of its run: detached, descriptors in place, waiting on its go pipe.
+
+    Forking costs a Python process about a millisecond (page tables, then copy-on-write faults
+    on both sides), so the launcher keeps one spare ready and forks the next right after handing
+    a run over, while that run executes: the fork is off every run's critical path.
+    """
+
+    __slots__ = ("err_fd", "go_fd", "note_fd", "out_fd", "pid", "run_fd")
+
+    def __init__(
+        self, pid: int, out_fd: int, err_fd: int, note_fd: int, go_fd: int, run_fd: int
+    ) -> None:
+        self.pid = pid
+        self.out_fd = out_fd
+        self.err_fd = err_fd
+        self.note_fd = note_fd
+        self.go_fd = go_fd
+        self.run_fd = run_fd
+
+    def launch(self, run: Run) -> Flight:
+        """Hand a run over (as an :class:`Order` through the run memfd: never blocking).
+
+        :raises OSError: the spare is gone (it died waiting); the caller retires it.
+        """
+        order = Order.of(run).dumps()
+        view = memoryview(order)
+        written = 0
+        while written < len(order):
+            written += os.pwrite(self.run_fd, view[written:], written)
+        started_at = time.time()
+        t0 = time.monotonic()
+        os.write(self.go_fd, b"\x01")
+        os.close(self.go_fd)
+        os.close(self.run_fd)
+        flight = Flight(run, self.pid, self.out_fd, self.err_fd, self.note_fd)
+        flight.t0 = t0
+        flight.started_at = started_at
+        return flight
+
+    def retire(self) -> None:
+        """Close our ends; an idle spare sees EOF on its go pipe and exits."""
+        for fd in (self.out_fd, self.err_fd, self.note_fd, self.go_fd, self.run_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def fork_spare(sandbox: Sandbox) -> Spare:
+    """Fork a child that detaches and waits for its run; it never comes back.
+
+    :raises OSError: when descriptors or the fork itself are not available; nothing leaks.
+    """
+    parent_fds: list[int] = []
+    child_fds: list[int] = []
+    try:
+        child_fds.append(os.memfd_create("actor-input", os.MFD_CLOEXEC))
+        for _ in range(3):
+            r, w = os.pipe2(_PIPE_FLAGS)
+            parent_fds.append(r)
+            child_fds.append(w)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)  # blocking: the child sleeps in read()
+        child_fds.append(go_r)
+        parent_fds.append(go_w)
+        run_fd = os.memfd_create("actor-run", os.MFD_CLOEXEC)  # written by us, read by it
+        parent_fds.append(run_fd)
+        stdin, out_w, err_w, note_w, go = child_fds
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sandbox.wait_and_run(stdin, out_w, err_w, note_w, go, run_fd)
+            finally:
+                os._exit(EXIT_SANDBOX)
+    except BaseException:
+        for fd in parent_fds:
+            os.close(fd)
+        raise
+    finally:
+        for fd in child_fds:
+            os.close(fd)
+    out_r, err_r, note_r, go_w, run_fd = parent_fds
+    return Spare(pid, out_r, err_r, note_r, go_w, run_fd)
+
+
+def _drain(fd: int) -> list[bytes]:
+    chunks: list[bytes] = []
+    for _ in range(DRAIN_MAX_READS):
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return chunks

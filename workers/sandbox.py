@@ -1,0 +1,420 @@
+"""The sandbox a run executes in: its configuration and the child's side of every fork.
+
+Everything below :meth:`Sandbox.wait_and_run` runs in a forked child of the launcher, before any
+user code. Nothing here may log: the logging module's handlers and locks belong to the worker.
+A setup failure is written to the status descriptor (fd 3) and the child ``_exit``s; the launcher
+turns it into a ``sandbox_error`` outcome. The child never returns into the launcher's loop.
+
+Status descriptor notes are one kind byte and a text: ``E`` setup error, ``F`` script file
+missing, ``M`` the script died of ``MemoryError``.
+"""
+
+import atexit
+import contextlib
+import ctypes
+import importlib.util
+import marshal
+import os
+import pwd
+import resource
+import signal
+import sys
+import threading
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple, NoReturn
+
+from protocol.messages import Run
+
+DEFAULT_PRELOAD: tuple[str, ...] = (
+    "argparse", "base64", "collections", "csv", "dataclasses", "datetime", "decimal", "enum",
+    "functools", "hashlib", "io", "itertools", "json", "logging", "math", "pathlib", "random", "re",
+    "shutil", "statistics", "string", "subprocess", "tempfile", "textwrap", "time", "traceback",
+    "typing", "urllib.parse", "uuid", "zlib",
+)  # fmt: skip
+
+NOTE_SETUP = b"E"
+NOTE_MISSING = b"F"
+NOTE_MEMORY = b"M"
+EXIT_SANDBOX = 71  # EX_OSERR: what a child exits with when its sandbox could not be set up
+STATUS_FD = 3  # a child's status pipe; then, until its run starts, the go pipe and run memfd
+GO_FD = 4
+RUN_FD = 5
+CPU_HARD_MARGIN_S = 1  # RLIMIT_CPU hard limit above the soft one: SIGXCPU first, SIGKILL later
+_MAX_FD = 1 << 20  # close_range bound; the kernel clips it, so its size costs nothing
+
+# Signals whose disposition the launcher changes (handlers feeding its wakeup fd); a child puts
+# them back. The launcher resets every other signal to its default once, at start-up, so this
+# short list is all a child has to undo.
+LAUNCHER_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP)
+
+# Exec mode runs the script through this instead of ``python script.py`` so that both modes
+# behave alike: sys.path[0] is Run.cwd (not the script's folder, they differ for code
+# materialized from the database), MemoryError is reported on fd 3, and tracebacks start at the
+# script. The child compiles the script before exec, where compile() is warm, and passes the
+# marshalled code on fd 5 when the interpreter's bytecode magic matches ours: a fresh
+# interpreter's first compile() builds the AST types, over a millisecond. Otherwise (another
+# Python version, or a SyntaxError to report the usual way) it compiles the source itself.
+BOOTSTRAP = """\
+def _boot():
+    import marshal, os, sys
+    path, home, magic = sys.argv[1], sys.argv[2], sys.argv[3]
+    sys.argv[:] = [path]
+    sys.path[0] = home
+    g = sys.modules["__main__"].__dict__
+    del g["_boot"]
+    g["__file__"] = path
+    g["__cached__"] = None
+    code = None
+    ours = getattr(sys.modules.get("_frozen_importlib_external"), "MAGIC_NUMBER", b"")
+    try:
+        size = os.fstat(5).st_size
+        if size and magic == ours.hex():
+            code = marshal.loads(os.pread(5, size, 0))
+        os.close(5)
+    except (OSError, ValueError, EOFError, TypeError):
+        code = None
+    try:
+        if code is None:
+            with open(path, "rb") as f:
+                code = compile(f.read(), path, "exec", dont_inherit=True)
+        exec(code, g)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, MemoryError):
+            os.write(3, b"M")
+        exc.__traceback__ = exc.__traceback__.tb_next
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        raise SystemExit(1) from None
+_boot()
+"""
+_MAGIC = importlib.util.MAGIC_NUMBER.hex()
+
+
+class Order(NamedTuple):
+    """What a child needs of its run, flattened: loading it is one C call (``marshal``), where
+    decoding a protocol message in a freshly forked child costs ~100 copy-on-write faults."""
+
+    run_id: str
+    attempt: int
+    actor: str
+    script: str
+    cwd: str
+    mode: str
+    input_json: str
+    env: dict[str, str]
+    cpu_s: int | None
+    memory_mb: int | None
+    nofile: int | None
+    nproc: int | None
+    fsize_mb: int | None
+
+    @classmethod
+    def of(cls, run: Run) -> "Order":
+        lim = run.limits
+        return cls(
+            run.run_id, run.attempt, run.actor, run.script, run.cwd, run.mode, run.input_json,
+            run.env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb,
+        )  # fmt: skip
+
+    def dumps(self) -> bytes:
+        data: bytes = marshal.dumps(tuple(self))
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxConfig:
+    """How one launcher runs scripts; frozen, read once by the worker and passed in."""
+
+    worker_id: str
+    env_allow: tuple[str, ...]  # names copied from the launcher's own environment into a script's
+    run_as: tuple[int, int] | None = None  # (uid, gid) the children switch to; None = stay as is
+    kill_grace_s: float = 2.0  # SIGTERM -> SIGKILL delay for timeouts and kill_all
+    python: str = sys.executable  # interpreter for exec mode
+    preload: tuple[str, ...] = DEFAULT_PRELOAD  # imported by the launcher: fork mode starts warm
+
+
+class Sandbox:
+    """What every child of one launcher shares, computed once when the launcher starts.
+
+    Per-run work in the child is then a handful of syscalls: no lookups, no imports.
+    """
+
+    __slots__ = ("_base_env", "_hard", "_ids", "_keep", "_python")
+
+    def __init__(self, config: SandboxConfig, environ: Mapping[str, str]) -> None:
+        self._python = config.python
+        ids = config.run_as
+        if ids is not None and os.geteuid() != 0 and ids == (os.getuid(), os.getgid()):
+            ids = None  # already that user; setgroups() would need a privilege we lack
+        self._ids = ids
+        env = {name: environ[name] for name in config.env_allow if name in environ}
+        if config.run_as is not None:
+            try:
+                env["HOME"] = pwd.getpwuid(config.run_as[0]).pw_dir
+            except KeyError:
+                env["HOME"] = "/"  # a uid without a passwd entry still needs a HOME
+        self._base_env = env
+        self._hard = {
+            res: resource.getrlimit(res)[1]
+            for res in (
+                resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_NOFILE,
+                resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE, resource.RLIMIT_CORE,
+            )
+        }  # fmt: skip
+        self._keep: tuple[object, ...] = ()
+
+    def adopt_process(self) -> None:
+        """Make the launcher process itself the template every fork-mode child starts from.
+
+        Whatever a child changes costs it copy-on-write page faults (milliseconds on some
+        virtual machines), so the per-run work is done here once instead: the environment is
+        already the allow-listed one, the standard streams are already those of a fresh
+        interpreter writing to pipes, and compile() is warm. The objects a child replaces
+        (``__main__``, ``argv``, the original streams) stay referenced here, so a child never
+        frees (and so touches) them.
+        """
+        self._keep = (sys.modules.get("__main__"), sys.argv, sys.stdin, sys.stdout, sys.stderr)
+        # The first builtin compile() of a process builds the AST node types (~1 ms); pay it once.
+        compile("pass", "<warm-up>", "exec")
+        os.environ.clear()
+        _scrub_initial_environment()
+        os.environ.update(self._base_env)
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stderr = open(  # noqa: SIM115
+            2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+        )
+
+    def wait_and_run(
+        self, stdin: int, stdout: int, stderr: int, status: int, go: int, run_fd: int
+    ) -> NoReturn:
+        """The whole life of a launcher's child from its fork on; never returns.
+
+        The launcher forks each child ahead of its run, so the first part is off the run's
+        critical path: a session of its own, the launcher's signal handlers undone, the
+        descriptors moved to 0-5 and every other one closed. Then it blocks on the go pipe
+        (EOF: retired unused), reads its Run from the run memfd, writes the input into its own
+        stdin memfd, and becomes the run: limits, user, cwd, script read, environment, then exec
+        or the script itself.
+        The run arrives as an :class:`Order`, already validated by the worker and the launcher.
+        """
+        note_fd = status
+        step = "session"
+        try:
+            os.setsid()  # its own session and group: one killpg takes the whole tree
+            step = "signals"
+            _undo_launcher_signals()
+            step = "descriptors"
+            # The launcher keeps 0-5 occupied, so these sources are all >= 6 and never clobbered.
+            for target, fd in enumerate((stdin, stdout, stderr, status, go, run_fd)):
+                os.dup2(fd, target)
+            note_fd = STATUS_FD
+            os.closerange(RUN_FD + 1, _MAX_FD)
+            os.set_blocking(1, True)  # the pipes are created non-blocking for the launcher's end
+            os.set_blocking(2, True)
+            step = "waiting for a run"
+            if not os.read(GO_FD, 1):
+                os._exit(0)  # retired before it got a run
+            step = "reading the run"
+            run = _read_order()
+            os.close(GO_FD)
+            _write_all(0, run.input_json.encode())  # pwrite: the offset stays at 0 for the script
+            step = "signals"
+            _python_signals(fork_mode=run.mode == "fork")
+            step = "limits"
+            self._apply_limits(run)
+            if self._ids is not None:
+                step = "user"
+                os.setgroups([])
+                os.setgid(self._ids[1])
+                os.setuid(self._ids[0])
+            step = "cwd"  # after the switch: the folder must be enterable by the run's user
+            os.chdir(run.cwd)
+            step = "script"  # read as the run's user, in both modes
+            with open(run.script, "rb") as f:
+                source = f.read()
+            step = "environment"
+            extra = self._run_environment(run)
+            if run.mode == "exec":
+                step = "exec"
+                _pass_code(source, run.script)
+                env = dict(self._base_env)
+                env.update(extra)
+                argv = [self._python, "-c", BOOTSTRAP, run.script, run.cwd, _MAGIC]
+                os.execve(self._python, argv, env)
+            os.close(RUN_FD)
+            os.environ.update(extra)  # putenv too, so subprocesses inherit it; the rest is in place
+        except BaseException as exc:
+            missing = step == "script" and isinstance(exc, FileNotFoundError)
+            _note(note_fd, NOTE_MISSING if missing else NOTE_SETUP, f"{step}: {exc}")
+            os._exit(EXIT_SANDBOX)
+        os._exit(run_main(run.script, run.cwd, source))
+
+    def _run_environment(self, order: Order) -> dict[str, str]:
+        """What a run adds to the allow-listed environment (and may override in it)."""
+        env = dict(order.env)
+        env["ACTOR_NAME"] = order.actor
+        env["ACTOR_RUN_ID"] = order.run_id
+        env["ACTOR_ATTEMPT"] = str(order.attempt)
+        return env
+
+    def _apply_limits(self, order: Order) -> None:
+        if order.cpu_s is not None:
+            self._set(resource.RLIMIT_CPU, order.cpu_s, order.cpu_s + CPU_HARD_MARGIN_S)
+        if order.memory_mb is not None:
+            self._set(resource.RLIMIT_AS, order.memory_mb << 20)
+        if order.nofile is not None:
+            self._set(resource.RLIMIT_NOFILE, order.nofile)
+        if order.nproc is not None:
+            self._set(resource.RLIMIT_NPROC, order.nproc)
+        if order.fsize_mb is not None:
+            self._set(resource.RLIMIT_FSIZE, order.fsize_mb << 20)
+        self._set(resource.RLIMIT_CORE, 0)
+
+    def _set(self, res: int, soft: int, hard: int | None = None) -> None:
+        """Lower a limit; clipped to the launcher's own hard limit, which only root could raise."""
+        hard = soft if hard is None else hard
+        cap = self._hard[res]
+        if cap != resource.RLIM_INFINITY:
+            hard = min(hard, cap)
+            soft = min(soft, hard)
+        resource.setrlimit(res, (soft, hard))
+
+
+def _scrub_initial_environment() -> None:
+    """Zero the environment strings the kernel placed at exec (the /proc/PID/environ block).
+
+    os.environ.clear() only unlinks them; the block would still show the supervisor's
+    environment, secrets included, through /proc/<launcher>/environ and, in fork mode, through
+    the script's own /proc/self/environ. Nothing points into it once the variables are unset.
+    Best effort: without /proc (or with an unexpected stat line) there is nothing to read it.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: stat fields 50, 51
+    except (OSError, IndexError, ValueError):
+        return
+    if 0 < start < end:
+        ctypes.memset(start, 0, end - start)
+
+
+def _undo_launcher_signals() -> None:
+    """Put back what the launcher changed; ignored dispositions would even survive exec."""
+    signal.set_wakeup_fd(-1)  # else a signal would write into whatever file reuses that fd
+    for sig in LAUNCHER_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _python_signals(*, fork_mode: bool) -> None:
+    """SIGINT, SIGPIPE, SIGXFSZ as a fresh interpreter has them (exec: as it will set them)."""
+    if fork_mode:
+        # Python itself ignores SIGPIPE and SIGXFSZ at start-up; leaving them ignored keeps a
+        # fork-mode script's BrokenPipeError/EFBIG behaviour identical to a fresh interpreter's.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    else:
+        for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+
+
+def _read_order() -> Order:
+    size = os.fstat(RUN_FD).st_size
+    chunks: list[bytes] = []
+    while size > 0 and (chunk := os.read(RUN_FD, size)):
+        chunks.append(chunk)
+        size -= len(chunk)
+    return Order(*marshal.loads(b"".join(chunks)))
+
+
+def _pass_code(source: bytes, path: str) -> None:
+    """Leave the compiled script in the run memfd (fd 5) for the exec-mode bootstrap."""
+    os.ftruncate(RUN_FD, 0)
+    try:
+        code = compile(source, path, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return  # the bootstrap compiles it again and reports the error as Python would
+    _write_all(RUN_FD, marshal.dumps(code))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write a whole buffer at offset 0 of a regular file (a memfd) without moving its offset."""
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, view[written:], written)
+
+
+def _note(fd: int, kind: bytes, text: str = "") -> None:
+    """Tell the launcher something it cannot see from the exit status; never raises."""
+    with contextlib.suppress(OSError):
+        os.write(fd, kind + text.encode("utf-8", "replace")[:4000])
+
+
+def run_main(path: str, home: str, source: bytes) -> int:
+    """Run a script as ``__main__`` in this (forked) interpreter; return its exit status.
+
+    The fork-mode twin of :data:`BOOTSTRAP`, mirroring what ``python script.py`` does: argv,
+    sys.path[0], a fresh ``__main__``, SystemExit codes, tracebacks for uncaught exceptions,
+    then non-daemon threads and atexit callbacks before the final flush. The standard streams
+    were made by :meth:`Sandbox.adopt_process` and are empty: the launcher never writes to them.
+    """
+    sys.argv = [path]
+    if sys.path:
+        sys.path[0] = home
+    else:
+        sys.path.append(home)
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__dict__["__cached__"] = None
+    sys.modules["__main__"] = main
+    atexit._clear()  # the launcher's callbacks are not the script's
+    try:
+        exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_status(exc)
+    except BaseException as exc:
+        if isinstance(exc, MemoryError):
+            _note(STATUS_FD, NOTE_MEMORY)
+        tb = exc.__traceback__
+        exc.__traceback__ = tb.tb_next if tb is not None else None  # start at the script
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        code = 1
+    return _finish(code)
+
+
+def _thread_exit_hooks() -> bool:
+    """Whether anything (concurrent.futures) registered a hook for interpreter shutdown."""
+    return bool(getattr(threading, "_threading_atexits", True))
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status ``sys.exit(code)`` would give: None is 0, ints wrap, anything else prints."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _finish(code: int) -> int:
+    """Interpreter shutdown in miniature: threads, atexit, flush (exit 120 if stdout is lost)."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None and (threading.active_count() > 1 or _thread_exit_hooks()):
+        with contextlib.suppress(BaseException):
+            shutdown()  # joins non-daemon threads and runs concurrent.futures' exit hooks
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            if stream is sys.stdout and code == 0:
+                code = 120
+    return code
