@@ -45,6 +45,7 @@ from protocol.messages import (
     Trigger,
 )
 from protocol.outcomes import Reason, Status
+from protocol.sockets import has_message
 from supervisor import events
 from supervisor.actors import ActorRuntime, build_actors
 from supervisor.config import Config
@@ -267,10 +268,9 @@ class Supervisor:
 
     def _on_worker_messages(self) -> None:
         for _ in range(RECV_BATCH):
-            try:
-                frames = self._workers.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not has_message(self._workers):
                 return
+            frames = self._workers.recv_multipart(zmq.NOBLOCK)
             handle = self.pool.by_identity(frames[0]) if len(frames) == 2 else None
             if handle is None:
                 self.counters["bad_worker_messages"] += 1
@@ -289,10 +289,9 @@ class Supervisor:
 
     def _on_control_messages(self) -> None:
         for _ in range(RECV_BATCH):
-            try:
-                frames = self._control.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not has_message(self._control):
                 return
+            frames = self._control.recv_multipart(zmq.NOBLOCK)
             envelope = len(frames) == 3 and frames[1] == b""  # a REQ socket's delimiter
             if len(frames) != 2 and not envelope:
                 self.counters["bad_requests"] += 1

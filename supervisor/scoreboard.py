@@ -22,7 +22,9 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-_SEQ = struct.Struct("<Q")
+# Native format: the counter is read and written as one aligned 8-byte word. (The "<"
+# formats go byte by byte, so a reader could see a torn counter that looks unchanged.)
+_SEQ = struct.Struct("Q")
 # pid, launcher_pid, state, in_flight, runs_done, runs_failed, started_at, heartbeat (monotonic),
 # run_id, attempt, child_pid, run_started_at, rss_kb
 _BODY = struct.Struct("<iiBHQQdd32sHidQ")
@@ -97,15 +99,19 @@ class Scoreboard:
 
     def read(self, index: int) -> SlotView:
         offset = index * SLOT_SIZE
-        for _ in range(1000):
+        attempt = 0
+        while True:
             (before,) = _SEQ.unpack_from(self._map, offset)
-            if before & 1:
-                continue
-            fields = _BODY.unpack_from(self._map, offset + _SEQ.size)
-            (after,) = _SEQ.unpack_from(self._map, offset)
-            if before == after:
-                return _view(index, fields)
-        return _view(index, _BODY.unpack_from(self._map, offset + _SEQ.size))
+            if not before & 1:
+                fields = _BODY.unpack_from(self._map, offset + _SEQ.size)
+                (after,) = _SEQ.unpack_from(self._map, offset)
+                if before == after:
+                    return _view(index, fields)
+            attempt += 1
+            if attempt % 64 == 0:
+                time.sleep(0)  # let a writer on this core finish its slot
+            if attempt >= 10_000:  # a writer killed mid-write leaves the counter odd for good
+                return _view(index, _BODY.unpack_from(self._map, offset + _SEQ.size))
 
     def read_all(self) -> list[SlotView]:
         return [self.read(i) for i in range(self.slots)]

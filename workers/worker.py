@@ -25,6 +25,7 @@ import zmq
 
 from protocol import ProtocolError, decode
 from protocol.messages import SUPERVISOR_TO_WORKER, Hello, Run, Stop
+from protocol.sockets import has_message
 from supervisor.logs import setup_logging
 from supervisor.scoreboard import Scoreboard, SlotFields, SlotState
 from workers.launcher import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
@@ -163,11 +164,8 @@ class Worker:
         self._sock.send(body, copy=False)
 
     def _on_supervisor_messages(self) -> None:
-        while True:
-            try:
-                body = self._sock.recv(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
+        while has_message(self._sock):
+            body = self._sock.recv(zmq.NOBLOCK)
             try:
                 message = decode(body, SUPERVISOR_TO_WORKER)
             except ProtocolError as exc:

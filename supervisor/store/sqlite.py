@@ -8,6 +8,7 @@ shared across threads (``check_same_thread=False``) and every use holds ``_lock`
 """
 
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -120,7 +121,10 @@ class _Table:
     ) -> None:
         self.record = record
         self.columns = [f.name for f in fields(record)]
-        self._to_db = [codecs.get(c, _PLAIN)[0] for c in self.columns]
+        self._values = operator.attrgetter(*self.columns)  # one C call for every column
+        self._encode = [
+            (i, codecs[c][0]) for i, c in enumerate(self.columns) if c in codecs
+        ]  # only the columns that need converting
         self._from_db = [codecs.get(c, _PLAIN)[1] for c in self.columns]
         self.select = f"SELECT {_names(self.columns)} FROM {name}"
         insert_columns = [*self.columns, *extra_columns]
@@ -134,11 +138,12 @@ class _Table:
             f"ON CONFLICT ({_names(key)}) {action}"
         )
 
-    def row(self, record: Any) -> tuple[Any, ...]:
-        return tuple(
-            to_db(getattr(record, column))
-            for column, to_db in zip(self.columns, self._to_db, strict=True)
-        )
+    def row(self, record: Any) -> list[Any]:
+        """The record's column values, converted where needed (the writer's hot path)."""
+        values = list(self._values(record))
+        for index, to_db in self._encode:
+            values[index] = to_db(values[index])
+        return values
 
     def record_from(self, row: Sequence[Any]) -> Any:
         return self.record(

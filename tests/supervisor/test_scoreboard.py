@@ -1,6 +1,7 @@
 """The shared-memory scoreboard, written and read by real, separate processes."""
 
 import multiprocessing
+import sys
 import time
 from pathlib import Path
 
@@ -56,6 +57,18 @@ def test_reads_never_see_a_torn_slot_while_another_process_writes() -> None:
             seen += 1
         proc.join(30)
         assert seen > 0
+    finally:
+        board.close()
+
+
+def test_a_writer_that_died_mid_write_does_not_hang_readers() -> None:
+    board = Scoreboard.create(1)
+    try:
+        board.slot(0).write(SlotFields(pid=42))
+        board._map[0:8] = (3).to_bytes(8, sys.byteorder)  # the counter a dead writer left odd
+        assert board.read(0).pid == 42
+        board.slot(0).write(SlotFields(pid=43))  # a replacement writer recovers the slot
+        assert board.read(0).pid == 43
     finally:
         board.close()
 
