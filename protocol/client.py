@@ -16,6 +16,7 @@ import orjson
 import zmq
 
 from protocol.codec import decode
+from protocol.curve import ClientKeys
 from protocol.errors import ProtocolError
 from protocol.messages import Pause, Reply, Resume, StatusRequest, Submit, Trigger
 
@@ -91,12 +92,16 @@ class Client:
         *,
         timeout_s: float = 10.0,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        curve: ClientKeys | None = None,
     ) -> None:
+        """``curve``: the keys for a supervisor whose control endpoint uses CURVE."""
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self._sock)
         self._sock.connect(endpoint)
 
     def close(self) -> None:

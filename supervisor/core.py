@@ -30,6 +30,7 @@ import zmq
 
 from protocol import ProtocolError, decode
 from protocol.codec import request_id_of
+from protocol.curve import CurveKeyError, secure_server
 from protocol.messages import (
     CLIENT_REQUESTS,
     WORKER_TO_SUPERVISOR,
@@ -49,13 +50,14 @@ from protocol.sockets import has_message
 from supervisor import events
 from supervisor.actors import ActorRuntime, build_actors
 from supervisor.config import Config
-from supervisor.errors import StartupError
+from supervisor.errors import ConfigError, StartupError
 from supervisor.pool import WorkerPool
 from supervisor.preflight import prepare_sandbox
 from supervisor.records import RunRecord, RunState
 from supervisor.runs import ActiveRun, RecentOutcomes, Waiter, apply_result, outcome_of
 from supervisor.schedule import ScheduleHeap, missed_fires, retry_delay
 from supervisor.scoreboard import Scoreboard
+from supervisor.settings import require_curve
 from supervisor.status import build_status
 from supervisor.store import open_store
 from supervisor.writer import BatchWriter
@@ -113,6 +115,10 @@ class Supervisor:
 
     def _prepare(self) -> None:
         s = self.settings
+        try:
+            require_curve(s, server=True)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
         self.sandbox = prepare_sandbox(self.config)
         self.store = open_store(
             s.database, base_dir=self.config.base_dir, sqlite_synchronous=s.sqlite_synchronous
@@ -134,6 +140,17 @@ class Supervisor:
     def _open_sockets(self) -> None:
         self._ctx = zmq.Context()
         self._control = self._ctx.socket(zmq.ROUTER)
+        self._auth = None
+        if self.settings.control_curve_secret_key and self.settings.control_curve_authorized_keys:
+            try:
+                self._auth = secure_server(
+                    self._ctx,
+                    self._control,
+                    self.settings.control_curve_secret_key,
+                    self.settings.control_curve_authorized_keys,
+                )
+            except CurveKeyError as exc:
+                raise StartupError(f"control endpoint CURVE keys: {exc}") from exc
         self._control.setsockopt(zmq.LINGER, 1000)
         self._control.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
         self._control.setsockopt(zmq.SNDHWM, 100_000)
@@ -1001,6 +1018,8 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             self._control.close(linger=1000)
             self._workers.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
             self._ctx.term()
             self._signal_r.close()
             self._signal_w.close()

@@ -472,6 +472,8 @@ class SupervisorSettings:
     sqlite_synchronous: str = "normal"
     control_curve_secret_key: str | None = None
     control_curve_authorized_keys: str | None = None
+    control_curve_server_key: str | None = None
+    control_curve_client_key: str | None = None
 
 
 SETTINGS: tuple[Setting, ...] = declare(
@@ -518,6 +520,16 @@ SETTINGS: tuple[Setting, ...] = declare(
             "control_curve_authorized_keys",
             OptionalPath(directory_ok=True),
             "CURVE public keys allowed to connect (file or directory)",
+        ),
+        Setting(
+            "control_curve_server_key",
+            OptionalPath(),
+            "clients: the supervisor's CURVE public key file",
+        ),
+        Setting(
+            "control_curve_client_key",
+            OptionalPath(),
+            "clients: this client's CURVE secret key file",
         ),
     ],
 )
@@ -571,21 +583,35 @@ def resolve_settings(
 
 
 def _check_control(settings: SupervisorSettings, labels: Mapping[str, str]) -> None:
-    """Reachable from other hosts means CURVE: refuse rather than expose the control API."""
-    secret, authorized = settings.control_curve_secret_key, settings.control_curve_authorized_keys
-    if (secret is None) != (authorized is None):
-        missing = (
-            "control_curve_authorized_keys" if authorized is None else "control_curve_secret_key"
-        )
-        given = (
-            "control_curve_secret_key" if authorized is None else "control_curve_authorized_keys"
-        )
-        raise ConfigError(f"{labels[given]}: CURVE needs {missing} as well")
-    if secret is None and not is_loopback(settings.control):
+    """CURVE keys come in pairs: the server's two, and a client's two.
+
+    Whether an endpoint reachable from other hosts has its keys is checked where the role is
+    known: by ``start`` for the server (:func:`require_server_curve`) and by the client.
+    """
+    pairs = [
+        ("control_curve_secret_key", "control_curve_authorized_keys"),
+        ("control_curve_server_key", "control_curve_client_key"),
+    ]
+    for first, second in pairs:
+        one, other = getattr(settings, first), getattr(settings, second)
+        if (one is None) != (other is None):
+            given, missing = (first, second) if other is None else (second, first)
+            raise ConfigError(f"{labels[given]}: CURVE needs {missing} as well")
+
+
+def require_curve(settings: SupervisorSettings, *, server: bool) -> None:
+    """Refuse a control endpoint reachable from other hosts without CURVE keys for this role."""
+    if is_loopback(settings.control):
+        return
+    keys = (
+        ("control_curve_secret_key", "control_curve_authorized_keys")
+        if server
+        else ("control_curve_server_key", "control_curve_client_key")
+    )
+    if getattr(settings, keys[0]) is None:
         raise ConfigError(
-            f"{labels['control']}: {settings.control!r} is reachable from other hosts; "
-            "set control_curve_secret_key and control_curve_authorized_keys, "
-            "or bind to loopback or an ipc:// endpoint"
+            f"control: {settings.control!r} is reachable from other hosts; set {keys[0]} and "
+            f"{keys[1]} (CURVE), or use a loopback or ipc:// endpoint"
         )
 
 

@@ -296,10 +296,6 @@ schedule = {schedule}
             "supervisor.control: expected a ZeroMQ endpoint 'tcp://HOST:PORT' or 'ipc://PATH'",
         ),
         (
-            '[supervisor]\ncontrol = "tcp://0.0.0.0:5570"\n',
-            "supervisor.control: 'tcp://0.0.0.0:5570' is reachable from other hosts",
-        ),
-        (
             '[supervisor]\ncontrol_curve_secret_key = "nope.key"\n',
             "supervisor.control_curve_secret_key: no such file",
         ),
@@ -461,3 +457,21 @@ def test_an_unreadable_file_is_reported(tmp_path: Path) -> None:
         error_of(missing)
         == f"{missing}: cannot read the configuration file: No such file or directory"
     )
+
+
+def test_an_endpoint_reachable_from_other_hosts_needs_curve_keys_for_its_role(
+    tmp_path: Path,
+) -> None:
+    from supervisor.settings import require_curve
+
+    remote = load_config(None, overrides={"control": "tcp://0.0.0.0:5570"}, environ={})
+    with pytest.raises(ConfigError, match="set control_curve_secret_key and control_curve_auth"):
+        require_curve(remote.supervisor, server=True)
+    with pytest.raises(ConfigError, match="set control_curve_server_key and control_curve_client"):
+        require_curve(remote.supervisor, server=False)
+    local = load_config(None, overrides={"control": "tcp://127.0.0.1:5570"}, environ={})
+    require_curve(local.supervisor, server=True)
+    key = tmp_path / "server.key_secret"
+    key.write_text("x")
+    with pytest.raises(ConfigError, match="control_curve_secret_key: CURVE needs control_curve_a"):
+        load_config(None, overrides={"control_curve_secret_key": str(key)}, environ={})
