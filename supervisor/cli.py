@@ -185,9 +185,10 @@ def _client(args: argparse.Namespace, timeout_s: float = 10.0) -> Client:
 def cmd_start(args: argparse.Namespace) -> int:
     from supervisor.core import Supervisor  # the heavy imports only where they are needed
 
-    config = _load(args, "workers", "concurrency", "mode", "database", "control")
+    flags = ("workers", "concurrency", "mode", "database", "control")
+    config = _load(args, *flags)
     setup_logging(config.supervisor.log_level, config.supervisor.log_format)
-    return Supervisor(config).run()
+    return Supervisor(config, overrides={name: getattr(args, name) for name in flags}).run()
 
 
 def _parse_input(text: str | None) -> Any:

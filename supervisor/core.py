@@ -7,7 +7,8 @@ named steps: fire what is due, dispatch to idle workers, look after the pool.
 
 A run is durable from the moment it is accepted: the client hears "accepted", and a worker
 gets the run, only once its ``queued`` row is committed. The final outcome is likewise
-committed before a waiting client hears it.
+committed before a waiting client hears it. A retryable failure becomes a new attempt: a queued
+row due after its backoff, so a retry waiting costs nothing and survives a restart.
 """
 
 import logging
@@ -19,7 +20,7 @@ import socket
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -29,45 +30,37 @@ import orjson
 import zmq
 
 from protocol import ProtocolError, decode
-from protocol.codec import request_id_of
-from protocol.curve import CurveKeyError, secure_server
-from protocol.messages import (
-    CLIENT_REQUESTS,
-    WORKER_TO_SUPERVISOR,
-    Hello,
-    Pause,
-    Reply,
-    Result,
-    Resume,
-    Run,
-    StatusRequest,
-    Stop,
-    Submit,
-    Trigger,
-)
+from protocol.messages import WORKER_TO_SUPERVISOR, Hello, Result, Run, Stop
 from protocol.outcomes import Reason, Status
 from protocol.sockets import has_message
 from supervisor import events
-from supervisor.actors import ActorRuntime, build_actors
-from supervisor.config import Config
+from supervisor.actors import ActorRuntime, build_actors, sha256_of
+from supervisor.breaker import PROBE, Breaker
+from supervisor.config import Config, load_config
+from supervisor.control import ControlServer
 from supervisor.errors import ConfigError, StartupError
+from supervisor.logs import setup_logging
 from supervisor.pool import WorkerPool
 from supervisor.preflight import prepare_sandbox
-from supervisor.records import RunRecord, RunState
+from supervisor.records import RunRecord, RunState, TaskState
+from supervisor.reload import plan_reload
+from supervisor.requests import Requests
 from supervisor.runs import ActiveRun, RecentOutcomes, Waiter, apply_result, outcome_of
-from supervisor.schedule import ScheduleHeap, missed_fires, retry_delay
+from supervisor.schedule import ScheduleHeap, retry_delay
+from supervisor.scheduler import FIRE, Scheduler
 from supervisor.scoreboard import Scoreboard
 from supervisor.settings import require_curve
-from supervisor.status import build_status
 from supervisor.store import open_store
 from supervisor.writer import BatchWriter
+from workers.access import AccessCheckError, unreadable_scripts_from_threads
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5  # maintenance cadence: heartbeats, respawns, overdue runs, shutdown progress
 OVERDUE_SLACK_S = 30.0  # beyond timeout + kill grace, a run's worker is presumed hung
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
-RECV_BATCH = 256  # messages taken from one socket per loop turn, so no socket starves another
+RECV_BATCH = 256  # worker messages taken per loop turn, so no socket starves another
+RETRY = "retry"  # schedule heap entry of a run waiting for its next attempt
 
 
 class Phase(Enum):
@@ -78,27 +71,33 @@ class Phase(Enum):
 
 
 class Supervisor:
-    """Build with a validated :class:`Config`, then call :meth:`run` (blocks until stopped)."""
+    """Build with a validated :class:`Config`, then call :meth:`run` (blocks until stopped).
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    ``overrides`` are the command-line settings, re-applied when SIGHUP reloads the file.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.settings = config.supervisor
+        self._overrides = dict(overrides or {})
         self._clock = clock
         self.instance_id = events.new_id()[:12]
         self.started_at = clock()
         self.phase = Phase.RUNNING
-        self.counters: dict[str, int] = {
-            "runs_accepted": 0,
-            "runs_finished": 0,
-            "runs_succeeded": 0,
-            "runs_failed": 0,
-            "retries_scheduled": 0,
-            "busy_rejections": 0,
-            "bad_requests": 0,
-            "bad_worker_messages": 0,
-            "stale_results": 0,
-            "worker_deaths": 0,
-        }
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "runs_accepted", "runs_finished", "runs_succeeded", "runs_failed",
+                "retries_scheduled", "busy_rejections", "bad_worker_messages", "stale_results",
+                "worker_deaths", "reloads", "reloads_rejected",
+            ),
+            0,
+        )  # fmt: skip
         self.runs: dict[str, ActiveRun] = {}
         self.ready: deque[str] = deque()
         self.heap: ScheduleHeap[tuple[str, str]] = ScheduleHeap()
@@ -110,6 +109,7 @@ class Supervisor:
         self._next_tick = 0.0
         self._sentinels: set[int] = set()
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="actor-supervisor-"))
+        self._rng = random.Random()
 
     # --- start-up (before the loop; the sandbox check forks, so it runs before any thread) ----
 
@@ -126,45 +126,26 @@ class Supervisor:
         applied = self.store.migrate()
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        states = self.store.load_task_states()
+        self._stored_states: dict[str, TaskState] = self.store.load_task_states()
         unfinished = self.store.unfinished_runs()
         since = self._clock() - IDEMPOTENCY_WINDOW_S
         for key, run_id in self.store.idempotency_keys(since).items():
             self._idempotency[key] = (run_id, self._clock())
-        self.actors: dict[str, ActorRuntime] = build_actors(self.config.actors, states)
+        self.actors: dict[str, ActorRuntime] = build_actors(self.config.actors, self._stored_states)
         self.writer = BatchWriter(
             self.store, batch_size=s.batch_size, max_age_s=s.batch_max_age_ms / 1000
         )
         self._unfinished = unfinished
+        self.breaker = Breaker(self.writer, self.heap, self._clock)
+        self.scheduler = Scheduler(self.heap, self.writer, self.accept, self.has_room)
+        self.requests = Requests(self)
 
     def _open_sockets(self) -> None:
-        self._ctx = zmq.Context()
-        self._control = self._ctx.socket(zmq.ROUTER)
-        self._auth = None
-        if self.settings.control_curve_secret_key and self.settings.control_curve_authorized_keys:
-            try:
-                self._auth = secure_server(
-                    self._ctx,
-                    self._control,
-                    self.settings.control_curve_secret_key,
-                    self.settings.control_curve_authorized_keys,
-                )
-            except CurveKeyError as exc:
-                raise StartupError(f"control endpoint CURVE keys: {exc}") from exc
-        self._control.setsockopt(zmq.LINGER, 1000)
-        self._control.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
-        self._control.setsockopt(zmq.SNDHWM, 100_000)
-        self._control.setsockopt(zmq.RCVHWM, 100_000)
-        try:
-            self._control.bind(self.settings.control)
-        except zmq.ZMQError as exc:
-            raise StartupError(
-                f"cannot bind the control endpoint {self.settings.control}: {exc} "
-                "(is another supervisor running? choose another with --control)"
-            ) from exc
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self.control = ControlServer(self._ctx, self.settings)
         self._workers = self._ctx.socket(zmq.ROUTER)
         self._workers.setsockopt(zmq.LINGER, 0)
-        self._workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._workers.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a dead worker is an error, not silence
         self._workers.setsockopt(zmq.SNDHWM, 0)
         self._workers.setsockopt(zmq.RCVHWM, 0)
         self._worker_endpoint = f"ipc://{self._runtime_dir}/workers.sock"
@@ -173,7 +154,7 @@ class Supervisor:
         self._signal_r.setblocking(False)
         self._signal_w.setblocking(False)
         self._poller = zmq.Poller()
-        self._poller.register(self._control, zmq.POLLIN)
+        self._poller.register(self.control.socket, zmq.POLLIN)
         self._poller.register(self._workers, zmq.POLLIN)
         self._poller.register(self.writer.wakeup_fd(), zmq.POLLIN)
         self._poller.register(self._signal_r.fileno(), zmq.POLLIN)
@@ -227,21 +208,19 @@ class Supervisor:
 
     def _loop(self) -> None:
         while self.phase is not Phase.DONE:
-            now = self._clock()
-            for item, _ in self._poller.poll(self._poll_timeout_ms(now)):
+            for item, _ in self._poller.poll(self._poll_timeout_ms(self._clock())):
                 if item is self._workers:
                     self._on_worker_messages()
-                elif item is self._control:
-                    self._on_control_messages()
+                elif item is self.control.socket:
+                    self._on_requests()
                 elif item == self._signal_r.fileno():
                     self._on_signals()
                 elif item == self.writer.wakeup_fd():
                     self._on_commits()
                 elif isinstance(item, int):
                     self._on_worker_exit(item)
-            now = self._clock()
             if self.phase is Phase.RUNNING:
-                self._fire_due(now)
+                self._fire_due(self._clock())
                 self._dispatch()
             if time.monotonic() >= self._next_tick:
                 self._next_tick = time.monotonic() + TICK_S
@@ -263,11 +242,8 @@ class Supervisor:
         for signum in data:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self._begin_shutdown(signal.Signals(signum).name)
-            elif signum == signal.SIGHUP:
-                log.warning(
-                    "SIGHUP: this version cannot reload its configuration while running; "
-                    "restart it to apply changes"
-                )
+            elif signum == signal.SIGHUP and self.phase is Phase.RUNNING:
+                self._reload()
 
     def _on_commits(self) -> None:
         self.writer.drain_wakeups()
@@ -304,169 +280,43 @@ class Supervisor:
                 self.pool.on_hello(frames[0])
                 log.info("worker %s ready", handle.worker_id, extra={"pid": message.pid})
 
-    def _on_control_messages(self) -> None:
-        for _ in range(RECV_BATCH):
-            if not has_message(self._control):
-                return
-            frames = self._control.recv_multipart(zmq.NOBLOCK)
-            envelope = len(frames) == 3 and frames[1] == b""  # a REQ socket's delimiter
-            if len(frames) != 2 and not envelope:
-                self.counters["bad_requests"] += 1
-                if frames:
-                    self._reply_error(
-                        Waiter(frames[0], "", False),
-                        "bad_request",
-                        f"expected 1 body frame, got {len(frames) - 1}",
-                    )
-                continue
-            identity, body = frames[0], frames[-1]
+    def _on_requests(self) -> None:
+        for waiter, message in self.control.requests():
             try:
-                message = decode(body, CLIENT_REQUESTS)
-            except ProtocolError as exc:
-                self.counters["bad_requests"] += 1
-                waiter = Waiter(identity, request_id_of(body), False, envelope)
-                self._reply_error(waiter, "bad_request", str(exc))
-                continue
-            waiter = Waiter(identity, message.id, False, envelope)  # type: ignore[union-attr]
-            try:
-                self._handle_request(waiter, message)
+                self.requests.handle(waiter, message)
             except Exception:  # a bug must cost one request, never the supervisor
                 log.exception("internal error handling a %s request", message.type)
-                self._reply_error(waiter, "internal_error", "the supervisor failed this request")
+                self.control.reply_error(
+                    waiter, "internal_error", "the supervisor failed this request"
+                )
 
-    def _handle_request(self, waiter: Waiter, message: object) -> None:
-        if isinstance(message, Submit):
-            self._on_submit(replace(waiter, wants_result=message.wait), message)
-        elif isinstance(message, Trigger):
-            self._on_trigger(waiter, message)
-        elif isinstance(message, StatusRequest):
-            self._reply(waiter, "status", build_status(self))
-        elif isinstance(message, Pause):
-            self._on_pause(waiter, message)
-        elif isinstance(message, Resume):
-            self._on_resume(waiter, message)
+    # --- what requests and schedules ask of the run book -------------------------------------
 
-    # --- replies -----------------------------------------------------------------------------
+    @property
+    def accepting(self) -> bool:
+        return self.phase is Phase.RUNNING
 
-    def _send_reply(self, waiter: Waiter, reply: Reply) -> None:
-        frames = (
-            [waiter.identity, b"", orjson.dumps(reply)]
-            if waiter.envelope
-            else [waiter.identity, orjson.dumps(reply)]
-        )
-        try:
-            self._control.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # the client is gone or flooding us: its loss only
-            log.debug("reply to a client dropped: %s", exc)
+    def waiting(self) -> int:
+        """Accepted runs not yet handed to a worker (the bounded ready queue)."""
+        return len(self.ready) + self._awaiting_durable
 
-    def _reply(self, waiter: Waiter, kind: str, data: Any) -> None:
-        self._send_reply(waiter, Reply(id=waiter.request_id, ok=True, kind=kind, data=data))
+    def has_room(self) -> bool:
+        return self.waiting() < self.settings.queue_size
 
-    def _reply_error(self, waiter: Waiter, code: str, message: str) -> None:
-        self._send_reply(
-            waiter, Reply(id=waiter.request_id, ok=False, kind="error", error=code, message=message)
-        )
+    def idempotent_run(self, actor: str, key: str) -> str | None:
+        found = self._idempotency.get((actor, key))
+        return found[0] if found else None
 
-    # --- client requests ---------------------------------------------------------------------
-
-    def _actor_or_error(self, waiter: Waiter, name: str) -> ActorRuntime | None:
-        actor = self.actors.get(name)
-        if actor is None:
-            known = ", ".join(sorted(self.actors)) or "none"
-            self._reply_error(waiter, "unknown_actor", f"no actor named {name!r} (known: {known})")
-        return actor
-
-    def _refuse_when_stopping(self, waiter: Waiter) -> bool:
-        if self.phase is Phase.RUNNING:
-            return False
-        self._reply_error(waiter, "shutting_down", "the supervisor is shutting down")
-        return True
-
-    def _refuse_when_busy(self, waiter: Waiter) -> bool:
-        waiting = len(self.ready) + self._awaiting_durable
-        if waiting < self.settings.queue_size:
-            return False
-        self.counters["busy_rejections"] += 1
-        self._reply_error(
-            waiter, "busy", f"the ready queue is full ({waiting} runs waiting); retry later"
-        )
-        return True
-
-    def _on_submit(self, waiter: Waiter, message: Submit) -> None:
-        actor = self._actor_or_error(waiter, message.actor)
-        if actor is None or self._refuse_when_stopping(waiter):
-            return
-        key = message.idempotency_key
-        if key is not None and (actor.name, key) in self._idempotency:
-            self._answer_duplicate(waiter, actor, self._idempotency[(actor.name, key)][0])
-            return
-        if self._refuse_when_busy(waiter):
-            return
-        self._accept(
-            actor,
-            input_value=actor.config.input if message.input is None else message.input,
-            trigger="submit",
-            waiter=waiter,
-            idempotency_key=key,
-        )
-
-    def _answer_duplicate(self, waiter: Waiter, actor: ActorRuntime, run_id: str) -> None:
-        """Same idempotency key: the earlier run stands for this one."""
-        self._reply(
-            waiter, "accepted", {"run_id": run_id, "actor": actor.name, "deduplicated": True}
-        )
-        if not waiter.wants_result:
-            return
-        active = self.runs.get(run_id)
-        if active is not None:
-            active.waiters.append(waiter)
-        elif (outcome := self.outcomes.get(run_id)) is not None:
-            self._reply(waiter, "result", outcome)
-        else:
-            self._reply_error(
-                waiter,
-                "result_unavailable",
-                f"run {run_id} finished earlier; see `actor-supervisor history` for its outcome",
-            )
-
-    def _on_trigger(self, waiter: Waiter, message: Trigger) -> None:
-        actor = self._actor_or_error(waiter, message.actor)
-        if actor is None or self._refuse_when_stopping(waiter):
-            return
-        if actor.state.is_paused and not message.force:
-            self._reply_error(
-                waiter,
-                "paused",
-                f"actor {actor.name!r} is paused ({actor.state.paused_reason}); "
-                "use --force to run it anyway",
-            )
-            return
-        if self._refuse_when_busy(waiter):
-            return
-        self._accept(
-            actor,
-            input_value=actor.config.input if message.input is None else message.input,
-            trigger="trigger",
-            waiter=waiter,
-        )
-
-    def _on_pause(self, waiter: Waiter, message: Pause) -> None:
-        actor = self._actor_or_error(waiter, message.actor)
-        if actor is None:
-            return
-        self._pause(actor, message.reason or "paused by an operator", by="operator")
-        self._reply(waiter, "ok", {"actor": actor.name, "paused": True})
-
-    def _on_resume(self, waiter: Waiter, message: Resume) -> None:
-        actor = self._actor_or_error(waiter, message.actor)
-        if actor is None:
-            return
-        self._resume(actor, by="operator")
-        self._reply(waiter, "ok", {"actor": actor.name, "paused": False})
+    def all_counters(self) -> dict[str, int]:
+        return {
+            **self.counters,
+            "bad_requests": self.control.bad_requests,
+            "fires_dropped": self.scheduler.dropped,
+        }
 
     # --- the life of a run -------------------------------------------------------------------
 
-    def _accept(
+    def accept(
         self,
         actor: ActorRuntime,
         *,
@@ -505,14 +355,17 @@ class Supervisor:
 
     def _on_durable(self, active: ActiveRun) -> None:
         self._awaiting_durable -= 1
-        for waiter in active.waiters:
-            self._reply(waiter, "accepted", {"run_id": active.run_id, "actor": active.record.actor})
-        active.waiters = [w for w in active.waiters if w.wants_result]
         if self.runs.get(active.run_id) is active and active.record.status == RunState.QUEUED:
             if self.phase is Phase.RUNNING:
                 self.ready.append(active.run_id)
+                self._dispatch()  # before answering: the run's latency matters more
             else:
                 self._tell_waiters_stopping(active)
+        for waiter in active.waiters:
+            self.control.reply(
+                waiter, "accepted", {"run_id": active.run_id, "actor": active.record.actor}
+            )
+        active.waiters = [w for w in active.waiters if w.wants_result]
 
     def _dispatch(self) -> None:
         while self.ready:
@@ -581,10 +434,8 @@ class Supervisor:
             self.counters["stale_results"] += 1
             log.warning(
                 "ignored a result for run %s attempt %d from %s: not in flight there",
-                result.run_id,
-                result.attempt,
-                worker_id,
-            )
+                result.run_id, result.attempt, worker_id,
+            )  # fmt: skip
             return
         record = apply_result(active.record, result)
         if self.phase is Phase.KILLING and result.reason == Reason.SHUTDOWN:
@@ -593,11 +444,12 @@ class Supervisor:
 
     def _lost(self, record: RunRecord, reason: Reason, error: str) -> RunRecord:
         """The attempt's row when it ended without a result from a worker."""
-        retryable = reason not in (Reason.UNKNOWN_ACTOR,)
         now = self._clock()
         return replace(
             record,
-            status=Status.FAILED_RETRYABLE if retryable else Status.FAILED_PERMANENT,
+            status=Status.FAILED_PERMANENT
+            if reason == Reason.UNKNOWN_ACTOR
+            else Status.FAILED_RETRYABLE,
             reason=reason,
             error=error,
             finished_at=now,
@@ -611,9 +463,9 @@ class Supervisor:
         actor = self.actors.get(record.actor)
         retry_at = self._retry_time(actor, record)
         self.writer.put(record)
-        seq = self.writer.put(events.run_finished(record))
+        seq = self.writer.put(events.run_finished(record, will_retry=retry_at is not None))
         self._log_attempt(record, retry_at)
-        if retry_at is not None and actor is not None:
+        if retry_at is not None:
             self._schedule_retry(active, retry_at)
             return
         self.runs.pop(record.run_id, None)
@@ -625,19 +477,13 @@ class Supervisor:
         self._after_commit(seq, lambda: self._deliver(waiters, outcome))
         if actor is not None:
             actor.active.discard(record.run_id)
-            self._account(actor, record)
-            if actor.pending_fires and not actor.active and self.phase is Phase.RUNNING:
-                actor.pending_fires -= 1
-                self._accept(
-                    actor,
-                    input_value=actor.config.input,
-                    trigger="schedule",
-                    scheduled_for=self._clock(),
-                )
+            self.breaker.account(actor, record)
+            if self.phase is Phase.RUNNING:
+                self.scheduler.after_final(actor, self._clock())
 
     def _deliver(self, waiters: list[Waiter], outcome: dict[str, Any]) -> None:
         for waiter in waiters:
-            self._reply(waiter, "result", outcome)
+            self.control.reply(waiter, "result", outcome)
 
     def _retry_time(self, actor: ActorRuntime | None, record: RunRecord) -> float | None:
         if actor is None or record.status != Status.FAILED_RETRYABLE:
@@ -646,12 +492,9 @@ class Supervisor:
         if record.attempt > cfg.max_retries:
             return None
         delay = retry_delay(
-            record.attempt,
-            cfg.retry_backoff_s,
-            cfg.retry_backoff_max_s,
-            cfg.retry_jitter,
-            _RNG,
-        )
+            record.attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s, cfg.retry_jitter,
+            self._rng,
+        )  # fmt: skip
         return self._clock() + delay
 
     def _schedule_retry(self, active: ActiveRun, retry_at: float) -> None:
@@ -673,13 +516,13 @@ class Supervisor:
         self.counters["retries_scheduled"] += 1
         self.writer.put(record)
         self.writer.put(events.run_queued(record))
-        self.heap.push(("retry", record.run_id), retry_at)
+        self.heap.push((RETRY, record.run_id), retry_at)
         if self.phase is not Phase.RUNNING:
             self._tell_waiters_stopping(active)
 
     def _tell_waiters_stopping(self, active: ActiveRun) -> None:
         for waiter in active.waiters:
-            self._reply_error(
+            self.control.reply_error(
                 waiter,
                 "shutting_down",
                 f"run {active.run_id} stays queued (attempt {active.record.attempt}) and "
@@ -703,54 +546,7 @@ class Supervisor:
             extra["retry_in_s"] = round(retry_at - self._clock(), 2)
         log.log(level, "run %s", record.status, extra=extra)
 
-    # --- actors: breaker, pause, resume ------------------------------------------------------
-
-    def _account(self, actor: ActorRuntime, record: RunRecord) -> None:
-        """Update the actor's durable state after a final outcome; open the breaker if due."""
-        if record.reason in (Reason.SHUTDOWN, Reason.SUPERVISOR_LOST):
-            return  # our failures, not the actor's
-        succeeded = record.status == Status.SUCCEEDED
-        failures = 0 if succeeded else actor.state.consecutive_failures + 1
-        self.writer.put(
-            actor.update_state(last_run_at=record.finished_at, consecutive_failures=failures)
-        )
-        breaker = actor.state.metadata.get("paused_by") == "breaker"
-        if succeeded and actor.state.is_paused and breaker and record.trigger == "probe":
-            self._resume(actor, by="breaker")
-            return
-        limit = actor.config.max_consecutive_failures
-        if not succeeded and failures >= limit and not actor.state.is_paused:
-            self._pause(actor, f"circuit breaker: {failures} consecutive failures", by="breaker")
-        elif not succeeded and breaker and record.trigger == "probe":
-            self._schedule_probe(actor)
-
-    def _pause(self, actor: ActorRuntime, reason: str, *, by: str) -> None:
-        if actor.state.is_paused:
-            return
-        metadata = {**actor.state.metadata, "paused_by": by}
-        self.writer.put(actor.update_state(is_paused=True, paused_reason=reason, metadata=metadata))
-        self.writer.put(events.actor_event("actor_paused", actor.name, reason=reason, by=by))
-        log.warning("actor %s paused: %s", actor.name, reason, extra={"actor": actor.name})
-        if by == "breaker":
-            self._schedule_probe(actor)
-
-    def _resume(self, actor: ActorRuntime, *, by: str) -> None:
-        metadata = {k: v for k, v in actor.state.metadata.items() if k != "paused_by"}
-        self.writer.put(
-            actor.update_state(
-                is_paused=False, paused_reason=None, consecutive_failures=0, metadata=metadata
-            )
-        )
-        self.heap.remove(("probe", actor.name))
-        self.writer.put(events.actor_event("actor_resumed", actor.name, by=by))
-        log.info("actor %s resumed", actor.name, extra={"actor": actor.name, "by": by})
-
-    def _schedule_probe(self, actor: ActorRuntime) -> None:
-        cooldown = actor.config.breaker_cooldown_s
-        if cooldown is not None:
-            self.heap.push(("probe", actor.name), self._clock() + cooldown)
-
-    # --- schedules ---------------------------------------------------------------------------
+    # --- restart recovery and the heap -------------------------------------------------------
 
     def _restore(self) -> None:
         """Recover the previous supervisor's unfinished runs, then seed the schedule heap."""
@@ -760,7 +556,8 @@ class Supervisor:
         self._unfinished = []
         for actor in self.actors.values():
             self.writer.put(actor.record())
-            self._seed_schedule(actor, now)
+            self.scheduler.seed(actor, now)
+            self.breaker.restore(actor)
         self.writer.put(
             events.supervisor_event(
                 "supervisor_started", self.instance_id, pid=os.getpid(), actors=sorted(self.actors)
@@ -775,115 +572,28 @@ class Supervisor:
             actor.active.add(record.run_id)
         if record.status == RunState.QUEUED:
             due = record.scheduled_for if record.scheduled_for is not None else now
-            self.heap.push(("retry", record.run_id), max(due, now))
-            log.info(
-                "re-queued run %s attempt %d from before the restart", record.run_id, record.attempt
-            )
+            self.heap.push((RETRY, record.run_id), max(due, now))
+            log.info("re-queued run %s attempt %d from before the restart",
+                     record.run_id, record.attempt)  # fmt: skip
             return
-        self._complete_attempt(
-            active,
-            self._lost(
-                record, Reason.SUPERVISOR_LOST, "the supervisor stopped while the run was in flight"
-            ),
+        lost = self._lost(
+            record, Reason.SUPERVISOR_LOST, "the supervisor stopped while the run was in flight"
         )
-
-    def _seed_schedule(self, actor: ActorRuntime, now: float) -> None:
-        """Where the actor's schedule resumes: fresh, caught up after downtime, or as stored."""
-        schedule = actor.config.schedule
-        if schedule is None:
-            return
-        described = schedule.describe()
-        state = actor.state
-        due: float | None
-        if state.metadata.get("schedule") != described or described["type"] == "immediate":
-            due = schedule.first_due(now)
-        elif state.next_run_at is None:
-            due = None  # no fires left: a `once` that already ran
-        elif state.next_run_at < now:
-            due = schedule.resume_due(state.next_run_at, now)
-            self._catch_up(actor, state.next_run_at, now)
-        else:
-            due = state.next_run_at
-        self.writer.put(
-            actor.update_state(next_run_at=due, metadata={**state.metadata, "schedule": described})
-        )
-        if due is not None:
-            self.heap.push(("fire", actor.name), due)
-
-    def _catch_up(self, actor: ActorRuntime, first_missed: float, now: float) -> None:
-        """Fires missed while no supervisor ran, per the actor's ``catch_up`` policy.
-
-        ``first_missed`` is the stored next due time that never fired; the later ones are in
-        ``(first_missed, now]``.
-        """
-        cfg = actor.config
-        assert cfg.schedule is not None
-        keep = {"none": 0, "once": 1}.get(cfg.catch_up, cfg.catch_up_max)
-        later = missed_fires(cfg.schedule, first_missed, now, cfg.catch_up, cfg.catch_up_max)
-        missed = ([first_missed, *later])[-keep:] if keep else []
-        log.info(
-            "actor %s missed fires while stopped; catch_up=%s runs %d",
-            actor.name, cfg.catch_up, len(missed), extra={"actor": actor.name},
-        )  # fmt: skip
-        if actor.state.is_paused:
-            return
-        for fire in missed:
-            self._accept(actor, input_value=cfg.input, trigger="catch_up", scheduled_for=fire)
+        self._complete_attempt(active, lost)
 
     def _fire_due(self, now: float) -> None:
-        for key, due in self.heap.pop_due(now):
-            kind, name = key
-            if kind == "retry":
-                self._retry_due(name)
+        for (kind, name), due in self.heap.pop_due(now):
+            if kind == RETRY:
+                active = self.runs.get(name)
+                if active is not None and active.record.status == RunState.QUEUED:
+                    self.ready.append(name)
             elif (actor := self.actors.get(name)) is None:
                 continue
-            elif kind == "fire":
-                self._fire(actor, due, now)
-            elif kind == "probe" and actor.state.is_paused:
+            elif kind == FIRE:
+                self.scheduler.fire(actor, due, now)
+            elif kind == PROBE and actor.state.is_paused:
                 log.info("actor %s: half-open probe run", name, extra={"actor": name})
-                self._accept(actor, input_value=actor.config.input, trigger="probe")
-
-    def _retry_due(self, run_id: str) -> None:
-        active = self.runs.get(run_id)
-        if active is not None and active.record.status == RunState.QUEUED:
-            self.ready.append(run_id)
-
-    def _fire(self, actor: ActorRuntime, due: float, now: float) -> None:
-        schedule = actor.config.schedule
-        if schedule is None:
-            return
-        following = schedule.next_due(due)
-        if following is not None and following <= now:  # the loop fell behind: no burst
-            following = schedule.next_due(now)
-        if following is not None:
-            self.heap.push(("fire", actor.name), following)
-        self.writer.put(actor.update_state(next_run_at=following))
-        if actor.state.is_paused:
-            return
-        if actor.active and actor.config.overlap != "allow":
-            if actor.config.overlap == "queue":
-                actor.pending_fires += 1
-                return
-            self.writer.put(
-                events.actor_event(
-                    "run_skipped",
-                    actor.name,
-                    scheduled_for=due,
-                    reason="overlap",
-                    active_runs=sorted(actor.active),
-                )
-            )
-            log.info(
-                "actor %s: fire skipped, previous run still going",
-                actor.name,
-                extra={"actor": actor.name},
-            )
-            return
-        if len(self.ready) + self._awaiting_durable >= self.settings.queue_size:
-            self.counters["busy_rejections"] += 1
-            log.warning("actor %s: fire dropped, the ready queue is full", actor.name)
-            return
-        self._accept(actor, input_value=actor.config.input, trigger="schedule", scheduled_for=due)
+                self.accept(actor, input_value=actor.config.input, trigger=PROBE)
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -903,11 +613,9 @@ class Supervisor:
         self.counters["worker_deaths"] += 1
         expected = self.phase is not Phase.RUNNING and not gone.lost_runs
         (log.info if expected else log.error)(
-            "worker %s %s",
-            gone.handle.worker_id,
-            gone.description,
+            "worker %s %s", gone.handle.worker_id, gone.description,
             extra={"lost_runs": len(gone.lost_runs)},
-        )
+        )  # fmt: skip
         for run_id in gone.lost_runs:
             active = self.runs.get(run_id)
             if active is not None and active.worker_id == gone.handle.worker_id:
@@ -927,8 +635,8 @@ class Supervisor:
                 if handle is not None and not handle.killed_by_us:
                     self.pool.kill(
                         handle,
-                        f"run {active.run_id} is {OVERDUE_SLACK_S:.0f}s "
-                        "past its timeout and kill grace",
+                        f"run {active.run_id} is {OVERDUE_SLACK_S:.0f}s past its timeout "
+                        "and kill grace",
                     )
         self._prune_idempotency()
         if not running:
@@ -941,6 +649,77 @@ class Supervisor:
         ):
             self._idempotency = {k: v for k, v in self._idempotency.items() if v[1] >= cutoff}
 
+    # --- configuration reload (SIGHUP) -------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Apply a changed configuration file; an invalid one is rejected, the old one stays."""
+        try:
+            new = load_config(self.config.path, overrides=self._overrides, environ=os.environ)
+            self._check_readable(new)
+        except (ConfigError, StartupError) as exc:
+            self.counters["reloads_rejected"] += 1
+            log.error("SIGHUP: configuration rejected, keeping the running one: %s", exc)
+            self.writer.put(events.supervisor_event(
+                "config_rejected", self.instance_id, error=str(exc)
+            ))  # fmt: skip
+            return
+        plan = plan_reload(self.config, new)
+        now = self._clock()
+        for name in plan.removed:
+            self.scheduler.forget(name)
+            self.heap.remove((PROBE, name))
+            self.actors.pop(name)
+        for name in (*plan.added, *plan.changed):
+            cfg = new.actors[name]
+            actor = self.actors.get(name)
+            if actor is None:
+                state = self._stored_states.get(name) or TaskState(actor=name, updated_at=now)
+                actor = ActorRuntime(config=cfg, code_sha256=sha256_of(cfg.script), state=state)
+                self.actors[name] = actor
+            else:
+                actor.config = cfg
+                actor.code_sha256 = sha256_of(cfg.script)
+            self.writer.put(actor.record())
+            if name in plan.added:
+                self.scheduler.seed(actor, now)
+            elif name in plan.rescheduled:
+                self.scheduler.reseed(actor, now)
+        self.config = replace(new, supervisor=plan.settings)
+        self.settings = plan.settings
+        self.pool.heartbeat_timeout_s = plan.settings.heartbeat_timeout_s
+        setup_logging(plan.settings.log_level, plan.settings.log_format)
+        self.counters["reloads"] += 1
+        log.info(
+            "SIGHUP: configuration reloaded",
+            extra={"added": plan.added, "removed": plan.removed, "changed": plan.changed,
+                   "settings": plan.applied_settings},
+        )  # fmt: skip
+        if plan.restart_needed:
+            log.warning("SIGHUP: these settings changed but need a restart to apply: %s",
+                        ", ".join(plan.restart_needed))  # fmt: skip
+        self.writer.put(events.supervisor_event(
+            "config_reloaded", self.instance_id, added=list(plan.added),
+            removed=list(plan.removed), changed=list(plan.changed),
+            restart_needed=list(plan.restart_needed),
+        ))  # fmt: skip
+
+    def _check_readable(self, new: Config) -> None:
+        """New or moved scripts must be readable by the sandbox user, as at start-up."""
+        run_as = self.sandbox.run_as
+        fresh = [
+            str(a.script)
+            for name, a in new.actors.items()
+            if name not in self.config.actors or self.config.actors[name].script != a.script
+        ]
+        if run_as is None or not fresh:
+            return
+        try:
+            problems = unreadable_scripts_from_threads(self.sandbox.python, fresh, *run_as)
+        except AccessCheckError as exc:
+            raise StartupError(str(exc)) from exc
+        if problems:
+            raise StartupError("the sandbox user cannot read: " + "; ".join(problems))
+
     # --- shutdown ----------------------------------------------------------------------------
 
     def _in_flight(self) -> list[ActiveRun]:
@@ -949,12 +728,8 @@ class Supervisor:
     def _begin_shutdown(self, why: str) -> None:
         if self.phase is Phase.RUNNING:
             grace = self.settings.shutdown_grace_s
-            log.info(
-                "%s: stopping; %d run(s) in flight get %.1fs to finish",
-                why,
-                len(self._in_flight()),
-                grace,
-            )
+            log.info("%s: stopping; %d run(s) in flight get %.1fs to finish",
+                     why, len(self._in_flight()), grace)  # fmt: skip
             self.phase = Phase.DRAINING
             self._shutdown_deadline = time.monotonic() + grace
             for run_id in self.ready:
@@ -978,14 +753,9 @@ class Supervisor:
                 self._send_worker(handle.identity, Stop(kill=True))
         elif self.phase is Phase.KILLING and now >= self._shutdown_deadline:
             for active in in_flight:
-                self._complete_attempt(
-                    active,
-                    self._lost(
-                        active.record,
-                        Reason.SHUTDOWN,
-                        "no result after the kill; worker unresponsive",
-                    ),
-                )
+                self._complete_attempt(active, self._lost(
+                    active.record, Reason.SHUTDOWN, "no result after the kill; worker unresponsive"
+                ))  # fmt: skip
             self.phase = Phase.DONE
 
     def _send_worker(self, identity: bytes, message: Stop) -> None:
@@ -1012,17 +782,18 @@ class Supervisor:
             )
             if not writer.close(timeout=60.0):
                 log.error("the store writer could not flush everything before exit")
-            if hasattr(self, "_control"):
+            if hasattr(self, "control"):
                 self._on_commits()
-        if hasattr(self, "_ctx"):
+        if hasattr(self, "_signal_r"):
             signal.set_wakeup_fd(-1)
-            self._control.close(linger=1000)
-            self._workers.close(linger=0)
-            if self._auth is not None:
-                self._auth.stop()
-            self._ctx.term()
             self._signal_r.close()
             self._signal_w.close()
+        if hasattr(self, "control"):
+            self.control.close()
+        if hasattr(self, "_workers"):
+            self._workers.close(linger=0)
+        if hasattr(self, "_ctx"):
+            self._ctx.term()
         if hasattr(self, "scoreboard"):
             self.scoreboard.close()
         if hasattr(self, "store"):
@@ -1033,6 +804,3 @@ class Supervisor:
 
 def _ignore_signal(signum: int, frame: object) -> None:
     """The wake-up fd carries the signal; the loop handles it on the main thread."""
-
-
-_RNG = random.Random()

@@ -44,7 +44,7 @@ def run_started(run: RunRecord) -> Event:
     return run_event("run_started", run, worker_id=run.worker_id, code_sha256=run.code_sha256)
 
 
-def run_finished(run: RunRecord) -> Event:
+def run_finished(run: RunRecord, **extra: Any) -> Event:
     """``run_succeeded`` or ``run_failed``, with the classified outcome."""
     return run_event(
         "run_succeeded" if run.status == "succeeded" else "run_failed",
@@ -57,6 +57,7 @@ def run_finished(run: RunRecord) -> Event:
         duration_ms=run.duration_ms,
         worker_id=run.worker_id,
         code_sha256=run.code_sha256,
+        **extra,
     )
 
 

@@ -93,5 +93,5 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
             "last_error": stats.last_error,
             "last_flush_ms": stats.last_flush_ms,
         },
-        "counters": dict(sup.counters),
+        "counters": sup.all_counters(),
     }

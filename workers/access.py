@@ -47,6 +47,55 @@ def unexecutable(paths: Iterable[str], uid: int, gid: int) -> list[str]:
     return _check_as(uid, gid, [os.path.abspath(p) for p in paths], _exec_problems)
 
 
+_CHECK_SCRIPTS = """
+import json, os, sys
+found = []
+for path in sys.argv[1:]:
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except FileNotFoundError:
+        found.append([path, "this file does not exist (or is hidden from it)"])
+    except OSError:
+        found.append([path, "cannot read this file"])
+    folder = os.path.dirname(path)
+    if not os.access(folder, os.R_OK | os.X_OK):
+        found.append([path, "cannot list and enter its folder " + folder])
+print(json.dumps(found))
+"""
+
+
+def unreadable_scripts_from_threads(
+    python: str, paths: Iterable[str], uid: int, gid: int
+) -> list[str]:
+    """:func:`unreadable_scripts` for a process that already has threads (a reload).
+
+    Forking a threaded process is unsafe, so the check runs in a fresh ``python`` (one the
+    user can run) that the kernel starts as that user; it costs an interpreter start.
+    """
+    import subprocess
+
+    paths = [os.path.abspath(p) for p in paths]
+    if not paths:
+        return []
+    switch = os.geteuid() == 0 or (uid, gid) != (os.getuid(), os.getgid())
+    try:
+        done = subprocess.run(
+            [python, "-c", _CHECK_SCRIPTS, *paths],
+            capture_output=True,
+            timeout=60,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            user=uid if switch else None,
+            group=gid if switch else None,
+            extra_groups=[] if switch else None,
+        )
+        found = orjson.loads(done.stdout)
+    except (OSError, subprocess.TimeoutExpired, orjson.JSONDecodeError) as exc:
+        raise AccessCheckError(f"the access check as uid {uid} could not run: {exc}") from exc
+    user = _user_name(uid)
+    return [f"{path}: user {user} (uid {uid}) {msg}" for path, msg in found]
+
+
 def unrunnable_python(python: str, uid: int, gid: int) -> list[str]:
     """Messages when user ``uid`` cannot start ``python`` and import the standard library.
 

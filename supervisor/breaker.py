@@ -1,0 +1,94 @@
+"""Pausing actors: by hand, or by the circuit breaker after consecutive failures.
+
+An actor that keeps failing is paused so it cannot take the system down or spam its targets.
+With ``breaker_cooldown_s`` set, one half-open *probe* run is let through after each cooldown:
+success closes the breaker (the actor resumes), failure keeps it open until the next probe.
+Every change is durable task state plus an event.
+"""
+
+import logging
+from collections.abc import Callable
+
+from protocol.outcomes import Reason, Status
+from supervisor import events
+from supervisor.actors import ActorRuntime
+from supervisor.records import RunRecord
+from supervisor.schedule import ScheduleHeap
+from supervisor.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+NOT_THE_ACTORS_FAULT = frozenset({Reason.SHUTDOWN, Reason.SUPERVISOR_LOST})
+PROBE = "probe"  # trigger of a half-open probe run, and its schedule heap entry
+
+
+class Breaker:
+    """Counts final outcomes per actor and opens, probes and closes its breaker."""
+
+    def __init__(
+        self,
+        writer: BatchWriter,
+        heap: ScheduleHeap[tuple[str, str]],
+        clock: Callable[[], float],
+    ) -> None:
+        self._writer = writer
+        self._heap = heap
+        self._clock = clock
+
+    def account(self, actor: ActorRuntime, record: RunRecord) -> None:
+        """Record a run's final outcome in the actor's state; open or close the breaker."""
+        if record.reason in NOT_THE_ACTORS_FAULT:
+            return
+        succeeded = record.status == Status.SUCCEEDED
+        failures = 0 if succeeded else actor.state.consecutive_failures + 1
+        self._writer.put(
+            actor.update_state(last_run_at=record.finished_at, consecutive_failures=failures)
+        )
+        opened_by_breaker = (
+            actor.state.is_paused and actor.state.metadata.get("paused_by") == "breaker"
+        )
+        if record.trigger == PROBE and opened_by_breaker:
+            if succeeded:
+                self.resume(actor, by="breaker")
+            else:
+                self._schedule_probe(actor)
+            return
+        limit = actor.config.max_consecutive_failures
+        if not succeeded and limit and failures >= limit and not actor.state.is_paused:
+            self.pause(actor, f"circuit breaker: {failures} consecutive failures", by="breaker")
+
+    def pause(self, actor: ActorRuntime, reason: str, *, by: str) -> None:
+        if actor.state.is_paused:
+            return
+        metadata = {**actor.state.metadata, "paused_by": by}
+        self._writer.put(
+            actor.update_state(is_paused=True, paused_reason=reason, metadata=metadata)
+        )
+        self._writer.put(events.actor_event("actor_paused", actor.name, reason=reason, by=by))
+        log.warning("actor %s paused: %s", actor.name, reason, extra={"actor": actor.name})
+        if by == "breaker":
+            self._schedule_probe(actor)
+
+    def resume(self, actor: ActorRuntime, *, by: str) -> None:
+        """Unpause and forget the failures, so the breaker starts counting afresh."""
+        metadata = {k: v for k, v in actor.state.metadata.items() if k != "paused_by"}
+        was_paused = actor.state.is_paused
+        self._writer.put(
+            actor.update_state(
+                is_paused=False, paused_reason=None, consecutive_failures=0, metadata=metadata
+            )
+        )
+        self._heap.remove((PROBE, actor.name))
+        if was_paused:
+            self._writer.put(events.actor_event("actor_resumed", actor.name, by=by))
+            log.info("actor %s resumed", actor.name, extra={"actor": actor.name, "by": by})
+
+    def _schedule_probe(self, actor: ActorRuntime) -> None:
+        cooldown = actor.config.breaker_cooldown_s
+        if cooldown is not None:
+            self._heap.push((PROBE, actor.name), self._clock() + cooldown)
+
+    def restore(self, actor: ActorRuntime) -> None:
+        """After a restart: an actor the breaker had paused gets its probe back."""
+        if actor.state.is_paused and actor.state.metadata.get("paused_by") == "breaker":
+            self._schedule_probe(actor)

@@ -1,0 +1,108 @@
+"""The control endpoint: a ROUTER that clients (the CLI, ``protocol.client``) talk to.
+
+This module owns the socket and the wire: it decodes requests, answers malformed ones itself
+(``bad_request``, counted), and sends replies. What a request *means* is the supervisor's
+business (:mod:`supervisor.requests`).
+"""
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from protocol import ProtocolError, decode
+from protocol.codec import request_id_of
+from protocol.curve import CurveKeyError, secure_server
+from protocol.messages import CLIENT_REQUESTS, Message, Reply
+from protocol.sockets import has_message
+from supervisor.errors import StartupError
+from supervisor.runs import Waiter
+from supervisor.settings import SupervisorSettings
+
+log = logging.getLogger(__name__)
+
+RECV_BATCH = 256  # requests taken per loop turn, so clients cannot starve the workers
+MAX_REQUEST_BYTES = 16 << 20
+
+
+class ControlServer:
+    """Bind the control endpoint (with CURVE when configured); receive requests; reply."""
+
+    def __init__(self, ctx: "zmq.Context[Any]", settings: SupervisorSettings) -> None:
+        self.bad_requests = 0
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+        self._auth: ThreadAuthenticator | None = None
+        if settings.control_curve_secret_key and settings.control_curve_authorized_keys:
+            try:
+                self._auth = secure_server(
+                    ctx,
+                    self.socket,
+                    settings.control_curve_secret_key,
+                    settings.control_curve_authorized_keys,
+                )
+            except CurveKeyError as exc:
+                self.socket.close(linger=0)
+                raise StartupError(f"control endpoint CURVE keys: {exc}") from exc
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.socket.setsockopt(zmq.SNDHWM, 100_000)
+        self.socket.setsockopt(zmq.RCVHWM, 100_000)
+        try:
+            self.socket.bind(settings.control)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise StartupError(
+                f"cannot bind the control endpoint {settings.control}: {exc} "
+                "(is another supervisor running? choose another with --control)"
+            ) from exc
+
+    def requests(self) -> Iterator[tuple[Waiter, Message]]:
+        """The well-formed requests waiting now; malformed ones are answered and skipped."""
+        for _ in range(RECV_BATCH):
+            if not has_message(self.socket):
+                return
+            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            envelope = len(frames) == 3 and frames[1] == b""  # a REQ socket's delimiter
+            if len(frames) != 2 and not envelope:
+                self.bad_requests += 1
+                if frames:
+                    self.reply_error(
+                        Waiter(frames[0], "", False),
+                        "bad_request",
+                        f"expected 1 body frame, got {len(frames) - 1}",
+                    )
+                continue
+            identity, body = frames[0], frames[-1]
+            try:
+                message = decode(body, CLIENT_REQUESTS)
+            except ProtocolError as exc:
+                self.bad_requests += 1
+                self.reply_error(Waiter(identity, request_id_of(body), False, envelope),
+                                 "bad_request", str(exc))  # fmt: skip
+                continue
+            request_id: str = getattr(message, "id", "")
+            yield Waiter(identity, request_id, False, envelope), message
+
+    def reply(self, waiter: Waiter, kind: str, data: Any) -> None:
+        self._send(waiter, Reply(id=waiter.request_id, ok=True, kind=kind, data=data))
+
+    def reply_error(self, waiter: Waiter, code: str, message: str) -> None:
+        self._send(
+            waiter, Reply(id=waiter.request_id, ok=False, kind="error", error=code, message=message)
+        )
+
+    def _send(self, waiter: Waiter, reply: Reply) -> None:
+        body = orjson.dumps(reply)
+        frames = [waiter.identity, b"", body] if waiter.envelope else [waiter.identity, body]
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the client is gone or not reading: its loss only
+            log.debug("reply to a client dropped: %s", exc)
+
+    def close(self) -> None:
+        self.socket.close(linger=1000)
+        if self._auth is not None:
+            self._auth.stop()

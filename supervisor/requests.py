@@ -1,0 +1,136 @@
+"""What each control request means: submit, trigger, pause, resume, status.
+
+Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accepted``, then
+``result``), and every refusal carries a stable error code: ``unknown_actor``, ``busy``,
+``paused``, ``shutting_down``, ``result_unavailable``.
+"""
+
+from typing import TYPE_CHECKING
+
+from protocol.messages import Message, Pause, Resume, StatusRequest, Submit, Trigger
+from supervisor.actors import ActorRuntime
+from supervisor.runs import Waiter
+from supervisor.status import build_status
+
+if TYPE_CHECKING:
+    from supervisor.core import Supervisor
+
+
+class Requests:
+    """Handles decoded control requests on behalf of one supervisor."""
+
+    def __init__(self, sup: "Supervisor") -> None:
+        self.sup = sup
+
+    def handle(self, waiter: Waiter, message: Message) -> None:
+        if isinstance(message, Submit):
+            self._submit(Waiter(waiter.identity, waiter.request_id, message.wait,
+                                waiter.envelope), message)  # fmt: skip
+        elif isinstance(message, Trigger):
+            self._trigger(waiter, message)
+        elif isinstance(message, StatusRequest):
+            self.sup.control.reply(waiter, "status", build_status(self.sup))
+        elif isinstance(message, Pause):
+            self._pause(waiter, message)
+        elif isinstance(message, Resume):
+            self._resume(waiter, message)
+
+    def _actor(self, waiter: Waiter, name: str) -> ActorRuntime | None:
+        actor = self.sup.actors.get(name)
+        if actor is None:
+            known = ", ".join(sorted(self.sup.actors)) or "none"
+            self.sup.control.reply_error(
+                waiter, "unknown_actor", f"no actor named {name!r} (known: {known})"
+            )
+        return actor
+
+    def _refused(self, waiter: Waiter) -> bool:
+        """Answer and return True when the supervisor cannot take a new run now."""
+        if not self.sup.accepting:
+            self.sup.control.reply_error(waiter, "shutting_down", "the supervisor is shutting down")
+            return True
+        if not self.sup.has_room():
+            self.sup.counters["busy_rejections"] += 1
+            self.sup.control.reply_error(
+                waiter,
+                "busy",
+                f"the ready queue is full ({self.sup.waiting()} runs waiting); retry later",
+            )
+            return True
+        return False
+
+    def _submit(self, waiter: Waiter, message: Submit) -> None:
+        actor = self._actor(waiter, message.actor)
+        if actor is None:
+            return
+        key = message.idempotency_key
+        earlier = self.sup.idempotent_run(actor.name, key) if key is not None else None
+        if earlier is not None:
+            self._duplicate(waiter, actor, earlier)
+            return
+        if self._refused(waiter):
+            return
+        self.sup.accept(
+            actor,
+            input_value=actor.config.input if message.input is None else message.input,
+            trigger="submit",
+            waiter=waiter,
+            idempotency_key=key,
+        )
+
+    def _duplicate(self, waiter: Waiter, actor: ActorRuntime, run_id: str) -> None:
+        """Same idempotency key as an earlier run: that run stands for this one."""
+        control = self.sup.control
+        control.reply(
+            waiter, "accepted", {"run_id": run_id, "actor": actor.name, "deduplicated": True}
+        )
+        if not waiter.wants_result:
+            return
+        active = self.sup.runs.get(run_id)
+        if active is not None:
+            active.waiters.append(waiter)
+        elif (outcome := self.sup.outcomes.get(run_id)) is not None:
+            control.reply(waiter, "result", outcome)
+        else:
+            control.reply_error(
+                waiter,
+                "result_unavailable",
+                f"run {run_id} finished earlier; see `actor-supervisor history` for its outcome",
+            )
+
+    def _trigger(self, waiter: Waiter, message: Trigger) -> None:
+        actor = self._actor(waiter, message.actor)
+        if actor is None:
+            return
+        if actor.state.is_paused and not message.force:
+            self.sup.control.reply_error(
+                waiter,
+                "paused",
+                f"actor {actor.name!r} is paused ({actor.state.paused_reason}); "
+                "use --force to run it anyway",
+            )
+            return
+        if self._refused(waiter):
+            return
+        self.sup.accept(
+            actor,
+            input_value=actor.config.input if message.input is None else message.input,
+            trigger="trigger",
+            waiter=waiter,
+        )
+
+    def _pause(self, waiter: Waiter, message: Pause) -> None:
+        actor = self._actor(waiter, message.actor)
+        if actor is not None:
+            self.sup.breaker.pause(actor, message.reason or "paused by an operator", by="operator")
+            self.sup.control.reply(
+                waiter,
+                "ok",
+                {"actor": actor.name, "paused": True, "reason": actor.state.paused_reason},
+            )
+
+    def _resume(self, waiter: Waiter, message: Resume) -> None:
+        actor = self._actor(waiter, message.actor)
+        if actor is not None:
+            self.sup.breaker.resume(actor, by="operator")
+            self.sup.control.reply(waiter, "ok", {"actor": actor.name, "paused": False})

@@ -1,0 +1,148 @@
+"""Turning schedules into runs: seeding the heap, firing, catching up, overlap policies.
+
+The heap holds one ``("fire", actor)`` entry per scheduled actor (retries and breaker probes
+share the heap under other kinds; the supervisor dispatches on the kind). Firing pops the entry,
+pushes the next due time and starts a run: O(log n) whatever the number of actors.
+"""
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from supervisor import events
+from supervisor.actors import ActorRuntime
+from supervisor.schedule import ScheduleHeap, missed_fires
+from supervisor.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+FIRE = "fire"
+
+
+class Accept(Protocol):
+    def __call__(
+        self, actor: ActorRuntime, *, input_value: Any, trigger: str, scheduled_for: float | None
+    ) -> object: ...
+
+
+class Scheduler:
+    """Fires actors' schedules into ``accept``, honouring pause, overlap and catch-up."""
+
+    def __init__(
+        self,
+        heap: ScheduleHeap[tuple[str, str]],
+        writer: BatchWriter,
+        accept: Accept,
+        has_room: Callable[[], bool],
+    ) -> None:
+        self._heap = heap
+        self._writer = writer
+        self._accept = accept
+        self._has_room = has_room
+        self.dropped = 0  # fires lost to a full ready queue
+
+    def seed(self, actor: ActorRuntime, now: float) -> None:
+        """Where a schedule resumes at start-up: fresh, caught up after downtime, or as stored.
+
+        The stored ``next_run_at`` is the first fire that never happened; ``metadata.schedule``
+        says which schedule it belongs to, so a changed schedule starts afresh.
+        """
+        schedule = actor.config.schedule
+        if schedule is None:
+            return
+        described = schedule.describe()
+        state = actor.state
+        due: float | None
+        if state.metadata.get("schedule") != described or described["type"] == "immediate":
+            due = schedule.first_due(now)
+        elif state.next_run_at is None:
+            due = None  # no fires left: a `once` that already ran
+        elif state.next_run_at < now:
+            due = schedule.resume_due(state.next_run_at, now)
+            self._catch_up(actor, state.next_run_at, now)
+        else:
+            due = state.next_run_at
+        self._set_next(actor, due, described)
+
+    def reseed(self, actor: ActorRuntime, now: float) -> None:
+        """A schedule changed while running (configuration reload): it takes effect from now."""
+        self.forget(actor.name)
+        schedule = actor.config.schedule
+        if schedule is None:
+            self._writer.put(actor.update_state(next_run_at=None))
+            return
+        self._set_next(actor, schedule.first_due(now), schedule.describe())
+
+    def forget(self, name: str) -> None:
+        self._heap.remove((FIRE, name))
+
+    def _set_next(self, actor: ActorRuntime, due: float | None, described: dict[str, Any]) -> None:
+        metadata = {**actor.state.metadata, "schedule": described}
+        self._writer.put(actor.update_state(next_run_at=due, metadata=metadata))
+        if due is not None:
+            self._heap.push((FIRE, actor.name), due)
+
+    def _catch_up(self, actor: ActorRuntime, first_missed: float, now: float) -> None:
+        """Fires missed while no supervisor ran, per the actor's ``catch_up`` policy:
+        ``none`` skips them, ``once`` runs one for all, ``all`` one each (up to ``catch_up_max``).
+        """
+        cfg = actor.config
+        assert cfg.schedule is not None
+        keep = {"none": 0, "once": 1}.get(cfg.catch_up, cfg.catch_up_max)
+        later = missed_fires(cfg.schedule, first_missed, now, cfg.catch_up, cfg.catch_up_max)
+        missed = [first_missed, *later][-keep:] if keep else []
+        log.info(
+            "actor %s missed fires while stopped; catch_up=%s runs %d",
+            actor.name, cfg.catch_up, len(missed), extra={"actor": actor.name},
+        )  # fmt: skip
+        if actor.state.is_paused:
+            return
+        for fire in missed:
+            self._accept(actor, input_value=cfg.input, trigger="catch_up", scheduled_for=fire)
+
+    def fire(self, actor: ActorRuntime, due: float, now: float) -> None:
+        """The actor's fire at ``due`` is here: push the next one, then run unless told not to."""
+        schedule = actor.config.schedule
+        if schedule is None:
+            return
+        following = schedule.next_due(due)
+        if following is not None and following <= now:  # the loop fell behind: no burst
+            following = schedule.next_due(now)
+        if following is not None:
+            self._heap.push((FIRE, actor.name), following)
+        self._writer.put(actor.update_state(next_run_at=following))
+        if actor.state.is_paused:
+            return
+        if actor.active and actor.config.overlap != "allow":
+            self._overlap(actor, due)
+            return
+        if not self._has_room():
+            self.dropped += 1
+            log.warning("actor %s: fire dropped, the ready queue is full", actor.name)
+            return
+        self._accept(actor, input_value=actor.config.input, trigger="schedule", scheduled_for=due)
+
+    def _overlap(self, actor: ActorRuntime, due: float) -> None:
+        """A fire while the previous run is still going: ``queue`` it or ``skip`` it."""
+        if actor.config.overlap == "queue":
+            actor.pending_fires += 1
+            return
+        self._writer.put(
+            events.actor_event(
+                "run_skipped",
+                actor.name,
+                scheduled_for=due,
+                reason="overlap",
+                active_runs=sorted(actor.active),
+            )
+        )
+        log.info("actor %s: fire skipped, the previous run is still going", actor.name,
+                 extra={"actor": actor.name})  # fmt: skip
+
+    def after_final(self, actor: ActorRuntime, now: float) -> None:
+        """A run of the actor ended: with ``overlap = "queue"``, start the next waiting fire."""
+        if actor.pending_fires and not actor.active and not actor.state.is_paused:
+            actor.pending_fires -= 1
+            self._accept(
+                actor, input_value=actor.config.input, trigger="schedule", scheduled_for=now
+            )
