@@ -65,25 +65,26 @@ def _bare_fork_loop(count: int, results: Any) -> None:
     results.put(time.perf_counter() - started)
 
 
-def _bare_exec_loop(count: int, script: str, results: Any) -> None:
+def _bare_exec_loop(count: int, script: str, python: str, results: Any) -> None:
     """Spawn ``python script.py`` per run, JSON in and out (no -I: it drops the script dir)."""
     data = json.dumps(INPUT).encode()
     started = time.perf_counter()
     for _ in range(count):
-        proc = subprocess.run([sys.executable, script], input=data, capture_output=True, check=True)
+        proc = subprocess.run([python, script], input=data, capture_output=True, check=True)
         json.loads(proc.stdout)
     results.put(time.perf_counter() - started)
 
 
-def measure_ceiling(mode: str, parallel: int, runs: int, script: Path) -> float:
-    """Runs per second of the bare loop in ``parallel`` processes."""
+def measure_ceiling(mode: str, parallel: int, runs: int, script: Path, python: str) -> float:
+    """Runs per second of the bare loop in ``parallel`` processes (exec mode: on ``python``,
+    the interpreter the supervisor itself chose for exec mode)."""
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     per_proc = max(1, runs // parallel)
     target: Any = _bare_fork_loop if mode == "fork" else _bare_exec_loop
     args: tuple[Any, ...] = (per_proc, results)
     if mode == "exec":
-        args = (per_proc, str(script), results)
+        args = (per_proc, str(script), python, results)
     started = time.perf_counter()
     procs = [ctx.Process(target=target, args=args) for _ in range(parallel)]
     for proc in procs:
@@ -150,7 +151,7 @@ def _client_loop(endpoint: str, count: int, warmup: int, results: Any) -> None:
     results.put((latencies, failures))
 
 
-def _wait_ready(endpoint: str, workers: int, proc: subprocess.Popen[bytes]) -> None:
+def _wait_ready(endpoint: str, workers: int, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     from protocol.client import Client, ClientError
 
     deadline = time.monotonic() + 60
@@ -163,7 +164,7 @@ def _wait_ready(endpoint: str, workers: int, proc: subprocess.Popen[bytes]) -> N
             except ClientError:
                 continue
             if sum(w["ready"] for w in status["workers"]) == workers:
-                return
+                return status
             time.sleep(0.1)
     raise SystemExit("supervisor not ready within 60 s")
 
@@ -179,7 +180,7 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_ready(endpoint, args.workers, proc)
+        status = _wait_ready(endpoint, args.workers, proc)
         ctx = multiprocessing.get_context("fork")
         results = ctx.Queue()
         per_client = max(1, args.runs // args.clients)
@@ -208,6 +209,7 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         "runs_per_s": round(total / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3),
+        "exec_python": status["supervisor"]["exec_python"],
     }
 
 
@@ -235,7 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         measured = measure_supervisor(args, folder)
         ceiling = measure_ceiling(
-            args.mode, args.workers, args.ceiling_runs or args.runs, folder / "scripts" / "noop.py"
+            args.mode,
+            args.workers,
+            args.ceiling_runs or args.runs,
+            folder / "scripts" / "noop.py",
+            measured["exec_python"],
         )
     finally:
         if not args.keep:

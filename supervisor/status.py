@@ -73,6 +73,8 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
             "control": sup.settings.control,
             "workers": sup.settings.workers,
             "concurrency": sup.settings.concurrency,
+            "exec_python": sup.sandbox.python,
+            "run_as": sup.settings.run_as if sup.sandbox.run_as else None,
         },
         "workers": workers,
         "actors": actors,
