@@ -15,15 +15,15 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
-import traceback
 
 import orjson
 
 from workers import channel
 from workers.channel import Finished, Started
 from workers.sandbox import DEFAULT_PRELOAD, SandboxConfig
-from workers.zygote import serve
+from workers.zygote import CHANNEL_FD
 
 __all__ = [
     "DEFAULT_PRELOAD",
@@ -53,24 +53,30 @@ class LauncherGone(Exception):
 
 
 def start_launcher(config: SandboxConfig, *, ready_timeout: float = READY_TIMEOUT_S) -> "Launcher":
-    """Fork the launcher; call before the calling process has any thread.
+    """Start the launcher as a fresh interpreter and wait until it is ready for runs.
 
-    Returns once the launcher has pre-imported its modules and is ready for runs.
+    It is spawned, not forked, so the caller may have threads (a ZeroMQ context), and the
+    launcher's image -- which every fork-mode run is forked from -- stays small.
 
     :raises LauncherGone: the launcher died or did not get ready within ``ready_timeout``.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:  # the launcher: never returns into the caller
-        status = 70
-        try:
-            ours.close()
-            status = serve(config, theirs)
-        except BaseException:
-            traceback.print_exc()  # the worker's stderr: the only place a launcher crash can go
-        finally:
-            os._exit(status)
-    theirs.close()
+    argv = [
+        sys.executable,
+        "-I",  # no cwd on sys.path, no PYTHON* variables: it runs as root
+        "-m",
+        "workers.zygote",
+        orjson.dumps(config).decode(),
+    ]
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            os.environ,
+            file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), CHANNEL_FD)],
+        )
+    finally:
+        theirs.close()
     launcher = Launcher(pid, ours)
     launcher._await_ready(ready_timeout)
     return launcher

@@ -1,7 +1,7 @@
 """The worker process: a thin relay between the supervisor and its sandbox launcher.
 
-It forks the launcher first (no thread may exist at that moment), then opens a ZeroMQ DEALER to
-the supervisor, announces itself with ``hello`` and relays: ``run`` bodies to the launcher,
+It starts its launcher (a fresh single-threaded interpreter that forks one child per run), then
+opens a ZeroMQ DEALER to the supervisor, announces itself with ``hello`` and relays: ``run`` bodies to the launcher,
 ``result`` bodies back, unchanged. It owns nothing durable: killing it loses nothing, because
 the supervisor records every run it held as ``worker_lost``.
 
@@ -62,7 +62,7 @@ def worker_main(spec: WorkerSpec) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor orchestrates shutdown
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until the loop installs its own handler
     setup_logging(spec.log_level, spec.log_format)
-    launcher = start_launcher(spec.sandbox)  # before any thread exists (zmq starts I/O threads)
+    launcher = start_launcher(spec.sandbox)
     try:
         return Worker(spec, launcher).run()
     finally:
@@ -70,9 +70,8 @@ def worker_main(spec: WorkerSpec) -> int:
 
 
 def _scrub_environment(allowed: tuple[str, ...]) -> None:
-    """Drop everything but the allow-list before the launcher is forked from this process:
-    fork-mode scripts start from a copy of its memory, and the supervisor's environment may
-    hold credentials (a database URL, say)."""
+    """Drop everything but the allow-list: the launcher inherits this environment, and the
+    supervisor's may hold credentials (a database URL, say)."""
     for name in [n for n in os.environ if n not in allowed]:
         del os.environ[name]
 

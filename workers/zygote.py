@@ -1,9 +1,11 @@
 """The launcher process: one single-threaded event loop that forks a child per run.
 
-It is forked by the worker before the worker has any thread, pre-imports what scripts commonly
-need, and then waits in one ``epoll``: the worker's socket, each run's stdout and stderr pipes,
-SIGCHLD (and SIGTERM/SIGHUP) through ``signal.set_wakeup_fd``, and deadline timers as the poll
-timeout. No threads and no sleeps.
+The worker starts it as a fresh interpreter (``python -I -m workers.zygote``), so that the image
+every run is forked from holds only the sandbox and what scripts commonly need -- not the
+worker's ZeroMQ, psutil and multiprocess, which would make each fork dearer. It pre-imports
+those common modules and then waits in one ``epoll``: the worker's socket, each run's stdout
+and stderr pipes, SIGCHLD (and SIGTERM/SIGHUP) through ``signal.set_wakeup_fd``, and deadline
+timers as the poll timeout. No threads and no sleeps.
 
 Each child is forked one run ahead (a :class:`workers.flight.Spare`): when a run arrives it is
 handed to the waiting child at once, and the next one is forked while that run executes, so the
@@ -18,6 +20,7 @@ run in flight claims. It never logs: its stderr is the worker's, and it reports 
 import contextlib
 import ctypes
 import errno
+import fcntl
 import gc
 import heapq
 import importlib
@@ -26,7 +29,9 @@ import resource
 import select
 import signal
 import socket
+import sys
 import time
+import traceback
 from typing import Any
 
 import orjson
@@ -45,6 +50,30 @@ _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _TERM, _KILL = 0, 1  # timer actions
 _RUN_ID_KEY = b"ACTOR_RUN_ID="
+
+
+CHANNEL_FD = 3  # where the worker's end of the channel arrives in a fresh launcher
+
+
+def main() -> None:
+    """Entry point of a launcher started by :func:`workers.launcher.start_launcher`.
+
+    argv[1] is the :class:`SandboxConfig` as JSON; the channel to the worker is fd 3.
+    """
+    fields = orjson.loads(sys.argv[1])
+    fields["env_allow"] = tuple(fields["env_allow"])
+    fields["preload"] = tuple(fields["preload"])
+    fields["run_as"] = tuple(fields["run_as"]) if fields["run_as"] else None
+    status = 70
+    try:
+        # Off fd 3: the launcher keeps 0-5 for what each child dup2()s into place.
+        channel_fd = fcntl.fcntl(CHANNEL_FD, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(CHANNEL_FD)
+        status = serve(SandboxConfig(**fields), socket.socket(fileno=channel_fd))
+    except BaseException:
+        traceback.print_exc()  # the worker's stderr: the only place a launcher crash can go
+    finally:
+        os._exit(status)
 
 
 def serve(config: SandboxConfig, sock: socket.socket) -> int:
@@ -507,3 +536,7 @@ def _children_by_scan(parent: int) -> list[int]:
         if len(fields) > 1 and int(fields[1]) == parent:
             found.append(int(name))
     return found
+
+
+if __name__ == "__main__":
+    main()
