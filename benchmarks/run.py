@@ -10,19 +10,34 @@ machine because both are measured on it, minutes apart.
 
     python benchmarks/run.py --runs 5000 --workers 2 --mode fork
     python benchmarks/run.py --mode exec --runs 1000 --json
+    python benchmarks/run.py --database postgresql://postgres@127.0.0.1/bench
+
+``--store-only`` measures the store alone, without processes or sockets. It fills
+``execution_events`` to ``--query-rows`` (1 M) with runs' events, times the typical history
+query -- all events of one aggregate in time order (``list_events(aggregate_type="run",
+aggregate_id=...)``) on random runs -- and then, on top of that table, the sustained events/s
+written through the batch writer for each of ``--batch-sizes`` (a producer thread keeps the
+writer's queue full, as a busy supervisor would). ``--ids time`` makes time-ordered ids instead
+of the supervisor's random ones, to show what they are worth.
+
+    python benchmarks/run.py --store-only
+    python benchmarks/run.py --store-only --database postgresql://postgres@127.0.0.1/bench
 """
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,6 +228,196 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
     }
 
 
+# --- the store alone ------------------------------------------------------------------------
+
+
+def random_id() -> str:
+    """The ids the supervisor makes today (``supervisor.events.new_id``): 128 random bits."""
+    return os.urandom(16).hex()
+
+
+def time_ordered_id() -> str:
+    """A time-ordered alternative (UUIDv7-like): 56 bits of microseconds, then 72 random bits.
+
+    New keys land at the right edge of every B-tree on them instead of on a random page.
+    """
+    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
+
+
+ID_KINDS = {"random": random_id, "time": time_ordered_id}
+
+
+def _run_events(new_id: Any, created_at: float) -> list[Any]:
+    """The three events of one run, shaped like supervisor.events makes them."""
+    from supervisor.records import Event
+
+    run_id = new_id()
+    base: dict[str, Any] = {"actor": "noop", "attempt": 1, "retry_count": 0,
+                            "correlation_id": run_id, "trigger": "submit"}  # fmt: skip
+    extras: list[dict[str, Any]] = [
+        {"scheduled_for": None},
+        {"worker_id": "w0.1", "code_sha256": "ab" * 32},
+        {"status": "succeeded", "reason": None, "error": None, "exit_code": 0, "signal": None,
+         "duration_ms": 12.5, "worker_id": "w0.1", "code_sha256": "ab" * 32},
+    ]  # fmt: skip
+    return [
+        Event(
+            event_id=new_id(),
+            event_type=kind,
+            aggregate_type="run",
+            aggregate_id=run_id,
+            correlation_id=run_id,
+            metadata={**base, **extra},
+            created_at=created_at,
+        )
+        for kind, extra in zip(("run_queued", "run_started", "run_succeeded"), extras, strict=True)
+    ]
+
+
+class _Runs:
+    """Makes runs' events with one id scheme, and remembers run ids to query later."""
+
+    def __init__(self, new_id: Any) -> None:
+        self.new_id = new_id
+        self.sample: list[str] = []  # every 97th run, for the query benchmark
+        self.made = 0
+
+    def events(self, created_at: float) -> list[Any]:
+        made = _run_events(self.new_id, created_at)
+        self.made += 1
+        if self.made % 97 == 0:
+            self.sample.append(made[0].aggregate_id)
+        return made
+
+
+def measure_writer(store: Any, runs: _Runs, batch_size: int, events: int) -> dict[str, Any]:
+    """Sustained events/s through a BatchWriter, from first ``put`` to last commit.
+
+    The events are made beforehand, so what is timed is the writer and the store, not the
+    making of events. A producer thread keeps up to four batches queued and, when the queue is
+    full, waits on the writer's ``wakeup_fd`` the way the supervisor's poller does.
+    """
+    import select
+
+    from supervisor.writer import BatchWriter
+
+    made: list[Any] = []
+    while len(made) < events:
+        made.extend(runs.events(time.time()))
+    # hundreds of thousands of waiting events would make every cyclic GC pass scan them all,
+    # a cost a supervisor (which holds a few) never pays: keep them out of the collector's way
+    gc.collect()
+    gc.freeze()
+    writer = BatchWriter(store, batch_size=batch_size, max_age_s=0.02)
+    writer.start()
+    bound = max(4 * batch_size, 64)
+
+    def produce() -> None:
+        for event in made:
+            seq = writer.put(event)
+            while seq - writer.committed >= bound:
+                select.select([writer.wakeup_fd()], [], [], 1.0)
+                writer.drain_wakeups()
+
+    started = time.perf_counter()
+    producer = threading.Thread(target=produce, name="producer", daemon=True)
+    producer.start()
+    producer.join()
+    writer.flush(3600)
+    elapsed = time.perf_counter() - started
+    writer.close(timeout=120)
+    gc.unfreeze()
+    stats = writer.stats()
+    return {
+        "events_per_s": round(len(made) / elapsed),
+        "seconds": round(elapsed, 2),
+        "events": len(made),
+        "mean_batch": round(stats.records / max(stats.batches, 1), 1),
+        "last_flush_ms": round(stats.last_flush_ms or 0.0, 2),
+    }
+
+
+def fill_events(store: Any, runs: _Runs, rows: int, have: int) -> float:
+    """Top ``execution_events`` up to ``rows`` with whole runs; returns the seconds it took."""
+    started = time.perf_counter()
+    clock = time.time() - 86400.0
+    while have < rows:
+        batch = []
+        for _ in range(min(3334, (rows - have + 2) // 3)):
+            clock += 0.001
+            batch.extend(runs.events(clock))
+        store.write_batch(batch)
+        have += len(batch)
+    return time.perf_counter() - started
+
+
+def measure_query(store: Any, runs: _Runs, queries: int) -> dict[str, Any]:
+    """Latency of "all events of one aggregate, in time order" on random runs."""
+    rng = random.Random(42)
+    latencies = []
+    for _ in range(queries):
+        run_id = rng.choice(runs.sample)
+        started = time.perf_counter()
+        found = store.list_events(aggregate_type="run", aggregate_id=run_id)
+        latencies.append(time.perf_counter() - started)
+        assert len(found) == 3, (run_id, len(found))
+    latencies.sort()
+    return {
+        "queries": queries,
+        "p50_ms": round(statistics.median(latencies) * 1000, 3),
+        "p95_ms": round(latencies[int(len(latencies) * 0.95) - 1] * 1000, 3),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3),
+        "max_ms": round(latencies[-1] * 1000, 3),
+    }
+
+
+def _count_events(store: Any, url: str) -> int:
+    """Rows in ``execution_events``, straight from the database (the Store API has no count)."""
+    if store.description.startswith("sqlite:"):
+        import sqlite3
+
+        with sqlite3.connect(store.description.removeprefix("sqlite:")) as conn:
+            return int(conn.execute("SELECT count(*) FROM execution_events").fetchone()[0])
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM execution_events").fetchone()
+        return int(row[0]) if row else 0
+
+
+def measure_store(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    from supervisor.store import open_store
+
+    url = args.database or "sqlite:bench.db"
+    store = open_store(url, base_dir=folder, sqlite_synchronous=args.sqlite_synchronous)
+    try:
+        store.migrate()
+        runs = _Runs(ID_KINDS[args.ids])
+        have = _count_events(store, url)
+        filled = fill_events(store, runs, args.query_rows, have) if have < args.query_rows else 0
+        rows = _count_events(store, url)
+        print(f"table: {rows} events (filled in {filled:.1f} s)", file=sys.stderr)
+        if not runs.sample:  # an already full table: make a few runs to look up
+            fill_events(store, runs, rows + 3000, rows)
+        query = measure_query(store, runs, args.queries)
+        print(f"aggregate query: {query}", file=sys.stderr)
+        writer: dict[str, Any] = {}
+        for size in args.batch_sizes:  # on top of the full table, as in production
+            count = args.events if size >= 100 else max(3000, args.events * size // 100)
+            writer[str(size)] = measure_writer(store, runs, size, count)
+            print(f"batch size {size:>5}: {writer[str(size)]}", file=sys.stderr)
+    finally:
+        store.close()
+    return {
+        "database": store.description,
+        "ids": args.ids,
+        "writer": writer,
+        "table_events": rows,
+        "fill_s": round(filled, 1),
+        "aggregate_query": query,
+    }
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -227,11 +432,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ceiling-runs", type=int, default=0, help="default: --runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, db)")
+    store = parser.add_argument_group("--store-only")
+    store.add_argument("--store-only", action="store_true", help="measure the store alone")
+    store.add_argument(
+        "--batch-sizes",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[1, 100, 1000],
+        help="writer batch sizes to measure (default 1,100,1000)",
+    )
+    store.add_argument(
+        "--events",
+        type=int,
+        default=300_000,
+        help="events per batch size >= 100 (smaller sizes: proportionally fewer, >= 3000)",
+    )
+    store.add_argument("--query-rows", type=int, default=1_000_000, help="events in the table")
+    store.add_argument("--queries", type=int, default=2000, help="aggregate queries to time")
+    store.add_argument("--sqlite-synchronous", default="normal", help="SQLite PRAGMA synchronous")
+    store.add_argument(
+        "--ids",
+        choices=sorted(ID_KINDS),
+        default="random",
+        help="event and run ids: random (what the supervisor makes) or time-ordered",
+    )
     return parser
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _store_only(args: argparse.Namespace) -> int:
+    folder = Path(tempfile.mkdtemp(prefix="actor-supervisor-bench-"))
+    try:
+        report = {**measure_store(args, folder), "machine": _machine()}
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{'database':>20}  {report['database']}")
+        for size, result in report["writer"].items():
+            print(f"{'batch ' + size:>20}  {result['events_per_s']:>9} events/s  {result}")
+        print(f"{'table':>20}  {report['table_events']} events")
+        print(f"{'aggregate query':>20}  {report['aggregate_query']}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.store_only:
+        return _store_only(args)
+    from supervisor.store.urls import redact_url
+
     args.clients = args.clients or args.workers * args.concurrency * 2
     folder = Path(tempfile.mkdtemp(prefix="actor-supervisor-bench-"))
     try:
@@ -251,15 +509,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workers": args.workers,
         "concurrency": args.concurrency,
         "clients": args.clients,
-        "database": args.database or "sqlite",
+        "database": redact_url(args.database) if args.database else "sqlite",  # no password
         **measured,
         "ceiling_runs_per_s": round(ceiling, 1),
         "efficiency": round(measured["runs_per_s"] / ceiling, 3),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": _machine(),
     }
     if args.json:
         print(json.dumps(report))

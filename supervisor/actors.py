@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +30,9 @@ class ActorRuntime:
     code_sha256: str
     state: TaskState
     active: set[str] = field(default_factory=set)  # run ids accepted and not yet final
-    pending_fires: int = 0  # overlap = "queue": fires waiting for the active run to end
+    # Fires waiting for the active run to end: (trigger, scheduled_for). Filled by
+    # overlap = "queue" and by catch-up, so an actor's runs never overlap unless it allows it.
+    pending: deque[tuple[str, float]] = field(default_factory=deque)
 
     @property
     def name(self) -> str:

@@ -34,9 +34,17 @@ class Breaker:
         self._writer = writer
         self._heap = heap
         self._clock = clock
+        # Probe runs not yet final. A probe's retries are triggered by "retry", so its final
+        # attempt is known to be a probe by its run id, not by its trigger.
+        self._probes: set[str] = set()
+
+    def probe_accepted(self, run_id: str) -> None:
+        self._probes.add(run_id)
 
     def account(self, actor: ActorRuntime, record: RunRecord) -> None:
         """Record a run's final outcome in the actor's state; open or close the breaker."""
+        probe = record.trigger == PROBE or record.run_id in self._probes
+        self._probes.discard(record.run_id)
         if record.reason in NOT_THE_ACTORS_FAULT:
             return
         succeeded = record.status == Status.SUCCEEDED
@@ -47,7 +55,7 @@ class Breaker:
         opened_by_breaker = (
             actor.state.is_paused and actor.state.metadata.get("paused_by") == "breaker"
         )
-        if record.trigger == PROBE and opened_by_breaker:
+        if probe and opened_by_breaker:
             if succeeded:
                 self.resume(actor, by="breaker")
             else:
@@ -58,8 +66,11 @@ class Breaker:
             self.pause(actor, f"circuit breaker: {failures} consecutive failures", by="breaker")
 
     def pause(self, actor: ActorRuntime, reason: str, *, by: str) -> None:
-        if actor.state.is_paused:
+        """Pause the actor. An operator's pause takes over the breaker's: no probe resumes it."""
+        paused_by = actor.state.metadata.get("paused_by")
+        if actor.state.is_paused and (by == "breaker" or paused_by != "breaker"):
             return
+        self._heap.remove((PROBE, actor.name))
         metadata = {**actor.state.metadata, "paused_by": by}
         self._writer.put(
             actor.update_state(is_paused=True, paused_reason=reason, metadata=metadata)

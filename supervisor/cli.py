@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from supervisor.logs import setup_logging
 from supervisor.records import Event, RunRecord
 from supervisor.settings import require_curve
 from supervisor.status import iso
-from supervisor.store import open_store
+from supervisor.store import open_store, pool_options
 from supervisor.store.base import StoreError
 
 EXIT_OK = 0
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _database_flag(start)
     _control_flag(start)
+    start.add_argument(
+        "--no-migrate",
+        dest="migrate",
+        action="store_const",
+        const=False,
+        help="do not apply pending migrations at start-up [ACTOR_SUPERVISOR_MIGRATE=0]",
+    )
 
     submit = _command(sub, "submit", "queue a run of an actor", cmd_submit)
     submit.add_argument("actor")
@@ -185,7 +192,7 @@ def _client(args: argparse.Namespace, timeout_s: float = 10.0) -> Client:
 def cmd_start(args: argparse.Namespace) -> int:
     from supervisor.core import Supervisor  # the heavy imports only where they are needed
 
-    flags = ("workers", "concurrency", "mode", "database", "control")
+    flags = ("workers", "concurrency", "mode", "database", "control", "migrate")
     config = _load(args, *flags)
     setup_logging(config.supervisor.log_level, config.supervisor.log_format)
     return Supervisor(config, overrides={name: getattr(args, name) for name in flags}).run()
@@ -277,7 +284,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     print(
         f"queue: {queue['ready']} ready, {queue['in_flight']} in flight; store {store['database']}"
-        + (" DEGRADED" if store["degraded"] else "")
+        + (f" DEGRADED (spool: {store['spool_depth']} records)" if store["degraded"] else "")
     )
     _table(
         ["SLOT", "WORKER", "PID", "STATE", "IN FLIGHT", "CURRENT RUN", "DONE", "FAILED", "RSS MB"],
@@ -308,14 +315,18 @@ def _schedule_text(schedule: dict[str, Any] | None) -> str:
 
 
 def _open_store_from(args: argparse.Namespace) -> Any:
-    config = _load(args, "database")
-    return open_store(config.supervisor.database, base_dir=config.base_dir)
+    settings = (config := _load(args, "database")).supervisor
+    # A command waits a little for a database that is starting, not the supervisor's minute.
+    pool = replace(pool_options(settings), wait_s=min(settings.database_wait_s, 10.0))
+    return open_store(settings.database, base_dir=config.base_dir, pool=pool)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     store = _open_store_from(args)
     try:
-        runs = store.list_runs(actor=args.actor, run_id=args.run_id, limit=args.limit)
+        runs = _attempts_together(
+            store.list_runs(actor=args.actor, run_id=args.run_id, limit=args.limit)
+        )
     finally:
         store.close()
     if args.json:
@@ -331,6 +342,15 @@ def cmd_history(args: argparse.Namespace) -> int:
         ],
     )  # fmt: skip
     return EXIT_OK
+
+
+def _attempts_together(runs: list[RunRecord]) -> list[RunRecord]:
+    """Newest first, but a run's attempts next to each other (a retry is queued later than
+    other runs submitted while it waited): runs by their newest attempt, then attempts."""
+    by_run: dict[str, list[RunRecord]] = {}
+    for record in runs:
+        by_run.setdefault(record.run_id, []).append(record)
+    return [record for attempts in by_run.values() for record in attempts]
 
 
 def _run_dict(record: RunRecord) -> dict[str, Any]:

@@ -50,7 +50,8 @@ from supervisor.schedule import ScheduleHeap, retry_delay
 from supervisor.scheduler import FIRE, Scheduler
 from supervisor.scoreboard import Scoreboard
 from supervisor.settings import require_curve
-from supervisor.store import open_store
+from supervisor.spool import Spool, spool_folder
+from supervisor.store import open_store, pool_options
 from supervisor.writer import BatchWriter
 from workers.access import AccessCheckError, unreadable_scripts_from_threads
 
@@ -121,11 +122,17 @@ class Supervisor:
             raise StartupError(str(exc)) from exc
         self.sandbox = prepare_sandbox(self.config)
         self.store = open_store(
-            s.database, base_dir=self.config.base_dir, sqlite_synchronous=s.sqlite_synchronous
+            s.database,
+            base_dir=self.config.base_dir,
+            sqlite_synchronous=s.sqlite_synchronous,
+            pool=pool_options(s),  # waits up to database_wait_s for a PostgreSQL server
         )
-        applied = self.store.migrate()
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
+        if s.migrate:
+            applied = self.store.migrate()
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+        self.spool = Spool(spool_folder(s.spool_dir, self.config.base_dir))
+        self.spool.drain(self.store, give_up_s=s.database_wait_s)  # before reading any state
         self._stored_states: dict[str, TaskState] = self.store.load_task_states()
         unfinished = self.store.unfinished_runs()
         since = self._clock() - IDEMPOTENCY_WINDOW_S
@@ -133,7 +140,10 @@ class Supervisor:
             self._idempotency[key] = (run_id, self._clock())
         self.actors: dict[str, ActorRuntime] = build_actors(self.config.actors, self._stored_states)
         self.writer = BatchWriter(
-            self.store, batch_size=s.batch_size, max_age_s=s.batch_max_age_ms / 1000
+            self.store,
+            batch_size=s.batch_size,
+            max_age_s=s.batch_max_age_ms / 1000,
+            spool=self.spool,  # the writer owns and closes it from here on
         )
         self._unfinished = unfinished
         self.breaker = Breaker(self.writer, self.heap, self._clock)
@@ -479,7 +489,7 @@ class Supervisor:
             actor.active.discard(record.run_id)
             self.breaker.account(actor, record)
             if self.phase is Phase.RUNNING:
-                self.scheduler.after_final(actor, self._clock())
+                self.scheduler.after_final(actor)
 
     def _deliver(self, waiters: list[Waiter], outcome: dict[str, Any]) -> None:
         for waiter in waiters:
@@ -593,7 +603,8 @@ class Supervisor:
                 self.scheduler.fire(actor, due, now)
             elif kind == PROBE and actor.state.is_paused:
                 log.info("actor %s: half-open probe run", name, extra={"actor": name})
-                self.accept(actor, input_value=actor.config.input, trigger=PROBE)
+                probe = self.accept(actor, input_value=actor.config.input, trigger=PROBE)
+                self.breaker.probe_accepted(probe.run_id)
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -713,12 +724,20 @@ class Supervisor:
         ]
         if run_as is None or not fresh:
             return
-        try:
-            problems = unreadable_scripts_from_threads(self.sandbox.python, fresh, *run_as)
-        except AccessCheckError as exc:
-            raise StartupError(str(exc)) from exc
-        if problems:
-            raise StartupError("the sandbox user cannot read: " + "; ".join(problems))
+        # The check runs a Python as the sandbox user. In fork mode the sandbox keeps our own,
+        # which that user may not be able to run (a pyenv or venv under a private home): then
+        # try python3 on PATH, as the start-up preflight does for exec mode.
+        failures: list[str] = []
+        for python in dict.fromkeys([self.sandbox.python, *_on_path("python3")]):
+            try:
+                problems = unreadable_scripts_from_threads(python, fresh, *run_as)
+            except AccessCheckError as exc:
+                failures.append(str(exc))
+                continue
+            if problems:
+                raise StartupError("the sandbox user cannot read: " + "; ".join(problems))
+            return
+        raise StartupError("; ".join(failures))
 
     # --- shutdown ----------------------------------------------------------------------------
 
@@ -732,8 +751,9 @@ class Supervisor:
                      why, len(self._in_flight()), grace)  # fmt: skip
             self.phase = Phase.DRAINING
             self._shutdown_deadline = time.monotonic() + grace
-            for run_id in self.ready:
-                if (active := self.runs.get(run_id)) is not None:
+            ready = set(self.ready)
+            for active in self.runs.values():  # ready, or waiting in the heap for a retry
+                if active.run_id in ready or (RETRY, active.run_id) in self.heap:
                     self._tell_waiters_stopping(active)
             self.ready.clear()
         else:
@@ -800,6 +820,12 @@ class Supervisor:
             self.store.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
         log.info("supervisor stopped", extra=dict(self.counters))
+
+
+def _on_path(name: str) -> list[str]:
+    """Every ``name`` on PATH, first to last."""
+    found = (shutil.which(name, path=folder) for folder in os.get_exec_path())
+    return [path for path in found if path is not None]
 
 
 def _ignore_signal(signum: int, frame: object) -> None:

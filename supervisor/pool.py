@@ -38,6 +38,7 @@ class WorkerHandle:
     spawned_at: float  # monotonic
     capacity: int
     ready: bool = False
+    booted: bool = False  # it said hello once (a hung worker we kill is not a boot failure)
     in_flight: set[str] = field(default_factory=set)  # run ids
     killed_by_us: str | None = None  # why we killed it, if we did
 
@@ -156,7 +157,7 @@ class WorkerPool:
         handle = self._by_identity.get(identity)
         if handle is None:
             return None
-        handle.ready = True
+        handle.ready = handle.booted = True
         self._ever_ready = True
         self._boot_failures = 0
         return handle
@@ -177,7 +178,7 @@ class WorkerPool:
         description = describe_exit(handle.process.exitcode)
         if handle.killed_by_us:
             description += f" after we killed it: {handle.killed_by_us}"
-        if not handle.ready:
+        if not handle.booted:
             self._boot_failures += 1
         delay = RESPAWN_BACKOFF_S[min(self._boot_failures, len(RESPAWN_BACKOFF_S) - 1)]
         self._respawn_at[handle.index] = time.monotonic() + delay

@@ -17,6 +17,7 @@ from supervisor.writer import BatchWriter
 log = logging.getLogger(__name__)
 
 FIRE = "fire"
+MAX_PENDING = 100  # fires an actor may have waiting for its running one; beyond, they are skipped
 
 
 class Accept(Protocol):
@@ -95,10 +96,15 @@ class Scheduler:
             "actor %s missed fires while stopped; catch_up=%s runs %d",
             actor.name, cfg.catch_up, len(missed), extra={"actor": actor.name},
         )  # fmt: skip
-        if actor.state.is_paused:
+        if actor.state.is_paused or not missed:
             return
-        for fire in missed:
-            self._accept(actor, input_value=cfg.input, trigger="catch_up", scheduled_for=fire)
+        if cfg.overlap == "allow":
+            for fire in missed:
+                self._accept(actor, input_value=cfg.input, trigger="catch_up", scheduled_for=fire)
+            return
+        # One after another, like the fires they stand for: never two runs of it at once.
+        actor.pending.extend(("catch_up", fire) for fire in missed)
+        self.after_final(actor)
 
     def fire(self, actor: ActorRuntime, due: float, now: float) -> None:
         """The actor's fire at ``due`` is here: push the next one, then run unless told not to."""
@@ -124,25 +130,24 @@ class Scheduler:
 
     def _overlap(self, actor: ActorRuntime, due: float) -> None:
         """A fire while the previous run is still going: ``queue`` it or ``skip`` it."""
-        if actor.config.overlap == "queue":
-            actor.pending_fires += 1
+        queue = actor.config.overlap == "queue"
+        if queue and len(actor.pending) < MAX_PENDING:
+            actor.pending.append(("schedule", due))
             return
         self._writer.put(
             events.actor_event(
                 "run_skipped",
                 actor.name,
                 scheduled_for=due,
-                reason="overlap",
+                reason="queue_full" if queue else "overlap",
                 active_runs=sorted(actor.active),
             )
         )
         log.info("actor %s: fire skipped, the previous run is still going", actor.name,
                  extra={"actor": actor.name})  # fmt: skip
 
-    def after_final(self, actor: ActorRuntime, now: float) -> None:
-        """A run of the actor ended: with ``overlap = "queue"``, start the next waiting fire."""
-        if actor.pending_fires and not actor.active and not actor.state.is_paused:
-            actor.pending_fires -= 1
-            self._accept(
-                actor, input_value=actor.config.input, trigger="schedule", scheduled_for=now
-            )
+    def after_final(self, actor: ActorRuntime) -> None:
+        """The actor has no run going: start the next fire waiting for that, if any."""
+        if actor.pending and not actor.active and not actor.state.is_paused:
+            trigger, due = actor.pending.popleft()
+            self._accept(actor, input_value=actor.config.input, trigger=trigger, scheduled_for=due)

@@ -346,6 +346,21 @@ class Database(Kind):
 
 
 @dataclass(frozen=True, slots=True)
+class Folder(Kind):
+    """A folder, kept as written: its user resolves a relative one against the config folder
+    (as ``database`` does), so the defaults compare equal whatever the working directory."""
+
+    @property
+    def expected(self) -> str:
+        return "a path to a folder"
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip() or "\0" in value:
+            raise self._wrong(value)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
 class Word(Kind):
     """A non-empty string without whitespace (a user name, a uid)."""
 
@@ -470,6 +485,14 @@ class SupervisorSettings:
     limits: Limits = field(default_factory=Limits)
     max_consecutive_failures: int = 5
     sqlite_synchronous: str = "normal"
+    pool_min_size: int = 1
+    pool_max_size: int = 4
+    pool_connect_timeout_s: float = 5.0
+    pool_acquire_timeout_s: float = 5.0
+    pool_check: bool = True
+    database_wait_s: float = 60.0
+    migrate: bool = True
+    spool_dir: str = "state/spool"
     control_curve_secret_key: str | None = None
     control_curve_authorized_keys: str | None = None
     control_curve_server_key: str | None = None
@@ -514,6 +537,34 @@ SETTINGS: tuple[Setting, ...] = declare(
         ),
         Setting(
             "sqlite_synchronous", Choice(("off", "normal", "full")), "SQLite PRAGMA synchronous"
+        ),
+        Setting("pool_min_size", Integer(0, 1000), "PostgreSQL: connections kept open"),
+        Setting("pool_max_size", Integer(1, 1000), "PostgreSQL: most connections open at once"),
+        Setting(
+            "pool_connect_timeout_s",
+            Number(positive=True),
+            "PostgreSQL: seconds one connection attempt may take",
+        ),
+        Setting(
+            "pool_acquire_timeout_s",
+            Number(positive=True),
+            "PostgreSQL: seconds a flush waits for a pooled connection before it spools",
+        ),
+        Setting(
+            "pool_check",
+            Boolean(),
+            "PostgreSQL: check each connection as it leaves the pool (a broken one is replaced)",
+        ),
+        Setting(
+            "database_wait_s",
+            Number(minimum=0),
+            "start-up: seconds to keep retrying an unreachable database before giving up",
+        ),
+        Setting("migrate", Boolean(), "apply pending migrations at start-up"),
+        Setting(
+            "spool_dir",
+            Folder(),
+            "where batches wait while the database is unreachable (relative to the config file)",
         ),
         Setting("control_curve_secret_key", OptionalPath(), "CURVE secret key file (server)"),
         Setting(
@@ -579,7 +630,16 @@ def resolve_settings(
         sources[setting.name], labels[setting.name] = source, label
     settings = SupervisorSettings(**values)
     _check_control(settings, labels)
+    _check_pool(settings, labels)
     return settings, sources
+
+
+def _check_pool(settings: SupervisorSettings, labels: Mapping[str, str]) -> None:
+    if settings.pool_min_size > settings.pool_max_size:
+        raise ConfigError(
+            f"{labels['pool_min_size']}: pool_min_size ({settings.pool_min_size}) must be <= "
+            f"pool_max_size ({settings.pool_max_size})"
+        )
 
 
 def _check_control(settings: SupervisorSettings, labels: Mapping[str, str]) -> None:

@@ -94,6 +94,14 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
             "failures": stats.failures,
             "last_error": stats.last_error,
             "last_flush_ms": stats.last_flush_ms,
+            # records durable in the spool, waiting for the database (degraded while > 0)
+            "spool_depth": stats.spool_depth,
+            "spool_batches": stats.spool_batches,
+            "spool_bytes": stats.spool_bytes,
+            "spool_dir": str(sup.spool.folder),
+            "spooled": stats.spooled,
+            "replayed": stats.replayed,
+            "rejected": stats.rejected,
         },
         "counters": sup.all_counters(),
     }

@@ -12,8 +12,14 @@ collecting while more arrives, and flushes when the batch is full, when its olde
 record per commit with minimal latency; a busy one gets big batches because records pile up
 while the previous commit runs.
 
-A failed write is never dropped: the batch is kept and retried with exponential backoff while
-``put`` keeps accepting records.
+A failed write is never dropped. With a :class:`~supervisor.spool.Spool` (the supervisor always
+has one), a batch the store refuses is appended to the spool and fsync'd, which makes it
+durable: ``committed`` advances and the supervisor keeps accepting and running work. While the
+spool holds anything, newer batches are appended behind it rather than written, so the store
+receives every record in order; a second thread, the replayer, writes the spool to the store
+with exponential backoff between attempts and empties it once the store is back. Without a
+spool (tests, the store benchmark) the batch is kept in memory and retried with backoff while
+``put`` keeps accepting records, and ``committed`` waits.
 """
 
 import contextlib
@@ -25,7 +31,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from supervisor.records import Record
-from supervisor.store.base import Store
+from supervisor.spool import Spool, encode_batch
+from supervisor.store.base import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,11 @@ class WriterStats:
 
     ``queue_depth`` counts records put but not yet committed (waiting or in the batch being
     written). ``full_batches``/``aged_batches``/``idle_batches`` say why each batch was closed,
-    which tells whether ``batch_size`` and ``max_age_s`` fit the load.
+    which tells whether ``batch_size`` and ``max_age_s`` fit the load. ``spool_depth`` counts
+    records durable in the spool but not yet in the store, ``spooled``/``replayed`` the records
+    that went in and out of it; ``degraded`` is true while the last store write failed or the
+    spool is not empty. ``rejected`` counts records that could be neither stored nor spooled
+    (not serializable: a bug, logged with the record).
     """
 
     queue_depth: int
@@ -52,10 +63,19 @@ class WriterStats:
     full_batches: int
     aged_batches: int
     idle_batches: int
+    spool_depth: int = 0
+    spool_batches: int = 0
+    spool_bytes: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    rejected: int = 0
 
 
 class BatchWriter:
-    """Owns all writes to ``store``; thread-safe ``put``, durable-sequence tracking."""
+    """Owns all writes to ``store``; thread-safe ``put``, durable-sequence tracking.
+
+    ``spool``, when given, is owned by the writer from ``start`` on: the writer closes it.
+    """
 
     def __init__(
         self,
@@ -65,23 +85,29 @@ class BatchWriter:
         max_age_s: float = 0.02,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 5.0,
+        spool: Spool | None = None,
+        replay_chunk: int = 5000,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size < 1 or replay_chunk < 1:
+            raise ValueError(f"batch_size and replay_chunk must be >= 1, got {batch_size}")
         if max_age_s < 0 or backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
             raise ValueError("max_age_s must be >= 0 and 0 < backoff_initial_s <= backoff_max_s")
         self._store = store
+        self._spool = spool
         self._batch_size = batch_size
         self._max_age_s = max_age_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
+        self._replay_chunk = replay_chunk
 
-        # One lock, three conditions: work for the thread, commits for flush(), and retry_now
-        # so close() can cut a backoff short without put() waking the backoff every time.
+        # One lock, four conditions: work for the thread, commits for flush(), retry_now so
+        # close() can cut a backoff short without put() waking the backoff every time, and
+        # replay for the replayer's wait between attempts.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._commits = threading.Condition(self._lock)
         self._retry = threading.Condition(self._lock)
+        self._replay = threading.Condition(self._lock)
         self._queue: deque[_Entry] = deque()
         self._last_seq = 0
         self._committed = 0
@@ -89,14 +115,18 @@ class BatchWriter:
         self._retry_now = False
         self._abandon = False
         self._thread: threading.Thread | None = None
+        self._replayer: threading.Thread | None = None
+        self._replay_due = 0.0  # monotonic time of the next replay attempt
+        self._replay_delay = backoff_initial_s
 
         self._batches = 0
         self._records = 0
         self._failures = 0
         self._last_error: str | None = None
         self._last_flush_ms: float | None = None
-        self._degraded = False
+        self._degraded = False  # the last store write (direct or replay) failed
         self._reasons = {"full": 0, "aged": 0, "idle": 0}
+        self._rejected = 0
 
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -106,13 +136,19 @@ class BatchWriter:
     # -- the supervisor's side -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer thread. Records put before ``start`` wait in the queue."""
+        """Start the writer thread (and the replayer). Records put before ``start`` wait."""
         with self._lock:
             if self._thread is not None or self._closing:
                 raise RuntimeError("BatchWriter.start() called twice or after close()")
             # daemon: a store stuck in a write must not keep the process alive after close()
             self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+            if self._spool is not None:
+                self._replayer = threading.Thread(
+                    target=self._replay_loop, name="store-replayer", daemon=True
+                )
         self._thread.start()
+        if self._replayer is not None:
+            self._replayer.start()
 
     def put(self, record: Record) -> int:
         """Queue ``record``; return its sequence number. Never waits for the store."""
@@ -127,7 +163,7 @@ class BatchWriter:
 
     @property
     def committed(self) -> int:
-        """Every record whose sequence number is at most this is durable."""
+        """Every record whose sequence number is at most this is durable (stored or spooled)."""
         with self._lock:
             return self._committed
 
@@ -156,10 +192,12 @@ class BatchWriter:
             return self._committed >= target
 
     def close(self, timeout: float) -> bool:
-        """Refuse new records, flush, stop the thread; True when nothing was left unwritten.
+        """Refuse new records, flush, stop the threads; True when nothing was left unwritten.
 
-        The store stays open: its owner closes it. After ``timeout``, records still unwritten
-        are abandoned and counted in the error log (the spool, a later issue, will keep them).
+        With a spool, "written" includes spooled: the replayer gets one last attempt to empty
+        the spool within ``timeout``, and what it cannot replay waits on disk for the next
+        start. The store stays open: its owner closes it. After ``timeout``, records still
+        neither stored nor spooled are abandoned and counted in the error log.
         """
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -167,25 +205,43 @@ class BatchWriter:
                 return self._committed >= self._last_seq
             self._closing = True
             self._retry_now = True  # a writer backing off gets one more immediate attempt
+            self._replay_due = 0.0  # and so does the replayer
             self._work.notify_all()
             self._retry.notify_all()
-            thread = self._thread
+            self._replay.notify_all()
+            thread, replayer = self._thread, self._replayer
         if thread is not None:
             self.flush(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if replayer is not None:
+            replayer.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._abandon = True
             self._work.notify_all()
             self._retry.notify_all()
+            self._replay.notify_all()
             self._commits.notify_all()
-        if thread is not None:
-            thread.join(max(0.1, deadline - time.monotonic()))
+        for worker in (thread, replayer):
+            if worker is not None:
+                worker.join(max(0.1, deadline - time.monotonic()))
         with self._lock:
             unwritten = self._last_seq - self._committed
-            stuck = thread is not None and thread.is_alive()
+            stuck = any(w is not None and w.is_alive() for w in (thread, replayer))
             if not stuck and self._pipe_open:
                 self._pipe_open = False
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+        if not stuck and self._spool is not None:
+            left = self._spool.stats()
+            self._spool.close()
+            if left.records:
+                log.warning(
+                    "store writer closed with %d records in the spool %s; "
+                    "the next start replays them",
+                    left.records,
+                    self._spool.folder,
+                    extra={"event": "store_spool_left", "records": left.records},
+                )
         if unwritten:
             log.error(
                 "store writer closed with %d records unwritten (last error: %s)",
@@ -196,6 +252,7 @@ class BatchWriter:
         return unwritten == 0
 
     def stats(self) -> WriterStats:
+        spool = self._spool.stats() if self._spool is not None else None
         with self._lock:
             return WriterStats(
                 queue_depth=self._last_seq - self._committed,
@@ -205,10 +262,16 @@ class BatchWriter:
                 failures=self._failures,
                 last_error=self._last_error,
                 last_flush_ms=self._last_flush_ms,
-                degraded=self._degraded,
+                degraded=self._degraded or bool(spool and spool.records),
                 full_batches=self._reasons["full"],
                 aged_batches=self._reasons["aged"],
                 idle_batches=self._reasons["idle"],
+                spool_depth=spool.records if spool else 0,
+                spool_batches=spool.batches if spool else 0,
+                spool_bytes=spool.bytes if spool else 0,
+                spooled=spool.appended if spool else 0,
+                replayed=spool.replayed if spool else 0,
+                rejected=self._rejected,
             )
 
     # -- the writer thread ---------------------------------------------------------------------
@@ -244,7 +307,7 @@ class BatchWriter:
             return batch
 
     def _write(self, batch: list[_Entry]) -> bool:
-        """Commit ``batch``, retrying with backoff until it lands; False if abandoned by close."""
+        """Make ``batch`` durable, retrying with backoff until it is; False if abandoned."""
         delay = self._backoff_initial_s
         while True:
             started = time.monotonic()
@@ -263,15 +326,65 @@ class BatchWriter:
             return True
 
     def _commit(self, batch: list[_Entry]) -> None:
-        """The one place a batch becomes durable (a later issue adds the on-disk spool here)."""
-        self._store.write_batch([record for _, _, record in batch])
+        """The one place a batch becomes durable: in the store, or else in the spool."""
+        records = [record for _, _, record in batch]
+        spool = self._spool
+        if spool is None:
+            self._store.write_batch(records)
+            return
+        if self._append(spool, records, only_if_pending=True):
+            return  # older records wait in the spool: this batch queues up behind them
+        try:
+            self._store.write_batch(records)
+        except Exception as exc:
+            self._record_failure(batch, exc, None)
+            self._append(spool, records, only_if_pending=False)  # OSError: _write retries
+            with self._lock:
+                self._replay_due = time.monotonic() + self._replay_delay
+                self._replay.notify_all()
+            return
+        with self._lock:
+            self._degraded = False
 
-    def _record_failure(self, batch: list[_Entry], exc: Exception, delay: float) -> None:
+    def _append(self, spool: Spool, records: list[Record], *, only_if_pending: bool) -> bool:
+        """Spool ``records``; a record that cannot be serialized is logged and counted, since
+        neither the spool nor any store can ever take it (a bug upstream, not an outage)."""
+        try:
+            appended = spool.append(records, only_if_pending=only_if_pending)
+        except TypeError:
+            good = [record for record in records if _serializable(record)]
+            self._reject([record for record in records if not _serializable(record)])
+            appended = spool.append(good, only_if_pending=only_if_pending) if good else True
+        return appended
+
+    def _reject(self, records: list[Record]) -> None:
+        with self._lock:
+            self._rejected += len(records)
+        for record in records:
+            log.error(
+                "dropped a record that cannot be serialized: %r",
+                record,
+                extra={"event": "store_record_rejected"},
+            )
+
+    def _record_failure(self, batch: list[_Entry], exc: Exception, delay: float | None) -> None:
         with self._lock:
             self._failures += 1
             self._last_error = f"{type(exc).__name__}: {exc}"
-            self._degraded = True
+            was_degraded, self._degraded = self._degraded, True
             failures = self._failures
+        if delay is None:  # a store failure with a spool to fall back on
+            # an outage is expected and its message says it all; anything else gets a traceback
+            (log.warning if was_degraded else log.error)(
+                "store write of %d records failed (%s); spooling to %s (failure %d)",
+                len(batch),
+                exc,
+                self._spool.folder if self._spool else "-",
+                failures,
+                exc_info=None if was_degraded or isinstance(exc, StoreUnavailable) else exc,
+                extra={"event": "store_write_spooled", "records": len(batch)},
+            )
+            return
         log.error(
             "store write of %d records failed; retrying in %.2f s (failure %d)",
             len(batch),
@@ -283,13 +396,14 @@ class BatchWriter:
 
     def _record_success(self, batch: list[_Entry], elapsed_ms: float) -> None:
         with self._lock:
-            recovered = self._degraded
+            recovered = self._degraded and self._spool is None
             failures = self._failures
             self._committed = batch[-1][0]
             self._batches += 1
             self._records += len(batch)
             self._last_flush_ms = elapsed_ms
-            self._degraded = False
+            if self._spool is None:
+                self._degraded = False
             self._commits.notify_all()
             if self._pipe_open:
                 # a full pipe means the poller is already due to wake up
@@ -301,3 +415,86 @@ class BatchWriter:
                 failures,
                 extra={"event": "store_write_recovered"},
             )
+
+    # -- the replayer thread -------------------------------------------------------------------
+
+    def _replay_loop(self) -> None:
+        """Empty the spool into the store, with backoff between failed attempts.
+
+        After ``close`` it keeps going only while attempts succeed, so a store that is down
+        at shutdown costs one attempt, not the whole timeout.
+        """
+        assert self._spool is not None
+        spool = self._spool
+        while True:
+            with self._lock:
+                while not self._abandon:
+                    wait = self._replay_due - time.monotonic()
+                    if wait <= 0 and spool.pending:
+                        break
+                    if self._closing and not spool.pending:
+                        return
+                    self._replay.wait(wait if wait > 0 else (0.05 if self._closing else 1.0))
+                if self._abandon:
+                    return
+            if not self._replay_once(spool) and self._closing:
+                return
+
+    def _replay_once(self, spool: Spool) -> bool:
+        try:
+            replayed = spool.replay(
+                self._store, chunk_records=self._replay_chunk, keep_going=self._keep_replaying
+            )
+        except Exception as exc:
+            with self._lock:
+                self._failures += 1
+                self._degraded = True
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                delay = self._replay_delay
+                self._replay_due = time.monotonic() + delay
+                self._replay_delay = min(delay * 2, self._backoff_max_s)
+            depth = spool.stats().records
+            if isinstance(exc, StoreUnavailable):
+                log.warning(
+                    "store still unavailable (%s); %d records wait in the spool; "
+                    "next attempt in %.2f s",
+                    exc,
+                    depth,
+                    delay,
+                    extra={"event": "store_replay_failed", "spool_depth": depth},
+                )
+            else:  # the store refuses a spooled batch: retrying may not help, say so loudly
+                log.error(
+                    "the store refused a spooled batch; %d records wait in the spool; "
+                    "next attempt in %.2f s",
+                    depth,
+                    delay,
+                    exc_info=exc,
+                    extra={"event": "store_replay_refused", "spool_depth": depth},
+                )
+            return False
+        with self._lock:
+            self._replay_delay = self._backoff_initial_s
+            if not spool.pending:
+                self._degraded = False
+            failures = self._failures
+        if replayed:
+            log.info(
+                "replayed %d spooled records; store writes recovered after %d failures",
+                replayed,
+                failures,
+                extra={"event": "store_replayed", "records": replayed},
+            )
+        return True
+
+    def _keep_replaying(self) -> bool:
+        with self._lock:
+            return not self._abandon
+
+
+def _serializable(record: Record) -> bool:
+    try:
+        encode_batch([record])
+    except TypeError:
+        return False
+    return True

@@ -1,9 +1,9 @@
 """The worker process: a thin relay between the supervisor and its sandbox launcher.
 
-It starts its launcher (a fresh single-threaded interpreter that forks one child per run), then
-opens a ZeroMQ DEALER to the supervisor, announces itself with ``hello`` and relays: ``run`` bodies to the launcher,
-``result`` bodies back, unchanged. It owns nothing durable: killing it loses nothing, because
-the supervisor records every run it held as ``worker_lost``.
+It starts its launcher (a fresh single-threaded interpreter that forks one child per run),
+then opens a ZeroMQ DEALER to the supervisor, announces itself with ``hello`` and relays:
+``run`` bodies to the launcher, ``result`` bodies back, unchanged. It owns nothing durable:
+killing it loses nothing, because the supervisor records every run it held as ``worker_lost``.
 
 It writes its scoreboard slot (state, heartbeat, current run, counters, rss) so the supervisor
 can see it without asking. If the supervisor dies, the kernel kills the worker

@@ -1,34 +1,47 @@
 """The store factory: turn a configured URL into a ``Store``.
 
-Backends are chosen by URL scheme in one table (``_OPENERS``), so adding PostgreSQL means adding
-``supervisor/store/postgres.py`` and one entry here. ``open_store`` does not migrate: ``start``
-and ``migrate`` call ``Store.migrate()``; read-only commands such as ``history`` do not.
+Backends are chosen by URL scheme in one table (``_OPENERS``). ``open_store`` does not
+migrate: ``start`` and ``migrate`` call ``Store.migrate()``; read-only commands such as
+``history`` do not. ``pool_options`` turns the ``[supervisor]`` settings into the PostgreSQL
+pool's options; the CLI's defaults (no waiting for a server that is down) need no settings.
 """
 
 from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.errors import ConfigError
+from supervisor.settings import SupervisorSettings
 from supervisor.store.base import SchemaTooNew, Store, StoreError, StoreUnavailable
+from supervisor.store.options import PoolOptions
 from supervisor.store.sqlite import SYNCHRONOUS_MODES, SqliteStore
 from supervisor.store.urls import StoreUrl, parse_store_url, redact_url
 
 __all__ = [
+    "PoolOptions",
     "SchemaTooNew",
     "SqliteStore",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "open_store",
+    "pool_options",
     "redact_url",
 ]
 
 
-def open_store(url: str, *, base_dir: Path, sqlite_synchronous: str = "normal") -> Store:
+def open_store(
+    url: str,
+    *,
+    base_dir: Path,
+    sqlite_synchronous: str = "normal",
+    pool: PoolOptions | None = None,
+) -> Store:
     """Open the store ``url`` names; relative SQLite paths are relative to ``base_dir``.
 
-    :raises ConfigError: unknown scheme, malformed URL, a backend not built yet, or an invalid
-        ``sqlite_synchronous``.
+    ``pool`` configures a PostgreSQL store (default: :class:`PoolOptions`, one connection
+    attempt); SQLite ignores it.
+
+    :raises ConfigError: unknown scheme, malformed URL, or an invalid ``sqlite_synchronous``.
     :raises StoreError: the database could not be opened (``StoreUnavailable`` if transient).
     """
     parsed = parse_store_url(url, base_dir=base_dir)
@@ -38,10 +51,22 @@ def open_store(url: str, *, base_dir: Path, sqlite_synchronous: str = "normal") 
             f"store URL {parsed.description!r}: unknown scheme {parsed.scheme!r}; "
             "expected sqlite:PATH or postgresql://USER@HOST/DB"
         )
-    return opener(parsed, sqlite_synchronous)
+    return opener(parsed, sqlite_synchronous, pool or PoolOptions())
 
 
-def _open_sqlite(parsed: StoreUrl, synchronous: str) -> Store:
+def pool_options(settings: SupervisorSettings) -> PoolOptions:
+    """The PostgreSQL pool as the supervisor is configured: sizes, timeouts, start-up wait."""
+    return PoolOptions(
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        connect_timeout_s=settings.pool_connect_timeout_s,
+        acquire_timeout_s=settings.pool_acquire_timeout_s,
+        check=settings.pool_check,
+        wait_s=settings.database_wait_s,
+    )
+
+
+def _open_sqlite(parsed: StoreUrl, synchronous: str, pool: PoolOptions) -> Store:
     if synchronous.lower() not in SYNCHRONOUS_MODES:
         raise ConfigError(
             f"sqlite_synchronous: invalid value {synchronous!r}; "
@@ -51,16 +76,13 @@ def _open_sqlite(parsed: StoreUrl, synchronous: str) -> Store:
     return SqliteStore(parsed.path, synchronous=synchronous)
 
 
-def _open_postgres(parsed: StoreUrl, synchronous: str) -> Store:
-    # The PostgreSQL backend (supervisor/store/postgres.py, PostgresStore) is a later issue; until
-    # it lands, refuse clearly instead of silently falling back to SQLite.
-    raise ConfigError(
-        f"store URL {parsed.description!r}: PostgreSQL support is not built yet; "
-        "use a sqlite:PATH URL for now"
-    )
+def _open_postgres(parsed: StoreUrl, synchronous: str, pool: PoolOptions) -> Store:
+    from supervisor.store.postgres import PostgresStore  # psycopg only where it is needed
+
+    return PostgresStore(parsed.url, options=pool)
 
 
-_OPENERS: dict[str, Callable[[StoreUrl, str], Store]] = {
+_OPENERS: dict[str, Callable[[StoreUrl, str, PoolOptions], Store]] = {
     "sqlite": _open_sqlite,
     "postgresql": _open_postgres,
     "postgres": _open_postgres,

@@ -1,15 +1,17 @@
 """The store interface: one contract, one conformance suite, several backends.
 
 Only the batch writer thread writes (``write_batch``); reads happen at start-up, before the
-supervisor's loop, and from CLI processes. Implementations must be safe to use from one thread
-at a time per method call and must not share connections across ``fork``.
+supervisor's loop, and from CLI processes. Both backends store the same values and read back
+the same records; the one normalization is in :mod:`supervisor.store.values` (NUL characters).
+Implementations must be safe to use from one thread at a time per method call and must not
+share connections across ``fork``.
 """
 
 import abc
 from collections.abc import Sequence
 
 from supervisor.errors import SupervisorError
-from supervisor.records import Event, Record, RunRecord, TaskState
+from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 
 
 class StoreError(SupervisorError):
@@ -69,6 +71,10 @@ class Store(abc.ABC):
         """Every actor's persisted scheduling state, by actor name."""
 
     @abc.abstractmethod
+    def load_actors(self) -> dict[str, ActorRecord]:
+        """Every stored actor by name: the read side of the ``actors`` upsert."""
+
+    @abc.abstractmethod
     def unfinished_runs(self) -> list[RunRecord]:
         """Attempts still ``queued`` or ``running``: after a crash, the runs to recover."""
 
@@ -76,6 +82,13 @@ class Store(abc.ABC):
     def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
         """``(actor, idempotency_key) -> run_id`` for runs queued at or after ``since``."""
 
+    def connections_in_use(self) -> int:
+        """Connections checked out right now; 0 between calls (a leak shows up here).
+
+        SQLite's one shared connection is never checked out, hence this default.
+        """
+        return 0
+
     @abc.abstractmethod
     def close(self) -> None:
-        """Release connections. The store is unusable afterwards."""
+        """Release connections. The store is unusable afterwards; closing twice is harmless."""

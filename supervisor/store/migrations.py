@@ -1,9 +1,11 @@
-"""Numbered SQL migrations: finding the files, and applying them to SQLite.
+"""Numbered SQL migrations: finding the files, and applying them to SQLite or PostgreSQL.
 
 Files are ``sql/<backend>/NNNN_name.sql``. Each is applied in its own transaction together with
 its ``schema_migrations`` row, so a crash mid-way leaves either the whole migration or none of
-it. Installed, ``sql/`` is the package ``supervisor.sql``; in a source checkout (where the
-editable finder cannot import a folder without ``__init__.py``) it is the repository's ``sql/``.
+it. Processes migrating at once serialize on a lock (SQLite's write lock, a PostgreSQL
+advisory lock) and re-read the applied set under it, so each migration runs exactly once.
+Installed, ``sql/`` is the package ``supervisor.sql``; in a source checkout (where the editable
+finder cannot import a folder without ``__init__.py``) it is the repository's ``sql/``.
 """
 
 import importlib.resources
@@ -13,11 +15,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from supervisor.store.base import SchemaTooNew, StoreError
 
+if TYPE_CHECKING:  # psycopg is imported by the PostgreSQL store only, where it is needed
+    import psycopg
+
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<label>[a-z0-9_]+)\.sql$")
 _REPO_SQL = Path(__file__).resolve().parents[2] / "sql"
+# pg_advisory_xact_lock key of "migrating actor-supervisor" ("actorsup" in ASCII): any two
+# processes migrating one database, from any host, take turns on it.
+MIGRATION_LOCK_KEY = 0x6163746F72737570
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +139,42 @@ def apply_sqlite(
     if not applied:
         _refuse_newer(_applied_versions(conn), migrations)
     return applied
+
+
+def apply_postgres(conn: "psycopg.Connection[Any]", migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations ``conn``'s database lacks; return the names applied, in order.
+
+    ``conn`` must have no transaction open. Each migration runs in its own transaction that
+    first takes the advisory lock :data:`MIGRATION_LOCK_KEY` (released by the commit) and
+    re-reads ``schema_migrations`` under it. psycopg errors propagate; the store translates.
+
+    :raises SchemaTooNew: the database has a version beyond the files.
+    """
+    applied: list[str] = []
+    for migration in migrations:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            done = _pg_applied_versions(conn)
+            _refuse_newer(done, migrations)
+            if migration.version in done:
+                continue
+            conn.execute(migration.sql.encode())  # no parameters: several statements may run
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, now())",
+                (migration.version, migration.name),
+            )
+        applied.append(migration.name)
+    if not applied:
+        with conn.transaction():
+            _refuse_newer(_pg_applied_versions(conn), migrations)
+    return applied
+
+
+def _pg_applied_versions(conn: "psycopg.Connection[Any]") -> set[int]:
+    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return set()
+    return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
 
 
 def _applied_versions(conn: sqlite3.Connection) -> set[int]:

@@ -25,6 +25,7 @@ import orjson
 from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_sqlite, load_migrations
+from supervisor.store.values import SplitBatch, clean_text, json_text, opt_json_text
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,6 @@ def _opt_from_text(text: str | None) -> float | None:
     return None if text is None else from_text(text)
 
 
-def _to_json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _opt_to_json(value: Any) -> str | None:
-    return None if value is None else _to_json(value)
-
-
 def _from_json(text: str) -> Any:
     return orjson.loads(text)
 
@@ -95,10 +88,20 @@ def _same(value: Any) -> Any:
 
 _Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]  # (to the database, from it)
 _TIMESTAMP: _Codec = (_opt_to_text, _opt_from_text)
-_JSON: _Codec = (_to_json, _from_json)
-_OPT_JSON: _Codec = (_opt_to_json, _opt_from_json)
+_JSON: _Codec = (json_text, _from_json)  # NULs replaced, as PostgreSQL must (store/values.py)
+_OPT_JSON: _Codec = (opt_json_text, _opt_from_json)
+_TEXT: _Codec = (clean_text, _same)
 _BOOL: _Codec = (int, bool)
 _PLAIN: _Codec = (_same, _same)
+
+
+def _texts(record: type[Any], *json_columns: str) -> dict[str, _Codec]:
+    """``_TEXT`` for every ``str`` field of ``record`` except the JSON-text ones."""
+    return {
+        f.name: _TEXT
+        for f in fields(record)
+        if f.type in (str, str | None) and f.name not in json_columns
+    }
 
 
 class _Table:
@@ -167,13 +170,17 @@ _RUNS = _Table(
     "runs",
     RunRecord,
     key=("run_id", "attempt"),
-    codecs={c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
+    codecs={
+        **_texts(RunRecord, "input_json", "output_json"),  # JSON text: NULs arrive escaped
+        **{c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
+    },
 )
 _TASK_STATE = _Table(
     "task_state",
     TaskState,
     key=("actor",),
     codecs={
+        **_texts(TaskState),
         "last_run_at": _TIMESTAMP,
         "next_run_at": _TIMESTAMP,
         "updated_at": _TIMESTAMP,
@@ -185,14 +192,19 @@ _ACTORS = _Table(
     "actors",
     ActorRecord,
     key=("name",),
-    codecs={"schedule": _OPT_JSON, "config": _JSON, "updated_at": _TIMESTAMP},
+    codecs={
+        **_texts(ActorRecord),
+        "schedule": _OPT_JSON,
+        "config": _JSON,
+        "updated_at": _TIMESTAMP,
+    },
     extra_columns=("created_at",),  # set by the first insert, kept by every later upsert
 )
 _EVENTS = _Table(
     "execution_events",
     Event,
     key=("event_id",),
-    codecs={"metadata": _JSON, "created_at": _TIMESTAMP},
+    codecs={**_texts(Event), "metadata": _JSON, "created_at": _TIMESTAMP},
     append_only=True,  # a replayed batch must not touch events already stored
 )
 _UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
@@ -206,26 +218,12 @@ class _BatchRows:
     """
 
     def __init__(self, records: Sequence[Record]) -> None:
-        runs: dict[tuple[str, int], RunRecord] = {}
-        states: dict[str, TaskState] = {}
-        actors: dict[str, ActorRecord] = {}
-        events: list[Event] = []
-        for record in records:
-            if isinstance(record, RunRecord):
-                runs[record.key] = record
-            elif isinstance(record, Event):
-                events.append(record)
-            elif isinstance(record, TaskState):
-                states[record.actor] = record
-            elif isinstance(record, ActorRecord):
-                actors[record.name] = record
-            else:
-                raise StoreError(f"cannot store a {type(record).__name__}: not a Record")
+        split = SplitBatch(records)
         try:
-            self.runs = [_RUNS.row(r) for r in runs.values()]
-            self.states = [_TASK_STATE.row(s) for s in states.values()]
-            self.actors = [(*_ACTORS.row(a), to_text(a.updated_at)) for a in actors.values()]
-            self.events = [_EVENTS.row(e) for e in events]
+            self.runs = [_RUNS.row(r) for r in split.runs]
+            self.states = [_TASK_STATE.row(s) for s in split.states]
+            self.actors = [(*_ACTORS.row(a), to_text(a.updated_at)) for a in split.actors]
+            self.events = [_EVENTS.row(e) for e in split.events]
         except (TypeError, ValueError, OverflowError) as exc:  # orjson and datetime limits
             raise StoreError(f"a record in the batch cannot be encoded: {exc}") from exc
 
@@ -257,14 +255,24 @@ class SqliteStore(Store):
                 check_same_thread=False,
             )
             try:
-                self._configure(conn, synchronous.upper())
+                self._configure(conn, synchronous.upper(), busy_timeout_s)
             except BaseException:
                 conn.close()
                 raise
         self._conn: sqlite3.Connection | None = conn
 
-    def _configure(self, conn: sqlite3.Connection, synchronous: str) -> None:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    def _configure(self, conn: sqlite3.Connection, synchronous: str, busy_timeout_s: float) -> None:
+        # Switching a new file to WAL needs an exclusive lock and does not wait on the busy
+        # timeout: several processes opening the same fresh file at once must retry it.
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         if mode != "wal":
             log.warning(
                 "%s: WAL is not available here (journal_mode=%s); readers will block writers",
@@ -391,6 +399,12 @@ class SqliteStore(Store):
         states = [_TASK_STATE.record_from(row) for row in rows]
         return {state.actor: state for state in states}
 
+    def load_actors(self) -> dict[str, ActorRecord]:
+        with self._read("load actors") as conn:
+            rows = conn.execute(f"{_ACTORS.select} ORDER BY name").fetchall()
+        actors = [_ACTORS.record_from(row) for row in rows]
+        return {actor.name: actor for actor in actors}
+
     def unfinished_runs(self) -> list[RunRecord]:
         sql = f"{_RUNS.select} WHERE status IN (?, ?) ORDER BY queued_at, attempt, run_id"
         with self._read("list unfinished runs") as conn:
@@ -415,16 +429,6 @@ class SqliteStore(Store):
                 conn.close()
 
     # -- beyond the ABC ------------------------------------------------------------------------
-
-    def load_actors(self) -> dict[str, ActorRecord]:
-        """Every stored actor by name: the read side of the ``actors`` upsert.
-
-        Not in the ``Store`` ABC yet; it belongs there so that the contract can check actors.
-        """
-        with self._read("load actors") as conn:
-            rows = conn.execute(f"{_ACTORS.select} ORDER BY name").fetchall()
-        actors = [_ACTORS.record_from(row) for row in rows]
-        return {actor.name: actor for actor in actors}
 
     def settings(self) -> dict[str, str | int]:
         """The connection's effective journal mode, synchronous level and busy timeout."""

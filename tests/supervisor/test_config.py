@@ -475,3 +475,58 @@ def test_an_endpoint_reachable_from_other_hosts_needs_curve_keys_for_its_role(
     key.write_text("x")
     with pytest.raises(ConfigError, match="control_curve_secret_key: CURVE needs control_curve_a"):
         load_config(None, overrides={"control_curve_secret_key": str(key)}, environ={})
+
+
+# --- the store: pool, start-up wait, migrations, spool ---------------------------------------
+
+
+def test_store_settings_come_from_file_environment_and_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[supervisor]\npool_min_size = 2\npool_max_size = 8\npool_check = false\n"
+        'spool_dir = "var/spool"\n',
+    )
+    environ = {
+        "ACTOR_SUPERVISOR_DATABASE_WAIT_S": "2.5",
+        "ACTOR_SUPERVISOR_MIGRATE": "off",
+        "ACTOR_SUPERVISOR_POOL_ACQUIRE_TIMEOUT_S": "0.5",
+    }
+    config = load_config(path, environ=environ)
+    sup = config.supervisor
+    assert (sup.pool_min_size, sup.pool_max_size, sup.pool_check) == (2, 8, False)
+    assert (sup.database_wait_s, sup.migrate, sup.pool_acquire_timeout_s) == (2.5, False, 0.5)
+    assert sup.pool_connect_timeout_s == 5.0  # default
+    assert sup.spool_dir == "var/spool"  # kept as written; the spool resolves it
+    assert config.sources["migrate"] == "environment"
+
+    from supervisor.spool import spool_folder
+    from supervisor.store import pool_options
+
+    assert spool_folder(sup.spool_dir, config.base_dir) == tmp_path / "var" / "spool"
+    options = pool_options(sup)
+    assert (options.min_size, options.max_size, options.check) == (2, 8, False)
+    assert (options.wait_s, options.acquire_timeout_s) == (2.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[supervisor]\npool_min_size = 5\npool_max_size = 2\n",
+            "supervisor.pool_min_size: pool_min_size (5) must be <= pool_max_size (2)",
+        ),
+        ("[supervisor]\npool_max_size = 0\n", "supervisor.pool_max_size: must be >= 1, got 0"),
+        (
+            "[supervisor]\npool_connect_timeout_s = 0\n",
+            "supervisor.pool_connect_timeout_s: must be > 0, got 0",
+        ),
+        (
+            "[supervisor]\ndatabase_wait_s = -1\n",
+            "supervisor.database_wait_s: must be >= 0, got -1",
+        ),
+        ('[supervisor]\nmigrate = "yes"\n', "supervisor.migrate: expected true or false"),
+        ('[supervisor]\nspool_dir = ""\n', "supervisor.spool_dir: expected a path to a folder"),
+    ],
+)
+def test_store_setting_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in error_of(write(tmp_path, text))

@@ -258,15 +258,13 @@ def test_absolute_url_forms(tmp_path: Path, form: str) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://app:s3cret@db.example/supervisor", "PostgreSQL support is not built yet"),
-        ("postgres://app:s3cret@db/supervisor", "PostgreSQL support is not built yet"),
         ("mysql://app:s3cret@db/supervisor", "unknown scheme 'mysql'"),
         ("store.db", "no scheme"),
         ("sqlite:", "path is empty"),
         ("sqlite://host/store.db", "no host"),
     ],
 )
-def test_bad_or_unsupported_urls_are_config_errors(tmp_path: Path, url: str, message: str) -> None:
+def test_bad_urls_are_config_errors(tmp_path: Path, url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as raised:
         open_store(url, base_dir=tmp_path)
     assert "s3cret" not in str(raised.value)

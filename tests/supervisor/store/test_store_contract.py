@@ -6,7 +6,7 @@ from typing import Any
 import orjson
 import pytest
 
-from supervisor.records import Event, Record, RunRecord, RunState, TaskState
+from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 
 T0 = 1_764_429_324.123456  # 2025-11-29T15:15:24.123456Z: microseconds must survive
@@ -304,3 +304,96 @@ def test_store_is_unusable_after_close(store: Store) -> None:
     with pytest.raises(StoreError):
         store.write_batch([run()])
     store.close()  # closing twice is harmless
+
+
+def actor(name: str = "backup", **changes: Any) -> ActorRecord:
+    fields: dict[str, Any] = {
+        "name": name,
+        "script_path": f"/srv/actors/{name}.py",
+        "code_sha256": "cd" * 32,
+        "updated_at": T0,
+    }
+    fields.update(changes)
+    return ActorRecord(**fields)
+
+
+def test_migrate_again_applies_nothing(store: Store) -> None:
+    assert store.migrate() == []
+
+
+def test_actors_round_trip_and_upsert_by_name(store: Store) -> None:
+    scheduled = actor(
+        schedule={"type": "cron", "expression": "*/5 * * * *", "timezone": "Europe/Berlin"},
+        config={"timeout_s": 30.0, "limits": {"cpu_s": 10, "memory_mb": None}, "env": {}},
+    )
+    on_demand = actor("mail", schedule=None)
+    store.write_batch([scheduled, on_demand])
+    assert store.load_actors() == {"backup": scheduled, "mail": on_demand}
+
+    redeployed = dataclasses.replace(scheduled, code_sha256="ef" * 32, updated_at=T0 + 60)
+    store.write_batch([redeployed, dataclasses.replace(on_demand, config={"a": 1})])
+    store.write_batch([redeployed])
+    assert store.load_actors()["backup"] == redeployed
+    assert store.load_actors()["mail"].config == {"a": 1}
+
+
+def test_json_numbers_keep_their_value_and_type(store: Store) -> None:
+    numbers = {
+        "max_i64": 2**63 - 1,
+        "min_i64": -(2**63),
+        "max_u64": 2**64 - 1,
+        "third": 0.1 + 0.2,
+        "whole_float": 3.0,
+        "big_float": 1e20,
+        "huge_float": 1e300,
+        "tiny_float": 5e-324,
+        "negative": -1.5,
+    }
+    store.write_batch([event("e1", metadata=numbers), state(metadata={"n": numbers})])
+
+    (stored,) = store.list_events()
+    assert stored.metadata == numbers
+    assert {k: type(v) for k, v in stored.metadata.items()} == {
+        k: type(v) for k, v in numbers.items()
+    }
+    assert store.load_task_states()["backup"].metadata == {"n": numbers}
+
+
+def test_nul_characters_become_the_replacement_character_everywhere(store: Store) -> None:
+    """PostgreSQL cannot store NUL; every backend replaces it, so they read back alike."""
+    nul_run = run(
+        "r\x00",
+        stderr_tail="binary\x00garbage",
+        error="e\x00",
+        input_json='{"s": "\\u0000"}',  # escaped inside JSON text: kept as written
+        output_json='["\\u0000"]',
+    )
+    nul_event = event("e\x00", correlation_id="c\x00", metadata={"k\x00": ["v\x00", {"x": "\x00"}]})
+    store.write_batch([nul_run, nul_event, state(paused_reason="p\x00", metadata={"m": "\x00"})])
+
+    (stored_run,) = store.list_runs()
+    assert stored_run.run_id == "r\ufffd"
+    assert stored_run.stderr_tail == "binary\ufffdgarbage" and stored_run.error == "e\ufffd"
+    assert stored_run.input_json == '{"s": "\\u0000"}' and stored_run.output_json == '["\\u0000"]'
+    (stored_event,) = store.list_events()
+    assert (stored_event.event_id, stored_event.correlation_id) == ("e\ufffd", "c\ufffd")
+    assert stored_event.metadata == {"k\ufffd": ["v\ufffd", {"x": "\ufffd"}]}
+    stored_state = store.load_task_states()["backup"]
+    assert (stored_state.paused_reason, stored_state.metadata) == ("p\ufffd", {"m": "\ufffd"})
+
+
+def test_text_ties_are_ordered_by_code_point_not_by_locale(store: Store) -> None:
+    ids = ["a", "B", "_", "Z", "ä", "b"]
+    store.write_batch([run(run_id) for run_id in ids])  # equal queued_at and attempt
+
+    assert [r.run_id for r in store.list_runs()] == sorted(ids, reverse=True)
+    store.write_batch([run(run_id, status=RunState.RUNNING) for run_id in ids])
+    assert [r.run_id for r in store.unfinished_runs()] == sorted(ids)
+
+
+def test_no_connection_is_held_between_calls(store: Store) -> None:
+    store.write_batch([run(), event("e1")])
+    store.list_runs()
+    with pytest.raises(StoreError):
+        store.write_batch([run("bad", actor=None)])
+    assert store.connections_in_use() == 0

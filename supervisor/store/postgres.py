@@ -1,0 +1,519 @@
+"""The PostgreSQL store: a ``psycopg_pool.ConnectionPool`` held by the supervisor.
+
+A batch is one pooled connection and one transaction, whatever its size, and never a round
+trip per record. A small batch -- what an unhurried supervisor flushes: a run's row and an
+event or two -- goes in one pipeline: BEGIN, the upserts, ``INSERT ... ON CONFLICT (event_id)
+DO NOTHING`` per event and COMMIT, in a single round trip. In a big batch the events (the
+volume) are streamed with binary ``COPY`` straight into ``execution_events``: each row is
+converted as it is sent, so the server inserts one chunk while Python converts the next.
+``COPY`` cannot skip a duplicate, so if an ``event_id`` is already stored (a replayed batch)
+the transaction is rolled back and the batch is written again through a per-connection staging
+table and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, in batch order. Replays are rare;
+the common case pays for no staging. Upserts of runs, task states and actors always go with
+``executemany``, which psycopg pipelines. Reads return exactly what
+SQLite returns: epoch floats from ``timestamptz``, the exact JSON text of a script's input and
+output (``json`` columns are loaded as text), Python values from ``jsonb``, and byte-order
+("C") sorting of text ties.
+
+After a failure that may have cost the pool its connections, the next operation first probes
+the server and, once it answers, replaces the pool: psycopg_pool's own reconnect loop backs
+off exponentially, which after a long outage would delay recovery by as long again.
+"""
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
+from psycopg.types.string import TextLoader
+from psycopg_pool import ConnectionPool
+
+from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
+from supervisor.store.base import Store, StoreError, StoreUnavailable
+from supervisor.store.migrations import apply_postgres, load_migrations
+from supervisor.store.options import PoolOptions
+from supervisor.store.pgpool import Secret, open_pool, translate
+from supervisor.store.urls import redact_url
+from supervisor.store.values import (
+    NUL,
+    SplitBatch,
+    clean_text,
+    json_bytes,
+    json_text,
+    opt_json_text,
+)
+
+log = logging.getLogger(__name__)
+
+_Pool = ConnectionPool[psycopg.Connection[Any]]
+_Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]  # (to the database, from it)
+
+# ---------------------------------------------------------------------------------------------
+# Values: epoch floats <-> timestamptz with the same microsecond rounding as the SQLite text.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+
+
+def to_datetime(ts: float) -> datetime:
+    return _EPOCH + timedelta(microseconds=round(ts * 1_000_000))
+
+
+def from_datetime(moment: datetime) -> float:
+    return (moment - _EPOCH) / _SECOND
+
+
+def _opt_to_datetime(ts: float | None) -> datetime | None:
+    return None if ts is None else to_datetime(ts)
+
+
+def _opt_from_datetime(moment: datetime | None) -> float | None:
+    return None if moment is None else from_datetime(moment)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _loads(data: str | bytes) -> Any:
+    """orjson, with the stdlib for what it refuses: jsonb prints a float such as 1e20 as a
+    21-digit integer, beyond orjson's 64-bit limit."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+_TIMESTAMP: _Codec = (_opt_to_datetime, _opt_from_datetime)
+_JSONB: _Codec = (json_text, _same)  # psycopg loads jsonb with _loads
+_OPT_JSONB: _Codec = (opt_json_text, _same)
+_TEXT: _Codec = (clean_text, _same)
+_PLAIN: _Codec = (_same, _same)
+
+
+class _Table:
+    """One record type's table: column order, codecs and the SQL that reads and upserts it."""
+
+    def __init__(
+        self,
+        name: str,
+        record: type[Any],
+        *,
+        key: tuple[str, ...],
+        codecs: dict[str, _Codec],
+        extra_columns: tuple[str, ...] = (),
+    ) -> None:
+        self.record = record
+        self.columns = [f.name for f in fields(record)]
+        texts = {
+            f.name: _TEXT for f in fields(record) if f.type in (str, str | None)
+        }  # every text column: NULs replaced, as on SQLite
+        merged = {**texts, **codecs}
+        self._to_db = [merged.get(c, _PLAIN)[0] for c in self.columns]
+        self._from_db = [merged.get(c, _PLAIN)[1] for c in self.columns]
+        self.select = f"SELECT {_names(self.columns)} FROM {name}"
+        insert_columns = [*self.columns, *extra_columns]
+        updates = ", ".join(
+            f"{_quote(c)} = excluded.{_quote(c)}" for c in self.columns if c not in key
+        )
+        self.upsert = (
+            f"INSERT INTO {name} ({_names(insert_columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(insert_columns))}) "
+            f"ON CONFLICT ({_names(key)}) DO UPDATE SET {updates}"
+        )
+
+    def row(self, record: Any) -> list[Any]:
+        return [
+            to_db(getattr(record, column))
+            for column, to_db in zip(self.columns, self._to_db, strict=True)
+        ]
+
+    def record_from(self, row: Sequence[Any]) -> Any:
+        return self.record(
+            **{
+                column: from_db(value)
+                for column, from_db, value in zip(self.columns, self._from_db, row, strict=True)
+            }
+        )
+
+
+def _quote(identifier: str) -> str:
+    return f'"{identifier}"'  # "trigger" is a keyword; quoting every column keeps SQL uniform
+
+
+def _names(columns: Sequence[str]) -> str:
+    return ", ".join(_quote(c) for c in columns)
+
+
+_RUNS = _Table(
+    "runs",
+    RunRecord,
+    key=("run_id", "attempt"),
+    codecs={
+        # json columns take the text as it is (NULs arrive escaped as \u0000, which json keeps)
+        "input_json": _PLAIN,
+        "output_json": _PLAIN,
+        **{c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
+    },
+)
+_TASK_STATE = _Table(
+    "task_state",
+    TaskState,
+    key=("actor",),
+    codecs={
+        "last_run_at": _TIMESTAMP,
+        "next_run_at": _TIMESTAMP,
+        "updated_at": _TIMESTAMP,
+        "metadata": _JSONB,
+    },
+)
+_ACTORS = _Table(
+    "actors",
+    ActorRecord,
+    key=("name",),
+    codecs={"schedule": _OPT_JSONB, "config": _JSONB, "updated_at": _TIMESTAMP},
+    extra_columns=("created_at",),  # set by the first insert, kept by every later upsert
+)
+_EVENTS = _Table(
+    "execution_events",
+    Event,
+    key=("event_id",),
+    codecs={"metadata": _JSONB, "created_at": _TIMESTAMP},
+)
+
+# Events: binary COPY into the table; on a duplicate event_id, the same rows (with their batch
+# position) through the staging table and ON CONFLICT. Identity ids (the tie-break of equal
+# times) follow the batch order either way.
+_EVENT_TYPES = ["text", "text", "text", "text", "text", "jsonb", "timestamptz"]
+_COPY_EVENTS = f"COPY execution_events ({_names(_EVENTS.columns)}) FROM STDIN (FORMAT BINARY)"
+_EVENT_ID_KEY = "execution_events_pkey"
+_STAGE = "actor_supervisor_events_in"
+_STAGE_DDL = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (ord integer NOT NULL, "
+    "event_id text, event_type text, aggregate_type text, aggregate_id text, "
+    "correlation_id text, metadata jsonb, created_at timestamptz) ON COMMIT DELETE ROWS"
+)
+_COPY_STAGE = f"COPY {_STAGE} ({_names(['ord', *_EVENTS.columns])}) FROM STDIN (FORMAT BINARY)"
+_MOVE_STAGE = (
+    f"INSERT INTO execution_events ({_names(_EVENTS.columns)}) "
+    f"SELECT {_names(_EVENTS.columns)} FROM {_STAGE} ORDER BY ord "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+_PIPELINE_MAX_EVENTS = 16  # measured: below ~10-20 events a pipeline beats COPY's round trips
+_INSERT_EVENT = (
+    f"INSERT INTO execution_events ({_names(_EVENTS.columns)}) "
+    f"VALUES ({', '.join(['%s'] * len(_EVENTS.columns))}) ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+def _event_row(event: Event) -> tuple[Any, ...]:
+    """One event as a COPY row; its metadata is dumped by the connection's jsonb dumper.
+
+    The hot path of the writer: one ``join`` looks for NUL in all five text fields at once.
+    """
+    texts = (
+        event.event_id,
+        event.event_type,
+        event.aggregate_type,
+        event.aggregate_id,
+        event.correlation_id,
+    )
+    if NUL in "".join(texts[:4]) + (texts[4] or ""):
+        texts = tuple(clean_text(t) for t in texts)
+    return (*texts, event.metadata, to_datetime(event.created_at))
+
+
+def _event_params(event: Event) -> tuple[Any, ...]:
+    """:func:`_event_row` as statement parameters: the metadata wrapped to be sent as jsonb."""
+    row = _event_row(event)
+    return (*row[:5], Jsonb(row[5]), row[6])
+
+
+class _DuplicateEvent(Exception):
+    """COPY met an ``event_id`` already stored: write the batch again, skipping duplicates."""
+
+
+_UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
+
+
+class _JsonTextLoader(TextLoader):
+    """``json`` columns (a script's input and output) come back as the exact text stored."""
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Every new pooled connection: our JSON adapters and UTC."""
+    set_json_loads(_loads, conn)
+    set_json_dumps(json_bytes, conn)  # orjson, NULs replaced as on SQLite
+    conn.adapters.register_loader("json", _JsonTextLoader)
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.commit()
+
+
+class _BatchRows:
+    """A batch split by table; runs, states and actors converted before any connection is
+    taken. Events are converted while they are streamed (see :func:`_event_row`)."""
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        split = SplitBatch(records)
+        with _encoding():
+            self.runs = [_RUNS.row(r) for r in split.runs]
+            self.states = [_TASK_STATE.row(s) for s in split.states]
+            self.actors = [(*_ACTORS.row(a), to_datetime(a.updated_at)) for a in split.actors]
+        self.events = split.events
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.states or self.actors or self.events)
+
+
+@contextmanager
+def _encoding() -> Iterator[None]:
+    try:
+        yield
+    except (TypeError, ValueError, OverflowError) as exc:  # orjson and datetime limits
+        raise StoreError(f"a record in the batch cannot be encoded: {exc}") from exc
+
+
+class PostgresStore(Store):
+    """A :class:`Store` in a PostgreSQL database, through a connection pool.
+
+    Opening waits for the server up to ``options.wait_s`` (see :func:`open_pool`).
+    """
+
+    def __init__(self, url: str, *, options: PoolOptions | None = None) -> None:
+        self._url = url
+        self._options = options or PoolOptions()
+        self._secret = Secret(url)
+        self.description = redact_url(url)
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # guards the pool reference, not its use
+        self._suspect = False  # a failure may have cost the pool its connections
+        self._closed = False
+        self._pool: _Pool | None = open_pool(
+            url,
+            self._options,
+            description=self.description,
+            secret=self._secret,
+            configure=_configure,
+        )
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _pool_for(self) -> _Pool:
+        """The pool to use now; after a failure, probe first and replace the pool if it is back.
+
+        The probe fails fast (connection refused) where waiting on the old pool would take the
+        whole acquire timeout, which matters to the writer retrying during an outage.
+        """
+        with self._lock:
+            if self._closed or self._pool is None:
+                raise StoreError(f"{self.description}: the store is closed")
+            if os.getpid() != self._pid:
+                # pooled connections must never cross fork(); the child opens its own store
+                raise StoreError(
+                    f"{self.description}: opened in process {self._pid}, used in {os.getpid()}"
+                )
+            if not self._suspect:
+                return self._pool
+            old = self._pool
+        fresh = open_pool(  # probes first: refused at once while the server is down
+            self._url,
+            self._options,
+            description=self.description,
+            secret=self._secret,
+            configure=_configure,
+            wait_s=0,  # one attempt: the caller (the writer) has its own backoff
+        )
+        with self._lock:
+            if self._closed:
+                fresh.close()
+                raise StoreError(f"{self.description}: the store is closed")
+            self._pool, self._suspect = fresh, False
+        # the old pool's workers may be inside a connection attempt: let them finish elsewhere
+        threading.Thread(target=old.close, name="store-pool-close", daemon=True).start()
+        log.info("%s: reconnected", self.description, extra={"event": "store_reconnected"})
+        return fresh
+
+    @contextmanager
+    def _connection(self, action: str) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection inside one transaction: committed on success, else rolled back."""
+        try:
+            with translate(self.description, action, self._secret):
+                pool = self._pool_for()
+                with pool.connection(timeout=self._options.acquire_timeout_s) as conn:
+                    yield conn
+        except StoreUnavailable:
+            with self._lock:
+                self._suspect = True
+            raise
+
+    # -- Store ---------------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        migrations = load_migrations("postgres")
+        with self._connection("migrate") as conn:
+            applied = apply_postgres(conn, migrations)
+        for name in applied:
+            log.info(
+                "%s: applied migration %s",
+                self.description,
+                name,
+                extra={"event": "migration_applied", "migration": name},
+            )
+        return applied
+
+    def write_batch(self, records: Sequence[Record]) -> None:
+        rows = _BatchRows(records)
+        if not rows:
+            return
+        try:
+            self._write(rows, replay=False)
+        except _DuplicateEvent:
+            log.info(
+                "%s: a batch repeats stored events; writing it again, skipping them",
+                self.description,
+                extra={"event": "store_duplicate_events"},
+            )
+            self._write(rows, replay=True)
+
+    def _write(self, rows: _BatchRows, *, replay: bool) -> None:
+        with self._connection("write a batch") as conn, conn.cursor() as cur:
+            if len(rows.events) <= _PIPELINE_MAX_EVENTS:
+                with conn.pipeline():
+                    self._upsert(cur, rows)
+                    if rows.events:
+                        with _encoding():  # the metadata is dumped as the statement is sent
+                            cur.executemany(_INSERT_EVENT, map(_event_params, rows.events))
+                    conn.commit()  # in the pipeline too: the whole batch is one round trip
+                return
+            self._upsert(cur, rows)
+            if replay:
+                cur.execute(_STAGE_DDL)  # once per connection; only replays need it
+                with _encoding(), cur.copy(_COPY_STAGE) as copy:
+                    copy.set_types(["integer", *_EVENT_TYPES])
+                    for position, event in enumerate(rows.events):
+                        copy.write_row((position, *_event_row(event)))
+                cur.execute(_MOVE_STAGE)
+            else:
+                try:
+                    with _encoding(), cur.copy(_COPY_EVENTS) as copy:
+                        copy.set_types(_EVENT_TYPES)
+                        for event in rows.events:
+                            copy.write_row(_event_row(event))
+                except psycopg.errors.UniqueViolation as exc:
+                    if exc.diag.constraint_name != _EVENT_ID_KEY:
+                        raise
+                    raise _DuplicateEvent from exc  # the transaction rolls back on the way out
+
+    @staticmethod
+    def _upsert(cur: psycopg.Cursor[Any], rows: _BatchRows) -> None:
+        if rows.runs:
+            cur.executemany(_RUNS.upsert, rows.runs)
+        if rows.states:
+            cur.executemany(_TASK_STATE.upsert, rows.states)
+        if rows.actors:
+            cur.executemany(_ACTORS.upsert, rows.actors)
+
+    def list_runs(
+        self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        where, params = _where(actor=actor, run_id=run_id)
+        sql = (
+            f"{_RUNS.select}{where} "
+            'ORDER BY queued_at DESC, attempt DESC, run_id COLLATE "C" DESC LIMIT %s'
+        )
+        rows = self._fetch("list runs", sql, [*params, _limit(limit)])
+        return [_RUNS.record_from(row) for row in rows]
+
+    def list_events(
+        self,
+        *,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+        correlation_id: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
+        where, params = _where(
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            correlation_id=correlation_id,
+        )
+        if since is not None:
+            where += " AND created_at >= %s" if where else " WHERE created_at >= %s"
+            params.append(to_datetime(since))
+        sql = f"{_EVENTS.select}{where} ORDER BY created_at, id LIMIT %s"
+        rows = self._fetch("list events", sql, [*params, _limit(limit)])
+        return [_EVENTS.record_from(row) for row in rows]
+
+    def load_task_states(self) -> dict[str, TaskState]:
+        rows = self._fetch("load task states", f'{_TASK_STATE.select} ORDER BY actor COLLATE "C"')
+        states = [_TASK_STATE.record_from(row) for row in rows]
+        return {state.actor: state for state in states}
+
+    def load_actors(self) -> dict[str, ActorRecord]:
+        rows = self._fetch("load actors", f'{_ACTORS.select} ORDER BY name COLLATE "C"')
+        actors = [_ACTORS.record_from(row) for row in rows]
+        return {actor.name: actor for actor in actors}
+
+    def unfinished_runs(self) -> list[RunRecord]:
+        sql = (
+            f"{_RUNS.select} WHERE status IN (%s, %s) "
+            'ORDER BY queued_at, attempt, run_id COLLATE "C"'
+        )
+        rows = self._fetch("list unfinished runs", sql, list(_UNFINISHED))
+        return [_RUNS.record_from(row) for row in rows]
+
+    def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
+        # oldest first, so that if a key was ever reused the newest run wins
+        sql = (
+            "SELECT actor, idempotency_key, run_id FROM runs "
+            "WHERE idempotency_key IS NOT NULL AND queued_at >= %s "
+            'ORDER BY queued_at, attempt, run_id COLLATE "C"'
+        )
+        rows = self._fetch("load idempotency keys", sql, [to_datetime(since)])
+        return {(actor, key): run_id for actor, key, run_id in rows}
+
+    def connections_in_use(self) -> int:
+        with self._lock:
+            pool = self._pool
+        if pool is None:
+            return 0
+        stats = pool.get_stats()
+        return int(stats.get("pool_size", 0)) - int(stats.get("pool_available", 0))
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._closed = True
+        if pool is not None:
+            pool.close()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _fetch(self, action: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._connection(action) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+def _where(**filters: str | None) -> tuple[str, list[Any]]:
+    """`` WHERE a = %s AND b = %s`` for the filters that are not None, and their values."""
+    given = {column: value for column, value in filters.items() if value is not None}
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = %s" for c in given), list(given.values())
+
+
+def _limit(limit: int) -> int:
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return limit

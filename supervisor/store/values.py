@@ -1,0 +1,88 @@
+"""Value rules every backend applies, so that a record reads back the same from any of them.
+
+PostgreSQL cannot store a NUL character, neither in ``text`` nor inside a ``jsonb`` string,
+while SQLite can. A script that writes a NUL to stderr must not wedge the batch writer on one
+backend and pass on the other, so both replace NUL with U+FFFD (the replacement character)
+before writing: the one deliberate lossy step, in one place.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
+from supervisor.store.base import StoreError
+
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
+_ESCAPED_NUL = b"\\u0000"  # how orjson writes a NUL inside a JSON string
+
+
+def clean_text(value: Any) -> Any:
+    """``value`` with every NUL replaced; non-strings (None, numbers) pass unchanged."""
+    if isinstance(value, str) and NUL in value:
+        return value.replace(NUL, REPLACEMENT)
+    return value
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON with NULs in strings and keys replaced.
+
+    The common case costs one ``orjson.dumps`` and one ``bytes`` search; only a document that
+    really holds a NUL is walked. :raises TypeError: not JSON-serializable (orjson's error).
+    """
+    data = orjson.dumps(value)
+    if _ESCAPED_NUL in data:
+        data = orjson.dumps(_without_nul(value))
+    return data
+
+
+def json_text(value: Any) -> str:
+    """:func:`json_bytes` as ``str``."""
+    return json_bytes(value).decode()
+
+
+def opt_json_text(value: Any) -> str | None:
+    return None if value is None else json_text(value)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+class SplitBatch:
+    """A batch split by table and coalesced by key (the last version wins), in first-seen order.
+
+    Events keep every entry in order, duplicates included: the store skips an ``event_id``
+    already present, so the first of two duplicates is the one kept, as in a replay.
+    """
+
+    __slots__ = ("actors", "events", "runs", "states")
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        runs: dict[tuple[str, int], RunRecord] = {}
+        states: dict[str, TaskState] = {}
+        actors: dict[str, ActorRecord] = {}
+        events: list[Event] = []
+        for record in records:
+            if isinstance(record, Event):
+                events.append(record)
+            elif isinstance(record, RunRecord):
+                runs[record.key] = record
+            elif isinstance(record, TaskState):
+                states[record.actor] = record
+            elif isinstance(record, ActorRecord):
+                actors[record.name] = record
+            else:
+                raise StoreError(f"cannot store a {type(record).__name__}: not a Record")
+        self.runs = list(runs.values())
+        self.states = list(states.values())
+        self.actors = list(actors.values())
+        self.events = events
