@@ -1,0 +1,41 @@
+"""Structured log lines: key=value text or one JSON object per line, extras included."""
+
+import logging
+
+import orjson
+import pytest
+
+from supervisor.logs import JsonFormatter, TextFormatter
+
+
+def _record(**extra: object) -> logging.LogRecord:
+    record = logging.getLogger("supervisor.core").makeRecord(
+        "supervisor.core", logging.WARNING, __file__, 1, "run %s", ("failed_permanent",), None
+    )
+    record.__dict__.update(extra)
+    return record
+
+
+def test_text_lines_carry_extras_as_key_value_quoting_when_needed() -> None:
+    line = TextFormatter().format(_record(actor="echo", attempt=2, error="exit 3 (boom)"))
+    assert " WARNING supervisor.core[" in line
+    assert line.endswith('run failed_permanent actor=echo attempt=2 error="exit 3 (boom)"')
+
+
+def test_json_lines_are_one_object_with_every_extra() -> None:
+    obj = orjson.loads(JsonFormatter().format(_record(actor="echo", duration_ms=1.5)))
+    assert obj["level"] == "warning" and obj["logger"] == "supervisor.core"
+    assert (obj["msg"], obj["actor"], obj["duration_ms"]) == ("run failed_permanent", "echo", 1.5)
+    assert obj["ts"].endswith("Z")
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()])
+def test_exceptions_are_included(formatter: logging.Formatter) -> None:
+    try:
+        raise ValueError("kaput")
+    except ValueError:
+        import sys
+
+        record = _record()
+        record.exc_info = sys.exc_info()
+    assert "ValueError: kaput" in formatter.format(record)

@@ -1,0 +1,56 @@
+"""Start-up checks as the sandbox user: who can read the scripts, which Python it can run."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from supervisor.config import load_config
+from supervisor.errors import StartupError
+from supervisor.preflight import prepare_sandbox, resolve_python
+from tests.supervisor.harness import write_script
+from workers.access import resolve_user, unrunnable_python
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+def _config(folder: Path, mode: str = "fork", extra: str = "") -> Path:
+    path = folder / "supervisor.toml"
+    path.write_text(
+        f'[supervisor]\nmode = "{mode}"\n{extra}\n[[actors]]\nname = "a"\nscript = "scripts/a.py"\n'
+    )
+    return path
+
+
+@root_only
+def test_an_unreadable_script_is_refused_naming_the_file_and_the_user(public_tmp: Path) -> None:
+    script = write_script(public_tmp, "a.py", "print('{}')\n")
+    script.parent.chmod(0o700)
+    config = load_config(_config(public_tmp), environ={})
+    with pytest.raises(StartupError) as info:
+        prepare_sandbox(config)
+    assert str(script) in str(info.value) and "nobody" in str(info.value)
+
+
+@root_only
+def test_exec_mode_gets_an_interpreter_the_sandbox_user_can_run(public_tmp: Path) -> None:
+    write_script(public_tmp, "a.py", "print('{}')\n")
+    sandbox = prepare_sandbox(load_config(_config(public_tmp, "exec"), environ={}))
+    assert sandbox.run_as == resolve_user("nobody")
+    assert unrunnable_python(sandbox.python, *sandbox.run_as) == []
+    if not unrunnable_python(sys.executable, *sandbox.run_as):
+        assert sandbox.python == sys.executable  # our own, whenever the user can run it
+
+
+@root_only
+def test_a_configured_interpreter_that_does_not_work_is_refused(public_tmp: Path) -> None:
+    fake = public_tmp / "python"
+    fake.write_text("#!/bin/sh\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(StartupError, match=r"python: .*fails to start"):
+        resolve_python(str(fake), resolve_user("nobody"), needed=True)
+
+
+def test_without_a_user_switch_our_own_interpreter_is_used() -> None:
+    assert resolve_python(None, None, needed=True) == sys.executable
