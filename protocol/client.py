@@ -18,7 +18,7 @@ import zmq
 from protocol.codec import decode
 from protocol.curve import ClientKeys
 from protocol.errors import ProtocolError
-from protocol.messages import Pause, Reply, Resume, StatusRequest, Submit, Trigger
+from protocol.messages import Pause, Refresh, Reply, Resume, StatusRequest, Submit, Trigger
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5570"
 
@@ -64,6 +64,8 @@ class RunOutcome:
     stderr_tail: str = ""
     duration_ms: float | None = None
     code_sha256: str = ""
+    code_history_id: str | None = None  # the code version that ran (actor_code_history)
+    code_source: str | None = None  # "file" or "database"
     attempt: int = 1
     attempts: int = 1
     started_at: float | None = None
@@ -179,9 +181,17 @@ class Client:
         data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "status").data
         return data
 
+    def refresh(self, actor: str) -> dict[str, Any]:
+        """Have the supervisor re-read ``actor``'s code from the store; the answer comes once it
+        uses the active version (``history_id``, ``code_sha256``, ``status``)."""
+        rid = _new_id()
+        self._send(Refresh(id=rid, actor=actor))
+        data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data
+        return data
+
     # --- plumbing ----------------------------------------------------------------------------
 
-    def _send(self, message: Submit | Trigger | Pause | Resume | StatusRequest) -> None:
+    def _send(self, message: Submit | Trigger | Pause | Resume | StatusRequest | Refresh) -> None:
         self._sock.send(orjson.dumps(message))
 
     def _receive(self, rid: str, deadline: float, kind: str) -> Reply:

@@ -5,7 +5,7 @@ Worker sockets are DEALERs talking to the supervisor's worker ROUTER; client soc
 talking to the control ROUTER. Every client request carries an ``id`` that its replies echo.
 
 Worker -> supervisor: ``hello``, ``result``.  Supervisor -> worker: ``run``, ``stop``.
-Client -> supervisor: ``submit``, ``trigger``, ``pause``, ``resume``, ``status``.
+Client -> supervisor: ``submit``, ``trigger``, ``pause``, ``resume``, ``status``, ``refresh``.
 Supervisor -> client: ``reply`` (``ok`` with a ``kind`` and ``data``, or an ``error``).
 
 The dataclasses carry ``v`` and ``type`` as fields so that ``orjson.dumps`` serializes a message
@@ -289,6 +289,24 @@ class StatusRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Refresh:
+    """Re-read an actor's code from the store (after a CLI deploy or rollback committed).
+
+    Answered ``ok`` once the supervisor uses the actor's active version: ``data`` holds its
+    ``history_id``, ``code_sha256`` and sync ``status``.
+    """
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="refresh", init=False)
+    id: str
+    actor: str
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Refresh":
+        return cls(id=r.string("id", max_len=64), actor=r.string("actor", max_len=200))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     """The answer to a client request: ``ok`` with ``kind``/``data``, or an error ``code``."""
 
@@ -313,7 +331,19 @@ class Reply:
         )
 
 
-Message = Hello | Run | Result | Stop | Submit | Trigger | Pause | Resume | StatusRequest | Reply
+Message = (
+    Hello
+    | Run
+    | Result
+    | Stop
+    | Submit
+    | Trigger
+    | Pause
+    | Resume
+    | StatusRequest
+    | Refresh
+    | Reply
+)
 
 MESSAGE_TYPES: dict[str, Any] = {
     "hello": Hello,
@@ -325,8 +355,9 @@ MESSAGE_TYPES: dict[str, Any] = {
     "pause": Pause,
     "resume": Resume,
     "status": StatusRequest,
+    "refresh": Refresh,
     "reply": Reply,
 }
 WORKER_TO_SUPERVISOR = frozenset({"hello", "result"})
 SUPERVISOR_TO_WORKER = frozenset({"run", "stop"})
-CLIENT_REQUESTS = frozenset({"submit", "trigger", "pause", "resume", "status"})
+CLIENT_REQUESTS = frozenset({"submit", "trigger", "pause", "resume", "status", "refresh"})

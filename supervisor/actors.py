@@ -1,25 +1,12 @@
-"""The supervisor's live view of each configured actor: config, code hash, durable state."""
+"""The supervisor's live view of each configured actor: config, code, durable state."""
 
-import hashlib
-import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
+from supervisor.codesync import ActorCode
 from supervisor.config import ActorConfig
 from supervisor.records import ActorRecord, TaskState
-
-log = logging.getLogger(__name__)
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA256 of a file, or "" when it cannot be read (the run will then fail, classified)."""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as exc:
-        log.warning("cannot hash script %s: %s", path, exc)
-        return ""
 
 
 @dataclass(eq=False)
@@ -27,8 +14,8 @@ class ActorRuntime:
     """One actor as the main loop sees it. Only the main loop touches it."""
 
     config: ActorConfig
-    code_sha256: str
     state: TaskState
+    code: ActorCode
     active: set[str] = field(default_factory=set)  # run ids accepted and not yet final
     # Fires waiting for the active run to end: (trigger, scheduled_for). Filled by
     # overlap = "queue" and by catch-up, so an actor's runs never overlap unless it allows it.
@@ -37,6 +24,14 @@ class ActorRuntime:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def code_sha256(self) -> str:
+        """The hash of the code a run would get now (the dispatch confirms it)."""
+        code = self.code
+        if self.config.exec_mode != "file" and code.cache_path is not None:
+            return code.code_sha256
+        return code.seen_sha or ""
 
     def record(self) -> ActorRecord:
         schedule = self.config.schedule
@@ -52,8 +47,10 @@ class ActorRuntime:
                 "max_retries": self.config.max_retries,
                 "overlap": self.config.overlap,
                 "catch_up": self.config.catch_up,
+                "sync": self.config.sync,
             },
             updated_at=time.time(),
+            exec_mode=self.config.exec_mode,
         )
 
     def update_state(self, **changes: object) -> TaskState:
@@ -64,13 +61,14 @@ class ActorRuntime:
 def build_actors(
     configs: dict[str, ActorConfig], states: dict[str, TaskState]
 ) -> dict[str, ActorRuntime]:
-    """Pair each configured actor with its stored state (or a fresh one) and its code hash."""
+    """Pair each configured actor with its stored state (or a fresh one); its code is loaded
+    by the start-up sync (:mod:`supervisor.codebook`)."""
     now = time.time()
     return {
         name: ActorRuntime(
             config=cfg,
-            code_sha256=sha256_of(cfg.script),
             state=states.get(name) or TaskState(actor=name, updated_at=now),
+            code=ActorCode(home=str(cfg.script.parent)),
         )
         for name, cfg in configs.items()
     }

@@ -1,6 +1,8 @@
 """The ``actor-supervisor`` command: ``start`` runs the supervisor in the foreground; the others
 talk to a running one over its control endpoint (``submit``, ``trigger``, ``pause``,
-``resume``, ``status``) or read the store directly (``history``, ``events``, ``migrate``).
+``resume``, ``status``) or work on the store directly (``history``, ``events``, ``migrate``,
+and the code commands of :mod:`supervisor.codecli`: ``drift``, ``deploy``, ``versions``,
+``rollback``, ``show-code``).
 
 Settings resolve as: flag, then ``ACTOR_SUPERVISOR_<NAME>`` environment variable, then the
 config file, then the default. The config file is ``--config``, else
@@ -20,7 +22,7 @@ import orjson
 from protocol.client import Accepted, Client, ClientError, ClientTimeout, RunOutcome
 from protocol.curve import ClientKeys, CurveKeyError
 from supervisor.config import Config, load_config
-from supervisor.errors import ConfigError, StartupError
+from supervisor.errors import CommandRefused, ConfigError, StartupError
 from supervisor.logs import setup_logging
 from supervisor.records import Event, RunRecord
 from supervisor.settings import require_curve
@@ -33,13 +35,15 @@ EXIT_RUN_FAILED = 1  # submit --wait: the run did not succeed
 EXIT_USAGE = 2  # bad flags or configuration (argparse uses 2 as well)
 EXIT_UNREACHABLE = 3  # no answer from the supervisor in time
 EXIT_STARTUP = 4  # the supervisor could not start, or the store could not be opened
-EXIT_REFUSED = 5  # the supervisor answered with an error (unknown actor, busy, ...)
+EXIT_REFUSED = 5  # the supervisor (or a code command) refused: unknown actor, busy, ...
 
 EPILOG = """examples:
   actor-supervisor start --config examples/supervisor.toml --workers 8
   actor-supervisor submit hello --input '{"name": "Ada"}' --wait --json
   actor-supervisor status
   actor-supervisor history heartbeat --limit 5
+  actor-supervisor deploy greeter --changelog "friendlier greeting"
+  actor-supervisor rollback greeter --to-version 1.0.0
 """
 
 
@@ -116,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = _command(sub, "migrate", "apply the database migrations", cmd_migrate)
     _store_flags(migrate)
+
+    from supervisor.codecli import add_code_commands  # it builds on this module's helpers
+
+    add_code_commands(sub)
     return parser
 
 
@@ -314,8 +322,9 @@ def _schedule_text(schedule: dict[str, Any] | None) -> str:
     return f"{schedule['type']} {details}".strip()
 
 
-def _open_store_from(args: argparse.Namespace) -> Any:
-    settings = (config := _load(args, "database")).supervisor
+def _open_store_from(args: argparse.Namespace, config: Config | None = None) -> Any:
+    """The store ``--database`` (or the configuration) names; ``config``: already loaded."""
+    settings = (config := config or _load(args, "database")).supervisor
     # A command waits a little for a database that is starting, not the supervisor's minute.
     pool = replace(pool_options(settings), wait_s=min(settings.database_wait_s, 10.0))
     return open_store(settings.database, base_dir=config.base_dir, pool=pool)
@@ -430,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"actor-supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CommandRefused as exc:
+        print(f"actor-supervisor: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except (StartupError, StoreError) as exc:
         print(f"actor-supervisor: {exc}", file=sys.stderr)
         return EXIT_STARTUP

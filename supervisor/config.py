@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.messages import Limits
+from supervisor.codesync import EXEC_MODES, SYNC_MODES
 from supervisor.errors import ConfigError
 from supervisor.schedule import (
     CATCH_UP_POLICIES,
@@ -83,6 +84,8 @@ class ActorConfig:
     catch_up: str = "once"
     catch_up_max: int = 100
     overlap: str = "skip"
+    exec_mode: str = "file"  # what runs: the file, the active stored code, or that else the file
+    sync: str = "startup"  # when a changed file is recorded as a new version
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,7 +174,11 @@ class _Zone(Kind):
 
 
 class _Script(Kind):
-    """A script file, relative to the configuration's folder; resolved to an absolute path."""
+    """A script file, relative to the configuration's folder; resolved to an absolute path.
+
+    A missing file is accepted: the database may hold the actor's code, and a deleted script
+    must never stop the supervisor (the start-up sync reports it as ``file_missing``).
+    """
 
     @property
     def expected(self) -> str:
@@ -184,9 +191,7 @@ class _Script(Kind):
 
     def resolve(self, value: Any, base_dir: Path) -> Path:
         path = Path(os.path.normpath(base_dir / Path(value).expanduser()))
-        if not path.exists():
-            raise Invalid(f"no such file: {str(path)!r}")
-        if not path.is_file():
+        if path.exists() and not path.is_file():
             raise Invalid(f"not a regular file: {str(path)!r}")
         return path
 
@@ -225,6 +230,8 @@ ACTOR_KEYS: tuple[Setting, ...] = declare(
         Setting("catch_up", Choice(CATCH_UP_POLICIES), "missed fires after downtime"),
         Setting("catch_up_max", Integer(1), "at most this many missed fires with 'all'"),
         Setting("overlap", Choice(OVERLAP_POLICIES), "a fire while the previous run is busy"),
+        Setting("exec_mode", Choice(EXEC_MODES), "run the file, or the stored active version"),
+        Setting("sync", Choice(SYNC_MODES), "when a changed file becomes a new version"),
     ],
 )
 _ACTOR_KEYS = {s.name: s for s in ACTOR_KEYS}

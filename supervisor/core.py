@@ -34,14 +34,17 @@ from protocol.messages import WORKER_TO_SUPERVISOR, Hello, Result, Run, Stop
 from protocol.outcomes import Reason, Status
 from protocol.sockets import has_message
 from supervisor import events
-from supervisor.actors import ActorRuntime, build_actors, sha256_of
+from supervisor.actors import ActorRuntime, build_actors
 from supervisor.breaker import PROBE, Breaker
+from supervisor.codebook import CodeBook
+from supervisor.codesync import ActorCode, make_cache
 from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
 from supervisor.errors import ConfigError, StartupError
 from supervisor.logs import setup_logging
 from supervisor.pool import WorkerPool
 from supervisor.preflight import prepare_sandbox
+from supervisor.reader import Reader
 from supervisor.records import RunRecord, RunState, TaskState
 from supervisor.reload import plan_reload
 from supervisor.requests import Requests
@@ -146,6 +149,12 @@ class Supervisor:
             spool=self.spool,  # the writer owns and closes it from here on
         )
         self._unfinished = unfinished
+        self.reader = Reader()  # reads the loop must not wait for (an actor's code)
+        self.codebook = CodeBook(
+            store=self.store, writer=self.writer, reader=self.reader, cache=make_cache(),
+            actors=lambda: self.actors, on_ready=self._dispatch, clock=self._clock,
+        )  # fmt: skip
+        self.codebook.startup()  # hash every script, record what changed: before the loop
         self.breaker = Breaker(self.writer, self.heap, self._clock)
         self.scheduler = Scheduler(self.heap, self.writer, self.accept, self.has_room)
         self.requests = Requests(self)
@@ -167,6 +176,7 @@ class Supervisor:
         self._poller.register(self.control.socket, zmq.POLLIN)
         self._poller.register(self._workers, zmq.POLLIN)
         self._poller.register(self.writer.wakeup_fd(), zmq.POLLIN)
+        self._poller.register(self.reader.wakeup_fd(), zmq.POLLIN)
         self._poller.register(self._signal_r.fileno(), zmq.POLLIN)
 
     def _install_signals(self) -> None:
@@ -196,6 +206,7 @@ class Supervisor:
         """Run until a stop signal has been handled; return the process exit code."""
         self._prepare()
         self.writer.start()
+        self.reader.start()
         try:
             self._open_sockets()
             self._install_signals()
@@ -227,6 +238,8 @@ class Supervisor:
                     self._on_signals()
                 elif item == self.writer.wakeup_fd():
                     self._on_commits()
+                elif item == self.reader.wakeup_fd():
+                    self.reader.drain()
                 elif isinstance(item, int):
                     self._on_worker_exit(item)
             if self.phase is Phase.RUNNING:
@@ -365,23 +378,26 @@ class Supervisor:
 
     def _on_durable(self, active: ActiveRun) -> None:
         self._awaiting_durable -= 1
+        waiters = active.waiters  # a run refused at dispatch hands them on to its result
         if self.runs.get(active.run_id) is active and active.record.status == RunState.QUEUED:
             if self.phase is Phase.RUNNING:
                 self.ready.append(active.run_id)
                 self._dispatch()  # before answering: the run's latency matters more
             else:
                 self._tell_waiters_stopping(active)
-        for waiter in active.waiters:
+                waiters = []
+        for waiter in waiters:
             self.control.reply(
                 waiter, "accepted", {"run_id": active.run_id, "actor": active.record.actor}
             )
         active.waiters = [w for w in active.waiters if w.wants_result]
 
     def _dispatch(self) -> None:
+        parked: list[str] = []  # runs of actors whose code is being reloaded: they wait for it
         while self.ready:
             handle = self.pool.pick()
             if handle is None:
-                return
+                break
             active = self.runs.get(self.ready.popleft())
             if active is None or active.record.status != RunState.QUEUED:
                 continue
@@ -394,26 +410,39 @@ class Supervisor:
                     ),
                 )
                 continue
-            cfg = actor.config
+            if self.codebook.loading(actor):
+                parked.append(active.run_id)
+                continue
+            cfg, code = actor.config, self.codebook.for_run(actor)
             record = replace(
                 active.record,
+                code_sha256=code.sha256,
+                code_history_id=code.history_id,
+                code_source=code.source,
+            )
+            if code.refused is not None:
+                self._complete_attempt(
+                    active, self._lost(record, Reason.FILE_MISSING, code.refused)
+                )
+                continue
+            record = replace(
+                record,
                 status=RunState.RUNNING,
                 worker_id=handle.worker_id,
                 started_at=self._clock(),
-                code_sha256=actor.code_sha256,
             )
             message = Run(
                 run_id=record.run_id,
                 attempt=record.attempt,
                 actor=cfg.name,
-                script=str(cfg.script),
-                cwd=str(cfg.script.parent),
+                script=code.script,
+                cwd=code.cwd,
                 mode=cfg.mode,
                 input_json=record.input_json,
                 env=cfg.env,
                 limits=cfg.limits,
                 timeout_s=cfg.timeout_s,
-                code_sha256=actor.code_sha256,
+                code_sha256=code.sha256,
             )
             try:
                 self._workers.send_multipart([handle.identity, orjson.dumps(message)], zmq.NOBLOCK)
@@ -429,6 +458,7 @@ class Supervisor:
             )
             self.writer.put(record)
             self.writer.put(events.run_started(record))
+        self.ready.extendleft(reversed(parked))
 
     def _on_result(self, worker_id: str, result: Result) -> None:
         handle = self.pool.by_identity(worker_id.encode())
@@ -458,7 +488,7 @@ class Supervisor:
         return replace(
             record,
             status=Status.FAILED_PERMANENT
-            if reason == Reason.UNKNOWN_ACTOR
+            if reason in (Reason.UNKNOWN_ACTOR, Reason.FILE_MISSING)
             else Status.FAILED_RETRYABLE,
             reason=reason,
             error=error,
@@ -683,13 +713,15 @@ class Supervisor:
         for name in (*plan.added, *plan.changed):
             cfg = new.actors[name]
             actor = self.actors.get(name)
+            before = actor.config if actor is not None else None
             if actor is None:
                 state = self._stored_states.get(name) or TaskState(actor=name, updated_at=now)
-                actor = ActorRuntime(config=cfg, code_sha256=sha256_of(cfg.script), state=state)
+                code = ActorCode(home=str(cfg.script.parent))
+                actor = ActorRuntime(config=cfg, state=state, code=code)
                 self.actors[name] = actor
             else:
                 actor.config = cfg
-                actor.code_sha256 = sha256_of(cfg.script)
+            self.codebook.reconfigure(actor, before)
             self.writer.put(actor.record())
             if name in plan.added:
                 self.scheduler.seed(actor, now)
@@ -715,13 +747,18 @@ class Supervisor:
         ))  # fmt: skip
 
     def _check_readable(self, new: Config) -> None:
-        """New or moved scripts must be readable by the sandbox user, as at start-up."""
+        """New or moved scripts must exist and be readable by the sandbox user, as at start-up.
+
+        (An unchanged path whose file is gone is no error: the actor keeps its stored code.)
+        """
         run_as = self.sandbox.run_as
         fresh = [
             str(a.script)
             for name, a in new.actors.items()
             if name not in self.config.actors or self.config.actors[name].script != a.script
         ]
+        if missing := [path for path in fresh if not os.path.isfile(path)]:
+            raise StartupError("no such file: " + ", ".join(repr(path) for path in missing))
         if run_as is None or not fresh:
             return
         # The check runs a Python as the sandbox user. In fork mode the sandbox keeps our own,
@@ -786,6 +823,9 @@ class Supervisor:
 
     def _teardown(self) -> None:
         """Stop workers, persist state, flush the writer, answer the last waiters, close up."""
+        if hasattr(self, "codebook"):
+            self.reader.close()
+            shutil.rmtree(self.codebook.cache, ignore_errors=True)
         pool = getattr(self, "pool", None)
         if pool is not None:
             for handle in pool.handles():

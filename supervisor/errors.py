@@ -14,3 +14,12 @@ class ConfigError(SupervisorError):
 
 class StartupError(SupervisorError):
     """The supervisor cannot start (endpoint in use, unreadable script, workers never came up)."""
+
+
+class CommandRefused(SupervisorError):
+    """A command cannot do what was asked (unknown actor, no such version, file mode, ...);
+    ``code`` is a stable word such as ``unknown_actor``, as in the supervisor's error replies."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code

@@ -46,7 +46,16 @@ def run_queued(run: RunRecord) -> Event:
 
 
 def run_started(run: RunRecord) -> Event:
-    return run_event("run_started", run, worker_id=run.worker_id, code_sha256=run.code_sha256)
+    return run_event("run_started", run, worker_id=run.worker_id, **code_of(run))
+
+
+def code_of(run: RunRecord) -> dict[str, Any]:
+    """The code an attempt ran: every run event after the dispatch carries it."""
+    return {
+        "code_sha256": run.code_sha256,
+        "code_history_id": run.code_history_id,
+        "code_source": run.code_source,
+    }
 
 
 def run_finished(run: RunRecord, **extra: Any) -> Event:
@@ -61,7 +70,7 @@ def run_finished(run: RunRecord, **extra: Any) -> Event:
         signal=run.signal,
         duration_ms=run.duration_ms,
         worker_id=run.worker_id,
-        code_sha256=run.code_sha256,
+        **code_of(run),
         **extra,
     )
 

@@ -26,7 +26,9 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
     try:
         if os.geteuid() == 0:
             run_as = resolve_user(settings.run_as)
-            problems = unreadable_scripts([str(a.script) for a in config.actors.values()], *run_as)
+            # a missing script is no refusal: the start-up sync reports it (file_missing)
+            present = [str(a.script) for a in config.actors.values() if a.script.exists()]
+            problems = unreadable_scripts(present, *run_as)
             if problems:
                 raise StartupError(
                     f"scripts run as user {settings.run_as!r}, which cannot read them:\n  "

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from supervisor.coderecords import CodeChange, SyncUpdate
+
 
 class RunState(StrEnum):
     """Lifecycle of one attempt. The last three are final; the first two are "in flight"."""
@@ -55,6 +57,8 @@ class RunRecord:
     utime_s: float | None = None
     stime_s: float | None = None
     maxrss_kb: int | None = None
+    code_history_id: str | None = None  # the actor_code_history row of the code that ran
+    code_source: str | None = None  # "file" or "database": where the code that ran came from
 
     @property
     def key(self) -> tuple[str, int]:
@@ -107,6 +111,7 @@ class ActorRecord:
     schedule: dict[str, Any] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     updated_at: float
+    exec_mode: str = "file"
 
 
-Record = RunRecord | Event | TaskState | ActorRecord
+Record = RunRecord | Event | TaskState | ActorRecord | CodeChange | SyncUpdate

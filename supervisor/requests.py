@@ -1,14 +1,15 @@
-"""What each control request means: submit, trigger, pause, resume, status.
+"""What each control request means: submit, trigger, pause, resume, status, refresh.
 
 Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accepted``, then
 ``result``), and every refusal carries a stable error code: ``unknown_actor``, ``busy``,
-``paused``, ``shutting_down``, ``result_unavailable``.
+``paused``, ``shutting_down``, ``result_unavailable``, ``refresh_failed``.
 """
 
 from typing import TYPE_CHECKING
 
-from protocol.messages import Message, Pause, Resume, StatusRequest, Submit, Trigger
+from protocol.messages import Message, Pause, Refresh, Resume, StatusRequest, Submit, Trigger
 from supervisor.actors import ActorRuntime
+from supervisor.codesync import ActorCode
 from supervisor.runs import Waiter
 from supervisor.status import build_status
 
@@ -34,6 +35,8 @@ class Requests:
             self._pause(waiter, message)
         elif isinstance(message, Resume):
             self._resume(waiter, message)
+        elif isinstance(message, Refresh):
+            self._refresh(waiter, message)
 
     def _actor(self, waiter: Waiter, name: str) -> ActorRuntime | None:
         actor = self.sup.actors.get(name)
@@ -134,3 +137,24 @@ class Requests:
         if actor is not None:
             self.sup.breaker.resume(actor, by="operator")
             self.sup.control.reply(waiter, "ok", {"actor": actor.name, "paused": False})
+
+    def _refresh(self, waiter: Waiter, message: Refresh) -> None:
+        """Answered once the reader has loaded the actor's code and the loop swapped it in."""
+        actor = self._actor(waiter, message.actor)
+        if actor is None:
+            return
+        control = self.sup.control
+
+        def loaded(code: ActorCode | None, error: Exception | None) -> None:
+            if error is not None:
+                control.reply_error(waiter, "refresh_failed", f"{actor.name}: {error}")
+            elif code is None:
+                control.reply_error(
+                    waiter, "refresh_failed", f"{actor.name} was reconfigured meanwhile; retry"
+                )
+            else:
+                data = {"actor": actor.name, "history_id": code.history_id,
+                        "code_sha256": code.code_sha256, "status": code.status}  # fmt: skip
+                control.reply(waiter, "ok", data)
+
+        self.sup.codebook.reload(actor, loaded)

@@ -73,6 +73,8 @@ def outcome_of(record: RunRecord, output: Any = None) -> dict[str, Any]:
         "stderr_tail": record.stderr_tail,
         "duration_ms": record.duration_ms,
         "code_sha256": record.code_sha256,
+        "code_history_id": record.code_history_id,
+        "code_source": record.code_source,
         "attempt": record.attempt,
         "attempts": record.attempt,
         "started_at": record.started_at,

@@ -5,7 +5,8 @@ The supervisor acknowledges a run only once its row is durable; while the databa
 files, each a sequence of frames, one frame per batch:
 
     magic b"ASP1" | payload length (u32 LE) | record count (u32 LE) | crc32 of payload (u32 LE)
-    payload: orjson array of [tag, fields] pairs, tag one of run / event / state / actor
+    payload: orjson array of [tag, fields] pairs, tag one of run / event / state / actor /
+             code / sync
 
 Only the current (last) segment is appended to; :meth:`Spool.replay` seals it and writes the
 sealed segments to the store in order, oldest first, and deletes each once it is written. A
@@ -33,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from supervisor.coderecords import CodeChange, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 
@@ -46,6 +48,8 @@ _TAGS: dict[type[Any], str] = {
     Event: "event",
     TaskState: "state",
     ActorRecord: "actor",
+    CodeChange: "code",
+    SyncUpdate: "sync",
 }
 _TYPES: dict[str, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
 

@@ -60,6 +60,10 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
                 "active_runs": len(actor.active),
                 "mode": actor.config.mode,
                 "code_sha256": actor.code_sha256,
+                "exec_mode": actor.config.exec_mode,
+                "sync": actor.config.sync,
+                "code_history_id": actor.code.history_id,
+                "code_status": actor.code.status,
             }
         )
     stats = sup.writer.stats()

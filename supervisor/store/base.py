@@ -10,6 +10,7 @@ share connections across ``fork``.
 import abc
 from collections.abc import Sequence
 
+from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.errors import SupervisorError
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 
@@ -24,6 +25,10 @@ class StoreUnavailable(StoreError):
 
 class SchemaTooNew(StoreError):
     """The database has migrations this version of actor-supervisor does not know."""
+
+
+class VersionExists(StoreError):
+    """A code version with this tag is already recorded for the actor."""
 
 
 class Store(abc.ABC):
@@ -45,8 +50,44 @@ class Store(abc.ABC):
 
         Runs, task states and actors are upserted by key (the last version in the batch wins);
         events are inserted, and an ``event_id`` already present is skipped, so replaying a batch
-        changes nothing. :raises StoreUnavailable: the store is unreachable; nothing was written.
+        changes nothing. A :class:`CodeChange` is applied as by :meth:`record_code_version`
+        (one whose ``history_id`` is stored is skipped), a :class:`SyncUpdate` sets the actor's
+        sync columns; both in batch order, before the other records.
+        :raises StoreUnavailable: the store is unreachable; nothing was written.
         """
+
+    @abc.abstractmethod
+    def record_code_version(self, change: CodeChange) -> CodeRecorded:
+        """Make ``change`` the actor's active code version, in one transaction.
+
+        Under a per-actor lock: a ``history_id`` already stored records nothing; with
+        ``only_if_changed``, an active version of the same hash records nothing; a missing
+        ``version_tag`` becomes the previous active version's patch + 1 (1.0.0 first, skipping
+        tags in use); the active row is deactivated, the new one inserted active, the actor's
+        code columns updated and its code event appended. Two calls racing on one actor leave
+        exactly one active version, with distinct tags.
+
+        :raises VersionExists: the given ``version_tag`` is taken.
+        :raises StoreUnavailable: the store is unreachable; nothing was written.
+        """
+
+    def update_sync_status(self, update: SyncUpdate) -> None:
+        """Record what a look at an actor's script file found (its sync columns)."""
+        self.write_batch([update])
+
+    @abc.abstractmethod
+    def code_history(self, actor: str, *, limit: int | None = None) -> list[CodeVersion]:
+        """The actor's code versions, newest (last activated) first."""
+
+    @abc.abstractmethod
+    def code_version(
+        self, actor: str, *, history_id: str | None = None, version_tag: str | None = None
+    ) -> CodeVersion | None:
+        """One version of the actor by history id or tag; with neither, the active one."""
+
+    @abc.abstractmethod
+    def load_code_states(self, actors: Sequence[str] | None = None) -> dict[str, CodeState]:
+        """The code columns of every stored actor (or of those named), by name."""
 
     @abc.abstractmethod
     def list_runs(

@@ -36,7 +36,9 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
+from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
+from supervisor.store import code
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
 from supervisor.store.options import PoolOptions
@@ -270,9 +272,51 @@ class _BatchRows:
             self.states = [_TASK_STATE.row(s) for s in split.states]
             self.actors = [(*_ACTORS.row(a), to_datetime(a.updated_at)) for a in split.actors]
         self.events = split.events
+        self.code = split.code
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.states or self.actors or self.events)
+        return bool(self.runs or self.states or self.actors or self.events or self.code)
+
+
+# pg_advisory_xact_lock(CODE_LOCK_CLASS, hashtext(actor)): code changes of one actor, from any
+# process on any host, take turns ("actr" in ASCII). A hash collision only serializes more.
+CODE_LOCK_CLASS = 0x61637472
+
+
+class _CodeDb(code.CodeDb):
+    """The code-history logic on one pooled connection, inside its transaction."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql.replace("?", "%s"), params).fetchall()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._conn.execute(sql.replace("?", "%s"), params)
+
+    def to_db(self, ts: float | None) -> Any:
+        return _opt_to_datetime(ts)
+
+    def from_db(self, value: Any) -> float | None:
+        return _opt_from_datetime(value)
+
+    def lock_actor(self, actor: str) -> None:
+        self._conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CODE_LOCK_CLASS, actor)
+        )
+
+    def add_events(self, found: Sequence[Event]) -> None:
+        with self._conn.cursor() as cur, _encoding():
+            cur.executemany(_INSERT_EVENT, map(_event_params, found))
+
+
+def _apply_code(db: code.CodeDb, records: Sequence[CodeChange | SyncUpdate]) -> None:
+    for record in records:
+        if isinstance(record, CodeChange):
+            code.record_version(db, record)
+        else:
+            code.update_sync(db, record)
 
 
 @contextmanager
@@ -387,6 +431,8 @@ class PostgresStore(Store):
 
     def _write(self, rows: _BatchRows, *, replay: bool) -> None:
         with self._connection("write a batch") as conn, conn.cursor() as cur:
+            if rows.code:  # rare, and each change reads before it writes: no pipeline for these
+                _apply_code(_CodeDb(conn), rows.code)
             if len(rows.events) <= _PIPELINE_MAX_EVENTS:
                 with conn.pipeline():
                     self._upsert(cur, rows)
@@ -482,6 +528,26 @@ class PostgresStore(Store):
         )
         rows = self._fetch("load idempotency keys", sql, [to_datetime(since)])
         return {(actor, key): run_id for actor, key, run_id in rows}
+
+    def record_code_version(self, change: CodeChange) -> CodeRecorded:
+        with self._connection("record a code version") as conn:
+            return code.record_version(_CodeDb(conn), change)
+
+    def code_history(self, actor: str, *, limit: int | None = None) -> list[CodeVersion]:
+        with self._connection("read the code history") as conn:
+            return code.history(_CodeDb(conn), actor, limit)
+
+    def code_version(
+        self, actor: str, *, history_id: str | None = None, version_tag: str | None = None
+    ) -> CodeVersion | None:
+        with self._connection("read a code version") as conn:
+            return code.find_version(
+                _CodeDb(conn), actor, history_id=history_id, version_tag=version_tag
+            )
+
+    def load_code_states(self, actors: Sequence[str] | None = None) -> dict[str, CodeState]:
+        with self._connection("load the actors' code") as conn:
+            return code.code_states(_CodeDb(conn), actors)
 
     def connections_in_use(self) -> int:
         with self._lock:

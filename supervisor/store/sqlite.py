@@ -22,7 +22,9 @@ from typing import Any
 
 import orjson
 
+from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
+from supervisor.store import code
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_sqlite, load_migrations
 from supervisor.store.values import SplitBatch, clean_text, json_text, opt_json_text
@@ -226,9 +228,43 @@ class _BatchRows:
             self.events = [_EVENTS.row(e) for e in split.events]
         except (TypeError, ValueError, OverflowError) as exc:  # orjson and datetime limits
             raise StoreError(f"a record in the batch cannot be encoded: {exc}") from exc
+        self.code = split.code
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.states or self.actors or self.events)
+        return bool(self.runs or self.states or self.actors or self.events or self.code)
+
+
+class _CodeDb(code.CodeDb):
+    """The code-history logic on this connection; the write lock is the actor lock."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._conn.execute(sql, params)
+
+    def to_db(self, ts: float | None) -> Any:
+        return _opt_to_text(ts)
+
+    def from_db(self, value: Any) -> float | None:
+        return _opt_from_text(value)
+
+    def lock_actor(self, actor: str) -> None:
+        """Nothing to do: writes run under ``BEGIN IMMEDIATE``, SQLite's one write lock."""
+
+    def add_events(self, found: Sequence[Event]) -> None:
+        self._conn.executemany(_EVENTS.insert, [_EVENTS.row(e) for e in found])
+
+
+def _apply_code(db: code.CodeDb, records: Sequence[CodeChange | SyncUpdate]) -> None:
+    for record in records:
+        if isinstance(record, CodeChange):
+            code.record_version(db, record)
+        else:
+            code.update_sync(db, record)
 
 
 class SqliteStore(Store):
@@ -353,6 +389,8 @@ class SqliteStore(Store):
         if not rows:
             return
         with self._tx("write a batch") as conn:
+            if rows.code:
+                _apply_code(_CodeDb(conn), rows.code)
             if rows.runs:
                 conn.executemany(_RUNS.insert, rows.runs)
             if rows.states:
@@ -421,6 +459,26 @@ class SqliteStore(Store):
         with self._read("load idempotency keys") as conn:
             rows = conn.execute(sql, (to_text(since),)).fetchall()
         return {(actor, key): run_id for actor, key, run_id in rows}
+
+    def record_code_version(self, change: CodeChange) -> CodeRecorded:
+        with self._tx("record a code version") as conn:
+            return code.record_version(_CodeDb(conn), change)
+
+    def code_history(self, actor: str, *, limit: int | None = None) -> list[CodeVersion]:
+        with self._read("read the code history") as conn:
+            return code.history(_CodeDb(conn), actor, limit)
+
+    def code_version(
+        self, actor: str, *, history_id: str | None = None, version_tag: str | None = None
+    ) -> CodeVersion | None:
+        with self._read("read a code version") as conn:
+            return code.find_version(
+                _CodeDb(conn), actor, history_id=history_id, version_tag=version_tag
+            )
+
+    def load_code_states(self, actors: Sequence[str] | None = None) -> dict[str, CodeState]:
+        with self._read("load the actors' code") as conn:
+            return code.code_states(_CodeDb(conn), actors)
 
     def close(self) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from supervisor.coderecords import CodeChange, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store.base import StoreError
 
@@ -61,16 +62,18 @@ class SplitBatch:
     """A batch split by table and coalesced by key (the last version wins), in first-seen order.
 
     Events keep every entry in order, duplicates included: the store skips an ``event_id``
-    already present, so the first of two duplicates is the one kept, as in a replay.
+    already present, so the first of two duplicates is the one kept, as in a replay. Code
+    changes and sync updates keep their order too (``code``): each one depends on the last.
     """
 
-    __slots__ = ("actors", "events", "runs", "states")
+    __slots__ = ("actors", "code", "events", "runs", "states")
 
     def __init__(self, records: Sequence[Record]) -> None:
         runs: dict[tuple[str, int], RunRecord] = {}
         states: dict[str, TaskState] = {}
         actors: dict[str, ActorRecord] = {}
         events: list[Event] = []
+        code: list[CodeChange | SyncUpdate] = []
         for record in records:
             if isinstance(record, Event):
                 events.append(record)
@@ -80,9 +83,12 @@ class SplitBatch:
                 states[record.actor] = record
             elif isinstance(record, ActorRecord):
                 actors[record.name] = record
+            elif isinstance(record, CodeChange | SyncUpdate):
+                code.append(record)
             else:
                 raise StoreError(f"cannot store a {type(record).__name__}: not a Record")
         self.runs = list(runs.values())
         self.states = list(states.values())
         self.actors = list(actors.values())
         self.events = events
+        self.code = code

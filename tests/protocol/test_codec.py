@@ -13,6 +13,7 @@ from protocol.messages import (
     Hello,
     Limits,
     Pause,
+    Refresh,
     Reply,
     Result,
     Resume,
@@ -63,6 +64,7 @@ MESSAGES = [
     Pause(id="q3", actor="a", reason="maintenance"),
     Resume(id="q4", actor="a"),
     StatusRequest(id="q5"),
+    Refresh(id="q7", actor="a"),
     Reply(id="q6", ok=False, kind="error", error="busy", message="queue full"),
 ]
 

@@ -365,8 +365,12 @@ schedule = {schedule}
             "actors[1] (job).name: duplicate actor name 'job' (first defined at actors[0])",
         ),
         (
-            '[[actors]]\nname = "x"\nscript = "scripts/missing.py"\n',
-            "actors[0] (x).script: no such file:",
+            ACTOR + 'exec_mode = "cache"\n',
+            "actors[0] (job).exec_mode: expected one of 'file', 'database', 'auto', got string",
+        ),
+        (
+            ACTOR + 'sync = "always"\n',
+            "actors[0] (job).sync: expected one of 'startup', 'before_run', 'manual', got string",
         ),
         (
             '[[actors]]\nname = "x"\nscript = "scripts"\n',
@@ -407,6 +411,14 @@ def test_errors_name_the_file_the_key_and_what_was_expected(
     message = error_of(path)
     assert message.startswith(f"{path}: ")
     assert expected in message
+
+
+def test_a_missing_script_is_accepted_with_the_code_defaults(tmp_path: Path) -> None:
+    """The store may hold its code: a deleted script must never stop the supervisor."""
+    path = write(tmp_path, '[[actors]]\nname = "x"\nscript = "scripts/missing.py"\n')
+    actor = load_config(path, environ={}).actors["x"]
+    assert actor.script == tmp_path / "scripts" / "missing.py"
+    assert (actor.exec_mode, actor.sync) == ("file", "startup")
 
 
 @pytest.mark.parametrize(

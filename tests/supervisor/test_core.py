@@ -385,6 +385,7 @@ def test_the_bundled_examples_run(public_tmp: Path, supervisors: Start) -> None:
         wait_for(ran, 60, "every example actor to run once")
         by_actor = {r.actor: r for r in reversed(store.list_runs(limit=200)) if r.is_final}
         assert by_actor["greeter"].status == "succeeded"  # imports phrases.py from its folder
+        assert by_actor["greeter"].code_source == "database"  # exec_mode = "database"
         assert orjson.loads(by_actor["greeter"].output_json or "") == {"message": "Hello, world!"}
         assert by_actor["heartbeat"].status == "succeeded", by_actor["heartbeat"]  # exec mode
         assert by_actor["broken"].status == "failed_permanent"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.coderecords import CodeVersion
 from supervisor.records import ActorRecord, Event, RunRecord, TaskState
 from supervisor.store.base import SchemaTooNew, StoreError
 from supervisor.store.migrations import (
@@ -41,6 +42,10 @@ def now() -> str:
     return to_text(time.time())
 
 
+ALL = ["0001_initial", "0002_code_history"]  # every migration, in order
+APPLIED = [(1, "0001_initial"), (2, "0002_code_history")]
+
+
 _SCHEMA_MIGRATIONS = (
     "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
     "applied_at TEXT NOT NULL);"
@@ -53,7 +58,7 @@ _SCHEMA_MIGRATIONS = (
 def test_migrate_applies_once_and_then_nothing(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "store.db")
     try:
-        assert store.migrate() == ["0001_initial"]
+        assert store.migrate() == ALL
         assert store.migrate() == []
     finally:
         store.close()
@@ -63,7 +68,7 @@ def test_migrate_applies_once_and_then_nothing(tmp_path: Path) -> None:
     finally:
         reopened.close()
 
-    assert applied_rows(tmp_path / "store.db") == [(1, "0001_initial")]
+    assert applied_rows(tmp_path / "store.db") == APPLIED
     conn = connect(tmp_path / "store.db")
     (applied_at,) = conn.execute("SELECT applied_at FROM schema_migrations").fetchone()
     conn.close()
@@ -112,9 +117,9 @@ def test_processes_migrating_at_once_all_succeed_and_apply_each_migration_once(
             proc.wait()
 
     assert [proc.returncode for proc in procs] == [0] * 4, [err for _, err in results]
-    applied = sorted(json.loads(out) for out, _ in results)
-    assert applied == [[], [], [], ["0001_initial"]]
-    assert applied_rows(db) == [(1, "0001_initial")]
+    applied = sorted(name for out, _ in results for name in json.loads(out))
+    assert applied == ALL  # each migration by exactly one process
+    assert applied_rows(db) == APPLIED
 
 
 def test_database_with_a_future_version_is_refused(tmp_path: Path) -> None:
@@ -130,7 +135,7 @@ def test_database_with_a_future_version_is_refused(tmp_path: Path) -> None:
         store.close()
 
     message = str(raised.value)
-    assert "version 42" in message and "up to 1" in message
+    assert "version 42" in message and "up to 2" in message
 
 
 def test_future_version_is_refused_before_applying_anything(tmp_path: Path) -> None:
@@ -224,6 +229,12 @@ def test_split_statements_keeps_triggers_and_strings_whole() -> None:
 
 # -- the catalog ------------------------------------------------------------------------------
 
+# the code columns of `actors` (issue 4), written by code-version operations only
+CODE_COLUMNS = {
+    "script_code", "script_code_hash", "script_file_path", "script_file_hash",
+    "script_file_mtime", "script_synced_at", "script_sync_status", "active_history_id",
+}  # fmt: skip
+
 # index name -> (table, [(column or None for an expression, descending)], partial)
 EXPECTED_INDEXES: dict[str, tuple[str, list[tuple[str | None, bool]], bool]] = {
     "runs_queued_at": ("runs", [("queued_at", True), ("attempt", True)], False),
@@ -243,6 +254,17 @@ EXPECTED_INDEXES: dict[str, tuple[str, list[tuple[str | None, bool]], bool]] = {
     "execution_events_conversation": ("execution_events", [(None, False)], False),
     "execution_events_correlation": ("execution_events", [("correlation_id", False)], False),
     "execution_events_created_at": ("execution_events", [("created_at", True)], False),
+    "actor_code_history_active": ("actor_code_history", [("actor_id", False)], True),
+    "actor_code_history_version": (
+        "actor_code_history",
+        [("actor_id", False), ("version_tag", False)],
+        False,
+    ),
+    "actor_code_history_actor": (
+        "actor_code_history",
+        [("actor_id", False), ("activated_at", True)],
+        False,
+    ),
 }
 
 
@@ -265,7 +287,10 @@ def test_catalog_tables_and_columns_match_the_records(catalog: sqlite3.Connectio
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         )
     }
-    assert tables == {"schema_migrations", "actors", "runs", "task_state", "execution_events"}
+    assert tables == {
+        "schema_migrations", "actors", "runs", "task_state", "execution_events",
+        "actor_code_history",
+    }  # fmt: skip
 
     def names(record: type) -> list[str]:
         return [f.name for f in dataclasses.fields(record)]
@@ -273,7 +298,8 @@ def test_catalog_tables_and_columns_match_the_records(catalog: sqlite3.Connectio
     assert columns(catalog, "runs") == names(RunRecord)
     assert columns(catalog, "task_state") == names(TaskState)
     assert columns(catalog, "execution_events") == ["id", *names(Event)]
-    assert set(columns(catalog, "actors")) == {*names(ActorRecord), "created_at"}
+    assert set(columns(catalog, "actors")) == {*names(ActorRecord), *CODE_COLUMNS, "created_at"}
+    assert columns(catalog, "actor_code_history") == names(CodeVersion)
     assert columns(catalog, "schema_migrations") == ["version", "name", "applied_at"]
 
     pk = {row[1]: row[5] for row in catalog.execute("PRAGMA table_info(runs)") if row[5]}
@@ -295,7 +321,7 @@ def columns_of(conn: sqlite3.Connection, index: str) -> list[tuple[str | None, b
 def test_catalog_indexes_match_what_the_queries_need(catalog: sqlite3.Connection) -> None:
     found = {
         name: (table, columns_of(catalog, name), bool(partial))
-        for table in ("runs", "execution_events", "task_state", "actors")
+        for table in ("runs", "execution_events", "task_state", "actors", "actor_code_history")
         for _, name, _, origin, partial in catalog.execute(f"PRAGMA index_list({table})")
         if origin == "c"  # created by CREATE INDEX, not by a key constraint
     }

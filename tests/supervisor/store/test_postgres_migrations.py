@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from supervisor.coderecords import CodeVersion
 from supervisor.records import ActorRecord, Event, RunRecord, TaskState
 from supervisor.store.base import SchemaTooNew
 from supervisor.store.migrations import apply_postgres, load_migrations, parse_migrations
@@ -28,11 +29,15 @@ def applied_rows(database: str) -> list[tuple[object, ...]]:
         return conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
 
 
+ALL = ["0001_initial", "0002_code_history"]  # every migration, in order
+APPLIED = [(1, "0001_initial"), (2, "0002_code_history")]
+
+
 def test_migrate_applies_once_and_then_nothing(pg_empty_database: str) -> None:
     url = pg.database_url(pg_empty_database)
     store = PostgresStore(url)
     try:
-        assert store.migrate() == ["0001_initial"]
+        assert store.migrate() == ALL
         assert store.migrate() == []
     finally:
         store.close()
@@ -41,7 +46,7 @@ def test_migrate_applies_once_and_then_nothing(pg_empty_database: str) -> None:
         assert reopened.migrate() == []
     finally:
         reopened.close()
-    assert applied_rows(pg_empty_database) == [(1, "0001_initial")]
+    assert applied_rows(pg_empty_database) == APPLIED
 
 
 _MIGRATE_SCRIPT = """
@@ -87,8 +92,9 @@ def test_processes_migrating_at_once_all_succeed_and_apply_each_migration_once(
             proc.wait()
 
     assert [proc.returncode for proc in procs] == [0] * 4, [err for _, err in results]
-    assert sorted(json.loads(out) for out, _ in results) == [[], [], [], ["0001_initial"]]
-    assert applied_rows(pg_empty_database) == [(1, "0001_initial")]
+    applied = sorted(name for out, _ in results for name in json.loads(out))
+    assert applied == ALL  # each migration by exactly one process
+    assert applied_rows(pg_empty_database) == APPLIED
 
 
 def test_database_with_a_future_version_is_refused(pg_database: str) -> None:
@@ -100,7 +106,7 @@ def test_database_with_a_future_version_is_refused(pg_database: str) -> None:
             store.migrate()
     finally:
         store.close()
-    assert "version 42" in str(raised.value) and "up to 1" in str(raised.value)
+    assert "version 42" in str(raised.value) and "up to 2" in str(raised.value)
 
 
 _SCHEMA_MIGRATIONS = (
@@ -201,14 +207,26 @@ def test_catalog_tables_and_columns_match_the_records_with_native_types(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         )
     }
-    assert tables == {"schema_migrations", "actors", "runs", "task_state", "execution_events"}
+    assert tables == {
+        "schema_migrations", "actors", "runs", "task_state", "execution_events",
+        "actor_code_history",
+    }  # fmt: skip
 
     runs = column_types(catalog, "runs")
     assert list(runs) == names(RunRecord)
     assert list(column_types(catalog, "task_state")) == names(TaskState)
     events = column_types(catalog, "execution_events")
     assert list(events) == ["id", *names(Event)]
-    assert set(column_types(catalog, "actors")) == {*names(ActorRecord), "created_at"}
+    actors = column_types(catalog, "actors")
+    assert set(actors) == {*names(ActorRecord), *CODE_COLUMNS, "created_at"}
+    history = column_types(catalog, "actor_code_history")
+    assert list(history) == names(CodeVersion)
+    assert {history[c] for c in ("changed_at", "activated_at", "deactivated_at")} == {
+        "timestamp with time zone"
+    }
+    assert (actors["script_file_mtime"], actors["script_synced_at"]) == (
+        "timestamp with time zone",
+    ) * 2
 
     timestamp = "timestamp with time zone"
     assert {runs[c] for c in ("queued_at", "scheduled_for", "started_at", "finished_at")} == {
@@ -227,6 +245,11 @@ def test_catalog_tables_and_columns_match_the_records_with_native_types(
     ).fetchone()
     assert identity == ("YES",)
 
+
+CODE_COLUMNS = {
+    "script_code", "script_code_hash", "script_file_path", "script_file_hash",
+    "script_file_mtime", "script_synced_at", "script_sync_status", "active_history_id",
+}  # fmt: skip
 
 EXPECTED_INDEXES = {
     "runs_pkey": "UNIQUE INDEX runs_pkey ON public.runs USING btree (run_id, attempt)",
@@ -264,6 +287,21 @@ EXPECTED_INDEXES = {
     "execution_events_created_at": (
         "INDEX execution_events_created_at ON public.execution_events USING btree (created_at DESC)"
     ),
+    "actor_code_history_pkey": (
+        "UNIQUE INDEX actor_code_history_pkey ON public.actor_code_history USING btree (history_id)"
+    ),
+    "actor_code_history_active": (
+        "UNIQUE INDEX actor_code_history_active ON public.actor_code_history "
+        "USING btree (actor_id) WHERE (deactivated_at IS NULL)"
+    ),
+    "actor_code_history_version": (
+        "UNIQUE INDEX actor_code_history_version ON public.actor_code_history "
+        "USING btree (actor_id, version_tag)"
+    ),
+    "actor_code_history_actor": (
+        "INDEX actor_code_history_actor ON public.actor_code_history "
+        "USING btree (actor_id, activated_at DESC)"
+    ),
 }
 
 
@@ -274,7 +312,7 @@ def test_catalog_indexes_match_what_the_queries_need(
         str(name): str(definition).replace("CREATE ", "", 1)
         for name, definition in catalog.execute(
             "SELECT indexname, indexdef FROM pg_indexes "
-            "WHERE tablename IN ('runs', 'execution_events')"
+            "WHERE tablename IN ('runs', 'execution_events', 'actor_code_history')"
         )
     }
     assert found == EXPECTED_INDEXES

@@ -1,0 +1,470 @@
+"""The code commands: ``drift``, ``deploy``, ``versions``, ``rollback``, ``show-code``.
+
+They work straight on the store, with the supervisor stopped or running. After a deploy or
+rollback commits, a running supervisor is told to re-read the actor's code (a ``refresh``
+request on its control endpoint); when none is running that is fine: the next start uses the
+active version. The configuration says where each actor's file is and how it runs.
+"""
+
+import argparse
+import functools
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from protocol.client import ClientError
+from supervisor import events
+from supervisor.cli import (
+    EXIT_OK,
+    _client,
+    _command,
+    _config_flag,
+    _control_flag,
+    _database_flag,
+    _load,
+    _open_store_from,
+    _table,
+)
+from supervisor.coderecords import (
+    DRIFT_DETECTED,
+    FILE_MISSING,
+    MANUAL_DEPLOY,
+    ROLLBACK,
+    SYNCED,
+    CodeChange,
+    CodeRecorded,
+    CodeVersion,
+)
+from supervisor.codesync import (
+    CodeError,
+    FileSnapshot,
+    check_version,
+    git_commit,
+    os_user,
+    read_snapshot,
+    write_atomically,
+)
+from supervisor.config import ActorConfig, Config
+from supervisor.errors import CommandRefused, ConfigError
+from supervisor.status import iso
+from supervisor.store.base import Store, StoreError, VersionExists
+
+REFRESH_TIMEOUT_S = 10.0
+
+
+def add_code_commands(sub: Any) -> None:
+    drift = _command(sub, "drift", "compare script files with their active versions", cmd_drift)
+    drift.add_argument("actors", nargs="*", metavar="ACTOR", help="default: every actor")
+    _code_flags(drift)
+
+    deploy = _command(sub, "deploy", "record a script file as a new code version", cmd_deploy)
+    deploy.add_argument("actor", nargs="?", metavar="ACTOR")
+    deploy.add_argument("--all", action="store_true", help="every actor whose file changed")
+    deploy.add_argument("--version", help="MAJOR.MINOR.PATCH (default: the previous patch + 1)")
+    deploy.add_argument("--changelog", help="why: kept with the version")
+    deploy.add_argument("--by", help="who deploys (default: the OS user)")
+    _code_flags(deploy, control=True)
+
+    versions = _command(sub, "versions", "an actor's code history, newest first", cmd_versions)
+    versions.add_argument("actor", metavar="ACTOR")
+    versions.add_argument("--limit", type=int, help="at most this many versions")
+    _code_flags(versions)
+
+    rollback = _command(sub, "rollback", "make an earlier code version active", cmd_rollback)
+    rollback.add_argument("actor", metavar="ACTOR")
+    target = rollback.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-version", help="the version tag to make active again")
+    target.add_argument("--to-history", help="the history id to make active again")
+    rollback.add_argument(
+        "--write-file", action="store_true", help="also write that code back to the script file"
+    )
+    rollback.add_argument("--reason", help="why: kept with the rollback")
+    rollback.add_argument("--by", help="who rolls back (default: the OS user)")
+    _code_flags(rollback, control=True)
+
+    show = _command(sub, "show-code", "print the stored code of a version", cmd_show_code)
+    show.add_argument("actor", metavar="ACTOR")
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--version", help="a version tag (default: the active version)")
+    which.add_argument("--history", help="a history id")
+    _code_flags(show)
+
+
+def _code_flags(parser: argparse.ArgumentParser, *, control: bool = False) -> None:
+    _config_flag(parser)
+    _database_flag(parser)
+    if control:
+        _control_flag(parser)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _actor(config: Config, name: str) -> ActorConfig:
+    actor = config.actors.get(name)
+    if actor is None:
+        known = ", ".join(sorted(config.actors)) or "none"
+        raise CommandRefused("unknown_actor", f"no actor named {name!r} (known: {known})")
+    return actor
+
+
+def _store(args: argparse.Namespace) -> tuple[Config, Store]:
+    config = _load(args, "database")
+    return config, _open_store_from(args, config)
+
+
+def _with_schema_hint(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """A database without the code tables gets a hint, not just the driver's message."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except StoreError as exc:
+            text = str(exc)
+            if "actor_code_history" in text or "script_code" in text or "exec_mode" in text:
+                raise StoreError(
+                    f"{text} (run `actor-supervisor migrate` on this database first)"
+                ) from exc
+            raise
+
+    return run
+
+
+# --- drift -----------------------------------------------------------------------------------
+
+
+@_with_schema_hint
+def cmd_drift(args: argparse.Namespace) -> int:
+    config, store = _store(args)
+    try:
+        names = args.actors or sorted(config.actors)
+        actors = [_actor(config, name) for name in names]
+        stored = store.load_code_states(names)
+    finally:
+        store.close()
+    rows: list[dict[str, Any]] = []
+    for actor in actors:
+        state = stored.get(actor.name)
+        snap = read_snapshot(actor.script)
+        active_sha = state.script_code_hash if state and state.active_history_id else None
+        if snap is None:
+            status = FILE_MISSING
+        else:
+            status = SYNCED if snap.sha256 == active_sha else DRIFT_DETECTED
+        rows.append(
+            {
+                "actor": actor.name,
+                "status": status,
+                "file_path": str(actor.script),
+                "file_sha256": snap.sha256 if snap else None,
+                "active_sha256": active_sha,
+                "active_version": state.active_version if state else None,
+                "active_history_id": state.active_history_id if state else None,
+                "changed_since_sync": bool(
+                    snap and state and snap.sha256 != state.script_file_hash
+                ),
+                "exec_mode": actor.exec_mode,
+                "sync": actor.sync,
+            }
+        )
+    if args.json:
+        print(orjson.dumps(rows).decode())
+        return EXIT_OK
+    _table(
+        ["ACTOR", "STATUS", "ACTIVE", "FILE SHA256", "ACTIVE SHA256", "EXEC MODE", "SYNC"],
+        [
+            [r["actor"], r["status"], r["active_version"] or "-", _short(r["file_sha256"]),
+             _short(r["active_sha256"]), r["exec_mode"], r["sync"]]
+            for r in rows
+        ],
+    )  # fmt: skip
+    return EXIT_OK
+
+
+# --- deploy ----------------------------------------------------------------------------------
+
+
+@_with_schema_hint
+def cmd_deploy(args: argparse.Namespace) -> int:
+    if bool(args.actor) == bool(args.all):
+        raise ConfigError("deploy: give one ACTOR, or --all")
+    if args.all and args.version:
+        raise ConfigError("deploy --all: --version applies to one actor; leave it out")
+    if args.version:
+        try:
+            check_version(args.version)
+        except CodeError as exc:
+            raise ConfigError(f"--version: {exc}") from None
+    config, store = _store(args)
+    try:
+        if args.all:
+            results = [_deploy_one(args, store, actor, quiet=True) for actor in _all(config)]
+        else:
+            results = [_deploy_one(args, store, _actor(config, args.actor), quiet=False)]
+    finally:
+        store.close()
+    for result in results:
+        if result.get("recorded"):
+            result["supervisor"] = _refresh(args, result["actor"])
+    if args.json:
+        print(orjson.dumps(results if args.all else results[0]).decode())
+        return EXIT_OK
+    for result in results:
+        print(_deploy_text(result))
+    return EXIT_OK
+
+
+def _all(config: Config) -> list[ActorConfig]:
+    return [config.actors[name] for name in sorted(config.actors)]
+
+
+def _deploy_one(
+    args: argparse.Namespace, store: Store, actor: ActorConfig, *, quiet: bool
+) -> dict[str, Any]:
+    """Record ``actor``'s file as a new version; with ``quiet`` (``--all``), a file that cannot
+    be recorded is reported in the result instead of refusing the whole command."""
+    try:
+        snap, text = _read(actor)
+        recorded = store.record_code_version(
+            CodeChange(
+                history_id=events.new_id(),
+                actor=actor.name,
+                script_code=text,
+                script_code_hash=snap.sha256,
+                change_type=MANUAL_DEPLOY,
+                change_reason=args.changelog,
+                changed_by=args.by or os_user(),
+                changed_at=time.time(),
+                source_file_path=str(actor.script),
+                source_file_mtime=snap.mtime,
+                version_tag=args.version,
+                git_commit_hash=git_commit(actor.script),
+                only_if_changed=True,
+                synced_file=True,
+            )
+        )
+    except VersionExists as exc:
+        raise CommandRefused("version_exists", str(exc)) from None
+    except CommandRefused as exc:
+        if not quiet:
+            raise
+        skipped = _recorded_dict(actor.name, CodeRecorded(None, None, None))
+        return {**skipped, "skipped": exc.code, "message": str(exc)}
+    return _recorded_dict(actor.name, recorded)
+
+
+def _read(actor: ActorConfig) -> tuple[FileSnapshot, str]:
+    snap = read_snapshot(actor.script)
+    if snap is None:
+        raise CommandRefused("file_missing", f"{actor.name}: no script file at {actor.script}")
+    try:
+        return snap, snap.text()
+    except CodeError as exc:
+        raise CommandRefused("not_text", str(exc)) from None
+
+
+def _recorded_dict(actor: str, recorded: CodeRecorded) -> dict[str, Any]:
+    version, active, previous = recorded.version, recorded.active, recorded.previous
+    shown = version or active
+    return {
+        "actor": actor,
+        "recorded": version is not None,
+        "skipped": None if version is not None else "unchanged",
+        "version": shown.version_tag if shown else None,
+        "history_id": shown.history_id if shown else None,
+        "code_sha256": shown.script_code_hash if shown else None,
+        "previous_version": previous.version_tag if previous and version else None,
+    }
+
+
+def _deploy_text(result: dict[str, Any]) -> str:
+    actor = result["actor"]
+    if result["skipped"] == "unchanged":
+        return (
+            f"{actor}: unchanged (the file is the active version {result['version']}); "
+            "nothing recorded"
+        )
+    if result["skipped"]:
+        return f"{actor}: skipped: {result['message']}"
+    was = f", was {result['previous_version']}" if result["previous_version"] else ""
+    return (
+        f"{actor}: deployed version {result['version']} (sha256 {_short(result['code_sha256'])}, "
+        f"history {result['history_id']}{was}); {result['supervisor']}"
+    )
+
+
+# --- the running supervisor --------------------------------------------------------------------
+
+
+def _refresh(args: argparse.Namespace, actor: str) -> str:
+    """Tell a running supervisor (best effort) to use the actor's active version now."""
+    try:
+        with _client(args, timeout_s=REFRESH_TIMEOUT_S) as client:
+            if not _listening(client.endpoint):
+                return "no supervisor is running: the next start uses it"
+            answer = client.refresh(actor)
+    except ClientError as exc:
+        return f"the running supervisor did not confirm ({exc}): it uses it from its next start"
+    except ConfigError as exc:
+        return f"could not reach the supervisor ({exc}): it uses it from its next start"
+    return f"the running supervisor uses it now (status {answer.get('status')})"
+
+
+def _listening(endpoint: str) -> bool:
+    """False when nothing can be listening at ``endpoint`` (so there is no reply to wait for)."""
+    parts = urlsplit(endpoint)
+    if parts.scheme == "ipc":
+        return os.path.exists(endpoint[len("ipc://") :])
+    if parts.scheme != "tcp" or parts.hostname in (None, "*") or parts.port is None:
+        return True
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return True  # unclear (a firewall, a slow network): let the request find out
+    return True
+
+
+# --- versions, show-code -----------------------------------------------------------------------
+
+
+@_with_schema_hint
+def cmd_versions(args: argparse.Namespace) -> int:
+    _, store = _store(args)
+    try:
+        found = store.code_history(args.actor, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(orjson.dumps([_version_dict(v) for v in found]).decode())
+        return EXIT_OK
+    if not found:
+        print(f"{args.actor}: no code versions recorded")
+        return EXIT_OK
+    _table(
+        ["VERSION", "ACTIVE", "TYPE", "SHA256", "CHANGED", "BY", "REASON", "GIT", "HISTORY ID"],
+        [
+            [v.version_tag, "*" if v.is_active else "", v.change_type,
+             _short(v.script_code_hash), iso(v.changed_at), v.changed_by or "",
+             (v.change_reason or "")[:60], (v.git_commit_hash or "")[:12], v.history_id]
+            for v in found
+        ],
+    )  # fmt: skip
+    return EXIT_OK
+
+
+def _version_dict(version: CodeVersion, *, code: bool = False) -> dict[str, Any]:
+    data = asdict(version)
+    data["active"] = version.is_active
+    if not code:
+        del data["script_code"]
+    return data
+
+
+@_with_schema_hint
+def cmd_show_code(args: argparse.Namespace) -> int:
+    _, store = _store(args)
+    try:
+        version = store.code_version(args.actor, history_id=args.history, version_tag=args.version)
+    finally:
+        store.close()
+    if version is None:
+        which = args.version or args.history or "active"
+        raise CommandRefused("not_found", f"{args.actor}: no {which} code version")
+    if args.json:
+        print(orjson.dumps(_version_dict(version, code=True)).decode())
+    else:
+        sys.stdout.write(version.script_code)
+    return EXIT_OK
+
+
+# --- rollback ----------------------------------------------------------------------------------
+
+
+@_with_schema_hint
+def cmd_rollback(args: argparse.Namespace) -> int:
+    config, store = _store(args)
+    try:
+        actor = _actor(config, args.actor)
+        target = store.code_version(
+            actor.name, history_id=args.to_history, version_tag=args.to_version
+        )
+        if target is None:
+            which = args.to_version or args.to_history
+            raise CommandRefused("not_found", f"{actor.name}: no code version {which}")
+        if actor.exec_mode == "file" and not args.write_file:
+            raise CommandRefused(
+                "file_mode",
+                f"{actor.name} runs its script file (exec_mode = file), so making version "
+                f"{target.version_tag} active would not change what runs. Add --write-file to "
+                f"also write its code back to {actor.script}, or set exec_mode to 'database' "
+                "or 'auto'.",
+            )
+        recorded = store.record_code_version(_rollback_change(args, actor, target))
+    finally:
+        store.close()
+    result = _recorded_dict(actor.name, recorded)
+    result["rolled_back_to"] = target.version_tag
+    result["file_written"] = bool(args.write_file)
+    if recorded.version is not None:
+        result["supervisor"] = _refresh(args, actor.name)
+    if args.json:
+        print(orjson.dumps(result).decode())
+        return EXIT_OK
+    written = f"; wrote it to {actor.script}" if args.write_file else ""
+    if recorded.version is None:
+        print(
+            f"{actor.name}: the code of {target.version_tag} is already active "
+            f"({result['version']}); nothing recorded{written}"
+        )
+    else:
+        print(
+            f"{actor.name}: rolled back to {target.version_tag}'s code as version "
+            f"{result['version']} (history {result['history_id']}){written}; "
+            f"{result['supervisor']}"
+        )
+    return EXIT_OK
+
+
+def _rollback_change(
+    args: argparse.Namespace, actor: ActorConfig, target: CodeVersion
+) -> CodeChange:
+    """The rollback row; with ``--write-file`` the file is written first (atomically), so a
+    failure after it leaves a changed file that the next sync records, never a lie."""
+    mtime = target.source_file_mtime
+    if args.write_file:
+        before = actor.script.stat() if actor.script.exists() else None
+        write_atomically(
+            actor.script,
+            target.script_code.encode("utf-8"),
+            mode=before.st_mode & 0o7777 if before else 0o644,
+            owner=(before.st_uid, before.st_gid) if before else None,
+        )
+        mtime = actor.script.stat().st_mtime
+    reason = f"rollback to {target.version_tag} (history {target.history_id})"
+    return CodeChange(
+        history_id=events.new_id(),
+        actor=actor.name,
+        script_code=target.script_code,
+        script_code_hash=target.script_code_hash,
+        change_type=ROLLBACK,
+        change_reason=f"{reason}: {args.reason}" if args.reason else reason,
+        changed_by=args.by or os_user(),
+        changed_at=time.time(),
+        source_file_path=str(actor.script) if args.write_file else target.source_file_path,
+        source_file_mtime=mtime,
+        git_commit_hash=target.git_commit_hash,
+        only_if_changed=True,
+        synced_file=bool(args.write_file),
+    )
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "-"
