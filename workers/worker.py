@@ -193,9 +193,10 @@ class Worker:
             self.launcher.kill_all()
 
     def _on_launcher_events(self) -> None:
+        results: list[bytes] = []
         for event in self.launcher.receive():
             if isinstance(event, Finished):
-                self._send(event.result_body)
+                results.append(event.result_body)
                 self.in_flight.pop((event.run_id, event.attempt), None)
                 self._fields.in_flight = len(self.in_flight)
                 self._fields.runs_done += 1
@@ -207,7 +208,10 @@ class Worker:
                 self._fields.attempt = event.attempt
                 self._fields.child_pid = event.child_pid
                 self._fields.run_started_at = event.started_at
+        # the slot is written first so that whoever gets a result sees the slot already counting it
         self._slot.write(self._fields)
+        for body in results:
+            self._send(body)
 
     def _on_terms(self) -> None:
         if self._terms and not self.stopping:
