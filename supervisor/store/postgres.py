@@ -37,8 +37,8 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
 from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
-from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
-from supervisor.store import code
+from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
+from supervisor.store import code, queries
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
 from supervisor.store.options import PoolOptions
@@ -245,7 +245,7 @@ class _DuplicateEvent(Exception):
     """COPY met an ``event_id`` already stored: write the batch again, skipping duplicates."""
 
 
-_UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
+_DIALECT = queries.Dialect(param="%s", bytewise=' COLLATE "C"', time=to_datetime)
 
 
 class _JsonTextLoader(TextLoader):
@@ -472,13 +472,10 @@ class PostgresStore(Store):
     def list_runs(
         self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
-        where, params = _where(actor=actor, run_id=run_id)
-        sql = (
-            f"{_RUNS.select}{where} "
-            'ORDER BY queued_at DESC, attempt DESC, run_id COLLATE "C" DESC LIMIT %s'
+        sql, params = queries.list_runs(
+            _DIALECT, _RUNS.select, actor=actor, run_id=run_id, limit=limit
         )
-        rows = self._fetch("list runs", sql, [*params, _limit(limit)])
-        return [_RUNS.record_from(row) for row in rows]
+        return [_RUNS.record_from(row) for row in self._fetch("list runs", sql, params)]
 
     def list_events(
         self,
@@ -489,44 +486,36 @@ class PostgresStore(Store):
         since: float | None = None,
         limit: int = 1000,
     ) -> list[Event]:
-        where, params = _where(
+        sql, params = queries.list_events(
+            _DIALECT,
+            _EVENTS.select,
             aggregate_type=aggregate_type,
             aggregate_id=aggregate_id,
             correlation_id=correlation_id,
+            since=since,
+            limit=limit,
         )
-        if since is not None:
-            where += " AND created_at >= %s" if where else " WHERE created_at >= %s"
-            params.append(to_datetime(since))
-        sql = f"{_EVENTS.select}{where} ORDER BY created_at, id LIMIT %s"
-        rows = self._fetch("list events", sql, [*params, _limit(limit)])
-        return [_EVENTS.record_from(row) for row in rows]
+        return [_EVENTS.record_from(row) for row in self._fetch("list events", sql, params)]
 
     def load_task_states(self) -> dict[str, TaskState]:
-        rows = self._fetch("load task states", f'{_TASK_STATE.select} ORDER BY actor COLLATE "C"')
+        rows = self._fetch(
+            "load task states", queries.by_name(_DIALECT, _TASK_STATE.select, "actor")
+        )
         states = [_TASK_STATE.record_from(row) for row in rows]
         return {state.actor: state for state in states}
 
     def load_actors(self) -> dict[str, ActorRecord]:
-        rows = self._fetch("load actors", f'{_ACTORS.select} ORDER BY name COLLATE "C"')
+        rows = self._fetch("load actors", queries.by_name(_DIALECT, _ACTORS.select, "name"))
         actors = [_ACTORS.record_from(row) for row in rows]
         return {actor.name: actor for actor in actors}
 
     def unfinished_runs(self) -> list[RunRecord]:
-        sql = (
-            f"{_RUNS.select} WHERE status IN (%s, %s) "
-            'ORDER BY queued_at, attempt, run_id COLLATE "C"'
-        )
-        rows = self._fetch("list unfinished runs", sql, list(_UNFINISHED))
-        return [_RUNS.record_from(row) for row in rows]
+        sql, params = queries.unfinished_runs(_DIALECT, _RUNS.select)
+        return [_RUNS.record_from(row) for row in self._fetch("list unfinished runs", sql, params)]
 
     def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
-        # oldest first, so that if a key was ever reused the newest run wins
-        sql = (
-            "SELECT actor, idempotency_key, run_id FROM runs "
-            "WHERE idempotency_key IS NOT NULL AND queued_at >= %s "
-            'ORDER BY queued_at, attempt, run_id COLLATE "C"'
-        )
-        rows = self._fetch("load idempotency keys", sql, [to_datetime(since)])
+        sql, params = queries.idempotency_keys(_DIALECT, since)
+        rows = self._fetch("load idempotency keys", sql, params)
         return {(actor, key): run_id for actor, key, run_id in rows}
 
     def record_code_version(self, change: CodeChange) -> CodeRecorded:
@@ -569,17 +558,3 @@ class PostgresStore(Store):
     def _fetch(self, action: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._connection(action) as conn:
             return conn.execute(sql, params).fetchall()
-
-
-def _where(**filters: str | None) -> tuple[str, list[Any]]:
-    """`` WHERE a = %s AND b = %s`` for the filters that are not None, and their values."""
-    given = {column: value for column, value in filters.items() if value is not None}
-    if not given:
-        return "", []
-    return " WHERE " + " AND ".join(f"{c} = %s" for c in given), list(given.values())
-
-
-def _limit(limit: int) -> int:
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    return limit

@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 
 from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
-from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
-from supervisor.store import code
+from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
+from supervisor.store import code, queries
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_sqlite, load_migrations
 from supervisor.store.values import SplitBatch, clean_text, json_text, opt_json_text
@@ -209,7 +209,7 @@ _EVENTS = _Table(
     codecs={**_texts(Event), "metadata": _JSON, "created_at": _TIMESTAMP},
     append_only=True,  # a replayed batch must not touch events already stored
 )
-_UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
+_DIALECT = queries.Dialect(param="?", bytewise="", time=to_text)
 
 
 class _BatchRows:
@@ -403,11 +403,10 @@ class SqliteStore(Store):
     def list_runs(
         self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
-        where, params = _where(actor=actor, run_id=run_id)
-        sql = f"{_RUNS.select}{where} ORDER BY queued_at DESC, attempt DESC, run_id DESC LIMIT ?"
-        with self._read("list runs") as conn:
-            rows = conn.execute(sql, (*params, _limit(limit))).fetchall()
-        return [_RUNS.record_from(row) for row in rows]
+        sql, params = queries.list_runs(
+            _DIALECT, _RUNS.select, actor=actor, run_id=run_id, limit=limit
+        )
+        return [_RUNS.record_from(row) for row in self._fetch("list runs", sql, params)]
 
     def list_events(
         self,
@@ -418,46 +417,36 @@ class SqliteStore(Store):
         since: float | None = None,
         limit: int = 1000,
     ) -> list[Event]:
-        where, params = _where(
+        sql, params = queries.list_events(
+            _DIALECT,
+            _EVENTS.select,
             aggregate_type=aggregate_type,
             aggregate_id=aggregate_id,
             correlation_id=correlation_id,
+            since=since,
+            limit=limit,
         )
-        if since is not None:
-            where += " AND created_at >= ?" if where else " WHERE created_at >= ?"
-            params.append(to_text(since))
-        sql = f"{_EVENTS.select}{where} ORDER BY created_at, id LIMIT ?"
-        with self._read("list events") as conn:
-            rows = conn.execute(sql, (*params, _limit(limit))).fetchall()
-        return [_EVENTS.record_from(row) for row in rows]
+        return [_EVENTS.record_from(row) for row in self._fetch("list events", sql, params)]
 
     def load_task_states(self) -> dict[str, TaskState]:
-        with self._read("load task states") as conn:
-            rows = conn.execute(f"{_TASK_STATE.select} ORDER BY actor").fetchall()
+        rows = self._fetch(
+            "load task states", queries.by_name(_DIALECT, _TASK_STATE.select, "actor")
+        )
         states = [_TASK_STATE.record_from(row) for row in rows]
         return {state.actor: state for state in states}
 
     def load_actors(self) -> dict[str, ActorRecord]:
-        with self._read("load actors") as conn:
-            rows = conn.execute(f"{_ACTORS.select} ORDER BY name").fetchall()
+        rows = self._fetch("load actors", queries.by_name(_DIALECT, _ACTORS.select, "name"))
         actors = [_ACTORS.record_from(row) for row in rows]
         return {actor.name: actor for actor in actors}
 
     def unfinished_runs(self) -> list[RunRecord]:
-        sql = f"{_RUNS.select} WHERE status IN (?, ?) ORDER BY queued_at, attempt, run_id"
-        with self._read("list unfinished runs") as conn:
-            rows = conn.execute(sql, _UNFINISHED).fetchall()
-        return [_RUNS.record_from(row) for row in rows]
+        sql, params = queries.unfinished_runs(_DIALECT, _RUNS.select)
+        return [_RUNS.record_from(row) for row in self._fetch("list unfinished runs", sql, params)]
 
     def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
-        # oldest first, so that if a key was ever reused the newest run wins
-        sql = (
-            "SELECT actor, idempotency_key, run_id FROM runs "
-            "WHERE idempotency_key IS NOT NULL AND queued_at >= ? "
-            "ORDER BY queued_at, attempt, run_id"
-        )
-        with self._read("load idempotency keys") as conn:
-            rows = conn.execute(sql, (to_text(since),)).fetchall()
+        sql, params = queries.idempotency_keys(_DIALECT, since)
+        rows = self._fetch("load idempotency keys", sql, params)
         return {(actor, key): run_id for actor, key, run_id in rows}
 
     def record_code_version(self, change: CodeChange) -> CodeRecorded:
@@ -486,6 +475,10 @@ class SqliteStore(Store):
             if conn is not None:
                 conn.close()
 
+    def _fetch(self, action: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._read(action) as conn:
+            return conn.execute(sql, params).fetchall()
+
     # -- beyond the ABC ------------------------------------------------------------------------
 
     def settings(self) -> dict[str, str | int]:
@@ -500,17 +493,3 @@ class SqliteStore(Store):
             "synchronous": names.get(level, str(level)),
             "busy_timeout_ms": busy,
         }
-
-
-def _where(**filters: str | None) -> tuple[str, list[Any]]:
-    """`` WHERE a = ? AND b = ?`` for the filters that are not None, and their values."""
-    given = {column: value for column, value in filters.items() if value is not None}
-    if not given:
-        return "", []
-    return " WHERE " + " AND ".join(f"{c} = ?" for c in given), list(given.values())
-
-
-def _limit(limit: int) -> int:
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    return limit

@@ -187,6 +187,10 @@ def test_list_runs_newest_first_with_filters_and_limit(store: Store) -> None:
     assert keys(store.list_runs(limit=2)) == [("r3", 1), ("r1", 2)]
     assert store.list_runs(limit=0) == []
     assert store.list_runs(actor="nobody") == []
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        store.list_runs(limit=-1)
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        store.list_events(limit=-1)
 
 
 def test_list_runs_orders_attempts_of_one_run_by_attempt_when_queued_together(
