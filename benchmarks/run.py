@@ -17,8 +17,8 @@ machine because both are measured on it, minutes apart.
 query -- all events of one aggregate in time order (``list_events(aggregate_type="run",
 aggregate_id=...)``) on random runs -- and then, on top of that table, the sustained events/s
 written through the batch writer for each of ``--batch-sizes`` (a producer thread keeps the
-writer's queue full, as a busy supervisor would). ``--ids time`` makes time-ordered ids instead
-of the supervisor's random ones, to show what they are worth.
+writer's queue full, as a busy supervisor would). ``--ids random`` makes random ids instead of
+the supervisor's time-ordered ones, to show what the ordering is worth.
 
     python benchmarks/run.py --store-only
     python benchmarks/run.py --store-only --database postgresql://postgres@127.0.0.1/bench
@@ -42,6 +42,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from supervisor import events
 
 NOOP_SCRIPT = """\
 import json, sys
@@ -232,19 +234,14 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
 
 
 def random_id() -> str:
-    """The ids the supervisor makes today (``supervisor.events.new_id``): 128 random bits."""
+    """The alternative to the supervisor's time-ordered ids: 128 random bits.
+
+    Random keys land on random pages of every B-tree on them, instead of at its right edge.
+    """
     return os.urandom(16).hex()
 
 
-def time_ordered_id() -> str:
-    """A time-ordered alternative (UUIDv7-like): 56 bits of microseconds, then 72 random bits.
-
-    New keys land at the right edge of every B-tree on them instead of on a random page.
-    """
-    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
-
-
-ID_KINDS = {"random": random_id, "time": time_ordered_id}
+ID_KINDS = {"random": random_id, "time": events.new_id}
 
 
 def _run_events(new_id: Any, created_at: float) -> list[Any]:
@@ -452,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--ids",
         choices=sorted(ID_KINDS),
-        default="random",
-        help="event and run ids: random (what the supervisor makes) or time-ordered",
+        default="time",
+        help="event and run ids: time-ordered (what the supervisor makes) or random",
     )
     return parser
 
