@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from supervisor import events
+import supervisor.events
 
 NOOP_SCRIPT = """\
 import json, sys
@@ -241,7 +241,7 @@ def random_id() -> str:
     return os.urandom(16).hex()
 
 
-ID_KINDS = {"random": random_id, "time": events.new_id}
+ID_KINDS = {"random": random_id, "time": supervisor.events.new_id}
 
 
 def _run_events(new_id: Any, created_at: float) -> list[Any]:
@@ -382,6 +382,17 @@ def _count_events(store: Any, url: str) -> int:
         return int(row[0]) if row else 0
 
 
+def _settle(store: Any, url: str) -> None:
+    """After a bulk fill: vacuum and analyze now, as autovacuum would have in steady state, so
+    that it does not land inside the first measurement."""
+    if store.description.startswith("sqlite:"):
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) execution_events")
+
+
 def measure_store(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from supervisor.store import open_store
 
@@ -396,6 +407,7 @@ def measure_store(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         print(f"table: {rows} events (filled in {filled:.1f} s)", file=sys.stderr)
         if not runs.sample:  # an already full table: make a few runs to look up
             fill_events(store, runs, rows + 3000, rows)
+        _settle(store, url)
         query = measure_query(store, runs, args.queries)
         print(f"aggregate query: {query}", file=sys.stderr)
         writer: dict[str, Any] = {}

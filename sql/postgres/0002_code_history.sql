@@ -18,18 +18,18 @@ ALTER TABLE actors
     ADD COLUMN script_synced_at timestamptz,
     ADD COLUMN script_sync_status text
         CHECK (script_sync_status IN ('synced', 'drift_detected', 'file_missing')),
-    ADD COLUMN active_history_id text;
+    ADD COLUMN active_history_id text COLLATE "C";
 
 -- Every run names the exact code it ran: its hash (code_sha256), its history row, its source.
 ALTER TABLE runs
-    ADD COLUMN code_history_id text,
+    ADD COLUMN code_history_id text COLLATE "C",
     ADD COLUMN code_source text CHECK (code_source IN ('file', 'database'));
 
 -- Append-only: a row is inserted active; deactivated_at is set once, when a later version
 -- replaces it, and nothing else is ever updated or deleted (the trigger below).
 CREATE TABLE actor_code_history (
-    history_id         text PRIMARY KEY,       -- time-ordered, chosen by the writer
-    actor_id           text NOT NULL,          -- the actor's name (actors.name)
+    history_id         text COLLATE "C" PRIMARY KEY, -- time-ordered, chosen by the writer
+    actor_id           text COLLATE "C" NOT NULL, -- the actor's name (actors.name)
     script_code        text NOT NULL,
     script_code_hash   text NOT NULL,          -- SHA256 of the UTF-8 code, in hex
     change_type        text NOT NULL

@@ -42,6 +42,7 @@ from supervisor.store import code, queries
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
 from supervisor.store.options import PoolOptions
+from supervisor.store.pgcopy import events_stream
 from supervisor.store.pgpool import Secret, open_pool, translate
 from supervisor.store.urls import redact_url
 from supervisor.store.values import (
@@ -194,7 +195,6 @@ _EVENTS = _Table(
 # Events: binary COPY into the table; on a duplicate event_id, the same rows (with their batch
 # position) through the staging table and ON CONFLICT. Identity ids (the tie-break of equal
 # times) follow the batch order either way.
-_EVENT_TYPES = ["text", "text", "text", "text", "text", "jsonb", "timestamptz"]
 _COPY_EVENTS = f"COPY execution_events ({_names(_EVENTS.columns)}) FROM STDIN (FORMAT BINARY)"
 _EVENT_ID_KEY = "execution_events_pkey"
 _STAGE = "actor_supervisor_events_in"
@@ -245,7 +245,7 @@ class _DuplicateEvent(Exception):
     """COPY met an ``event_id`` already stored: write the batch again, skipping duplicates."""
 
 
-_DIALECT = queries.Dialect(param="%s", bytewise=' COLLATE "C"', time=to_datetime)
+_DIALECT = queries.Dialect(param="%s", time=to_datetime)
 
 
 class _JsonTextLoader(TextLoader):
@@ -263,7 +263,7 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 class _BatchRows:
     """A batch split by table; runs, states and actors converted before any connection is
-    taken. Events are converted while they are streamed (see :func:`_event_row`)."""
+    taken. Events are converted while they are sent (see :mod:`supervisor.store.pgcopy`)."""
 
     def __init__(self, records: Sequence[Record]) -> None:
         split = SplitBatch(records)
@@ -445,16 +445,14 @@ class PostgresStore(Store):
             if replay:
                 cur.execute(_STAGE_DDL)  # once per connection; only replays need it
                 with _encoding(), cur.copy(_COPY_STAGE) as copy:
-                    copy.set_types(["integer", *_EVENT_TYPES])
-                    for position, event in enumerate(rows.events):
-                        copy.write_row((position, *_event_row(event)))
+                    for chunk in events_stream(rows.events, numbered=True):
+                        copy.write(chunk)
                 cur.execute(_MOVE_STAGE)
             else:
                 try:
                     with _encoding(), cur.copy(_COPY_EVENTS) as copy:
-                        copy.set_types(_EVENT_TYPES)
-                        for event in rows.events:
-                            copy.write_row(_event_row(event))
+                        for chunk in events_stream(rows.events):
+                            copy.write(chunk)
                 except psycopg.errors.UniqueViolation as exc:
                     if exc.diag.constraint_name != _EVENT_ID_KEY:
                         raise
@@ -498,14 +496,12 @@ class PostgresStore(Store):
         return [_EVENTS.record_from(row) for row in self._fetch("list events", sql, params)]
 
     def load_task_states(self) -> dict[str, TaskState]:
-        rows = self._fetch(
-            "load task states", queries.by_name(_DIALECT, _TASK_STATE.select, "actor")
-        )
+        rows = self._fetch("load task states", f"{_TASK_STATE.select} ORDER BY actor")
         states = [_TASK_STATE.record_from(row) for row in rows]
         return {state.actor: state for state in states}
 
     def load_actors(self) -> dict[str, ActorRecord]:
-        rows = self._fetch("load actors", queries.by_name(_DIALECT, _ACTORS.select, "name"))
+        rows = self._fetch("load actors", f"{_ACTORS.select} ORDER BY name")
         actors = [_ACTORS.record_from(row) for row in rows]
         return {actor.name: actor for actor in actors}
 

@@ -1,8 +1,9 @@
 """The read queries both stores share, written once so their filters and orderings cannot drift.
 
-A :class:`Dialect` says how a backend spells a parameter, how it orders text bytewise (SQLite
-does by default; PostgreSQL needs ``COLLATE "C"``) and how it stores a timestamp. Each function
-returns the SQL and its parameters; the store runs them and turns the rows into records.
+A :class:`Dialect` says how a backend spells a parameter and how it stores a timestamp. Text
+keys order the same on both: SQLite compares bytes, and PostgreSQL's key columns are declared
+``COLLATE "C"``. Each function returns the SQL and its parameters; the store runs them and turns
+the rows into records.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
 @dataclass(frozen=True)
 class Dialect:
     param: str  # "?" or "%s"
-    bytewise: str  # appended to a text column in ORDER BY
     time: Callable[[float], Any]  # a timestamp as the backend stores it
 
 
@@ -30,7 +30,7 @@ def list_runs(
     d: Dialect, select: str, *, actor: str | None, run_id: str | None, limit: int
 ) -> Query:
     where, params = _where(d, {"actor = ": actor, "run_id = ": run_id})
-    order = f"queued_at DESC, attempt DESC, run_id{d.bytewise} DESC"
+    order = "queued_at DESC, attempt DESC, run_id DESC"
     return f"{select}{where} ORDER BY {order} LIMIT {d.param}", [*params, _limit(limit)]
 
 
@@ -56,7 +56,7 @@ def list_events(
 
 def unfinished_runs(d: Dialect, select: str) -> Query:
     where = f" WHERE status IN ({d.param}, {d.param})"
-    return f"{select}{where} ORDER BY queued_at, attempt, run_id{d.bytewise}", list(UNFINISHED)
+    return f"{select}{where} ORDER BY queued_at, attempt, run_id", list(UNFINISHED)
 
 
 def idempotency_keys(d: Dialect, since: float) -> Query:
@@ -64,13 +64,9 @@ def idempotency_keys(d: Dialect, since: float) -> Query:
     sql = (
         "SELECT actor, idempotency_key, run_id FROM runs "
         f"WHERE idempotency_key IS NOT NULL AND queued_at >= {d.param} "
-        f"ORDER BY queued_at, attempt, run_id{d.bytewise}"
+        f"ORDER BY queued_at, attempt, run_id"
     )
     return sql, [d.time(since)]
-
-
-def by_name(d: Dialect, select: str, column: str) -> str:
-    return f"{select} ORDER BY {column}{d.bytewise}"
 
 
 def _where(d: Dialect, filters: dict[str, Any]) -> Query:

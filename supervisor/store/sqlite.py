@@ -209,7 +209,7 @@ _EVENTS = _Table(
     codecs={**_texts(Event), "metadata": _JSON, "created_at": _TIMESTAMP},
     append_only=True,  # a replayed batch must not touch events already stored
 )
-_DIALECT = queries.Dialect(param="?", bytewise="", time=to_text)
+_DIALECT = queries.Dialect(param="?", time=to_text)
 
 
 class _BatchRows:
@@ -429,14 +429,12 @@ class SqliteStore(Store):
         return [_EVENTS.record_from(row) for row in self._fetch("list events", sql, params)]
 
     def load_task_states(self) -> dict[str, TaskState]:
-        rows = self._fetch(
-            "load task states", queries.by_name(_DIALECT, _TASK_STATE.select, "actor")
-        )
+        rows = self._fetch("load task states", f"{_TASK_STATE.select} ORDER BY actor")
         states = [_TASK_STATE.record_from(row) for row in rows]
         return {state.actor: state for state in states}
 
     def load_actors(self) -> dict[str, ActorRecord]:
-        rows = self._fetch("load actors", queries.by_name(_DIALECT, _ACTORS.select, "name"))
+        rows = self._fetch("load actors", f"{_ACTORS.select} ORDER BY name")
         actors = [_ACTORS.record_from(row) for row in rows]
         return {actor.name: actor for actor in actors}
 

@@ -386,6 +386,41 @@ def test_nul_characters_become_the_replacement_character_everywhere(store: Store
     assert (stored_state.paused_reason, stored_state.metadata) == ("p\ufffd", {"m": "\ufffd"})
 
 
+def test_a_big_batch_of_awkward_events_reads_back_like_small_ones(store: Store) -> None:
+    """Big batches take the bulk path (COPY on PostgreSQL): values must come back the same."""
+    awkward = [
+        event("nul\x00", aggregate_id="a\x00", correlation_id=None, metadata={"k\x00": "\x00"}),
+        event("astral", aggregate_id="🦀", metadata={"s": "ä🦀\u2028", "nested": [1, None, 2.5]}),
+        event("old", created_at=-86_400.000001),  # before 1970, microseconds kept
+        event("far", created_at=253_402_300_799.999),  # 9999-12-31T23:59:59.999Z
+        event("empty", event_type="", aggregate_type="", aggregate_id="", metadata={}),
+    ]
+    filler = [event(f"f{n:02}", created_at=T0 + n) for n in range(40)]
+    store.write_batch([*awkward, *filler])
+
+    stored = {e.event_id: e for e in store.list_events()}
+    assert len(stored) == 45
+    assert stored["nul\ufffd"].aggregate_id == "a\ufffd"
+    assert stored["nul\ufffd"].correlation_id is None
+    assert stored["nul\ufffd"].metadata == {"k\ufffd": "\ufffd"}
+    assert stored["astral"].aggregate_id == "🦀"
+    assert stored["astral"].metadata == {"s": "ä🦀\u2028", "nested": [1, None, 2.5]}
+    assert stored["old"].created_at == pytest.approx(-86_400.000001, abs=1e-7)
+    assert stored["far"].created_at == pytest.approx(253_402_300_799.999, abs=1e-6)
+    assert (stored["empty"].event_type, stored["empty"].metadata) == ("", {})
+    assert [stored[f"f{n:02}"].created_at for n in range(40)] == [T0 + n for n in range(40)]
+
+
+@pytest.mark.parametrize("created_at", [float("nan"), float("inf"), 1e13])
+def test_an_event_time_out_of_range_fails_a_big_batch_without_writing(
+    store: Store, created_at: float
+) -> None:
+    batch = [run(), *(event(f"e{n}") for n in range(30)), event("bad", created_at=created_at)]
+    with pytest.raises(StoreError, match="cannot be encoded"):
+        store.write_batch(batch)
+    assert store.list_runs() == [] and store.list_events() == []
+
+
 def test_text_ties_are_ordered_by_code_point_not_by_locale(store: Store) -> None:
     ids = ["a", "B", "_", "Z", "ä", "b"]
     store.write_batch([run(run_id) for run_id in ids])  # equal queued_at and attempt
