@@ -43,7 +43,7 @@ from supervisor.control import ControlServer
 from supervisor.errors import ConfigError, StartupError
 from supervisor.logs import setup_logging
 from supervisor.pool import WorkerPool
-from supervisor.preflight import prepare_sandbox
+from supervisor.preflight import check_reloaded_scripts, prepare_sandbox
 from supervisor.reader import Reader
 from supervisor.records import RunRecord, RunState, TaskState
 from supervisor.reload import plan_reload
@@ -56,7 +56,6 @@ from supervisor.settings import require_curve
 from supervisor.spool import Spool, spool_folder
 from supervisor.store import open_store, pool_options
 from supervisor.writer import BatchWriter
-from workers.access import AccessCheckError, unreadable_scripts_from_threads
 
 log = logging.getLogger(__name__)
 
@@ -696,7 +695,7 @@ class Supervisor:
         """Apply a changed configuration file; an invalid one is rejected, the old one stays."""
         try:
             new = load_config(self.config.path, overrides=self._overrides, environ=os.environ)
-            self._check_readable(new)
+            check_reloaded_scripts(self.config, new, self.sandbox)
         except (ConfigError, StartupError) as exc:
             self.counters["reloads_rejected"] += 1
             log.error("SIGHUP: configuration rejected, keeping the running one: %s", exc)
@@ -745,36 +744,6 @@ class Supervisor:
             removed=list(plan.removed), changed=list(plan.changed),
             restart_needed=list(plan.restart_needed),
         ))  # fmt: skip
-
-    def _check_readable(self, new: Config) -> None:
-        """New or moved scripts must exist and be readable by the sandbox user, as at start-up.
-
-        (An unchanged path whose file is gone is no error: the actor keeps its stored code.)
-        """
-        run_as = self.sandbox.run_as
-        fresh = [
-            str(a.script)
-            for name, a in new.actors.items()
-            if name not in self.config.actors or self.config.actors[name].script != a.script
-        ]
-        if missing := [path for path in fresh if not os.path.isfile(path)]:
-            raise StartupError("no such file: " + ", ".join(repr(path) for path in missing))
-        if run_as is None or not fresh:
-            return
-        # The check runs a Python as the sandbox user. In fork mode the sandbox keeps our own,
-        # which that user may not be able to run (a pyenv or venv under a private home): then
-        # try python3 on PATH, as the start-up preflight does for exec mode.
-        failures: list[str] = []
-        for python in dict.fromkeys([self.sandbox.python, *_on_path("python3")]):
-            try:
-                problems = unreadable_scripts_from_threads(python, fresh, *run_as)
-            except AccessCheckError as exc:
-                failures.append(str(exc))
-                continue
-            if problems:
-                raise StartupError("the sandbox user cannot read: " + "; ".join(problems))
-            return
-        raise StartupError("; ".join(failures))
 
     # --- shutdown ----------------------------------------------------------------------------
 
@@ -860,12 +829,6 @@ class Supervisor:
             self.store.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
         log.info("supervisor stopped", extra=dict(self.counters))
-
-
-def _on_path(name: str) -> list[str]:
-    """Every ``name`` on PATH, first to last."""
-    found = (shutil.which(name, path=folder) for folder in os.get_exec_path())
-    return [path for path in found if path is not None]
 
 
 def _ignore_signal(signum: int, frame: object) -> None:

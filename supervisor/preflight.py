@@ -12,7 +12,13 @@ import sys
 
 from supervisor.config import Config
 from supervisor.errors import StartupError
-from workers.access import AccessCheckError, resolve_user, unreadable_scripts, unrunnable_python
+from workers.access import (
+    AccessCheckError,
+    resolve_user,
+    unreadable_scripts,
+    unreadable_scripts_from_threads,
+    unrunnable_python,
+)
 from workers.launcher import SandboxConfig
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,36 @@ def resolve_python(configured: str | None, run_as: tuple[int, int] | None, *, ne
         + "\n  ".join(failures)
         + "\nset `python` in [supervisor] to one it can run"
     )
+
+
+def check_reloaded_scripts(old: Config, new: Config, sandbox: SandboxConfig) -> None:
+    """At a reload, new or moved scripts must exist and be readable by the sandbox user, as at
+    start-up. (An unchanged path whose file is gone is no error: the actor keeps its stored
+    code.) :raises StartupError: naming the files.
+    """
+    fresh = [
+        str(a.script)
+        for name, a in new.actors.items()
+        if name not in old.actors or old.actors[name].script != a.script
+    ]
+    if missing := [path for path in fresh if not os.path.isfile(path)]:
+        raise StartupError("no such file: " + ", ".join(repr(path) for path in missing))
+    if sandbox.run_as is None or not fresh:
+        return
+    # The check runs a Python as the sandbox user. In fork mode the sandbox keeps our own,
+    # which that user may not be able to run (a pyenv or venv under a private home): then
+    # try python3 on PATH, as the start-up check does for exec mode.
+    failures: list[str] = []
+    for python in dict.fromkeys([sandbox.python, *_all_on_path("python3")]):
+        try:
+            problems = unreadable_scripts_from_threads(python, fresh, *sandbox.run_as)
+        except AccessCheckError as exc:
+            failures.append(str(exc))
+            continue
+        if problems:
+            raise StartupError("the sandbox user cannot read: " + "; ".join(problems))
+        return
+    raise StartupError("; ".join(failures))
 
 
 def _all_on_path(name: str) -> list[str]:
