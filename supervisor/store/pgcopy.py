@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from supervisor.records import Event
-from supervisor.store.values import NUL, clean_text, json_bytes
+from supervisor.store.values import event_texts, json_bytes
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # magic, flags 0, no header extension
 TRAILER = b"\xff\xff"
@@ -54,16 +54,7 @@ def events_stream(
             yield bytes(out)
             out.clear()
         out += _POSITION(EVENT_FIELDS + 1, 4, position) if numbered else count
-        texts = (
-            event.event_id,
-            event.event_type,
-            event.aggregate_type,
-            event.aggregate_id,
-            event.correlation_id,
-        )
-        if NUL in "".join(texts[:4]) + (texts[4] or ""):
-            texts = tuple(clean_text(t) for t in texts)
-        for text in texts:
+        for text in event_texts(event):
             if text is None:
                 out += _NULL
             else:

@@ -46,9 +46,9 @@ from supervisor.store.pgcopy import events_stream
 from supervisor.store.pgpool import Secret, open_pool, translate
 from supervisor.store.urls import redact_url
 from supervisor.store.values import (
-    NUL,
     SplitBatch,
     clean_text,
+    event_texts,
     json_bytes,
     json_text,
     opt_json_text,
@@ -219,20 +219,8 @@ _INSERT_EVENT = (
 
 
 def _event_row(event: Event) -> tuple[Any, ...]:
-    """One event as a COPY row; its metadata is dumped by the connection's jsonb dumper.
-
-    The hot path of the writer: one ``join`` looks for NUL in all five text fields at once.
-    """
-    texts = (
-        event.event_id,
-        event.event_type,
-        event.aggregate_type,
-        event.aggregate_id,
-        event.correlation_id,
-    )
-    if NUL in "".join(texts[:4]) + (texts[4] or ""):
-        texts = tuple(clean_text(t) for t in texts)
-    return (*texts, event.metadata, to_datetime(event.created_at))
+    """One event as statement values; its metadata is dumped by the connection's jsonb dumper."""
+    return (*event_texts(event), event.metadata, to_datetime(event.created_at))
 
 
 def _event_params(event: Event) -> tuple[Any, ...]:
