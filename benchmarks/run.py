@@ -495,6 +495,8 @@ def _store_only(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the supervisor and its workers
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.store_only:
         return _store_only(args)
     from supervisor.store.urls import redact_url
