@@ -21,7 +21,7 @@ FINISHED = b"F"[0]
 
 _LENGTH = struct.Struct("!I")
 _STARTED = struct.Struct("!Iid")  # attempt, child pid, started_at
-_FINISHED = struct.Struct("!IH")  # attempt, length of the run id
+_FINISHED = struct.Struct("!I?H")  # attempt, succeeded, length of the run id
 MAX_FRAME = 1 << 30  # far above any real message; a larger length means a corrupt stream
 
 
@@ -45,6 +45,7 @@ class Finished:
 
     run_id: str
     attempt: int
+    succeeded: bool
     result_body: bytes
 
 
@@ -57,9 +58,9 @@ def encode_started(run_id: str, attempt: int, child_pid: int, started_at: float)
     return frame(STARTED, _STARTED.pack(attempt, child_pid, started_at) + run_id.encode())
 
 
-def encode_finished(run_id: str, attempt: int, result_body: bytes) -> bytes:
+def encode_finished(run_id: str, attempt: int, result_body: bytes, *, succeeded: bool) -> bytes:
     rid = run_id.encode()
-    return frame(FINISHED, _FINISHED.pack(attempt, len(rid)) + rid + result_body)
+    return frame(FINISHED, _FINISHED.pack(attempt, succeeded, len(rid)) + rid + result_body)
 
 
 def decode_event(kind: int, payload: bytes) -> Started | Finished:
@@ -72,10 +73,10 @@ def decode_event(kind: int, payload: bytes) -> Started | Finished:
             attempt, pid, started_at = _STARTED.unpack_from(payload)
             return Started(payload[_STARTED.size :].decode(), attempt, pid, started_at)
         if kind == FINISHED:
-            attempt, n = _FINISHED.unpack_from(payload)
+            attempt, succeeded, n = _FINISHED.unpack_from(payload)
             start = _FINISHED.size
             rid = payload[start : start + n].decode()
-            return Finished(rid, attempt, payload[start + n :])
+            return Finished(rid, attempt, succeeded, payload[start + n :])
     except (struct.error, UnicodeDecodeError) as exc:
         raise ChannelError(f"malformed frame of kind {chr(kind)!r}: {exc}") from exc
     raise ChannelError(f"unexpected frame kind {kind!r}")

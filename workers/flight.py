@@ -14,6 +14,7 @@ import time
 
 from protocol.codec import encode
 from protocol.messages import Result, Run, Rusage
+from protocol.outcomes import Status
 from workers.classify import Kill, classify
 from workers.sandbox import EXIT_SANDBOX, Order, Sandbox
 
@@ -69,8 +70,11 @@ class Flight:
                 self.take_stderr(data)
         return b"".join(_drain(self.note_fd))
 
-    def result(self, worker_id: str, status: int, ru: resource.struct_rusage, note: bytes) -> bytes:
-        """The encoded Result of this run, given its wait status and rusage."""
+    def result(
+        self, worker_id: str, status: int, ru: resource.struct_rusage, note: bytes
+    ) -> tuple[bytes, bool]:
+        """The encoded Result of this run, given its wait status and rusage, and whether the
+        run succeeded (so that nobody has to decode the result again to count failures)."""
         finished_at = time.time()
         duration_ms = (time.monotonic() - self.t0) * 1000.0
         run = self.run
@@ -80,7 +84,7 @@ class Flight:
             limits=run.limits, timeout_s=run.timeout_s,
         )  # fmt: skip
         tail = self.err[len(self.err) - self.err_cap :] if self.err_cap else b""
-        return encode(
+        body = encode(
             Result(
                 run_id=run.run_id,
                 attempt=run.attempt,
@@ -99,6 +103,7 @@ class Flight:
                 rusage=Rusage(utime_s=ru.ru_utime, stime_s=ru.ru_stime, maxrss_kb=ru.ru_maxrss),
             )
         )
+        return body, outcome.status is Status.SUCCEEDED
 
     def close(self) -> None:
         for fd in (self.out_fd, self.err_fd, self.note_fd):

@@ -200,8 +200,7 @@ class Worker:
                 self.in_flight.pop((event.run_id, event.attempt), None)
                 self._fields.in_flight = len(self.in_flight)
                 self._fields.runs_done += 1
-                # orjson writes a Result's fields in order, so the status reads as exactly this
-                if b'"status":"succeeded"' not in event.result_body:
+                if not event.succeeded:
                     self._fields.runs_failed += 1
             else:
                 self._fields.run_id = event.run_id

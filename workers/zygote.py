@@ -266,10 +266,10 @@ class Zygote:
             if fd >= 0:
                 self._unwatch(fd)
         note = flight.drain()
-        body = flight.result(self._config.worker_id, status, ru, note)
+        body, succeeded = flight.result(self._config.worker_id, status, ru, note)
         flight.close()
         run = flight.run
-        self._send(channel.encode_finished(run.run_id, run.attempt, body))
+        self._send(channel.encode_finished(run.run_id, run.attempt, body, succeeded=succeeded))
 
     def _send_failure(self, run: Run, reason: Reason, error: str) -> None:
         now = time.time()
@@ -278,7 +278,8 @@ class Zygote:
             status=Status.FAILED_PERMANENT.value, reason=reason.value, error=error,
             started_at=now, finished_at=now,
         )  # fmt: skip
-        self._send(channel.encode_finished(run.run_id, run.attempt, orjson.dumps(result)))
+        body = orjson.dumps(result)
+        self._send(channel.encode_finished(run.run_id, run.attempt, body, succeeded=False))
 
     def _reject_undecodable(self, body: bytes, exc: ProtocolError) -> None:
         """The worker validates runs, so this is a bug; answer it if the run can be named."""

@@ -93,6 +93,15 @@ def test_worker_relays_runs_and_keeps_its_slot(public_tmp: Path, worker: Harness
     assert view.run_id == run.run_id and view.child_pid > 0
     assert view.heartbeat_age() < 5
 
+    failing = make_run(write_script(public_tmp, "fail.py", "raise SystemExit(3)\n"), "fork")
+    worker.send(encode(failing))
+    failed = worker.receive()
+    assert isinstance(failed, Result) and (failed.status, failed.exit_code) == (
+        "failed_permanent", 3,
+    )  # fmt: skip
+    view = worker.board.read(0)
+    assert (view.runs_done, view.runs_failed) == (2, 1)
+
 
 @pytest.mark.timeout(60)
 def test_worker_drops_malformed_messages_and_keeps_working(
