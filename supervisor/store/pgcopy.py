@@ -1,10 +1,11 @@
 """Events as one PostgreSQL ``COPY ... FROM STDIN (FORMAT BINARY)`` stream, built by hand.
 
-psycopg's ``Copy.write_row`` adapts every value through its dumpers: about 10 µs an event, more
-than PostgreSQL needs to store it. The five text columns, the jsonb metadata and the timestamptz
-have simple binary forms, so one pass over the batch builds the stream for a few µs an event,
-sent in chunks with ``Copy.write``. Values follow the same rules as every other
-path (:mod:`supervisor.store.values`): NUL becomes U+FFFD, times round to the microsecond.
+psycopg's ``Copy.write_row`` adapts every value through its dumpers. The five text columns, the
+jsonb metadata and the timestamptz have simple binary forms, so one pass over the batch builds
+the stream directly, sent in chunks with ``Copy.write`` (measured: a batch of 1000 costs the
+writer 5.2 µs an event instead of 6.0, and the server starts on the first chunk while the rest
+is built). Values follow the same rules as every other path (:mod:`supervisor.store.values`):
+NUL becomes U+FFFD, times round to the microsecond.
 
 The format: https://www.postgresql.org/docs/current/sql-copy.html (Binary Format).
 """
