@@ -32,8 +32,17 @@ _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-0
 _MIN_US = round(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
 _MAX_US = round(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC).timestamp() * 1_000_000)
 
-EVENT_FIELDS = 7  # event_id, event_type, aggregate_type, aggregate_id, correlation_id,
-# metadata, created_at: the column order of the COPY statement
+# What :func:`events_stream` writes, in order: the COPY statements name these columns.
+EVENT_COLUMNS = (
+    "event_id",
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "correlation_id",
+    "metadata",
+    "created_at",
+)
+_FIELD_COUNT = struct.pack(">h", len(EVENT_COLUMNS))
 
 
 def events_stream(
@@ -49,12 +58,11 @@ def events_stream(
     :raises TypeError: metadata that is not JSON-serializable.
     """
     out = bytearray(SIGNATURE)
-    count = struct.pack(">h", EVENT_FIELDS)
     for position, event in enumerate(events):
         if position and not position % chunk_events:
             yield bytes(out)
             out.clear()
-        out += _POSITION(EVENT_FIELDS + 1, 4, position) if numbered else count
+        out += _POSITION(len(EVENT_COLUMNS) + 1, 4, position) if numbered else _FIELD_COUNT
         for text in event_texts(event):
             if text is None:
                 out += _NULL

@@ -42,7 +42,7 @@ from supervisor.store import code, queries
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
 from supervisor.store.options import PoolOptions
-from supervisor.store.pgcopy import events_stream
+from supervisor.store.pgcopy import EVENT_COLUMNS, events_stream
 from supervisor.store.pgpool import Secret, open_pool, translate
 from supervisor.store.urls import redact_url
 from supervisor.store.values import (
@@ -195,7 +195,7 @@ _EVENTS = _Table(
 # Events: binary COPY into the table; on a duplicate event_id, the same rows (with their batch
 # position) through the staging table and ON CONFLICT. Identity ids (the tie-break of equal
 # times) follow the batch order either way.
-_COPY_EVENTS = f"COPY execution_events ({_names(_EVENTS.columns)}) FROM STDIN (FORMAT BINARY)"
+_COPY_EVENTS = f"COPY execution_events ({_names(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _EVENT_ID_KEY = "execution_events_pkey"
 _STAGE = "actor_supervisor_events_in"
 _STAGE_DDL = (
@@ -203,10 +203,10 @@ _STAGE_DDL = (
     "event_id text, event_type text, aggregate_type text, aggregate_id text, "
     "correlation_id text, metadata jsonb, created_at timestamptz) ON COMMIT DELETE ROWS"
 )
-_COPY_STAGE = f"COPY {_STAGE} ({_names(['ord', *_EVENTS.columns])}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE = f"COPY {_STAGE} ({_names(['ord', *EVENT_COLUMNS])}) FROM STDIN (FORMAT BINARY)"
 _MOVE_STAGE = (
-    f"INSERT INTO execution_events ({_names(_EVENTS.columns)}) "
-    f"SELECT {_names(_EVENTS.columns)} FROM {_STAGE} ORDER BY ord "
+    f"INSERT INTO execution_events ({_names(EVENT_COLUMNS)}) "
+    f"SELECT {_names(EVENT_COLUMNS)} FROM {_STAGE} ORDER BY ord "
     "ON CONFLICT (event_id) DO NOTHING"
 )
 
@@ -231,9 +231,6 @@ def _event_params(event: Event) -> tuple[Any, ...]:
 
 class _DuplicateEvent(Exception):
     """COPY met an ``event_id`` already stored: write the batch again, skipping duplicates."""
-
-
-_DIALECT = queries.Dialect(param="%s", time=to_datetime)
 
 
 class _JsonTextLoader(TextLoader):
@@ -271,6 +268,12 @@ class _BatchRows:
 CODE_LOCK_CLASS = 0x61637472
 
 
+def _psycopg_sql(sql: str) -> str:
+    """SQL shared with SQLite (``?`` placeholders, no ``%`` and no jsonb ``?`` operator) for
+    psycopg, which takes ``%s``."""
+    return sql.replace("?", "%s")
+
+
 class _CodeDb(code.CodeDb):
     """The code-history logic on one pooled connection, inside its transaction."""
 
@@ -278,10 +281,10 @@ class _CodeDb(code.CodeDb):
         self._conn = conn
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._conn.execute(sql.replace("?", "%s"), params).fetchall()
+        return self._conn.execute(_psycopg_sql(sql), params).fetchall()
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._conn.execute(sql.replace("?", "%s"), params)
+        self._conn.execute(_psycopg_sql(sql), params)
 
     def to_db(self, ts: float | None) -> Any:
         return _opt_to_datetime(ts)
@@ -458,9 +461,7 @@ class PostgresStore(Store):
     def list_runs(
         self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
-        sql, params = queries.list_runs(
-            _DIALECT, _RUNS.select, actor=actor, run_id=run_id, limit=limit
-        )
+        sql, params = queries.list_runs(_RUNS.select, actor=actor, run_id=run_id, limit=limit)
         return [_RUNS.record_from(row) for row in self._fetch("list runs", sql, params)]
 
     def list_events(
@@ -473,8 +474,8 @@ class PostgresStore(Store):
         limit: int = 1000,
     ) -> list[Event]:
         sql, params = queries.list_events(
-            _DIALECT,
             _EVENTS.select,
+            to_datetime,
             aggregate_type=aggregate_type,
             aggregate_id=aggregate_id,
             correlation_id=correlation_id,
@@ -494,11 +495,11 @@ class PostgresStore(Store):
         return {actor.name: actor for actor in actors}
 
     def unfinished_runs(self) -> list[RunRecord]:
-        sql, params = queries.unfinished_runs(_DIALECT, _RUNS.select)
+        sql, params = queries.unfinished_runs(_RUNS.select)
         return [_RUNS.record_from(row) for row in self._fetch("list unfinished runs", sql, params)]
 
     def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
-        sql, params = queries.idempotency_keys(_DIALECT, since)
+        sql, params = queries.idempotency_keys(to_datetime, since)
         rows = self._fetch("load idempotency keys", sql, params)
         return {(actor, key): run_id for actor, key, run_id in rows}
 
@@ -540,5 +541,6 @@ class PostgresStore(Store):
     # -- helpers -------------------------------------------------------------------------------
 
     def _fetch(self, action: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a query written with ``?`` placeholders (see :mod:`supervisor.store.queries`)."""
         with self._connection(action) as conn:
-            return conn.execute(sql, params).fetchall()
+            return conn.execute(_psycopg_sql(sql), params).fetchall()

@@ -1,7 +1,8 @@
 """The read queries both stores share, written once so their filters and orderings cannot drift.
 
-A :class:`Dialect` says how a backend spells a parameter and how it stores a timestamp. Text
-keys order the same on both: SQLite compares bytes, and PostgreSQL's key columns are declared
+Like :mod:`supervisor.store.code`, the SQL uses ``?`` placeholders (the PostgreSQL store turns
+them into ``%s``), and a timestamp parameter goes through the store's own ``to_db``. Text keys
+order the same on both: SQLite compares bytes, and PostgreSQL's key columns are declared
 ``COLLATE "C"``. Each function returns the SQL and its parameters; the store runs them and turns
 the rows into records.
 """
@@ -9,34 +10,25 @@ the rows into records.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from supervisor.records import RunState
 
 UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
 
-
-@dataclass(frozen=True)
-class Dialect:
-    param: str  # "?" or "%s"
-    time: Callable[[float], Any]  # a timestamp as the backend stores it
-
-
 Query = tuple[str, list[Any]]
+ToDb = Callable[[float], Any]  # an epoch timestamp as the backend stores it
 
 
-def list_runs(
-    d: Dialect, select: str, *, actor: str | None, run_id: str | None, limit: int
-) -> Query:
-    where, params = _where(d, {"actor = ": actor, "run_id = ": run_id})
+def list_runs(select: str, *, actor: str | None, run_id: str | None, limit: int) -> Query:
+    where, params = _where({"actor = ?": actor, "run_id = ?": run_id})
     order = "queued_at DESC, attempt DESC, run_id DESC"
-    return f"{select}{where} ORDER BY {order} LIMIT {d.param}", [*params, _limit(limit)]
+    return f"{select}{where} ORDER BY {order} LIMIT ?", [*params, _limit(limit)]
 
 
 def list_events(
-    d: Dialect,
     select: str,
+    to_db: ToDb,
     *,
     aggregate_type: str | None,
     aggregate_id: str | None,
@@ -45,36 +37,35 @@ def list_events(
     limit: int,
 ) -> Query:
     filters = {
-        "aggregate_type = ": aggregate_type,
-        "aggregate_id = ": aggregate_id,
-        "correlation_id = ": correlation_id,
-        "created_at >= ": None if since is None else d.time(since),
+        "aggregate_type = ?": aggregate_type,
+        "aggregate_id = ?": aggregate_id,
+        "correlation_id = ?": correlation_id,
+        "created_at >= ?": None if since is None else to_db(since),
     }
-    where, params = _where(d, filters)
-    return f"{select}{where} ORDER BY created_at, id LIMIT {d.param}", [*params, _limit(limit)]
+    where, params = _where(filters)
+    return f"{select}{where} ORDER BY created_at, id LIMIT ?", [*params, _limit(limit)]
 
 
-def unfinished_runs(d: Dialect, select: str) -> Query:
-    where = f" WHERE status IN ({d.param}, {d.param})"
-    return f"{select}{where} ORDER BY queued_at, attempt, run_id", list(UNFINISHED)
+def unfinished_runs(select: str) -> Query:
+    return f"{select} WHERE status IN (?, ?) ORDER BY queued_at, attempt, run_id", list(UNFINISHED)
 
 
-def idempotency_keys(d: Dialect, since: float) -> Query:
+def idempotency_keys(to_db: ToDb, since: float) -> Query:
     """Oldest first, so that if a key was ever reused the newest run wins."""
     sql = (
         "SELECT actor, idempotency_key, run_id FROM runs "
-        f"WHERE idempotency_key IS NOT NULL AND queued_at >= {d.param} "
-        f"ORDER BY queued_at, attempt, run_id"
+        "WHERE idempotency_key IS NOT NULL AND queued_at >= ? "
+        "ORDER BY queued_at, attempt, run_id"
     )
-    return sql, [d.time(since)]
+    return sql, [to_db(since)]
 
 
-def _where(d: Dialect, filters: dict[str, Any]) -> Query:
+def _where(filters: dict[str, Any]) -> Query:
     """`` WHERE a = ? AND b >= ?`` for the filters whose value is not None, and those values."""
     given = {test: value for test, value in filters.items() if value is not None}
     if not given:
         return "", []
-    return " WHERE " + " AND ".join(test + d.param for test in given), list(given.values())
+    return " WHERE " + " AND ".join(given), list(given.values())
 
 
 def _limit(limit: int) -> int:

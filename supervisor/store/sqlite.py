@@ -209,7 +209,6 @@ _EVENTS = _Table(
     codecs={**_texts(Event), "metadata": _JSON, "created_at": _TIMESTAMP},
     append_only=True,  # a replayed batch must not touch events already stored
 )
-_DIALECT = queries.Dialect(param="?", time=to_text)
 
 
 class _BatchRows:
@@ -403,9 +402,7 @@ class SqliteStore(Store):
     def list_runs(
         self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
-        sql, params = queries.list_runs(
-            _DIALECT, _RUNS.select, actor=actor, run_id=run_id, limit=limit
-        )
+        sql, params = queries.list_runs(_RUNS.select, actor=actor, run_id=run_id, limit=limit)
         return [_RUNS.record_from(row) for row in self._fetch("list runs", sql, params)]
 
     def list_events(
@@ -418,8 +415,8 @@ class SqliteStore(Store):
         limit: int = 1000,
     ) -> list[Event]:
         sql, params = queries.list_events(
-            _DIALECT,
             _EVENTS.select,
+            to_text,
             aggregate_type=aggregate_type,
             aggregate_id=aggregate_id,
             correlation_id=correlation_id,
@@ -439,11 +436,11 @@ class SqliteStore(Store):
         return {actor.name: actor for actor in actors}
 
     def unfinished_runs(self) -> list[RunRecord]:
-        sql, params = queries.unfinished_runs(_DIALECT, _RUNS.select)
+        sql, params = queries.unfinished_runs(_RUNS.select)
         return [_RUNS.record_from(row) for row in self._fetch("list unfinished runs", sql, params)]
 
     def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
-        sql, params = queries.idempotency_keys(_DIALECT, since)
+        sql, params = queries.idempotency_keys(to_text, since)
         rows = self._fetch("load idempotency keys", sql, params)
         return {(actor, key): run_id for actor, key, run_id in rows}
 

@@ -27,7 +27,7 @@ def clean_text(value: Any) -> Any:
     return value
 
 
-def event_texts(event: Event) -> tuple[str, str, str, str, str | None]:
+def event_texts(event: Event) -> tuple[str | None, ...]:
     """The event's five text columns, in table order, with NULs replaced.
 
     On the writer's hot path: one ``join`` looks for NUL in all five at once.
@@ -40,13 +40,7 @@ def event_texts(event: Event) -> tuple[str, str, str, str, str | None]:
         event.correlation_id,
     )
     if NUL in "".join(texts[:4]) + (texts[4] or ""):
-        return (
-            clean_text(texts[0]),
-            clean_text(texts[1]),
-            clean_text(texts[2]),
-            clean_text(texts[3]),
-            clean_text(texts[4]),
-        )
+        return tuple(map(clean_text, texts))
     return texts
 
 

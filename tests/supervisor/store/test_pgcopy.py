@@ -1,13 +1,14 @@
 """The hand-built COPY BINARY stream: its framing, without a server (the store contract checks,
 on a real PostgreSQL, that what it encodes reads back right)."""
 
+import dataclasses
 import struct
 from typing import Any
 
 import pytest
 
 from supervisor.records import Event
-from supervisor.store.pgcopy import SIGNATURE, TRAILER, events_stream
+from supervisor.store.pgcopy import EVENT_COLUMNS, SIGNATURE, TRAILER, events_stream
 
 
 def event(n: int, **changes: Any) -> Event:
@@ -81,3 +82,8 @@ def test_nul_is_replaced_in_text_and_json() -> None:
 def test_a_time_out_of_range_is_a_value_error(created_at: float) -> None:
     with pytest.raises(ValueError):
         list(events_stream([event(1, created_at=created_at)]))
+
+
+def test_the_stream_has_a_field_for_every_column_of_an_event() -> None:
+    """The store's other paths write every Event field; COPY must not silently drop a new one."""
+    assert tuple(f.name for f in dataclasses.fields(Event)) == EVENT_COLUMNS
