@@ -21,6 +21,7 @@ from protocol.outcomes import Reason, Status
 
 PROTOCOL_VERSION = 1
 MODES = frozenset({"fork", "exec"})
+NETWORKS = frozenset({"host", "none"})  # none: a fresh network namespace with only loopback
 STATUSES = frozenset(s.value for s in Status)
 REASONS = frozenset(r.value for r in Reason)
 MAX_INPUT_CHARS = 8 << 20
@@ -118,6 +119,7 @@ class Run:
     limits: Limits
     timeout_s: float
     code_sha256: str
+    network: str = "host"
 
     @classmethod
     def read(cls, r: FieldReader) -> "Run":
@@ -133,6 +135,7 @@ class Run:
             limits=Limits.read(r.sub("limits")),
             timeout_s=r.number("timeout_s", minimum=0.001),
             code_sha256=r.string("code_sha256", max_len=64, empty=True),
+            network=r.choice("network", NETWORKS),
         )
 
 

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     WORKER_LOST = "worker_lost"  # the worker holding the run died
     SUPERVISOR_LOST = "supervisor_lost"  # the supervisor died while the run was in flight
     SHUTDOWN = "shutdown"  # killed because the supervisor stopped and the grace period ran out
+    POISON = "poison"  # its attempts killed their worker twice: never retried again
     UNKNOWN_ACTOR = (
         "unknown_actor"  # recovered after a restart, but the actor is no longer configured
     )

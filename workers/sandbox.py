@@ -131,6 +131,8 @@ class SandboxConfig:
     worker_id: str
     env_allow: tuple[str, ...]  # names copied from the launcher's own environment into a script's
     run_as: tuple[int, int] | None = None  # (uid, gid) the children switch to; None = stay as is
+    run_uids: tuple[int, ...] = ()  # root only: one uid (= gid) per concurrent run of this
+    # launcher, from run_as_range; each run gets a free one of these instead of run_as
     kill_grace_s: float = 2.0  # SIGTERM -> SIGKILL delay for timeouts and kill_all
     python: str = sys.executable  # interpreter for exec mode
     preload: tuple[str, ...] = DEFAULT_PRELOAD  # imported by the launcher: fork mode starts warm

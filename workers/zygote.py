@@ -64,6 +64,7 @@ def main() -> None:
     fields["env_allow"] = tuple(fields["env_allow"])
     fields["preload"] = tuple(fields["preload"])
     fields["run_as"] = tuple(fields["run_as"]) if fields["run_as"] else None
+    fields["run_uids"] = tuple(fields["run_uids"])
     status = 70
     try:
         # Off fd 3: the launcher keeps 0-5 for what each child dup2()s into place.
