@@ -199,7 +199,7 @@ class Sandbox:
         critical path: a session of its own, the launcher's signal handlers undone, the
         descriptors moved to 0-5 and every other one closed. Then it blocks on the go pipe
         (EOF: retired unused), reads its Run from the run memfd, writes the input into its own
-        stdin memfd, and becomes the run: limits, user, cwd, script read, environment, then exec
+        stdin memfd, and becomes the run: script read, limits, user, cwd, environment, then exec
         or the script itself.
         The run arrives as an :class:`Order`, already validated by the worker and the launcher.
         """
@@ -226,6 +226,9 @@ class Sandbox:
             _write_all(0, run.input_json.encode())  # pwrite: the offset stays at 0 for the script
             step = "signals"
             _python_signals(fork_mode=run.mode == "fork")
+            step = "script"  # before the switch: materialized code is private to the supervisor
+            with open(run.script, "rb") as f:
+                source = f.read()
             step = "limits"
             self._apply_limits(run)
             if self._ids is not None:
@@ -235,9 +238,6 @@ class Sandbox:
                 os.setuid(self._ids[0])
             step = "cwd"  # after the switch: the folder must be enterable by the run's user
             os.chdir(run.cwd)
-            step = "script"  # read as the run's user, in both modes
-            with open(run.script, "rb") as f:
-                source = f.read()
             step = "environment"
             extra = self._run_environment(run)
             if run.mode == "exec":
