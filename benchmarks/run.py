@@ -115,7 +115,7 @@ def measure_ceiling(mode: str, parallel: int, runs: int, script: Path, python: s
 # --- the supervisor ---------------------------------------------------------------------------
 
 
-def _write_config(folder: Path, args: argparse.Namespace, port: int) -> Path:
+def _write_config(folder: Path, args: argparse.Namespace) -> Path:
     scripts = folder / "scripts"
     scripts.mkdir(parents=True)
     (scripts / "noop.py").write_text(NOOP_SCRIPT)
@@ -128,7 +128,6 @@ def _write_config(folder: Path, args: argparse.Namespace, port: int) -> Path:
 workers = {args.workers}
 concurrency = {args.concurrency}
 mode = "{args.mode}"
-control = "tcp://127.0.0.1:{port}"
 database = "{args.database or "sqlite:state/bench.db"}"
 log_level = "warning"
 queue_size = 100000
@@ -142,21 +141,20 @@ timeout_s = 30
     return config
 
 
-def _free_port() -> int:
-    import socket
+def _client(config: Path, timeout_s: float) -> Any:
+    """A client of the supervisor ``config`` describes (its default control socket)."""
+    from supervisor.config import load_config
+    from supervisor.controlkeys import client_for
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return client_for(load_config(config, environ={}), timeout_s=timeout_s)
 
 
-def _client_loop(endpoint: str, count: int, warmup: int, results: Any) -> None:
-    from protocol.client import Client, RunOutcome
+def _client_loop(config: Path, count: int, warmup: int, results: Any) -> None:
+    from protocol.client import RunOutcome
 
     latencies = []
     failures = 0
-    with Client(endpoint, timeout_s=60) as client:
+    with _client(config, timeout_s=60) as client:
         for i in range(warmup + count):
             started = time.perf_counter()
             outcome = client.submit("noop", INPUT, wait=True)
@@ -168,11 +166,11 @@ def _client_loop(endpoint: str, count: int, warmup: int, results: Any) -> None:
     results.put((latencies, failures))
 
 
-def _wait_ready(endpoint: str, workers: int, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    from protocol.client import Client, ClientError
+def _wait_ready(config: Path, workers: int, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    from protocol.client import ClientError
 
     deadline = time.monotonic() + 60
-    with Client(endpoint, timeout_s=1) as client:
+    with _client(config, timeout_s=1) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise SystemExit(f"supervisor exited with {proc.returncode} before it was ready")
@@ -181,15 +179,14 @@ def _wait_ready(endpoint: str, workers: int, proc: subprocess.Popen[bytes]) -> d
             except ClientError:
                 continue
             if sum(w["ready"] for w in status["workers"]) == workers:
-                return status
+                ready: dict[str, Any] = status
+                return ready
             time.sleep(0.1)
     raise SystemExit("supervisor not ready within 60 s")
 
 
 def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    port = _free_port()
-    config = _write_config(folder, args, port)
-    endpoint = f"tcp://127.0.0.1:{port}"
+    config = _write_config(folder, args)
     log = open(folder / "supervisor.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config)],
@@ -197,13 +194,13 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         stderr=subprocess.STDOUT,
     )
     try:
-        status = _wait_ready(endpoint, args.workers, proc)
+        status = _wait_ready(config, args.workers, proc)
         ctx = multiprocessing.get_context("fork")
         results = ctx.Queue()
         per_client = max(1, args.runs // args.clients)
         warmup = min(50, per_client // 10)
         clients = [
-            ctx.Process(target=_client_loop, args=(endpoint, per_client, warmup, results))
+            ctx.Process(target=_client_loop, args=(config, per_client, warmup, results))
             for _ in range(args.clients)
         ]
         started = time.perf_counter()

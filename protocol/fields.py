@@ -39,12 +39,14 @@ class FieldReader:
             return None
         return self.string(name, max_len=max_len, empty=True)
 
-    def integer(self, name: str, *, minimum: int | None = None) -> int:
+    def integer(self, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self._obj.get(name)
         if not isinstance(value, int) or isinstance(value, bool):
             raise self._fail(name, "an integer")
         if minimum is not None and value < minimum:
             raise ProtocolError(f"{self._kind}.{name}: must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ProtocolError(f"{self._kind}.{name}: must be <= {maximum}, got {value}")
         return value
 
     def opt_integer(self, name: str, *, minimum: int | None = None) -> int | None:

@@ -25,6 +25,9 @@ NETWORKS = frozenset({"host", "none"})  # none: a fresh network namespace with o
 STATUSES = frozenset(s.value for s in Status)
 REASONS = frozenset(r.value for r in Reason)
 MAX_INPUT_CHARS = 8 << 20
+# output_kb and stderr_kb at most, so that a result carrying both (re-encoded as JSON, which can
+# grow escaped bytes) and an error text (MAX_TEXT) still fits MAX_BODY_BYTES (32 MiB).
+LIMIT_CAPS = {"output_kb": 8192, "stderr_kb": 1024}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,8 +54,8 @@ class Limits:
             nofile=r.opt_integer("nofile", minimum=8),
             nproc=r.opt_integer("nproc", minimum=1),
             fsize_mb=r.opt_integer("fsize_mb", minimum=0),
-            output_kb=r.integer("output_kb", minimum=1),
-            stderr_kb=r.integer("stderr_kb", minimum=0),
+            output_kb=r.integer("output_kb", minimum=1, maximum=LIMIT_CAPS["output_kb"]),
+            stderr_kb=r.integer("stderr_kb", minimum=0, maximum=LIMIT_CAPS["stderr_kb"]),
         )
 
 

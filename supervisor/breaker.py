@@ -18,7 +18,8 @@ from supervisor.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
-NOT_THE_ACTORS_FAULT = frozenset({Reason.SHUTDOWN, Reason.SUPERVISOR_LOST})
+# A worker can die of another run's doing; a run that keeps killing workers ends as POISON.
+NOT_THE_ACTORS_FAULT = frozenset({Reason.SHUTDOWN, Reason.SUPERVISOR_LOST, Reason.WORKER_LOST})
 PROBE = "probe"  # trigger of a half-open probe run, and its schedule heap entry
 
 

@@ -20,12 +20,11 @@ from typing import Any
 import orjson
 
 from protocol.client import Accepted, Client, ClientError, ClientTimeout, RunOutcome
-from protocol.curve import ClientKeys, CurveKeyError
 from supervisor.config import Config, load_config
+from supervisor.controlkeys import client_for
 from supervisor.errors import CommandRefused, ConfigError, StartupError
 from supervisor.logs import setup_logging
 from supervisor.records import Event, RunRecord
-from supervisor.settings import require_curve
 from supervisor.status import iso
 from supervisor.store import open_store, pool_options
 from supervisor.store.base import StoreError
@@ -181,17 +180,7 @@ def _load(args: argparse.Namespace, *flags: str) -> Config:
 
 
 def _client(args: argparse.Namespace, timeout_s: float = 10.0) -> Client:
-    settings = _load(args, "control").supervisor
-    require_curve(settings, server=False)
-    curve = None
-    if settings.control_curve_server_key and settings.control_curve_client_key:
-        try:
-            curve = ClientKeys.load(
-                settings.control_curve_server_key, settings.control_curve_client_key
-            )
-        except CurveKeyError as exc:
-            raise ConfigError(str(exc)) from exc
-    return Client(settings.control, timeout_s=timeout_s, curve=curve)
+    return client_for(_load(args, "control"), timeout_s=timeout_s)
 
 
 # --- commands -----------------------------------------------------------------------------

@@ -182,10 +182,9 @@ def os_user() -> str:
 
 
 def make_cache(prefix: str = "actor-supervisor-code-") -> Path:
-    """A private folder for materialized code: others may enter it but neither list nor write."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    folder.chmod(0o711)
-    return folder
+    """A private folder for materialized code (0700): a script must not read another actor's
+    code. The sandbox reads a run's script before it switches to the run's user."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def materialize(folder: Path, sha256: str, text: str) -> Path:
@@ -200,7 +199,7 @@ def materialize(folder: Path, sha256: str, text: str) -> Path:
     data = text.encode("utf-8")
     if sha256_hex(data) != sha256:
         raise CodeError(f"stored code does not match its hash {sha256[:12]}")
-    write_atomically(path, data, mode=0o644)
+    write_atomically(path, data, mode=0o600)
     return path
 
 

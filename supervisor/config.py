@@ -16,7 +16,9 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import Limits
+import orjson
+
+from protocol.messages import MAX_INPUT_CHARS, Limits
 from supervisor.codesync import EXEC_MODES, SYNC_MODES
 from supervisor.errors import ConfigError
 from supervisor.schedule import (
@@ -324,6 +326,12 @@ def _actor(
     for key, raw in entry.items():
         values[key] = checked(_ACTOR_KEYS[key].kind.check, raw, f"{label}.{key}")
     values["script"] = checked(_Script().resolve, values["script"], f"{label}.script", base_dir)
+    size = len(orjson.dumps(values["input"]).decode()) if "input" in values else 0
+    if size > MAX_INPUT_CHARS:  # a worker would refuse every run of it
+        raise ConfigError(
+            f"{label}.input: {size} characters as JSON, more than a worker accepts "
+            f"({MAX_INPUT_CHARS})"
+        )
     timezone = values.setdefault("timezone", _ACTOR_KEYS["timezone"].default)
     values["schedule"] = _schedule(values.get("schedule"), f"{label}.schedule", timezone)
     values["limits"] = LimitsKind().combine(sup.limits, [values.get("limits", {})])

@@ -20,7 +20,6 @@ from protocol.messages import CLIENT_REQUESTS, Message, Reply
 from protocol.sockets import has_message
 from supervisor.errors import StartupError
 from supervisor.runs import Waiter
-from supervisor.settings import SupervisorSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +30,16 @@ MAX_REQUEST_BYTES = 16 << 20
 class ControlServer:
     """Bind the control endpoint (with CURVE when configured); receive requests; reply."""
 
-    def __init__(self, ctx: "zmq.Context[Any]", settings: SupervisorSettings) -> None:
+    def __init__(
+        self, ctx: "zmq.Context[Any]", endpoint: str, curve: tuple[str, str] | None
+    ) -> None:
+        """``curve``: the secret certificate and the authorized client keys (file or folder)."""
         self.bad_requests = 0
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self._auth: ThreadAuthenticator | None = None
-        if settings.control_curve_secret_key and settings.control_curve_authorized_keys:
+        if curve is not None:
             try:
-                self._auth = secure_server(
-                    ctx,
-                    self.socket,
-                    settings.control_curve_secret_key,
-                    settings.control_curve_authorized_keys,
-                )
+                self._auth = secure_server(ctx, self.socket, *curve)
             except CurveKeyError as exc:
                 self.socket.close(linger=0)
                 raise StartupError(f"control endpoint CURVE keys: {exc}") from exc
@@ -51,11 +48,11 @@ class ControlServer:
         self.socket.setsockopt(zmq.SNDHWM, 100_000)
         self.socket.setsockopt(zmq.RCVHWM, 100_000)
         try:
-            self.socket.bind(settings.control)
+            self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.close()
             raise StartupError(
-                f"cannot bind the control endpoint {settings.control}: {exc} "
+                f"cannot bind the control endpoint {endpoint}: {exc} "
                 "(is another supervisor running? choose another with --control)"
             ) from exc
 

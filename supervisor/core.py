@@ -40,6 +40,7 @@ from supervisor.codebook import CodeBook
 from supervisor.codesync import ActorCode, make_cache
 from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
+from supervisor.controlkeys import control_endpoint, server_keys
 from supervisor.errors import ConfigError, StartupError
 from supervisor.logs import setup_logging
 from supervisor.pool import WorkerPool
@@ -52,9 +53,10 @@ from supervisor.runs import ActiveRun, RecentOutcomes, Waiter, apply_result, out
 from supervisor.schedule import ScheduleHeap, retry_delay
 from supervisor.scheduler import FIRE, Scheduler
 from supervisor.scoreboard import Scoreboard
-from supervisor.settings import require_curve
 from supervisor.spool import Spool, spool_folder
+from supervisor.statedir import secure_state
 from supervisor.store import open_store, pool_options
+from supervisor.store.urls import has_password, redact_url
 from supervisor.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ OVERDUE_SLACK_S = 30.0  # beyond timeout + kill grace, a run's worker is presume
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 RECV_BATCH = 256  # worker messages taken per loop turn, so no socket starves another
 RETRY = "retry"  # schedule heap entry of a run waiting for its next attempt
+POISON_LOSSES = 2  # a run whose attempts took down this many workers is not run again
 
 
 class Phase(Enum):
@@ -118,10 +121,15 @@ class Supervisor:
 
     def _prepare(self) -> None:
         s = self.settings
+        self._warn_password_on_command_line()
         try:
-            require_curve(s, server=True)
+            secure_state(self.config)
+            self._control_endpoint = control_endpoint(self.config)
+            self._control_curve = server_keys(self.config)
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
+        except OSError as exc:
+            raise StartupError(f"cannot make the state folder private: {exc}") from exc
         self.sandbox = prepare_sandbox(self.config)
         self.store = open_store(
             s.database,
@@ -158,9 +166,20 @@ class Supervisor:
         self.scheduler = Scheduler(self.heap, self.writer, self.accept, self.has_room)
         self.requests = Requests(self)
 
+    def _warn_password_on_command_line(self) -> None:
+        """Any local user, scripts included, can read a process's command line in /proc."""
+        url = self._overrides.get("database")
+        if url and has_password(url):
+            log.warning(
+                "--database %s carries a password, which every local user can read in this "
+                "process's command line; pass it through ACTOR_SUPERVISOR_DATABASE, a password "
+                "file or PGPASSFILE instead",
+                redact_url(url),
+            )
+
     def _open_sockets(self) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self.control = ControlServer(self._ctx, self.settings)
+        self.control = ControlServer(self._ctx, self._control_endpoint, self._control_curve)
         self._workers = self._ctx.socket(zmq.ROUTER)
         self._workers.setsockopt(zmq.LINGER, 0)
         self._workers.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a dead worker is an error, not silence
@@ -214,7 +233,7 @@ class Supervisor:
             log.info(
                 "supervisor started",
                 extra={
-                    "control": self.settings.control,
+                    "control": self._control_endpoint,
                     "workers": self.settings.workers,
                     "concurrency": self.settings.concurrency,
                     "actors": len(self.actors),
@@ -343,12 +362,16 @@ class Supervisor:
         actor: ActorRuntime,
         *,
         input_value: Any,
+        input_json: str | None = None,
         trigger: str,
         waiter: Waiter | None = None,
         scheduled_for: float | None = None,
         idempotency_key: str | None = None,
     ) -> ActiveRun:
-        """Record a new run as queued; once durable, acknowledge it and make it ready."""
+        """Record a new run as queued; once durable, acknowledge it and make it ready.
+
+        ``input_json``: ``input_value`` already encoded (and checked) by the caller.
+        """
         now = self._clock()
         run_id = events.new_id()
         record = RunRecord(
@@ -357,7 +380,7 @@ class Supervisor:
             actor=actor.name,
             correlation_id=run_id,
             trigger=trigger,
-            input_json=orjson.dumps(input_value).decode(),
+            input_json=orjson.dumps(input_value).decode() if input_json is None else input_json,
             queued_at=now,
             scheduled_for=scheduled_for,
             code_sha256=actor.code_sha256,
@@ -487,7 +510,7 @@ class Supervisor:
         return replace(
             record,
             status=Status.FAILED_PERMANENT
-            if reason in (Reason.UNKNOWN_ACTOR, Reason.FILE_MISSING)
+            if reason in (Reason.UNKNOWN_ACTOR, Reason.FILE_MISSING, Reason.POISON)
             else Status.FAILED_RETRYABLE,
             reason=reason,
             error=error,
@@ -500,7 +523,7 @@ class Supervisor:
         active.record = record
         active.worker_id = None
         actor = self.actors.get(record.actor)
-        retry_at = self._retry_time(actor, record)
+        retry_at = self._retry_time(actor, record, active.worker_losses)
         self.writer.put(record)
         seq = self.writer.put(events.run_finished(record, will_retry=retry_at is not None))
         self._log_attempt(record, retry_at)
@@ -524,11 +547,15 @@ class Supervisor:
         for waiter in waiters:
             self.control.reply(waiter, "result", outcome)
 
-    def _retry_time(self, actor: ActorRuntime | None, record: RunRecord) -> float | None:
+    def _retry_time(
+        self, actor: ActorRuntime | None, record: RunRecord, worker_losses: int
+    ) -> float | None:
+        """When the next attempt is due, or None. Attempts lost with their worker are free:
+        the run is not to blame for a worker that another run took down."""
         if actor is None or record.status != Status.FAILED_RETRYABLE:
             return None
         cfg = actor.config
-        if record.attempt > cfg.max_retries:
+        if record.attempt - worker_losses > cfg.max_retries:
             return None
         delay = retry_delay(
             record.attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s, cfg.retry_jitter,
@@ -659,10 +686,25 @@ class Supervisor:
         for run_id in gone.lost_runs:
             active = self.runs.get(run_id)
             if active is not None and active.worker_id == gone.handle.worker_id:
-                reason = Reason.SHUTDOWN if self.phase is Phase.KILLING else Reason.WORKER_LOST
-                self._complete_attempt(
-                    active, self._lost(active.record, reason, f"worker {gone.description}")
-                )
+                self._complete_attempt(active, self._worker_lost(active, gone.description))
+
+    def _worker_lost(self, active: ActiveRun, description: str) -> RunRecord:
+        """The attempt's row when its worker died under it.
+
+        Every run in flight there is a suspect: it is retried without counting against its
+        actor's retries or breaker, until its attempts have taken down POISON_LOSSES workers.
+        """
+        if self.phase is Phase.KILLING:
+            return self._lost(active.record, Reason.SHUTDOWN, f"worker {description}")
+        active.worker_losses += 1
+        if active.worker_losses < POISON_LOSSES:
+            return self._lost(active.record, Reason.WORKER_LOST, f"worker {description}")
+        return self._lost(
+            active.record,
+            Reason.POISON,
+            f"worker {description}; its attempts took down {active.worker_losses} workers, "
+            "so it is not run again",
+        )
 
     def _maintain(self) -> None:
         running = self.phase is Phase.RUNNING

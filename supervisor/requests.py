@@ -2,12 +2,24 @@
 
 Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accepted``, then
 ``result``), and every refusal carries a stable error code: ``unknown_actor``, ``busy``,
-``paused``, ``shutting_down``, ``result_unavailable``, ``refresh_failed``.
+``paused``, ``shutting_down``, ``result_unavailable``, ``refresh_failed``, and ``bad_request``
+for an input no worker would take (refused here, never accepted and then lost).
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from protocol.messages import Message, Pause, Refresh, Resume, StatusRequest, Submit, Trigger
+import orjson
+
+from protocol.messages import (
+    MAX_INPUT_CHARS,
+    Message,
+    Pause,
+    Refresh,
+    Resume,
+    StatusRequest,
+    Submit,
+    Trigger,
+)
 from supervisor.actors import ActorRuntime
 from supervisor.codesync import ActorCode
 from supervisor.runs import Waiter
@@ -73,13 +85,35 @@ class Requests:
             return
         if self._refused(waiter):
             return
+        value = actor.config.input if message.input is None else message.input
+        if (text := self._input_json(waiter, value)) is None:
+            return
         self.sup.accept(
             actor,
-            input_value=actor.config.input if message.input is None else message.input,
+            input_value=value,
+            input_json=text,
             trigger="submit",
             waiter=waiter,
             idempotency_key=key,
         )
+
+    def _input_json(self, waiter: Waiter, value: Any) -> str | None:
+        """The input as the JSON text a worker gets; None (answered) when a worker would refuse
+        it: too large for its RUN message, or nested deeper than JSON encoding allows."""
+        try:
+            text = orjson.dumps(value).decode()
+        except orjson.JSONEncodeError as exc:
+            self.sup.control.reply_error(waiter, "bad_request", f"input cannot be encoded: {exc}")
+            return None
+        if len(text) > MAX_INPUT_CHARS:
+            self.sup.control.reply_error(
+                waiter,
+                "bad_request",
+                f"input is {len(text)} characters as JSON; a worker accepts at most "
+                f"{MAX_INPUT_CHARS}",
+            )
+            return None
+        return text
 
     def _duplicate(self, waiter: Waiter, actor: ActorRuntime, run_id: str) -> None:
         """Same idempotency key as an earlier run: that run stands for this one."""
@@ -115,12 +149,10 @@ class Requests:
             return
         if self._refused(waiter):
             return
-        self.sup.accept(
-            actor,
-            input_value=actor.config.input if message.input is None else message.input,
-            trigger="trigger",
-            waiter=waiter,
-        )
+        value = actor.config.input if message.input is None else message.input
+        if (text := self._input_json(waiter, value)) is None:
+            return
+        self.sup.accept(actor, input_value=value, input_json=text, trigger="trigger", waiter=waiter)
 
     def _pause(self, waiter: Waiter, message: Pause) -> None:
         actor = self._actor(waiter, message.actor)

@@ -28,6 +28,7 @@ class ActiveRun:
     waiters: list[Waiter] = field(default_factory=list)
     worker_id: str | None = None  # the worker holding the current attempt
     overdue_at: float = float("inf")  # monotonic: past this, the worker is presumed hung
+    worker_losses: int = 0  # attempts that ended with their worker's death (POISON_LOSSES)
 
     @property
     def run_id(self) -> str:

@@ -11,6 +11,7 @@ import abc
 import dataclasses
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import Limits
+from protocol.messages import LIMIT_CAPS, Limits
 from supervisor.errors import ConfigError
 from supervisor.schedule import did_you_mean
 
@@ -31,6 +32,8 @@ LIMIT_MINIMUMS = {
     "stderr_kb": 0,
 }  # fmt: skip
 UNLIMITED = "unlimited"
+STATE_DIR = "state"  # beside the config file: store, spool, control socket and keys (0700)
+IPC_PATH_MAX = 107  # bytes: a unix socket path must fit sockaddr_un.sun_path with its NUL
 
 
 class Invalid(ValueError):
@@ -288,12 +291,15 @@ class LimitsKind(Kind):
             raise Invalid(f"expected an integer{unset}, got {describe(value)}", name)
         if value < LIMIT_MINIMUMS[name]:
             raise Invalid(f"must be >= {LIMIT_MINIMUMS[name]}, got {value}", name)
+        if name in LIMIT_CAPS and value > LIMIT_CAPS[name]:  # what Limits.read accepts
+            raise Invalid(f"must be <= {LIMIT_CAPS[name]}, got {value}", name)
         return value
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint(Kind):
-    """A ZeroMQ endpoint the supervisor binds and clients connect to."""
+    """A ZeroMQ endpoint the supervisor binds and clients connect to; kept as written (a relative
+    ``ipc://`` path is resolved where it is used, by :func:`resolve_endpoint`)."""
 
     @property
     def expected(self) -> str:
@@ -308,6 +314,26 @@ class Endpoint(Kind):
         if not match or not 1 <= int(match["port"]) <= 65535:
             raise self._wrong(value)
         return value
+
+
+def resolve_endpoint(endpoint: str, base_dir: Path) -> str:
+    """``endpoint`` with a relative ``ipc://`` path made absolute against the configuration's
+    folder (as ``database`` is), so the supervisor and the CLI find the same socket from any
+    working directory.
+
+    :raises ConfigError: the socket path is longer than a unix socket address can hold.
+    """
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):  # tcp, abstract
+        return endpoint
+    path = os.path.normpath(base_dir / Path(endpoint[len("ipc://") :]).expanduser())
+    size = len(os.fsencode(path))
+    if size > IPC_PATH_MAX:
+        raise ConfigError(
+            f"control: the socket path {path!r} is {size} bytes, more than a unix socket "
+            f"address holds ({IPC_PATH_MAX}); move the configuration to a shorter folder or "
+            "choose another endpoint with --control"
+        )
+    return f"ipc://{path}"
 
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})$")
@@ -469,8 +495,8 @@ class SupervisorSettings:
     workers: int = 2
     concurrency: int = 1
     mode: str = "fork"
-    control: str = "tcp://127.0.0.1:5570"
-    database: str = "sqlite:state/actor-supervisor.db"
+    control: str = f"ipc://{STATE_DIR}/control.sock"
+    database: str = f"sqlite:{STATE_DIR}/actor-supervisor.db"
     shutdown_grace_s: float = 10.0
     kill_grace_s: float = 2.0
     run_as: str = "nobody"
@@ -492,7 +518,7 @@ class SupervisorSettings:
     pool_check: bool = True
     database_wait_s: float = 60.0
     migrate: bool = True
-    spool_dir: str = "state/spool"
+    spool_dir: str = f"{STATE_DIR}/spool"
     control_curve_secret_key: str | None = None
     control_curve_authorized_keys: str | None = None
     control_curve_server_key: str | None = None

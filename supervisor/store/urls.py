@@ -70,6 +70,11 @@ def parse_store_url(url: str, *, base_dir: Path) -> StoreUrl:
     return StoreUrl(scheme=scheme, url=url, path=path.resolve())
 
 
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password in any form :func:`redact_url` hides."""
+    return redact_url(url) != url
+
+
 def redact_url(url: str) -> str:
     """``url`` with every password replaced by ``***``: user info, query and conninfo forms.
 

@@ -1,8 +1,10 @@
 """A real supervisor in a real process, for end-to-end tests.
 
-``start_supervisor`` writes a config into a world-readable folder, starts
-``python -m supervisor.cli start`` on it, and waits until every worker said hello. The control
-endpoint is an ``ipc://`` socket in that folder, so parallel tests never fight over ports.
+``start_supervisor`` writes a config into a world-readable folder (scripts must be readable by
+their sandbox user), starts ``python -m supervisor.cli start`` on it, and waits until every worker
+said hello. The control endpoint is the default one, an ``ipc://`` socket in the private state
+folder beside the config, so parallel tests never fight over ports and every test runs on the
+configuration scripts must not be able to reach.
 """
 
 import os
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from protocol.client import Client, ClientError
+from supervisor.config import load_config
+from supervisor.controlkeys import client_for, control_endpoint
 from supervisor.store import open_store
 from supervisor.store.base import Store
 
@@ -62,7 +66,8 @@ class RunningSupervisor:
     log_path: Path
 
     def client(self, timeout_s: float = 30.0) -> Client:
-        return Client(self.endpoint, timeout_s=timeout_s)
+        """A client as the CLI builds one: from the config, with any keys its endpoint needs."""
+        return client_for(load_config(self.config_path, environ={}), timeout_s=timeout_s)
 
     def status(self) -> dict[str, Any]:
         with self.client(timeout_s=10) as client:
@@ -109,28 +114,30 @@ def start_supervisor(
 ) -> RunningSupervisor:
     """Write ``supervisor.toml`` (``actors`` is the ``[[actors]]`` TOML) and start on it."""
     folder.chmod(0o755)
-    endpoint = f"ipc://{folder}/control.sock"
     config = folder / "supervisor.toml"
     grace = "" if "shutdown_grace_s" in settings else "shutdown_grace_s = 10\n"
     config.write_text(
-        f'[supervisor]\nworkers = {workers}\ncontrol = "{endpoint}"\n{grace}'
+        f"[supervisor]\nworkers = {workers}\n{grace}"
         + textwrap.dedent(settings)
         + "\n"
         + textwrap.dedent(actors)
     )
-    return start_on_config(config, endpoint, workers=workers, wait_ready=wait_ready, env=env)
+    return start_on_config(config, workers=workers, wait_ready=wait_ready, env=env)
 
 
 def start_on_config(
     config: Path,
-    endpoint: str,
+    endpoint: str | None = None,
     *,
     workers: int = 2,
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
 ) -> RunningSupervisor:
-    """Start a supervisor on an existing config file whose control endpoint is ``endpoint``."""
+    """Start a supervisor on an existing config file (``endpoint``: its control endpoint, by
+    default the one the file configures)."""
     folder = config.parent
+    if endpoint is None:
+        endpoint = control_endpoint(load_config(config, environ={}))
     log_path = folder / "supervisor.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(

@@ -21,6 +21,7 @@ from supervisor.codesync import (
     check_version,
     decode_source,
     git_commit,
+    make_cache,
     materialize,
     next_version,
     read_snapshot,
@@ -104,13 +105,14 @@ def test_version_tags_increment_the_patch_and_skip_taken_ones() -> None:
             check_version(bad)
 
 
-def test_materialized_code_is_content_addressed_atomic_and_readable_by_others(
-    tmp_path: Path,
-) -> None:
+def test_materialized_code_is_content_addressed_atomic_and_private(tmp_path: Path) -> None:
     text = "print('cached')\n"
     path = materialize(tmp_path, _sha(text), text)
     assert path == tmp_path / f"{_sha(text)}.py" and path.read_text() == text
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # scripts must not read others' code
+    cache = make_cache()
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    cache.rmdir()
     assert materialize(tmp_path, _sha(text), text) == path  # written once
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
     with pytest.raises(CodeError, match="does not match its hash"):

@@ -24,7 +24,6 @@ EXAMPLE = """
 workers = 2                  # worker processes; --workers overrides
 concurrency = 1              # runs in flight per worker
 mode = "fork"                # default sandbox mode: fork | exec
-control = "tcp://127.0.0.1:5570"   # control endpoint (clients, CLI); loopback by default
 database = "sqlite:state/actor-supervisor.db"  # relative to the config file; or postgresql://...
 shutdown_grace_s = 10
 

@@ -367,10 +367,7 @@ def test_the_bundled_examples_run(public_tmp: Path, supervisors: Start) -> None:
         else:
             target.write_bytes(path.read_bytes())
             target.chmod(0o644)
-    config = public_tmp / "supervisor.toml"
-    endpoint = f"ipc://{public_tmp}/control.sock"
-    config.write_text(config.read_text().replace("tcp://127.0.0.1:5570", endpoint))
-    sup = supervisors(config=config, endpoint=endpoint)
+    sup = supervisors(config=public_tmp / "supervisor.toml")
     store = sup.store()
     try:
 
