@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from protocol.client import Client, ClientError
 from supervisor.config import load_config
 from supervisor.controlkeys import client_for, control_endpoint
+from supervisor.errors import ConfigError
 from supervisor.store import open_store
 from supervisor.store.base import Store
 
@@ -161,7 +162,7 @@ def wait_until_ready(running: RunningSupervisor, workers: int, timeout: float = 
             )
         try:
             status = running.status()
-        except ClientError:
+        except (ClientError, ConfigError):  # ConfigError: its control keys are not written yet
             return False
         return sum(w["ready"] for w in status["workers"]) == workers
 
