@@ -102,6 +102,8 @@ _DROP = object()
         ({"limits": []}, "run.limits: expected an object, got list"),
         ({"limits": {"output_kb": 1, "stderr_kb": 1, "cpu_s": "x"}}, "run.limits.cpu_s"),
         ({"timeout_s": -1}, "run.timeout_s: must be >= 0.001"),
+        ({"limits": {"output_kb": 8193, "stderr_kb": 8}}, "run.limits.output_kb: must be <= 8192"),
+        ({"limits": {"output_kb": 1, "stderr_kb": 1025}}, "run.limits.stderr_kb: must be <= 1024"),
     ],
 )
 def test_malformed_fields_name_the_problem(changes: dict[str, object], expected: str) -> None:

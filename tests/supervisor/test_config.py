@@ -315,6 +315,19 @@ schedule = {schedule}
             "supervisor.limits.memory_mb: must be >= 16, got 8",
         ),
         (
+            "[supervisor]\nlimits = { output_kb = 8193 }\n",
+            "supervisor.limits.output_kb: must be <= 8192, got 8193",
+        ),
+        (
+            ACTOR + "limits = { stderr_kb = 2048 }\n",
+            "actors[0] (job).limits.stderr_kb: must be <= 1024, got 2048",
+        ),
+        (
+            ACTOR + f'input = {{ blob = "{"x" * (8 << 20)}" }}\n',
+            f"actors[0] (job).input: {(8 << 20) + 11} characters as JSON, more than a worker "
+            f"accepts ({8 << 20})",
+        ),
+        (
             '[supervisor]\nlimits = { output_kb = "unlimited" }\n',
             "supervisor.limits.output_kb: expected an integer, got string 'unlimited'",
         ),
@@ -486,6 +499,35 @@ def test_an_endpoint_reachable_from_other_hosts_needs_curve_keys_for_its_role(
     key.write_text("x")
     with pytest.raises(ConfigError, match="control_curve_secret_key: CURVE needs control_curve_a"):
         load_config(None, overrides={"control_curve_secret_key": str(key)}, environ={})
+
+
+def test_the_control_endpoint_defaults_to_a_socket_in_the_state_folder(tmp_path: Path) -> None:
+    from supervisor.controlkeys import control_endpoint, generates_keys
+
+    config = load_config(write(tmp_path, ACTOR), environ={})
+    assert config.supervisor.control == "ipc://state/control.sock"  # as written: reloads compare
+    assert control_endpoint(config) == f"ipc://{tmp_path}/state/control.sock"
+    assert not generates_keys(config.supervisor)
+    absolute = load_config(None, overrides={"control": "ipc:///run/x.sock"}, environ={})
+    assert control_endpoint(absolute) == "ipc:///run/x.sock"
+    tcp = load_config(None, overrides={"control": "tcp://127.0.0.1:5570"}, environ={})
+    assert generates_keys(tcp.supervisor) and control_endpoint(tcp) == "tcp://127.0.0.1:5570"
+
+
+def test_a_control_socket_path_too_long_for_a_unix_socket_is_refused(tmp_path: Path) -> None:
+    from supervisor.controlkeys import control_endpoint
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    config = load_config(write(deep, ACTOR), environ={})
+    size = len(f"{deep}/state/control.sock")
+    with pytest.raises(ConfigError) as info:
+        control_endpoint(config)
+    assert str(info.value) == (
+        f"control: the socket path '{deep}/state/control.sock' is {size} bytes, more than a unix "
+        "socket address holds (107); move the configuration to a shorter folder or choose "
+        "another endpoint with --control"
+    )
 
 
 # --- the store: pool, start-up wait, migrations, spool ---------------------------------------

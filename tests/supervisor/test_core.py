@@ -3,6 +3,8 @@
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -395,3 +397,25 @@ def test_the_bundled_examples_run(public_tmp: Path, supervisors: Start) -> None:
     assert sup.stop() == 0
     log = sup.log()
     assert "run succeeded actor=greeter" in log and "run failed_permanent actor=broken" in log
+
+
+@pytest.mark.timeout(60)
+def test_a_password_on_the_command_line_is_warned_about_never_logged(tmp_path: Path) -> None:
+    """Any local user (scripts too) reads /proc/PID/cmdline; the environment is the way."""
+    url = "postgresql://actors:hunter2@127.0.0.1:1/actors"
+    env = {**os.environ, "ACTOR_SUPERVISOR_DATABASE_WAIT_S": "0"}
+    command = [sys.executable, "-m", "supervisor.cli", "start", "--workers", "1"]
+    flag = subprocess.run(
+        [*command, "--database", url], capture_output=True, text=True, timeout=50,
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert flag.returncode == 4  # nothing listens on port 1
+    assert "WARNING" in flag.stderr and "carries a password" in flag.stderr, flag.stderr
+    assert "actors:***@127.0.0.1:1" in flag.stderr and "hunter2" not in flag.stderr
+    environment = subprocess.run(
+        command, capture_output=True, text=True, timeout=50, cwd=tmp_path,
+        env={**env, "ACTOR_SUPERVISOR_DATABASE": url},
+    )  # fmt: skip
+    assert environment.returncode == 4
+    assert "carries a password" not in environment.stderr and "hunter2" not in environment.stderr
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
