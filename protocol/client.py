@@ -20,8 +20,6 @@ from protocol.curve import ClientKeys
 from protocol.errors import ProtocolError
 from protocol.messages import Pause, Refresh, Reply, Resume, StatusRequest, Submit, Trigger
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5570"
-
 
 class ClientError(Exception):
     """The supervisor answered with an error."""
@@ -90,13 +88,16 @@ class Client:
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str,
         *,
         timeout_s: float = 10.0,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: ClientKeys | None = None,
     ) -> None:
-        """``curve``: the keys for a supervisor whose control endpoint uses CURVE."""
+        """``curve``: the keys for a supervisor whose control endpoint uses CURVE.
+
+        ``supervisor.controlkeys.client_for`` builds one from a configuration file instead.
+        """
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._ctx = context or zmq.Context.instance()

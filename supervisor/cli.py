@@ -38,11 +38,11 @@ EXIT_REFUSED = 5  # the supervisor (or a code command) refused: unknown actor, b
 
 EPILOG = """examples:
   actor-supervisor start --config examples/supervisor.toml --workers 8
-  actor-supervisor submit hello --input '{"name": "Ada"}' --wait --json
-  actor-supervisor status
-  actor-supervisor history heartbeat --limit 5
-  actor-supervisor deploy greeter --changelog "friendlier greeting"
-  actor-supervisor rollback greeter --to-version 1.0.0
+  actor-supervisor submit greeter --input '{"name": "Ada"}' --wait --config examples/supervisor.toml
+  actor-supervisor status --config examples/supervisor.toml
+  actor-supervisor history heartbeat --limit 5 --config examples/supervisor.toml
+  actor-supervisor deploy greeter --changelog "friendlier" --config examples/supervisor.toml
+  actor-supervisor rollback greeter --to-version 1.0.0 --config examples/supervisor.toml
 """
 
 
