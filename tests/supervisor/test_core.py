@@ -419,3 +419,35 @@ def test_a_password_on_the_command_line_is_warned_about_never_logged(tmp_path: P
     assert environment.returncode == 4
     assert "carries a password" not in environment.stderr and "hunter2" not in environment.stderr
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
+def test_start_up_makes_what_an_older_version_left_readable_private(tmp_path: Path) -> None:
+    from supervisor.config import load_config
+    from supervisor.statedir import secure_state
+
+    state, outside = tmp_path / "state", tmp_path / "spool"
+    (state / "spool").mkdir(parents=True)
+    outside.mkdir()
+    files = [state / "actor-supervisor.db", state / "actor-supervisor.db-wal", outside / "1.log"]
+    files.append(state / "spool" / "lock")
+    for path in files:
+        path.write_text("x")
+        path.chmod(0o644)
+    for folder in (tmp_path, state, state / "spool", outside):
+        folder.chmod(0o755)
+    config = tmp_path / "supervisor.toml"
+    config.write_text('[supervisor]\nspool_dir = "spool"\n')
+    previous = os.umask(0o022)
+    try:
+        assert secure_state(load_config(config, environ={})) == state
+        assert os.umask(0o022) == 0o077
+    finally:
+        os.umask(previous)
+    assert {str(p): p.stat().st_mode & 0o777 for p in files} == dict.fromkeys(
+        map(str, files), 0o600
+    )
+    assert (state.stat().st_mode & 0o777, (state / "spool").stat().st_mode & 0o777) == (
+        0o700,
+        0o700,
+    )
+    assert outside.stat().st_mode & 0o777 == 0o755  # the operator's folder: only our files change

@@ -82,3 +82,32 @@ def test_only_authorized_clients_are_answered(public_tmp: Path, supervisors: Sta
         with Client(endpoint, timeout_s=2, curve=curve) as client, pytest.raises(ClientTimeout):
             client.status()
     assert sup.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_loopback_tcp_without_keys_gets_generated_ones_that_the_cli_picks_up(
+    public_tmp: Path, supervisors: Start
+) -> None:
+    """An operator's --control tcp://127.0.0.1:PORT: any local process could connect, so the
+    supervisor guards it with a key pair set of its own, found again through --config."""
+    write_script(public_tmp, "echo.py", ECHO)
+    port = _free_port()
+    config = public_tmp / "supervisor.toml"
+    config.write_text(
+        f'[supervisor]\ncontrol = "tcp://127.0.0.1:{port}"\n'
+        '[[actors]]\nname = "echo"\nscript = "scripts/echo.py"\n'
+    )
+    sup = supervisors(config=config)
+    keys = public_tmp / "state" / "control-curve"
+    assert {p.name: p.stat().st_mode & 0o777 for p in keys.iterdir()} == dict.fromkeys(
+        ("client.key", "client.key_secret", "server.key", "server.key_secret"), 0o600
+    )
+    done = sup.cli("submit", "echo", "--input", '{"via": "cli"}', "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    assert '"output":{"echo":{"via":"cli"}}' in done.stdout
+    with Client(f"tcp://127.0.0.1:{port}", timeout_s=2) as client, pytest.raises(ClientTimeout):
+        client.status()  # no keys: the CURVE handshake never completes
+    assert sup.stop() == 0
+    again = supervisors(config=config)  # a restart keeps the keys the CLI already knows
+    assert again.cli("status").returncode == 0
+    assert again.stop() == 0
