@@ -41,12 +41,15 @@ def _stuck_once(public_tmp: Path, settings: str = "") -> tuple[Path, str]:
     return trace, actors
 
 
-def _held_by(sup: RunningSupervisor, run_id: str) -> dict[str, Any]:
-    """The scoreboard slot of the worker running ``run_id``, once its script is running."""
+def _held_by(sup: RunningSupervisor, run_id: str, trace: Path | None = None) -> dict[str, Any]:
+    """The scoreboard slot of the worker running ``run_id``, once its script is running (with
+    ``trace``: once the script has written its start note, so a kill cannot come before it)."""
 
     def slots() -> list[dict[str, Any]]:
         return [w for w in sup.status()["workers"] if w["current_run"] == run_id and w["child_pid"]]
 
+    if trace is not None:
+        wait_for(lambda: read_traces(trace).get(run_id), 30, f"the script of {run_id} to start")
     return wait_for(slots, 30, f"a worker to run {run_id}")[0]
 
 
@@ -102,7 +105,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_retried(
         run_id = wait_for(lambda: store.list_runs(actor="stuck"), 30, "the run")[0].run_id
     finally:
         store.close()
-    worker = _held_by(sup, run_id)
+    worker = _held_by(sup, run_id, trace)
     os.kill(worker["pid"], signal.SIGKILL)
     thread.join(timeout=60)
     (outcome,) = answers
@@ -120,7 +123,7 @@ def test_a_hung_worker_is_killed_and_its_run_retried(public_tmp: Path, superviso
     with sup.client() as client:
         accepted = client.submit("stuck")
     assert isinstance(accepted, Accepted)
-    worker = _held_by(sup, accepted.run_id)
+    worker = _held_by(sup, accepted.run_id, trace)
     os.kill(worker["pid"], signal.SIGSTOP)  # alive, but its heartbeat stops
     try:
         store = sup.store()

@@ -199,7 +199,9 @@ def test_burning_cpu_past_cpu_s_is_cpu_limit(
     result = run_script(launcher, make_run(script, mode, limits=Limits(cpu_s=1), timeout_s=15))
     assert (result.status, result.reason) == ("failed_permanent", "cpu_limit")
     assert result.signal == signal.SIGXCPU
-    assert result.rusage.utime_s + result.rusage.stime_s >= 0.9
+    # rusage's user/system split is sampled per tick, and under load it reads below the
+    # scheduler's exact runtime that RLIMIT_CPU is enforced on: ask only that it burned CPU.
+    assert result.rusage.utime_s + result.rusage.stime_s >= 0.5
 
 
 @pytest.mark.timeout(30)
