@@ -41,7 +41,9 @@ from supervisor.codesync import ActorCode, make_cache
 from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
 from supervisor.errors import ConfigError, StartupError
+from supervisor.http.process import HttpSide
 from supervisor.logs import setup_logging
+from supervisor.metrics import RunMetrics
 from supervisor.pool import WorkerPool
 from supervisor.preflight import check_reloaded_scripts, prepare_sandbox
 from supervisor.reader import Reader
@@ -105,12 +107,14 @@ class Supervisor:
         self.ready: deque[str] = deque()
         self.heap: ScheduleHeap[tuple[str, str]] = ScheduleHeap()
         self.outcomes = RecentOutcomes()
+        self.metrics = RunMetrics()
         self._barrier: deque[tuple[int, Callable[[], None]]] = deque()
         self._awaiting_durable = 0  # accepted runs whose queued row is not committed yet
         self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
         self._shutdown_deadline = float("inf")
         self._next_tick = 0.0
         self._sentinels: set[int] = set()
+        self._http_fd: int | None = None
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="actor-supervisor-"))
         self._rng = random.Random()
 
@@ -157,6 +161,7 @@ class Supervisor:
         self.breaker = Breaker(self.writer, self.heap, self._clock)
         self.scheduler = Scheduler(self.heap, self.writer, self.accept, self.has_room)
         self.requests = Requests(self)
+        self.http = HttpSide.prepare(self.config)  # refuses a bad listen address before workers
 
     def _open_sockets(self) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context()
@@ -210,6 +215,8 @@ class Supervisor:
             self._open_sockets()
             self._install_signals()
             self._start_workers()
+            self.http.start()
+            self._watch_http()
             self._restore()
             log.info(
                 "supervisor started",
@@ -239,6 +246,9 @@ class Supervisor:
                     self._on_commits()
                 elif item == self.reader.wakeup_fd():
                     self.reader.drain()
+                elif item == self._http_fd:
+                    self.http.on_exit()
+                    self._watch_http()
                 elif isinstance(item, int):
                     self._on_worker_exit(item)
             if self.phase is Phase.RUNNING:
@@ -503,6 +513,9 @@ class Supervisor:
         retry_at = self._retry_time(actor, record)
         self.writer.put(record)
         seq = self.writer.put(events.run_finished(record, will_retry=retry_at is not None))
+        self.metrics.attempt_finished(
+            record.actor, record.status, record.reason, record.duration_ms, self._clock()
+        )
         self._log_attempt(record, retry_at)
         if retry_at is not None:
             self._schedule_retry(active, retry_at)
@@ -553,6 +566,7 @@ class Supervisor:
         )
         active.record = record
         self.counters["retries_scheduled"] += 1
+        self.metrics.retry_scheduled(record.actor)
         self.writer.put(record)
         self.writer.put(events.run_queued(record))
         self.heap.push((RETRY, record.run_id), retry_at)
@@ -629,6 +643,7 @@ class Supervisor:
             elif (actor := self.actors.get(name)) is None:
                 continue
             elif kind == FIRE:
+                self.metrics.fired(due, now)
                 self.scheduler.fire(actor, due, now)
             elif kind == PROBE and actor.state.is_paused:
                 log.info("actor %s: half-open probe run", name, extra={"actor": name})
@@ -668,6 +683,8 @@ class Supervisor:
         running = self.phase is Phase.RUNNING
         self.pool.maintain(respawn=running)
         self._sync_sentinels()
+        self.http.maintain(respawn=running)
+        self._watch_http()
         now = time.monotonic()
         for active in list(self.runs.values()):
             if active.worker_id is not None and now > active.overdue_at:
@@ -681,6 +698,16 @@ class Supervisor:
         self._prune_idempotency()
         if not running:
             self._advance_shutdown(now)
+
+    def _watch_http(self) -> None:
+        """Keep the HTTP process's sentinel (a pidfd) registered in the poller while it runs."""
+        fd = self.http.sentinel()
+        if fd != self._http_fd:
+            if self._http_fd is not None:
+                self._poller.unregister(self._http_fd)
+            if fd is not None:
+                self._poller.register(fd, zmq.POLLIN)
+            self._http_fd = fd
 
     def _prune_idempotency(self) -> None:
         cutoff = self._clock() - IDEMPOTENCY_WINDOW_S
@@ -792,6 +819,8 @@ class Supervisor:
 
     def _teardown(self) -> None:
         """Stop workers, persist state, flush the writer, answer the last waiters, close up."""
+        if hasattr(self, "http"):
+            self.http.stop()  # first: it talks to the control socket closed below
         if hasattr(self, "codebook"):
             self.reader.close()
             shutil.rmtree(self.codebook.cache, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""What each control request means: submit, trigger, pause, resume, status, refresh.
+"""What each control request means: submit, trigger, pause, resume, status, metrics, refresh.
 
 Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accepted``, then
 ``result``), and every refusal carries a stable error code: ``unknown_actor``, ``busy``,
@@ -7,11 +7,20 @@ Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accep
 
 from typing import TYPE_CHECKING
 
-from protocol.messages import Message, Pause, Refresh, Resume, StatusRequest, Submit, Trigger
+from protocol.messages import (
+    Message,
+    MetricsRequest,
+    Pause,
+    Refresh,
+    Resume,
+    StatusRequest,
+    Submit,
+    Trigger,
+)
 from supervisor.actors import ActorRuntime
 from supervisor.codesync import ActorCode
 from supervisor.runs import Waiter
-from supervisor.status import build_status
+from supervisor.status import build_metrics, build_status
 
 if TYPE_CHECKING:
     from supervisor.core import Supervisor
@@ -31,6 +40,8 @@ class Requests:
             self._trigger(waiter, message)
         elif isinstance(message, StatusRequest):
             self.sup.control.reply(waiter, "status", build_status(self.sup))
+        elif isinstance(message, MetricsRequest):
+            self.sup.control.reply(waiter, "metrics", build_metrics(self.sup))
         elif isinstance(message, Pause):
             self._pause(waiter, message)
         elif isinstance(message, Resume):
