@@ -308,6 +308,7 @@ async def pause_actor(request: Request) -> JSONResponse:
     if not ACTOR_NAME.match(name):
         raise Problem(404, "unknown_actor", "no actor by that name")
     data = await run_in_threadpool(lambda: backend.call(lambda c: c.pause(name, reason)))
+    backend.invalidate()
     return JSONResponse(data)
 
 
@@ -319,6 +320,7 @@ async def resume_actor(request: Request) -> JSONResponse:
     if not ACTOR_NAME.match(name):
         raise Problem(404, "unknown_actor", "no actor by that name")
     data = await run_in_threadpool(lambda: backend.call(lambda c: c.resume(name)))
+    backend.invalidate()
     return JSONResponse(data)
 
 

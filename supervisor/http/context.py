@@ -70,6 +70,10 @@ class Backend:
             self._cache[kind] = (time.monotonic(), data)
             return data
 
+    def invalidate(self) -> None:
+        """After a change (pause, resume, a new run), the next read asks the supervisor."""
+        self._cache.clear()
+
     # --- the store -----------------------------------------------------------------------------
 
     def store(self) -> Store:

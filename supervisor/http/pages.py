@@ -262,7 +262,7 @@ async def act(request: Request) -> Response:
         await run_in_threadpool(lambda: backend.call(lambda c: c.trigger(name, None, force=True)))
     else:
         raise Problem(404, "not_found", "no such action")
-    backend.cached("status", max_age_s=0.0)  # the next page shows the change
+    backend.invalidate()  # the next page shows the change
     return RedirectResponse(_back(form, "/actors"), status_code=303)
 
 
