@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium: every page loads, buttons work, it shows the store.
 
 Skipped when Chromium or its driver is missing, unless ``CI`` is set: then it fails. Each
-page's screenshot is written to ``docs/`` (``ACTOR_SUPERVISOR_TEST_SCREENSHOTS`` elsewhere).
+page's screenshot goes to the test's temporary folder; ``SCREENSHOTS_DIR=docs`` refreshes the
+ones the README shows.
 """
 
 import os
@@ -13,8 +14,6 @@ import pytest
 
 from tests.http.conftest import HttpSupervisor
 from tests.supervisor.harness import wait_for
-
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _chrome() -> tuple[str, str] | None:
@@ -46,14 +45,16 @@ def browser() -> Iterator["object"]:
         driver.quit()
 
 
-def shot(driver: "object", name: str) -> None:
-    folder = Path(os.environ.get("ACTOR_SUPERVISOR_TEST_SCREENSHOTS", DOCS))
+def shot(driver: "object", name: str, tmp: Path) -> None:
+    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp)
     folder.mkdir(exist_ok=True)
     driver.save_screenshot(str(folder / f"dashboard-{name}.png"))  # type: ignore[attr-defined]
 
 
 @pytest.mark.timeout(180)
-def test_pages_buttons_and_store_agree(http_sup: HttpSupervisor, browser: "object") -> None:
+def test_pages_buttons_and_store_agree(
+    http_sup: HttpSupervisor, browser: "object", tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -71,7 +72,7 @@ def test_pages_buttons_and_store_agree(http_sup: HttpSupervisor, browser: "objec
     finally:
         store.close()
     assert f"{len(finished)} attempts finished" in d.page_source.replace("\n", " ")
-    shot(d, "overview")
+    shot(d, "overview", tmp_path)
 
     d.get(base + "/actors")
     row = d.find_element(By.ID, "actor-echo")
@@ -85,7 +86,7 @@ def test_pages_buttons_and_store_agree(http_sup: HttpSupervisor, browser: "objec
         assert store.load_task_states()["echo"].is_paused  # the store holds what the page shows
     finally:
         store.close()
-    shot(d, "actors")
+    shot(d, "actors", tmp_path)
     d.find_element(By.ID, "actor-echo").find_element(
         By.CSS_SELECTOR, "button[data-action=resume]"
     ).click()
@@ -98,18 +99,18 @@ def test_pages_buttons_and_store_agree(http_sup: HttpSupervisor, browser: "objec
     for run_id in run_ids:
         assert run_id[:12] in table
     assert table.count("succeeded") == 3
-    shot(d, "actor")
+    shot(d, "actor", tmp_path)
 
     d.get(base + f"/runs/{failed}")
     assert "failed permanent" in d.page_source
     assert "failing on purpose" in d.find_element(By.TAG_NAME, "main").text
-    shot(d, "run")
+    shot(d, "run", tmp_path)
 
     d.get(base + "/events?actor=echo")
     events = d.find_element(By.ID, "events").text
     assert "actor_paused" in events and "actor_resumed" in events
     d.get(base + "/events")
-    shot(d, "events")
+    shot(d, "events", tmp_path)
 
 
 @pytest.mark.timeout(60)
