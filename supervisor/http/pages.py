@@ -81,7 +81,7 @@ def schedule_words(schedule: dict[str, Any] | None) -> str:
 def bars(values: list[float], *, width: int = 600, height: int = 80,
          marks: list[float] | None = None) -> dict[str, Any]:  # fmt: skip
     """An SVG bar chart's rectangles (``marks``: a second series drawn on top, in red)."""
-    top = max([*values, *(marks or []), 1.0])
+    top = max([*values, *(marks or [])], default=0.0) or 1.0  # the tallest bar fills it
     step = width / max(len(values), 1)
     rects = []
     for i, value in enumerate(values):
