@@ -51,6 +51,19 @@ def shot(driver: "object", name: str, tmp: Path) -> None:
     driver.save_screenshot(str(folder / f"dashboard-{name}.png"))  # type: ignore[attr-defined]
 
 
+def paused_attr(driver: "object") -> str | None:
+    """The echo row's ``data-paused``, or None while the page is being replaced."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        row = driver.find_element(By.ID, "actor-echo")  # type: ignore[attr-defined]
+        value: str | None = row.get_attribute("data-paused")
+        return value
+    except (NoSuchElementException, StaleElementReferenceException):
+        return None
+
+
 @pytest.mark.timeout(180)
 def test_pages_buttons_and_store_agree(
     http_sup: HttpSupervisor, browser: "object", tmp_path: Path
@@ -78,7 +91,7 @@ def test_pages_buttons_and_store_agree(
     row = d.find_element(By.ID, "actor-echo")
     assert row.get_attribute("data-paused") == "false"
     row.find_element(By.CSS_SELECTOR, "button[data-action=pause]").click()
-    wait_for(lambda: d.find_element(By.ID, "actor-echo").get_attribute("data-paused") == "true",
+    wait_for(lambda: paused_attr(d) == "true",
              10, "the echo row to show paused")  # fmt: skip
     assert http.get("/api/v1/actors/echo").json()["paused"] is True
     store = http_sup.sup.store()
@@ -90,7 +103,7 @@ def test_pages_buttons_and_store_agree(
     d.find_element(By.ID, "actor-echo").find_element(
         By.CSS_SELECTOR, "button[data-action=resume]"
     ).click()
-    wait_for(lambda: d.find_element(By.ID, "actor-echo").get_attribute("data-paused") == "false",
+    wait_for(lambda: paused_attr(d) == "false",
              10, "the echo row to show active again")  # fmt: skip
     assert http.get("/api/v1/actors/echo").json()["paused"] is False
 
