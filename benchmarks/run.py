@@ -115,7 +115,7 @@ def measure_ceiling(mode: str, parallel: int, runs: int, script: Path, python: s
 # --- the supervisor ---------------------------------------------------------------------------
 
 
-def _write_config(folder: Path, args: argparse.Namespace) -> Path:
+def _write_config(folder: Path, args: argparse.Namespace, http_port: int | None = None) -> Path:
     scripts = folder / "scripts"
     scripts.mkdir(parents=True)
     (scripts / "noop.py").write_text(NOOP_SCRIPT)
@@ -131,14 +131,28 @@ mode = "{args.mode}"
 database = "{args.database or "sqlite:state/bench.db"}"
 log_level = "warning"
 queue_size = 100000
+http_listen = "{f"127.0.0.1:{http_port}" if http_port else ""}"
 
 [[actors]]
 name = "noop"
 script = "scripts/noop.py"
 timeout_s = 30
 """
+        + "".join(
+            f'\n[[actors]]\nname = "extra-{i}"\nscript = "scripts/noop.py"\n'
+            for i in range(args.actors)
+        )
     )
     return config
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _client(config: Path, timeout_s: float) -> Any:
@@ -186,7 +200,8 @@ def _wait_ready(config: Path, workers: int, proc: subprocess.Popen[bytes]) -> di
 
 
 def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    config = _write_config(folder, args)
+    http_port = _free_port() if args.http else None
+    config = _write_config(folder, args, http_port)
     log = open(folder / "supervisor.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config)],
@@ -203,6 +218,7 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
             ctx.Process(target=_client_loop, args=(config, per_client, warmup, results))
             for _ in range(args.clients)
         ]
+        scraper = _Scraper(http_port) if http_port else None
         started = time.perf_counter()
         for client in clients:
             client.start()
@@ -210,6 +226,8 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         elapsed = time.perf_counter() - started
         for client in clients:
             client.join()
+        if scraper is not None:
+            scraper.stop()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
@@ -224,7 +242,37 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3),
         "exec_python": status["supervisor"]["exec_python"],
-    }
+        **({"metrics_scrapes": scraper.scrapes, "metrics_scrape_ms_max": scraper.worst_ms}
+           if scraper else {}),
+    }  # fmt: skip
+
+
+class _Scraper:
+    """GET /metrics once a second while the load runs, as Prometheus would."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.scrapes = 0
+        self.worst_ms = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(1.0):
+            started = time.perf_counter()
+            with urllib.request.urlopen(self.url, timeout=10) as response:
+                response.read()
+            self.worst_ms = max(self.worst_ms, (time.perf_counter() - started) * 1000)
+            self.scrapes += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # --- the store alone ------------------------------------------------------------------------
@@ -437,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database", help="store URL (default: SQLite in the temp folder)")
     parser.add_argument("--ceiling-runs", type=int, default=0, help="default: --runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="turn the HTTP server on and scrape /metrics every second",
+    )
+    parser.add_argument("--actors", type=int, default=0, help="extra on-demand actors to configure")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, db)")
     store = parser.add_argument_group("--store-only")
     store.add_argument("--store-only", action="store_true", help="measure the store alone")

@@ -18,7 +18,16 @@ import zmq
 from protocol.codec import decode
 from protocol.curve import ClientKeys
 from protocol.errors import ProtocolError
-from protocol.messages import Pause, Refresh, Reply, Resume, StatusRequest, Submit, Trigger
+from protocol.messages import (
+    MetricsRequest,
+    Pause,
+    Refresh,
+    Reply,
+    Resume,
+    StatusRequest,
+    Submit,
+    Trigger,
+)
 
 
 class ClientError(Exception):
@@ -182,6 +191,13 @@ class Client:
         data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "status").data
         return data
 
+    def metrics(self) -> dict[str, Any]:
+        """Counters and histograms since the supervisor started (what ``/metrics`` shows)."""
+        rid = _new_id()
+        self._send(MetricsRequest(id=rid))
+        data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "metrics").data
+        return data
+
     def refresh(self, actor: str) -> dict[str, Any]:
         """Have the supervisor re-read ``actor``'s code from the store; the answer comes once it
         uses the active version (``history_id``, ``code_sha256``, ``status``)."""
@@ -192,7 +208,10 @@ class Client:
 
     # --- plumbing ----------------------------------------------------------------------------
 
-    def _send(self, message: Submit | Trigger | Pause | Resume | StatusRequest | Refresh) -> None:
+    def _send(
+        self,
+        message: Submit | Trigger | Pause | Resume | StatusRequest | MetricsRequest | Refresh,
+    ) -> None:
         self._sock.send(orjson.dumps(message))
 
     def _receive(self, rid: str, deadline: float, kind: str) -> Reply:

@@ -295,6 +295,19 @@ class StatusRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsRequest:
+    """Ask for the counters and histograms behind ``/metrics`` (see ``supervisor.metrics``)."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="metrics", init=False)
+    id: str
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "MetricsRequest":
+        return cls(id=r.string("id", max_len=64))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Refresh:
     """Re-read an actor's code from the store (after a CLI deploy or rollback committed).
 
@@ -347,6 +360,7 @@ Message = (
     | Pause
     | Resume
     | StatusRequest
+    | MetricsRequest
     | Refresh
     | Reply
 )
@@ -361,9 +375,12 @@ MESSAGE_TYPES: dict[str, Any] = {
     "pause": Pause,
     "resume": Resume,
     "status": StatusRequest,
+    "metrics": MetricsRequest,
     "refresh": Refresh,
     "reply": Reply,
 }
 WORKER_TO_SUPERVISOR = frozenset({"hello", "result"})
 SUPERVISOR_TO_WORKER = frozenset({"run", "stop"})
-CLIENT_REQUESTS = frozenset({"submit", "trigger", "pause", "resume", "status", "refresh"})
+CLIENT_REQUESTS = frozenset(
+    {"submit", "trigger", "pause", "resume", "status", "metrics", "refresh"}
+)

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="do not apply pending migrations at start-up [ACTOR_SUPERVISOR_MIGRATE=0]",
     )
+    start.add_argument(
+        "--http",
+        dest="http_listen",
+        metavar="HOST:PORT",
+        help="serve health, metrics, API and dashboard here [ACTOR_SUPERVISOR_HTTP_LISTEN]",
+    )
 
     submit = _command(sub, "submit", "queue a run of an actor", cmd_submit)
     submit.add_argument("actor")
@@ -189,7 +195,7 @@ def _client(args: argparse.Namespace, timeout_s: float = 10.0) -> Client:
 def cmd_start(args: argparse.Namespace) -> int:
     from supervisor.core import Supervisor  # the heavy imports only where they are needed
 
-    flags = ("workers", "concurrency", "mode", "database", "control", "migrate")
+    flags = ("workers", "concurrency", "mode", "database", "control", "migrate", "http_listen")
     config = _load(args, *flags)
     setup_logging(config.supervisor.log_level, config.supervisor.log_format)
     return Supervisor(config, overrides={name: getattr(args, name) for name in flags}).run()

@@ -65,23 +65,33 @@ def client_for(config: Config, *, timeout_s: float = 10.0) -> Client:
     :raises ConfigError: the keys are missing, unreadable (another user's state folder) or
         not certificates; or the endpoint is reachable from other hosts and has none.
     """
+    files = client_key_files(config)
+    curve = None
+    if files is not None:
+        try:
+            curve = ClientKeys.load(*files)
+        except CurveKeyError as exc:
+            raise ConfigError(
+                f"control {config.supervisor.control}: {exc} (the supervisor writes these keys at "
+                "its first start; run this command as the supervisor's user, with its --config)"
+            ) from exc
+    return Client(control_endpoint(config), timeout_s=timeout_s, curve=curve)
+
+
+def client_key_files(config: Config) -> tuple[str, str] | None:
+    """``(server public key, client secret key)`` files a client of ``config`` connects with:
+    the configured pair, the generated one (loopback TCP), or None (ipc needs none).
+
+    :raises ConfigError: the endpoint is reachable from other hosts and has no keys.
+    """
     settings = config.supervisor
     require_curve(settings, server=False)
-    curve = None
-    try:
-        if settings.control_curve_server_key and settings.control_curve_client_key:
-            curve = ClientKeys.load(
-                settings.control_curve_server_key, settings.control_curve_client_key
-            )
-        elif generates_keys(settings):
-            folder = state_folder(config) / GENERATED_DIR
-            curve = ClientKeys.load(str(folder / "server.key"), str(folder / "client.key_secret"))
-    except CurveKeyError as exc:
-        raise ConfigError(
-            f"control {settings.control}: {exc} (the supervisor writes these keys at its first "
-            "start; run this command as the supervisor's user, with its --config)"
-        ) from exc
-    return Client(control_endpoint(config), timeout_s=timeout_s, curve=curve)
+    if settings.control_curve_server_key and settings.control_curve_client_key:
+        return settings.control_curve_server_key, settings.control_curve_client_key
+    if generates_keys(settings):
+        folder = state_folder(config) / GENERATED_DIR
+        return str(folder / "server.key"), str(folder / "client.key_secret")
+    return None
 
 
 def control_endpoint(config: Config) -> str:

@@ -42,7 +42,9 @@ from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
 from supervisor.controlkeys import control_endpoint, server_keys
 from supervisor.errors import ConfigError, StartupError
+from supervisor.http.process import HttpSide
 from supervisor.logs import setup_logging
+from supervisor.metrics import RunMetrics
 from supervisor.pool import WorkerPool
 from supervisor.preflight import check_reloaded_scripts, prepare_sandbox
 from supervisor.reader import Reader
@@ -108,12 +110,14 @@ class Supervisor:
         self.ready: deque[str] = deque()
         self.heap: ScheduleHeap[tuple[str, str]] = ScheduleHeap()
         self.outcomes = RecentOutcomes()
+        self.metrics = RunMetrics()
         self._barrier: deque[tuple[int, Callable[[], None]]] = deque()
         self._awaiting_durable = 0  # accepted runs whose queued row is not committed yet
         self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
         self._shutdown_deadline = float("inf")
         self._next_tick = 0.0
         self._sentinels: set[int] = set()
+        self._http_fd: int | None = None
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="actor-supervisor-"))
         self._rng = random.Random()
 
@@ -165,6 +169,7 @@ class Supervisor:
         self.breaker = Breaker(self.writer, self.heap, self._clock)
         self.scheduler = Scheduler(self.heap, self.writer, self.accept, self.has_room)
         self.requests = Requests(self)
+        self.http = HttpSide.prepare(self.config)  # refuses a bad listen address before workers
 
     def _warn_password_on_command_line(self) -> None:
         """Any local user, scripts included, can read a process's command line in /proc."""
@@ -229,6 +234,8 @@ class Supervisor:
             self._open_sockets()
             self._install_signals()
             self._start_workers()
+            self.http.start()
+            self._watch_http()
             self._restore()
             log.info(
                 "supervisor started",
@@ -258,6 +265,9 @@ class Supervisor:
                     self._on_commits()
                 elif item == self.reader.wakeup_fd():
                     self.reader.drain()
+                elif item == self._http_fd:
+                    self.http.on_exit()
+                    self._watch_http()
                 elif isinstance(item, int):
                     self._on_worker_exit(item)
             if self.phase is Phase.RUNNING:
@@ -526,6 +536,9 @@ class Supervisor:
         retry_at = self._retry_time(actor, record, active.worker_losses)
         self.writer.put(record)
         seq = self.writer.put(events.run_finished(record, will_retry=retry_at is not None))
+        self.metrics.attempt_finished(
+            record.actor, record.status, record.reason, record.duration_ms, self._clock()
+        )
         self._log_attempt(record, retry_at)
         if retry_at is not None:
             self._schedule_retry(active, retry_at)
@@ -580,6 +593,7 @@ class Supervisor:
         )
         active.record = record
         self.counters["retries_scheduled"] += 1
+        self.metrics.retry_scheduled(record.actor)
         self.writer.put(record)
         self.writer.put(events.run_queued(record))
         self.heap.push((RETRY, record.run_id), retry_at)
@@ -656,6 +670,7 @@ class Supervisor:
             elif (actor := self.actors.get(name)) is None:
                 continue
             elif kind == FIRE:
+                self.metrics.fired(due, now)
                 self.scheduler.fire(actor, due, now)
             elif kind == PROBE and actor.state.is_paused:
                 log.info("actor %s: half-open probe run", name, extra={"actor": name})
@@ -710,6 +725,8 @@ class Supervisor:
         running = self.phase is Phase.RUNNING
         self.pool.maintain(respawn=running)
         self._sync_sentinels()
+        self.http.maintain(respawn=running)
+        self._watch_http()
         now = time.monotonic()
         for active in list(self.runs.values()):
             if active.worker_id is not None and now > active.overdue_at:
@@ -723,6 +740,16 @@ class Supervisor:
         self._prune_idempotency()
         if not running:
             self._advance_shutdown(now)
+
+    def _watch_http(self) -> None:
+        """Keep the HTTP process's sentinel (a pidfd) registered in the poller while it runs."""
+        fd = self.http.sentinel()
+        if fd != self._http_fd:
+            if self._http_fd is not None:
+                self._poller.unregister(self._http_fd)
+            if fd is not None:
+                self._poller.register(fd, zmq.POLLIN)
+            self._http_fd = fd
 
     def _prune_idempotency(self) -> None:
         cutoff = self._clock() - IDEMPOTENCY_WINDOW_S
@@ -834,6 +861,8 @@ class Supervisor:
 
     def _teardown(self) -> None:
         """Stop workers, persist state, flush the writer, answer the last waiters, close up."""
+        if hasattr(self, "http"):
+            self.http.stop()  # first: it talks to the control socket closed below
         if hasattr(self, "codebook"):
             self.reader.close()
             shutil.rmtree(self.codebook.cache, ignore_errors=True)

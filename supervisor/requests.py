@@ -1,4 +1,4 @@
-"""What each control request means: submit, trigger, pause, resume, status, refresh.
+"""What each control request means: submit, trigger, pause, resume, status, metrics, refresh.
 
 Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accepted``, then
 ``result``), and every refusal carries a stable error code: ``unknown_actor``, ``busy``,
@@ -13,6 +13,7 @@ import orjson
 from protocol.messages import (
     MAX_INPUT_CHARS,
     Message,
+    MetricsRequest,
     Pause,
     Refresh,
     Resume,
@@ -23,7 +24,7 @@ from protocol.messages import (
 from supervisor.actors import ActorRuntime
 from supervisor.codesync import ActorCode
 from supervisor.runs import Waiter
-from supervisor.status import build_status
+from supervisor.status import build_metrics, build_status
 
 if TYPE_CHECKING:
     from supervisor.core import Supervisor
@@ -43,6 +44,8 @@ class Requests:
             self._trigger(waiter, message)
         elif isinstance(message, StatusRequest):
             self.sup.control.reply(waiter, "status", build_status(self.sup))
+        elif isinstance(message, MetricsRequest):
+            self.sup.control.reply(waiter, "metrics", build_metrics(self.sup))
         elif isinstance(message, Pause):
             self._pause(waiter, message)
         elif isinstance(message, Resume):

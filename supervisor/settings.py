@@ -354,6 +354,31 @@ def is_loopback(endpoint: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpListen(Kind):
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) the operator HTTP server listens on; empty: off."""
+
+    @property
+    def expected(self) -> str:
+        return "'HOST:PORT' (such as '127.0.0.1:8080') or '' (off)"
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self._wrong(value)
+        text: str = value.strip()
+        if text and split_listen(text) is None:
+            raise self._wrong(value)
+        return text
+
+
+def split_listen(listen: str) -> tuple[str, int] | None:
+    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``; None when malformed."""
+    match = _TCP.match("tcp://" + listen)
+    if match is None or not 0 <= int(match["port"]) <= 65535:
+        return None
+    return match["host"].strip("[]"), int(match["port"])
+
+
+@dataclass(frozen=True, slots=True)
 class Database(Kind):
     """Kept as written: the store resolves a relative SQLite path against the config folder."""
 
@@ -507,6 +532,8 @@ class SupervisorSettings:
     heartbeat_timeout_s: float = 30.0
     log_level: str = "info"
     log_format: str = "text"
+    http_listen: str = ""
+    http_token_file: str | None = None
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
     limits: Limits = field(default_factory=Limits)
     max_consecutive_failures: int = 5
@@ -554,6 +581,17 @@ SETTINGS: tuple[Setting, ...] = declare(
             "log_level", Choice(("debug", "info", "warning", "error")), "log level", "--log-level"
         ),
         Setting("log_format", Choice(("text", "json")), "log line format", "--log-format"),
+        Setting(
+            "http_listen",
+            HttpListen(),
+            "HOST:PORT of the operator HTTP server (health, metrics, API, dashboard); off if empty",
+            "--http",
+        ),
+        Setting(
+            "http_token_file",
+            OptionalPath(),
+            "file holding the HTTP bearer token (required when http_listen is not loopback)",
+        ),
         Setting("env_allow", Names(), "environment names scripts inherit (comma-separated)"),
         Setting("limits", LimitsKind(), "default resource limits of every actor (name=value,...)"),
         Setting(

@@ -109,3 +109,52 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
         },
         "counters": sup.all_counters(),
     }
+
+
+def build_metrics(sup: "Supervisor") -> dict[str, Any]:
+    """The ``metrics`` reply: :class:`supervisor.metrics.RunMetrics` plus the gauges of now.
+
+    Like ``status``, built from memory only; per actor it is a few numbers, so a thousand
+    actors cost a few hundred microseconds of the loop.
+    """
+    workers: dict[str, int] = {}
+    for handle, view in sup.pool.views():
+        if handle is None:
+            state = "restarting"
+        elif handle.ready and view.state.name == "READY":
+            state = "busy" if view.in_flight else "idle"
+        else:
+            state = "starting" if view.state.name != "STOPPING" else "stopping"
+        workers[state] = workers.get(state, 0) + 1
+    stats = sup.writer.stats()
+    last_commit = sup.writer.last_commit_at
+    return {
+        **sup.metrics.snapshot(),
+        "phase": sup.phase.value,
+        "uptime_s": time.time() - sup.started_at,
+        "workers": workers,
+        "workers_ready": sum(1 for h, _ in sup.pool.views() if h and h.ready),
+        "workers_total": sup.settings.workers,
+        "queue_depth": sup.waiting(),
+        "queue_capacity": sup.settings.queue_size,
+        "runs_in_flight": sum(1 for a in sup.runs.values() if a.worker_id is not None),
+        "oldest_queued_at": min(
+            (sup.runs[r].record.queued_at for r in sup.ready if r in sup.runs), default=None
+        ),
+        "busy_rejections": sup.counters["busy_rejections"],
+        "worker_restarts": sup.counters["worker_deaths"],
+        "store_degraded": stats.degraded,
+        "store_spool_depth": stats.spool_depth,
+        "store_batch_bounds": list(sup.writer.batch_seconds.bounds),
+        "store_batch": sup.writer.batch_seconds.snapshot(),
+        "last_commit_age_s": None if last_commit is None else time.time() - last_commit,
+        "actors": [
+            [
+                a.name,
+                a.state.is_paused,
+                a.state.consecutive_failures,
+                a.state.next_run_at if a.config.schedule else None,
+            ]
+            for a in sup.actors.values()
+        ],
+    }

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from supervisor.metrics import BATCH_BOUNDS, Histogram
 from supervisor.records import Record
 from supervisor.spool import Spool, encode_batch
 from supervisor.store.base import Store, StoreUnavailable
@@ -124,6 +125,9 @@ class BatchWriter:
         self._failures = 0
         self._last_error: str | None = None
         self._last_flush_ms: float | None = None
+        # for /metrics: seconds per committed batch, and when the last one committed
+        self.batch_seconds = Histogram(BATCH_BOUNDS)
+        self.last_commit_at: float | None = None
         self._degraded = False  # the last store write (direct or replay) failed
         self._reasons = {"full": 0, "aged": 0, "idle": 0}
         self._rejected = 0
@@ -402,6 +406,8 @@ class BatchWriter:
             self._batches += 1
             self._records += len(batch)
             self._last_flush_ms = elapsed_ms
+            self.batch_seconds.observe(elapsed_ms / 1000.0)
+            self.last_commit_at = time.time()
             if self._spool is None:
                 self._degraded = False
             self._commits.notify_all()

@@ -35,11 +35,13 @@ def open_store(
     base_dir: Path,
     sqlite_synchronous: str = "normal",
     pool: PoolOptions | None = None,
+    read_only: bool = False,
 ) -> Store:
     """Open the store ``url`` names; relative SQLite paths are relative to ``base_dir``.
 
     ``pool`` configures a PostgreSQL store (default: :class:`PoolOptions`, one connection
-    attempt); SQLite ignores it.
+    attempt); SQLite ignores it. ``read_only`` opens a store that cannot write (SQLite
+    ``mode=ro``, PostgreSQL read-only transactions).
 
     :raises ConfigError: unknown scheme, malformed URL, or an invalid ``sqlite_synchronous``.
     :raises StoreError: the database could not be opened (``StoreUnavailable`` if transient).
@@ -51,7 +53,7 @@ def open_store(
             f"store URL {parsed.description!r}: unknown scheme {parsed.scheme!r}; "
             "expected sqlite:PATH or postgresql://USER@HOST/DB"
         )
-    return opener(parsed, sqlite_synchronous, pool or PoolOptions())
+    return opener(parsed, sqlite_synchronous, pool or PoolOptions(), read_only)
 
 
 def pool_options(settings: SupervisorSettings) -> PoolOptions:
@@ -66,23 +68,27 @@ def pool_options(settings: SupervisorSettings) -> PoolOptions:
     )
 
 
-def _open_sqlite(parsed: StoreUrl, synchronous: str, pool: PoolOptions) -> Store:
+def _open_sqlite(
+    parsed: StoreUrl, synchronous: str, pool: PoolOptions, read_only: bool = False
+) -> Store:
     if synchronous.lower() not in SYNCHRONOUS_MODES:
         raise ConfigError(
             f"sqlite_synchronous: invalid value {synchronous!r}; "
             f"expected one of {', '.join(sorted(SYNCHRONOUS_MODES))}"
         )
     assert parsed.path is not None  # parse_store_url sets it for every sqlite URL
-    return SqliteStore(parsed.path, synchronous=synchronous)
+    return SqliteStore(parsed.path, synchronous=synchronous, read_only=read_only)
 
 
-def _open_postgres(parsed: StoreUrl, synchronous: str, pool: PoolOptions) -> Store:
+def _open_postgres(
+    parsed: StoreUrl, synchronous: str, pool: PoolOptions, read_only: bool = False
+) -> Store:
     from supervisor.store.postgres import PostgresStore  # psycopg only where it is needed
 
-    return PostgresStore(parsed.url, options=pool)
+    return PostgresStore(parsed.url, options=pool, read_only=read_only)
 
 
-_OPENERS: dict[str, Callable[[StoreUrl, str, PoolOptions], Store]] = {
+_OPENERS: dict[str, Callable[[StoreUrl, str, PoolOptions, bool], Store]] = {
     "sqlite": _open_sqlite,
     "postgresql": _open_postgres,
     "postgres": _open_postgres,

@@ -95,6 +95,23 @@ class Store(abc.ABC):
     ) -> list[RunRecord]:
         """Attempts, newest first (by queue time, then attempt), optionally of one actor or run."""
 
+    def find_runs(
+        self,
+        *,
+        actor: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        before: tuple[float, int, str] | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        """Attempts newest first, filtered; ``before`` continues after a page's last attempt
+        ``(queued_at, attempt, run_id)`` (keyset pagination: stable while rows are added)."""
+        raise NotImplementedError
+
+    def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` distinct run ids that start with ``prefix``, in order."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def list_events(
         self,

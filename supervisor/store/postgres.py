@@ -246,6 +246,12 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.commit()
 
 
+def _configure_read_only(conn: psycopg.Connection[Any]) -> None:
+    _configure(conn)
+    conn.execute("SET default_transaction_read_only = on")
+    conn.commit()
+
+
 class _BatchRows:
     """A batch split by table; runs, states and actors converted before any connection is
     taken. Events are converted while they are sent (see :mod:`supervisor.store.pgcopy`)."""
@@ -324,7 +330,10 @@ class PostgresStore(Store):
     Opening waits for the server up to ``options.wait_s`` (see :func:`open_pool`).
     """
 
-    def __init__(self, url: str, *, options: PoolOptions | None = None) -> None:
+    def __init__(
+        self, url: str, *, options: PoolOptions | None = None, read_only: bool = False
+    ) -> None:
+        """``read_only``: every transaction is read-only (``default_transaction_read_only``)."""
         self._url = url
         self._options = options or PoolOptions()
         self._secret = Secret(url)
@@ -333,12 +342,13 @@ class PostgresStore(Store):
         self._lock = threading.Lock()  # guards the pool reference, not its use
         self._suspect = False  # a failure may have cost the pool its connections
         self._closed = False
+        self._configure = _configure_read_only if read_only else _configure
         self._pool: _Pool | None = open_pool(
             url,
             self._options,
             description=self.description,
             secret=self._secret,
-            configure=_configure,
+            configure=self._configure,
         )
 
     # -- connections ---------------------------------------------------------------------------
@@ -365,7 +375,7 @@ class PostgresStore(Store):
             self._options,
             description=self.description,
             secret=self._secret,
-            configure=_configure,
+            configure=self._configure,
             wait_s=0,  # one attempt: the caller (the writer) has its own backoff
         )
         with self._lock:
@@ -463,6 +473,25 @@ class PostgresStore(Store):
     ) -> list[RunRecord]:
         sql, params = queries.list_runs(_RUNS.select, actor=actor, run_id=run_id, limit=limit)
         return [_RUNS.record_from(row) for row in self._fetch("list runs", sql, params)]
+
+    def find_runs(
+        self,
+        *,
+        actor: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        before: tuple[float, int, str] | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        sql, params = queries.find_runs(
+            _RUNS.select, to_datetime, actor=actor, status=status, since=since, before=before,
+            limit=limit,
+        )  # fmt: skip
+        return [_RUNS.record_from(row) for row in self._fetch("find runs", sql, params)]
+
+    def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        sql, params = queries.run_ids_with_prefix(prefix, limit)
+        return [row[0] for row in self._fetch("find run ids", sql, params)]
 
     def list_events(
         self,

@@ -46,6 +46,46 @@ def list_events(
     return f"{select}{where} ORDER BY created_at, id LIMIT ?", [*params, _limit(limit)]
 
 
+def find_runs(
+    select: str,
+    to_db: ToDb,
+    *,
+    actor: str | None,
+    status: str | None,
+    since: float | None,
+    before: tuple[float, int, str] | None,
+    limit: int,
+) -> Query:
+    """Attempts newest first, like :func:`list_runs`; ``before`` is a keyset cursor: the
+    ``(queued_at, attempt, run_id)`` of the last attempt of the previous page."""
+    where, params = _where(
+        {
+            "actor = ?": actor,
+            "status = ?": status,
+            "queued_at >= ?": None if since is None else to_db(since),
+        }
+    )
+    if before is not None:
+        at, attempt, run_id = to_db(before[0]), before[1], before[2]
+        keyset = (
+            "(queued_at < ? OR (queued_at = ? AND attempt < ?)"
+            " OR (queued_at = ? AND attempt = ? AND run_id < ?))"
+        )
+        where = f"{where} AND {keyset}" if where else f" WHERE {keyset}"
+        params += [at, at, attempt, at, attempt, run_id]
+    order = "queued_at DESC, attempt DESC, run_id DESC"
+    return f"{select}{where} ORDER BY {order} LIMIT ?", [*params, _limit(limit)]
+
+
+def run_ids_with_prefix(prefix: str, limit: int = 2) -> Query:
+    """Run ids starting with ``prefix`` (a key range, so the primary key index answers it)."""
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    sql = (
+        "SELECT DISTINCT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT ?"
+    )
+    return sql, [prefix, upper, _limit(limit)]
+
+
 def unfinished_runs(select: str) -> Query:
     return f"{select} WHERE status IN (?, ?) ORDER BY queued_at, attempt, run_id", list(UNFINISHED)
 

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
@@ -270,14 +271,31 @@ class SqliteStore(Store):
     """A :class:`Store` in one SQLite file; parent folders are created."""
 
     def __init__(
-        self, path: Path | str, *, synchronous: str = "normal", busy_timeout_s: float = 5.0
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "normal",
+        busy_timeout_s: float = 5.0,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: open an existing file with ``mode=ro`` (the HTTP process's view): it
+        cannot write, and does not create or reconfigure the file."""
         if synchronous.lower() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
         self.path = Path(path).absolute()
         self.description = f"sqlite:{self.path}"
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        if read_only:
+            with self._translate("open the database read-only"):
+                uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
+                conn = sqlite3.connect(
+                    uri, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False,
+                    uri=True,
+                )  # fmt: skip
+                conn.execute("PRAGMA query_only = 1")
+            self._conn: sqlite3.Connection | None = conn
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -294,7 +312,7 @@ class SqliteStore(Store):
             except BaseException:
                 conn.close()
                 raise
-        self._conn: sqlite3.Connection | None = conn
+        self._conn = conn
 
     def _configure(self, conn: sqlite3.Connection, synchronous: str, busy_timeout_s: float) -> None:
         # Switching a new file to WAL needs an exclusive lock and does not wait on the busy
@@ -404,6 +422,25 @@ class SqliteStore(Store):
     ) -> list[RunRecord]:
         sql, params = queries.list_runs(_RUNS.select, actor=actor, run_id=run_id, limit=limit)
         return [_RUNS.record_from(row) for row in self._fetch("list runs", sql, params)]
+
+    def find_runs(
+        self,
+        *,
+        actor: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        before: tuple[float, int, str] | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        sql, params = queries.find_runs(
+            _RUNS.select, to_text, actor=actor, status=status, since=since, before=before,
+            limit=limit,
+        )  # fmt: skip
+        return [_RUNS.record_from(row) for row in self._fetch("find runs", sql, params)]
+
+    def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        sql, params = queries.run_ids_with_prefix(prefix, limit)
+        return [row[0] for row in self._fetch("find run ids", sql, params)]
 
     def list_events(
         self,

@@ -1,0 +1,393 @@
+"""The REST API under ``/api/v1/``: JSON in and out, problem+json errors with stable codes.
+
+Reads of the schedule and the scoreboard ask the supervisor (``status``); reads of history ask
+the store, read-only; mutations are control requests. Every parameter is checked here, before
+anything is asked of anyone, so a malformed request costs nothing and cannot reach the
+supervisor. Handlers are plain functions: Starlette runs them in its thread pool.
+"""
+
+import base64
+import binascii
+import re
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from protocol.client import Accepted, RunOutcome
+from supervisor.coderecords import CodeVersion
+from supervisor.http.auth import require_token
+from supervisor.http.context import Backend
+from supervisor.http.problems import Problem
+from supervisor.records import Event, RunRecord
+
+MAX_BODY_BYTES = 1 << 20
+MAX_WAIT_S = 600.0
+RUN_ID = re.compile(r"^[0-9a-f]{8,32}$")
+ACTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+STATUSES = ("queued", "running", "succeeded", "failed_retryable", "failed_permanent")
+
+
+def backend_of(request: Request) -> Backend:
+    backend: Backend = request.app.state.backend
+    return backend
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise Problem(400, "bad_parameter", f"{name}: expected an integer") from None
+    if not low <= value <= high:
+        raise Problem(400, "bad_parameter", f"{name}: must be from {low} to {high}")
+    return value
+
+
+def since_param(request: Request) -> float | None:
+    text = request.query_params.get("since")
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError):
+            raise Problem(
+                400, "bad_parameter", "since: expected ISO-8601 or epoch seconds"
+            ) from None
+    if not 0 <= value < 1e11:
+        raise Problem(400, "bad_parameter", "since: out of range")
+    return value
+
+
+def actor_param(text: str | None, name: str = "actor") -> str | None:
+    if text is None or text == "":
+        return None
+    if not ACTOR_NAME.match(text):
+        raise Problem(400, "bad_parameter", f"{name}: not an actor name")
+    return text
+
+
+def known_actor(backend: Backend, name: str) -> dict[str, Any]:
+    """The actor's ``status`` entry. :raises Problem: 404 ``unknown_actor``."""
+    if not ACTOR_NAME.match(name):
+        raise Problem(404, "unknown_actor", "no actor by that name")
+    for actor in backend.cached("status", max_age_s=1.0)["actors"]:
+        if actor["name"] == name:
+            found: dict[str, Any] = actor
+            return found
+    raise Problem(404, "unknown_actor", f"no actor named {name!r}")
+
+
+def resolve_run_id(backend: Backend, text: str) -> str:
+    """A full run id, from itself or a unique prefix of at least 8 characters."""
+    text = text.lower()
+    if not RUN_ID.match(text):
+        raise Problem(400, "bad_parameter", "a run id (or a prefix of it) is 8 to 32 hex digits")
+    found = backend.read(lambda s: s.run_ids_with_prefix(text, 2))
+    if not found:
+        raise Problem(404, "unknown_run", f"no run id starts with {text!r}")
+    if len(found) > 1:
+        raise Problem(409, "ambiguous_id", f"more than one run id starts with {text!r}")
+    return found[0]
+
+
+async def read_json(request: Request, *, allow_empty: bool = True) -> Any:
+    """The request body as JSON (None when empty); at most :data:`MAX_BODY_BYTES`."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        raise Problem(413, "body_too_large", f"the body may be at most {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise Problem(413, "body_too_large", f"the body may be at most {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        if allow_empty:
+            return None
+        raise Problem(400, "bad_json", "a JSON body is required")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+
+
+# --- views of records -----------------------------------------------------------------------
+
+
+def run_json(record: RunRecord) -> dict[str, Any]:
+    data = asdict(record)
+    data["input"] = _loads(record.input_json)
+    data["output"] = _loads(record.output_json)
+    del data["input_json"], data["output_json"]
+    return data
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return asdict(event)
+
+
+def version_json(version: CodeVersion, *, code: bool = False) -> dict[str, Any]:
+    data = asdict(version)
+    data["active"] = version.is_active
+    if not code:
+        del data["script_code"]
+    return data
+
+
+def actor_json(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": entry["name"],
+        "schedule": entry["schedule"],
+        "next_fire": entry["next_due"],
+        "next_fire_ts": entry["next_due_ts"],
+        "paused": entry["paused"],
+        "paused_reason": entry["paused_reason"],
+        "consecutive_failures": entry["consecutive_failures"],
+        "last_run_at": entry["last_run_at"],
+        "active_runs": entry["active_runs"],
+        "mode": entry["mode"],
+        "exec_mode": entry["exec_mode"],
+        "code_sha256": entry["code_sha256"],
+        "code_history_id": entry["code_history_id"],
+        "drift": entry["code_status"],
+    }
+
+
+def encode_cursor(record: RunRecord) -> str:
+    raw = orjson.dumps([record.queued_at, record.attempt, record.run_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[float, int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        at, attempt, run_id = orjson.loads(raw)
+        if not (
+            isinstance(at, int | float) and isinstance(attempt, int) and isinstance(run_id, str)
+        ):
+            raise ValueError
+        if not (0 <= at < 1e11 and 0 < attempt < 1 << 31 and len(run_id) <= 64):
+            raise ValueError
+        return float(at), attempt, run_id
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise Problem(400, "bad_parameter", "cursor: not a cursor this API gave out") from None
+
+
+# --- actors ---------------------------------------------------------------------------------
+
+
+def list_actors(request: Request) -> JSONResponse:
+    status = backend_of(request).cached("status", max_age_s=0.5)
+    return JSONResponse({"actors": [actor_json(a) for a in status["actors"]]})
+
+
+def get_actor(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    name = request.path_params["name"]
+    data = actor_json(known_actor(backend, name))
+    last = backend.read(lambda s: s.find_runs(actor=name, limit=1))
+    data["last_run"] = run_json(last[0]) if last else None
+    active = backend.read(lambda s: s.code_version(name))
+    data["active_version"] = version_json(active) if active else None
+    return JSONResponse(data)
+
+
+def actor_versions(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    name = request.path_params["name"]
+    known_actor(backend, name)
+    limit = int_param(request, "limit", 50, 1, 1000)
+    versions = backend.read(lambda s: s.code_history(name, limit=limit))
+    return JSONResponse({"versions": [version_json(v) for v in versions]})
+
+
+def actor_code(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    name = request.path_params["name"]
+    known_actor(backend, name)
+    tag = request.query_params.get("version") or None
+    if tag is not None and not re.match(r"^[0-9A-Za-z.+_-]{1,64}$", tag):
+        raise Problem(400, "bad_parameter", "version: not a version tag")
+    version = backend.read(lambda s: s.code_version(name, version_tag=tag))
+    if version is None:
+        raise Problem(404, "unknown_version", f"{name} has no version {tag or '(active)'}")
+    return JSONResponse(version_json(version, code=True))
+
+
+async def submit_run(request: Request) -> Response:
+    backend = backend_of(request)
+    require_token(backend, request)
+    wait = None
+    if (text := request.query_params.get("wait")) is not None:
+        try:
+            wait = float(text)
+        except ValueError:
+            raise Problem(400, "bad_parameter", "wait: expected seconds") from None
+        if not 0 < wait <= MAX_WAIT_S:
+            raise Problem(400, "bad_parameter", f"wait: must be > 0 and <= {MAX_WAIT_S:.0f}")
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= 200:
+        raise Problem(400, "bad_parameter", "Idempotency-Key: 1 to 200 characters")
+    body = await read_json(request)
+    name = request.path_params["name"]
+    if not ACTOR_NAME.match(name):
+        raise Problem(404, "unknown_actor", "no actor by that name")
+
+    def call() -> Accepted | RunOutcome:
+        return backend.call(
+            lambda c: c.submit(
+                name, body, wait=wait is not None, timeout_s=wait, idempotency_key=key
+            )
+        )
+
+    try:
+        answer = await run_in_threadpool(call)
+    except Problem as exc:
+        if exc.code == "supervisor_unreachable" and wait is not None:
+            raise Problem(504, "wait_timeout", f"no final outcome within {wait}s") from None
+        raise
+    if isinstance(answer, Accepted):
+        return JSONResponse(
+            {"run_id": answer.run_id, "actor": answer.actor, "deduplicated": answer.deduplicated},
+            status_code=202,
+            headers={"Location": f"/api/v1/runs/{answer.run_id}"},
+        )
+    return JSONResponse(answer.as_dict())
+
+
+async def trigger_actor(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    require_token(backend, request)
+    body = await read_json(request)
+    name = request.path_params["name"]
+    if not ACTOR_NAME.match(name):
+        raise Problem(404, "unknown_actor", "no actor by that name")
+    force = request.query_params.get("force", "false").lower() in ("1", "true", "yes")
+    accepted = await run_in_threadpool(
+        lambda: backend.call(lambda c: c.trigger(name, body, force=force))
+    )
+    return JSONResponse({"run_id": accepted.run_id, "actor": accepted.actor}, status_code=202)
+
+
+async def pause_actor(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    require_token(backend, request)
+    body = await read_json(request)
+    reason = None
+    if body is not None:
+        if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str | None):
+            raise Problem(400, "bad_json", 'expected {"reason": "..."}')
+        reason = body.get("reason")
+        if reason is not None and len(reason) > 1000:
+            raise Problem(400, "bad_parameter", "reason: at most 1000 characters")
+    name = request.path_params["name"]
+    if not ACTOR_NAME.match(name):
+        raise Problem(404, "unknown_actor", "no actor by that name")
+    data = await run_in_threadpool(lambda: backend.call(lambda c: c.pause(name, reason)))
+    backend.invalidate()
+    return JSONResponse(data)
+
+
+async def resume_actor(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    require_token(backend, request)
+    await read_json(request)  # a body is ignored, but still bounded
+    name = request.path_params["name"]
+    if not ACTOR_NAME.match(name):
+        raise Problem(404, "unknown_actor", "no actor by that name")
+    data = await run_in_threadpool(lambda: backend.call(lambda c: c.resume(name)))
+    backend.invalidate()
+    return JSONResponse(data)
+
+
+# --- runs and events ------------------------------------------------------------------------
+
+
+def list_runs(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    actor = actor_param(request.query_params.get("actor"))
+    status = request.query_params.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise Problem(400, "bad_parameter", f"status: one of {', '.join(STATUSES)}")
+    since = since_param(request)
+    limit = int_param(request, "limit", 50, 1, 500)
+    cursor_text = request.query_params.get("cursor")
+    before = decode_cursor(cursor_text) if cursor_text else None
+    runs = backend.read(
+        lambda s: s.find_runs(
+            actor=actor, status=status, since=since, before=before, limit=limit + 1
+        )
+    )
+    page, more = runs[:limit], len(runs) > limit
+    return JSONResponse(
+        {
+            "runs": [run_json(r) for r in page],
+            "next_cursor": encode_cursor(page[-1]) if more and page else None,
+        }
+    )
+
+
+def get_run(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    run_id = resolve_run_id(backend, request.path_params["run_id"])
+    attempts = backend.read(lambda s: s.list_runs(run_id=run_id, limit=1000))
+    found = backend.read(
+        lambda s: s.list_events(aggregate_type="run", aggregate_id=run_id, limit=1000)
+    )
+    attempts.sort(key=lambda r: r.attempt)
+    last = attempts[-1]
+    return JSONResponse(
+        {
+            "run_id": run_id,
+            "actor": last.actor,
+            "status": last.status,
+            "reason": last.reason,
+            "attempts": [run_json(r) for r in attempts],
+            "events": [event_json(e) for e in found],
+        }
+    )
+
+
+def list_events(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    filters: dict[str, Any] = {
+        "since": since_param(request),
+        "limit": int_param(request, "limit", 200, 1, 1000),
+    }
+    run = request.query_params.get("run")
+    actor = actor_param(request.query_params.get("actor"))
+    correlation = request.query_params.get("correlation") or None
+    if run:
+        filters.update(aggregate_type="run", aggregate_id=resolve_run_id(backend, run))
+    elif actor:
+        filters.update(aggregate_type="actor", aggregate_id=actor)
+    if correlation is not None:
+        if len(correlation) > 64:
+            raise Problem(400, "bad_parameter", "correlation: at most 64 characters")
+        filters["correlation_id"] = correlation
+    found = backend.read(lambda s: s.list_events(**filters))
+    return JSONResponse({"events": [event_json(e) for e in found]})

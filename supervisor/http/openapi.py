@@ -1,0 +1,92 @@
+"""The OpenAPI 3.1 document served at ``/api/v1/openapi.json``, built from one table."""
+
+from typing import Any
+
+from supervisor.http.health import VERSION
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_RUN = {"name": "run_id", "in": "path", "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{8,32}$"},
+        "description": "a run id or a unique prefix of at least 8 characters"}  # fmt: skip
+
+
+def _q(name: str, kind: str = "string", text: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": {"type": kind},
+            "description": text}  # fmt: skip
+
+
+# (method, path, summary, parameters, mutating, success status)
+ROUTES: list[tuple[str, str, str, list[dict[str, Any]], bool, str]] = [
+    ("get", "/actors", "Every actor: schedule, next fire, paused, failures, code, drift",
+     [], False, "200"),
+    ("get", "/actors/{name}", "One actor, with its last run and active code version",
+     [_NAME], False, "200"),
+    ("post", "/actors/{name}/runs", "Submit a run; the body is its input. 202 with the run id, "
+     "or with ?wait=SECONDS the final outcome",
+     [_NAME, _q("wait", "number", "seconds to wait for the outcome"),
+      {"name": "Idempotency-Key", "in": "header", "required": False,
+       "schema": {"type": "string"}}], True, "202"),
+    ("post", "/actors/{name}/trigger", "Run now, outside the schedule (?force=true if paused)",
+     [_NAME, _q("force", "boolean")], True, "202"),
+    ("post", "/actors/{name}/pause", 'Pause scheduled runs; body {"reason": "..."}',
+     [_NAME], True, "200"),
+    ("post", "/actors/{name}/resume", "Resume a paused actor", [_NAME], True, "200"),
+    ("get", "/actors/{name}/versions", "Code versions, newest first",
+     [_NAME, _q("limit", "integer")], False, "200"),
+    ("get", "/actors/{name}/code", "The stored code of a version (default: the active one)",
+     [_NAME, _q("version")], False, "200"),
+    ("get", "/runs", "Attempts, newest first, with cursor pagination",
+     [_q("actor"), _q("status"), _q("since", text="ISO-8601 or epoch seconds"),
+      _q("limit", "integer"), _q("cursor", text="next_cursor of the previous page")],
+     False, "200"),
+    ("get", "/runs/{run_id}", "A run: every attempt (output, error, stderr tail, code "
+     "version) and its events", [_RUN], False, "200"),
+    ("get", "/events", "Events, oldest first",
+     [_q("run"), _q("actor"), _q("correlation"), _q("since"), _q("limit", "integer")],
+     False, "200"),
+]  # fmt: skip
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for method, path, summary, params, mutating, ok in ROUTES:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "parameters": params,
+            "responses": {
+                ok: {"description": "OK", "content": {"application/json": {}}},
+                "4XX": _PROBLEM,
+                "5XX": _PROBLEM,
+            },
+        }
+        if mutating:
+            operation["security"] = [{"bearer": []}]
+            operation["requestBody"] = {
+                "required": False,
+                "content": {"application/json": {"schema": {}}},
+            }
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "actor-supervisor", "version": VERSION},
+        "servers": [{"url": "/api/v1"}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "Problem": {
+                    "description": "RFC 9457 problem; `code` is stable: unknown_actor, paused, "
+                    "busy, bad_json, bad_parameter, body_too_large, unauthorized, unknown_run, "
+                    "ambiguous_id, supervisor_unreachable, store_unavailable, ...",
+                    "content": {"application/problem+json": {"schema": {
+                        "type": "object", "required": ["status", "code", "detail"],
+                        "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                                       "status": {"type": "integer"},
+                                       "code": {"type": "string"},
+                                       "detail": {"type": "string"}},
+                    }}},
+                }
+            },
+        },
+    }  # fmt: skip

@@ -1,0 +1,101 @@
+"""A real supervisor with its HTTP process on a free loopback port, and an HTTP client."""
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.supervisor.harness import (
+    ECHO,
+    RunningSupervisor,
+    start_supervisor,
+    wait_for,
+    write_script,
+)
+
+SLEEPY = """\
+    import json, sys, time
+    time.sleep(json.load(sys.stdin).get("seconds", 1))
+    print("{}")
+"""
+FAIL = """\
+    import sys
+    sys.stderr.write("failing on purpose\\n")
+    sys.exit(3)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class HttpSupervisor:
+    sup: RunningSupervisor
+    base: str
+    http: httpx.Client
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        def healthy() -> bool:
+            try:
+                return self.http.get("/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, timeout, "GET /health to answer 200")
+
+
+def actors_toml(folder: Path) -> str:
+    write_script(folder, "echo.py", ECHO)
+    write_script(folder, "fail.py", FAIL)
+    write_script(folder, "sleepy.py", SLEEPY)
+    return """
+[[actors]]
+name = "echo"
+script = "scripts/echo.py"
+
+[[actors]]
+name = "fail"
+script = "scripts/fail.py"
+max_consecutive_failures = 0
+
+[[actors]]
+name = "sleepy"
+script = "scripts/sleepy.py"
+timeout_s = 60
+
+[[actors]]
+name = "ticker"
+script = "scripts/echo.py"
+schedule = { type = "interval", seconds = 3600 }
+"""
+
+
+def start_http(folder: Path, settings: str = "", token: str | None = None) -> HttpSupervisor:
+    port = free_port()
+    extra = f'http_listen = "127.0.0.1:{port}"\n' + settings
+    if token is not None:
+        (folder / "token").write_text(token + "\n")
+        extra += 'http_token_file = "token"\n'
+    sup = start_supervisor(folder, actors_toml(folder), settings=extra)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0, headers=headers)
+    running = HttpSupervisor(sup, f"http://127.0.0.1:{port}", client)
+    running.wait_healthy()
+    return running
+
+
+@pytest.fixture
+def http_sup(public_tmp: Path) -> Iterator[HttpSupervisor]:
+    running = start_http(public_tmp)
+    try:
+        yield running
+    finally:
+        running.http.close()
+        running.sup.stop()

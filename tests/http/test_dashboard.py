@@ -1,0 +1,133 @@
+"""The dashboard in a real headless Chromium: every page loads, buttons work, it shows the store.
+
+Skipped when Chromium or its driver is missing, unless ``CI`` is set: then it fails. Each
+page's screenshot goes to the test's temporary folder; ``SCREENSHOTS_DIR=docs`` refreshes the
+ones the README shows.
+"""
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.http.conftest import HttpSupervisor
+from tests.supervisor.harness import wait_for
+
+
+def _chrome() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture
+def browser() -> Iterator["object"]:
+    found = _chrome()
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI: chromium and chromium-driver must be installed (see .ci/run)")
+        pytest.skip("chromium / chromedriver not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900", "--lang=en-US"):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(found[1]))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shot(driver: "object", name: str, tmp: Path) -> None:
+    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp)
+    folder.mkdir(exist_ok=True)
+    driver.save_screenshot(str(folder / f"dashboard-{name}.png"))  # type: ignore[attr-defined]
+
+
+def paused_attr(driver: "object") -> str | None:
+    """The echo row's ``data-paused``, or None while the page is being replaced."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        row = driver.find_element(By.ID, "actor-echo")  # type: ignore[attr-defined]
+        value: str | None = row.get_attribute("data-paused")
+        return value
+    except (NoSuchElementException, StaleElementReferenceException):
+        return None
+
+
+@pytest.mark.timeout(180)
+def test_pages_buttons_and_store_agree(
+    http_sup: HttpSupervisor, browser: "object", tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    assert isinstance(browser, WebDriver)
+    d, http, base = browser, http_sup.http, http_sup.base
+    run_ids = [http.post("/api/v1/actors/echo/runs?wait=30", json={"i": i}).json()["run_id"]
+               for i in range(3)]  # fmt: skip
+    failed = http.post("/api/v1/actors/fail/runs?wait=30").json()["run_id"]
+
+    d.get(base + "/")
+    assert d.find_element(By.ID, "health").text.lower().count("healthy") == 1
+    store = http_sup.sup.store()
+    try:
+        finished = [r for r in store.list_runs(limit=1000) if r.finished_at is not None]
+    finally:
+        store.close()
+    assert f"{len(finished)} attempts finished" in d.page_source.replace("\n", " ")
+    shot(d, "overview", tmp_path)
+
+    d.get(base + "/actors")
+    row = d.find_element(By.ID, "actor-echo")
+    assert row.get_attribute("data-paused") == "false"
+    row.find_element(By.CSS_SELECTOR, "button[data-action=pause]").click()
+    wait_for(lambda: paused_attr(d) == "true",
+             10, "the echo row to show paused")  # fmt: skip
+    assert http.get("/api/v1/actors/echo").json()["paused"] is True
+    store = http_sup.sup.store()
+    try:
+        assert store.load_task_states()["echo"].is_paused  # the store holds what the page shows
+    finally:
+        store.close()
+    shot(d, "actors", tmp_path)
+    d.find_element(By.ID, "actor-echo").find_element(
+        By.CSS_SELECTOR, "button[data-action=resume]"
+    ).click()
+    wait_for(lambda: paused_attr(d) == "false",
+             10, "the echo row to show active again")  # fmt: skip
+    assert http.get("/api/v1/actors/echo").json()["paused"] is False
+
+    d.get(base + "/actors/echo")
+    table = d.find_element(By.ID, "runs").text
+    for run_id in run_ids:
+        assert run_id[:12] in table
+    assert table.count("succeeded") == 3
+    shot(d, "actor", tmp_path)
+
+    d.get(base + f"/runs/{failed}")
+    assert "failed permanent" in d.page_source
+    assert "failing on purpose" in d.find_element(By.TAG_NAME, "main").text
+    shot(d, "run", tmp_path)
+
+    d.get(base + "/events?actor=echo")
+    events = d.find_element(By.ID, "events").text
+    assert "actor_paused" in events and "actor_resumed" in events
+    d.get(base + "/events")
+    shot(d, "events", tmp_path)
+
+
+@pytest.mark.timeout(60)
+def test_forms_without_csrf_are_refused(http_sup: HttpSupervisor) -> None:
+    response = http_sup.http.post("/ui/actors/echo/pause", data={"next": "/actors"})
+    assert response.status_code == 403
+    assert http_sup.http.get("/api/v1/actors/echo").json()["paused"] is False
