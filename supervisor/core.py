@@ -41,6 +41,8 @@ from supervisor.codesync import ActorCode, make_cache
 from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
 from supervisor.errors import ConfigError, StartupError
+from supervisor.lease import acquire as acquire_lease
+from supervisor.lease import open_lease
 from supervisor.logs import setup_logging
 from supervisor.pool import WorkerPool
 from supervisor.preflight import check_reloaded_scripts, prepare_sandbox
@@ -64,6 +66,7 @@ OVERDUE_SLACK_S = 30.0  # beyond timeout + kill grace, a run's worker is presume
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 RECV_BATCH = 256  # worker messages taken per loop turn, so no socket starves another
 RETRY = "retry"  # schedule heap entry of a run waiting for its next attempt
+EXIT_LEASE_LOST = 6  # the store's lease was lost while running: another supervisor may act
 
 
 class Phase(Enum):
@@ -85,6 +88,7 @@ class Supervisor:
         *,
         overrides: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
+        standby: bool = False,
     ) -> None:
         self.config = config
         self.settings = config.supervisor
@@ -97,7 +101,7 @@ class Supervisor:
             (
                 "runs_accepted", "runs_finished", "runs_succeeded", "runs_failed",
                 "retries_scheduled", "busy_rejections", "bad_worker_messages", "stale_results",
-                "worker_deaths", "reloads", "reloads_rejected",
+                "worker_deaths", "reloads", "reloads_rejected", "fires_refused",
             ),
             0,
         )  # fmt: skip
@@ -113,6 +117,9 @@ class Supervisor:
         self._sentinels: set[int] = set()
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="actor-supervisor-"))
         self._rng = random.Random()
+        self._standby = standby
+        self._refused_fires: set[str] = set()
+        self.exit_code = 0
 
     # --- start-up (before the loop; the sandbox check forks, so it runs before any thread) ----
 
@@ -133,10 +140,14 @@ class Supervisor:
             applied = self.store.migrate()
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
+        self.lease = open_lease(
+            self.store, s.database, instance=self.instance_id, ttl_s=s.lease_ttl_s
+        )
+        self.epoch = acquire_lease(self.lease, standby=self._standby)  # before reading state
         self.spool = Spool(spool_folder(s.spool_dir, self.config.base_dir))
         self.spool.drain(self.store, give_up_s=s.database_wait_s)  # before reading any state
         self._stored_states: dict[str, TaskState] = self.store.load_task_states()
-        unfinished = self.store.unfinished_runs()
+        unfinished = self.store.unfinished_runs(before_epoch=self.epoch)
         since = self._clock() - IDEMPOTENCY_WINDOW_S
         for key, run_id in self.store.idempotency_keys(since).items():
             self._idempotency[key] = (run_id, self._clock())
@@ -146,6 +157,7 @@ class Supervisor:
             batch_size=s.batch_size,
             max_age_s=s.batch_max_age_ms / 1000,
             spool=self.spool,  # the writer owns and closes it from here on
+            epoch=self.epoch,
         )
         self._unfinished = unfinished
         self.reader = Reader()  # reads the loop must not wait for (an actor's code)
@@ -203,7 +215,15 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until a stop signal has been handled; return the process exit code."""
-        self._prepare()
+        try:
+            self._prepare()
+        except BaseException:
+            if hasattr(self, "lease"):
+                self.lease.release()
+            if hasattr(self, "store"):
+                self.store.close()
+            raise
+        self.lease.start_keeping()
         self.writer.start()
         self.reader.start()
         try:
@@ -224,7 +244,7 @@ class Supervisor:
             self._loop()
         finally:
             self._teardown()
-        return 0
+        return self.exit_code
 
     def _loop(self) -> None:
         while self.phase is not Phase.DONE:
@@ -269,6 +289,7 @@ class Supervisor:
 
     def _on_commits(self) -> None:
         self.writer.drain_wakeups()
+        self._take_refused_fires()
         committed = self.writer.committed
         while self._barrier and self._barrier[0][0] <= committed:
             _, callback = self._barrier.popleft()
@@ -377,6 +398,9 @@ class Supervisor:
 
     def _on_durable(self, active: ActiveRun) -> None:
         self._awaiting_durable -= 1
+        if active.run_id in self._refused_fires:
+            self._drop_refused_fire(active)
+            return
         waiters = active.waiters  # a run refused at dispatch hands them on to its result
         if self.runs.get(active.run_id) is active and active.record.status == RunState.QUEUED:
             if self.phase is Phase.RUNNING:
@@ -664,7 +688,43 @@ class Supervisor:
                     active, self._lost(active.record, reason, f"worker {gone.description}")
                 )
 
+    def _take_refused_fires(self) -> None:
+        for run_id in self.store.refused.take():
+            active = self.runs.get(run_id)
+            if active is not None and active.record.status == RunState.QUEUED:
+                self._refused_fires.add(run_id)
+            else:  # written through the spool after it ran: the store keeps the other copy
+                log.error("fire %s was refused by the store after it ran", run_id)
+
+    def _drop_refused_fire(self, active: ActiveRun) -> None:
+        """Another supervisor (an older or newer epoch) already claimed this fire."""
+        self._refused_fires.discard(active.run_id)
+        self.runs.pop(active.run_id, None)
+        self.counters["fires_refused"] += 1
+        record = active.record
+        log.warning(
+            "actor %s: fire at %s already claimed in the store; not running it again",
+            record.actor, record.scheduled_for,
+            extra={"actor": record.actor, "run_id": record.run_id},
+        )  # fmt: skip
+        if (actor := self.actors.get(record.actor)) is not None:
+            actor.active.discard(record.run_id)
+            if self.phase is Phase.RUNNING:
+                self.scheduler.after_final(actor)
+
+    def _check_lease(self) -> None:
+        if self.lease.valid() or self.exit_code == EXIT_LEASE_LOST:
+            return
+        self.exit_code = EXIT_LEASE_LOST
+        log.error(
+            "%s is no longer ours (term %d): stopping, so that only its holder acts",
+            self.lease.description, self.epoch, extra={"event": "lease_lost"},
+        )  # fmt: skip
+        self._begin_shutdown("lease lost")
+        self._begin_shutdown("lease lost")  # no grace: another supervisor may run these now
+
     def _maintain(self) -> None:
+        self._check_lease()
         running = self.phase is Phase.RUNNING
         self.pool.maintain(respawn=running)
         self._sync_sentinels()
@@ -827,6 +887,8 @@ class Supervisor:
             self.scoreboard.close()
         if hasattr(self, "store"):
             self.store.close()
+        if hasattr(self, "lease"):
+            self.lease.release()  # last: a standby must not start before our writes are done
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
         log.info("supervisor stopped", extra=dict(self.counters))
 

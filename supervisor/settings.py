@@ -491,6 +491,9 @@ class SupervisorSettings:
     pool_acquire_timeout_s: float = 5.0
     pool_check: bool = True
     database_wait_s: float = 60.0
+    lease_ttl_s: float = 10.0
+    queue_max_bytes: int = 256 * 1024 * 1024
+    allow_subsecond: bool = False
     migrate: bool = True
     spool_dir: str = "state/spool"
     control_curve_secret_key: str | None = None
@@ -559,6 +562,22 @@ SETTINGS: tuple[Setting, ...] = declare(
             "database_wait_s",
             Number(minimum=0),
             "start-up: seconds to keep retrying an unreachable database before giving up",
+        ),
+        Setting(
+            "lease_ttl_s",
+            Number(minimum=1, maximum=3600),
+            "PostgreSQL: the store lease's time to live; a standby takes over at most this "
+            "long after the holder died",
+        ),
+        Setting(
+            "queue_max_bytes",
+            Integer(1024, 64 * 1024**3),
+            "bytes of queued inputs held in memory; beyond it submissions get busy",
+        ),
+        Setting(
+            "allow_subsecond",
+            Boolean(),
+            "allow interval schedules shorter than 1 second",
         ),
         Setting("migrate", Boolean(), "apply pending migrations at start-up"),
         Setting(

@@ -106,6 +106,7 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
             "spooled": stats.spooled,
             "replayed": stats.replayed,
             "rejected": stats.rejected,
+            "lease": sup.lease.status(),
         },
         "counters": sup.all_counters(),
     }

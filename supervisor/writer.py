@@ -28,9 +28,9 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from supervisor.records import Record
+from supervisor.records import Record, RunRecord
 from supervisor.spool import Spool, encode_batch
 from supervisor.store.base import Store, StoreUnavailable
 
@@ -87,6 +87,7 @@ class BatchWriter:
         backoff_max_s: float = 5.0,
         spool: Spool | None = None,
         replay_chunk: int = 5000,
+        epoch: int = 0,
     ) -> None:
         if batch_size < 1 or replay_chunk < 1:
             raise ValueError(f"batch_size and replay_chunk must be >= 1, got {batch_size}")
@@ -99,6 +100,7 @@ class BatchWriter:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._replay_chunk = replay_chunk
+        self._epoch = epoch  # the lease term stamped on every run row (the fencing epoch)
 
         # One lock, four conditions: work for the thread, commits for flush(), retry_now so
         # close() can cut a backoff short without put() waking the backoff every time, and
@@ -153,6 +155,8 @@ class BatchWriter:
     def put(self, record: Record) -> int:
         """Queue ``record``; return its sequence number. Never waits for the store."""
         now = time.monotonic()
+        if type(record) is RunRecord and record.epoch != self._epoch:
+            record = replace(record, epoch=self._epoch)
         with self._lock:
             if self._closing:
                 raise RuntimeError("BatchWriter.put() after close()")

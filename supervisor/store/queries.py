@@ -46,8 +46,11 @@ def list_events(
     return f"{select}{where} ORDER BY created_at, id LIMIT ?", [*params, _limit(limit)]
 
 
-def unfinished_runs(select: str) -> Query:
-    return f"{select} WHERE status IN (?, ?) ORDER BY queued_at, attempt, run_id", list(UNFINISHED)
+def unfinished_runs(select: str, before_epoch: int | None = None) -> Query:
+    where, params = "status IN (?, ?)", list[Any](UNFINISHED)
+    if before_epoch is not None:
+        where, params = f"{where} AND epoch < ?", [*params, before_epoch]
+    return f"{select} WHERE {where} ORDER BY queued_at, attempt, run_id", params
 
 
 def idempotency_keys(to_db: ToDb, since: float) -> Query:

@@ -106,6 +106,7 @@ def start_supervisor(
     workers: int = 2,
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> RunningSupervisor:
     """Write ``supervisor.toml`` (``actors`` is the ``[[actors]]`` TOML) and start on it."""
     folder.chmod(0o755)
@@ -118,7 +119,9 @@ def start_supervisor(
         + "\n"
         + textwrap.dedent(actors)
     )
-    return start_on_config(config, endpoint, workers=workers, wait_ready=wait_ready, env=env)
+    return start_on_config(
+        config, endpoint, workers=workers, wait_ready=wait_ready, env=env, args=args
+    )
 
 
 def start_on_config(
@@ -128,13 +131,14 @@ def start_on_config(
     workers: int = 2,
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> RunningSupervisor:
     """Start a supervisor on an existing config file whose control endpoint is ``endpoint``."""
     folder = config.parent
     log_path = folder / "supervisor.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config)],
+            [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=folder,
