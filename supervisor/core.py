@@ -40,6 +40,7 @@ from supervisor.codebook import CodeBook
 from supervisor.codesync import ActorCode, make_cache
 from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
+from supervisor.deadletter import DeadLetters, dead_letter_path
 from supervisor.errors import ConfigError, StartupError
 from supervisor.lease import acquire as acquire_lease
 from supervisor.lease import open_lease
@@ -144,7 +145,9 @@ class Supervisor:
             self.store, s.database, instance=self.instance_id, ttl_s=s.lease_ttl_s
         )
         self.epoch = acquire_lease(self.lease, standby=self._standby)  # before reading state
-        self.spool = Spool(spool_folder(s.spool_dir, self.config.base_dir))
+        folder = spool_folder(s.spool_dir, self.config.base_dir)
+        self.dead_letters = DeadLetters(dead_letter_path(folder))
+        self.spool = Spool(folder, dead_letters=self.dead_letters)
         self.spool.drain(self.store, give_up_s=s.database_wait_s)  # before reading any state
         self._stored_states: dict[str, TaskState] = self.store.load_task_states()
         unfinished = self.store.unfinished_runs(before_epoch=self.epoch)
@@ -158,6 +161,7 @@ class Supervisor:
             max_age_s=s.batch_max_age_ms / 1000,
             spool=self.spool,  # the writer owns and closes it from here on
             epoch=self.epoch,
+            dead_letters=self.dead_letters,
         )
         self._unfinished = unfinished
         self.reader = Reader()  # reads the loop must not wait for (an actor's code)

@@ -307,7 +307,7 @@ class PostgresLease(Lease):
     def try_acquire(self) -> Holder | None:
         import psycopg
 
-        started = time.monotonic()
+        started: float | None = time.monotonic()
         try:
             conn = self._conn if self._conn is not None else self._connect()
             self._conn = conn
@@ -316,21 +316,33 @@ class PostgresLease(Lease):
             ).fetchone()[0]
             if not got:
                 return self._holder(conn)
-            with conn.transaction():
-                conn.execute(
-                    "INSERT INTO supervisor_lease (name, term) VALUES (%s, 0) "
-                    "ON CONFLICT DO NOTHING",
-                    (LEASE_NAME,),
-                )
-                row = conn.execute(_TAKE, self._params()).fetchone()
-            if row is None:  # lock free but the row not expired: its holder may still act
-                conn.execute("SELECT pg_advisory_unlock(%s, 0)", (LEASE_LOCK_CLASS,))
-                return self._holder(conn)
+            conn.execute(
+                "INSERT INTO supervisor_lease (name, term) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+                (LEASE_NAME,),
+            )
+            # The lock is free, so the last holder's session is gone; but until its row expires
+            # it may still believe it holds the lease. Holding the lock, we wait out its ttl: it
+            # cannot take the lock again to renew, so it stops acting before the row expires.
+            deadline = time.monotonic() + self.ttl_s + 5.0
+            while (row := conn.execute(_TAKE, self._params()).fetchone()) is None:
+                if time.monotonic() > deadline:
+                    conn.execute("SELECT pg_advisory_unlock(%s, 0)", (LEASE_LOCK_CLASS,))
+                    return self._holder(conn)
+                if started is not None:
+                    log.warning(
+                        "%s: the last holder (%s) is gone but its lease has not expired; "
+                        "waiting up to %.1f s for it",
+                        self.description, self._holder(conn).describe(), self.ttl_s,
+                        extra={"event": "lease_expiry_wait"},
+                    )  # fmt: skip
+                    started = None
+                time.sleep(0.2)
+            started = time.monotonic()
         except psycopg.Error as exc:
             self._close_conn()
             raise StartupError(f"{self.description}: cannot take the lease: {exc}") from exc
         self.term, self.since = int(row[0]), float(row[1])
-        self._trusted_until = started + self.ttl_s * TRUST
+        self._trusted_until = started + self.ttl_s * TRUST  # from before the row was updated
         return None
 
     def _holder(self, conn: Any) -> Holder:

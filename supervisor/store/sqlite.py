@@ -293,6 +293,14 @@ def _apply_code(db: code.CodeDb, records: Sequence[CodeChange | SyncUpdate]) -> 
             code.update_sync(db, record)
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
 class SqliteStore(Store):
     """A :class:`Store` in one SQLite file; parent folders are created."""
 
@@ -323,6 +331,8 @@ class SqliteStore(Store):
                 conn.close()
                 raise
         self._conn: sqlite3.Connection | None = conn
+        self._identity = _file_identity(self.path)  # checked before each batch
+        self._replaced = False
 
     def _configure(self, conn: sqlite3.Connection, synchronous: str, busy_timeout_s: float) -> None:
         # Switching a new file to WAL needs an exclusive lock and does not wait on the busy
@@ -415,6 +425,7 @@ class SqliteStore(Store):
         rows = _BatchRows(records)
         if not rows:
             return
+        self._check_file()
         refused: list[str] = []
         with self._tx("write a batch") as conn:
             if rows.code:
@@ -433,6 +444,28 @@ class SqliteStore(Store):
             if rows.events:
                 conn.executemany(_EVENTS.insert, rows.events)
         self.refused.add(refused)
+
+    def _check_file(self) -> None:
+        """The open connection writes to the inode it opened: if the path was removed or now
+        names another file, every write would go to a file no one will ever read again.
+
+        :raises StoreUnavailable: the writer spools until a restart opens the file anew.
+        """
+        found = _file_identity(self.path)
+        if found == self._identity:
+            return
+        what = "removed" if found is None else "replaced by another file"
+        if not self._replaced:
+            self._replaced = True
+            log.critical(
+                "%s: the database file was %s while the supervisor was running; writes go to "
+                "the spool from now on, and a restart replays them into the file then at %s",
+                self.description,
+                what,
+                self.path,
+                extra={"event": "store_file_replaced"},
+            )
+        raise StoreUnavailable(f"{self.description}: the database file was {what}")
 
     def list_runs(
         self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50

@@ -102,9 +102,7 @@ def test_standby_takes_over_after_kill_9_without_double_fires(
     standby = start(public_tmp / "b", database, "--standby", ready=False)
     try:
         wait_for(lambda: "standing by" in standby.log(), 60, "the standby to say it waits")
-        wait_for(
-            lambda: len(all_runs(database, public_tmp)) >= 3, 60, "a few fires of the first"
-        )
+        wait_for(lambda: len(all_runs(database, public_tmp)) >= 3, 60, "a few fires of the first")
         term = first.status()["store"]["lease"]["term"]
         os.kill(first.proc.pid, signal.SIGKILL)
         killed = time.monotonic()
