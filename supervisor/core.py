@@ -36,6 +36,7 @@ from protocol.sockets import has_message
 from supervisor import events
 from supervisor.actors import ActorRuntime, build_actors
 from supervisor.breaker import PROBE, Breaker
+from supervisor.budget import check_pool_memory
 from supervisor.codebook import CodeBook
 from supervisor.codesync import ActorCode, make_cache
 from supervisor.config import Config, load_config
@@ -131,6 +132,8 @@ class Supervisor:
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
         self.sandbox = prepare_sandbox(self.config)
+        if (warning := check_pool_memory(s)) is not None:
+            log.warning(warning, extra={"event": "pool_memory"})
         self.store = open_store(
             s.database,
             base_dir=self.config.base_dir,
@@ -359,6 +362,7 @@ class Supervisor:
             **self.counters,
             "bad_requests": self.control.bad_requests,
             "fires_dropped": self.scheduler.dropped,
+            "fires_skipped": self.scheduler.skipped,
         }
 
     # --- the life of a run -------------------------------------------------------------------
@@ -743,6 +747,7 @@ class Supervisor:
                         "and kill grace",
                     )
         self._prune_idempotency()
+        self.scheduler.summarize_skips()
         if not running:
             self._advance_shutdown(now)
 

@@ -31,6 +31,10 @@ LIMIT_MINIMUMS = {
     "stderr_kb": 0,
 }  # fmt: skip
 UNLIMITED = "unlimited"
+# The longest duration a setting may hold: every timer of the supervisor, the worker and the
+# launcher must be able to wait that long (epoll's timeout overflows near 24.8 days, and a
+# retry time must stay a representable timestamp).
+MAX_DURATION_S = 7 * 86400.0
 
 
 class Invalid(ValueError):
@@ -155,7 +159,10 @@ class Number(Kind):
             raise Invalid(f"expected a finite number, got {value}")
         if self.positive and number <= 0:
             raise Invalid(f"must be > 0, got {value}")
-        _check_range(number, self.minimum, self.maximum)
+        if self.maximum is not None and number > self.maximum:
+            days = f" ({self.maximum / 86400:g} days)" if self.maximum >= 86400 else ""
+            raise Invalid(f"must be <= {self.maximum:g}{days}, got {value}")
+        _check_range(number, self.minimum, None)
         return number
 
     def parse(self, text: str) -> float:
@@ -515,8 +522,16 @@ SETTINGS: tuple[Setting, ...] = declare(
             "'sqlite:PATH' (relative to the config file) or a postgresql:// URL",
             "--database",
         ),
-        Setting("shutdown_grace_s", Number(minimum=0), "seconds in-flight runs get on shutdown"),
-        Setting("kill_grace_s", Number(minimum=0), "SIGTERM -> SIGKILL delay on a timeout"),
+        Setting(
+            "shutdown_grace_s",
+            Number(minimum=0, maximum=MAX_DURATION_S),
+            "seconds in-flight runs get on shutdown",
+        ),
+        Setting(
+            "kill_grace_s",
+            Number(minimum=0, maximum=MAX_DURATION_S),
+            "SIGTERM -> SIGKILL delay on a timeout",
+        ),
         Setting("run_as", Word(), "user scripts run as when the supervisor runs as root"),
         Setting(
             "python",
@@ -526,7 +541,11 @@ SETTINGS: tuple[Setting, ...] = declare(
         Setting("queue_size", Integer(1), "bounded ready queue; beyond it submissions get busy"),
         Setting("batch_size", Integer(1), "store writer: rows per batch"),
         Setting("batch_max_age_ms", Number(minimum=0), "store writer: flush a batch this old"),
-        Setting("heartbeat_timeout_s", Number(positive=True), "a silent worker is replaced"),
+        Setting(
+            "heartbeat_timeout_s",
+            Number(positive=True, maximum=MAX_DURATION_S),
+            "a silent worker is replaced",
+        ),
         Setting(
             "log_level", Choice(("debug", "info", "warning", "error")), "log level", "--log-level"
         ),

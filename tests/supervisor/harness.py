@@ -113,6 +113,8 @@ def start_supervisor(
     endpoint = f"ipc://{folder}/control.sock"
     config = folder / "supervisor.toml"
     grace = "" if "shutdown_grace_s" in settings else "shutdown_grace_s = 10\n"
+    if "allow_subsecond" not in settings:  # tests use fast schedules to stay short
+        grace += "allow_subsecond = true\n"
     config.write_text(
         f'[supervisor]\nworkers = {workers}\ncontrol = "{endpoint}"\n{grace}'
         + textwrap.dedent(settings)
