@@ -43,8 +43,10 @@ from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
 from supervisor.deadletter import DeadLetters, dead_letter_path
 from supervisor.errors import ConfigError, StartupError
+from supervisor.idempotency import IdempotencyKeys, digest
 from supervisor.lease import acquire as acquire_lease
 from supervisor.lease import open_lease
+from supervisor.leftovers import clean_leftovers, mark_owned
 from supervisor.logs import setup_logging
 from supervisor.pool import WorkerPool
 from supervisor.preflight import check_reloaded_scripts, prepare_sandbox
@@ -104,20 +106,23 @@ class Supervisor:
                 "runs_accepted", "runs_finished", "runs_succeeded", "runs_failed",
                 "retries_scheduled", "busy_rejections", "bad_worker_messages", "stale_results",
                 "worker_deaths", "reloads", "reloads_rejected", "fires_refused",
+                "refreshes_coalesced",
             ),
             0,
         )  # fmt: skip
         self.runs: dict[str, ActiveRun] = {}
+        self.input_bytes = 0  # of the inputs of self.runs: bounded by queue_max_bytes
         self.ready: deque[str] = deque()
         self.heap: ScheduleHeap[tuple[str, str]] = ScheduleHeap()
         self.outcomes = RecentOutcomes()
         self._barrier: deque[tuple[int, Callable[[], None]]] = deque()
         self._awaiting_durable = 0  # accepted runs whose queued row is not committed yet
-        self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
+        self.idempotency = IdempotencyKeys(IDEMPOTENCY_WINDOW_S)
         self._shutdown_deadline = float("inf")
         self._next_tick = 0.0
         self._sentinels: set[int] = set()
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="actor-supervisor-"))
+        mark_owned(self._runtime_dir)  # so a start-up after a SIGKILL knows it is a leftover
         self._rng = random.Random()
         self._standby = standby
         self._refused_fires: set[str] = set()
@@ -148,6 +153,7 @@ class Supervisor:
             self.store, s.database, instance=self.instance_id, ttl_s=s.lease_ttl_s
         )
         self.epoch = acquire_lease(self.lease, standby=self._standby)  # before reading state
+        clean_leftovers()
         folder = spool_folder(s.spool_dir, self.config.base_dir)
         self.dead_letters = DeadLetters(dead_letter_path(folder))
         self.spool = Spool(folder, dead_letters=self.dead_letters)
@@ -155,8 +161,8 @@ class Supervisor:
         self._stored_states: dict[str, TaskState] = self.store.load_task_states()
         unfinished = self.store.unfinished_runs(before_epoch=self.epoch)
         since = self._clock() - IDEMPOTENCY_WINDOW_S
-        for key, run_id in self.store.idempotency_keys(since).items():
-            self._idempotency[key] = (run_id, self._clock())
+        for (name, key), run_id in self.store.idempotency_keys(since).items():
+            self.idempotency.add(name, key, run_id, self._clock(), None)
         self.actors: dict[str, ActorRuntime] = build_actors(self.config.actors, self._stored_states)
         self.writer = BatchWriter(
             self.store,
@@ -168,8 +174,10 @@ class Supervisor:
         )
         self._unfinished = unfinished
         self.reader = Reader()  # reads the loop must not wait for (an actor's code)
+        cache = make_cache()
+        mark_owned(cache)
         self.codebook = CodeBook(
-            store=self.store, writer=self.writer, reader=self.reader, cache=make_cache(),
+            store=self.store, writer=self.writer, reader=self.reader, cache=cache,
             actors=lambda: self.actors, on_ready=self._dispatch, clock=self._clock,
         )  # fmt: skip
         self.codebook.startup()  # hash every script, record what changed: before the loop
@@ -350,17 +358,28 @@ class Supervisor:
         """Accepted runs not yet handed to a worker (the bounded ready queue)."""
         return len(self.ready) + self._awaiting_durable
 
-    def has_room(self) -> bool:
-        return self.waiting() < self.settings.queue_size
+    def has_room(self, input_bytes: int = 0) -> bool:
+        """Room for one more run (with an input of ``input_bytes``): bounded in count and in
+        the bytes of the inputs held by every run not finished yet."""
+        return (
+            self.waiting() < self.settings.queue_size
+            and self.input_bytes + input_bytes <= self.settings.queue_max_bytes
+        )
 
-    def idempotent_run(self, actor: str, key: str) -> str | None:
-        found = self._idempotency.get((actor, key))
-        return found[0] if found else None
+    def _forget(self, run_id: str) -> None:
+        active = self.runs.pop(run_id, None)
+        if active is not None:
+            self.input_bytes -= len(active.record.input_json)
+
+    def idempotent_run(self, actor: str, key: str) -> tuple[str, bytes | None] | None:
+        """The earlier run of this key and its input digest (None: not known)."""
+        return self.idempotency.find(actor, key)
 
     def all_counters(self) -> dict[str, int]:
         return {
             **self.counters,
             "bad_requests": self.control.bad_requests,
+            "replies_dropped": self.control.replies_dropped,
             "fires_dropped": self.scheduler.dropped,
             "fires_skipped": self.scheduler.skipped,
         }
@@ -376,17 +395,22 @@ class Supervisor:
         waiter: Waiter | None = None,
         scheduled_for: float | None = None,
         idempotency_key: str | None = None,
+        input_json: str | None = None,
     ) -> ActiveRun:
-        """Record a new run as queued; once durable, acknowledge it and make it ready."""
+        """Record a new run as queued; once durable, acknowledge it and make it ready.
+
+        ``input_json``: the input already encoded (a submission checks its size first)."""
         now = self._clock()
         run_id = events.new_id()
+        if input_json is None:
+            input_json = orjson.dumps(input_value).decode()
         record = RunRecord(
             run_id=run_id,
             attempt=1,
             actor=actor.name,
             correlation_id=run_id,
             trigger=trigger,
-            input_json=orjson.dumps(input_value).decode(),
+            input_json=input_json,
             queued_at=now,
             scheduled_for=scheduled_for,
             code_sha256=actor.code_sha256,
@@ -394,9 +418,10 @@ class Supervisor:
         )
         active = ActiveRun(record=record, waiters=[waiter] if waiter else [])
         self.runs[run_id] = active
+        self.input_bytes += len(input_json)
         actor.active.add(run_id)
         if idempotency_key is not None:
-            self._idempotency[(actor.name, idempotency_key)] = (run_id, now)
+            self.idempotency.add(actor.name, idempotency_key, run_id, now, digest(input_json))
         self.counters["runs_accepted"] += 1
         self._awaiting_durable += 1
         self.writer.put(record)
@@ -539,9 +564,10 @@ class Supervisor:
         if retry_at is not None:
             self._schedule_retry(active, retry_at)
             return
-        self.runs.pop(record.run_id, None)
+        self._forget(record.run_id)
         outcome = outcome_of(record, output)
-        self.outcomes.add(outcome)
+        size = len(record.output_json or "") + len(record.stderr_tail) + RecentOutcomes.OVERHEAD
+        self.outcomes.add(outcome, size)
         self.counters["runs_finished"] += 1
         self.counters["runs_succeeded" if record.status == Status.SUCCEEDED else "runs_failed"] += 1
         waiters, active.waiters = active.waiters, []
@@ -639,6 +665,7 @@ class Supervisor:
         """A queued attempt never started: queue it again. A running one was lost with us."""
         active = ActiveRun(record=record)
         self.runs[record.run_id] = active
+        self.input_bytes += len(record.input_json)
         if (actor := self.actors.get(record.actor)) is not None:
             actor.active.add(record.run_id)
         if record.status == RunState.QUEUED:
@@ -707,7 +734,7 @@ class Supervisor:
     def _drop_refused_fire(self, active: ActiveRun) -> None:
         """Another supervisor (an older or newer epoch) already claimed this fire."""
         self._refused_fires.discard(active.run_id)
-        self.runs.pop(active.run_id, None)
+        self._forget(active.run_id)
         self.counters["fires_refused"] += 1
         record = active.record
         log.warning(
@@ -746,17 +773,10 @@ class Supervisor:
                         f"run {active.run_id} is {OVERDUE_SLACK_S:.0f}s past its timeout "
                         "and kill grace",
                     )
-        self._prune_idempotency()
+        self.idempotency.expire(self._clock())
         self.scheduler.summarize_skips()
         if not running:
             self._advance_shutdown(now)
-
-    def _prune_idempotency(self) -> None:
-        cutoff = self._clock() - IDEMPOTENCY_WINDOW_S
-        if len(self._idempotency) > 100_000 or (
-            self._idempotency and next(iter(self._idempotency.values()))[1] < cutoff
-        ):
-            self._idempotency = {k: v for k, v in self._idempotency.items() if v[1] >= cutoff}
 
     # --- configuration reload (SIGHUP) -------------------------------------------------------
 

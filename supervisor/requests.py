@@ -5,11 +5,14 @@ Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accep
 ``paused``, ``shutting_down``, ``result_unavailable``, ``refresh_failed``.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from protocol.messages import Message, Pause, Refresh, Resume, StatusRequest, Submit, Trigger
 from supervisor.actors import ActorRuntime
 from supervisor.codesync import ActorCode
+from supervisor.idempotency import digest
 from supervisor.runs import Waiter
 from supervisor.status import build_status
 
@@ -22,6 +25,8 @@ class Requests:
 
     def __init__(self, sup: "Supervisor") -> None:
         self.sup = sup
+        # per actor: refresh loads outstanding, and the waiters of the newest one
+        self._refreshing: dict[str, tuple[int, list[Waiter]]] = {}
 
     def handle(self, waiter: Waiter, message: Message) -> None:
         if isinstance(message, Submit):
@@ -47,35 +52,60 @@ class Requests:
             )
         return actor
 
-    def _refused(self, waiter: Waiter) -> bool:
+    def _refused(self, waiter: Waiter, input_bytes: int = 0) -> bool:
         """Answer and return True when the supervisor cannot take a new run now."""
         if not self.sup.accepting:
             self.sup.control.reply_error(waiter, "shutting_down", "the supervisor is shutting down")
             return True
-        if not self.sup.has_room():
+        if not self.sup.has_room(input_bytes):
             self.sup.counters["busy_rejections"] += 1
             self.sup.control.reply_error(
                 waiter,
                 "busy",
-                f"the ready queue is full ({self.sup.waiting()} runs waiting); retry later",
+                f"the ready queue is full ({self.sup.waiting()} runs waiting, "
+                f"{self.sup.input_bytes} bytes of inputs held, at most "
+                f"{self.sup.settings.queue_max_bytes}); retry later",
             )
             return True
         return False
+
+    def _encoded_input(self, waiter: Waiter, value: Any) -> str | None:
+        """The input as JSON text, or None after a ``bad_request`` (nested too deeply: orjson
+        writes at most 255 levels, though it reads up to 1024)."""
+        try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError as exc:
+            self.sup.control.bad_requests += 1
+            self.sup.control.reply_error(waiter, "bad_request", f"input cannot be stored: {exc}")
+            return None
 
     def _submit(self, waiter: Waiter, message: Submit) -> None:
         actor = self._actor(waiter, message.actor)
         if actor is None:
             return
+        value = actor.config.input if message.input is None else message.input
+        input_json = self._encoded_input(waiter, value)
+        if input_json is None:
+            return
         key = message.idempotency_key
         earlier = self.sup.idempotent_run(actor.name, key) if key is not None else None
         if earlier is not None:
-            self._duplicate(waiter, actor, earlier)
+            run_id, known = earlier
+            if known is not None and known != digest(input_json):
+                self.sup.control.reply_error(
+                    waiter,
+                    "idempotency_conflict",
+                    f"idempotency key {key!r} was used for run {run_id} with another input",
+                )
+                return
+            self._duplicate(waiter, actor, run_id)
             return
-        if self._refused(waiter):
+        if self._refused(waiter, len(input_json)):
             return
         self.sup.accept(
             actor,
-            input_value=actor.config.input if message.input is None else message.input,
+            input_value=value,
+            input_json=input_json,
             trigger="submit",
             waiter=waiter,
             idempotency_key=key,
@@ -113,13 +143,12 @@ class Requests:
                 "use --force to run it anyway",
             )
             return
-        if self._refused(waiter):
+        value = actor.config.input if message.input is None else message.input
+        input_json = self._encoded_input(waiter, value)
+        if input_json is None or self._refused(waiter, len(input_json)):
             return
         self.sup.accept(
-            actor,
-            input_value=actor.config.input if message.input is None else message.input,
-            trigger="trigger",
-            waiter=waiter,
+            actor, input_value=value, input_json=input_json, trigger="trigger", waiter=waiter
         )
 
     def _pause(self, waiter: Waiter, message: Pause) -> None:
@@ -139,22 +168,38 @@ class Requests:
             self.sup.control.reply(waiter, "ok", {"actor": actor.name, "paused": False})
 
     def _refresh(self, waiter: Waiter, message: Refresh) -> None:
-        """Answered once the reader has loaded the actor's code and the loop swapped it in."""
+        """Answered once the reader has loaded the actor's code and the loop swapped it in.
+
+        Coalesced per actor: with a load running and one more queued, a further request joins
+        the queued one (which starts after it arrived, so it sees what the request asked to
+        see). 20,000 refreshes of one actor cost two loads, not 20,000 parked runs.
+        """
         actor = self._actor(waiter, message.actor)
         if actor is None:
             return
-        control = self.sup.control
+        name, control = actor.name, self.sup.control
+        outstanding, newest = self._refreshing.get(name, (0, []))
+        if outstanding >= 2:
+            newest.append(waiter)
+            self.sup.counters["refreshes_coalesced"] += 1
+            return
+        waiters = [waiter]
+        self._refreshing[name] = (outstanding + 1, waiters)
 
         def loaded(code: ActorCode | None, error: Exception | None) -> None:
-            if error is not None:
-                control.reply_error(waiter, "refresh_failed", f"{actor.name}: {error}")
-            elif code is None:
-                control.reply_error(
-                    waiter, "refresh_failed", f"{actor.name} was reconfigured meanwhile; retry"
-                )
-            else:
-                data = {"actor": actor.name, "history_id": code.history_id,
-                        "code_sha256": code.code_sha256, "status": code.status}  # fmt: skip
-                control.reply(waiter, "ok", data)
+            left, latest = self._refreshing.pop(name, (1, waiters))
+            if left > 1:
+                self._refreshing[name] = (left - 1, latest)
+            for each in waiters:
+                if error is not None:
+                    control.reply_error(each, "refresh_failed", f"{name}: {error}")
+                elif code is None:
+                    control.reply_error(
+                        each, "refresh_failed", f"{name} was reconfigured meanwhile; retry"
+                    )
+                else:
+                    data = {"actor": name, "history_id": code.history_id,
+                            "code_sha256": code.code_sha256, "status": code.status}  # fmt: skip
+                    control.reply(each, "ok", data)
 
         self.sup.codebook.reload(actor, loaded)
