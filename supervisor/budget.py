@@ -1,7 +1,7 @@
 """What the pool will cost in memory, checked against the host at start-up.
 
 ``workers`` and ``concurrency`` pass validation up to 1024 each, which no host can carry at
-once. The estimate is rough but honest: a worker and its launcher, measured idle, and a
+once. The estimate is rough (figures assumed, not measured here): a worker and its launcher, and a
 typical small Python script per run in flight (a script's own ``limits.memory_mb`` is an
 address-space cap, far above what most use, so it is not the estimate). Too much for the
 memory available gives one WARNING with the figures, not a refusal: scripts may be smaller.
@@ -15,8 +15,8 @@ from supervisor.settings import SupervisorSettings
 
 log = logging.getLogger(__name__)
 
-WORKER_RSS_MB = 45  # a worker process and its launcher (zygote), idle, measured
-RUN_RSS_MB = 30  # one small Python script in flight (a forked child's own pages)
+WORKER_RSS_MB = 45  # a worker process and its launcher (zygote), idle: an estimate
+RUN_RSS_MB = 30  # one small Python script in flight: an estimate
 
 
 def pool_estimate_mb(workers: int, concurrency: int) -> int:
