@@ -44,7 +44,7 @@ def decode_object(obj: Any, expected: Collection[str] | None = None) -> Message:
     if not isinstance(obj, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(obj).__name__}")
     version = obj.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1 in Python
         raise ProtocolError(
             f"unsupported protocol version: {version!r}, expected {PROTOCOL_VERSION}"
         )

@@ -223,7 +223,7 @@ class Submit:
             actor=r.string("actor", max_len=200),
             input=r.any("input"),
             wait=r.boolean("wait", default=False),
-            idempotency_key=r.opt_string("idempotency_key", max_len=200),
+            idempotency_key=_idempotency_key(r),
         )
 
 
@@ -384,3 +384,12 @@ SUPERVISOR_TO_WORKER = frozenset({"run", "stop"})
 CLIENT_REQUESTS = frozenset(
     {"submit", "trigger", "pause", "resume", "status", "metrics", "refresh"}
 )
+
+
+def _idempotency_key(r: FieldReader) -> str | None:
+    """A NUL cannot be stored (the stores replace it), so a key holding one would deduplicate
+    until a restart and not after: refused."""
+    key = r.opt_string("idempotency_key", max_len=200)
+    if key is not None and "\x00" in key:
+        raise ProtocolError("idempotency_key must not contain NUL characters")
+    return key

@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve health, metrics, API and dashboard here [ACTOR_SUPERVISOR_HTTP_LISTEN]",
     )
+    start.add_argument(
+        "--standby",
+        action="store_true",
+        help="if another supervisor holds the store, wait and take over when it stops",
+    )
 
     submit = _command(sub, "submit", "queue a run of an actor", cmd_submit)
     submit.add_argument("actor")
@@ -198,7 +203,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     flags = ("workers", "concurrency", "mode", "database", "control", "migrate", "http_listen")
     config = _load(args, *flags)
     setup_logging(config.supervisor.log_level, config.supervisor.log_format)
-    return Supervisor(config, overrides={name: getattr(args, name) for name in flags}).run()
+    overrides = {name: getattr(args, name) for name in flags}
+    return Supervisor(config, overrides=overrides, standby=args.standby).run()
 
 
 def _parse_input(text: str | None) -> Any:

@@ -23,6 +23,7 @@ from supervisor.codesync import EXEC_MODES, SYNC_MODES
 from supervisor.errors import ConfigError
 from supervisor.schedule import (
     CATCH_UP_POLICIES,
+    IntervalSchedule,
     Schedule,
     ScheduleError,
     load_zone,
@@ -30,6 +31,7 @@ from supervisor.schedule import (
 )
 from supervisor.settings import (
     ENV_NAME,
+    MAX_DURATION_S,
     MODES,
     SETTINGS,
     Boolean,
@@ -219,16 +221,32 @@ ACTOR_KEYS: tuple[Setting, ...] = declare(
         Setting("schedule", _ScheduleTable(), "absent: on demand only"),
         Setting("timezone", _Zone(), "of the schedule"),
         Setting("mode", Choice(MODES), "sandbox mode; default: [supervisor].mode"),
-        Setting("timeout_s", Number(positive=True), "wall-clock limit of one run"),
+        Setting(
+            "timeout_s",
+            Number(positive=True, maximum=MAX_DURATION_S),
+            "wall-clock limit of one run",
+        ),
         Setting("input", _Json(), "the JSON document a scheduled run gets on stdin"),
         Setting("env", _EnvMap(), "added to the allow-listed environment"),
         Setting("limits", LimitsKind(), "merged over [supervisor].limits key by key"),
         Setting("max_retries", Integer(0), "retries of a retryable failure"),
-        Setting("retry_backoff_s", Number(minimum=0), "first retry delay, doubled each time"),
-        Setting("retry_backoff_max_s", Number(minimum=0), "cap of the retry delay"),
+        Setting(
+            "retry_backoff_s",
+            Number(minimum=0, maximum=MAX_DURATION_S),
+            "first retry delay, doubled each time",
+        ),
+        Setting(
+            "retry_backoff_max_s",
+            Number(minimum=0, maximum=MAX_DURATION_S),
+            "cap of the retry delay",
+        ),
         Setting("retry_jitter", Boolean(), "full jitter on the retry delay"),
         Setting("max_consecutive_failures", Integer(0), "circuit breaker (0: never pause)"),
-        Setting("breaker_cooldown_s", Number(positive=True), "half-open probe after a pause"),
+        Setting(
+            "breaker_cooldown_s",
+            Number(positive=True, maximum=MAX_DURATION_S),
+            "half-open probe after a pause",
+        ),
         Setting("catch_up", Choice(CATCH_UP_POLICIES), "missed fires after downtime"),
         Setting("catch_up_max", Integer(1), "at most this many missed fires with 'all'"),
         Setting("overlap", Choice(OVERLAP_POLICIES), "a fire while the previous run is busy"),
@@ -334,6 +352,7 @@ def _actor(
         )
     timezone = values.setdefault("timezone", _ACTOR_KEYS["timezone"].default)
     values["schedule"] = _schedule(values.get("schedule"), f"{label}.schedule", timezone)
+    _check_interval(values["schedule"], f"{label}.schedule.seconds", sup.allow_subsecond)
     values["limits"] = LimitsKind().combine(sup.limits, [values.get("limits", {})])
     values.setdefault("mode", sup.mode)
     values.setdefault("max_consecutive_failures", sup.max_consecutive_failures)
@@ -344,6 +363,23 @@ def _actor(
             f"{label}.retry_backoff_max_s: must be >= retry_backoff_s ({base}), got {cap}"
         )
     return ActorConfig(**values)
+
+
+MIN_INTERVAL_S = 1.0  # shorter only with allow_subsecond = true
+MIN_SUBSECOND_INTERVAL_S = 0.01  # even then: each fire costs a row and an event or two
+
+
+def _check_interval(schedule: Schedule | None, label: str, allow_subsecond: bool) -> None:
+    if not isinstance(schedule, IntervalSchedule):
+        return
+    seconds = schedule.seconds
+    if not allow_subsecond and seconds < MIN_INTERVAL_S:
+        raise ConfigError(
+            f"{label}: must be >= {MIN_INTERVAL_S:g} (set allow_subsecond = true in "
+            f"[supervisor] for shorter intervals), got {seconds:g}"
+        )
+    if seconds < MIN_SUBSECOND_INTERVAL_S:
+        raise ConfigError(f"{label}: must be >= {MIN_SUBSECOND_INTERVAL_S:g}, got {seconds:g}")
 
 
 def _schedule(value: Mapping[str, Any] | None, label: str, timezone: str) -> Schedule | None:

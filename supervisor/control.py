@@ -24,7 +24,14 @@ from supervisor.runs import Waiter
 log = logging.getLogger(__name__)
 
 RECV_BATCH = 256  # requests taken per loop turn, so clients cannot starve the workers
+# The memory budget of the control socket (README, "Memory budget"): the largest legal request
+# is MAX_REQUEST_BYTES, and ZeroMQ queues at most RCVHWM of them per client (then it stops
+# reading that client, whose own sends block), so a client costs at most RCVHWM x 16 MiB here.
+# Replies to a client that does not read are queued up to SNDHWM; beyond, they are dropped
+# and counted (``replies_dropped``), never waited for.
 MAX_REQUEST_BYTES = 16 << 20
+RCVHWM = 4
+SNDHWM = 64
 
 
 class ControlServer:
@@ -35,6 +42,7 @@ class ControlServer:
     ) -> None:
         """``curve``: the secret certificate and the authorized client keys (file or folder)."""
         self.bad_requests = 0
+        self.replies_dropped = 0
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self._auth: ThreadAuthenticator | None = None
         if curve is not None:
@@ -45,8 +53,9 @@ class ControlServer:
                 raise StartupError(f"control endpoint CURVE keys: {exc}") from exc
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        self.socket.setsockopt(zmq.SNDHWM, 100_000)
-        self.socket.setsockopt(zmq.RCVHWM, 100_000)
+        self.socket.setsockopt(zmq.SNDHWM, SNDHWM)
+        self.socket.setsockopt(zmq.RCVHWM, RCVHWM)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone client: an error, counted
         try:
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -97,6 +106,7 @@ class ControlServer:
         try:
             self.socket.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # the client is gone or not reading: its loss only
+            self.replies_dropped += 1
             log.debug("reply to a client dropped: %s", exc)
 
     def close(self) -> None:

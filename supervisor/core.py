@@ -36,13 +36,19 @@ from protocol.sockets import has_message
 from supervisor import events
 from supervisor.actors import ActorRuntime, build_actors
 from supervisor.breaker import PROBE, Breaker
+from supervisor.budget import check_pool_memory
 from supervisor.codebook import CodeBook
 from supervisor.codesync import ActorCode, make_cache
 from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
 from supervisor.controlkeys import control_endpoint, server_keys
+from supervisor.deadletter import DeadLetters, dead_letter_path
 from supervisor.errors import ConfigError, StartupError
 from supervisor.http.process import HttpSide
+from supervisor.idempotency import IdempotencyKeys, digest
+from supervisor.lease import acquire as acquire_lease
+from supervisor.lease import open_lease
+from supervisor.leftovers import clean_leftovers, mark_owned
 from supervisor.logs import setup_logging
 from supervisor.metrics import RunMetrics
 from supervisor.pool import WorkerPool
@@ -69,6 +75,7 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 RECV_BATCH = 256  # worker messages taken per loop turn, so no socket starves another
 RETRY = "retry"  # schedule heap entry of a run waiting for its next attempt
 POISON_LOSSES = 2  # a run whose attempts took down this many workers is not run again
+EXIT_LEASE_LOST = 6  # the store's lease was lost while running: another supervisor may act
 
 
 class Phase(Enum):
@@ -90,6 +97,7 @@ class Supervisor:
         *,
         overrides: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
+        standby: bool = False,
     ) -> None:
         self.config = config
         self.settings = config.supervisor
@@ -102,24 +110,30 @@ class Supervisor:
             (
                 "runs_accepted", "runs_finished", "runs_succeeded", "runs_failed",
                 "retries_scheduled", "busy_rejections", "bad_worker_messages", "stale_results",
-                "worker_deaths", "reloads", "reloads_rejected",
+                "worker_deaths", "reloads", "reloads_rejected", "fires_refused",
+                "refreshes_coalesced",
             ),
             0,
         )  # fmt: skip
         self.runs: dict[str, ActiveRun] = {}
+        self.input_bytes = 0  # of the inputs of self.runs: bounded by queue_max_bytes
         self.ready: deque[str] = deque()
         self.heap: ScheduleHeap[tuple[str, str]] = ScheduleHeap()
         self.outcomes = RecentOutcomes()
         self.metrics = RunMetrics()
         self._barrier: deque[tuple[int, Callable[[], None]]] = deque()
         self._awaiting_durable = 0  # accepted runs whose queued row is not committed yet
-        self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
+        self.idempotency = IdempotencyKeys(IDEMPOTENCY_WINDOW_S)
         self._shutdown_deadline = float("inf")
         self._next_tick = 0.0
         self._sentinels: set[int] = set()
         self._http_fd: int | None = None
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="actor-supervisor-"))
+        mark_owned(self._runtime_dir)  # so a start-up after a SIGKILL knows it is a leftover
         self._rng = random.Random()
+        self._standby = standby
+        self._refused_fires: set[str] = set()
+        self.exit_code = 0
 
     # --- start-up (before the loop; the sandbox check forks, so it runs before any thread) ----
 
@@ -135,6 +149,8 @@ class Supervisor:
         except OSError as exc:
             raise StartupError(f"cannot make the state folder private: {exc}") from exc
         self.sandbox = prepare_sandbox(self.config)
+        if (warning := check_pool_memory(s)) is not None:
+            log.warning(warning, extra={"event": "pool_memory"})
         self.store = open_store(
             s.database,
             base_dir=self.config.base_dir,
@@ -145,24 +161,35 @@ class Supervisor:
             applied = self.store.migrate()
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
-        self.spool = Spool(spool_folder(s.spool_dir, self.config.base_dir))
+        self.lease = open_lease(
+            self.store, s.database, instance=self.instance_id, ttl_s=s.lease_ttl_s
+        )
+        self.epoch = acquire_lease(self.lease, standby=self._standby)  # before reading state
+        clean_leftovers()
+        folder = spool_folder(s.spool_dir, self.config.base_dir)
+        self.dead_letters = DeadLetters(dead_letter_path(folder))
+        self.spool = Spool(folder, dead_letters=self.dead_letters)
         self.spool.drain(self.store, give_up_s=s.database_wait_s)  # before reading any state
         self._stored_states: dict[str, TaskState] = self.store.load_task_states()
-        unfinished = self.store.unfinished_runs()
+        unfinished = self.store.unfinished_runs(before_epoch=self.epoch)
         since = self._clock() - IDEMPOTENCY_WINDOW_S
-        for key, run_id in self.store.idempotency_keys(since).items():
-            self._idempotency[key] = (run_id, self._clock())
+        for (name, key), run_id in self.store.idempotency_keys(since).items():
+            self.idempotency.add(name, key, run_id, self._clock(), None)
         self.actors: dict[str, ActorRuntime] = build_actors(self.config.actors, self._stored_states)
         self.writer = BatchWriter(
             self.store,
             batch_size=s.batch_size,
             max_age_s=s.batch_max_age_ms / 1000,
             spool=self.spool,  # the writer owns and closes it from here on
+            epoch=self.epoch,
+            dead_letters=self.dead_letters,
         )
         self._unfinished = unfinished
         self.reader = Reader()  # reads the loop must not wait for (an actor's code)
+        cache = make_cache()
+        mark_owned(cache)
         self.codebook = CodeBook(
-            store=self.store, writer=self.writer, reader=self.reader, cache=make_cache(),
+            store=self.store, writer=self.writer, reader=self.reader, cache=cache,
             actors=lambda: self.actors, on_ready=self._dispatch, clock=self._clock,
         )  # fmt: skip
         self.codebook.startup()  # hash every script, record what changed: before the loop
@@ -227,7 +254,15 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until a stop signal has been handled; return the process exit code."""
-        self._prepare()
+        try:
+            self._prepare()
+        except BaseException:
+            if hasattr(self, "lease"):
+                self.lease.release()
+            if hasattr(self, "store"):
+                self.store.close()
+            raise
+        self.lease.start_keeping()
         self.writer.start()
         self.reader.start()
         try:
@@ -250,7 +285,7 @@ class Supervisor:
             self._loop()
         finally:
             self._teardown()
-        return 0
+        return self.exit_code
 
     def _loop(self) -> None:
         while self.phase is not Phase.DONE:
@@ -298,6 +333,7 @@ class Supervisor:
 
     def _on_commits(self) -> None:
         self.writer.drain_wakeups()
+        self._take_refused_fires()
         committed = self.writer.committed
         while self._barrier and self._barrier[0][0] <= committed:
             _, callback = self._barrier.popleft()
@@ -351,18 +387,30 @@ class Supervisor:
         """Accepted runs not yet handed to a worker (the bounded ready queue)."""
         return len(self.ready) + self._awaiting_durable
 
-    def has_room(self) -> bool:
-        return self.waiting() < self.settings.queue_size
+    def has_room(self, input_bytes: int = 0) -> bool:
+        """Room for one more run (with an input of ``input_bytes``): bounded in count and in
+        the bytes of the inputs held by every run not finished yet."""
+        return (
+            self.waiting() < self.settings.queue_size
+            and self.input_bytes + input_bytes <= self.settings.queue_max_bytes
+        )
 
-    def idempotent_run(self, actor: str, key: str) -> str | None:
-        found = self._idempotency.get((actor, key))
-        return found[0] if found else None
+    def _forget(self, run_id: str) -> None:
+        active = self.runs.pop(run_id, None)
+        if active is not None:
+            self.input_bytes -= len(active.record.input_json)
+
+    def idempotent_run(self, actor: str, key: str) -> tuple[str, bytes | None] | None:
+        """The earlier run of this key and its input digest (None: not known)."""
+        return self.idempotency.find(actor, key)
 
     def all_counters(self) -> dict[str, int]:
         return {
             **self.counters,
             "bad_requests": self.control.bad_requests,
+            "replies_dropped": self.control.replies_dropped,
             "fires_dropped": self.scheduler.dropped,
+            "fires_skipped": self.scheduler.skipped,
         }
 
     # --- the life of a run -------------------------------------------------------------------
@@ -380,17 +428,18 @@ class Supervisor:
     ) -> ActiveRun:
         """Record a new run as queued; once durable, acknowledge it and make it ready.
 
-        ``input_json``: ``input_value`` already encoded (and checked) by the caller.
-        """
+        ``input_json``: ``input_value`` already encoded (and checked) by the caller."""
         now = self._clock()
         run_id = events.new_id()
+        if input_json is None:
+            input_json = orjson.dumps(input_value).decode()
         record = RunRecord(
             run_id=run_id,
             attempt=1,
             actor=actor.name,
             correlation_id=run_id,
             trigger=trigger,
-            input_json=orjson.dumps(input_value).decode() if input_json is None else input_json,
+            input_json=input_json,
             queued_at=now,
             scheduled_for=scheduled_for,
             code_sha256=actor.code_sha256,
@@ -398,9 +447,10 @@ class Supervisor:
         )
         active = ActiveRun(record=record, waiters=[waiter] if waiter else [])
         self.runs[run_id] = active
+        self.input_bytes += len(input_json)
         actor.active.add(run_id)
         if idempotency_key is not None:
-            self._idempotency[(actor.name, idempotency_key)] = (run_id, now)
+            self.idempotency.add(actor.name, idempotency_key, run_id, now, digest(input_json))
         self.counters["runs_accepted"] += 1
         self._awaiting_durable += 1
         self.writer.put(record)
@@ -410,6 +460,9 @@ class Supervisor:
 
     def _on_durable(self, active: ActiveRun) -> None:
         self._awaiting_durable -= 1
+        if active.run_id in self._refused_fires:
+            self._drop_refused_fire(active)
+            return
         waiters = active.waiters  # a run refused at dispatch hands them on to its result
         if self.runs.get(active.run_id) is active and active.record.status == RunState.QUEUED:
             if self.phase is Phase.RUNNING:
@@ -543,9 +596,10 @@ class Supervisor:
         if retry_at is not None:
             self._schedule_retry(active, retry_at)
             return
-        self.runs.pop(record.run_id, None)
+        self._forget(record.run_id)
         outcome = outcome_of(record, output)
-        self.outcomes.add(outcome)
+        size = len(record.output_json or "") + len(record.stderr_tail) + RecentOutcomes.OVERHEAD
+        self.outcomes.add(outcome, size)
         self.counters["runs_finished"] += 1
         self.counters["runs_succeeded" if record.status == Status.SUCCEEDED else "runs_failed"] += 1
         waiters, active.waiters = active.waiters, []
@@ -648,6 +702,7 @@ class Supervisor:
         """A queued attempt never started: queue it again. A running one was lost with us."""
         active = ActiveRun(record=record)
         self.runs[record.run_id] = active
+        self.input_bytes += len(record.input_json)
         if (actor := self.actors.get(record.actor)) is not None:
             actor.active.add(record.run_id)
         if record.status == RunState.QUEUED:
@@ -721,7 +776,43 @@ class Supervisor:
             "so it is not run again",
         )
 
+    def _take_refused_fires(self) -> None:
+        for run_id in self.store.refused.take():
+            active = self.runs.get(run_id)
+            if active is not None and active.record.status == RunState.QUEUED:
+                self._refused_fires.add(run_id)
+            else:  # written through the spool after it ran: the store keeps the other copy
+                log.error("fire %s was refused by the store after it ran", run_id)
+
+    def _drop_refused_fire(self, active: ActiveRun) -> None:
+        """Another supervisor (an older or newer epoch) already claimed this fire."""
+        self._refused_fires.discard(active.run_id)
+        self._forget(active.run_id)
+        self.counters["fires_refused"] += 1
+        record = active.record
+        log.warning(
+            "actor %s: fire at %s already claimed in the store; not running it again",
+            record.actor, record.scheduled_for,
+            extra={"actor": record.actor, "run_id": record.run_id},
+        )  # fmt: skip
+        if (actor := self.actors.get(record.actor)) is not None:
+            actor.active.discard(record.run_id)
+            if self.phase is Phase.RUNNING:
+                self.scheduler.after_final(actor)
+
+    def _check_lease(self) -> None:
+        if self.lease.valid() or self.exit_code == EXIT_LEASE_LOST:
+            return
+        self.exit_code = EXIT_LEASE_LOST
+        log.error(
+            "%s is no longer ours (term %d): stopping, so that only its holder acts",
+            self.lease.description, self.epoch, extra={"event": "lease_lost"},
+        )  # fmt: skip
+        self._begin_shutdown("lease lost")
+        self._begin_shutdown("lease lost")  # no grace: another supervisor may run these now
+
     def _maintain(self) -> None:
+        self._check_lease()
         running = self.phase is Phase.RUNNING
         self.pool.maintain(respawn=running)
         self._sync_sentinels()
@@ -737,7 +828,8 @@ class Supervisor:
                         f"run {active.run_id} is {OVERDUE_SLACK_S:.0f}s past its timeout "
                         "and kill grace",
                     )
-        self._prune_idempotency()
+        self.idempotency.expire(self._clock())
+        self.scheduler.summarize_skips()
         if not running:
             self._advance_shutdown(now)
 
@@ -750,13 +842,6 @@ class Supervisor:
             if fd is not None:
                 self._poller.register(fd, zmq.POLLIN)
             self._http_fd = fd
-
-    def _prune_idempotency(self) -> None:
-        cutoff = self._clock() - IDEMPOTENCY_WINDOW_S
-        if len(self._idempotency) > 100_000 or (
-            self._idempotency and next(iter(self._idempotency.values()))[1] < cutoff
-        ):
-            self._idempotency = {k: v for k, v in self._idempotency.items() if v[1] >= cutoff}
 
     # --- configuration reload (SIGHUP) -------------------------------------------------------
 
@@ -898,6 +983,8 @@ class Supervisor:
             self.scoreboard.close()
         if hasattr(self, "store"):
             self.store.close()
+        if hasattr(self, "lease"):
+            self.lease.release()  # last: a standby must not start before our writes are done
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
         log.info("supervisor stopped", extra=dict(self.counters))
 

@@ -59,6 +59,7 @@ class RunRecord:
     maxrss_kb: int | None = None
     code_history_id: str | None = None  # the actor_code_history row of the code that ran
     code_source: str | None = None  # "file" or "database": where the code that ran came from
+    epoch: int = 0  # the lease term of the supervisor that wrote the row (the fencing epoch)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -67,6 +68,12 @@ class RunRecord:
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATES
+
+    @property
+    def is_fire(self) -> bool:
+        """A scheduled fire's first attempt, written under a lease: unique by
+        ``(actor, scheduled_for)`` in the store (index ``runs_fire``)."""
+        return self.attempt == 1 and self.scheduled_for is not None and self.epoch > 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,6 +23,7 @@ from protocol.messages import (
 )
 from supervisor.actors import ActorRuntime
 from supervisor.codesync import ActorCode
+from supervisor.idempotency import digest
 from supervisor.runs import Waiter
 from supervisor.status import build_metrics, build_status
 
@@ -35,6 +36,8 @@ class Requests:
 
     def __init__(self, sup: "Supervisor") -> None:
         self.sup = sup
+        # per actor: refresh loads outstanding, and the waiters of the newest one
+        self._refreshing: dict[str, tuple[int, list[Waiter]]] = {}
 
     def handle(self, waiter: Waiter, message: Message) -> None:
         if isinstance(message, Submit):
@@ -62,17 +65,19 @@ class Requests:
             )
         return actor
 
-    def _refused(self, waiter: Waiter) -> bool:
+    def _refused(self, waiter: Waiter, input_bytes: int = 0) -> bool:
         """Answer and return True when the supervisor cannot take a new run now."""
         if not self.sup.accepting:
             self.sup.control.reply_error(waiter, "shutting_down", "the supervisor is shutting down")
             return True
-        if not self.sup.has_room():
+        if not self.sup.has_room(input_bytes):
             self.sup.counters["busy_rejections"] += 1
             self.sup.control.reply_error(
                 waiter,
                 "busy",
-                f"the ready queue is full ({self.sup.waiting()} runs waiting); retry later",
+                f"the ready queue is full ({self.sup.waiting()} runs waiting, "
+                f"{self.sup.input_bytes} bytes of inputs held, at most "
+                f"{self.sup.settings.queue_max_bytes}); retry later",
             )
             return True
         return False
@@ -81,20 +86,29 @@ class Requests:
         actor = self._actor(waiter, message.actor)
         if actor is None:
             return
+        value = actor.config.input if message.input is None else message.input
+        input_json = self._input_json(waiter, value)
+        if input_json is None:
+            return
         key = message.idempotency_key
         earlier = self.sup.idempotent_run(actor.name, key) if key is not None else None
         if earlier is not None:
-            self._duplicate(waiter, actor, earlier)
+            run_id, known = earlier
+            if known is not None and known != digest(input_json):
+                self.sup.control.reply_error(
+                    waiter,
+                    "idempotency_conflict",
+                    f"idempotency key {key!r} was used for run {run_id} with another input",
+                )
+                return
+            self._duplicate(waiter, actor, run_id)
             return
-        if self._refused(waiter):
-            return
-        value = actor.config.input if message.input is None else message.input
-        if (text := self._input_json(waiter, value)) is None:
+        if self._refused(waiter, len(input_json)):
             return
         self.sup.accept(
             actor,
             input_value=value,
-            input_json=text,
+            input_json=input_json,
             trigger="submit",
             waiter=waiter,
             idempotency_key=key,
@@ -102,13 +116,16 @@ class Requests:
 
     def _input_json(self, waiter: Waiter, value: Any) -> str | None:
         """The input as the JSON text a worker gets; None (answered) when a worker would refuse
-        it: too large for its RUN message, or nested deeper than JSON encoding allows."""
+        it: too large for its RUN message, or nested deeper than JSON encoding allows (orjson
+        writes at most 255 levels, though it reads up to 1024)."""
         try:
             text = orjson.dumps(value).decode()
         except orjson.JSONEncodeError as exc:
+            self.sup.control.bad_requests += 1
             self.sup.control.reply_error(waiter, "bad_request", f"input cannot be encoded: {exc}")
             return None
         if len(text) > MAX_INPUT_CHARS:
+            self.sup.control.bad_requests += 1
             self.sup.control.reply_error(
                 waiter,
                 "bad_request",
@@ -150,12 +167,13 @@ class Requests:
                 "use --force to run it anyway",
             )
             return
-        if self._refused(waiter):
-            return
         value = actor.config.input if message.input is None else message.input
-        if (text := self._input_json(waiter, value)) is None:
+        input_json = self._input_json(waiter, value)
+        if input_json is None or self._refused(waiter, len(input_json)):
             return
-        self.sup.accept(actor, input_value=value, input_json=text, trigger="trigger", waiter=waiter)
+        self.sup.accept(
+            actor, input_value=value, input_json=input_json, trigger="trigger", waiter=waiter
+        )
 
     def _pause(self, waiter: Waiter, message: Pause) -> None:
         actor = self._actor(waiter, message.actor)
@@ -174,22 +192,38 @@ class Requests:
             self.sup.control.reply(waiter, "ok", {"actor": actor.name, "paused": False})
 
     def _refresh(self, waiter: Waiter, message: Refresh) -> None:
-        """Answered once the reader has loaded the actor's code and the loop swapped it in."""
+        """Answered once the reader has loaded the actor's code and the loop swapped it in.
+
+        Coalesced per actor: with a load running and one more queued, a further request joins
+        the queued one (which starts after it arrived, so it sees what the request asked to
+        see). 20,000 refreshes of one actor cost two loads, not 20,000 parked runs.
+        """
         actor = self._actor(waiter, message.actor)
         if actor is None:
             return
-        control = self.sup.control
+        name, control = actor.name, self.sup.control
+        outstanding, newest = self._refreshing.get(name, (0, []))
+        if outstanding >= 2:
+            newest.append(waiter)
+            self.sup.counters["refreshes_coalesced"] += 1
+            return
+        waiters = [waiter]
+        self._refreshing[name] = (outstanding + 1, waiters)
 
         def loaded(code: ActorCode | None, error: Exception | None) -> None:
-            if error is not None:
-                control.reply_error(waiter, "refresh_failed", f"{actor.name}: {error}")
-            elif code is None:
-                control.reply_error(
-                    waiter, "refresh_failed", f"{actor.name} was reconfigured meanwhile; retry"
-                )
-            else:
-                data = {"actor": actor.name, "history_id": code.history_id,
-                        "code_sha256": code.code_sha256, "status": code.status}  # fmt: skip
-                control.reply(waiter, "ok", data)
+            left, latest = self._refreshing.pop(name, (1, waiters))
+            if left > 1:
+                self._refreshing[name] = (left - 1, latest)
+            for each in waiters:
+                if error is not None:
+                    control.reply_error(each, "refresh_failed", f"{name}: {error}")
+                elif code is None:
+                    control.reply_error(
+                        each, "refresh_failed", f"{name} was reconfigured meanwhile; retry"
+                    )
+                else:
+                    data = {"actor": name, "history_id": code.history_id,
+                            "code_sha256": code.code_sha256, "status": code.status}  # fmt: skip
+                    control.reply(each, "ok", data)
 
         self.sup.codebook.reload(actor, loaded)

@@ -85,16 +85,34 @@ def outcome_of(record: RunRecord, output: Any = None) -> dict[str, Any]:
 
 
 class RecentOutcomes:
-    """The last N final outcomes, so a duplicate submission can be answered from memory."""
+    """The last final outcomes, so a duplicate submission can be answered from memory.
 
-    def __init__(self, size: int = 10_000) -> None:
+    Bounded in count *and* in bytes (the JSON size of each outcome's output and stderr tail):
+    1 MB outputs would otherwise keep ~9 GB for 10,000 runs. An outcome evicted early is still
+    in the store (``history``); the duplicate's client is told ``result_unavailable``.
+    """
+
+    OVERHEAD = 512  # the fixed fields of one outcome, roughly
+
+    def __init__(self, size: int = 10_000, max_bytes: int = 16 << 20) -> None:
         self._size = size
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
 
-    def add(self, outcome: dict[str, Any]) -> None:
-        self._items[outcome["run_id"]] = outcome
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
+    def add(self, outcome: dict[str, Any], size: int = OVERHEAD) -> None:
+        previous = self._items.pop(outcome["run_id"], None)
+        if previous is not None:
+            self.bytes -= previous[1]
+        self._items[outcome["run_id"]] = (outcome, size)
+        self.bytes += size
+        while self._items and (len(self._items) > self._size or self.bytes > self._max_bytes):
+            _, (_, evicted) = self._items.popitem(last=False)
+            self.bytes -= evicted
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, run_id: str) -> dict[str, Any] | None:
-        return self._items.get(run_id)
+        found = self._items.get(run_id)
+        return None if found is None else found[0]

@@ -6,6 +6,8 @@ pushes the next due time and starts a run: O(log n) whatever the number of actor
 """
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 
 FIRE = "fire"
 MAX_PENDING = 100  # fires an actor may have waiting for its running one; beyond, they are skipped
+SKIP_SUMMARY_S = 60.0  # skipped fires are logged as one summary line per this many seconds
 
 
 class Accept(Protocol):
@@ -41,6 +44,9 @@ class Scheduler:
         self._accept = accept
         self._has_room = has_room
         self.dropped = 0  # fires lost to a full ready queue
+        self.skipped = 0  # fires skipped because the previous run was still going
+        self._skips: Counter[str] = Counter()  # per actor, since the last summary
+        self._summary_due = 0.0  # monotonic
 
     def seed(self, actor: ActorRuntime, now: float) -> None:
         """Where a schedule resumes at start-up: fresh, caught up after downtime, or as stored.
@@ -143,8 +149,23 @@ class Scheduler:
                 active_runs=sorted(actor.active),
             )
         )
-        log.info("actor %s: fire skipped, the previous run is still going", actor.name,
-                 extra={"actor": actor.name})  # fmt: skip
+        self.skipped += 1
+        self._skips[actor.name] += 1
+        self.summarize_skips()
+
+    def summarize_skips(self, force: bool = False) -> None:
+        """One log line for the fires skipped since the last one, at most every
+        ``SKIP_SUMMARY_S``: a fast schedule on a slow script must not flood the log."""
+        now = time.monotonic()
+        if not self._skips or (now < self._summary_due and not force):
+            return
+        self._summary_due = now + SKIP_SUMMARY_S
+        skips, self._skips = self._skips, Counter()
+        log.info(
+            "fires skipped while the previous run was still going: %s",
+            ", ".join(f"{name} {count}" for name, count in skips.most_common()),
+            extra={"event": "fires_skipped", "skipped": dict(skips), "total": self.skipped},
+        )
 
     def after_final(self, actor: ActorRuntime) -> None:
         """The actor has no run going: start the next fire waiting for that, if any."""

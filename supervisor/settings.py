@@ -34,6 +34,10 @@ LIMIT_MINIMUMS = {
 UNLIMITED = "unlimited"
 STATE_DIR = "state"  # beside the config file: store, spool, control socket and keys (0700)
 IPC_PATH_MAX = 107  # bytes: a unix socket path must fit sockaddr_un.sun_path with its NUL
+# The longest duration a setting may hold: every timer of the supervisor, the worker and the
+# launcher must be able to wait that long (epoll's timeout overflows near 24.8 days, and a
+# retry time must stay a representable timestamp).
+MAX_DURATION_S = 7 * 86400.0
 
 
 class Invalid(ValueError):
@@ -158,7 +162,10 @@ class Number(Kind):
             raise Invalid(f"expected a finite number, got {value}")
         if self.positive and number <= 0:
             raise Invalid(f"must be > 0, got {value}")
-        _check_range(number, self.minimum, self.maximum)
+        if self.maximum is not None and number > self.maximum:
+            days = f" ({self.maximum / 86400:g} days)" if self.maximum >= 86400 else ""
+            raise Invalid(f"must be <= {self.maximum:g}{days}, got {value}")
+        _check_range(number, self.minimum, None)
         return number
 
     def parse(self, text: str) -> float:
@@ -544,6 +551,9 @@ class SupervisorSettings:
     pool_acquire_timeout_s: float = 5.0
     pool_check: bool = True
     database_wait_s: float = 60.0
+    lease_ttl_s: float = 10.0
+    queue_max_bytes: int = 256 * 1024 * 1024
+    allow_subsecond: bool = False
     migrate: bool = True
     spool_dir: str = f"{STATE_DIR}/spool"
     control_curve_secret_key: str | None = None
@@ -565,8 +575,16 @@ SETTINGS: tuple[Setting, ...] = declare(
             "'sqlite:PATH' (relative to the config file) or a postgresql:// URL",
             "--database",
         ),
-        Setting("shutdown_grace_s", Number(minimum=0), "seconds in-flight runs get on shutdown"),
-        Setting("kill_grace_s", Number(minimum=0), "SIGTERM -> SIGKILL delay on a timeout"),
+        Setting(
+            "shutdown_grace_s",
+            Number(minimum=0, maximum=MAX_DURATION_S),
+            "seconds in-flight runs get on shutdown",
+        ),
+        Setting(
+            "kill_grace_s",
+            Number(minimum=0, maximum=MAX_DURATION_S),
+            "SIGTERM -> SIGKILL delay on a timeout",
+        ),
         Setting("run_as", Word(), "user scripts run as when the supervisor runs as root"),
         Setting(
             "python",
@@ -576,7 +594,11 @@ SETTINGS: tuple[Setting, ...] = declare(
         Setting("queue_size", Integer(1), "bounded ready queue; beyond it submissions get busy"),
         Setting("batch_size", Integer(1), "store writer: rows per batch"),
         Setting("batch_max_age_ms", Number(minimum=0), "store writer: flush a batch this old"),
-        Setting("heartbeat_timeout_s", Number(positive=True), "a silent worker is replaced"),
+        Setting(
+            "heartbeat_timeout_s",
+            Number(positive=True, maximum=MAX_DURATION_S),
+            "a silent worker is replaced",
+        ),
         Setting(
             "log_level", Choice(("debug", "info", "warning", "error")), "log level", "--log-level"
         ),
@@ -623,6 +645,22 @@ SETTINGS: tuple[Setting, ...] = declare(
             "database_wait_s",
             Number(minimum=0),
             "start-up: seconds to keep retrying an unreachable database before giving up",
+        ),
+        Setting(
+            "lease_ttl_s",
+            Number(minimum=1, maximum=3600),
+            "PostgreSQL: the store lease's time to live; a standby takes over at most this "
+            "long after the holder died",
+        ),
+        Setting(
+            "queue_max_bytes",
+            Integer(1024, 64 * 1024**3),
+            "bytes of queued inputs held in memory; beyond it submissions get busy",
+        ),
+        Setting(
+            "allow_subsecond",
+            Boolean(),
+            "allow interval schedules shorter than 1 second",
         ),
         Setting("migrate", Boolean(), "apply pending migrations at start-up"),
         Setting(

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from supervisor.coderecords import CodeChange, SyncUpdate
+from supervisor.deadletter import DeadLetters, write_or_isolate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 
@@ -74,6 +75,23 @@ def decode_batch(payload: bytes) -> list[Record]:
     return [_TYPES[tag](**fields) for tag, fields in orjson.loads(payload)]
 
 
+def decode_tolerant(payload: bytes, dead: DeadLetters) -> list[Record]:
+    """:func:`decode_batch`, with each item that does not decode dead-lettered instead."""
+    try:
+        items = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        dead.add(payload.decode(errors="replace"), f"spooled batch is not JSON: {exc}")
+        return []
+    records: list[Record] = []
+    for item in items:
+        try:
+            tag, fields = item
+            records.append(_TYPES[tag](**fields))
+        except (TypeError, ValueError, KeyError) as exc:
+            dead.add(item, f"spooled record does not decode: {type(exc).__name__}: {exc}")
+    return records
+
+
 def frame(payload: bytes, count: int) -> bytes:
     return _HEADER.pack(MAGIC, len(payload), count, zlib.crc32(payload)) + payload
 
@@ -94,8 +112,10 @@ class Spool:
     """A spool folder, locked for this process. ``append`` and ``replay`` may run on two
     threads at once; everything else is cheap and thread-safe."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, dead_letters: DeadLetters | None = None) -> None:
         self.folder = folder
+        # with dead letters, a record the store refuses for good is set aside, never a wedge
+        self.dead_letters = dead_letters
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -256,7 +276,10 @@ class Spool:
     def _write_chunk(
         self, store: Store, chunk: list[Record], segment: Path, end: int, batches: int, size: int
     ) -> None:
-        store.write_batch(chunk)
+        if self.dead_letters is None:
+            store.write_batch(chunk)
+        else:
+            write_or_isolate(store, chunk, self.dead_letters)
         with self._lock:
             self._cursor = (segment, end)
             records, frames, nbytes = self._counts[segment]
@@ -274,7 +297,11 @@ class Spool:
             while (parsed := _read_frame(handle)) is not None:
                 payload = parsed[0]
                 offset += _HEADER.size + len(payload)
-                yield offset, decode_batch(payload), _HEADER.size + len(payload)
+                if self.dead_letters is None:
+                    records = decode_batch(payload)
+                else:
+                    records = decode_tolerant(payload, self.dead_letters)
+                yield offset, records, _HEADER.size + len(payload)
 
     # -- start-up ------------------------------------------------------------------------------
 

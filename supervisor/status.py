@@ -106,6 +106,9 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
             "spooled": stats.spooled,
             "replayed": stats.replayed,
             "rejected": stats.rejected,
+            "dead_letters": stats.dead_letters,
+            "dead_letter_file": str(sup.dead_letters.path),
+            "lease": sup.lease.status(),
         },
         "counters": sup.all_counters(),
     }

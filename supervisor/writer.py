@@ -28,10 +28,11 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from supervisor.deadletter import DeadLetters, write_or_isolate
 from supervisor.metrics import BATCH_BOUNDS, Histogram
-from supervisor.records import Record
+from supervisor.records import Record, RunRecord
 from supervisor.spool import Spool, encode_batch
 from supervisor.store.base import Store, StoreUnavailable
 
@@ -70,6 +71,7 @@ class WriterStats:
     spooled: int = 0
     replayed: int = 0
     rejected: int = 0
+    dead_letters: int = 0  # records the store refused for good, set aside (deadletter.py)
 
 
 class BatchWriter:
@@ -88,6 +90,8 @@ class BatchWriter:
         backoff_max_s: float = 5.0,
         spool: Spool | None = None,
         replay_chunk: int = 5000,
+        epoch: int = 0,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         if batch_size < 1 or replay_chunk < 1:
             raise ValueError(f"batch_size and replay_chunk must be >= 1, got {batch_size}")
@@ -100,6 +104,8 @@ class BatchWriter:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._replay_chunk = replay_chunk
+        self._epoch = epoch  # the lease term stamped on every run row (the fencing epoch)
+        self._dead = dead_letters
 
         # One lock, four conditions: work for the thread, commits for flush(), retry_now so
         # close() can cut a backoff short without put() waking the backoff every time, and
@@ -157,6 +163,8 @@ class BatchWriter:
     def put(self, record: Record) -> int:
         """Queue ``record``; return its sequence number. Never waits for the store."""
         now = time.monotonic()
+        if type(record) is RunRecord and record.epoch != self._epoch:
+            record = replace(record, epoch=self._epoch)
         with self._lock:
             if self._closing:
                 raise RuntimeError("BatchWriter.put() after close()")
@@ -276,6 +284,7 @@ class BatchWriter:
                 spooled=spool.appended if spool else 0,
                 replayed=spool.replayed if spool else 0,
                 rejected=self._rejected,
+                dead_letters=self._dead.count if self._dead is not None else 0,
             )
 
     # -- the writer thread ---------------------------------------------------------------------
@@ -339,7 +348,10 @@ class BatchWriter:
         if self._append(spool, records, only_if_pending=True):
             return  # older records wait in the spool: this batch queues up behind them
         try:
-            self._store.write_batch(records)
+            if self._dead is None:
+                self._store.write_batch(records)
+            else:  # a record refused for good is set aside; the others are written
+                write_or_isolate(self._store, records, self._dead)
         except Exception as exc:
             self._record_failure(batch, exc, None)
             self._append(spool, records, only_if_pending=False)  # OSError: _write retries

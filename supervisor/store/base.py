@@ -8,6 +8,7 @@ share connections across ``fork``.
 """
 
 import abc
+import threading
 from collections.abc import Sequence
 
 from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
@@ -31,11 +32,33 @@ class VersionExists(StoreError):
     """A code version with this tag is already recorded for the actor."""
 
 
+class RefusedFires:
+    """Run ids of scheduled fires the store refused because another supervisor (or an earlier
+    epoch) already claimed their ``(actor, scheduled_for)``: filled by the writer thread after
+    a commit, taken by the supervisor's loop, which then does not run them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: list[str] = []
+
+    def add(self, run_ids: Sequence[str]) -> None:
+        if run_ids:
+            with self._lock:
+                self._ids.extend(run_ids)
+
+    def take(self) -> list[str]:
+        with self._lock:
+            taken, self._ids = self._ids, []
+        return taken
+
+
 class Store(abc.ABC):
     """Durable home of runs, events, task state and actors."""
 
     #: a safe description for logs and ``status``: the URL with any password removed
     description: str
+    #: fires refused by ``write_batch`` (see :class:`RefusedFires`)
+    refused: RefusedFires
 
     @abc.abstractmethod
     def migrate(self) -> list[str]:
@@ -49,6 +72,9 @@ class Store(abc.ABC):
         """Write ``records`` in one transaction: all or nothing.
 
         Runs, task states and actors are upserted by key (the last version in the batch wins);
+        a run row is updated only by a writer of the same or a later ``epoch`` (fencing), and a
+        scheduled fire's first attempt is claimed with ``INSERT ... ON CONFLICT DO NOTHING``: a
+        fire whose ``(actor, scheduled_for)`` is taken is skipped and named in ``refused``;
         events are inserted, and an ``event_id`` already present is skipped, so replaying a batch
         changes nothing. A :class:`CodeChange` is applied as by :meth:`record_code_version`
         (one whose ``history_id`` is stored is skipped), a :class:`SyncUpdate` sets the actor's
@@ -133,8 +159,11 @@ class Store(abc.ABC):
         """Every stored actor by name: the read side of the ``actors`` upsert."""
 
     @abc.abstractmethod
-    def unfinished_runs(self) -> list[RunRecord]:
-        """Attempts still ``queued`` or ``running``: after a crash, the runs to recover."""
+    def unfinished_runs(self, before_epoch: int | None = None) -> list[RunRecord]:
+        """Attempts still ``queued`` or ``running``: after a crash, the runs to recover.
+
+        With ``before_epoch``, only rows written under an earlier lease term: a start-up never
+        touches the runs of the supervisor holding the lease now."""
 
     @abc.abstractmethod
     def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:

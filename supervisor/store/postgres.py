@@ -39,7 +39,7 @@ from psycopg_pool import ConnectionPool
 from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store import code, queries
-from supervisor.store.base import Store, StoreError, StoreUnavailable
+from supervisor.store.base import RefusedFires, Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
 from supervisor.store.options import PoolOptions
 from supervisor.store.pgcopy import EVENT_COLUMNS, events_stream
@@ -113,6 +113,7 @@ class _Table:
         key: tuple[str, ...],
         codecs: dict[str, _Codec],
         extra_columns: tuple[str, ...] = (),
+        fence: str | None = None,
     ) -> None:
         self.record = record
         self.columns = [f.name for f in fields(record)]
@@ -127,11 +128,33 @@ class _Table:
         updates = ", ".join(
             f"{_quote(c)} = excluded.{_quote(c)}" for c in self.columns if c not in key
         )
+        # a fenced row is changed only by a writer of the same or a later epoch
+        where = f" WHERE {name}.{_quote(fence)} <= excluded.{_quote(fence)}" if fence else ""
+        values = f"VALUES ({', '.join(['%s'] * len(insert_columns))})"
         self.upsert = (
-            f"INSERT INTO {name} ({_names(insert_columns)}) "
-            f"VALUES ({', '.join(['%s'] * len(insert_columns))}) "
-            f"ON CONFLICT ({_names(key)}) DO UPDATE SET {updates}"
+            f"INSERT INTO {name} ({_names(insert_columns)}) {values} "
+            f"ON CONFLICT ({_names(key)}) DO UPDATE SET {updates}{where}"
         )
+        # claims (scheduled fires): update our own row, else insert unless any key is taken
+        self.claim_insert = (
+            f"INSERT INTO {name} ({_names(insert_columns)}) {values} ON CONFLICT DO NOTHING"
+        )
+        others = [c for c in self.columns if c not in key]
+        self._key_index = [self.columns.index(c) for c in key]
+        self._other_index = [self.columns.index(c) for c in others]
+        self._fence_index = self.columns.index(fence) if fence else None
+        self.claim_update = (
+            f"UPDATE {name} SET {', '.join(f'{_quote(c)} = %s' for c in others)} WHERE "
+            + " AND ".join(f"{_quote(c)} = %s" for c in key)
+            + (f" AND {_quote(fence)} <= %s" if fence else "")
+        )
+
+    def claim_update_params(self, row: Sequence[Any]) -> list[Any]:
+        """A row's values for ``claim_update``: the other columns, the key, the fence."""
+        params = [row[i] for i in self._other_index] + [row[i] for i in self._key_index]
+        if self._fence_index is not None:
+            params.append(row[self._fence_index])
+        return params
 
     def row(self, record: Any) -> list[Any]:
         return [
@@ -166,6 +189,7 @@ _RUNS = _Table(
         "output_json": _PLAIN,
         **{c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
     },
+    fence="epoch",
 )
 _TASK_STATE = _Table(
     "task_state",
@@ -260,13 +284,16 @@ class _BatchRows:
         split = SplitBatch(records)
         with _encoding():
             self.runs = [_RUNS.row(r) for r in split.runs]
+            self.fires = [(r.run_id, _RUNS.row(r)) for r in split.fires]
             self.states = [_TASK_STATE.row(s) for s in split.states]
             self.actors = [(*_ACTORS.row(a), to_datetime(a.updated_at)) for a in split.actors]
         self.events = split.events
         self.code = split.code
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.states or self.actors or self.events or self.code)
+        return bool(
+            self.runs or self.fires or self.states or self.actors or self.events or self.code
+        )
 
 
 # pg_advisory_xact_lock(CODE_LOCK_CLASS, hashtext(actor)): code changes of one actor, from any
@@ -338,6 +365,7 @@ class PostgresStore(Store):
         self._options = options or PoolOptions()
         self._secret = Secret(url)
         self.description = redact_url(url)
+        self.refused = RefusedFires()
         self._pid = os.getpid()
         self._lock = threading.Lock()  # guards the pool reference, not its use
         self._suspect = False  # a failure may have cost the pool its connections
@@ -431,9 +459,21 @@ class PostgresStore(Store):
             self._write(rows, replay=True)
 
     def _write(self, rows: _BatchRows, *, replay: bool) -> None:
+        refused: list[str] = []
+        self._write_rows(rows, replay=replay, refused=refused)
+        self.refused.add(refused)  # only once the transaction committed
+
+    def _write_rows(self, rows: _BatchRows, *, replay: bool, refused: list[str]) -> None:
         with self._connection("write a batch") as conn, conn.cursor() as cur:
             if rows.code:  # rare, and each change reads before it writes: no pipeline for these
                 _apply_code(_CodeDb(conn), rows.code)
+            for run_id, row in rows.fires:  # few (one per scheduled fire), never through COPY
+                cur.execute(_RUNS.claim_update, _RUNS.claim_update_params(row))
+                if cur.rowcount:
+                    continue
+                cur.execute(_RUNS.claim_insert, row)
+                if not cur.rowcount:
+                    refused.append(run_id)
             if len(rows.events) <= _PIPELINE_MAX_EVENTS:
                 with conn.pipeline():
                     self._upsert(cur, rows)
@@ -523,8 +563,8 @@ class PostgresStore(Store):
         actors = [_ACTORS.record_from(row) for row in rows]
         return {actor.name: actor for actor in actors}
 
-    def unfinished_runs(self) -> list[RunRecord]:
-        sql, params = queries.unfinished_runs(_RUNS.select)
+    def unfinished_runs(self, before_epoch: int | None = None) -> list[RunRecord]:
+        sql, params = queries.unfinished_runs(_RUNS.select, before_epoch)
         return [_RUNS.record_from(row) for row in self._fetch("list unfinished runs", sql, params)]
 
     def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:

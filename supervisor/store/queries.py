@@ -86,8 +86,11 @@ def run_ids_with_prefix(prefix: str, limit: int = 2) -> Query:
     return sql, [prefix, upper, _limit(limit)]
 
 
-def unfinished_runs(select: str) -> Query:
-    return f"{select} WHERE status IN (?, ?) ORDER BY queued_at, attempt, run_id", list(UNFINISHED)
+def unfinished_runs(select: str, before_epoch: int | None = None) -> Query:
+    where, params = "status IN (?, ?)", list[Any](UNFINISHED)
+    if before_epoch is not None:
+        where, params = f"{where} AND epoch < ?", [*params, before_epoch]
+    return f"{select} WHERE {where} ORDER BY queued_at, attempt, run_id", params
 
 
 def idempotency_keys(to_db: ToDb, since: float) -> Query:

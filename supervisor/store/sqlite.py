@@ -26,7 +26,7 @@ import orjson
 from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store import code, queries
-from supervisor.store.base import Store, StoreError, StoreUnavailable
+from supervisor.store.base import RefusedFires, Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_sqlite, load_migrations
 from supervisor.store.values import SplitBatch, clean_text, json_text, opt_json_text
 
@@ -124,6 +124,7 @@ class _Table:
         codecs: dict[str, _Codec],
         extra_columns: tuple[str, ...] = (),
         append_only: bool = False,
+        fence: str | None = None,
     ) -> None:
         self.record = record
         self.columns = [f.name for f in fields(record)]
@@ -138,11 +139,33 @@ class _Table:
             f"{_quote(c)} = excluded.{_quote(c)}" for c in self.columns if c not in key
         )
         action = "DO NOTHING" if append_only else f"DO UPDATE SET {updates}"
+        if fence is not None:  # a row is changed only by a writer of the same or a later epoch
+            action += f" WHERE {name}.{_quote(fence)} <= excluded.{_quote(fence)}"
+        values = f"VALUES ({', '.join('?' * len(insert_columns))})"
         self.insert = (
-            f"INSERT INTO {name} ({_names(insert_columns)}) "
-            f"VALUES ({', '.join('?' * len(insert_columns))}) "
+            f"INSERT INTO {name} ({_names(insert_columns)}) {values} "
             f"ON CONFLICT ({_names(key)}) {action}"
         )
+        # claims (scheduled fires): update our own row, else insert unless any key is taken
+        self.claim_insert = (
+            f"INSERT INTO {name} ({_names(insert_columns)}) {values} ON CONFLICT DO NOTHING"
+        )
+        others = [c for c in self.columns if c not in key]
+        self._key_index = [self.columns.index(c) for c in key]
+        self._other_index = [self.columns.index(c) for c in others]
+        self._fence_index = self.columns.index(fence) if fence else None
+        self.claim_update = (
+            f"UPDATE {name} SET {', '.join(f'{_quote(c)} = ?' for c in others)} WHERE "
+            + " AND ".join(f"{_quote(c)} = ?" for c in key)
+            + (f" AND {_quote(fence)} <= ?" if fence else "")
+        )
+
+    def claim_update_params(self, row: Sequence[Any]) -> list[Any]:
+        """A row's values for ``claim_update``: the other columns, the key, the fence."""
+        params = [row[i] for i in self._other_index] + [row[i] for i in self._key_index]
+        if self._fence_index is not None:
+            params.append(row[self._fence_index])
+        return params
 
     def row(self, record: Any) -> list[Any]:
         """The record's column values, converted where needed (the writer's hot path)."""
@@ -177,6 +200,7 @@ _RUNS = _Table(
         **_texts(RunRecord, "input_json", "output_json"),  # JSON text: NULs arrive escaped
         **{c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
     },
+    fence="epoch",
 )
 _TASK_STATE = _Table(
     "task_state",
@@ -223,6 +247,7 @@ class _BatchRows:
         split = SplitBatch(records)
         try:
             self.runs = [_RUNS.row(r) for r in split.runs]
+            self.fires = [(r.run_id, _RUNS.row(r)) for r in split.fires]
             self.states = [_TASK_STATE.row(s) for s in split.states]
             self.actors = [(*_ACTORS.row(a), to_text(a.updated_at)) for a in split.actors]
             self.events = [_EVENTS.row(e) for e in split.events]
@@ -231,7 +256,9 @@ class _BatchRows:
         self.code = split.code
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.states or self.actors or self.events or self.code)
+        return bool(
+            self.runs or self.fires or self.states or self.actors or self.events or self.code
+        )
 
 
 class _CodeDb(code.CodeDb):
@@ -267,6 +294,14 @@ def _apply_code(db: code.CodeDb, records: Sequence[CodeChange | SyncUpdate]) -> 
             code.update_sync(db, record)
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
 class SqliteStore(Store):
     """A :class:`Store` in one SQLite file; parent folders are created."""
 
@@ -284,6 +319,9 @@ class SqliteStore(Store):
             raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
         self.path = Path(path).absolute()
         self.description = f"sqlite:{self.path}"
+        self.refused = RefusedFires()
+        self._identity: tuple[int, int] | None = None  # the file's (device, inode), checked
+        self._replaced = False  # before each batch; set once the file is open
         self._lock = threading.RLock()
         self._pid = os.getpid()
         if read_only:
@@ -313,6 +351,7 @@ class SqliteStore(Store):
                 conn.close()
                 raise
         self._conn = conn
+        self._identity = _file_identity(self.path)
 
     def _configure(self, conn: sqlite3.Connection, synchronous: str, busy_timeout_s: float) -> None:
         # Switching a new file to WAL needs an exclusive lock and does not wait on the busy
@@ -405,9 +444,16 @@ class SqliteStore(Store):
         rows = _BatchRows(records)
         if not rows:
             return
+        self._check_file()
+        refused: list[str] = []
         with self._tx("write a batch") as conn:
             if rows.code:
                 _apply_code(_CodeDb(conn), rows.code)
+            for run_id, row in rows.fires:  # few: one per scheduled fire
+                if conn.execute(_RUNS.claim_update, _RUNS.claim_update_params(row)).rowcount:
+                    continue
+                if not conn.execute(_RUNS.claim_insert, row).rowcount:
+                    refused.append(run_id)
             if rows.runs:
                 conn.executemany(_RUNS.insert, rows.runs)
             if rows.states:
@@ -416,6 +462,29 @@ class SqliteStore(Store):
                 conn.executemany(_ACTORS.insert, rows.actors)
             if rows.events:
                 conn.executemany(_EVENTS.insert, rows.events)
+        self.refused.add(refused)
+
+    def _check_file(self) -> None:
+        """The open connection writes to the inode it opened: if the path was removed or now
+        names another file, every write would go to a file no one will ever read again.
+
+        :raises StoreUnavailable: the writer spools until a restart opens the file anew.
+        """
+        found = _file_identity(self.path)
+        if found == self._identity:
+            return
+        what = "removed" if found is None else "replaced by another file"
+        if not self._replaced:
+            self._replaced = True
+            log.critical(
+                "%s: the database file was %s while the supervisor was running; writes go to "
+                "the spool from now on, and a restart replays them into the file then at %s",
+                self.description,
+                what,
+                self.path,
+                extra={"event": "store_file_replaced"},
+            )
+        raise StoreUnavailable(f"{self.description}: the database file was {what}")
 
     def list_runs(
         self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
@@ -472,8 +541,8 @@ class SqliteStore(Store):
         actors = [_ACTORS.record_from(row) for row in rows]
         return {actor.name: actor for actor in actors}
 
-    def unfinished_runs(self) -> list[RunRecord]:
-        sql, params = queries.unfinished_runs(_RUNS.select)
+    def unfinished_runs(self, before_epoch: int | None = None) -> list[RunRecord]:
+        sql, params = queries.unfinished_runs(_RUNS.select, before_epoch)
         return [_RUNS.record_from(row) for row in self._fetch("list unfinished runs", sql, params)]
 
     def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:

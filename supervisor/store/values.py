@@ -81,9 +81,12 @@ class SplitBatch:
     Events keep every entry in order, duplicates included: the store skips an ``event_id``
     already present, so the first of two duplicates is the one kept, as in a replay. Code
     changes and sync updates keep their order too (``code``): each one depends on the last.
+    Scheduled fires' first attempts (``fires``) are apart from the other ``runs``: the store
+    claims each with ``INSERT ... ON CONFLICT DO NOTHING``, so a fire already claimed by another
+    supervisor is refused without failing the batch.
     """
 
-    __slots__ = ("actors", "code", "events", "runs", "states")
+    __slots__ = ("actors", "code", "events", "fires", "runs", "states")
 
     def __init__(self, records: Sequence[Record]) -> None:
         runs: dict[tuple[str, int], RunRecord] = {}
@@ -104,7 +107,8 @@ class SplitBatch:
                 code.append(record)
             else:
                 raise StoreError(f"cannot store a {type(record).__name__}: not a Record")
-        self.runs = list(runs.values())
+        self.runs = [run for run in runs.values() if not run.is_fire]
+        self.fires = [run for run in runs.values() if run.is_fire]
         self.states = list(states.values())
         self.actors = list(actors.values())
         self.events = events

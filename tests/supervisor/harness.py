@@ -112,18 +112,21 @@ def start_supervisor(
     workers: int = 2,
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> RunningSupervisor:
     """Write ``supervisor.toml`` (``actors`` is the ``[[actors]]`` TOML) and start on it."""
     folder.chmod(0o755)
     config = folder / "supervisor.toml"
     grace = "" if "shutdown_grace_s" in settings else "shutdown_grace_s = 10\n"
+    if "allow_subsecond" not in settings:  # tests use fast schedules to stay short
+        grace += "allow_subsecond = true\n"
     config.write_text(
         f"[supervisor]\nworkers = {workers}\n{grace}"
         + textwrap.dedent(settings)
         + "\n"
         + textwrap.dedent(actors)
     )
-    return start_on_config(config, workers=workers, wait_ready=wait_ready, env=env)
+    return start_on_config(config, workers=workers, wait_ready=wait_ready, env=env, args=args)
 
 
 def start_on_config(
@@ -133,6 +136,7 @@ def start_on_config(
     workers: int = 2,
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> RunningSupervisor:
     """Start a supervisor on an existing config file (``endpoint``: its control endpoint, by
     default the one the file configures)."""
@@ -142,7 +146,7 @@ def start_on_config(
     log_path = folder / "supervisor.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config)],
+            [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=folder,

@@ -30,7 +30,8 @@ schedule = {{ type = "interval", seconds = {seconds} }}
 def _rewrite(sup: RunningSupervisor, actors: str, workers: int = 2) -> None:
     """The ``[supervisor]`` table the harness wrote (``workers`` may differ), new actors."""
     sup.config_path.write_text(
-        f"[supervisor]\nworkers = {workers}\nshutdown_grace_s = 10\n{actors}"
+        f"[supervisor]\nworkers = {workers}\nshutdown_grace_s = 10\nallow_subsecond = true\n"
+        + actors
     )
 
 

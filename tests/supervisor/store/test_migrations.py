@@ -42,8 +42,8 @@ def now() -> str:
     return to_text(time.time())
 
 
-ALL = ["0001_initial", "0002_code_history"]  # every migration, in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history")]
+ALL = ["0001_initial", "0002_code_history", "0003_lease"]  # every migration, in order
+APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease")]
 
 
 _SCHEMA_MIGRATIONS = (
@@ -135,7 +135,7 @@ def test_database_with_a_future_version_is_refused(tmp_path: Path) -> None:
         store.close()
 
     message = str(raised.value)
-    assert "version 42" in message and "up to 2" in message
+    assert "version 42" in message and "up to 3" in message
 
 
 def test_future_version_is_refused_before_applying_anything(tmp_path: Path) -> None:
@@ -244,6 +244,8 @@ EXPECTED_INDEXES: dict[str, tuple[str, list[tuple[str | None, bool]], bool]] = {
         False,
     ),
     "runs_status": ("runs", [("status", False)], False),
+    # one first attempt per scheduled fire (issue 9)
+    "runs_fire": ("runs", [("actor", False), ("scheduled_for", False)], True),
     "runs_idempotency_window": ("runs", [("queued_at", False)], True),
     "runs_idempotency_key": ("runs", [("actor", False), ("idempotency_key", False)], True),
     "execution_events_aggregate": (
@@ -289,7 +291,7 @@ def test_catalog_tables_and_columns_match_the_records(catalog: sqlite3.Connectio
     }
     assert tables == {
         "schema_migrations", "actors", "runs", "task_state", "execution_events",
-        "actor_code_history",
+        "actor_code_history", "supervisor_lease",
     }  # fmt: skip
 
     def names(record: type) -> list[str]:

@@ -29,8 +29,8 @@ def applied_rows(database: str) -> list[tuple[object, ...]]:
         return conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
 
 
-ALL = ["0001_initial", "0002_code_history"]  # every migration, in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history")]
+ALL = ["0001_initial", "0002_code_history", "0003_lease"]  # every migration, in order
+APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease")]
 
 
 def test_migrate_applies_once_and_then_nothing(pg_empty_database: str) -> None:
@@ -106,7 +106,7 @@ def test_database_with_a_future_version_is_refused(pg_database: str) -> None:
             store.migrate()
     finally:
         store.close()
-    assert "version 42" in str(raised.value) and "up to 2" in str(raised.value)
+    assert "version 42" in str(raised.value) and "up to 3" in str(raised.value)
 
 
 _SCHEMA_MIGRATIONS = (
@@ -209,7 +209,7 @@ def test_catalog_tables_and_columns_match_the_records_with_native_types(
     }
     assert tables == {
         "schema_migrations", "actors", "runs", "task_state", "execution_events",
-        "actor_code_history",
+        "actor_code_history", "supervisor_lease",
     }  # fmt: skip
 
     runs = column_types(catalog, "runs")
@@ -261,6 +261,11 @@ EXPECTED_INDEXES = {
         "USING btree (actor, queued_at DESC, attempt DESC)"
     ),
     "runs_status": "INDEX runs_status ON public.runs USING btree (status)",
+    # one first attempt per scheduled fire (issue 9); pre-lease rows (epoch 0) left out
+    "runs_fire": (
+        "UNIQUE INDEX runs_fire ON public.runs USING btree (actor, scheduled_for) "
+        "WHERE ((attempt = 1) AND (scheduled_for IS NOT NULL) AND (epoch > 0))"
+    ),
     "runs_idempotency_window": (
         "INDEX runs_idempotency_window ON public.runs USING btree (queued_at) "
         "WHERE (idempotency_key IS NOT NULL)"
