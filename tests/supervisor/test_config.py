@@ -272,7 +272,8 @@ schedule = {schedule}
         ("[supervisr]\n", "supervisr: unknown top-level key (did you mean 'supervisor'?)"),
         (
             "[supervisor]\nworkerz = 2\n",
-            "supervisor.workerz: unknown key (did you mean 'workers'?); allowed: batch_max_age_ms",
+            "supervisor.workerz: unknown key (did you mean 'workers'?); "
+            "allowed: allow_root_scripts, batch_max_age_ms",
         ),
         (
             '[supervisor]\nworkers = "4"\n',
