@@ -80,6 +80,7 @@ class Forker:
 
     def __init__(self, sandbox: Sandbox, sock: socket.socket, *, uid_sweep: bool) -> None:
         _become_subreaper()
+        sandbox.harden()  # inherited by every child: no per-run cost
         self._sandbox = sandbox
         self._sock = sock
         self._uid_sweep = uid_sweep
@@ -181,15 +182,20 @@ class Forker:
         :meth:`_reap`, so whole escaped trees converge.
         """
         live = self._live
-        uids = {_uid_of(pid) for pid in live} - {0, None} if self._uid_sweep else set()
+        uids: set[int | None] | None = None  # the live runs' uids, read only when needed
         for pid in self._children():
             if pid in live:
                 continue
             try:
-                if os.getsid(pid) in live or (uids and _uid_of(pid) in uids):
+                if os.getsid(pid) in live:
                     continue
             except ProcessLookupError:
                 continue
+            if self._uid_sweep:
+                if uids is None:
+                    uids = {_uid_of(child) for child in live} - {0, None}
+                if _uid_of(pid) in uids:
+                    continue
             _kill_quietly(pid)
 
     def _children(self) -> list[int]:

@@ -214,8 +214,8 @@ class Sandbox:
 
         The forker forks each child ahead of its run, so the first part is off the run's
         critical path: a session of its own, the forker's signal handlers undone, the
-        descriptors moved to 0-5 and every other one closed, and the hardening that needs no
-        run (no new privileges, an empty capability bounding set, umask 077). Then it blocks on
+        descriptors moved to 0-5 and every other one closed. (The hardening that needs no run
+        is inherited from the forker: see :meth:`harden`.) Then it blocks on
         the go pipe (EOF: retired unused), reads its Run from the run memfd, writes the input
         into its own stdin memfd, and becomes the run: limits, network, user, cwd, script read,
         environment, then exec or the script itself.
@@ -235,8 +235,6 @@ class Sandbox:
             os.closerange(RUN_FD + 1, _MAX_FD)
             os.set_blocking(1, True)  # the pipes are created non-blocking for the launcher's end
             os.set_blocking(2, True)
-            step = "hardening"
-            self._harden()
             step = "waiting for a run"
             if not os.read(GO_FD, 1):
                 os._exit(0)  # retired before it got a run
@@ -278,11 +276,14 @@ class Sandbox:
             os._exit(EXIT_SANDBOX)
         os._exit(run_main(run.script, run.cwd, source))
 
-    def _harden(self) -> None:
+    def harden(self) -> None:
         """What no script gets back: new privileges through exec (setuid binaries, file
-        capabilities), and any capability at all once root is dropped. Done as root, before the
-        run: dropping the bounding set leaves this process's own capabilities, which the switch
-        to the run's user still needs, until that switch clears them."""
+        capabilities), and any capability at all once root is dropped; and umask 077.
+
+        Called once in the forker, whose children inherit all three, so runs pay nothing for
+        them. Dropping the bounding set leaves a process's own capabilities, which forking,
+        and a child's switch to the run's user, still need; that switch then clears them.
+        """
         os.umask(0o077)
         self._prctl(PR_SET_NO_NEW_PRIVS, 1)
         for cap in range(self._caps + 1):
@@ -313,6 +314,7 @@ class Sandbox:
             os.setuid(self._ids[0])
 
     def _prctl(self, option: int, arg: int) -> None:
+        """prctl through libc (ctypes): the os module has no binding for it."""
         if self._libc.prctl(option, arg, 0, 0, 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"prctl({option}, {arg}): {os.strerror(err)}")

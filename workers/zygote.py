@@ -120,6 +120,8 @@ class Zygote:
         self._spare: Spare | None = None  # forked ahead, waiting for the next run
         self._free_uids = list(reversed(config.run_uids))  # the run's own uids, when root
         self._chown = os.geteuid() == 0 and bool(config.run_uids or config.run_as)
+        self._tmp_root = tempfile.mkdtemp(prefix="actor-runs-")  # 0700 until chmod: runs
+        os.chmod(self._tmp_root, 0o711)  # may enter it to reach their own folder, not list it
         self._seq = 0
         self._stopping = False
         self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -278,8 +280,11 @@ class Zygote:
         raise error
 
     def _make_tmpdir(self, uid: int | None) -> str:
-        """A private TMPDIR (0700), owned by the run's user when we switch to one."""
-        path = tempfile.mkdtemp(prefix="actor-run-")
+        """A private TMPDIR (0700), owned by the run's user when we switch to one. Its name is
+        taken in our own folder, which nobody else can write, so no run can squat it."""
+        self._seq += 1
+        path = f"{self._tmp_root}/{self._seq}"
+        os.mkdir(path, 0o700)
         owner = (uid, uid) if uid is not None else self._config.run_as
         if self._chown and owner is not None:
             os.chown(path, *owner)
@@ -287,7 +292,10 @@ class Zygote:
 
     def _release(self, uid: int | None, tmpdir: str) -> None:
         if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)  # fd-based: no symlink can redirect it
+            try:
+                os.rmdir(tmpdir)  # usually empty: one syscall
+            except OSError:
+                shutil.rmtree(tmpdir, ignore_errors=True)  # fd-based: symlinks cannot redirect it
         if uid is not None:
             self._free_uids.append(uid)
 
@@ -365,9 +373,8 @@ class Zygote:
         self._forker.close()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self._forker.pid, 0)
-        for flight in self._flights.values():
-            self._release(flight.uid, flight.tmpdir)
         self._flights.clear()
+        shutil.rmtree(self._tmp_root, ignore_errors=True)
 
     # --- timers and the worker channel --------------------------------------------------------
 
