@@ -90,6 +90,7 @@ class ActorConfig:
     overlap: str = "skip"
     exec_mode: str = "file"  # what runs: the file, the active stored code, or that else the file
     sync: str = "startup"  # when a changed file is recorded as a new version
+    network: str = "host"  # none: an empty network namespace with only loopback (root only)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,6 +253,7 @@ ACTOR_KEYS: tuple[Setting, ...] = declare(
         Setting("overlap", Choice(OVERLAP_POLICIES), "a fire while the previous run is busy"),
         Setting("exec_mode", Choice(EXEC_MODES), "run the file, or the stored active version"),
         Setting("sync", Choice(SYNC_MODES), "when a changed file becomes a new version"),
+        Setting("network", Choice(("host", "none")), "none: only loopback (needs root)"),
     ],
 )
 _ACTOR_KEYS = {s.name: s for s in ACTOR_KEYS}

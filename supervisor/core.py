@@ -528,6 +528,7 @@ class Supervisor:
                 limits=cfg.limits,
                 timeout_s=cfg.timeout_s,
                 code_sha256=code.sha256,
+                network=cfg.network,
             )
             try:
                 self._workers.send_multipart([handle.identity, orjson.dumps(message)], zmq.NOBLOCK)

@@ -131,7 +131,12 @@ class WorkerPool:
             scoreboard_slots=self.scoreboard.slots,
             supervisor_pid=os.getpid(),
             capacity=self.capacity,
-            sandbox=replace(self.sandbox, worker_id=worker_id),
+            sandbox=replace(
+                self.sandbox,
+                worker_id=worker_id,
+                run_uids=self.uid_block(index),
+                heartbeat_timeout_s=self.heartbeat_timeout_s,
+            ),
             log_level=self.log_level,
             log_format=self.log_format,
         )
@@ -152,6 +157,12 @@ class WorkerPool:
         self._respawn_at.pop(index, None)
         log.info("worker %s started", worker_id, extra={"pid": process.pid, "slot": index})
         return handle
+
+    def uid_block(self, index: int) -> tuple[int, ...]:
+        """Slot ``index``'s own uids, one per run it may hold: no two slots share one, and a
+        respawned worker gets its predecessor's block (its leftovers die as it takes them)."""
+        start = index * self.capacity
+        return self.sandbox.run_uids[start : start + self.capacity]
 
     def on_hello(self, identity: bytes) -> WorkerHandle | None:
         handle = self._by_identity.get(identity)

@@ -25,33 +25,67 @@ log = logging.getLogger(__name__)
 
 
 def prepare_sandbox(config: Config) -> SandboxConfig:
-    """The sandbox settings every worker gets, after checking them as the sandbox user."""
+    """The sandbox settings every worker gets, after checking them as the sandbox user.
+
+    As root, runs get uids of their own from ``run_as_range`` unless the operator chose a fixed
+    ``run_as`` (root itself only with ``allow_root_scripts``); every uid of the range is "other"
+    to the scripts' files, so checking as its first uid checks them all. Not as root, runs keep
+    our user, and ``network = "none"`` (which needs root) is refused.
+    """
     settings = config.supervisor
     modes = {actor.mode for actor in config.actors.values()}
-    run_as = None
+    run_as: tuple[int, int] | None = None
+    run_uids: tuple[int, ...] = ()
+    check_as: tuple[int, int] | None = None
+    user = settings.run_as
+    offline = sorted(a.name for a in config.actors.values() if a.network == "none")
+    if os.geteuid() != 0 and offline:
+        raise StartupError(
+            f"network = 'none' needs the supervisor to run as root (an empty network "
+            f"namespace); actors: {', '.join(offline)}"
+        )
     try:
         if os.geteuid() == 0:
-            run_as = resolve_user(settings.run_as)
+            if config.sources.get("run_as", "default") != "default":
+                run_as = check_as = resolve_user(settings.run_as)
+                if run_as[0] == 0 and not settings.allow_root_scripts:
+                    raise StartupError(
+                        f"run_as = {settings.run_as!r} is root: scripts would run with every "
+                        "privilege; set allow_root_scripts = true if that is really meant"
+                    )
+            else:
+                low, high = settings.run_as_range
+                run_uids = tuple(range(low, high + 1))
+                check_as = (low, low)
+                user = f"#{low} (run_as_range {low}-{high})"
             # a missing script is no refusal: the start-up sync reports it (file_missing)
             present = [str(a.script) for a in config.actors.values() if a.script.exists()]
-            problems = unreadable_scripts(present, *run_as)
+            problems = unreadable_scripts(present, *check_as)
             if problems:
                 raise StartupError(
-                    f"scripts run as user {settings.run_as!r}, which cannot read them:\n  "
+                    f"scripts run as user {user}, which cannot read them:\n  "
                     + "\n  ".join(problems)
                 )
             if "fork" in modes:
-                _warn_if_stdlib_hidden(settings.run_as, run_as)
-        python = resolve_python(settings.python, run_as, needed="exec" in modes)
+                _warn_if_stdlib_hidden(user, check_as)
+        python = resolve_python(settings.python, check_as, needed="exec" in modes)
     except AccessCheckError as exc:
-        raise StartupError(f"run_as = {settings.run_as!r}: {exc}") from exc
+        raise StartupError(f"run_as = {user!r}: {exc}") from exc
     return SandboxConfig(
         worker_id="",
         env_allow=settings.env_allow,
         run_as=run_as,
+        run_uids=run_uids,
         kill_grace_s=settings.kill_grace_s,
         python=python,
     )
+
+
+def sandbox_user(sandbox: SandboxConfig) -> tuple[int, int] | None:
+    """Whom to check a script's access as: the fixed user, or any uid of the range."""
+    if sandbox.run_uids:
+        return sandbox.run_uids[0], sandbox.run_uids[0]
+    return sandbox.run_as
 
 
 def resolve_python(configured: str | None, run_as: tuple[int, int] | None, *, needed: bool) -> str:
@@ -99,7 +133,8 @@ def check_reloaded_scripts(old: Config, new: Config, sandbox: SandboxConfig) -> 
     ]
     if missing := [path for path in fresh if not os.path.isfile(path)]:
         raise StartupError("no such file: " + ", ".join(repr(path) for path in missing))
-    if sandbox.run_as is None or not fresh:
+    user = sandbox_user(sandbox)
+    if user is None or not fresh:
         return
     # The check runs a Python as the sandbox user. In fork mode the sandbox keeps our own,
     # which that user may not be able to run (a pyenv or venv under a private home): then
@@ -107,7 +142,7 @@ def check_reloaded_scripts(old: Config, new: Config, sandbox: SandboxConfig) -> 
     failures: list[str] = []
     for python in dict.fromkeys([sandbox.python, *_all_on_path("python3")]):
         try:
-            problems = unreadable_scripts_from_threads(python, fresh, *sandbox.run_as)
+            problems = unreadable_scripts_from_threads(python, fresh, *user)
         except AccessCheckError as exc:
             failures.append(str(exc))
             continue

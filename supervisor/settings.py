@@ -433,6 +433,31 @@ class Word(Kind):
 
 
 @dataclass(frozen=True, slots=True)
+class UidRange(Kind):
+    """``"LOW-HIGH"``: a block of uids (each also used as a gid), neither 0 nor past 2^31."""
+
+    @property
+    def expected(self) -> str:
+        return "'LOW-HIGH', two uids with 1 <= LOW <= HIGH < 2^31"
+
+    def check(self, value: Any) -> tuple[int, int]:
+        if isinstance(value, tuple | list) and len(value) == 2:
+            value = f"{value[0]}-{value[1]}"
+        if not isinstance(value, str):
+            raise self._wrong(value)
+        low, sep, high = value.strip().partition("-")
+        if not (sep and low.strip().isdigit() and high.strip().isdigit()):
+            raise self._wrong(value)
+        bounds = (int(low), int(high))
+        if not 1 <= bounds[0] <= bounds[1] < 1 << 31:
+            raise self._wrong(value)
+        return bounds
+
+    def to_json(self, value: Any) -> Any:
+        return f"{value[0]}-{value[1]}"
+
+
+@dataclass(frozen=True, slots=True)
 class OptionalPath(Kind):
     """A path that must exist, relative to the configuration's folder; stored absolute."""
 
@@ -532,6 +557,8 @@ class SupervisorSettings:
     shutdown_grace_s: float = 10.0
     kill_grace_s: float = 2.0
     run_as: str = "nobody"
+    run_as_range: tuple[int, int] = (61184, 61439)
+    allow_root_scripts: bool = False
     python: str | None = None
     queue_size: int = 10000
     batch_size: int = 1000
@@ -585,7 +612,13 @@ SETTINGS: tuple[Setting, ...] = declare(
             Number(minimum=0, maximum=MAX_DURATION_S),
             "SIGTERM -> SIGKILL delay on a timeout",
         ),
-        Setting("run_as", Word(), "user scripts run as when the supervisor runs as root"),
+        Setting("run_as", Word(), "a fixed user scripts run as when root (default: run_as_range)"),
+        Setting(
+            "run_as_range",
+            UidRange(),
+            "root: uids LOW-HIGH, no account's, one per running run (systemd DynamicUser style)",
+        ),
+        Setting("allow_root_scripts", Boolean(), "accept run_as = root (scripts then run as root)"),
         Setting(
             "python",
             OptionalPath(),
@@ -733,6 +766,7 @@ def resolve_settings(
     settings = SupervisorSettings(**values)
     _check_control(settings, labels)
     _check_pool(settings, labels)
+    _check_run_as_range(settings, labels)
     return settings, sources
 
 
@@ -741,6 +775,17 @@ def _check_pool(settings: SupervisorSettings, labels: Mapping[str, str]) -> None
         raise ConfigError(
             f"{labels['pool_min_size']}: pool_min_size ({settings.pool_min_size}) must be <= "
             f"pool_max_size ({settings.pool_max_size})"
+        )
+
+
+def _check_run_as_range(settings: SupervisorSettings, labels: Mapping[str, str]) -> None:
+    """Every run that may be in flight at once needs a uid of its own."""
+    low, high = settings.run_as_range
+    needed = settings.workers * settings.concurrency
+    if high - low + 1 < needed:
+        raise ConfigError(
+            f"{labels['run_as_range']}: run_as_range '{low}-{high}' holds {high - low + 1} uids; "
+            f"workers x concurrency ({settings.workers} x {settings.concurrency}) needs {needed}"
         )
 
 

@@ -9,6 +9,8 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from workers.sandbox import SandboxConfig
+
 if TYPE_CHECKING:
     from supervisor.core import Supervisor
 
@@ -18,6 +20,22 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def protections(sandbox: SandboxConfig) -> dict[str, bool]:
+    """Which run isolation applies: most of it needs the supervisor to be root."""
+    root = os.geteuid() == 0
+    return {
+        "uid_per_run": bool(sandbox.run_uids),  # /proc, ptrace, signals, nproc per run
+        "fixed_user": sandbox.run_as is not None,
+        "capabilities_dropped": root,
+        "no_new_privs": True,
+        "private_tmpdir": True,
+        "umask_077": True,
+        "network_none_available": root,
+        "pristine_fork": True,  # fork-mode runs are forked from a process that saw no run
+        "orphans_by_uid": bool(sandbox.run_uids),  # else by session, which a script can leave
+    }
 
 
 def build_status(sup: "Supervisor") -> dict[str, Any]:
@@ -79,6 +97,7 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
             "concurrency": sup.settings.concurrency,
             "exec_python": sup.sandbox.python,
             "run_as": sup.settings.run_as if sup.sandbox.run_as else None,
+            "protections": protections(sup.sandbox),
         },
         "workers": workers,
         "actors": actors,

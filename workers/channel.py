@@ -4,9 +4,11 @@ Each frame is a 4-byte big-endian length ``N`` followed by ``N`` bytes: one kind
 payload. A stream socket (not SOCK_SEQPACKET) because a run's input and a result's output can be
 megabytes, larger than any socket buffer.
 
-Worker -> launcher: ``R`` + an encoded :class:`protocol.messages.Run`; ``K`` (kill all runs).
-Launcher -> worker: ``H`` + orjson ``{"preload_failed": [...]}`` once, when it is ready;
-``S`` + started; ``F`` + finished (see :func:`encode_started` and :func:`encode_finished`).
+Worker -> launcher: ``R`` + an encoded :class:`protocol.messages.Run`; ``K`` (kill all runs);
+``P`` (ping).
+Launcher -> worker: ``H`` + orjson ``{"preload_failed": [...], "forker_pid": N}`` once, when it
+is ready; ``S`` + started; ``F`` + finished (see :func:`encode_started` and
+:func:`encode_finished`); ``Q`` (pong, once the forker answered the ping too).
 Closing the worker's side is the launcher's signal to kill everything and exit.
 """
 
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 
 RUN = b"R"[0]
 KILL_ALL = b"K"[0]
+PING = b"P"[0]
+PONG = b"Q"[0]
 READY = b"H"[0]
 STARTED = b"S"[0]
 FINISHED = b"F"[0]

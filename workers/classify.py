@@ -1,9 +1,11 @@
 """Turn what the launcher observed about one run into an outcome: status, reason, detail.
 
-A pure function of the wait status, the captured stdout, the status-descriptor note and what the
-launcher itself did to the run. The launcher's own kills win over the exit status (a script that
-exits 0 after our SIGTERM still timed out); then the sandbox's notes; then signals; then the exit
-code and the output. Anything not recognised is a permanent failure, the safe default.
+A pure function of the wait status, the captured stdout and stderr tail, the status-descriptor
+note and what the launcher itself did to the run. The launcher's own kills win over everything
+(a script that exits 0 after our SIGTERM still timed out, and no note can hide a timeout); then
+the sandbox's notes, which only setup can write (the script never holds the status descriptor);
+then signals; then the exit code and the output. Anything not recognised is a permanent
+failure, the safe default.
 """
 
 import enum
@@ -16,7 +18,7 @@ import orjson
 
 from protocol.messages import Limits
 from protocol.outcomes import EX_TEMPFAIL, Reason, Status
-from workers.sandbox import NOTE_MEMORY, NOTE_MISSING, NOTE_SETUP
+from workers.sandbox import NOTE_MISSING, NOTE_SETUP
 
 PREVIEW_CHARS = 200  # how much of a bad stdout an error message shows
 _DEFAULT_LIMITS = Limits()
@@ -47,6 +49,7 @@ def classify(
     stdout: bytes | bytearray,
     *,
     note: bytes = b"",
+    stderr_tail: bytes | bytearray = b"",
     killed: Kill | None = None,
     cpu_used_s: float = 0.0,
     limits: Limits = _DEFAULT_LIMITS,
@@ -56,6 +59,7 @@ def classify(
 
     :param wait_status: the raw status from ``os.wait4``.
     :param note: what the child wrote on its status descriptor (see :mod:`workers.sandbox`).
+    :param stderr_tail: the end of its stderr: an uncaught ``MemoryError`` is recognised there.
     :param killed: set when the launcher killed the run's group, and why.
     :param cpu_used_s: user + system CPU seconds from the run's rusage.
     """
@@ -65,10 +69,6 @@ def classify(
     text = note[1:].decode("utf-8", "replace")
     permanent = Status.FAILED_PERMANENT
     retryable = Status.FAILED_RETRYABLE
-    if kind == NOTE_SETUP:
-        return Outcome(permanent, Reason.SANDBOX_ERROR, code, sig, None, f"sandbox setup: {text}")
-    if kind == NOTE_MISSING:
-        return Outcome(permanent, Reason.FILE_MISSING, code, sig, None, text)
     if killed is Kill.TIMEOUT:
         how = "SIGKILL after the grace period" if sig == signal.SIGKILL else "SIGTERM"
         error = f"timed out after {timeout_s:g} s; killed with {how}" if timeout_s else "timed out"
@@ -78,7 +78,11 @@ def classify(
         return Outcome(permanent, Reason.OUTPUT_LIMIT, code, sig, None, error)
     if killed is Kill.SHUTDOWN:
         return Outcome(retryable, Reason.SHUTDOWN, code, sig, None, "killed: the worker stopped")
-    if kind == NOTE_MEMORY:
+    if kind == NOTE_SETUP:
+        return Outcome(permanent, Reason.SANDBOX_ERROR, code, sig, None, f"sandbox setup: {text}")
+    if kind == NOTE_MISSING:
+        return Outcome(permanent, Reason.FILE_MISSING, code, sig, None, text)
+    if code == 1 and _last_line(stderr_tail).startswith(b"MemoryError"):
         error = f"MemoryError under the address-space limit of {limits.memory_mb} MiB"
         return Outcome(permanent, Reason.MEMORY_LIMIT, code, sig, None, error)
     if sig is not None:
@@ -89,6 +93,12 @@ def classify(
             return Outcome(Status.SUCCEEDED, None, 0, None, value, None)
         return Outcome(permanent, Reason.INVALID_OUTPUT, 0, None, None, problem)
     return _failed_exit(code if code is not None else -1, stdout)
+
+
+def _last_line(tail: bytes | bytearray) -> bytes:
+    """The last non-blank line: an uncaught exception's traceback ends with its type."""
+    lines = bytes(tail[-4096:]).rstrip().rsplit(b"\n", 1)
+    return lines[-1].lstrip()
 
 
 def _signalled(sig: int, cpu_used_s: float, limits: Limits) -> Outcome:

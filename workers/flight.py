@@ -1,27 +1,47 @@
 """A run's child: forked ahead as a :class:`Spare`, then in flight, then a result once reaped.
 
-The launcher's loop owns the timing and the reaping; these objects own a child's descriptors
-and buffers. The run (and so its input) reaches the child through a ``memfd``, which never
-blocks the launcher whatever its size; the child copies the input into its own stdin memfd.
+The launcher's loop owns the timing; the forker (:mod:`workers.forker`) owns the reaping; these
+objects own a child's descriptors and buffers. The run (and so its input) reaches the child
+through a ``memfd``, which never blocks the launcher whatever its size; the child copies the
+input into its own stdin memfd.
 stdout and stderr are non-blocking pipes the loop reads; the status pipe (fd 3 in the child) is
-only read once the child is gone, since its notes are a few bytes.
+only read once the child is gone, and at most :data:`NOTE_MAX` bytes of it.
+
+:meth:`Flight.result` always returns a body the protocol accepts, whatever the script printed:
+stdout that orjson parsed but cannot encode again (nesting deeper than 254 levels) is
+``invalid_output``, and a result past :data:`protocol.codec.MAX_BODY_BYTES` is ``output_limit``.
 """
 
 import contextlib
+import dataclasses
 import os
-import resource
 import time
+from typing import NamedTuple
 
-from protocol.codec import encode
+import orjson
+
+from protocol.codec import MAX_BODY_BYTES, encode
+from protocol.fields import MAX_TEXT
 from protocol.messages import Result, Run, Rusage
-from protocol.outcomes import Status
+from protocol.outcomes import Reason, Status
 from workers.classify import Kill, classify
-from workers.sandbox import EXIT_SANDBOX, Order, Sandbox
+from workers.sandbox import EXIT_SANDBOX, NOTE_MAX, Order, Sandbox
 
 CHUNK = 1 << 16  # one pipe buffer's worth per read
 DRAIN_MAX_READS = 16  # after exit, read at most this many chunks per pipe (a killed writer is
 # gone; an escaped one must not keep the loop here)
 _PIPE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
+_MAX_RESULT_BYTES = MAX_BODY_BYTES - 4096  # room for the finished frame around it
+
+
+class Reaped(NamedTuple):
+    """A child the forker reaped: its wait status and rusage."""
+
+    pid: int
+    status: int
+    utime_s: float
+    stime_s: float
+    maxrss_kb: int
 
 
 class Flight:
@@ -29,11 +49,13 @@ class Flight:
 
     __slots__ = (
         "err", "err_cap", "err_fd", "killed", "note_fd", "out", "out_cap", "out_fd", "pid",
-        "run", "started_at", "t0",
+        "run", "started_at", "t0", "tmpdir", "uid",
     )  # fmt: skip
 
     def __init__(self, run: Run, pid: int, out_fd: int, err_fd: int, note_fd: int) -> None:
         self.run = run
+        self.uid: int | None = None  # the run's own uid, back to the launcher's pool when reaped
+        self.tmpdir = ""  # its private TMPDIR, removed when it is reaped
         self.pid = pid
         self.out_fd = out_fd
         self.err_fd = err_fd
@@ -41,7 +63,7 @@ class Flight:
         self.out = bytearray()
         self.err = bytearray()
         self.out_cap = run.limits.output_kb << 10
-        self.err_cap = run.limits.stderr_kb << 10
+        self.err_cap = min(run.limits.stderr_kb << 10, MAX_TEXT)
         self.t0 = 0.0  # monotonic, at handoff (the child was forked just before, off the clock)
         self.started_at = 0.0  # epoch, at handoff
         self.killed: Kill | None = None
@@ -68,42 +90,57 @@ class Flight:
         if self.err_fd >= 0:
             for data in _drain(self.err_fd):
                 self.take_stderr(data)
-        return b"".join(_drain(self.note_fd))
+        try:
+            return os.read(self.note_fd, NOTE_MAX)  # a setup note is written once, before exit
+        except BlockingIOError:
+            return b""
 
     def result(
-        self, worker_id: str, status: int, ru: resource.struct_rusage, note: bytes
+        self, worker_id: str, reaped: Reaped, note: bytes, *, max_bytes: int = _MAX_RESULT_BYTES
     ) -> tuple[bytes, bool]:
-        """The encoded Result of this run, given its wait status and rusage, and whether the
-        run succeeded (so that nobody has to decode the result again to count failures)."""
-        finished_at = time.time()
-        duration_ms = (time.monotonic() - self.t0) * 1000.0
+        """The encoded Result of this run, given how it ended, and whether the run succeeded
+        (so that nobody has to decode the result again to count failures).
+
+        The body always decodes on the other side, and is at most ``max_bytes``: see the
+        module's docstring.
+        """
         run = self.run
-        cpu = ru.ru_utime + ru.ru_stime
+        tail = bytes(self.err[-self.err_cap :]) if self.err_cap else b""
         outcome = classify(
-            status, self.out, note=note, killed=self.killed, cpu_used_s=cpu,
-            limits=run.limits, timeout_s=run.timeout_s,
+            reaped.status, self.out, note=note, stderr_tail=tail, killed=self.killed,
+            cpu_used_s=reaped.utime_s + reaped.stime_s, limits=run.limits,
+            timeout_s=run.timeout_s,
         )  # fmt: skip
-        tail = self.err[len(self.err) - self.err_cap :] if self.err_cap else b""
-        body = encode(
-            Result(
-                run_id=run.run_id,
-                attempt=run.attempt,
-                worker_id=worker_id,
-                status=outcome.status.value,
-                reason=outcome.reason.value if outcome.reason is not None else None,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                output=outcome.output,
-                stderr_tail=tail.decode("utf-8", "replace"),
-                error=outcome.error,
-                duration_ms=duration_ms,
-                started_at=self.started_at,
-                finished_at=finished_at,
-                child_pid=self.pid,
-                rusage=Rusage(utime_s=ru.ru_utime, stime_s=ru.ru_stime, maxrss_kb=ru.ru_maxrss),
-            )
+        result = Result(
+            run_id=run.run_id,
+            attempt=run.attempt,
+            worker_id=worker_id,
+            status=outcome.status.value,
+            reason=outcome.reason.value if outcome.reason is not None else None,
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            output=outcome.output,
+            stderr_tail=tail.decode("utf-8", "replace"),
+            error=outcome.error[:MAX_TEXT] if outcome.error is not None else None,
+            duration_ms=(time.monotonic() - self.t0) * 1000.0,
+            started_at=self.started_at,
+            finished_at=time.time(),
+            child_pid=self.pid,
+            rusage=Rusage(
+                utime_s=reaped.utime_s, stime_s=reaped.stime_s, maxrss_kb=reaped.maxrss_kb
+            ),
         )
-        return body, outcome.status is Status.SUCCEEDED
+        try:
+            body = encode(result)
+        except orjson.JSONEncodeError as exc:
+            why = f"stdout is JSON that cannot be passed on (nested too deeply?): {exc}"
+            result = _without_output(result, Reason.INVALID_OUTPUT, why)
+            body = encode(result)
+        if len(body) > max_bytes:
+            why = f"the result ({len(body)} bytes) would exceed the protocol's {max_bytes}"
+            result = _without_output(result, Reason.OUTPUT_LIMIT, why)
+            body = encode(result)
+        return body, result.status == Status.SUCCEEDED.value
 
     def close(self) -> None:
         for fd in (self.out_fd, self.err_fd, self.note_fd):
@@ -132,12 +169,12 @@ class Spare:
         self.go_fd = go_fd
         self.run_fd = run_fd
 
-    def launch(self, run: Run) -> Flight:
+    def launch(self, run: Run, uid: int | None, tmpdir: str) -> Flight:
         """Hand a run over (as an :class:`Order` through the run memfd: never blocking).
 
         :raises OSError: the spare is gone (it died waiting); the caller retires it.
         """
-        order = Order.of(run).dumps()
+        order = Order.of(run, uid, tmpdir).dumps()
         view = memoryview(order)
         written = 0
         while written < len(order):
@@ -150,6 +187,8 @@ class Spare:
         flight = Flight(run, self.pid, self.out_fd, self.err_fd, self.note_fd)
         flight.t0 = t0
         flight.started_at = started_at
+        flight.uid = uid
+        flight.tmpdir = tmpdir
         return flight
 
     def retire(self) -> None:
@@ -193,6 +232,18 @@ def fork_spare(sandbox: Sandbox) -> Spare:
             os.close(fd)
     out_r, err_r, note_r, go_w, run_fd = parent_fds
     return Spare(pid, out_r, err_r, note_r, go_w, run_fd)
+
+
+def _without_output(result: Result, reason: Reason, why: str) -> Result:
+    """The result with its output dropped and the reason said; it fits by construction (the
+    stderr tail and the error are each capped at MAX_TEXT, far below MAX_BODY_BYTES). A run
+    that failed anyway keeps its status and reason."""
+    if result.status == Status.SUCCEEDED.value:
+        return dataclasses.replace(
+            result, status=Status.FAILED_PERMANENT.value, reason=reason.value, error=why,
+            output=None,
+        )  # fmt: skip
+    return dataclasses.replace(result, error=f"{result.error}; {why}"[:MAX_TEXT], output=None)
 
 
 def _drain(fd: int) -> list[bytes]:

@@ -6,8 +6,10 @@ registered in the worker's poller through :meth:`Launcher.fileno`; :meth:`Launch
 never blocks. Wire format: :mod:`workers.channel`.
 
 Guarantees: every submitted run yields exactly one :class:`Finished` (normally after its
-:class:`Started`; without one when its child could not be forked), unless the launcher dies,
-which raises :class:`LauncherGone` naming the runs it held.
+:class:`Started`; without one when its child could not be forked), unless the launcher dies or
+stops answering pings for ``heartbeat_timeout_s`` (stopped, hung), which raises
+:class:`LauncherGone` naming the runs it held, after their whole trees were killed: their
+process groups, and when every run has a uid of its own, everything running as those uids.
 """
 
 import contextlib
@@ -15,6 +17,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 READY_TIMEOUT_S = 60.0  # pre-importing on a loaded machine can be slow; a dead one is not
+PING_INTERVAL_S = 0.5
 _RECV = 1 << 18
 _RECV_ROUNDS = 16  # bounded, so one receive() cannot be held forever by a chatty launcher
 
@@ -77,7 +81,7 @@ def start_launcher(config: SandboxConfig, *, ready_timeout: float = READY_TIMEOU
         )
     finally:
         theirs.close()
-    launcher = Launcher(pid, ours)
+    launcher = Launcher(pid, ours, config)
     launcher._await_ready(ready_timeout)
     return launcher
 
@@ -85,9 +89,13 @@ def start_launcher(config: SandboxConfig, *, ready_timeout: float = READY_TIMEOU
 class Launcher:
     """The worker's handle on its launcher process."""
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, config: SandboxConfig) -> None:
         self.pid = pid
+        self.forker_pid = 0
         self.preload_failed: tuple[str, ...] = ()  # "module: error" for imports that failed
+        self._config = config
+        self._ping_at: float | None = None  # monotonic time of the ping not yet answered
+        self._next_ping = 0.0
         self._sock = sock
         self._pidfd = os.pidfd_open(pid)
         self._reader = channel.FrameReader()
@@ -111,6 +119,24 @@ class Launcher:
         (``failed_retryable`` / ``shutdown``)."""
         self._send(channel.frame(channel.KILL_ALL))
 
+    def keepalive(self, now: float) -> None:
+        """Ping the launcher (and through it the forker), at most one ping at a time.
+
+        :raises LauncherGone: the last ping went unanswered for ``heartbeat_timeout_s``; the
+            launcher has been killed (a stopped one too) and its runs' trees with it.
+        """
+        if self._ping_at is None:
+            if now >= self._next_ping:
+                self._ping_at = now
+                self._next_ping = now + PING_INTERVAL_S
+                self._send(channel.frame(channel.PING))
+        elif now - self._ping_at > self._config.heartbeat_timeout_s:
+            self._kill_launcher()
+            raise self._gone(
+                f"launcher did not answer a ping for {now - self._ping_at:.1f} s "
+                "(stopped or hung); killed"
+            )
+
     def receive(self) -> list[Started | Finished]:
         """Events waiting now, possibly none; never blocks.
 
@@ -133,7 +159,10 @@ class Launcher:
             try:
                 frames = self._reader.feed(data)
                 for kind, payload in frames:
-                    events.append(self._track(channel.decode_event(kind, payload)))
+                    if kind == channel.PONG:
+                        self._ping_at = None
+                    else:
+                        events.append(self._track(channel.decode_event(kind, payload)))
             except channel.ChannelError as exc:
                 self._kill_launcher()
                 raise self._gone(f"launcher sent garbage: {exc}") from exc
@@ -196,7 +225,9 @@ class Launcher:
                 if kind != channel.READY or len(frames) > 1:
                     self._kill_launcher()
                     raise self._gone(f"launcher sent {chr(kind)!r} before it was ready")
-                self.preload_failed = tuple(orjson.loads(payload)["preload_failed"])
+                ready = orjson.loads(payload)
+                self.preload_failed = tuple(ready["preload_failed"])
+                self.forker_pid = ready["forker_pid"]
                 return
 
     def _gone(self, why: str) -> LauncherGone:
@@ -208,6 +239,9 @@ class Launcher:
         for pid in self._in_flight.values():
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
+        if os.geteuid() == 0:
+            for uid in self._config.run_uids:
+                _kill_every_process_of(uid)
         lost = tuple(self._in_flight)
         self._in_flight.clear()
         return LauncherGone(f"{why} ({self._describe_exit()})", lost)
@@ -227,6 +261,9 @@ class Launcher:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             self._wait(60.0)
+        if self.forker_pid:  # not our child: a stopped one would not see the launcher go
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.forker_pid, signal.SIGKILL)
 
     def _describe_exit(self) -> str:
         status = self._exit_status
@@ -235,3 +272,15 @@ class Launcher:
         if os.WIFSIGNALED(status):
             return f"launcher {self.pid} killed by {signal.Signals(os.WTERMSIG(status)).name}"
         return f"launcher {self.pid} exited with status {os.WEXITSTATUS(status)}"
+
+
+def _kill_every_process_of(uid: int) -> None:
+    """SIGKILL everything running as ``uid``, setsid'd descendants included, with no /proc
+    scan: a shell switched to that uid calls ``kill(-1)``, which Linux never sends to its
+    caller. The worker has threads, so the switch happens in subprocess's exec'ing child."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            ["/bin/sh", "-c", "kill -9 -1"],
+            user=uid, group=uid, extra_groups=[], env={}, cwd="/", timeout=10,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip

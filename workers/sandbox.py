@@ -1,23 +1,28 @@
 """The sandbox a run executes in: its configuration and the child's side of every fork.
 
-Everything below :meth:`Sandbox.wait_and_run` runs in a forked child of the launcher, before any
-user code. Nothing here may log: the logging module's handlers and locks belong to the worker.
-A setup failure is written to the status descriptor (fd 3) and the child ``_exit``s; the launcher
-turns it into a ``sandbox_error`` outcome. The child never returns into the launcher's loop.
+Everything below :meth:`Sandbox.wait_and_run` runs in a forked child of the launcher's pristine
+forker (:mod:`workers.forker`), before any user code. Nothing here may log: the logging module's
+handlers and locks belong to the worker. A setup failure is written to the status descriptor
+(fd 3) and the child ``_exit``s; the launcher turns it into a ``sandbox_error`` outcome. The
+status descriptor is closed before the script's own code runs (close-on-exec in exec mode), so
+a script cannot write a note and forge its outcome.
 
 Status descriptor notes are one kind byte and a text: ``E`` setup error, ``F`` script file
-missing, ``M`` the script died of ``MemoryError``.
+missing.
 """
 
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import importlib.util
 import marshal
 import os
 import pwd
 import resource
 import signal
+import socket
+import struct
 import sys
 import threading
 import types
@@ -36,26 +41,33 @@ DEFAULT_PRELOAD: tuple[str, ...] = (
 
 NOTE_SETUP = b"E"
 NOTE_MISSING = b"F"
-NOTE_MEMORY = b"M"
 EXIT_SANDBOX = 71  # EX_OSERR: what a child exits with when its sandbox could not be set up
+NOTE_MAX = 4096  # the launcher reads at most this much of a child's notes
 STATUS_FD = 3  # a child's status pipe; then, until its run starts, the go pipe and run memfd
 GO_FD = 4
 RUN_FD = 5
+CAP_SETPCAP = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 CPU_HARD_MARGIN_S = 1  # RLIMIT_CPU hard limit above the soft one: SIGXCPU first, SIGKILL later
 _MAX_FD = 1 << 20  # close_range bound; the kernel clips it, so its size costs nothing
 
-# Signals whose disposition the launcher changes (handlers feeding its wakeup fd); a child puts
-# them back. The launcher resets every other signal to its default once, at start-up, so this
-# short list is all a child has to undo.
+# Signals whose disposition the launcher and its forker change (handlers feeding their wakeup
+# fds); a child puts them back. The launcher resets every other signal to its default once, at
+# start-up, so this short list is all a child has to undo.
 LAUNCHER_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP)
 
 # Exec mode runs the script through this instead of ``python script.py`` so that both modes
 # behave alike: sys.path[0] is Run.cwd (not the script's folder, they differ for code
-# materialized from the database), MemoryError is reported on fd 3, and tracebacks start at the
-# script. The child compiles the script before exec, where compile() is warm, and passes the
-# marshalled code on fd 5 when the interpreter's bytecode magic matches ours: a fresh
-# interpreter's first compile() builds the AST types, over a millisecond. Otherwise (another
-# Python version, or a SyntaxError to report the usual way) it compiles the source itself.
+# materialized from the database) and tracebacks start at the script. The child compiles the
+# script before exec, where compile() is warm, and passes the marshalled code on fd 5 when the
+# interpreter's bytecode magic matches ours: a fresh interpreter's first compile() builds the
+# AST types, over a millisecond. Otherwise (another Python version, or a SyntaxError to report
+# the usual way) it compiles the source itself.
 BOOTSTRAP = """\
 def _boot():
     import marshal, os, sys
@@ -83,8 +95,6 @@ def _boot():
     except SystemExit:
         raise
     except BaseException as exc:
-        if isinstance(exc, MemoryError):
-            os.write(3, b"M")
         exc.__traceback__ = exc.__traceback__.tb_next
         sys.excepthook(type(exc), exc, exc.__traceback__)
         raise SystemExit(1) from None
@@ -110,13 +120,17 @@ class Order(NamedTuple):
     nofile: int | None
     nproc: int | None
     fsize_mb: int | None
+    network: str
+    uid: int | None  # this run's own uid (= gid) from the launcher's block; None: no own uid
+    tmpdir: str  # private, created by the launcher for this run (and owned by its uid)
 
     @classmethod
-    def of(cls, run: Run) -> "Order":
+    def of(cls, run: Run, uid: int | None, tmpdir: str) -> "Order":
         lim = run.limits
         return cls(
             run.run_id, run.attempt, run.actor, run.script, run.cwd, run.mode, run.input_json,
-            run.env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb,
+            run.env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb, run.network,
+            uid, tmpdir,
         )  # fmt: skip
 
     def dumps(self) -> bytes:
@@ -134,6 +148,7 @@ class SandboxConfig:
     run_uids: tuple[int, ...] = ()  # root only: one uid (= gid) per concurrent run of this
     # launcher, from run_as_range; each run gets a free one of these instead of run_as
     kill_grace_s: float = 2.0  # SIGTERM -> SIGKILL delay for timeouts and kill_all
+    heartbeat_timeout_s: float = 30.0  # the worker replaces a launcher silent for this long
     python: str = sys.executable  # interpreter for exec mode
     preload: tuple[str, ...] = DEFAULT_PRELOAD  # imported by the launcher: fork mode starts warm
 
@@ -144,7 +159,7 @@ class Sandbox:
     Per-run work in the child is then a handful of syscalls: no lookups, no imports.
     """
 
-    __slots__ = ("_base_env", "_hard", "_ids", "_keep", "_python")
+    __slots__ = ("_base_env", "_caps", "_hard", "_ids", "_keep", "_libc", "_python")
 
     def __init__(self, config: SandboxConfig, environ: Mapping[str, str]) -> None:
         self._python = config.python
@@ -167,6 +182,8 @@ class Sandbox:
             )
         }  # fmt: skip
         self._keep: tuple[object, ...] = ()
+        self._caps = _last_capability() if _may_drop_capabilities() else -1
+        self._libc = ctypes.CDLL(None, use_errno=True)
 
     def adopt_process(self) -> None:
         """Make the launcher process itself the template every fork-mode child starts from.
@@ -193,14 +210,15 @@ class Sandbox:
     def wait_and_run(
         self, stdin: int, stdout: int, stderr: int, status: int, go: int, run_fd: int
     ) -> NoReturn:
-        """The whole life of a launcher's child from its fork on; never returns.
+        """The whole life of a spare from its fork on; never returns.
 
-        The launcher forks each child ahead of its run, so the first part is off the run's
-        critical path: a session of its own, the launcher's signal handlers undone, the
-        descriptors moved to 0-5 and every other one closed. Then it blocks on the go pipe
-        (EOF: retired unused), reads its Run from the run memfd, writes the input into its own
-        stdin memfd, and becomes the run: script read, limits, user, cwd, environment, then exec
-        or the script itself.
+        The forker forks each child ahead of its run, so the first part is off the run's
+        critical path: a session of its own, the forker's signal handlers undone, the
+        descriptors moved to 0-5 and every other one closed. (The hardening that needs no run
+        is inherited from the forker: see :meth:`harden`.) Then it blocks on
+        the go pipe (EOF: retired unused), reads its Run from the run memfd, writes the input
+        into its own stdin memfd, and becomes the run: script read, limits, network, user, cwd,
+        environment, then exec or the script itself.
         The run arrives as an :class:`Order`, already validated by the worker and the launcher.
         """
         note_fd = status
@@ -210,7 +228,7 @@ class Sandbox:
             step = "signals"
             _undo_launcher_signals()
             step = "descriptors"
-            # The launcher keeps 0-5 occupied, so these sources are all >= 6 and never clobbered.
+            # The forker keeps 0-5 occupied, so these sources are all >= 6 and never clobbered.
             for target, fd in enumerate((stdin, stdout, stderr, status, go, run_fd)):
                 os.dup2(fd, target)
             note_fd = STATUS_FD
@@ -231,11 +249,11 @@ class Sandbox:
                 source = f.read()
             step = "limits"
             self._apply_limits(run)
-            if self._ids is not None:
-                step = "user"
-                os.setgroups([])
-                os.setgid(self._ids[1])
-                os.setuid(self._ids[0])
+            if run.network == "none":
+                step = "network"
+                self._isolate_network()
+            step = "user"
+            self._become_user(run.uid)
             step = "cwd"  # after the switch: the folder must be enterable by the run's user
             os.chdir(run.cwd)
             step = "environment"
@@ -246,14 +264,60 @@ class Sandbox:
                 env = dict(self._base_env)
                 env.update(extra)
                 argv = [self._python, "-c", BOOTSTRAP, run.script, run.cwd, _MAGIC]
+                os.set_inheritable(STATUS_FD, False)  # closed by the exec: no note after it
                 os.execve(self._python, argv, env)
             os.close(RUN_FD)
             os.environ.update(extra)  # putenv too, so subprocesses inherit it; the rest is in place
+            step = "status"
+            os.close(STATUS_FD)  # from here on nothing the script does can write a note
         except BaseException as exc:
             missing = step == "script" and isinstance(exc, FileNotFoundError)
             _note(note_fd, NOTE_MISSING if missing else NOTE_SETUP, f"{step}: {exc}")
             os._exit(EXIT_SANDBOX)
         os._exit(run_main(run.script, run.cwd, source))
+
+    def harden(self) -> None:
+        """What no script gets back: new privileges through exec (setuid binaries, file
+        capabilities), and any capability at all once root is dropped; and umask 077.
+
+        Called once in the forker, whose children inherit all three, so runs pay nothing for
+        them. Dropping the bounding set leaves a process's own capabilities, which forking,
+        and a child's switch to the run's user, still need; that switch then clears them.
+        """
+        os.umask(0o077)
+        self._prctl(PR_SET_NO_NEW_PRIVS, 1)
+        for cap in range(self._caps + 1):
+            self._prctl(PR_CAPBSET_DROP, cap)
+
+    def _isolate_network(self) -> None:
+        """A fresh network namespace (needs root, before the switch) with loopback up."""
+        if self._libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("16sH14x", b"lo", 0)
+            flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+    def _become_user(self, uid: int | None) -> None:
+        """Switch to the run's own uid, killing first whatever an earlier run of that uid left
+        (Linux never signals the caller of ``kill(-1)``), or to the fixed ``run_as`` user."""
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
+        elif self._ids is not None:
+            os.setgroups([])
+            os.setgid(self._ids[1])
+            os.setuid(self._ids[0])
+
+    def _prctl(self, option: int, arg: int) -> None:
+        """prctl through libc (ctypes): the os module has no binding for it."""
+        if self._libc.prctl(option, arg, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl({option}, {arg}): {os.strerror(err)}")
 
     def _run_environment(self, order: Order) -> dict[str, str]:
         """What a run adds to the allow-listed environment (and may override in it)."""
@@ -261,6 +325,9 @@ class Sandbox:
         env["ACTOR_NAME"] = order.actor
         env["ACTOR_RUN_ID"] = order.run_id
         env["ACTOR_ATTEMPT"] = str(order.attempt)
+        env["TMPDIR"] = env["TEMP"] = env["TMP"] = order.tmpdir
+        if order.uid is not None:
+            env["HOME"] = order.tmpdir  # a dynamic uid has no home of its own
         return env
 
     def _apply_limits(self, order: Order) -> None:
@@ -284,6 +351,28 @@ class Sandbox:
             hard = min(hard, cap)
             soft = min(soft, hard)
         resource.setrlimit(res, (soft, hard))
+
+
+def _last_capability() -> int:
+    """The highest capability number this kernel knows (each must leave the bounding set)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 40  # CAP_CHECKPOINT_RESTORE, the last one as of Linux 5.9
+
+
+def _may_drop_capabilities() -> bool:
+    """Whether this process holds CAP_SETPCAP, which emptying the bounding set needs (root
+    does, unless a container took it away; then the container's own bound applies)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SETPCAP & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _scrub_initial_environment() -> None:
@@ -380,8 +469,6 @@ def run_main(path: str, home: str, source: bytes) -> int:
     except SystemExit as exc:
         code = _exit_status(exc)
     except BaseException as exc:
-        if isinstance(exc, MemoryError):
-            _note(STATUS_FD, NOTE_MEMORY)
         tb = exc.__traceback__
         exc.__traceback__ = tb.tb_next if tb is not None else None  # start at the script
         sys.excepthook(type(exc), exc, exc.__traceback__)

@@ -139,6 +139,7 @@ class Worker:
                     self._on_supervisor_messages()
                 if self.launcher.fileno() in ready:
                     self._on_launcher_events()
+                self.launcher.keepalive(time.monotonic())
                 self._beat()
                 self._on_terms()
                 if os.getppid() != self.spec.supervisor_pid:

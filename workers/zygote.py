@@ -1,35 +1,34 @@
-"""The launcher process: one single-threaded event loop that forks a child per run.
+"""The launcher process: one single-threaded event loop that runs a child per run.
 
-The worker starts it as a fresh interpreter (``python -I -m workers.zygote``), so that the image
-every run is forked from holds only the sandbox and what scripts commonly need -- not the
-worker's ZeroMQ, psutil and multiprocess, which would make each fork dearer. It pre-imports
-those common modules and then waits in one ``epoll``: the worker's socket, each run's stdout
-and stderr pipes, SIGCHLD (and SIGTERM/SIGHUP) through ``signal.set_wakeup_fd``, and deadline
-timers as the poll timeout. No threads and no sleeps.
+The worker starts it as a fresh interpreter (``python -I -m workers.zygote``) holding only the
+channel, so that the image every run is forked from holds only the sandbox and what scripts
+commonly need -- not the worker's ZeroMQ, psutil and multiprocess, nor its descriptors. It
+pre-imports those common modules, then forks its pristine forker (:mod:`workers.forker`) before
+it ever sees a run: every run's child is forked from there, so a fork-mode script finds nothing
+of earlier runs in its memory. The launcher then waits in one ``epoll``: the worker's socket,
+the forker's socket, each run's stdout and stderr pipes, SIGTERM/SIGHUP through
+``signal.set_wakeup_fd``, and deadline timers as the poll timeout. No threads and no sleeps.
 
 Each child is forked one run ahead (a :class:`workers.flight.Spare`): when a run arrives it is
-handed to the waiting child at once, and the next one is forked while that run executes, so the
-fork's cost (about a millisecond for a Python process) stays off every run's critical path.
-
-Reaping has one owner, :meth:`Zygote._reap`. The launcher is a child subreaper, so descendants
-that escape a run's process group with ``setsid`` are reparented to it when their parent dies;
-after each exit it reads its own children list (one small /proc file) and kills those that no
-run in flight claims. It never logs: its stderr is the worker's, and it reports through results.
+handed to the waiting child at once, and the next one is requested while that run executes, so
+the fork's cost stays off every run's critical path. When root with a uid block, each run gets a
+free uid of it and a private TMPDIR owned by that uid; both are released when the forker reports
+the child reaped. The worker's pings travel through the forker and back, so a pong says both
+processes are alive. It never logs: its stderr is the worker's, and it reports through results.
 """
 
 import contextlib
-import ctypes
-import errno
 import fcntl
 import gc
 import heapq
 import importlib
 import os
-import resource
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any
@@ -42,14 +41,14 @@ from protocol.messages import Limits, Result, Run
 from protocol.outcomes import Reason, Status
 from workers import channel
 from workers.classify import Kill
-from workers.flight import CHUNK, Flight, Spare, fork_spare
+from workers.flight import CHUNK, Flight, Reaped, Spare
+from workers.forker import ForkerGone, start_forker
 from workers.sandbox import LAUNCHER_SIGNALS, RUN_FD, Sandbox, SandboxConfig
 
-PR_SET_CHILD_SUBREAPER = 36
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _TERM, _KILL = 0, 1  # timer actions
-_RUN_ID_KEY = b"ACTOR_RUN_ID="
+_MAX_FD = 1 << 20
 
 
 CHANNEL_FD = 3  # where the worker's end of the channel arrives in a fresh launcher
@@ -69,7 +68,10 @@ def main() -> None:
     try:
         # Off fd 3: the launcher keeps 0-5 for what each child dup2()s into place.
         channel_fd = fcntl.fcntl(CHANNEL_FD, fcntl.F_DUPFD_CLOEXEC, 10)
-        os.close(CHANNEL_FD)
+        # Whatever else the worker leaked to us (its multiprocess sentinel, say) goes: a copy
+        # held here would keep the worker's death from being seen.
+        os.closerange(CHANNEL_FD, channel_fd)
+        os.closerange(channel_fd + 1, _MAX_FD)
         status = serve(SandboxConfig(**fields), socket.socket(fileno=channel_fd))
     except BaseException:
         traceback.print_exc()  # the worker's stderr: the only place a launcher crash can go
@@ -85,6 +87,8 @@ def serve(config: SandboxConfig, sock: socket.socket) -> int:
     zygote = Zygote(config, sock)
     try:
         zygote.run()
+    except ForkerGone:
+        pass  # the forker killed its children as it went, or they die with their groups below
     finally:
         zygote.kill_everything()
     return 0
@@ -98,13 +102,14 @@ class Zygote:
     """The launcher's state: flights by child pid, pipes by fd, timers, the worker channel."""
 
     def __init__(self, config: SandboxConfig, sock: socket.socket) -> None:
-        _become_subreaper()
         _reset_inherited_signals()
         _occupy_low_fds()
         failed = _preload(config.preload)
         self._config = config
         self._sandbox = Sandbox(config, os.environ)
         self._sandbox.adopt_process()
+        gc.freeze()  # children's collections skip (and so do not copy) the launcher's objects
+        self._forker = start_forker(self._sandbox, uid_sweep=bool(config.run_uids))
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._reader = channel.FrameReader()
@@ -113,11 +118,12 @@ class Zygote:
         self._pipes: dict[int, Flight] = {}  # stdout/stderr read end -> its flight
         self._timers: list[tuple[float, int, Flight, int]] = []
         self._spare: Spare | None = None  # forked ahead, waiting for the next run
+        self._free_uids = list(reversed(config.run_uids))  # the run's own uids, when root
+        self._chown = os.geteuid() == 0 and bool(config.run_uids or config.run_as)
+        self._tmp_root = tempfile.mkdtemp(prefix="actor-runs-")  # 0700 until chmod: runs
+        os.chmod(self._tmp_root, 0o711)  # may enter it to reach their own folder, not list it
         self._seq = 0
         self._stopping = False
-        pid = os.getpid()
-        self._children_path = f"/proc/{pid}/task/{pid}/children"
-        self._has_children_file = os.path.exists(self._children_path)
         self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in LAUNCHER_SIGNALS:
@@ -127,22 +133,27 @@ class Zygote:
         self._poll = select.epoll()
         self._poll.register(self._sock_fd, _IN)
         self._poll.register(self._wake_r, _IN)
-        gc.freeze()  # children's collections skip (and so do not copy) the launcher's objects
-        self._refill_spare()
-        self._send(channel.frame(channel.READY, orjson.dumps({"preload_failed": failed})))
+        self._poll.register(self._forker.fileno(), _IN)
+        self._forker.request_spare()
+        ready = {"preload_failed": failed, "forker_pid": self._forker.pid}
+        self._send(channel.frame(channel.READY, orjson.dumps(ready)))
 
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:
         poll = self._poll.poll
+        forker_fd = self._forker.fileno()
         while not self._stopping:
             for fd, events in poll(self._timeout()):
                 if fd in self._pipes:
                     self._on_pipe(fd)
+                elif fd == forker_fd:
+                    self._on_forker()
                 elif fd == self._wake_r:
                     self._on_wakeup()
                 elif fd == self._sock_fd:
                     self._on_socket(events)
+                    self._on_forker()  # what arrived while a run waited for its spare
             if self._timers:
                 self._fire_timers(time.monotonic())
 
@@ -165,6 +176,8 @@ class Zygote:
                 self._start(payload)
             elif kind == channel.KILL_ALL:
                 self._kill_all()
+            elif kind == channel.PING:
+                self._forker.ping()
             else:
                 raise channel.ChannelError(f"unexpected frame kind {kind!r} from the worker")
 
@@ -194,7 +207,28 @@ class Zygote:
             signums = b""
         if signal.SIGTERM in signums or signal.SIGHUP in signums:
             self._stopping = True
-        self._reap()
+
+    def _on_forker(self) -> None:
+        for event in self._forker.events():
+            if isinstance(event, Reaped):
+                self._on_reaped(event)
+            elif isinstance(event, Spare):
+                if self._spare is not None or self._stopping:
+                    event.retire()
+                else:
+                    self._spare = event
+            elif event is None:
+                self._send(channel.frame(channel.PONG))
+            # a string: the forker could not fork; the next run asks again, on demand
+
+    def _on_reaped(self, reaped: Reaped) -> None:
+        flight = self._flights.pop(reaped.pid, None)
+        if flight is not None:
+            self._finish(flight, reaped)
+        elif self._spare is not None and reaped.pid == self._spare.pid:
+            self._spare.retire()  # killed while waiting; a new one is forked on demand
+            self._spare = None
+            self._refill_spare()
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -219,26 +253,55 @@ class Zygote:
         self._refill_spare()  # now, while the run executes, rather than when the next arrives
 
     def _launch(self, run: Run) -> Flight:
-        """Hand the run to the waiting spare, or to a new one if it died waiting (or is none)."""
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            try:
-                return spare.launch(run)
-            except OSError:
-                spare.retire()  # it died waiting; its zombie is reaped as an orphan
-        fresh = fork_spare(self._sandbox)
+        """Give the run a uid and a TMPDIR, and hand it to the waiting spare (or, if it died
+        waiting or there is none, to one forked now).
+
+        :raises OSError: no uid free, no TMPDIR, or no child could be forked.
+        """
+        if self._config.run_uids and not self._free_uids:
+            raise OSError(f"all {len(self._config.run_uids)} uids of this launcher are in use")
+        uid = self._free_uids.pop() if self._config.run_uids else None
         try:
-            return fresh.launch(run)
+            tmpdir = self._make_tmpdir(uid)
         except OSError:
-            fresh.retire()
+            self._release(uid, "")
             raise
+        for _ in range(2):
+            spare, self._spare = self._spare, None
+            try:
+                if spare is None:
+                    spare = self._forker.wait_spare()
+                return spare.launch(run, uid, tmpdir)
+            except OSError as exc:
+                if spare is not None:
+                    spare.retire()  # it died waiting; the forker reaps it
+                error = exc
+        self._release(uid, tmpdir)
+        raise error
+
+    def _make_tmpdir(self, uid: int | None) -> str:
+        """A private TMPDIR (0700), owned by the run's user when we switch to one. Its name is
+        taken in our own folder, which nobody else can write, so no run can squat it."""
+        self._seq += 1
+        path = f"{self._tmp_root}/{self._seq}"
+        os.mkdir(path, 0o700)
+        owner = (uid, uid) if uid is not None else self._config.run_as
+        if self._chown and owner is not None:
+            os.chown(path, *owner)
+        return path
+
+    def _release(self, uid: int | None, tmpdir: str) -> None:
+        if tmpdir:
+            try:
+                os.rmdir(tmpdir)  # usually empty: one syscall
+            except OSError:
+                shutil.rmtree(tmpdir, ignore_errors=True)  # fd-based: symlinks cannot redirect it
+        if uid is not None:
+            self._free_uids.append(uid)
 
     def _refill_spare(self) -> None:
         if self._spare is None and not self._stopping:
-            try:
-                self._spare = fork_spare(self._sandbox)
-            except OSError:
-                self._spare = None  # out of processes or fds: the next run forks on demand
+            self._forker.request_spare()
 
     def _kill(self, flight: Flight, why: Kill, sig: int) -> None:
         """Signal a run's whole group; the first reason given is the one recorded."""
@@ -262,13 +325,14 @@ class Zygote:
         del self._pipes[fd]
         self._poll.unregister(fd)
 
-    def _finish(self, flight: Flight, status: int, ru: resource.struct_rusage) -> None:
+    def _finish(self, flight: Flight, reaped: Reaped) -> None:
         for fd in (flight.out_fd, flight.err_fd):
             if fd >= 0:
                 self._unwatch(fd)
         note = flight.drain()
-        body, succeeded = flight.result(self._config.worker_id, status, ru, note)
+        body, succeeded = flight.result(self._config.worker_id, reaped, note)
         flight.close()
+        self._release(flight.uid, flight.tmpdir)
         run = flight.run
         self._send(channel.encode_finished(run.run_id, run.attempt, body, succeeded=succeeded))
 
@@ -298,85 +362,19 @@ class Zygote:
         )  # fmt: skip
         self._send_failure(stub, Reason.SANDBOX_ERROR, f"launcher could not decode the run: {exc}")
 
-    # --- reaping ------------------------------------------------------------------------------
-
-    def _reap(self) -> None:
-        """Reap every zombie; a run's group is killed while its leader's zombie still holds the
-        pgid, so a grandchild that outlived the script dies with it."""
-        exited = False
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                break
-            if info is None:
-                break
-            pid = info.si_pid
-            flight = self._flights.pop(pid, None)
-            if flight is not None:
-                _signal_group(pid, signal.SIGKILL)
-            _, status, ru = os.wait4(pid, 0)
-            exited = True
-            if flight is not None:
-                self._finish(flight, status, ru)
-            elif self._spare is not None and pid == self._spare.pid:
-                self._spare.retire()  # killed while waiting; a new one is forked on demand
-                self._spare = None
-        if exited:
-            self._sweep_orphans()
-
-    def _sweep_orphans(self) -> None:
-        """Kill reparented descendants that no run in flight claims.
-
-        A process still in a live run's session belongs to it; so does one whose environment
-        names a live run (exec-mode descendants that called setsid). Everything else is left
-        over from a finished run. Killing one reparents its children here in turn, and its death
-        brings us back through :meth:`_reap`, so whole escaped trees converge.
-        """
-        live_ids: set[str] | None = None
-        spare = self._spare.pid if self._spare is not None else 0
-        for pid in self._children():
-            if pid in self._flights or pid == spare:
-                continue
-            try:
-                if os.getsid(pid) in self._flights:
-                    continue
-            except ProcessLookupError:
-                continue
-            if live_ids is None:
-                live_ids = {f.run.run_id for f in self._flights.values()}
-            if live_ids and _run_id_of(pid) in live_ids:
-                continue
-            _kill_quietly(pid)
-
-    def _children(self) -> list[int]:
-        """Our direct children, zombies included: one small /proc read in the common case."""
-        if not self._has_children_file:
-            return _children_by_scan(os.getpid())
-        fd = os.open(self._children_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = b""
-            while chunk := os.read(fd, CHUNK):
-                data += chunk
-        finally:
-            os.close(fd)
-        return [int(p) for p in data.split()]
-
     def kill_everything(self) -> None:
-        """SIGKILL every run's tree and every other descendant, and reap them all."""
+        """SIGKILL every run's tree; the forker, told by our closing its socket, reaps them and
+        everything else it has, and exits."""
         for pid in self._flights:
             _signal_group(pid, signal.SIGKILL)
         if self._spare is not None:
             self._spare.retire()
             self._spare = None
-        while True:
-            for pid in self._children():
-                _kill_quietly(pid)
-            try:
-                os.wait4(-1, 0)
-            except ChildProcessError:
-                break
+        self._forker.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self._forker.pid, 0)
         self._flights.clear()
+        shutil.rmtree(self._tmp_root, ignore_errors=True)
 
     # --- timers and the worker channel --------------------------------------------------------
 
@@ -441,13 +439,6 @@ class Zygote:
 # --- process set-up and helpers -------------------------------------------------------------
 
 
-def _become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
-
-
 def _reset_inherited_signals() -> None:
     """Forget the worker's handlers and ignored signals, so a child only has to undo ours."""
     keep = {signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE, signal.SIGXFSZ}  # the last two are
@@ -491,53 +482,6 @@ def _signal_group(pid: int, sig: int) -> None:
     except ProcessLookupError:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-
-
-def _kill_quietly(pid: int) -> None:
-    """SIGKILL a stray process and the group it leads (after setsid, its own tree)."""
-    for kill in (os.kill, os.killpg):
-        try:
-            kill(pid, signal.SIGKILL)
-        except OSError as exc:
-            if exc.errno not in (errno.ESRCH, errno.EPERM):
-                raise
-
-
-def _run_id_of(pid: int) -> str | None:
-    """The ACTOR_RUN_ID a process was exec'd with, when /proc lets us read it."""
-    try:
-        fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = b""
-        while chunk := os.read(fd, CHUNK):
-            data += chunk
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    for entry in data.split(b"\0"):
-        if entry.startswith(_RUN_ID_KEY):
-            return entry[len(_RUN_ID_KEY) :].decode("utf-8", "replace")
-    return None
-
-
-def _children_by_scan(parent: int) -> list[int]:
-    """Fallback for kernels without /proc/PID/task/TID/children: a full /proc scan."""
-    found: list[int] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == parent:
-            found.append(int(name))
-    return found
 
 
 if __name__ == "__main__":

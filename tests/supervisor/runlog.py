@@ -25,6 +25,7 @@ import orjson
 PROLOGUE = """\
 import fcntl, json, os, sys, time
 
+os.umask(0)  # runs get umask 077 and, as root, a uid each: the attempts of one run share files
 TRACE = os.environ["TRACE_DIR"]
 RUN_ID = os.environ["ACTOR_RUN_ID"]
 ATTEMPT = int(os.environ["ACTOR_ATTEMPT"])

@@ -272,7 +272,7 @@ schedule = {schedule}
         (
             "[supervisor]\nworkerz = 2\n",
             "supervisor.workerz: unknown key (did you mean 'workers'?); "
-            "allowed: allow_subsecond, batch_max_age_ms",
+            "allowed: allow_root_scripts, allow_subsecond, batch_max_age_ms",
         ),
         (
             '[supervisor]\nworkers = "4"\n',

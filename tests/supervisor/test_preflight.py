@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import load_config
+from supervisor.config import ConfigError, load_config
 from supervisor.errors import StartupError
 from supervisor.preflight import prepare_sandbox, resolve_python
 from tests.supervisor.harness import write_script
@@ -30,13 +30,52 @@ def test_an_unreadable_script_is_refused_naming_the_file_and_the_user(public_tmp
     config = load_config(_config(public_tmp), environ={})
     with pytest.raises(StartupError) as info:
         prepare_sandbox(config)
-    assert str(script) in str(info.value) and "nobody" in str(info.value)
+    assert str(script) in str(info.value) and "61184" in str(info.value)
+    fixed = load_config(_config(public_tmp, extra='run_as = "nobody"'), environ={})
+    with pytest.raises(StartupError, match="nobody"):
+        prepare_sandbox(fixed)
+
+
+@root_only
+def test_as_root_runs_get_the_uid_range_unless_run_as_is_set(public_tmp: Path) -> None:
+    write_script(public_tmp, "a.py", "print('{}')\n")
+    dynamic = prepare_sandbox(load_config(_config(public_tmp), environ={}))
+    assert (dynamic.run_as, dynamic.run_uids) == (None, tuple(range(61184, 61440)))
+    extra = 'run_as = "nobody"\nrun_as_range = "70000-70001"'
+    fixed = prepare_sandbox(load_config(_config(public_tmp, extra=extra), environ={}))
+    assert (fixed.run_as, fixed.run_uids) == (resolve_user("nobody"), ())
+
+
+@root_only
+def test_run_as_root_is_refused_unless_allowed(public_tmp: Path) -> None:
+    write_script(public_tmp, "a.py", "print('{}')\n")
+    for user in ("root", "0"):
+        config = load_config(_config(public_tmp, extra=f'run_as = "{user}"'), environ={})
+        with pytest.raises(StartupError, match="allow_root_scripts"):
+            prepare_sandbox(config)
+    extra = 'run_as = "root"\nallow_root_scripts = true'
+    allowed = prepare_sandbox(load_config(_config(public_tmp, extra=extra), environ={}))
+    assert allowed.run_as == (0, 0)
+
+
+def test_a_run_as_range_too_small_for_the_pool_is_refused(public_tmp: Path) -> None:
+    extra = 'workers = 3\nconcurrency = 2\nrun_as_range = "70000-70004"'
+    with pytest.raises(ConfigError) as info:
+        load_config(_config(public_tmp, extra=extra), environ={})
+    assert str(info.value) == (
+        f"{public_tmp / 'supervisor.toml'}: supervisor.run_as_range: run_as_range "
+        "'70000-70004' holds 5 uids; workers x concurrency (3 x 2) needs 6"
+    )
+    for bad in ("0-10", "10-5", "abc", "1-2147483648"):
+        with pytest.raises(ConfigError, match="run_as_range: expected 'LOW-HIGH'"):
+            load_config(_config(public_tmp, extra=f'run_as_range = "{bad}"'), environ={})
 
 
 @root_only
 def test_exec_mode_gets_an_interpreter_the_sandbox_user_can_run(public_tmp: Path) -> None:
     write_script(public_tmp, "a.py", "print('{}')\n")
-    sandbox = prepare_sandbox(load_config(_config(public_tmp, "exec"), environ={}))
+    extra = 'run_as = "nobody"'
+    sandbox = prepare_sandbox(load_config(_config(public_tmp, "exec", extra), environ={}))
     assert sandbox.run_as == resolve_user("nobody")
     assert unrunnable_python(sandbox.python, *sandbox.run_as) == []
     if not unrunnable_python(sys.executable, *sandbox.run_as):

@@ -120,7 +120,7 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(
     log = sup.log()
     assert "schedule.type" in log and "invalid TOML" in log and "no such file" in log
     if os.geteuid() == 0:
-        assert "the sandbox user cannot read: " in log and "private.py: user nobody" in log
+        assert "the sandbox user cannot read: " in log and "private.py: user #61184" in log
     assert sup.proc.poll() is None
     status = sup.status()
     assert [a["name"] for a in status["actors"]] == ["ticker"]

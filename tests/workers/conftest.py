@@ -115,9 +115,9 @@ def is_idle_spare(proc: psutil.Process) -> bool:
         return False
 
 
-def leftovers(launcher_pid: int) -> list[psutil.Process]:
-    """Descendants of a launcher other than its one idle spare."""
-    found = descendants(launcher_pid)
+def leftovers(launcher: Launcher) -> list[psutil.Process]:
+    """Descendants of a launcher other than its forker and one idle spare."""
+    found = [p for p in descendants(launcher.pid) if p.pid != launcher.forker_pid]
     spares = [p for p in found if is_idle_spare(p)]
     return [p for p in found if p not in spares[:1]]
 
@@ -160,8 +160,8 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     if "launcher" not in request.fixturenames:
         return
     handle: Launcher = request.getfixturevalue("launcher")
-    left = wait_for(lambda: not leftovers(handle.pid), timeout=5.0)
-    assert left, f"leftover processes: {leftovers(handle.pid)}"
+    left = wait_for(lambda: not leftovers(handle), timeout=5.0)
+    assert left, f"leftover processes: {leftovers(handle)}"
 
 
 @pytest.fixture(params=["fork", "exec"])

@@ -9,7 +9,7 @@ import pytest
 
 from protocol.messages import Limits
 from workers.classify import Kill, classify
-from workers.sandbox import NOTE_MEMORY, NOTE_MISSING, NOTE_SETUP
+from workers.sandbox import NOTE_MISSING, NOTE_SETUP
 
 
 def status_of(child: Callable[[], None]) -> int:
@@ -116,9 +116,15 @@ def test_sandbox_notes_win_over_the_exit_status() -> None:
     assert setup.error == "sandbox setup: cwd: [Errno 2] nope"
     missing = classify(exited(71), b"", note=NOTE_MISSING + b"script: gone")
     assert (missing.status, missing.reason) == ("failed_permanent", "file_missing")
-    memory = classify(exited(1), b"", note=NOTE_MEMORY, limits=Limits(memory_mb=64))
+
+
+def test_an_uncaught_memoryerror_is_memory_limit() -> None:
+    tail = b"Traceback (most recent call last):\n  ...\nMemoryError\n\n"
+    memory = classify(exited(1), b"", stderr_tail=tail, limits=Limits(memory_mb=64))
     assert (memory.status, memory.reason) == ("failed_permanent", "memory_limit")
     assert "64 MiB" in (memory.error or "")
+    other = classify(exited(2), b"", stderr_tail=tail)
+    assert other.reason == "exit_code"  # only what an uncaught exception exits with
 
 
 def test_sigxcpu_is_cpu_limit() -> None:
@@ -183,6 +189,8 @@ def test_our_kills_win_even_over_a_clean_exit() -> None:
     )
 
 
-def test_a_setup_failure_stays_a_sandbox_error_even_if_we_killed_it() -> None:
-    outcome = classify(exited(71), b"", note=NOTE_SETUP + b"user: EPERM", killed=Kill.SHUTDOWN)
-    assert outcome.reason == "sandbox_error"
+def test_our_kills_win_over_every_note() -> None:
+    """Only sandbox setup can write notes, but a timeout stays a timeout whatever they say."""
+    for note in (NOTE_SETUP + b"forged", NOTE_MISSING + b"forged", b"M"):
+        outcome = classify(exited(71), b"", note=note, killed=Kill.TIMEOUT, timeout_s=1)
+        assert (outcome.status, outcome.reason) == ("failed_retryable", "timeout")
