@@ -26,6 +26,19 @@ FAIL = """\
     sys.stderr.write("failing on purpose\\n")
     sys.exit(3)
 """
+FLAKY = """\
+    import sys
+    sys.exit(75)  # EX_TEMPFAIL: a retryable failure
+"""
+
+
+def versioned(n: int) -> str:
+    """A script that says which version of it ran (``dbcode`` runs its stored code)."""
+    return f"""\
+    import json, sys
+    json.load(sys.stdin)
+    print(json.dumps({{"version": {n}}}))
+"""
 
 
 def free_port() -> int:
@@ -55,6 +68,8 @@ def actors_toml(folder: Path) -> str:
     write_script(folder, "echo.py", ECHO)
     write_script(folder, "fail.py", FAIL)
     write_script(folder, "sleepy.py", SLEEPY)
+    write_script(folder, "flaky.py", FLAKY)
+    write_script(folder, "dbcode.py", versioned(1))
     return """
 [[actors]]
 name = "echo"
@@ -74,6 +89,19 @@ timeout_s = 60
 name = "ticker"
 script = "scripts/echo.py"
 schedule = { type = "interval", seconds = 3600 }
+
+[[actors]]
+name = "flaky"
+script = "scripts/flaky.py"
+max_retries = 2
+retry_backoff_s = 0.05
+retry_jitter = false
+max_consecutive_failures = 0
+
+[[actors]]
+name = "dbcode"
+script = "scripts/dbcode.py"
+exec_mode = "database"
 """
 
 
