@@ -168,8 +168,10 @@ def overview(request: Request) -> Response:
 
 
 def actors(request: Request) -> Response:
-    status = _backend(request).cached("status")
-    return _pages(request).render(request, "actors.html", actors=status["actors"])
+    backend = _backend(request)
+    status = backend.cached("status")
+    last = backend.read(lambda s: s.last_runs())  # one query for every actor
+    return _pages(request).render(request, "actors.html", actors=status["actors"], last=last)
 
 
 def actor(request: Request) -> Response:

@@ -105,13 +105,15 @@ exec_mode = "database"
 """
 
 
-def start_http(folder: Path, settings: str = "", token: str | None = None) -> HttpSupervisor:
+def start_http(
+    folder: Path, settings: str = "", token: str | None = None, env: dict[str, str] | None = None
+) -> HttpSupervisor:
     port = free_port()
     extra = f'http_listen = "127.0.0.1:{port}"\n' + settings
     if token is not None:
         (folder / "token").write_text(token + "\n")
         extra += 'http_token_file = "token"\n'
-    sup = start_supervisor(folder, actors_toml(folder), settings=extra)
+    sup = start_supervisor(folder, actors_toml(folder), settings=extra, env=env)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0, headers=headers)
     running = HttpSupervisor(sup, f"http://127.0.0.1:{port}", client)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.http.conftest import HttpSupervisor
-from tests.supervisor.harness import wait_for
+from tests.http.conftest import HttpSupervisor, versioned
+from tests.supervisor.harness import wait_for, write_script
 
 
 def _chrome() -> tuple[str, str] | None:
@@ -113,6 +113,20 @@ def test_pages_buttons_and_store_agree(
         assert run_id[:12] in table
     assert table.count("succeeded") == 3
     shot(d, "actor", tmp_path)
+
+    # roll dbcode back to 1.0.0 by clicking (it runs its stored code, so the page offers it)
+    write_script(http_sup.sup.folder, "dbcode.py", versioned(2))
+    assert http_sup.sup.cli("deploy", "dbcode").returncode == 0
+    d.get(base + "/actors/dbcode")
+    form = d.find_element(By.ID, "rollback")
+    assert form.find_element(By.NAME, "to_version").get_attribute("value") == "1.0.0"
+    form.find_element(By.CSS_SELECTOR, "button[data-action=rollback]").click()
+    wait_for(lambda: http.get("/api/v1/actors/dbcode/versions").json()["versions"][0]["change_type"]
+             == "rollback", 10, "the rollback to be recorded")  # fmt: skip
+    wait_for(lambda: "rollback to 1.0.0" in d.find_element(By.TAG_NAME, "main").text,
+             10, "the actor page to show the rollback")  # fmt: skip
+    done = http.post("/api/v1/actors/dbcode/runs?wait=30", json={}).json()
+    assert done["output"] == {"version": 1}
 
     d.get(base + f"/runs/{failed}")
     assert "failed permanent" in d.page_source
