@@ -163,3 +163,7 @@ def test_forms_without_csrf_are_refused(http_sup: HttpSupervisor) -> None:
     response = http_sup.http.post("/ui/actors/echo/pause", data={"next": "/actors"})
     assert response.status_code == 403
     assert http_sup.http.get("/api/v1/actors/echo").json()["paused"] is False
+    rollback = http_sup.http.post("/ui/actors/dbcode/rollback", data={"to_version": "1.0.0"})
+    assert rollback.status_code == 403
+    versions = http_sup.http.get("/api/v1/actors/dbcode/versions").json()["versions"]
+    assert [v["change_type"] for v in versions] == ["initial"]
