@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -393,26 +394,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     config, store = _store(args)
     try:
         actor = _actor(config, args.actor)
-        target = store.code_version(
-            actor.name, history_id=args.to_history, version_tag=args.to_version
-        )
-        if target is None:
-            which = args.to_version or args.to_history
-            raise CommandRefused("not_found", f"{actor.name}: no code version {which}")
-        if actor.exec_mode == "file" and not args.write_file:
-            raise CommandRefused(
-                "file_mode",
-                f"{actor.name} runs its script file (exec_mode = file), so making version "
-                f"{target.version_tag} active would not change what runs. Add --write-file to "
-                f"also write its code back to {actor.script}, or set exec_mode to 'database' "
-                "or 'auto'.",
-            )
-        recorded = store.record_code_version(_rollback_change(args, actor, target))
+        target, recorded = rollback(
+            store, actor.name, actor.exec_mode, actor.script,
+            write_file=bool(args.write_file), to_version=args.to_version,
+            to_history=args.to_history, reason=args.reason, by=args.by or os_user(),
+        )  # fmt: skip
     finally:
         store.close()
-    result = _recorded_dict(actor.name, recorded)
-    result["rolled_back_to"] = target.version_tag
-    result["file_written"] = bool(args.write_file)
+    result = rollback_dict(actor.name, target, recorded, file_written=bool(args.write_file))
     if recorded.version is not None:
         result["supervisor"] = _refresh(args, actor.name)
     if args.json:
@@ -433,36 +422,84 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def rollback(
+    store: Store,
+    actor: str,
+    exec_mode: str,
+    script: Path | None,
+    *,
+    write_file: bool = False,
+    to_version: str | None,
+    to_history: str | None,
+    reason: str | None,
+    by: str,
+) -> tuple[CodeVersion, CodeRecorded]:
+    """Make the version ``to_version`` (or ``to_history``) of ``actor`` active again, as a new
+    ``rollback`` version; ``write_file``: also write its code to ``script`` first. The
+    CLI and the HTTP API both roll back through here; the caller then asks a running
+    supervisor to ``refresh`` the actor.
+
+    :raises CommandRefused: ``not_found`` (no such version), ``file_mode`` (the actor runs its
+        file, so without ``write_file`` nothing would change).
+    """
+    target = store.code_version(actor, history_id=to_history, version_tag=to_version)
+    if target is None:
+        raise CommandRefused("not_found", f"{actor}: no code version {to_version or to_history}")
+    if exec_mode == "file" and not write_file:
+        raise CommandRefused(
+            "file_mode",
+            f"{actor} runs its script file (exec_mode = file), so making version "
+            f"{target.version_tag} active would not change what runs. Add --write-file to "
+            f"also write its code back to {script or 'its file'}, or set exec_mode to "
+            "'database' or 'auto'.",
+        )
+    if write_file and script is None:
+        raise ValueError("write_file needs the script's path")
+    written = script if write_file else None
+    change = _rollback_change(actor, target, written, reason=reason, by=by)
+    return target, store.record_code_version(change)
+
+
+def rollback_dict(
+    actor: str, target: CodeVersion, recorded: CodeRecorded, *, file_written: bool
+) -> dict[str, Any]:
+    """What a rollback did, as ``rollback --json`` prints it (without ``supervisor``)."""
+    result = _recorded_dict(actor, recorded)
+    result["rolled_back_to"] = target.version_tag
+    result["file_written"] = file_written
+    return result
+
+
 def _rollback_change(
-    args: argparse.Namespace, actor: ActorConfig, target: CodeVersion
+    actor: str, target: CodeVersion, write_file: Path | None, *, reason: str | None, by: str
 ) -> CodeChange:
-    """The rollback row; with ``--write-file`` the file is written first (atomically), so a
+    """The rollback row; with ``write_file`` the file is written first (atomically), so a
     failure after it leaves a changed file that the next sync records, never a lie."""
     mtime = target.source_file_mtime
-    if args.write_file:
-        before = actor.script.stat() if actor.script.exists() else None
+    if write_file is not None:
+        before = write_file.stat() if write_file.exists() else None
         write_atomically(
-            actor.script,
+            write_file,
             target.script_code.encode("utf-8"),
             mode=before.st_mode & 0o7777 if before else 0o644,
             owner=(before.st_uid, before.st_gid) if before else None,
         )
-        mtime = actor.script.stat().st_mtime
-    reason = f"rollback to {target.version_tag} (history {target.history_id})"
+        mtime = write_file.stat().st_mtime
+    why = f"rollback to {target.version_tag} (history {target.history_id})"
     return CodeChange(
         history_id=events.new_id(),
-        actor=actor.name,
+        actor=actor,
         script_code=target.script_code,
         script_code_hash=target.script_code_hash,
         change_type=ROLLBACK,
-        change_reason=f"{reason}: {args.reason}" if args.reason else reason,
-        changed_by=args.by or os_user(),
+        change_reason=f"{why}: {reason}" if reason else why,
+        changed_by=by,
         changed_at=time.time(),
-        source_file_path=str(actor.script) if args.write_file else target.source_file_path,
+        source_file_path=str(write_file) if write_file is not None else target.source_file_path,
         source_file_mtime=mtime,
         git_commit_hash=target.git_commit_hash,
         only_if_changed=True,
-        synced_file=bool(args.write_file),
+        synced_file=write_file is not None,
     )
 
 

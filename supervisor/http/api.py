@@ -19,7 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from protocol.client import Accepted, RunOutcome
+from supervisor import codecli
 from supervisor.coderecords import CodeVersion
+from supervisor.errors import CommandRefused
 from supervisor.http.auth import require_token
 from supervisor.http.context import Backend
 from supervisor.http.problems import Problem
@@ -200,9 +202,23 @@ def decode_cursor(text: str) -> tuple[float, int, str]:
 # --- actors ---------------------------------------------------------------------------------
 
 
+def last_run_json(record: RunRecord | None) -> dict[str, Any] | None:
+    """The short form of an actor's last run, for lists."""
+    if record is None:
+        return None
+    return {"run_id": record.run_id, "attempt": record.attempt, "status": record.status,
+            "reason": record.reason, "queued_at": record.queued_at,
+            "finished_at": record.finished_at}  # fmt: skip
+
+
 def list_actors(request: Request) -> JSONResponse:
-    status = backend_of(request).cached("status", max_age_s=0.5)
-    return JSONResponse({"actors": [actor_json(a) for a in status["actors"]]})
+    backend = backend_of(request)
+    status = backend.cached("status", max_age_s=0.5)
+    last = backend.read(lambda s: s.last_runs())  # one query for every actor
+    actors = [
+        {**actor_json(a), "last_run": last_run_json(last.get(a["name"]))} for a in status["actors"]
+    ]
+    return JSONResponse({"actors": actors})
 
 
 def get_actor(request: Request) -> JSONResponse:
@@ -324,6 +340,82 @@ async def resume_actor(request: Request) -> JSONResponse:
     return JSONResponse(data)
 
 
+VERSION_TAG = re.compile(r"^[0-9A-Za-z.+_-]{1,64}$")
+HISTORY_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+
+
+def rollback_target(body: Any) -> tuple[str | None, str | None, str | None]:
+    """``(to_version, to_history, reason)`` from ``{"to_version": ...}`` or
+    ``{"to_history": ...}`` (exactly one), with an optional ``reason``."""
+    if not isinstance(body, dict):
+        raise Problem(400, "bad_json", 'expected {"to_version": "x.y.z"} or {"to_history": id}')
+    version, history, reason = body.get("to_version"), body.get("to_history"), body.get("reason")
+    if (version is None) == (history is None):
+        raise Problem(400, "bad_parameter", "give exactly one of to_version and to_history")
+    if version is not None and not (isinstance(version, str) and VERSION_TAG.match(version)):
+        raise Problem(400, "bad_parameter", "to_version: not a version tag")
+    if history is not None and not (isinstance(history, str) and HISTORY_ID.match(history)):
+        raise Problem(400, "bad_parameter", "to_history: not a history id")
+    if reason is not None and not (isinstance(reason, str) and len(reason) <= 1000):
+        raise Problem(400, "bad_parameter", "reason: a string of at most 1000 characters")
+    return version, history, reason or None
+
+
+def do_rollback(
+    backend: Backend, name: str, target: tuple[str | None, str | None, str | None], by: str
+) -> dict[str, Any]:
+    """Roll ``name`` back as ``actor-supervisor rollback`` does (:func:`codecli.rollback`),
+    then have the supervisor use the version now (``refresh``). Runs in a worker thread.
+
+    :raises Problem: 404 ``unknown_actor`` or ``unknown_version``; 409 ``file_mode`` for an
+        actor that runs its file (the CLI's ``--write-file`` is not offered over HTTP).
+    """
+    exec_mode = known_actor(backend, name)["exec_mode"]
+    version, history, reason = target
+    try:
+        found, recorded = backend.write(
+            lambda s: codecli.rollback(
+                s, name, exec_mode, None, to_version=version, to_history=history,
+                reason=reason, by=by,
+            )
+        )  # fmt: skip
+    except CommandRefused as exc:
+        if exc.code == "not_found":
+            which = version or history
+            raise Problem(404, "unknown_version", f"{name} has no version {which}") from None
+        if exc.code == "file_mode":
+            raise Problem(
+                409, "file_mode",
+                f"{name} runs its script file (exec_mode = file): making an earlier version "
+                "active would not change what runs. Roll back on the command line with "
+                f"`actor-supervisor rollback {name} --to-version X.Y.Z --write-file`, which "
+                "also writes the code back to the file.",
+            ) from None  # fmt: skip
+        raise Problem(409, exc.code, str(exc)) from None
+    result = codecli.rollback_dict(name, found, recorded, file_written=False)
+    result["refreshed"] = False
+    if recorded.version is not None:
+        try:
+            answer = backend.call(lambda c: c.refresh(name))
+            result["refreshed"] = True
+            result["supervisor"] = f"the supervisor uses it now (status {answer.get('status')})"
+        except Problem as exc:  # committed all the same: the next start uses it
+            result["supervisor"] = f"the supervisor did not confirm ({exc.detail})"
+    backend.invalidate()
+    return result
+
+
+async def rollback_actor(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    require_token(backend, request)
+    target = rollback_target(await read_json(request, allow_empty=False))
+    name = request.path_params["name"]
+    if not ACTOR_NAME.match(name):
+        raise Problem(404, "unknown_actor", "no actor by that name")
+    result = await run_in_threadpool(lambda: do_rollback(backend, name, target, "http api"))
+    return JSONResponse(result)
+
+
 # --- runs and events ------------------------------------------------------------------------
 
 
@@ -339,13 +431,14 @@ def list_runs(request: Request) -> JSONResponse:
     before = decode_cursor(cursor_text) if cursor_text else None
     runs = backend.read(
         lambda s: s.find_runs(
-            actor=actor, status=status, since=since, before=before, limit=limit + 1
+            actor=actor, status=status, since=since, before=before, limit=limit + 1,
+            latest_only=True,
         )
-    )
+    )  # fmt: skip
     page, more = runs[:limit], len(runs) > limit
     return JSONResponse(
         {
-            "runs": [run_json(r) for r in page],
+            "runs": [{**run_json(r), "attempts": r.attempt} for r in page],
             "next_cursor": encode_cursor(page[-1]) if more and page else None,
         }
     )
@@ -372,12 +465,27 @@ def get_run(request: Request) -> JSONResponse:
     )
 
 
-def list_events(request: Request) -> JSONResponse:
-    backend = backend_of(request)
-    filters: dict[str, Any] = {
-        "since": since_param(request),
-        "limit": int_param(request, "limit", 200, 1, 1000),
-    }
+EVENT_CURSOR = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
+
+
+def encode_event_cursor(event: Event) -> str:
+    return base64.urlsafe_b64encode(event.event_id.encode()).decode().rstrip("=")
+
+
+def decode_event_cursor(text: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raw = ""
+    if not EVENT_CURSOR.match(raw):
+        raise Problem(400, "bad_parameter", "cursor: not a cursor this API gave out")
+    return raw
+
+
+def event_filters(request: Request, backend: Backend) -> dict[str, Any]:
+    """The ``run``, ``actor``, ``correlation``, ``since`` and ``cursor`` parameters, checked,
+    as :meth:`Store.find_events` arguments (shared with the events page)."""
+    filters: dict[str, Any] = {"since": since_param(request)}
     run = request.query_params.get("run")
     actor = actor_param(request.query_params.get("actor"))
     correlation = request.query_params.get("correlation") or None
@@ -389,5 +497,22 @@ def list_events(request: Request) -> JSONResponse:
         if len(correlation) > 64:
             raise Problem(400, "bad_parameter", "correlation: at most 64 characters")
         filters["correlation_id"] = correlation
-    found = backend.read(lambda s: s.list_events(**filters))
-    return JSONResponse({"events": [event_json(e) for e in found]})
+    if cursor := request.query_params.get("cursor"):
+        filters["before"] = decode_event_cursor(cursor)
+    return filters
+
+
+def events_page(
+    backend: Backend, filters: dict[str, Any], limit: int
+) -> tuple[list[Event], str | None]:
+    """One page of events, newest first, and the cursor of the next (None: the last page)."""
+    found = backend.read(lambda s: s.find_events(**filters, limit=limit + 1))
+    page = found[:limit]
+    return page, encode_event_cursor(page[-1]) if len(found) > limit and page else None
+
+
+def list_events(request: Request) -> JSONResponse:
+    backend = backend_of(request)
+    limit = int_param(request, "limit", 200, 1, 1000)
+    page, cursor = events_page(backend, event_filters(request, backend), limit)
+    return JSONResponse({"events": [event_json(e) for e in page], "next_cursor": cursor})

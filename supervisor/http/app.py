@@ -72,6 +72,7 @@ def _routes() -> list[BaseRoute]:
             Route("/actors/{name}/trigger", a.trigger_actor, methods=["POST"]),
             Route("/actors/{name}/pause", a.pause_actor, methods=["POST"]),
             Route("/actors/{name}/resume", a.resume_actor, methods=["POST"]),
+            Route("/actors/{name}/rollback", a.rollback_actor, methods=["POST"]),
             Route("/actors/{name}/versions", a.actor_versions),
             Route("/actors/{name}/code", a.actor_code),
             Route("/runs", a.list_runs),

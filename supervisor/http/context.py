@@ -88,6 +88,21 @@ class Backend:
                     raise Problem(503, "store_unavailable", str(exc)) from exc
             return self._store
 
+    def write(self, action: Callable[[Store], T]) -> T:
+        """``action`` on a writable store opened for it and closed after, as a CLI command
+        opens one: the HTTP process's own connection stays read-only. Only a rollback writes
+        from here (the supervisor's writer owns every other write)."""
+        try:
+            store = open_store(self.settings.database, base_dir=Path(self.settings.base_dir))
+        except StoreError as exc:
+            raise Problem(503, "store_unavailable", str(exc)) from exc
+        try:
+            return action(store)
+        except StoreError as exc:
+            raise Problem(503, "store_unavailable", str(exc)) from exc
+        finally:
+            store.close()
+
     def read(self, action: Callable[[Store], T]) -> T:
         try:
             return action(self.store())

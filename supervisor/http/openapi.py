@@ -18,7 +18,8 @@ def _q(name: str, kind: str = "string", text: str = "") -> dict[str, Any]:
 
 # (method, path, summary, parameters, mutating, success status)
 ROUTES: list[tuple[str, str, str, list[dict[str, Any]], bool, str]] = [
-    ("get", "/actors", "Every actor: schedule, next fire, paused, failures, code, drift",
+    ("get", "/actors", "Every actor: schedule, next fire, last run (id, status, reason, "
+     "finished_at), paused, failures, code, drift",
      [], False, "200"),
     ("get", "/actors/{name}", "One actor, with its last run and active code version",
      [_NAME], False, "200"),
@@ -32,20 +33,37 @@ ROUTES: list[tuple[str, str, str, list[dict[str, Any]], bool, str]] = [
     ("post", "/actors/{name}/pause", 'Pause scheduled runs; body {"reason": "..."}',
      [_NAME], True, "200"),
     ("post", "/actors/{name}/resume", "Resume a paused actor", [_NAME], True, "200"),
+    ("post", "/actors/{name}/rollback", 'Make an earlier code version active again, as the CLI '
+     '`rollback` does, and have the supervisor use it; body {"to_version": "x.y.z"} or '
+     '{"to_history": "id"}, optional "reason". 409 file_mode for an actor that runs its file '
+     "(roll back with the CLI's --write-file)", [_NAME], True, "200"),
     ("get", "/actors/{name}/versions", "Code versions, newest first",
      [_NAME, _q("limit", "integer")], False, "200"),
     ("get", "/actors/{name}/code", "The stored code of a version (default: the active one)",
      [_NAME, _q("version")], False, "200"),
-    ("get", "/runs", "Attempts, newest first, with cursor pagination",
+    ("get", "/runs", "Runs, one row each (its latest attempt, with `attempts`), newest first "
+     "by that attempt's queue time; cursor pagination; filters apply to the latest attempt",
      [_q("actor"), _q("status"), _q("since", text="ISO-8601 or epoch seconds"),
       _q("limit", "integer"), _q("cursor", text="next_cursor of the previous page")],
      False, "200"),
     ("get", "/runs/{run_id}", "A run: every attempt (output, error, stderr tail, code "
      "version) and its events", [_RUN], False, "200"),
-    ("get", "/events", "Events, oldest first",
-     [_q("run"), _q("actor"), _q("correlation"), _q("since"), _q("limit", "integer")],
+    ("get", "/events", "Events, newest first, with cursor pagination",
+     [_q("run"), _q("actor"), _q("correlation"), _q("since"), _q("limit", "integer"),
+      _q("cursor", text="next_cursor of the previous page")],
      False, "200"),
 ]  # fmt: skip
+
+
+ROLLBACK_BODY = {
+    "type": "object",
+    "properties": {
+        "to_version": {"type": "string", "description": "the version tag to make active again"},
+        "to_history": {"type": "string", "description": "the history id to make active again"},
+        "reason": {"type": "string", "maxLength": 1000, "description": "kept with the rollback"},
+    },
+    "oneOf": [{"required": ["to_version"]}, {"required": ["to_history"]}],
+}
 
 
 def document() -> dict[str, Any]:
@@ -67,6 +85,8 @@ def document() -> dict[str, Any]:
                 "content": {"application/json": {"schema": {}}},
             }
         paths.setdefault(path, {})[method] = operation
+    paths["/actors/{name}/rollback"]["post"]["requestBody"] = {"required": True, "content": {
+        "application/json": {"schema": ROLLBACK_BODY}}}  # fmt: skip
     return {
         "openapi": "3.1.0",
         "info": {"title": "actor-supervisor", "version": VERSION},

@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -168,8 +168,10 @@ def overview(request: Request) -> Response:
 
 
 def actors(request: Request) -> Response:
-    status = _backend(request).cached("status")
-    return _pages(request).render(request, "actors.html", actors=status["actors"])
+    backend = _backend(request)
+    status = backend.cached("status")
+    last = backend.read(lambda s: s.last_runs())  # one query for every actor
+    return _pages(request).render(request, "actors.html", actors=status["actors"], last=last)
 
 
 def actor(request: Request) -> Response:
@@ -209,20 +211,15 @@ def run(request: Request) -> Response:
 
 def events(request: Request) -> Response:
     backend = _backend(request)
-    q = request.query_params
-    filters: dict[str, Any] = {"limit": api.int_param(request, "limit", 200, 1, 1000),
-                               "since": api.since_param(request)}  # fmt: skip
-    if q.get("run"):
-        filters.update(aggregate_type="run", aggregate_id=api.resolve_run_id(backend, q["run"]))
-    elif actor_name := api.actor_param(q.get("actor")):
-        filters.update(aggregate_type="actor", aggregate_id=actor_name)
-    if q.get("correlation"):
-        filters["correlation_id"] = q["correlation"][:64]
-    if filters["since"] is None and not q.get("run") and not q.get("correlation"):
-        filters["since"] = time.time() - 3600  # the last hour unless asked otherwise
-    found = backend.read(lambda s: s.list_events(**filters))
-    found.reverse()  # newest first on screen
-    return _pages(request).render(request, "events.html", events=found, q=q)
+    limit = api.int_param(request, "limit", 200, 1, 1000)
+    found, cursor = api.events_page(backend, api.event_filters(request, backend), limit)
+    older = None
+    if cursor is not None:  # the same filters, one page further back
+        kept = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
+        older = "/events?" + urlencode([*kept, ("cursor", cursor)])
+    return _pages(request).render(
+        request, "events.html", events=found, q=request.query_params, older=older
+    )
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -246,7 +243,7 @@ def _back(form: dict[str, str], default: str) -> str:
 
 
 async def act(request: Request) -> Response:
-    """A dashboard button: pause, resume or trigger an actor."""
+    """A dashboard button: pause, resume, trigger or roll back an actor."""
     backend = _backend(request)
     form = await _form(request)
     _pages(request).csrf.check(request, form.get("csrf", ""))
@@ -260,6 +257,14 @@ async def act(request: Request) -> Response:
         await run_in_threadpool(lambda: backend.call(lambda c: c.resume(name)))
     elif action == "trigger":
         await run_in_threadpool(lambda: backend.call(lambda c: c.trigger(name, None, force=True)))
+    elif action == "rollback":
+        target = api.rollback_target(
+            {
+                "to_version": form.get("to_version") or None,
+                "reason": form.get("reason", "").strip()[:1000] or None,
+            }
+        )
+        await run_in_threadpool(lambda: api.do_rollback(backend, name, target, "dashboard"))
     else:
         raise Problem(404, "not_found", "no such action")
     backend.invalidate()  # the next page shows the change

@@ -129,9 +129,30 @@ class Store(abc.ABC):
         since: float | None = None,
         before: tuple[float, int, str] | None = None,
         limit: int = 50,
+        latest_only: bool = False,
     ) -> list[RunRecord]:
         """Attempts newest first, filtered; ``before`` continues after a page's last attempt
-        ``(queued_at, attempt, run_id)`` (keyset pagination: stable while rows are added)."""
+        ``(queued_at, attempt, run_id)`` (keyset pagination: stable while rows are added).
+        ``latest_only``: one row per run, its latest attempt (filters apply to that one)."""
+        raise NotImplementedError
+
+    def find_events(
+        self,
+        *,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+        correlation_id: str | None = None,
+        since: float | None = None,
+        before: str | None = None,
+        limit: int = 200,
+    ) -> list[Event]:
+        """Events newest first (time, then insertion order), filtered like :meth:`list_events`;
+        ``before`` continues after a page's last ``event_id`` (keyset pagination)."""
+        raise NotImplementedError
+
+    def last_runs(self) -> dict[str, RunRecord]:
+        """Each actor's most recent attempt, by actor name, in one query (actors without runs
+        are absent). Cost: an index probe per stored actor, not a scan of the runs."""
         raise NotImplementedError
 
     def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:

@@ -522,12 +522,34 @@ class PostgresStore(Store):
         since: float | None = None,
         before: tuple[float, int, str] | None = None,
         limit: int = 50,
+        latest_only: bool = False,
     ) -> list[RunRecord]:
         sql, params = queries.find_runs(
             _RUNS.select, to_datetime, actor=actor, status=status, since=since, before=before,
-            limit=limit,
+            limit=limit, latest_only=latest_only,
         )  # fmt: skip
         return [_RUNS.record_from(row) for row in self._fetch("find runs", sql, params)]
+
+    def find_events(
+        self,
+        *,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+        correlation_id: str | None = None,
+        since: float | None = None,
+        before: str | None = None,
+        limit: int = 200,
+    ) -> list[Event]:
+        sql, params = queries.find_events(
+            _EVENTS.select, to_datetime, aggregate_type=aggregate_type, aggregate_id=aggregate_id,
+            correlation_id=correlation_id, since=since, before=before, limit=limit,
+        )  # fmt: skip
+        return [_EVENTS.record_from(row) for row in self._fetch("find events", sql, params)]
+
+    def last_runs(self) -> dict[str, RunRecord]:
+        sql, params = queries.latest_attempt_per_actor(_RUNS.columns)
+        runs = [_RUNS.record_from(row) for row in self._fetch("find last runs", sql, params)]
+        return {run.actor: run for run in runs}
 
     def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         sql, params = queries.run_ids_with_prefix(prefix, limit)

@@ -55,9 +55,11 @@ def find_runs(
     since: float | None,
     before: tuple[float, int, str] | None,
     limit: int,
+    latest_only: bool = False,
 ) -> Query:
     """Attempts newest first, like :func:`list_runs`; ``before`` is a keyset cursor: the
-    ``(queued_at, attempt, run_id)`` of the last attempt of the previous page."""
+    ``(queued_at, attempt, run_id)`` of the last attempt of the previous page. ``latest_only``:
+    one row per run, its latest attempt (the other filters apply to that attempt)."""
     where, params = _where(
         {
             "actor = ?": actor,
@@ -65,6 +67,9 @@ def find_runs(
             "queued_at >= ?": None if since is None else to_db(since),
         }
     )
+    if latest_only:  # the primary key (run_id, attempt) answers this per row
+        latest = "attempt = (SELECT MAX(x.attempt) FROM runs x WHERE x.run_id = runs.run_id)"
+        where = f"{where} AND {latest}" if where else f" WHERE {latest}"
     if before is not None:
         at, attempt, run_id = to_db(before[0]), before[1], before[2]
         keyset = (
@@ -75,6 +80,54 @@ def find_runs(
         params += [at, at, attempt, at, attempt, run_id]
     order = "queued_at DESC, attempt DESC, run_id DESC"
     return f"{select}{where} ORDER BY {order} LIMIT ?", [*params, _limit(limit)]
+
+
+def find_events(
+    select: str,
+    to_db: ToDb,
+    *,
+    aggregate_type: str | None,
+    aggregate_id: str | None,
+    correlation_id: str | None,
+    since: float | None,
+    before: str | None,
+    limit: int,
+) -> Query:
+    """Events newest first (by time, then insertion order), filtered like :func:`list_events`;
+    ``before`` is a keyset cursor: the ``event_id`` of the last event of the previous page,
+    whose time and insertion id are looked up by its key."""
+    where, params = _where(
+        {
+            "aggregate_type = ?": aggregate_type,
+            "aggregate_id = ?": aggregate_id,
+            "correlation_id = ?": correlation_id,
+            "created_at >= ?": None if since is None else to_db(since),
+        }
+    )
+    if before is not None:
+        at = "(SELECT created_at FROM execution_events WHERE event_id = ?)"
+        position = "(SELECT id FROM execution_events WHERE event_id = ?)"
+        keyset = f"created_at <= {at} AND (created_at < {at} OR id < {position})"
+        where = f"{where} AND {keyset}" if where else f" WHERE {keyset}"
+        params += [before, before, before]
+    order = "created_at DESC, id DESC"
+    return f"{select}{where} ORDER BY {order} LIMIT ?", [*params, _limit(limit)]
+
+
+def latest_attempt_per_actor(columns: list[str]) -> Query:
+    """Each stored actor's most recent attempt (by queue time), in one statement: one index
+    probe per actor (``runs_actor_queued_at``, then the primary key), however many runs there
+    are. The run is the one of the actor's last-queued attempt, and the attempt is that run's
+    latest (a retry is always queued after the attempt it retries)."""
+    names = ", ".join(f'r."{c}"' for c in columns)
+    sql = (
+        f"SELECT {names} FROM actors a JOIN runs r ON r.run_id = ("
+        "SELECT m.run_id FROM runs m WHERE m.actor = a.name"
+        " ORDER BY m.queued_at DESC, m.attempt DESC LIMIT 1)"
+        " WHERE r.attempt = (SELECT MAX(x.attempt) FROM runs x WHERE x.run_id = r.run_id)"
+        " ORDER BY a.name"
+    )
+    return sql, []
 
 
 def run_ids_with_prefix(prefix: str, limit: int = 2) -> Query:

@@ -26,6 +26,19 @@ FAIL = """\
     sys.stderr.write("failing on purpose\\n")
     sys.exit(3)
 """
+FLAKY = """\
+    import sys
+    sys.exit(75)  # EX_TEMPFAIL: a retryable failure
+"""
+
+
+def versioned(n: int) -> str:
+    """A script that says which version of it ran (``dbcode`` runs its stored code)."""
+    return f"""\
+    import json, sys
+    json.load(sys.stdin)
+    print(json.dumps({{"version": {n}}}))
+"""
 
 
 def free_port() -> int:
@@ -55,6 +68,8 @@ def actors_toml(folder: Path) -> str:
     write_script(folder, "echo.py", ECHO)
     write_script(folder, "fail.py", FAIL)
     write_script(folder, "sleepy.py", SLEEPY)
+    write_script(folder, "flaky.py", FLAKY)
+    write_script(folder, "dbcode.py", versioned(1))
     return """
 [[actors]]
 name = "echo"
@@ -74,16 +89,31 @@ timeout_s = 60
 name = "ticker"
 script = "scripts/echo.py"
 schedule = { type = "interval", seconds = 3600 }
+
+[[actors]]
+name = "flaky"
+script = "scripts/flaky.py"
+max_retries = 2
+retry_backoff_s = 0.05
+retry_jitter = false
+max_consecutive_failures = 0
+
+[[actors]]
+name = "dbcode"
+script = "scripts/dbcode.py"
+exec_mode = "database"
 """
 
 
-def start_http(folder: Path, settings: str = "", token: str | None = None) -> HttpSupervisor:
+def start_http(
+    folder: Path, settings: str = "", token: str | None = None, env: dict[str, str] | None = None
+) -> HttpSupervisor:
     port = free_port()
     extra = f'http_listen = "127.0.0.1:{port}"\n' + settings
     if token is not None:
         (folder / "token").write_text(token + "\n")
         extra += 'http_token_file = "token"\n'
-    sup = start_supervisor(folder, actors_toml(folder), settings=extra)
+    sup = start_supervisor(folder, actors_toml(folder), settings=extra, env=env)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0, headers=headers)
     running = HttpSupervisor(sup, f"http://127.0.0.1:{port}", client)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.http.conftest import HttpSupervisor
-from tests.supervisor.harness import wait_for
+from tests.http.conftest import HttpSupervisor, versioned
+from tests.supervisor.harness import wait_for, write_script
 
 
 def _chrome() -> tuple[str, str] | None:
@@ -48,7 +48,15 @@ def browser() -> Iterator["object"]:
 def shot(driver: "object", name: str, tmp: Path) -> None:
     folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp)
     folder.mkdir(exist_ok=True)
-    driver.save_screenshot(str(folder / f"dashboard-{name}.png"))  # type: ignore[attr-defined]
+    # the whole page, not just the window: the actor page's versions are below the fold
+    height, chrome = driver.execute_script(  # type: ignore[attr-defined]
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]"
+    )
+    driver.set_window_size(1280, max(900, min(int(height) + int(chrome), 1600)))  # type: ignore[attr-defined]
+    try:
+        driver.save_screenshot(str(folder / f"dashboard-{name}.png"))  # type: ignore[attr-defined]
+    finally:
+        driver.set_window_size(1280, 900)  # type: ignore[attr-defined]
 
 
 def paused_attr(driver: "object") -> str | None:
@@ -112,6 +120,24 @@ def test_pages_buttons_and_store_agree(
     for run_id in run_ids:
         assert run_id[:12] in table
     assert table.count("succeeded") == 3
+
+    # roll dbcode back to 1.0.0 by clicking (it runs its stored code, so the page offers it)
+    for i in range(3):
+        http.post("/api/v1/actors/dbcode/runs?wait=30", json={"i": i})
+    write_script(http_sup.sup.folder, "dbcode.py", versioned(2))
+    assert http_sup.sup.cli("deploy", "dbcode").returncode == 0
+    d.get(base + "/actors/dbcode")
+    form = d.find_element(By.ID, "rollback")
+    assert form.find_element(By.NAME, "to_version").get_attribute("value") == "1.0.0"
+    form.find_element(By.CSS_SELECTOR, "button[data-action=rollback]").click()
+    wait_for(lambda: http.get("/api/v1/actors/dbcode/versions").json()["versions"][0]["change_type"]
+             == "rollback", 10, "the rollback to be recorded")  # fmt: skip
+    wait_for(lambda: "rollback to 1.0.0" in d.find_element(By.TAG_NAME, "main").text,
+             10, "the actor page to show the rollback")  # fmt: skip
+    done = http.post("/api/v1/actors/dbcode/runs?wait=30", json={}).json()
+    assert done["output"] == {"version": 1}
+    d.get(base + "/actors/dbcode?a=1.0.1&b=1.0.2")  # the rollback undid this change
+    assert '-print(json.dumps({"version": 2}))' in d.find_element(By.TAG_NAME, "pre").text
     shot(d, "actor", tmp_path)
 
     d.get(base + f"/runs/{failed}")
@@ -124,6 +150,12 @@ def test_pages_buttons_and_store_agree(
     assert "actor_paused" in events and "actor_resumed" in events
     d.get(base + "/events")
     shot(d, "events", tmp_path)
+    d.get(base + "/events?limit=5")  # newest first, then older pages through the cursor
+    newest = d.find_element(By.ID, "events").text
+    assert newest.splitlines()[1].split()[3] == "run_succeeded"  # "N s ago run_succeeded ..."
+    d.find_element(By.ID, "older").click()
+    wait_for(lambda: "cursor=" in d.current_url, 10, "the older page")
+    assert d.find_element(By.ID, "events").text != newest
 
 
 @pytest.mark.timeout(60)
@@ -131,3 +163,7 @@ def test_forms_without_csrf_are_refused(http_sup: HttpSupervisor) -> None:
     response = http_sup.http.post("/ui/actors/echo/pause", data={"next": "/actors"})
     assert response.status_code == 403
     assert http_sup.http.get("/api/v1/actors/echo").json()["paused"] is False
+    rollback = http_sup.http.post("/ui/actors/dbcode/rollback", data={"to_version": "1.0.0"})
+    assert rollback.status_code == 403
+    versions = http_sup.http.get("/api/v1/actors/dbcode/versions").json()["versions"]
+    assert [v["change_type"] for v in versions] == ["initial"]

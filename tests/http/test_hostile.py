@@ -12,7 +12,8 @@ GETS = [
 ]  # fmt: skip
 POSTS = [
     "/api/v1/actors/{a}/runs", "/api/v1/actors/{a}/trigger", "/api/v1/actors/{a}/pause",
-    "/api/v1/actors/{a}/resume", "/ui/actors/{a}/pause", "/ui/actors/{a}/trigger", "/login",
+    "/api/v1/actors/{a}/resume", "/api/v1/actors/{a}/rollback", "/ui/actors/{a}/pause",
+    "/ui/actors/{a}/trigger", "/ui/actors/{a}/rollback", "/login",
 ]  # fmt: skip
 ACTORS = ["echo", "nobody", "..%2F..%2Fetc%2Fpasswd", "%00", "a" * 300, "ech%C3%A9", "%FF%FE"]
 RUNS = ["zzzzzzzzzz", "00000000", "../../../etc/passwd", "%2e%2e%2f", "f" * 200, "0" * 7]
@@ -23,7 +24,9 @@ QUERIES = [
     "wait=1e309", "correlation=" + "x" * 500, "a=1&a=2", "force=maybe",
 ]  # fmt: skip
 BODIES: list[bytes] = [b"{", b"\xff\xfe", b"[" * 10000, b'{"reason": 5}', b"null", b"1e999999",
-                       b'"' + b"x" * 100 + b'"']  # fmt: skip
+                       b'"' + b"x" * 100 + b'"', b'{"to_version": 5}', b'{"to_history": "../x"}',
+                       b'{"to_version": "1.0.0", "to_history": "a"}',
+                       b'{"to_version": "1.0.0", "reason": []}']  # fmt: skip
 
 
 @pytest.mark.timeout(300)
