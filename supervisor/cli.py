@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = _command(sub, "migrate", "apply the database migrations", cmd_migrate)
     _store_flags(migrate)
 
+    alerts = _command(
+        sub, "alerts", "the alert outbox: sent, pending and failed alerts", cmd_alerts
+    )
+    alerts.add_argument("--status", choices=("pending", "delivered", "failed"))
+    alerts.add_argument("--destination", help="only the alerts of this [[alerts]] entry")
+    alerts.add_argument("--limit", type=int, default=50)
+    _store_flags(alerts)
+
     from supervisor.codecli import add_code_commands  # it builds on this module's helpers
 
     add_code_commands(sub)
@@ -410,6 +418,29 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         {"applied": applied, "database": store.description},
         f"applied: {', '.join(applied)}" if applied else "the schema is up to date",
     )
+    return EXIT_OK
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise ConfigError(f"--limit: must be >= 0, got {args.limit}")
+    store = _open_store_from(args)
+    try:
+        found = store.list_alerts(
+            status=args.status, destination=args.destination, limit=args.limit
+        )
+    finally:
+        store.close()
+    if args.json:
+        print(orjson.dumps([asdict(a) for a in found]).decode())
+        return EXIT_OK
+    _table(
+        ["CREATED", "DESTINATION", "EVENT", "ACTOR", "RUN", "COUNT", "STATUS", "ATTEMPTS",
+         "DELIVERED", "LAST ERROR"],
+        [[iso(a.created_at), a.destination, a.event, a.actor or "", (a.run_id or "")[:12],
+          a.count, a.status, a.attempts, iso(a.delivered_at) if a.delivered_at else "",
+          (a.last_error or "")[:60]] for a in found],
+    )  # fmt: skip
     return EXIT_OK
 
 

@@ -35,6 +35,8 @@ from protocol.outcomes import Reason, Status
 from protocol.sockets import has_message
 from supervisor import events
 from supervisor.actors import ActorRuntime, build_actors
+from supervisor.alerts.book import AlertBook
+from supervisor.alerts.sender import AlertSender
 from supervisor.breaker import PROBE, Breaker
 from supervisor.codebook import CodeBook
 from supervisor.codesync import ActorCode, make_cache
@@ -67,6 +69,7 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 RECV_BATCH = 256  # worker messages taken per loop turn, so no socket starves another
 RETRY = "retry"  # schedule heap entry of a run waiting for its next attempt
 POISON_LOSSES = 2  # a run whose attempts took down this many workers is not run again
+ALERT_CLOSE_S = 5.0  # at exit, how long the alert sender may go on delivering what is due
 
 
 class Phase(Enum):
@@ -156,6 +159,7 @@ class Supervisor:
             spool=self.spool,  # the writer owns and closes it from here on
         )
         self._unfinished = unfinished
+        self._prepare_alerts()
         self.reader = Reader()  # reads the loop must not wait for (an actor's code)
         self.codebook = CodeBook(
             store=self.store, writer=self.writer, reader=self.reader, cache=make_cache(),
@@ -165,6 +169,38 @@ class Supervisor:
         self.breaker = Breaker(self.writer, self.heap, self._clock)
         self.scheduler = Scheduler(self.heap, self.writer, self.accept, self.has_room)
         self.requests = Requests(self)
+
+    def _prepare_alerts(self) -> None:
+        """Hook alerts into the writer: events in, outbox rows out in the same transaction,
+        and each row, once durable, to the sender (which also takes over rows left pending)."""
+        self.sender: AlertSender | None = None
+        self._store_degraded = False
+        if not self.config.alerts:
+            return
+        s = self.settings
+        book = AlertBook(
+            self.config.alerts, repeat_s=s.alert_repeat_s, public_url=s.public_url,
+            instance_id=self.instance_id, actors=self.actors.get, clock=self._clock,
+        )  # fmt: skip
+        env = {name: os.environ[name] for name in s.env_allow if name in os.environ}
+        self.sender = AlertSender(
+            self.config.alerts, self.store, run_as=self.sandbox.run_as, env=env, clock=self._clock
+        )
+        self.sender.adopt(self.store.pending_alerts())
+        self.writer.observe = book.observe
+        self.writer.on_commit = self.sender.offer
+
+    def _watch_store(self) -> None:
+        """``store_degraded``/``store_recovered`` events (and alerts) as the writer flips."""
+        degraded = self.writer.stats().degraded
+        if degraded != self._store_degraded:
+            self._store_degraded = degraded
+            stats = self.writer.stats()
+            self.writer.put(events.supervisor_event(
+                "store_degraded" if degraded else "store_recovered", self.instance_id,
+                store=self.store.description, last_error=stats.last_error,
+                spool_depth=stats.spool_depth,
+            ))  # fmt: skip
 
     def _warn_password_on_command_line(self) -> None:
         """Any local user, scripts included, can read a process's command line in /proc."""
@@ -224,6 +260,8 @@ class Supervisor:
         """Run until a stop signal has been handled; return the process exit code."""
         self._prepare()
         self.writer.start()
+        if self.sender is not None:
+            self.sender.start()
         self.reader.start()
         try:
             self._open_sockets()
@@ -721,6 +759,7 @@ class Supervisor:
                         "and kill grace",
                     )
         self._prune_idempotency()
+        self._watch_store()
         if not running:
             self._advance_shutdown(now)
 
@@ -768,7 +807,9 @@ class Supervisor:
                 self.scheduler.seed(actor, now)
             elif name in plan.rescheduled:
                 self.scheduler.reseed(actor, now)
-        self.config = replace(new, supervisor=plan.settings)
+        if new.alerts != self.config.alerts:
+            log.warning("SIGHUP: [[alerts]] changed; the new entries apply at the next restart")
+        self.config = replace(new, supervisor=plan.settings, alerts=self.config.alerts)
         self.settings = plan.settings
         self.pool.heartbeat_timeout_s = plan.settings.heartbeat_timeout_s
         setup_logging(plan.settings.log_level, plan.settings.log_format)
@@ -853,6 +894,9 @@ class Supervisor:
             )
             if not writer.close(timeout=60.0):
                 log.error("the store writer could not flush everything before exit")
+            if getattr(self, "sender", None) is not None:
+                assert self.sender is not None
+                self.sender.close(timeout=ALERT_CLOSE_S)  # what it cannot send stays pending
             if hasattr(self, "control"):
                 self._on_commits()
         if hasattr(self, "_signal_r"):

@@ -36,9 +36,10 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
-from supervisor.store import code, queries
+from supervisor.store import code, outbox, queries
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
 from supervisor.store.options import PoolOptions
@@ -258,9 +259,12 @@ class _BatchRows:
             self.actors = [(*_ACTORS.row(a), to_datetime(a.updated_at)) for a in split.actors]
         self.events = split.events
         self.code = split.code
+        self.alerts = split.alerts
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.states or self.actors or self.events or self.code)
+        return bool(
+            self.runs or self.states or self.actors or self.events or self.code or self.alerts
+        )
 
 
 # pg_advisory_xact_lock(CODE_LOCK_CLASS, hashtext(actor)): code changes of one actor, from any
@@ -424,6 +428,8 @@ class PostgresStore(Store):
         with self._connection("write a batch") as conn, conn.cursor() as cur:
             if rows.code:  # rare, and each change reads before it writes: no pipeline for these
                 _apply_code(_CodeDb(conn), rows.code)
+            if rows.alerts:  # rare as well, and in order: a folded repeat updates its row
+                outbox.write(_CodeDb(conn), rows.alerts)
             if len(rows.events) <= _PIPELINE_MAX_EVENTS:
                 with conn.pipeline():
                     self._upsert(cur, rows)
@@ -522,6 +528,22 @@ class PostgresStore(Store):
     def load_code_states(self, actors: Sequence[str] | None = None) -> dict[str, CodeState]:
         with self._connection("load the actors' code") as conn:
             return code.code_states(_CodeDb(conn), actors)
+
+    def save_alert(self, alert: AlertRecord) -> None:
+        with self._connection("save an alert") as conn:
+            outbox.save(_CodeDb(conn), alert)
+
+    def pending_alerts(self, limit: int = 10000) -> list[AlertRecord]:
+        with self._connection("read pending alerts") as conn:
+            return outbox.pending(_CodeDb(conn), limit)
+
+    def list_alerts(
+        self, *, status: str | None = None, destination: str | None = None, limit: int = 50
+    ) -> list[AlertRecord]:
+        with self._connection("list alerts") as conn:
+            return outbox.listing(
+                _CodeDb(conn), status=status, destination=destination, limit=limit
+            )
 
     def connections_in_use(self) -> int:
         with self._lock:

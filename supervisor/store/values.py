@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store.base import StoreError
@@ -80,10 +81,11 @@ class SplitBatch:
 
     Events keep every entry in order, duplicates included: the store skips an ``event_id``
     already present, so the first of two duplicates is the one kept, as in a replay. Code
-    changes and sync updates keep their order too (``code``): each one depends on the last.
+    changes and sync updates keep their order too (``code``): each one depends on the last, and
+    so do alert outbox rows (``alerts``: a folded repeat updates the row before it).
     """
 
-    __slots__ = ("actors", "code", "events", "runs", "states")
+    __slots__ = ("actors", "alerts", "code", "events", "runs", "states")
 
     def __init__(self, records: Sequence[Record]) -> None:
         runs: dict[tuple[str, int], RunRecord] = {}
@@ -91,6 +93,7 @@ class SplitBatch:
         actors: dict[str, ActorRecord] = {}
         events: list[Event] = []
         code: list[CodeChange | SyncUpdate] = []
+        alerts: list[AlertRecord] = []
         for record in records:
             if isinstance(record, Event):
                 events.append(record)
@@ -102,6 +105,8 @@ class SplitBatch:
                 actors[record.name] = record
             elif isinstance(record, CodeChange | SyncUpdate):
                 code.append(record)
+            elif isinstance(record, AlertRecord):
+                alerts.append(record)
             else:
                 raise StoreError(f"cannot store a {type(record).__name__}: not a Record")
         self.runs = list(runs.values())
@@ -109,3 +114,4 @@ class SplitBatch:
         self.actors = list(actors.values())
         self.events = events
         self.code = code
+        self.alerts = alerts

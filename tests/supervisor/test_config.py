@@ -271,7 +271,7 @@ schedule = {schedule}
         ("[supervisr]\n", "supervisr: unknown top-level key (did you mean 'supervisor'?)"),
         (
             "[supervisor]\nworkerz = 2\n",
-            "supervisor.workerz: unknown key (did you mean 'workers'?); allowed: batch_max_age_ms",
+            "supervisor.workerz: unknown key (did you mean 'workers'?); allowed: alert_repeat_s",
         ),
         (
             '[supervisor]\nworkers = "4"\n',
@@ -339,7 +339,7 @@ schedule = {schedule}
         ),
         (
             ACTOR + "timout_s = 5\n",
-            "actors[0] (job).timout_s: unknown key (did you mean 'timeout_s'?); allowed: breaker_",
+            "actors[0] (job).timout_s: unknown key (did you mean 'timeout_s'?); allowed: alert_",
         ),
         (ACTOR + "timeout_s = 0\n", "actors[0] (job).timeout_s: must be > 0, got 0"),
         (
