@@ -73,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="do not apply pending migrations at start-up [ACTOR_SUPERVISOR_MIGRATE=0]",
     )
+    start.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the configuration, scripts, store and schedules, then exit (as `check`)",
+    )
+    start.add_argument("--json", action="store_true", help="with --dry-run: machine-readable")
+
+    check = _command(
+        sub,
+        "check",
+        "validate the configuration, scripts, store and schedules; start and write nothing",
+        cmd_check,
+    )
+    _config_flag(check)
+    _database_flag(check)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
 
     submit = _command(sub, "submit", "queue a run of an actor", cmd_submit)
     submit.add_argument("actor")
@@ -198,9 +214,28 @@ def cmd_start(args: argparse.Namespace) -> int:
     from supervisor.core import Supervisor  # the heavy imports only where they are needed
 
     flags = ("workers", "concurrency", "mode", "database", "control", "migrate")
+    if args.dry_run:
+        return cmd_check(args, flags)
     config = _load(args, *flags)
     setup_logging(config.supervisor.log_level, config.supervisor.log_format)
     return Supervisor(config, overrides={name: getattr(args, name) for name in flags}).run()
+
+
+def cmd_check(args: argparse.Namespace, flags: Sequence[str] = ("database",)) -> int:
+    """Exit 0 when the supervisor would start; 2 on an invalid configuration, 4 on any other
+    problem (a script the sandbox user cannot read, an unreachable or too new store, ...)."""
+    from supervisor.check import Report, check, render
+
+    try:
+        config = _load(args, *flags)
+    except ConfigError as exc:
+        path = _config_path(args)
+        report = Report(config=str(path) if path else None, problems=[str(exc)])
+        print(orjson.dumps(report.as_dict()).decode() if args.json else render(report))
+        return EXIT_USAGE
+    report = check(config)
+    print(orjson.dumps(report.as_dict()).decode() if args.json else render(report))
+    return EXIT_OK if report.ok else EXIT_STARTUP
 
 
 def _parse_input(text: str | None) -> Any:
