@@ -45,6 +45,7 @@ from supervisor.control import ControlServer
 from supervisor.controlkeys import control_endpoint, server_keys
 from supervisor.errors import ConfigError, StartupError
 from supervisor.logs import setup_logging
+from supervisor.notify import Notifier
 from supervisor.pool import WorkerPool
 from supervisor.preflight import check_reloaded_scripts, prepare_sandbox
 from supervisor.reader import Reader
@@ -119,6 +120,8 @@ class Supervisor:
         self._sentinels: set[int] = set()
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="actor-supervisor-"))
         self._rng = random.Random()
+        self.notify = Notifier()  # systemd: READY=1, STOPPING=1, WATCHDOG=1, STATUS=
+        self._store_degraded = False
 
     # --- start-up (before the loop; the sandbox check forks, so it runs before any thread) ----
 
@@ -174,7 +177,6 @@ class Supervisor:
         """Hook alerts into the writer: events in, outbox rows out in the same transaction,
         and each row, once durable, to the sender (which also takes over rows left pending)."""
         self.sender: AlertSender | None = None
-        self._store_degraded = False
         if not self.config.alerts:
             return
         s = self.settings
@@ -278,6 +280,7 @@ class Supervisor:
                     "store": self.store.description,
                 },
             )
+            self.notify.ready(self._status_line())
             self._loop()
         finally:
             self._teardown()
@@ -304,9 +307,12 @@ class Supervisor:
             if time.monotonic() >= self._next_tick:
                 self._next_tick = time.monotonic() + TICK_S
                 self._maintain()
+            self.notify.tick()  # from the loop itself: a hung loop stops pinging the watchdog
 
     def _poll_timeout_ms(self, now: float) -> int:
         cap_ms = max(1, int((self._next_tick - time.monotonic()) * 1000))
+        if (ping_in := self.notify.next_ping_in()) is not None:  # a WatchdogSec under a tick
+            cap_ms = min(cap_ms, max(1, int(ping_in * 1000) + 1))
         if self.phase is not Phase.RUNNING:
             return cap_ms
         return self.heap.timeout_ms(now, cap_ms)
@@ -762,6 +768,17 @@ class Supervisor:
         self._watch_store()
         if not running:
             self._advance_shutdown(now)
+        if running:
+            self.notify.status(self._status_line())
+
+    def _status_line(self) -> str:
+        """systemd's STATUS=: what `systemctl status` shows."""
+        ready = sum(1 for handle in self.pool.handles() if handle.ready)
+        line = (
+            f"{ready}/{self.settings.workers} workers ready, {len(self._in_flight())} run(s) "
+            f"in flight, {self.waiting()} waiting"
+        )
+        return line + (", store DEGRADED (spooling)" if self._store_degraded else "")
 
     def _prune_idempotency(self) -> None:
         cutoff = self._clock() - IDEMPOTENCY_WINDOW_S
@@ -840,6 +857,9 @@ class Supervisor:
                      why, len(self._in_flight()), grace)  # fmt: skip
             self.phase = Phase.DRAINING
             self._shutdown_deadline = time.monotonic() + grace
+            self.notify.stopping(
+                f"stopping ({why}): {len(self._in_flight())} run(s) get {grace:.0f}s to finish"
+            )
             ready = set(self.ready)
             for active in self.runs.values():  # ready, or waiting in the heap for a retry
                 if active.run_id in ready or (RETRY, active.run_id) in self.heap:
@@ -914,6 +934,7 @@ class Supervisor:
         if hasattr(self, "store"):
             self.store.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        self.notify.close()
         log.info("supervisor stopped", extra=dict(self.counters))
 
 

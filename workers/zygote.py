@@ -4,8 +4,8 @@ The worker starts it as a fresh interpreter (``python -I -m workers.zygote``), s
 every run is forked from holds only the sandbox and what scripts commonly need -- not the
 worker's ZeroMQ, psutil and multiprocess, which would make each fork dearer. It pre-imports
 those common modules and then waits in one ``epoll``: the worker's socket, each run's stdout
-and stderr pipes, SIGCHLD (and SIGTERM/SIGHUP) through ``signal.set_wakeup_fd``, and deadline
-timers as the poll timeout. No threads and no sleeps.
+and stderr pipes, SIGCHLD (SIGTERM/SIGHUP only wake it) through ``signal.set_wakeup_fd``, and
+deadline timers as the poll timeout. No threads and no sleeps.
 
 Each child is forked one run ahead (a :class:`workers.flight.Spare`): when a run arrives it is
 handed to the waiting child at once, and the next one is forked while that run executes, so the
@@ -80,7 +80,8 @@ def main() -> None:
 def serve(config: SandboxConfig, sock: socket.socket) -> int:
     """The launcher's main: serve the worker until it goes away; return the exit status.
 
-    Whatever ends the loop (EOF, SIGTERM, a bug), every run's process tree is killed first.
+    Whatever ends the loop (EOF from the worker, a bug), every run's process tree is killed
+    first. Signals do not end it: see :meth:`Zygote._on_wakeup`.
     """
     zygote = Zygote(config, sock)
     try:
@@ -188,12 +189,12 @@ class Zygote:
             flight.err_fd = -1
 
     def _on_wakeup(self) -> None:
-        try:
-            signums = os.read(self._wake_r, 512)
-        except BlockingIOError:
-            signums = b""
-        if signal.SIGTERM in signums or signal.SIGHUP in signums:
-            self._stopping = True
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 512)
+        # SIGTERM and SIGHUP only wake the loop. They reach the launcher when the whole
+        # process group or cgroup is signalled (a shell's Ctrl-C or hang-up, timeout(1),
+        # systemd's KillMode=control-group): shutdown is the supervisor's to run, with its
+        # grace period, and it ends here through the worker's channel (EOF).
         self._reap()
 
     # --- runs ---------------------------------------------------------------------------------

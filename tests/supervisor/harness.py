@@ -112,6 +112,7 @@ def start_supervisor(
     workers: int = 2,
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> RunningSupervisor:
     """Write ``supervisor.toml`` (``actors`` is the ``[[actors]]`` TOML) and start on it."""
     folder.chmod(0o755)
@@ -123,7 +124,9 @@ def start_supervisor(
         + "\n"
         + textwrap.dedent(actors)
     )
-    return start_on_config(config, workers=workers, wait_ready=wait_ready, env=env)
+    return start_on_config(
+        config, workers=workers, wait_ready=wait_ready, env=env, new_session=new_session
+    )
 
 
 def start_on_config(
@@ -133,9 +136,11 @@ def start_on_config(
     workers: int = 2,
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> RunningSupervisor:
     """Start a supervisor on an existing config file (``endpoint``: its control endpoint, by
-    default the one the file configures)."""
+    default the one the file configures). ``new_session``: in a session and process group of
+    its own, so a test can signal the whole group as systemd or a shell would."""
     folder = config.parent
     if endpoint is None:
         endpoint = control_endpoint(load_config(config, environ={}))
@@ -147,6 +152,7 @@ def start_on_config(
             stderr=subprocess.STDOUT,
             cwd=folder,
             env={**os.environ, **(env or {})},
+            start_new_session=new_session,
         )
     running = RunningSupervisor(proc, folder, config, endpoint, log_path)
     if wait_ready:
