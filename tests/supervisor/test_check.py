@@ -3,6 +3,7 @@ nothing (no database file created, an existing one unchanged)."""
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,19 @@ def test_an_unreachable_postgres_store_is_a_problem(public_tmp: Path) -> None:
     report = _report(result)
     assert report["store"]["reachable"] is False
     assert any("127.0.0.1" in p for p in report["problems"]), report["problems"]
+
+
+def test_the_deployment_example_configuration_passes_check(public_tmp: Path) -> None:
+    """examples/deploy/supervisor.toml, laid out as the Dockerfile lays it out."""
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "examples" / "scripts", public_tmp / "scripts")
+    for path in [public_tmp / "scripts", *(public_tmp / "scripts").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (public_tmp / "s.toml").write_text((repo / "examples/deploy/supervisor.toml").read_text())
+    result = _cli(public_tmp, "check", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [a["name"] for a in _report(result)["alerts"]] == ["chat", "incidents"]
+    unit = (repo / "examples/deploy/actor-supervisor.service").read_text()
+    for line in ("Type=notify", "KillMode=mixed", "WatchdogSec=", "ProtectSystem=strict",
+                 "ReadWritePaths=/srv/actor-supervisor/state"):  # fmt: skip
+        assert f"\n{line}" in unit
