@@ -84,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="if another supervisor holds the store, wait and take over when it stops",
     )
+    start.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the configuration, scripts, store and schedules, then exit (as `check`)",
+    )
+    start.add_argument("--json", action="store_true", help="with --dry-run: machine-readable")
+
+    check = _command(
+        sub,
+        "check",
+        "validate the configuration, scripts, store and schedules; start and write nothing",
+        cmd_check,
+    )
+    _config_flag(check)
+    _database_flag(check)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
 
     submit = _command(sub, "submit", "queue a run of an actor", cmd_submit)
     submit.add_argument("actor")
@@ -130,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = _command(sub, "migrate", "apply the database migrations", cmd_migrate)
     _store_flags(migrate)
+
+    alerts = _command(
+        sub, "alerts", "the alert outbox: sent, pending and failed alerts", cmd_alerts
+    )
+    alerts.add_argument("--status", choices=("pending", "delivered", "failed"))
+    alerts.add_argument("--destination", help="only the alerts of this [[alerts]] entry")
+    alerts.add_argument("--limit", type=int, default=50)
+    _store_flags(alerts)
 
     from supervisor.codecli import add_code_commands  # it builds on this module's helpers
 
@@ -201,10 +225,29 @@ def cmd_start(args: argparse.Namespace) -> int:
     from supervisor.core import Supervisor  # the heavy imports only where they are needed
 
     flags = ("workers", "concurrency", "mode", "database", "control", "migrate", "http_listen")
+    if args.dry_run:
+        return cmd_check(args, flags)
     config = _load(args, *flags)
     setup_logging(config.supervisor.log_level, config.supervisor.log_format)
     overrides = {name: getattr(args, name) for name in flags}
     return Supervisor(config, overrides=overrides, standby=args.standby).run()
+
+
+def cmd_check(args: argparse.Namespace, flags: Sequence[str] = ("database",)) -> int:
+    """Exit 0 when the supervisor would start; 2 on an invalid configuration, 4 on any other
+    problem (a script the sandbox user cannot read, an unreachable or too new store, ...)."""
+    from supervisor.check import Report, check, render
+
+    try:
+        config = _load(args, *flags)
+    except ConfigError as exc:
+        path = _config_path(args)
+        report = Report(config=str(path) if path else None, problems=[str(exc)])
+        print(orjson.dumps(report.as_dict()).decode() if args.json else render(report))
+        return EXIT_USAGE
+    report = check(config)
+    print(orjson.dumps(report.as_dict()).decode() if args.json else render(report))
+    return EXIT_OK if report.ok else EXIT_STARTUP
 
 
 def _parse_input(text: str | None) -> Any:
@@ -422,6 +465,29 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         {"applied": applied, "database": store.description},
         f"applied: {', '.join(applied)}" if applied else "the schema is up to date",
     )
+    return EXIT_OK
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise ConfigError(f"--limit: must be >= 0, got {args.limit}")
+    store = _open_store_from(args)
+    try:
+        found = store.list_alerts(
+            status=args.status, destination=args.destination, limit=args.limit
+        )
+    finally:
+        store.close()
+    if args.json:
+        print(orjson.dumps([asdict(a) for a in found]).decode())
+        return EXIT_OK
+    _table(
+        ["CREATED", "DESTINATION", "EVENT", "ACTOR", "RUN", "COUNT", "STATUS", "ATTEMPTS",
+         "DELIVERED", "LAST ERROR"],
+        [[iso(a.created_at), a.destination, a.event, a.actor or "", (a.run_id or "")[:12],
+          a.count, a.status, a.attempts, iso(a.delivered_at) if a.delivered_at else "",
+          (a.last_error or "")[:60]] for a in found],
+    )  # fmt: skip
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from protocol.messages import MAX_INPUT_CHARS, Limits
+from supervisor.alerts.config import AlertConfig, parse_alerts
 from supervisor.codesync import EXEC_MODES, SYNC_MODES
 from supervisor.errors import ConfigError
 from supervisor.schedule import (
@@ -91,6 +92,7 @@ class ActorConfig:
     exec_mode: str = "file"  # what runs: the file, the active stored code, or that else the file
     sync: str = "startup"  # when a changed file is recorded as a new version
     network: str = "host"  # none: an empty network namespace with only loopback (root only)
+    alert_after_failures: int = 1  # a run_failed alert only from this many failures in a row
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +103,7 @@ class Config:
     base_dir: Path
     supervisor: SupervisorSettings
     actors: dict[str, ActorConfig]
+    alerts: tuple[AlertConfig, ...] = ()
     sources: dict[str, str] = field(
         default_factory=dict
     )  # setting -> default|file|environment|flag
@@ -254,6 +257,9 @@ ACTOR_KEYS: tuple[Setting, ...] = declare(
         Setting("exec_mode", Choice(EXEC_MODES), "run the file, or the stored active version"),
         Setting("sync", Choice(SYNC_MODES), "when a changed file becomes a new version"),
         Setting("network", Choice(("host", "none")), "none: only loopback (needs root)"),
+        Setting(
+            "alert_after_failures", Integer(1), "run_failed alerts from this many failures in a row"
+        ),
     ],
 )
 _ACTOR_KEYS = {s.name: s for s in ACTOR_KEYS}
@@ -281,8 +287,8 @@ def load_config(
     else:
         base_dir = Path.cwd()
     for key in document:
-        if key not in ("supervisor", "actors"):
-            error = unknown_key(key, ("supervisor", "actors"), "top-level key")
+        if key not in ("supervisor", "actors", "alerts"):
+            error = unknown_key(key, ("supervisor", "actors", "alerts"), "top-level key")
             raise ConfigError(f"{where}{key}: {error.message}")
     table = document.get("supervisor", {})
     if not isinstance(table, Mapping):
@@ -312,7 +318,15 @@ def load_config(
             )
         first_seen[actor.name] = index
         actors[actor.name] = actor
-    return Config(path=path, base_dir=base_dir, supervisor=settings, actors=actors, sources=sources)
+    alerts = parse_alerts(document.get("alerts", []), where, actors)
+    return Config(
+        path=path,
+        base_dir=base_dir,
+        supervisor=settings,
+        actors=actors,
+        alerts=alerts,
+        sources=sources,
+    )
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -422,6 +436,7 @@ def dump_effective(config: Config) -> dict[str, Any]:
         "supervisor": settings,
         "sources": dict(config.sources),
         "actors": actors,
+        "alerts": [alert.describe() for alert in config.alerts],
     }
 
 

@@ -35,6 +35,8 @@ from protocol.outcomes import Reason, Status
 from protocol.sockets import has_message
 from supervisor import events
 from supervisor.actors import ActorRuntime, build_actors
+from supervisor.alerts.book import AlertBook
+from supervisor.alerts.sender import AlertSender
 from supervisor.breaker import PROBE, Breaker
 from supervisor.budget import check_pool_memory
 from supervisor.codebook import CodeBook
@@ -51,6 +53,7 @@ from supervisor.lease import open_lease
 from supervisor.leftovers import clean_leftovers, mark_owned
 from supervisor.logs import setup_logging
 from supervisor.metrics import RunMetrics
+from supervisor.notify import Notifier
 from supervisor.pool import WorkerPool
 from supervisor.preflight import check_reloaded_scripts, prepare_sandbox
 from supervisor.reader import Reader
@@ -76,6 +79,7 @@ RECV_BATCH = 256  # worker messages taken per loop turn, so no socket starves an
 RETRY = "retry"  # schedule heap entry of a run waiting for its next attempt
 POISON_LOSSES = 2  # a run whose attempts took down this many workers is not run again
 EXIT_LEASE_LOST = 6  # the store's lease was lost while running: another supervisor may act
+ALERT_CLOSE_S = 5.0  # at exit, how long the alert sender may go on delivering what is due
 
 
 class Phase(Enum):
@@ -134,6 +138,8 @@ class Supervisor:
         self._standby = standby
         self._refused_fires: set[str] = set()
         self.exit_code = 0
+        self.notify = Notifier()  # systemd: READY=1, STOPPING=1, WATCHDOG=1, STATUS=
+        self._store_degraded = False
 
     # --- start-up (before the loop; the sandbox check forks, so it runs before any thread) ----
 
@@ -185,6 +191,7 @@ class Supervisor:
             dead_letters=self.dead_letters,
         )
         self._unfinished = unfinished
+        self._prepare_alerts()
         self.reader = Reader()  # reads the loop must not wait for (an actor's code)
         cache = make_cache()
         mark_owned(cache)
@@ -197,6 +204,37 @@ class Supervisor:
         self.scheduler = Scheduler(self.heap, self.writer, self.accept, self.has_room)
         self.requests = Requests(self)
         self.http = HttpSide.prepare(self.config)  # refuses a bad listen address before workers
+
+    def _prepare_alerts(self) -> None:
+        """Hook alerts into the writer: events in, outbox rows out in the same transaction,
+        and each row, once durable, to the sender (which also takes over rows left pending)."""
+        self.sender: AlertSender | None = None
+        if not self.config.alerts:
+            return
+        s = self.settings
+        book = AlertBook(
+            self.config.alerts, repeat_s=s.alert_repeat_s, public_url=s.public_url,
+            instance_id=self.instance_id, actors=self.actors.get, clock=self._clock,
+        )  # fmt: skip
+        env = {name: os.environ[name] for name in s.env_allow if name in os.environ}
+        self.sender = AlertSender(
+            self.config.alerts, self.store, run_as=self.sandbox.run_as, env=env, clock=self._clock
+        )
+        self.sender.adopt(self.store.pending_alerts())
+        self.writer.observe = book.observe
+        self.writer.on_commit = self.sender.offer
+
+    def _watch_store(self) -> None:
+        """``store_degraded``/``store_recovered`` events (and alerts) as the writer flips."""
+        degraded = self.writer.stats().degraded
+        if degraded != self._store_degraded:
+            self._store_degraded = degraded
+            stats = self.writer.stats()
+            self.writer.put(events.supervisor_event(
+                "store_degraded" if degraded else "store_recovered", self.instance_id,
+                store=self.store.description, last_error=stats.last_error,
+                spool_depth=stats.spool_depth,
+            ))  # fmt: skip
 
     def _warn_password_on_command_line(self) -> None:
         """Any local user, scripts included, can read a process's command line in /proc."""
@@ -264,6 +302,8 @@ class Supervisor:
             raise
         self.lease.start_keeping()
         self.writer.start()
+        if self.sender is not None:
+            self.sender.start()
         self.reader.start()
         try:
             self._open_sockets()
@@ -282,6 +322,7 @@ class Supervisor:
                     "store": self.store.description,
                 },
             )
+            self.notify.ready(self._status_line())
             self._loop()
         finally:
             self._teardown()
@@ -311,9 +352,12 @@ class Supervisor:
             if time.monotonic() >= self._next_tick:
                 self._next_tick = time.monotonic() + TICK_S
                 self._maintain()
+            self.notify.tick()  # from the loop itself: a hung loop stops pinging the watchdog
 
     def _poll_timeout_ms(self, now: float) -> int:
         cap_ms = max(1, int((self._next_tick - time.monotonic()) * 1000))
+        if (ping_in := self.notify.next_ping_in()) is not None:  # a WatchdogSec under a tick
+            cap_ms = min(cap_ms, max(1, int(ping_in * 1000) + 1))
         if self.phase is not Phase.RUNNING:
             return cap_ms
         return self.heap.timeout_ms(now, cap_ms)
@@ -831,8 +875,20 @@ class Supervisor:
                     )
         self.idempotency.expire(self._clock())
         self.scheduler.summarize_skips()
+        self._watch_store()
         if not running:
             self._advance_shutdown(now)
+        if running:
+            self.notify.status(self._status_line())
+
+    def _status_line(self) -> str:
+        """systemd's STATUS=: what `systemctl status` shows."""
+        ready = sum(1 for handle in self.pool.handles() if handle.ready)
+        line = (
+            f"{ready}/{self.settings.workers} workers ready, {len(self._in_flight())} run(s) "
+            f"in flight, {self.waiting()} waiting"
+        )
+        return line + (", store DEGRADED (spooling)" if self._store_degraded else "")
 
     def _watch_http(self) -> None:
         """Keep the HTTP process's sentinel (a pidfd) registered in the poller while it runs."""
@@ -881,7 +937,9 @@ class Supervisor:
                 self.scheduler.seed(actor, now)
             elif name in plan.rescheduled:
                 self.scheduler.reseed(actor, now)
-        self.config = replace(new, supervisor=plan.settings)
+        if new.alerts != self.config.alerts:
+            log.warning("SIGHUP: [[alerts]] changed; the new entries apply at the next restart")
+        self.config = replace(new, supervisor=plan.settings, alerts=self.config.alerts)
         self.settings = plan.settings
         self.pool.heartbeat_timeout_s = plan.settings.heartbeat_timeout_s
         setup_logging(plan.settings.log_level, plan.settings.log_format)
@@ -912,6 +970,9 @@ class Supervisor:
                      why, len(self._in_flight()), grace)  # fmt: skip
             self.phase = Phase.DRAINING
             self._shutdown_deadline = time.monotonic() + grace
+            self.notify.stopping(
+                f"stopping ({why}): {len(self._in_flight())} run(s) get {grace:.0f}s to finish"
+            )
             ready = set(self.ready)
             for active in self.runs.values():  # ready, or waiting in the heap for a retry
                 if active.run_id in ready or (RETRY, active.run_id) in self.heap:
@@ -968,6 +1029,9 @@ class Supervisor:
             )
             if not writer.close(timeout=60.0):
                 log.error("the store writer could not flush everything before exit")
+            if getattr(self, "sender", None) is not None:
+                assert self.sender is not None
+                self.sender.close(timeout=ALERT_CLOSE_S)  # what it cannot send stays pending
             if hasattr(self, "control"):
                 self._on_commits()
         if hasattr(self, "_signal_r"):
@@ -987,6 +1051,7 @@ class Supervisor:
         if hasattr(self, "lease"):
             self.lease.release()  # last: a standby must not start before our writes are done
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        self.notify.close()
         log.info("supervisor stopped", extra=dict(self.counters))
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, SyncUpdate
 
 
@@ -121,4 +122,4 @@ class ActorRecord:
     exec_mode: str = "file"
 
 
-Record = RunRecord | Event | TaskState | ActorRecord | CodeChange | SyncUpdate
+Record = RunRecord | Event | TaskState | ActorRecord | CodeChange | SyncUpdate | AlertRecord

@@ -102,6 +102,13 @@ class Scheduler:
             "actor %s missed fires while stopped; catch_up=%s runs %d",
             actor.name, cfg.catch_up, len(missed), extra={"actor": actor.name},
         )  # fmt: skip
+        if cfg.catch_up == "none":  # the missed fires are dropped: say so (and alert)
+            later_ones = missed_fires(cfg.schedule, first_missed, now, "all", cfg.catch_up_max)
+            dropped = 1 + len(later_ones)
+            self._writer.put(events.actor_event(
+                "fire_missed", actor.name, reason="catch_up_none", missed=dropped,
+                scheduled_for=first_missed,
+            ))  # fmt: skip
         if actor.state.is_paused or not missed:
             return
         if cfg.overlap == "allow":
@@ -131,6 +138,9 @@ class Scheduler:
         if not self._has_room():
             self.dropped += 1
             log.warning("actor %s: fire dropped, the ready queue is full", actor.name)
+            self._writer.put(events.actor_event(
+                "fire_missed", actor.name, reason="queue_full", scheduled_for=due, missed=1
+            ))  # fmt: skip
             return
         self._accept(actor, input_value=actor.config.input, trigger="schedule", scheduled_for=due)
 

@@ -99,7 +99,9 @@ class Scoreboard:
 
     def read(self, index: int) -> SlotView:
         offset = index * SLOT_SIZE
-        attempt = 0
+        attempts = 0
+        stuck = 0  # attempts in a row that found the same odd counter
+        previous = -1
         while True:
             (before,) = _SEQ.unpack_from(self._map, offset)
             if not before & 1:
@@ -107,10 +109,12 @@ class Scoreboard:
                 (after,) = _SEQ.unpack_from(self._map, offset)
                 if before == after:
                     return _view(index, fields)
-            attempt += 1
-            if attempt % 64 == 0:
+            stuck = stuck + 1 if before & 1 and before == previous else 0
+            previous = before
+            attempts += 1
+            if attempts % 64 == 0:
                 time.sleep(0)  # let a writer on this core finish its slot
-            if attempt >= 10_000:  # a writer killed mid-write leaves the counter odd for good
+            if stuck >= 10_000:  # the same odd value all along: the writer died mid-write
                 return _view(index, _BODY.unpack_from(self._map, offset + _SEQ.size))
 
     def read_all(self) -> list[SlotView]:

@@ -304,6 +304,22 @@ class LimitsKind(Kind):
 
 
 @dataclass(frozen=True, slots=True)
+class PublicUrl(Kind):
+    """An http(s) base URL, or unset."""
+
+    @property
+    def expected(self) -> str:
+        return "an http:// or https:// URL"
+
+    def check(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+            raise self._wrong(value)
+        return value.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint(Kind):
     """A ZeroMQ endpoint the supervisor binds and clients connect to; kept as written (a relative
     ``ipc://`` path is resolved where it is used, by :func:`resolve_endpoint`)."""
@@ -571,6 +587,8 @@ class SupervisorSettings:
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
     limits: Limits = field(default_factory=Limits)
     max_consecutive_failures: int = 5
+    alert_repeat_s: float = 300.0
+    public_url: str | None = None
     sqlite_synchronous: str = "normal"
     pool_min_size: int = 1
     pool_max_size: int = 4
@@ -653,6 +671,16 @@ SETTINGS: tuple[Setting, ...] = declare(
             "max_consecutive_failures",
             Integer(0),
             "default circuit breaker: pause an actor after this many failures (0: never)",
+        ),
+        Setting(
+            "alert_repeat_s",
+            Number(minimum=0),
+            "alerts: repeats of one (event, actor) within this many seconds fold into one",
+        ),
+        Setting(
+            "public_url",
+            PublicUrl(),
+            "base URL of the HTTP server, for the link in alerts (none: no link)",
         ),
         Setting(
             "sqlite_synchronous", Choice(("off", "normal", "full")), "SQLite PRAGMA synchronous"

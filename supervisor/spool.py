@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, SyncUpdate
 from supervisor.deadletter import DeadLetters, write_or_isolate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
@@ -51,6 +52,7 @@ _TAGS: dict[type[Any], str] = {
     ActorRecord: "actor",
     CodeChange: "code",
     SyncUpdate: "sync",
+    AlertRecord: "alert",
 }
 _TYPES: dict[str, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
 

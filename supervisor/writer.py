@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from supervisor.deadletter import DeadLetters, write_or_isolate
@@ -38,7 +39,16 @@ from supervisor.store.base import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-_Entry = tuple[int, float, Record]  # (sequence number, monotonic time of put, record)
+
+class Bundle(tuple[Record, ...]):
+    """Records that must land in one transaction: an event and the alerts it causes. A bundle
+    is one queue entry, so no batch boundary falls inside it."""
+
+    __slots__ = ()
+
+
+_Entry = tuple[int, float, Record | Bundle]  # (sequence number, monotonic time of put, record)
+Observer = Callable[[Record], Sequence[Record]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +153,12 @@ class BatchWriter:
         os.set_blocking(self._wake_w, False)
         self._pipe_open = True
 
+        # Alerts (supervisor.alerts): ``observe`` sees each record as it is put and may return
+        # records to commit with it (in the same transaction); ``on_commit`` gets those records
+        # on the writer thread once they are durable (stored or spooled).
+        self.observe: Observer | None = None
+        self.on_commit: Callable[[list[Record]], None] | None = None
+
     # -- the supervisor's side -----------------------------------------------------------------
 
     def start(self) -> None:
@@ -161,15 +177,18 @@ class BatchWriter:
             self._replayer.start()
 
     def put(self, record: Record) -> int:
-        """Queue ``record``; return its sequence number. Never waits for the store."""
-        now = time.monotonic()
+        """Queue ``record`` (with what ``observe`` adds to it); return its sequence number.
+        Never waits for the store."""
         if type(record) is RunRecord and record.epoch != self._epoch:
             record = replace(record, epoch=self._epoch)
+        extra = self.observe(record) if self.observe is not None else ()
+        item = Bundle((record, *extra)) if extra else record
+        now = time.monotonic()
         with self._lock:
             if self._closing:
                 raise RuntimeError("BatchWriter.put() after close()")
             self._last_seq += 1
-            self._queue.append((self._last_seq, now, record))
+            self._queue.append((self._last_seq, now, item))
             self._work.notify()
             return self._last_seq
 
@@ -340,7 +359,7 @@ class BatchWriter:
 
     def _commit(self, batch: list[_Entry]) -> None:
         """The one place a batch becomes durable: in the store, or else in the spool."""
-        records = [record for _, _, record in batch]
+        records = _flatten(batch)
         spool = self._spool
         if spool is None:
             self._store.write_batch(records)
@@ -427,6 +446,10 @@ class BatchWriter:
                 # a full pipe means the poller is already due to wake up
                 with contextlib.suppress(BlockingIOError):
                     os.write(self._wake_w, b"\x01")
+        if self.on_commit is not None:
+            bundled = [r for _, _, item in batch if type(item) is Bundle for r in item[1:]]
+            if bundled:
+                self.on_commit(bundled)
         if recovered:
             log.info(
                 "store writes recovered after %d failures",
@@ -508,6 +531,16 @@ class BatchWriter:
     def _keep_replaying(self) -> bool:
         with self._lock:
             return not self._abandon
+
+
+def _flatten(batch: list[_Entry]) -> list[Record]:
+    records: list[Record] = []
+    for _, _, item in batch:
+        if type(item) is Bundle:
+            records.extend(item)
+        else:
+            records.append(item)  # type: ignore[arg-type]
+    return records
 
 
 def _serializable(record: Record) -> bool:

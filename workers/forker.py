@@ -91,6 +91,7 @@ class Forker:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in LAUNCHER_SIGNALS:
             signal.signal(sig, _noop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a group's Ctrl-C: the supervisor's
 
     def run(self) -> int:
         """Serve until the launcher goes away; then kill every descendant and reap it."""
@@ -101,8 +102,7 @@ class Forker:
             while True:
                 for fd, _ in poll.poll():
                     if fd == self._wake_r:
-                        if not self._on_signals():
-                            return 0
+                        self._on_signals()
                     elif not self._on_request():
                         return 0
         finally:
@@ -119,13 +119,12 @@ class Forker:
             self._tell(PONG)
         return bool(data)
 
-    def _on_signals(self) -> bool:
+    def _on_signals(self) -> None:
+        """SIGCHLD reaps. SIGTERM and SIGHUP only wake it: a signal to the whole process group
+        must leave shutdown to the supervisor; the forker ends when the launcher goes away."""
         with contextlib.suppress(BlockingIOError):
-            signums = os.read(self._wake_r, 512)
-            if signal.SIGTERM in signums or signal.SIGHUP in signums:
-                return False
+            os.read(self._wake_r, 512)
         self._reap()
-        return True
 
     def _fork_spare(self) -> None:
         try:

@@ -59,8 +59,11 @@ def worker_main(spec: WorkerSpec) -> int:
     """Entry point of a spawned worker process; returns its exit code."""
     _die_with_parent(spec.supervisor_pid)
     _scrub_environment(spec.sandbox.env_allow)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor orchestrates shutdown
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until the loop installs its own handler
+    # A SIGTERM or SIGINT here was sent to the whole process group or cgroup (Ctrl-C in a shell,
+    # timeout(1), systemd's KillMode=control-group). Shutdown is the supervisor's: it gives runs
+    # their grace period, then sends STOP; a dead supervisor takes the worker with it (PDEATHSIG).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(spec.log_level, spec.log_format)
     launcher = start_launcher(spec.sandbox)
     try:
@@ -111,15 +114,8 @@ class Worker:
             heartbeat=time.monotonic(),
         )
         self._next_rss = 0.0
-        self._terms = 0
-        self._killed = False
-
-    def _on_sigterm(self, signum: int, frame: object) -> None:
-        """First TERM: finish the runs in flight, then exit. Second: kill them (next tick)."""
-        self._terms += 1
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
         self._slot.write(self._fields)
         self._send(
             orjson.dumps(
@@ -141,7 +137,6 @@ class Worker:
                     self._on_launcher_events()
                 self.launcher.keepalive(time.monotonic())
                 self._beat()
-                self._on_terms()
                 if os.getppid() != self.spec.supervisor_pid:
                     log.error("supervisor is gone; killing runs and exiting")
                     self.launcher.kill_all()
@@ -212,14 +207,6 @@ class Worker:
         self._slot.write(self._fields)
         for body in results:
             self._send(body)
-
-    def _on_terms(self) -> None:
-        if self._terms and not self.stopping:
-            log.info("SIGTERM: finishing %d run(s) in flight, then exiting", len(self.in_flight))
-            self._stop(Stop(kill=False))
-        if self._terms > 1 and not self._killed:
-            self._killed = True
-            self._stop(Stop(kill=True))
 
     def _beat(self) -> None:
         now = time.monotonic()

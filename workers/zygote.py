@@ -6,8 +6,8 @@ commonly need -- not the worker's ZeroMQ, psutil and multiprocess, nor its descr
 pre-imports those common modules, then forks its pristine forker (:mod:`workers.forker`) before
 it ever sees a run: every run's child is forked from there, so a fork-mode script finds nothing
 of earlier runs in its memory. The launcher then waits in one ``epoll``: the worker's socket,
-the forker's socket, each run's stdout and stderr pipes, SIGTERM/SIGHUP through
-``signal.set_wakeup_fd``, and deadline timers as the poll timeout. No threads and no sleeps.
+the forker's socket, each run's stdout and stderr pipes, SIGTERM/SIGHUP (which only wake it)
+through ``signal.set_wakeup_fd``, and deadline timers as the poll timeout. No threads and no sleeps.
 
 Each child is forked one run ahead (a :class:`workers.flight.Spare`): when a run arrives it is
 handed to the waiting child at once, and the next one is requested while that run executes, so
@@ -82,7 +82,8 @@ def main() -> None:
 def serve(config: SandboxConfig, sock: socket.socket) -> int:
     """The launcher's main: serve the worker until it goes away; return the exit status.
 
-    Whatever ends the loop (EOF, SIGTERM, a bug), every run's process tree is killed first.
+    Whatever ends the loop (EOF from the worker, a bug), every run's process tree is killed
+    first. Signals do not end it: see :meth:`Zygote._on_wakeup`.
     """
     zygote = Zygote(config, sock)
     try:
@@ -201,12 +202,12 @@ class Zygote:
             flight.err_fd = -1
 
     def _on_wakeup(self) -> None:
-        try:
-            signums = os.read(self._wake_r, 512)
-        except BlockingIOError:
-            signums = b""
-        if signal.SIGTERM in signums or signal.SIGHUP in signums:
-            self._stopping = True
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 512)
+        # SIGTERM and SIGHUP only wake the loop. They reach the launcher when the whole
+        # process group or cgroup is signalled (a shell's Ctrl-C or hang-up, timeout(1),
+        # systemd's KillMode=control-group): shutdown is the supervisor's to run, with its
+        # grace period, and it ends here through the worker's channel (EOF).
 
     def _on_forker(self) -> None:
         for event in self._forker.events():

@@ -11,6 +11,7 @@ import abc
 import threading
 from collections.abc import Sequence
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.errors import SupervisorError
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
@@ -189,6 +190,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
         """``(actor, idempotency_key) -> run_id`` for runs queued at or after ``since``."""
+
+    @abc.abstractmethod
+    def save_alert(self, alert: AlertRecord) -> None:
+        """The alert sender's record of a delivery attempt: upsert the row's delivery columns
+        (``status``, ``attempts``, ``due_at``, ``delivered_at``, ``last_error``), inserting the
+        whole row when the batch writer's insert has not landed yet (it waits in the spool).
+        :raises StoreUnavailable: the store is unreachable; nothing was written.
+        """
+
+    @abc.abstractmethod
+    def pending_alerts(self, limit: int = 10000) -> list[AlertRecord]:
+        """Outbox rows still ``pending``, earliest due first (the sender at start-up)."""
+
+    @abc.abstractmethod
+    def list_alerts(
+        self, *, status: str | None = None, destination: str | None = None, limit: int = 50
+    ) -> list[AlertRecord]:
+        """Outbox rows, newest first, optionally of one status or destination."""
 
     def connections_in_use(self) -> int:
         """Connections checked out right now; 0 between calls (a leak shows up here).

@@ -36,9 +36,10 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
-from supervisor.store import code, queries
+from supervisor.store import code, outbox, queries
 from supervisor.store.base import RefusedFires, Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
 from supervisor.store.options import PoolOptions
@@ -289,10 +290,17 @@ class _BatchRows:
             self.actors = [(*_ACTORS.row(a), to_datetime(a.updated_at)) for a in split.actors]
         self.events = split.events
         self.code = split.code
+        self.alerts = split.alerts
 
     def __bool__(self) -> bool:
         return bool(
-            self.runs or self.fires or self.states or self.actors or self.events or self.code
+            self.runs
+            or self.fires
+            or self.states
+            or self.actors
+            or self.events
+            or self.code
+            or self.alerts
         )
 
 
@@ -474,6 +482,8 @@ class PostgresStore(Store):
                 cur.execute(_RUNS.claim_insert, row)
                 if not cur.rowcount:
                     refused.append(run_id)
+            if rows.alerts:  # rare as well, and in order: a folded repeat updates its row
+                outbox.write(_CodeDb(conn), rows.alerts)
             if len(rows.events) <= _PIPELINE_MAX_EVENTS:
                 with conn.pipeline():
                     self._upsert(cur, rows)
@@ -613,6 +623,22 @@ class PostgresStore(Store):
     def load_code_states(self, actors: Sequence[str] | None = None) -> dict[str, CodeState]:
         with self._connection("load the actors' code") as conn:
             return code.code_states(_CodeDb(conn), actors)
+
+    def save_alert(self, alert: AlertRecord) -> None:
+        with self._connection("save an alert") as conn:
+            outbox.save(_CodeDb(conn), alert)
+
+    def pending_alerts(self, limit: int = 10000) -> list[AlertRecord]:
+        with self._connection("read pending alerts") as conn:
+            return outbox.pending(_CodeDb(conn), limit)
+
+    def list_alerts(
+        self, *, status: str | None = None, destination: str | None = None, limit: int = 50
+    ) -> list[AlertRecord]:
+        with self._connection("list alerts") as conn:
+            return outbox.listing(
+                _CodeDb(conn), status=status, destination=destination, limit=limit
+            )
 
     def connections_in_use(self) -> int:
         with self._lock:

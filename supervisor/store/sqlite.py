@@ -23,9 +23,10 @@ from typing import Any
 
 import orjson
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
-from supervisor.store import code, queries
+from supervisor.store import code, outbox, queries
 from supervisor.store.base import RefusedFires, Store, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_sqlite, load_migrations
 from supervisor.store.values import SplitBatch, clean_text, json_text, opt_json_text
@@ -254,10 +255,17 @@ class _BatchRows:
         except (TypeError, ValueError, OverflowError) as exc:  # orjson and datetime limits
             raise StoreError(f"a record in the batch cannot be encoded: {exc}") from exc
         self.code = split.code
+        self.alerts = split.alerts
 
     def __bool__(self) -> bool:
         return bool(
-            self.runs or self.fires or self.states or self.actors or self.events or self.code
+            self.runs
+            or self.fires
+            or self.states
+            or self.actors
+            or self.events
+            or self.code
+            or self.alerts
         )
 
 
@@ -462,6 +470,8 @@ class SqliteStore(Store):
                 conn.executemany(_ACTORS.insert, rows.actors)
             if rows.events:
                 conn.executemany(_EVENTS.insert, rows.events)
+            if rows.alerts:
+                outbox.write(_CodeDb(conn), rows.alerts)
         self.refused.add(refused)
 
     def _check_file(self) -> None:
@@ -591,6 +601,22 @@ class SqliteStore(Store):
     def load_code_states(self, actors: Sequence[str] | None = None) -> dict[str, CodeState]:
         with self._read("load the actors' code") as conn:
             return code.code_states(_CodeDb(conn), actors)
+
+    def save_alert(self, alert: AlertRecord) -> None:
+        with self._tx("save an alert") as conn:
+            outbox.save(_CodeDb(conn), alert)
+
+    def pending_alerts(self, limit: int = 10000) -> list[AlertRecord]:
+        with self._read("read pending alerts") as conn:
+            return outbox.pending(_CodeDb(conn), limit)
+
+    def list_alerts(
+        self, *, status: str | None = None, destination: str | None = None, limit: int = 50
+    ) -> list[AlertRecord]:
+        with self._read("list alerts") as conn:
+            return outbox.listing(
+                _CodeDb(conn), status=status, destination=destination, limit=limit
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store.base import StoreError
@@ -80,13 +81,14 @@ class SplitBatch:
 
     Events keep every entry in order, duplicates included: the store skips an ``event_id``
     already present, so the first of two duplicates is the one kept, as in a replay. Code
-    changes and sync updates keep their order too (``code``): each one depends on the last.
+    changes and sync updates keep their order too (``code``): each one depends on the last, and
+    so do alert outbox rows (``alerts``: a folded repeat updates the row before it).
     Scheduled fires' first attempts (``fires``) are apart from the other ``runs``: the store
     claims each with ``INSERT ... ON CONFLICT DO NOTHING``, so a fire already claimed by another
     supervisor is refused without failing the batch.
     """
 
-    __slots__ = ("actors", "code", "events", "fires", "runs", "states")
+    __slots__ = ("actors", "alerts", "code", "events", "fires", "runs", "states")
 
     def __init__(self, records: Sequence[Record]) -> None:
         runs: dict[tuple[str, int], RunRecord] = {}
@@ -94,6 +96,7 @@ class SplitBatch:
         actors: dict[str, ActorRecord] = {}
         events: list[Event] = []
         code: list[CodeChange | SyncUpdate] = []
+        alerts: list[AlertRecord] = []
         for record in records:
             if isinstance(record, Event):
                 events.append(record)
@@ -105,6 +108,8 @@ class SplitBatch:
                 actors[record.name] = record
             elif isinstance(record, CodeChange | SyncUpdate):
                 code.append(record)
+            elif isinstance(record, AlertRecord):
+                alerts.append(record)
             else:
                 raise StoreError(f"cannot store a {type(record).__name__}: not a Record")
         self.runs = [run for run in runs.values() if not run.is_fire]
@@ -113,3 +118,4 @@ class SplitBatch:
         self.actors = list(actors.values())
         self.events = events
         self.code = code
+        self.alerts = alerts

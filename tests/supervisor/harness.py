@@ -113,6 +113,7 @@ def start_supervisor(
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
+    new_session: bool = False,
 ) -> RunningSupervisor:
     """Write ``supervisor.toml`` (``actors`` is the ``[[actors]]`` TOML) and start on it."""
     folder.chmod(0o755)
@@ -126,7 +127,9 @@ def start_supervisor(
         + "\n"
         + textwrap.dedent(actors)
     )
-    return start_on_config(config, workers=workers, wait_ready=wait_ready, env=env, args=args)
+    return start_on_config(
+        config, workers=workers, wait_ready=wait_ready, env=env, args=args, new_session=new_session
+    )
 
 
 def start_on_config(
@@ -137,9 +140,11 @@ def start_on_config(
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
+    new_session: bool = False,
 ) -> RunningSupervisor:
     """Start a supervisor on an existing config file (``endpoint``: its control endpoint, by
-    default the one the file configures)."""
+    default the one the file configures). ``new_session``: in a session and process group of
+    its own, so a test can signal the whole group as systemd or a shell would."""
     folder = config.parent
     if endpoint is None:
         endpoint = control_endpoint(load_config(config, environ={}))
@@ -151,6 +156,7 @@ def start_on_config(
             stderr=subprocess.STDOUT,
             cwd=folder,
             env={**os.environ, **(env or {})},
+            start_new_session=new_session,
         )
     running = RunningSupervisor(proc, folder, config, endpoint, log_path)
     if wait_ready:

@@ -272,7 +272,7 @@ schedule = {schedule}
         (
             "[supervisor]\nworkerz = 2\n",
             "supervisor.workerz: unknown key (did you mean 'workers'?); "
-            "allowed: allow_root_scripts, allow_subsecond, batch_max_age_ms",
+            "allowed: alert_repeat_s, allow_root_scripts, allow_subsecond, batch_max_age_ms",
         ),
         (
             '[supervisor]\nworkers = "4"\n',
@@ -340,7 +340,7 @@ schedule = {schedule}
         ),
         (
             ACTOR + "timout_s = 5\n",
-            "actors[0] (job).timout_s: unknown key (did you mean 'timeout_s'?); allowed: breaker_",
+            "actors[0] (job).timout_s: unknown key (did you mean 'timeout_s'?); allowed: alert_",
         ),
         (ACTOR + "timeout_s = 0\n", "actors[0] (job).timeout_s: must be > 0, got 0"),
         (

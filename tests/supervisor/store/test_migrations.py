@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeVersion
 from supervisor.records import ActorRecord, Event, RunRecord, TaskState
 from supervisor.store.base import SchemaTooNew, StoreError
@@ -42,8 +43,8 @@ def now() -> str:
     return to_text(time.time())
 
 
-ALL = ["0001_initial", "0002_code_history", "0003_lease"]  # every migration, in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease")]
+ALL = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts"]  # in order
+APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts")]
 
 
 _SCHEMA_MIGRATIONS = (
@@ -135,7 +136,7 @@ def test_database_with_a_future_version_is_refused(tmp_path: Path) -> None:
         store.close()
 
     message = str(raised.value)
-    assert "version 42" in message and "up to 3" in message
+    assert "version 42" in message and "up to 4" in message
 
 
 def test_future_version_is_refused_before_applying_anything(tmp_path: Path) -> None:
@@ -291,11 +292,13 @@ def test_catalog_tables_and_columns_match_the_records(catalog: sqlite3.Connectio
     }
     assert tables == {
         "schema_migrations", "actors", "runs", "task_state", "execution_events",
-        "actor_code_history", "supervisor_lease",
+        "actor_code_history", "supervisor_lease", "alert_outbox",
     }  # fmt: skip
 
     def names(record: type) -> list[str]:
         return [f.name for f in dataclasses.fields(record)]
+
+    assert columns(catalog, "alert_outbox") == names(AlertRecord)
 
     assert columns(catalog, "runs") == names(RunRecord)
     assert columns(catalog, "task_state") == names(TaskState)

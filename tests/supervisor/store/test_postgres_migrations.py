@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeVersion
 from supervisor.records import ActorRecord, Event, RunRecord, TaskState
 from supervisor.store.base import SchemaTooNew
@@ -29,8 +30,8 @@ def applied_rows(database: str) -> list[tuple[object, ...]]:
         return conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
 
 
-ALL = ["0001_initial", "0002_code_history", "0003_lease"]  # every migration, in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease")]
+ALL = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts"]  # in order
+APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts")]
 
 
 def test_migrate_applies_once_and_then_nothing(pg_empty_database: str) -> None:
@@ -106,7 +107,7 @@ def test_database_with_a_future_version_is_refused(pg_database: str) -> None:
             store.migrate()
     finally:
         store.close()
-    assert "version 42" in str(raised.value) and "up to 3" in str(raised.value)
+    assert "version 42" in str(raised.value) and "up to 4" in str(raised.value)
 
 
 _SCHEMA_MIGRATIONS = (
@@ -209,8 +210,9 @@ def test_catalog_tables_and_columns_match_the_records_with_native_types(
     }
     assert tables == {
         "schema_migrations", "actors", "runs", "task_state", "execution_events",
-        "actor_code_history", "supervisor_lease",
+        "actor_code_history", "supervisor_lease", "alert_outbox",
     }  # fmt: skip
+    assert list(column_types(catalog, "alert_outbox")) == names(AlertRecord)
 
     runs = column_types(catalog, "runs")
     assert list(runs) == names(RunRecord)
