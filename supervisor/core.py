@@ -68,6 +68,7 @@ from supervisor.spool import Spool, spool_folder
 from supervisor.statedir import secure_state
 from supervisor.store import open_store, pool_options
 from supervisor.store.urls import has_password, redact_url
+from supervisor.uidclaim import claim_uids
 from supervisor.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,8 @@ class Supervisor:
             self.store, s.database, instance=self.instance_id, ttl_s=s.lease_ttl_s
         )
         self.epoch = acquire_lease(self.lease, standby=self._standby)  # before reading state
+        # Once active (a standby waits for the lease first): our runs' uids, and no one else's.
+        self.uid_claim = claim_uids(self.sandbox.run_uids)
         clean_leftovers()
         folder = spool_folder(s.spool_dir, self.config.base_dir)
         self.dead_letters = DeadLetters(dead_letter_path(folder))
@@ -295,6 +298,8 @@ class Supervisor:
         try:
             self._prepare()
         except BaseException:
+            if (claim := getattr(self, "uid_claim", None)) is not None:
+                claim.release()
             if hasattr(self, "lease"):
                 self.lease.release()
             if hasattr(self, "store"):
@@ -1048,6 +1053,8 @@ class Supervisor:
             self.scoreboard.close()
         if hasattr(self, "store"):
             self.store.close()
+        if (claim := getattr(self, "uid_claim", None)) is not None:
+            claim.release()  # our runs are gone: a standby may hand out these uids
         if hasattr(self, "lease"):
             self.lease.release()  # last: a standby must not start before our writes are done
         shutil.rmtree(self._runtime_dir, ignore_errors=True)

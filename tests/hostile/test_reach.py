@@ -22,7 +22,7 @@ from protocol.client import ClientError, RunOutcome
 from protocol.messages import MAX_INPUT_CHARS
 from supervisor.controlkeys import GENERATED_DIR
 from tests.supervisor import conftest as supervisor_fixtures
-from tests.supervisor.harness import RunningSupervisor, wait_for, write_script
+from tests.supervisor.harness import RunningSupervisor, session_uids, wait_for, write_script
 
 Start = Callable[..., RunningSupervisor]
 supervisors = supervisor_fixtures.supervisors  # real supervisors, always stopped at teardown
@@ -213,9 +213,11 @@ def test_a_script_cannot_reach_the_control_channel(public_tmp: Path, supervisors
     write_script(other, "sleeper.py", SLEEPER)
     write_script(other, "attacker.py", ATTACKER)
     port = _free_port()
+    uids = session_uids(shift=1)
     config = other / "supervisor.toml"
     config.write_text(
         f'[supervisor]\nworkers = 1\ncontrol = "tcp://127.0.0.1:{port}"\n'
+        f'run_as_range = "{uids[0]}-{uids[-1]}"\n'  # two supervisors on one host: two ranges
         + _actor("attacker", "attacker.py", "timeout_s = 60")
         + _actor("victim", "sleeper.py")
     )

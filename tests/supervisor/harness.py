@@ -58,6 +58,16 @@ ECHO = """\
 """
 
 
+def session_uids(shift: int = 0) -> range:
+    """The run uids of this test session's supervisors: a block of systemd's DynamicUser range
+    that is not the default one (a supervisor running on this host with default settings keeps
+    its uids) and, most of the time, not another test session's. A supervisor claims its block
+    for as long as it runs (supervisor.uidclaim): ``shift`` gives a second one running at once
+    another block."""
+    low = 61184 + 256 * (1 + (os.getpid() + shift) % 15)
+    return range(low, low + 256)
+
+
 @dataclass
 class RunningSupervisor:
     proc: subprocess.Popen[bytes]
@@ -119,6 +129,8 @@ def start_supervisor(
     folder.chmod(0o755)
     config = folder / "supervisor.toml"
     grace = "" if "shutdown_grace_s" in settings else "shutdown_grace_s = 10\n"
+    if "run_as" not in settings:  # run_as and run_as_range: the test chose its run users
+        grace += f'run_as_range = "{session_uids()[0]}-{session_uids()[-1]}"\n'
     if "allow_subsecond" not in settings:  # tests use fast schedules to stay short
         grace += "allow_subsecond = true\n"
     config.write_text(

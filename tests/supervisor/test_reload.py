@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.records import RunRecord
-from tests.supervisor.harness import ECHO, RunningSupervisor, wait_for, write_script
+from tests.supervisor.harness import ECHO, RunningSupervisor, session_uids, wait_for, write_script
 
 Start = Callable[..., RunningSupervisor]
 
@@ -31,7 +31,7 @@ def _rewrite(sup: RunningSupervisor, actors: str, workers: int = 2) -> None:
     """The ``[supervisor]`` table the harness wrote (``workers`` may differ), new actors."""
     sup.config_path.write_text(
         f"[supervisor]\nworkers = {workers}\nshutdown_grace_s = 10\nallow_subsecond = true\n"
-        + actors
+        f'run_as_range = "{session_uids()[0]}-{session_uids()[-1]}"\n' + actors
     )
 
 
@@ -120,7 +120,10 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(
     log = sup.log()
     assert "schedule.type" in log and "invalid TOML" in log and "no such file" in log
     if os.geteuid() == 0:
-        assert "the sandbox user cannot read: " in log and "private.py: user #61184" in log
+        assert (
+            "the sandbox user cannot read: " in log
+            and f"private.py: user #{session_uids()[0]}" in log
+        )
     assert sup.proc.poll() is None
     status = sup.status()
     assert [a["name"] for a in status["actors"]] == ["ticker"]
