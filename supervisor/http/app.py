@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from supervisor.http import api, health, metrics, pages
-from supervisor.http.auth import token_ok
+from supervisor.http.auth import CHALLENGE, UNAUTHORIZED, is_api, is_open, token_ok
 from supervisor.http.context import Backend
 from supervisor.http.openapi import document
 from supervisor.http.problems import Problem, problem_response
@@ -25,6 +25,7 @@ from supervisor.http.server import HttpSettings
 
 log = logging.getLogger(__name__)
 
+OPENAPI_PATH = "/api/v1/openapi.json"
 HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -34,20 +35,22 @@ HTTP_CODES = {
 
 
 class Guard(BaseHTTPMiddleware):
-    """Beyond loopback, every request needs the token (pages: the session cookie will do)."""
+    """Every request needs the token but ``/login``, ``/static/`` and, on loopback only, the
+    probes (see :mod:`supervisor.http.auth`). A page asked for without it answers 401 with the
+    sign-in form; an API call, a 401 problem."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         backend: Backend = request.app.state.backend
         path = request.url.path
-        if backend.protect_all and not path.startswith(("/login", "/static/")):
-            is_api = path.startswith(("/api/", "/health", "/ready", "/metrics"))
-            if not token_ok(backend, request, cookie=not is_api):
-                if not is_api and request.method == "GET":
-                    return Response(status_code=303, headers={"Location": "/login"})
-                return problem_response(
-                    401, "unauthorized", "a valid bearer token is required",
-                    {"WWW-Authenticate": 'Bearer realm="actor-supervisor"'},
-                )  # fmt: skip
+        if not is_open(backend, path):
+            api_call = is_api(path)
+            # the session cookie: pages, and the API document the dashboard links to (a read
+            # without run data; no other API call takes a cookie)
+            cookie = not api_call or (path == OPENAPI_PATH and request.method in ("GET", "HEAD"))
+            if not token_ok(backend, request, cookie=cookie):
+                if not api_call and request.method in ("GET", "HEAD"):
+                    return pages.login_required(request)
+                return problem_response(*UNAUTHORIZED, dict(CHALLENGE))
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
@@ -85,7 +88,7 @@ def _routes() -> list[BaseRoute]:
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
-    if request.url.path.startswith(("/api/", "/health", "/ready", "/metrics")) or not exc.status:
+    if is_api(request.url.path) or not exc.status:
         return problem_response(exc.status, exc.code, exc.detail, exc.headers)
     return pages.error_page(request, exc)
 

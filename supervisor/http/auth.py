@@ -1,11 +1,15 @@
 """Who may do what: the bearer token, the dashboard's session cookie, CSRF for its forms.
 
-- With ``http_token_file``, mutating API calls need ``Authorization: Bearer <token>``; when the
-  server listens beyond loopback, every request does (pages accept the session cookie that
-  ``/login`` sets, API calls only the header: a cookie must never authorize an API call, which
-  would reopen CSRF).
-- Without a token file (loopback only, as start-up enforces), the API is as open as the
-  control endpoint on loopback.
+Scripts run on the supervisor's host and have its loopback, so a listener on 127.0.0.1 is no
+boundary: the HTTP server always has a token (``http_token_file``, or one generated into the
+state folder at first start, readable by the supervisor's user only, see
+``process.generated_token``) and every request needs it:
+
+- API calls the ``Authorization: Bearer <token>`` header; dashboard pages the session cookie
+  that ``/login`` sets (a cookie never authorizes an API call, which would reopen CSRF).
+- Open to all: ``/login`` and ``/static/...``; on a loopback listener only, also ``/health``,
+  ``/ready`` and ``/metrics`` (probes and scrapers; they carry no run data). Beyond loopback
+  those need the token too.
 - Dashboard forms carry a signed double-submit CSRF token and must come from our own origin.
 
 The token is compared in constant time and never logged or echoed.
@@ -23,6 +27,25 @@ from supervisor.http.problems import Problem
 
 SESSION_COOKIE = "as_session"
 CSRF_COOKIE = "as_csrf"
+OPEN_PATHS = ("/login", "/static/")  # the sign-in page and what it needs
+PROBE_PATHS = ("/health", "/ready", "/metrics")  # open on a loopback listener only
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    """``path`` is one of ``prefixes`` or below it (``/login`` and ``/login/x``, not
+    ``/loginx``); a prefix ending in ``/`` matches what is below it only."""
+    return any(path == p or path.startswith(p if p.endswith("/") else p + "/") for p in prefixes)
+
+
+def is_api(path: str) -> bool:
+    return _under(path, ("/api", *PROBE_PATHS))
+
+
+def is_open(backend: Backend, path: str) -> bool:
+    """Whether ``path`` is served without the token."""
+    if _under(path, OPEN_PATHS):
+        return True
+    return backend.loopback and path in PROBE_PATHS
 
 
 def session_value(token: str) -> str:
@@ -39,23 +62,28 @@ def _bearer(request: Request) -> str | None:
 
 
 def token_ok(backend: Backend, request: Request, *, cookie: bool) -> bool:
-    if backend.token is None:
-        return True
     given = _bearer(request)
     if given is not None and hmac.compare_digest(given.encode(), backend.token.encode()):
         return True
     if cookie:
         value = request.cookies.get(SESSION_COOKIE, "")
-        return hmac.compare_digest(value.encode(), session_value(backend.token).encode())
+        expected = session_value(backend.token)
+        return bool(value) and hmac.compare_digest(value.encode(), expected.encode())
     return False
+
+
+UNAUTHORIZED = (401, "unauthorized", "a valid bearer token is required")
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="actor-supervisor"'}
+
+
+def given_token_ok(backend: Backend, given: str) -> bool:
+    """The token typed into the login form, compared in constant time."""
+    return bool(given) and hmac.compare_digest(given.encode(), backend.token.encode())
 
 
 def require_token(backend: Backend, request: Request, *, cookie: bool = False) -> None:
     if not token_ok(backend, request, cookie=cookie):
-        raise Problem(
-            401, "unauthorized", "a valid bearer token is required",
-            {"WWW-Authenticate": 'Bearer realm="actor-supervisor"'},
-        )  # fmt: skip
+        raise Problem(*UNAUTHORIZED, dict(CHALLENGE))
 
 
 class Csrf:

@@ -23,10 +23,11 @@ CLIENT_TIMEOUT_S = 5.0
 class Backend:
     def __init__(self, settings: HttpSettings) -> None:
         self.settings = settings
-        self.token = read_token(settings.token_file) if settings.token_file else None
-        host = settings.address[0]
-        # beyond loopback, every request needs the token (start-up refused it without one)
-        self.protect_all = not is_loopback_host(host)
+        self.token_file = settings.token_file  # shown on the login page: its path, never it
+        self.token: str = read_token(settings.token_file)
+        # every request needs the token, but on loopback the probes and the scraper (they
+        # carry no run data); beyond loopback, they need it too
+        self.loopback = is_loopback_host(settings.address[0])
         self._curve = None
         if settings.curve_server_key and settings.curve_client_key:
             self._curve = ClientKeys.load(settings.curve_server_key, settings.curve_client_key)

@@ -23,7 +23,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from supervisor.http import api
-from supervisor.http.auth import CSRF_COOKIE, SESSION_COOKIE, Csrf, require_token, session_value
+from supervisor.http.auth import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    Csrf,
+    given_token_ok,
+    require_token,
+    session_value,
+)
 from supervisor.http.context import Backend
 from supervisor.http.health import VERSION, evaluate
 from supervisor.http.problems import Problem
@@ -118,7 +125,7 @@ class Pages:
             token = self.csrf.new()
         backend: Backend = request.app.state.backend
         html = self.env.get_template(name).render(
-            request=request, csrf=token, path=request.url.path, login=backend.token is not None,
+            request=request, csrf=token, path=request.url.path, token_file=backend.token_file,
             **context,
         )  # fmt: skip
         response = HTMLResponse(
@@ -272,17 +279,28 @@ async def act(request: Request) -> Response:
 
 
 def login_page(request: Request) -> Response:
-    return _pages(request).render(request, "login.html", failed=False)
+    target = _back({"next": request.query_params.get("next", "")}, "/")
+    return _pages(request).render(request, "login.html", failed=False, next=target)
+
+
+def login_required(request: Request) -> Response:
+    """A page asked for without a session: 401, with the sign-in form that leads back to it."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return _pages(request).render(
+        request, "login.html", http_status=401, failed=False, next=_back({"next": target}, "/")
+    )
 
 
 async def login(request: Request) -> Response:
     backend = _backend(request)
     form = await _form(request)
     _pages(request).csrf.check(request, form.get("csrf", ""))
-    given = form.get("token", "").strip()
-    if backend.token is None or given != backend.token:
-        return _pages(request).render(request, "login.html", http_status=401, failed=True)
-    response = RedirectResponse("/", status_code=303)
+    target = _back(form, "/")
+    if not given_token_ok(backend, form.get("token", "").strip()):
+        return _pages(request).render(
+            request, "login.html", http_status=401, failed=True, next=target
+        )
+    response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, session_value(backend.token), httponly=True,
                         samesite="strict")  # fmt: skip
     return response

@@ -11,19 +11,23 @@ connection attempt is refused while it comes back. The child's settings go in on
 ``pidfd`` registered in the loop's poller; it is restarted with a growing delay.
 """
 
+import contextlib
 import ipaddress
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from supervisor.config import Config
-from supervisor.controlkeys import client_key_files, control_endpoint
+from supervisor.controlkeys import client_key_files, control_endpoint, state_folder
 from supervisor.errors import StartupError
 from supervisor.settings import split_listen
 
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 5.0
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_S = 60.0  # a child that lived this long starts the backoff afresh
+TOKEN_FILE = "http-token"  # inside the state folder, when no http_token_file is configured
 
 
 def is_loopback_host(host: str) -> bool:
@@ -54,6 +59,35 @@ def read_token(path: str) -> str:
             f"http_token_file: {path!r} must hold one token of at least 16 characters"
         )
     return token
+
+
+def token_file(config: Config) -> Path:
+    """The file holding the HTTP token: ``http_token_file``, else the generated one in the state
+    folder (it may not exist yet: see :func:`generated_token`)."""
+    configured = config.supervisor.http_token_file
+    return Path(configured) if configured is not None else state_folder(config) / TOKEN_FILE
+
+
+def generated_token(path: Path) -> Path:
+    """``path`` holding a random token, written once (0600, atomically) and kept across starts.
+
+    The token is written to a private temporary file beside it, then linked into place: a
+    reader never sees a partial file, and two starts at once keep the first one's token.
+    """
+    if path.exists():
+        return path
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # a concurrent start's token stands
+            os.link(temp, path)
+    finally:
+        os.unlink(temp)
+    return path
 
 
 class HttpSide:
@@ -83,8 +117,15 @@ class HttpSide:
                 f"http_listen: {s.http_listen!r} is reachable from other hosts; set "
                 "http_token_file (a bearer token), or listen on a loopback address"
             )
-        if s.http_token_file is not None:
-            read_token(s.http_token_file)  # refuse an unreadable or empty one now
+        # Always a token: scripts share the host and its loopback, so an open listener would
+        # hand them every run's input and output and the pause/trigger buttons.
+        tokens = token_file(config)
+        if s.http_token_file is None:
+            try:
+                generated_token(tokens)
+            except OSError as exc:
+                raise StartupError(f"http: cannot write the token file {tokens}: {exc}") from exc
+        read_token(str(tokens))  # refuse an unreadable or empty one now
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             family, _, _, _, address = infos[0]
@@ -99,7 +140,7 @@ class HttpSide:
         payload = {
             "listen": s.http_listen,
             "address": list(sock.getsockname()[:2]),
-            "token_file": s.http_token_file,
+            "token_file": str(tokens),
             "control": control_endpoint(config),
             "curve_server_key": keys[0],
             "curve_client_key": keys[1],
@@ -141,7 +182,8 @@ class HttpSide:
         self._started_at = time.monotonic()
         self._respawn_at = None
         log.info(
-            "http: serving on http://%s", self._payload["listen"],
+            "http: dashboard at http://%s/ (sign in with the token in %s)",
+            self._payload["listen"], self._payload["token_file"],
             extra={"event": "http_started", "pid": proc.pid},
         )  # fmt: skip
 

@@ -26,7 +26,7 @@ class HttpSettings:
     """What the supervisor hands its HTTP process (see ``HttpSide.prepare``)."""
 
     listen: str
-    token_file: str | None
+    token_file: str  # always one: configured, or generated in the state folder
     control: str
     curve_server_key: str | None
     curve_client_key: str | None
