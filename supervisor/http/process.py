@@ -51,7 +51,8 @@ def is_loopback_host(host: str) -> bool:
 def read_token(path: str) -> str:
     """The bearer token in ``path`` (surrounding whitespace removed); at least 16 characters."""
     try:
-        token = open(path, encoding="utf-8").read().strip()  # noqa: SIM115 - one read
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise StartupError(f"http_token_file: cannot read {path!r}: {exc}") from exc
     if len(token) < 16 or any(c.isspace() for c in token):

@@ -52,7 +52,8 @@ def free_port() -> int:
 class HttpSupervisor:
     sup: RunningSupervisor
     base: str
-    http: httpx.Client
+    http: httpx.Client  # the operator's client: it sends the token
+    token: str
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         def healthy() -> bool:
@@ -105,18 +106,27 @@ exec_mode = "database"
 """
 
 
+def generated_token(folder: Path) -> str:
+    """The token the supervisor generated into its state folder (the test reads it as the
+    supervisor's user, as an operator would)."""
+    return (folder / "state" / "http-token").read_text().strip()
+
+
 def start_http(
     folder: Path, settings: str = "", token: str | None = None, env: dict[str, str] | None = None
 ) -> HttpSupervisor:
+    """``token``: written to ``http_token_file``; None: the supervisor generates one."""
     port = free_port()
     extra = f'http_listen = "127.0.0.1:{port}"\n' + settings
     if token is not None:
         (folder / "token").write_text(token + "\n")
         extra += 'http_token_file = "token"\n'
     sup = start_supervisor(folder, actors_toml(folder), settings=extra, env=env)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if token is None:
+        token = generated_token(folder)
+    headers = {"Authorization": f"Bearer {token}"}
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0, headers=headers)
-    running = HttpSupervisor(sup, f"http://127.0.0.1:{port}", client)
+    running = HttpSupervisor(sup, f"http://127.0.0.1:{port}", client, token)
     running.wait_healthy()
     return running
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from supervisor.http.auth import SESSION_COOKIE, session_value
 from tests.http.conftest import HttpSupervisor, start_http, versioned
 from tests.supervisor.harness import wait_for, write_script
 
@@ -86,17 +87,27 @@ def test_cursor_pagination_visits_every_attempt_once(http_sup: HttpSupervisor) -
 
 
 @pytest.mark.timeout(120)
-def test_token_guards_mutations(public_tmp: Path) -> None:
+def test_a_configured_token_guards_every_request_but_the_probes(public_tmp: Path) -> None:
     token = "s3cret-token-0123456789"
     running = start_http(public_tmp, token=token)
     try:
         anonymous = httpx.Client(base_url=running.base, timeout=30)
-        assert anonymous.get("/api/v1/actors").status_code == 200  # reads stay open on loopback
+        for path in ("/health", "/ready", "/metrics", "/login", "/static/style.css"):
+            assert anonymous.get(path).status_code == 200, path  # probes open on loopback
+        for path in ("/api/v1/actors", "/api/v1/runs", "/api/v1/events", "/api/v1/openapi.json"):
+            problem(anonymous.get(path), 401, "unauthorized")
         problem(anonymous.post("/api/v1/actors/echo/pause"), 401, "unauthorized")
         wrong = anonymous.post("/api/v1/actors/echo/pause", headers={"Authorization": "Bearer x"})
         problem(wrong, 401, "unauthorized")
         rollback = anonymous.post("/api/v1/actors/dbcode/rollback", json={"to_version": "1.0.0"})
         problem(rollback, 401, "unauthorized")
+        page = anonymous.get("/actors")  # the sign-in form, which says where the token is
+        assert page.status_code == 401 and 'action="/login"' in page.text
+        assert str(public_tmp / "token") in page.text and token not in page.text
+        # a session cookie is for pages: it never authorizes an API call
+        anonymous.cookies.set(SESSION_COOKIE, session_value(token))
+        assert anonymous.get("/actors").status_code == 200
+        problem(anonymous.post("/api/v1/actors/echo/pause"), 401, "unauthorized")
         assert running.http.post("/api/v1/actors/echo/pause").status_code == 200
         assert token not in running.sup.log()
         assert token not in str(running.sup.status())
@@ -104,6 +115,33 @@ def test_token_guards_mutations(public_tmp: Path) -> None:
     finally:
         running.http.close()
         running.sup.stop()
+
+
+@pytest.mark.timeout(120)
+def test_without_a_token_file_one_is_generated_private_and_kept(public_tmp: Path) -> None:
+    running = start_http(public_tmp)
+    path = public_tmp / "state" / "http-token"
+    try:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert len(running.token) >= 40  # token_urlsafe(32)
+        anonymous = httpx.Client(base_url=running.base, timeout=30)
+        problem(anonymous.get("/api/v1/runs"), 401, "unauthorized")
+        assert anonymous.get("/health").status_code == 200
+        assert running.http.get("/api/v1/runs").status_code == 200
+        anonymous.close()
+        log = running.sup.log()
+        assert f"sign in with the token in {path}" in log and running.token not in log
+        assert running.token not in str(running.sup.status())
+    finally:
+        running.http.close()
+        running.sup.stop()
+    again = start_http(public_tmp)  # a restart keeps the token
+    try:
+        assert again.token == running.token
+        assert again.http.get("/api/v1/actors").status_code == 200
+    finally:
+        again.http.close()
+        again.sup.stop()
 
 
 @pytest.mark.timeout(120)

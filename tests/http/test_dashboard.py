@@ -85,7 +85,11 @@ def test_pages_buttons_and_store_agree(
                for i in range(3)]  # fmt: skip
     failed = http.post("/api/v1/actors/fail/runs?wait=30").json()["run_id"]
 
-    d.get(base + "/")
+    d.get(base + "/")  # no session yet: the sign-in form, which names the token file
+    assert d.find_element(By.ID, "token-file").text == str(http_sup.sup.folder / "state/http-token")
+    d.find_element(By.NAME, "token").send_keys(http_sup.token)
+    d.find_element(By.CSS_SELECTOR, "form.login button").click()
+    wait_for(lambda: d.find_elements(By.ID, "health"), 10, "the overview after signing in")
     assert d.find_element(By.ID, "health").text.lower().count("healthy") == 1
     store = http_sup.sup.store()
     try:

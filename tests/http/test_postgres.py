@@ -58,8 +58,10 @@ def test_http_on_postgres_reads_and_its_connection_cannot_write(
         assert again["output"] == {"version": 1}
 
         # the HTTP process's own store connection, as it opens it (Backend.store)
+        (public_tmp / "backend-token").write_text("t" * 32)
         backend = Backend(
-            HttpSettings(listen="127.0.0.1:0", token_file=None, control="ipc:///nonexistent",
+            HttpSettings(listen="127.0.0.1:0", token_file=str(public_tmp / "backend-token"),
+                         control="ipc:///nonexistent",
                          curve_server_key=None, curve_client_key=None, database=url,
                          base_dir=str(public_tmp))
         )  # fmt: skip
