@@ -4,7 +4,9 @@
 
 Starts a real supervisor with HTTP on, then for each of ``GET /health`` and
 ``GET /api/v1/actors`` runs ``--threads`` keep-alive clients for ``--seconds`` and reports
-requests/s, p50 and p99; then times ``--scrapes`` sequential ``GET /metrics``.
+requests/s, p50 and p99; then times ``--scrapes`` sequential ``GET /metrics``. The API calls
+carry the token the supervisor generates into ``state/http-token`` (the probes need none on
+loopback); a request that does not answer 200 stops the benchmark.
 """
 
 import argparse
@@ -26,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import _free_port, _wait_ready, _write_config
 
 
-def _hammer(port: int, path: str, seconds: float, threads: int) -> dict[str, float]:
+def _hammer(
+    port: int, path: str, seconds: float, threads: int, headers: dict[str, str] | None = None
+) -> dict[str, float]:
     latencies: list[float] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
@@ -36,9 +40,11 @@ def _hammer(port: int, path: str, seconds: float, threads: int) -> dict[str, flo
         mine = []
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            conn.request("GET", path)
+            conn.request("GET", path, headers=headers or {})
             response = conn.getresponse()
             response.read()
+            if response.status != 200:
+                raise SystemExit(f"GET {path} answered {response.status}")
             mine.append(time.perf_counter() - started)
         conn.close()
         with lock:
@@ -81,7 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _wait_ready(config, args.workers, proc)
         _hammer(http_port, "/health", 1.0, 2)  # warm up
         report["health"] = _hammer(http_port, "/health", args.seconds, args.threads)
-        report["api_actors"] = _hammer(http_port, "/api/v1/actors", args.seconds, args.threads)
+        token = (config.parent / "state" / "http-token").read_text().strip()
+        bearer = {"Authorization": f"Bearer {token}"}
+        report["api_actors"] = _hammer(
+            http_port, "/api/v1/actors", args.seconds, args.threads, bearer
+        )
         conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
         times = []
         for _ in range(args.scrapes):
