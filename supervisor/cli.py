@@ -23,11 +23,11 @@ from protocol.client import Accepted, Client, ClientError, ClientTimeout, RunOut
 from supervisor.config import Config, load_config
 from supervisor.controlkeys import client_for
 from supervisor.errors import CommandRefused, ConfigError, StartupError
-from supervisor.logs import setup_logging
 from supervisor.records import Event, RunRecord
 from supervisor.status import iso
 from supervisor.store import open_store, pool_options
 from supervisor.store.base import StoreError
+from workers.logs import setup_logging
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1  # submit --wait: the run did not succeed

@@ -51,7 +51,6 @@ from supervisor.idempotency import IdempotencyKeys, digest
 from supervisor.lease import acquire as acquire_lease
 from supervisor.lease import open_lease
 from supervisor.leftovers import clean_leftovers, mark_owned
-from supervisor.logs import setup_logging
 from supervisor.metrics import RunMetrics
 from supervisor.notify import Notifier
 from supervisor.pool import WorkerPool
@@ -63,12 +62,13 @@ from supervisor.requests import Requests
 from supervisor.runs import ActiveRun, RecentOutcomes, Waiter, apply_result, outcome_of
 from supervisor.schedule import ScheduleHeap, retry_delay
 from supervisor.scheduler import FIRE, Scheduler
-from supervisor.scoreboard import Scoreboard
 from supervisor.spool import Spool, spool_folder
 from supervisor.statedir import secure_state
 from supervisor.store import open_store, pool_options
 from supervisor.store.urls import has_password, redact_url
 from supervisor.writer import BatchWriter
+from workers.logs import setup_logging
+from workers.scoreboard import Scoreboard
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 import multiprocess
 
 from supervisor.errors import StartupError
-from supervisor.scoreboard import Scoreboard, SlotState, SlotView
 from workers.launcher import SandboxConfig
+from workers.scoreboard import Scoreboard, SlotState, SlotView
 from workers.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import pytest
 
 from supervisor.errors import StartupError
 from supervisor.pool import MAX_BOOT_FAILURES, RESPAWN_BACKOFF_S, WorkerPool
-from supervisor.scoreboard import Scoreboard
 from workers.launcher import SandboxConfig
+from workers.scoreboard import Scoreboard
 
 
 @pytest.mark.timeout(120)
