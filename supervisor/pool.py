@@ -17,7 +17,7 @@ from typing import Any
 import multiprocess
 
 from supervisor.errors import StartupError
-from workers.launcher import SandboxConfig
+from workers.sandbox import SandboxConfig
 from workers.scoreboard import Scoreboard, SlotState, SlotView
 from workers.worker import WorkerSpec, worker_main
 

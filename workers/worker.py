@@ -26,7 +26,7 @@ import zmq
 from protocol import ProtocolError, decode
 from protocol.messages import SUPERVISOR_TO_WORKER, Hello, Run, Stop
 from protocol.sockets import has_message
-from workers.launcher import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
+from workers.launcher_handle import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
 from workers.logs import setup_logging
 from workers.scoreboard import Scoreboard, SlotFields, SlotState
 

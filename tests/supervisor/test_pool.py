@@ -8,7 +8,7 @@ import pytest
 
 from supervisor.errors import StartupError
 from supervisor.pool import MAX_BOOT_FAILURES, RESPAWN_BACKOFF_S, WorkerPool
-from workers.launcher import SandboxConfig
+from workers.sandbox import SandboxConfig
 from workers.scoreboard import Scoreboard
 
 

@@ -15,7 +15,7 @@ import zmq
 from protocol.codec import decode, encode
 from protocol.messages import Hello, Result, Stop
 from tests.workers.conftest import RUN_AS, make_run, write_script
-from workers.launcher import SandboxConfig
+from workers.sandbox import SandboxConfig
 from workers.scoreboard import Scoreboard, SlotState
 from workers.worker import WorkerSpec, worker_main
 
