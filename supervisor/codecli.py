@@ -33,7 +33,7 @@ from supervisor.cli import (
     _open_store_from,
     _table,
 )
-from supervisor.coderecords import (
+from supervisor.code.records import (
     DRIFT_DETECTED,
     FILE_MISSING,
     MANUAL_DEPLOY,
@@ -43,7 +43,7 @@ from supervisor.coderecords import (
     CodeRecorded,
     CodeVersion,
 )
-from supervisor.codesync import (
+from supervisor.code.sync import (
     CodeError,
     FileSnapshot,
     check_version,

@@ -20,7 +20,7 @@ import orjson
 
 from protocol.messages import MAX_INPUT_CHARS, Limits
 from supervisor.alerts.config import AlertConfig, parse_alerts
-from supervisor.codesync import EXEC_MODES, SYNC_MODES
+from supervisor.code.sync import EXEC_MODES, SYNC_MODES
 from supervisor.errors import ConfigError
 from supervisor.schedule import (
     CATCH_UP_POLICIES,

@@ -39,8 +39,8 @@ from supervisor.alerts.book import AlertBook
 from supervisor.alerts.sender import AlertSender
 from supervisor.breaker import PROBE, Breaker
 from supervisor.budget import check_pool_memory
-from supervisor.codebook import CodeBook
-from supervisor.codesync import ActorCode, make_cache
+from supervisor.code.book import CodeBook
+from supervisor.code.sync import ActorCode, make_cache
 from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
 from supervisor.controlkeys import control_endpoint, server_keys

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from protocol.client import Accepted, RunOutcome
 from supervisor import codecli
-from supervisor.coderecords import CodeVersion
+from supervisor.code.records import CodeVersion
 from supervisor.errors import CommandRefused
 from supervisor.http.auth import require_token
 from supervisor.http.context import Backend

@@ -1,5 +1,5 @@
 """The file side of code management, on real files: hashing and the stat cache, version tags,
-git, the code cache; and the sync decisions of :mod:`supervisor.codebook` (no store needed:
+git, the code cache; and the sync decisions of :mod:`supervisor.code.book` (no store needed:
 they take what the store holds and return the records to write)."""
 
 import hashlib
@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from supervisor import codebook
-from supervisor.codebook import look, sync_actor
-from supervisor.coderecords import CodeChange, CodeState, SyncUpdate
-from supervisor.codesync import (
+from supervisor.code import book as codebook
+from supervisor.code.book import look, sync_actor
+from supervisor.code.records import CodeChange, CodeState, SyncUpdate
+from supervisor.code.sync import (
     ActorCode,
     CodeError,
     check_version,

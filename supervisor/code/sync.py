@@ -23,7 +23,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.coderecords import DRIFT_DETECTED, SYNCED
+from supervisor.code.records import DRIFT_DETECTED, SYNCED
 from supervisor.errors import SupervisorError
 
 log = logging.getLogger(__name__)
