@@ -11,7 +11,9 @@ import logging
 
 import psutil
 
-from supervisor.settings import SupervisorSettings
+from supervisor.settings import (
+    SupervisorSettings,
+)
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,18 @@ from supervisor.schedule import (
     parse_schedule,
 )
 from supervisor.settings import (
-    ENV_NAME,
-    MAX_DURATION_S,
     MODES,
     SETTINGS,
+    Setting,
+    SupervisorSettings,
+    checked,
+    config_error,
+    declare,
+    resolve_settings,
+)
+from supervisor.settings_kinds import (
+    ENV_NAME,
+    MAX_DURATION_S,
     Boolean,
     Choice,
     Integer,
@@ -42,13 +50,7 @@ from supervisor.settings import (
     Kind,
     LimitsKind,
     Number,
-    Setting,
-    SupervisorSettings,
-    checked,
-    config_error,
-    declare,
     describe,
-    resolve_settings,
     unknown_key,
 )
 
