@@ -248,7 +248,12 @@ SETTINGS: tuple[Setting, ...] = declare(
             Boolean(),
             "allow interval schedules shorter than 1 second",
         ),
-        Setting("migrate", Boolean(), "apply pending migrations at start-up"),
+        Setting(
+            "migrate",
+            Boolean(),
+            "apply pending migrations at start-up",
+            "--no-migrate",
+        ),
         Setting(
             "spool_dir",
             Folder(),

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from protocol.client import Accepted, RunOutcome
-from supervisor import codecli
+from supervisor.code import rollback as code_rollback
 from supervisor.code.records import CodeVersion
 from supervisor.errors import CommandRefused
 from supervisor.http.auth import require_token
@@ -364,8 +364,9 @@ def rollback_target(body: Any) -> tuple[str | None, str | None, str | None]:
 def do_rollback(
     backend: Backend, name: str, target: tuple[str | None, str | None, str | None], by: str
 ) -> dict[str, Any]:
-    """Roll ``name`` back as ``actor-supervisor rollback`` does (:func:`codecli.rollback`),
-    then have the supervisor use the version now (``refresh``). Runs in a worker thread.
+    """Roll ``name`` back as ``actor-supervisor rollback`` does
+    (:func:`~supervisor.code.rollback.rollback`), then have the supervisor use the version now
+    (``refresh``). Runs in a worker thread.
 
     :raises Problem: 404 ``unknown_actor`` or ``unknown_version``; 409 ``file_mode`` for an
         actor that runs its file (the CLI's ``--write-file`` is not offered over HTTP).
@@ -374,7 +375,7 @@ def do_rollback(
     version, history, reason = target
     try:
         found, recorded = backend.write(
-            lambda s: codecli.rollback(
+            lambda s: code_rollback.rollback(
                 s, name, exec_mode, None, to_version=version, to_history=history,
                 reason=reason, by=by,
             )
@@ -392,7 +393,7 @@ def do_rollback(
                 "also writes the code back to the file.",
             ) from None  # fmt: skip
         raise Problem(409, exc.code, str(exc)) from None
-    result = codecli.rollback_dict(name, found, recorded, file_written=False)
+    result = code_rollback.rollback_dict(name, found, recorded, file_written=False)
     result["refreshed"] = False
     if recorded.version is not None:
         try:
