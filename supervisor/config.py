@@ -60,7 +60,6 @@ __all__ = [
     "Config",
     "ConfigError",
     "SupervisorSettings",
-    "dump_effective",
     "load_config",
 ]
 
@@ -408,39 +407,3 @@ def _schedule(value: Mapping[str, Any] | None, label: str, timezone: str) -> Sch
     except ScheduleError as exc:
         inner = f".{exc.key}" if exc.key else ""
         raise ConfigError(f"{label}{inner}: {exc.message}") from None
-
-
-def dump_effective(config: Config) -> dict[str, Any]:
-    """The effective configuration as JSON-friendly data (for ``status``), with its sources.
-
-    A password in the database URL is masked.
-    """
-    settings: dict[str, Any] = {}
-    for setting in SETTINGS:
-        settings[setting.name] = setting.kind.to_json(getattr(config.supervisor, setting.name))
-    settings["database"] = _mask_password(config.supervisor.database)
-    actors: dict[str, Any] = {}
-    for name, actor in config.actors.items():
-        shown: dict[str, Any] = {}
-        for key in _ACTOR_KEYS:
-            value = getattr(actor, key)
-            if key == "script":
-                value = str(value)
-            elif key == "schedule":
-                value = value.describe() if value is not None else None
-            elif key == "limits":
-                value = LimitsKind().to_json(value)
-            shown[key] = value
-        actors[name] = shown
-    return {
-        "path": str(config.path) if config.path is not None else None,
-        "base_dir": str(config.base_dir),
-        "supervisor": settings,
-        "sources": dict(config.sources),
-        "actors": actors,
-        "alerts": [alert.describe() for alert in config.alerts],
-    }
-
-
-def _mask_password(url: str) -> str:
-    return _PASSWORD.sub(r"\1***@", url)

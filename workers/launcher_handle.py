@@ -13,6 +13,7 @@ process groups, and when every run has a uid of its own, everything running as t
 """
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -27,6 +28,8 @@ from workers import channel
 from workers.channel import Finished, Started
 from workers.launcher import CHANNEL_FD
 from workers.sandbox import DEFAULT_PRELOAD, SandboxConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_PRELOAD",
@@ -227,6 +230,13 @@ class Launcher:
                     raise self._gone(f"launcher sent {chr(kind)!r} before it was ready")
                 ready = orjson.loads(payload)
                 self.preload_failed = tuple(ready["preload_failed"])
+                if self.preload_failed:  # scripts importing these pay for it at every run
+                    log.warning(
+                        "launcher %d: pre-imports failed: %s",
+                        self.pid,
+                        "; ".join(self.preload_failed),
+                        extra={"event": "preload_failed"},
+                    )
                 self.forker_pid = ready["forker_pid"]
                 return
 
