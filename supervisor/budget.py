@@ -11,9 +11,7 @@ import logging
 
 import psutil
 
-from supervisor.settings import (
-    SupervisorSettings,
-)
+from supervisor.settings import SupervisorSettings
 
 log = logging.getLogger(__name__)
 

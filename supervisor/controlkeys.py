@@ -26,9 +26,7 @@ from supervisor.settings_addresses import (
     is_loopback,
     resolve_endpoint,
 )
-from supervisor.settings_kinds import (
-    STATE_DIR,
-)
+from supervisor.settings_kinds import STATE_DIR
 
 GENERATED_DIR = "control-curve"  # inside the state folder
 

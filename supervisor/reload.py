@@ -10,9 +10,7 @@ and says so.
 from dataclasses import dataclass, fields, replace
 
 from supervisor.config import Config
-from supervisor.settings import (
-    SupervisorSettings,
-)
+from supervisor.settings import SupervisorSettings
 
 # Settings a running supervisor applies at once; every other one needs a restart.
 LIVE_SETTINGS = frozenset(

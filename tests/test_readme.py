@@ -4,9 +4,7 @@ import re
 from pathlib import Path
 
 from supervisor.config import ACTOR_KEYS
-from supervisor.settings import (
-    SETTINGS,
-)
+from supervisor.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

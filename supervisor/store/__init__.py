@@ -10,9 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.errors import ConfigError
-from supervisor.settings import (
-    SupervisorSettings,
-)
+from supervisor.settings import SupervisorSettings
 from supervisor.store.base import SchemaTooNew, Store, StoreError, StoreUnavailable
 from supervisor.store.options import PoolOptions
 from supervisor.store.sqlite import SYNCHRONOUS_MODES, SqliteStore

@@ -15,9 +15,7 @@ from supervisor.config import (
     load_config,
 )
 from supervisor.schedule import CronSchedule, IntervalSchedule, OnceSchedule
-from supervisor.settings import (
-    DEFAULT_ENV_ALLOW,
-)
+from supervisor.settings import DEFAULT_ENV_ALLOW
 
 EXAMPLE = """
 [supervisor]

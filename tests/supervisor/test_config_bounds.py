@@ -9,9 +9,7 @@ import pytest
 from supervisor.budget import check_pool_memory, pool_estimate_mb
 from supervisor.config import load_config
 from supervisor.errors import ConfigError
-from supervisor.settings import (
-    SupervisorSettings,
-)
+from supervisor.settings import SupervisorSettings
 
 ACTOR = """
 [[actors]]
