@@ -62,11 +62,6 @@ class FieldReader:
             raise ProtocolError(f"{self._kind}.{name}: must be >= {minimum}, got {value}")
         return float(value)
 
-    def opt_number(self, name: str, *, minimum: float | None = None) -> float | None:
-        if self._obj.get(name) is None:
-            return None
-        return self.number(name, minimum=minimum)
-
     def boolean(self, name: str, *, default: bool | None = None) -> bool:
         value = self._obj.get(name, default)
         if not isinstance(value, bool):

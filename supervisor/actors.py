@@ -4,7 +4,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from supervisor.codesync import ActorCode
+from supervisor.code.sync import ActorCode
 from supervisor.config import ActorConfig
 from supervisor.records import ActorRecord, TaskState
 
@@ -62,7 +62,7 @@ def build_actors(
     configs: dict[str, ActorConfig], states: dict[str, TaskState]
 ) -> dict[str, ActorRuntime]:
     """Pair each configured actor with its stored state (or a fresh one); its code is loaded
-    by the start-up sync (:mod:`supervisor.codebook`)."""
+    by the start-up sync (:mod:`supervisor.code.book`)."""
     now = time.time()
     return {
         name: ActorRuntime(

@@ -15,7 +15,7 @@ from supervisor.settings import SupervisorSettings
 
 log = logging.getLogger(__name__)
 
-WORKER_RSS_MB = 45  # a worker process and its launcher (zygote), idle: an estimate
+WORKER_RSS_MB = 45  # a worker process and its launcher, idle: an estimate
 RUN_RSS_MB = 30  # one small Python script in flight: an estimate
 
 

@@ -20,7 +20,7 @@ import orjson
 
 from protocol.messages import MAX_INPUT_CHARS, Limits
 from supervisor.alerts.config import AlertConfig, parse_alerts
-from supervisor.codesync import EXEC_MODES, SYNC_MODES
+from supervisor.code.sync import EXEC_MODES, SYNC_MODES
 from supervisor.errors import ConfigError
 from supervisor.schedule import (
     CATCH_UP_POLICIES,
@@ -31,10 +31,18 @@ from supervisor.schedule import (
     parse_schedule,
 )
 from supervisor.settings import (
-    ENV_NAME,
-    MAX_DURATION_S,
     MODES,
     SETTINGS,
+    Setting,
+    SupervisorSettings,
+    checked,
+    config_error,
+    declare,
+    resolve_settings,
+)
+from supervisor.settings_kinds import (
+    ENV_NAME,
+    MAX_DURATION_S,
     Boolean,
     Choice,
     Integer,
@@ -42,13 +50,7 @@ from supervisor.settings import (
     Kind,
     LimitsKind,
     Number,
-    Setting,
-    SupervisorSettings,
-    checked,
-    config_error,
-    declare,
     describe,
-    resolve_settings,
     unknown_key,
 )
 
@@ -58,7 +60,6 @@ __all__ = [
     "Config",
     "ConfigError",
     "SupervisorSettings",
-    "dump_effective",
     "load_config",
 ]
 
@@ -406,39 +407,3 @@ def _schedule(value: Mapping[str, Any] | None, label: str, timezone: str) -> Sch
     except ScheduleError as exc:
         inner = f".{exc.key}" if exc.key else ""
         raise ConfigError(f"{label}{inner}: {exc.message}") from None
-
-
-def dump_effective(config: Config) -> dict[str, Any]:
-    """The effective configuration as JSON-friendly data (for ``status``), with its sources.
-
-    A password in the database URL is masked.
-    """
-    settings: dict[str, Any] = {}
-    for setting in SETTINGS:
-        settings[setting.name] = setting.kind.to_json(getattr(config.supervisor, setting.name))
-    settings["database"] = _mask_password(config.supervisor.database)
-    actors: dict[str, Any] = {}
-    for name, actor in config.actors.items():
-        shown: dict[str, Any] = {}
-        for key in _ACTOR_KEYS:
-            value = getattr(actor, key)
-            if key == "script":
-                value = str(value)
-            elif key == "schedule":
-                value = value.describe() if value is not None else None
-            elif key == "limits":
-                value = LimitsKind().to_json(value)
-            shown[key] = value
-        actors[name] = shown
-    return {
-        "path": str(config.path) if config.path is not None else None,
-        "base_dir": str(config.base_dir),
-        "supervisor": settings,
-        "sources": dict(config.sources),
-        "actors": actors,
-        "alerts": [alert.describe() for alert in config.alerts],
-    }
-
-
-def _mask_password(url: str) -> str:
-    return _PASSWORD.sub(r"\1***@", url)

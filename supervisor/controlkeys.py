@@ -19,12 +19,14 @@ from protocol.curve import ClientKeys, CurveKeyError
 from supervisor.config import Config
 from supervisor.errors import ConfigError
 from supervisor.settings import (
-    STATE_DIR,
     SupervisorSettings,
-    is_loopback,
     require_curve,
+)
+from supervisor.settings_addresses import (
+    is_loopback,
     resolve_endpoint,
 )
+from supervisor.settings_kinds import STATE_DIR
 
 GENERATED_DIR = "control-curve"  # inside the state folder
 

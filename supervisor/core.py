@@ -39,8 +39,8 @@ from supervisor.alerts.book import AlertBook
 from supervisor.alerts.sender import AlertSender
 from supervisor.breaker import PROBE, Breaker
 from supervisor.budget import check_pool_memory
-from supervisor.codebook import CodeBook
-from supervisor.codesync import ActorCode, make_cache
+from supervisor.code.book import CodeBook
+from supervisor.code.sync import ActorCode, make_cache
 from supervisor.config import Config, load_config
 from supervisor.control import ControlServer
 from supervisor.controlkeys import control_endpoint, server_keys
@@ -51,7 +51,6 @@ from supervisor.idempotency import IdempotencyKeys, digest
 from supervisor.lease import acquire as acquire_lease
 from supervisor.lease import open_lease
 from supervisor.leftovers import clean_leftovers, mark_owned
-from supervisor.logs import setup_logging
 from supervisor.metrics import RunMetrics
 from supervisor.notify import Notifier
 from supervisor.pool import WorkerPool
@@ -63,13 +62,14 @@ from supervisor.requests import Requests
 from supervisor.runs import ActiveRun, RecentOutcomes, Waiter, apply_result, outcome_of
 from supervisor.schedule import ScheduleHeap, retry_delay
 from supervisor.scheduler import FIRE, Scheduler
-from supervisor.scoreboard import Scoreboard
 from supervisor.spool import Spool, spool_folder
 from supervisor.statedir import secure_state
 from supervisor.store import open_store, pool_options
 from supervisor.store.urls import has_password, redact_url
 from supervisor.uidclaim import claim_uids
 from supervisor.writer import BatchWriter
+from workers.logs import setup_logging
+from workers.scoreboard import Scoreboard
 
 log = logging.getLogger(__name__)
 

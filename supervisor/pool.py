@@ -10,15 +10,15 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import multiprocess
 
 from supervisor.errors import StartupError
-from supervisor.scoreboard import Scoreboard, SlotState, SlotView
-from workers.launcher import SandboxConfig
+from workers.sandbox import SandboxConfig
+from workers.scoreboard import Scoreboard, SlotState, SlotView
 from workers.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,10 @@ class WorkerPool:
         heartbeat_timeout_s: float,
         log_level: str,
         log_format: str,
+        respawn_backoff_s: Sequence[float] = RESPAWN_BACKOFF_S,
     ) -> None:
+        """``respawn_backoff_s``: the wait before replacing a worker after 0, 1, 2, ... boot
+        failures in a row (the last repeats); tests pass shorter ones."""
         self.size = size
         self.capacity = capacity
         self.endpoint = endpoint
@@ -103,6 +106,7 @@ class WorkerPool:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.log_level = log_level
         self.log_format = log_format
+        self.respawn_backoff_s = tuple(respawn_backoff_s)
         self._ctx = multiprocess.get_context("spawn")
         self._slots: list[WorkerHandle | None] = [None] * size
         self._by_identity: dict[bytes, WorkerHandle] = {}
@@ -111,7 +115,6 @@ class WorkerPool:
         self._generation = 0
         self._boot_failures = 0
         self._ever_ready = False
-        self.deaths = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -185,13 +188,13 @@ class WorkerPool:
         self._by_identity.pop(handle.identity, None)
         if self._slots[handle.index] is handle:
             self._slots[handle.index] = None
-        self.deaths += 1
         description = describe_exit(handle.process.exitcode)
         if handle.killed_by_us:
             description += f" after we killed it: {handle.killed_by_us}"
         if not handle.booted:
             self._boot_failures += 1
-        delay = RESPAWN_BACKOFF_S[min(self._boot_failures, len(RESPAWN_BACKOFF_S) - 1)]
+        backoff = self.respawn_backoff_s
+        delay = backoff[min(self._boot_failures, len(backoff) - 1)]
         self._respawn_at[handle.index] = time.monotonic() + delay
         handle.process.close()
         return WorkerExit(handle, description, frozenset(handle.in_flight))
@@ -261,9 +264,6 @@ class WorkerPool:
         if best is not None and self.scoreboard.read(best.index).state is not SlotState.READY:
             return None
         return best
-
-    def free_capacity(self) -> int:
-        return sum(h.free for h in self.handles())
 
     def views(self) -> list[tuple[WorkerHandle | None, SlotView]]:
         return [(self._slots[i], self.scoreboard.read(i)) for i in range(self.size)]

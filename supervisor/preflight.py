@@ -19,7 +19,7 @@ from workers.access import (
     unreadable_scripts_from_threads,
     unrunnable_python,
 )
-from workers.launcher import SandboxConfig
+from workers.sandbox import SandboxConfig
 
 log = logging.getLogger(__name__)
 

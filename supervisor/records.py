@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from supervisor.alerts.records import AlertRecord
-from supervisor.coderecords import CodeChange, SyncUpdate
+from supervisor.code.records import CodeChange, SyncUpdate
 
 
 class RunState(StrEnum):

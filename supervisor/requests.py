@@ -22,7 +22,7 @@ from protocol.messages import (
     Trigger,
 )
 from supervisor.actors import ActorRuntime
-from supervisor.codesync import ActorCode
+from supervisor.code.sync import ActorCode
 from supervisor.idempotency import digest
 from supervisor.runs import Waiter
 from supervisor.status import build_metrics, build_status

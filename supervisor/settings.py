@@ -1,4 +1,4 @@
-"""Value kinds and setting declarations: how one setting is read, checked and shown.
+"""Setting declarations and the ``[supervisor]`` table: how one setting is read and shown.
 
 A :class:`Setting` declares a name, a :class:`Kind` (type, range, parser), help text and an
 optional CLI flag; its default comes from the dataclass the table describes, so nothing is
@@ -7,498 +7,40 @@ flag overrides and ``[[actors]]`` keys. Checks raise :class:`Invalid`; the loade
 and key path to turn it into a ``ConfigError``.
 """
 
-import abc
 import dataclasses
-import ipaddress
-import math
-import os
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import LIMIT_CAPS, Limits
+from protocol.messages import Limits
 from supervisor.errors import ConfigError
-from supervisor.schedule import did_you_mean
-
-ENV_PREFIX = "ACTOR_SUPERVISOR_"
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# The minimums protocol.messages.Limits.read enforces on the wire: checking them here turns a
-# RUN message a worker would refuse into a configuration error at start-up.
-LIMIT_MINIMUMS = {
-    "cpu_s": 1, "memory_mb": 16, "nofile": 8, "nproc": 1, "fsize_mb": 0, "output_kb": 1,
-    "stderr_kb": 0,
-}  # fmt: skip
-UNLIMITED = "unlimited"
-STATE_DIR = "state"  # beside the config file: store, spool, control socket and keys (0700)
-IPC_PATH_MAX = 107  # bytes: a unix socket path must fit sockaddr_un.sun_path with its NUL
-# The longest duration a setting may hold: every timer of the supervisor, the worker and the
-# launcher must be able to wait that long (epoll's timeout overflows near 24.8 days, and a
-# retry time must stay a representable timestamp).
-MAX_DURATION_S = 7 * 86400.0
-
-
-class Invalid(ValueError):
-    """A value failed its check; ``path`` names the entry inside it (``("cpu_s",)``, ``(2,)``)."""
-
-    def __init__(self, message: str, *path: str | int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.path = path
-
-    def under(self, *keys: str | int) -> "Invalid":
-        """The same error, one or more levels further down."""
-        return Invalid(self.message, *keys, *self.path)
-
-
-def key_path(*parts: str | int) -> str:
-    """``("actors", 2, "limits", "cpu_s")`` -> ``"actors[2].limits.cpu_s"``."""
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-def describe(value: Any) -> str:
-    """How a found value is shown in errors: ``string '4'``, ``boolean true``, ``a table``."""
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"float {value}"
-    if isinstance(value, str):
-        return f"string {value!r}"
-    if isinstance(value, datetime | date | time):
-        return f"date-time {value.isoformat()}"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list | tuple):
-        return "an array"
-    return type(value).__name__
-
-
-def unknown_key(key: str, allowed: Iterable[str], what: str = "key") -> Invalid:
-    """An error for an unexpected key, with a did-you-mean and the allowed keys."""
-    names = sorted(allowed)
-    hint = did_you_mean(key, names)
-    hint_text = f" (did you mean {hint!r}?)" if hint else ""
-    return Invalid(f"unknown {what}{hint_text}; allowed: {', '.join(names)}", key)
-
-
-class Kind(abc.ABC):
-    """How the values of one setting are checked, parsed from text, merged and shown."""
-
-    @property
-    @abc.abstractmethod
-    def expected(self) -> str:
-        """What a valid value looks like, for errors and ``--help``."""
-
-    @abc.abstractmethod
-    def check(self, value: Any) -> Any:
-        """A value from the file or a flag, checked and normalized; raises :class:`Invalid`."""
-
-    def parse(self, text: str) -> Any:
-        """A value from an environment variable."""
-        return self.check(text)
-
-    def combine(self, default: Any, layers: Sequence[Any]) -> Any:
-        """The effective value from checked layers, lowest precedence first."""
-        return layers[-1] if layers else default
-
-    def resolve(self, value: Any, base_dir: Path) -> Any:
-        """A final check that needs the configuration's folder (paths)."""
-        return value
-
-    def to_json(self, value: Any) -> Any:
-        return value
-
-    def _wrong(self, value: Any) -> Invalid:
-        return Invalid(f"expected {self.expected}, got {describe(value)}")
-
-
-@dataclass(frozen=True, slots=True)
-class Integer(Kind):
-    minimum: int | None = None
-    maximum: int | None = None
-
-    @property
-    def expected(self) -> str:
-        return "an integer" + _bounds(self.minimum, self.maximum)
-
-    def check(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Invalid(f"expected an integer, got {describe(value)}")
-        _check_range(value, self.minimum, self.maximum)
-        return value
-
-    def parse(self, text: str) -> int:
-        try:
-            number = int(text.strip())
-        except ValueError:
-            raise Invalid(f"expected an integer, got {text!r}") from None
-        return self.check(number)
-
-
-@dataclass(frozen=True, slots=True)
-class Number(Kind):
-    """A finite number of seconds, milliseconds, ...; integers are accepted and made floats."""
-
-    minimum: float | None = None
-    maximum: float | None = None
-    positive: bool = False  # strictly greater than zero
-
-    @property
-    def expected(self) -> str:
-        return "a positive number" if self.positive else "a number" + _bounds(self.minimum, None)
-
-    def check(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self._wrong(value)
-        number = float(value)
-        if not math.isfinite(number):
-            raise Invalid(f"expected a finite number, got {value}")
-        if self.positive and number <= 0:
-            raise Invalid(f"must be > 0, got {value}")
-        if self.maximum is not None and number > self.maximum:
-            days = f" ({self.maximum / 86400:g} days)" if self.maximum >= 86400 else ""
-            raise Invalid(f"must be <= {self.maximum:g}{days}, got {value}")
-        _check_range(number, self.minimum, None)
-        return number
-
-    def parse(self, text: str) -> float:
-        try:
-            number = float(text.strip())
-        except ValueError:
-            raise Invalid(f"expected a number, got {text!r}") from None
-        return self.check(number)
-
-
-@dataclass(frozen=True, slots=True)
-class Boolean(Kind):
-    @property
-    def expected(self) -> str:
-        return "true or false"
-
-    def check(self, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self._wrong(value)
-        return value
-
-    def parse(self, text: str) -> bool:
-        folded = text.strip().lower()
-        if folded in ("1", "true", "yes", "on"):
-            return True
-        if folded in ("0", "false", "no", "off"):
-            return False
-        raise Invalid(f"expected true or false, got {text!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Choice(Kind):
-    """One of a few words; matched case-insensitively and stored in lower case."""
-
-    choices: tuple[str, ...]
-
-    @property
-    def expected(self) -> str:
-        return "one of " + ", ".join(repr(c) for c in self.choices)
-
-    def check(self, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self._wrong(value)
-        folded = value.strip().lower()
-        if folded not in self.choices:
-            raise self._wrong(value)
-        return folded
-
-
-@dataclass(frozen=True, slots=True)
-class Names(Kind):
-    """Environment variable names: an array in the file, comma-separated in the environment."""
-
-    @property
-    def expected(self) -> str:
-        return "an array of environment variable names"
-
-    def check(self, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list | tuple):
-            raise self._wrong(value)
-        names: dict[str, None] = {}
-        for index, name in enumerate(value):
-            if not isinstance(name, str) or not ENV_NAME.match(name):
-                glob = " (globs are not supported: list each name)" if "*" in str(name) else ""
-                raise Invalid(
-                    f"expected an environment variable name{glob}, got {describe(name)}", index
-                )
-            names[name] = None
-        return tuple(names)
-
-    def parse(self, text: str) -> tuple[str, ...]:
-        return self.check([part.strip() for part in text.split(",") if part.strip()])
-
-    def to_json(self, value: Any) -> Any:
-        return list(value)
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsKind(Kind):
-    """Resource limits, merged key by key over the layers below (defaults, then wider scopes).
-
-    In TOML there is no null, so ``"unlimited"`` leaves an optional limit unset.
-    """
-
-    @property
-    def expected(self) -> str:
-        return "a table of limits (" + ", ".join(Limits.NAMES) + ")"
-
-    def check(self, value: Any) -> dict[str, int | None]:
-        if isinstance(value, Limits):
-            return {name: getattr(value, name) for name in Limits.NAMES}
-        if not isinstance(value, Mapping):
-            raise self._wrong(value)
-        checked: dict[str, int | None] = {}
-        for name, limit in value.items():
-            if name not in LIMIT_MINIMUMS:
-                raise unknown_key(name, Limits.NAMES, "limit")
-            checked[name] = self._limit(name, limit)
-        return checked
-
-    def parse(self, text: str) -> dict[str, int | None]:
-        pairs: dict[str, Any] = {}
-        for item in (part.strip() for part in text.split(",")):
-            name, sep, raw = item.partition("=")
-            if not item:
-                continue
-            if not sep:
-                raise Invalid(f"expected name=value pairs such as 'cpu_s=10', got {item!r}")
-            raw = raw.strip()
-            pairs[name.strip()] = raw if raw == UNLIMITED else Integer().parse(raw)
-        return self.check(pairs)
-
-    def combine(self, default: Any, layers: Sequence[Any]) -> Limits:
-        merged: dict[str, Any] = {}
-        for layer in layers:
-            merged.update(layer)
-        base: Limits = default
-        return dataclasses.replace(base, **merged)
-
-    def to_json(self, value: Any) -> Any:
-        return {name: getattr(value, name) for name in Limits.NAMES}
-
-    @staticmethod
-    def _limit(name: str, value: Any) -> int | None:
-        optional = name not in ("output_kb", "stderr_kb")
-        if optional and value == UNLIMITED:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            unset = f" or {UNLIMITED!r}" if optional else ""
-            raise Invalid(f"expected an integer{unset}, got {describe(value)}", name)
-        if value < LIMIT_MINIMUMS[name]:
-            raise Invalid(f"must be >= {LIMIT_MINIMUMS[name]}, got {value}", name)
-        if name in LIMIT_CAPS and value > LIMIT_CAPS[name]:  # what Limits.read accepts
-            raise Invalid(f"must be <= {LIMIT_CAPS[name]}, got {value}", name)
-        return value
-
-
-@dataclass(frozen=True, slots=True)
-class PublicUrl(Kind):
-    """An http(s) base URL, or unset."""
-
-    @property
-    def expected(self) -> str:
-        return "an http:// or https:// URL"
-
-    def check(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
-            raise self._wrong(value)
-        return value.rstrip("/")
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint(Kind):
-    """A ZeroMQ endpoint the supervisor binds and clients connect to; kept as written (a relative
-    ``ipc://`` path is resolved where it is used, by :func:`resolve_endpoint`)."""
-
-    @property
-    def expected(self) -> str:
-        return "a ZeroMQ endpoint 'tcp://HOST:PORT' or 'ipc://PATH'"
-
-    def check(self, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self._wrong(value)
-        if value.startswith("ipc://") and len(value) > len("ipc://"):
-            return value
-        match = _TCP.match(value)
-        if not match or not 1 <= int(match["port"]) <= 65535:
-            raise self._wrong(value)
-        return value
-
-
-def resolve_endpoint(endpoint: str, base_dir: Path) -> str:
-    """``endpoint`` with a relative ``ipc://`` path made absolute against the configuration's
-    folder (as ``database`` is), so the supervisor and the CLI find the same socket from any
-    working directory.
-
-    :raises ConfigError: the socket path is longer than a unix socket address can hold.
-    """
-    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):  # tcp, abstract
-        return endpoint
-    path = os.path.normpath(base_dir / Path(endpoint[len("ipc://") :]).expanduser())
-    size = len(os.fsencode(path))
-    if size > IPC_PATH_MAX:
-        raise ConfigError(
-            f"control: the socket path {path!r} is {size} bytes, more than a unix socket "
-            f"address holds ({IPC_PATH_MAX}); move the configuration to a shorter folder or "
-            "choose another endpoint with --control"
-        )
-    return f"ipc://{path}"
-
-
-_TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})$")
-
-
-def is_loopback(endpoint: str) -> bool:
-    """Whether an endpoint is reachable only from this host (ipc, or tcp on loopback)."""
-    match = _TCP.match(endpoint)
-    if match is None:
-        return endpoint.startswith("ipc://")
-    host = match["host"].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name or '*': other hosts may reach it
-        return False
-
-
-@dataclass(frozen=True, slots=True)
-class HttpListen(Kind):
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) the operator HTTP server listens on; empty: off."""
-
-    @property
-    def expected(self) -> str:
-        return "'HOST:PORT' (such as '127.0.0.1:8080') or '' (off)"
-
-    def check(self, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self._wrong(value)
-        text: str = value.strip()
-        if text and split_listen(text) is None:
-            raise self._wrong(value)
-        return text
-
-
-def split_listen(listen: str) -> tuple[str, int] | None:
-    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``; None when malformed."""
-    match = _TCP.match("tcp://" + listen)
-    if match is None or not 0 <= int(match["port"]) <= 65535:
-        return None
-    return match["host"].strip("[]"), int(match["port"])
-
-
-@dataclass(frozen=True, slots=True)
-class Database(Kind):
-    """Kept as written: the store resolves a relative SQLite path against the config folder."""
-
-    @property
-    def expected(self) -> str:
-        return "'sqlite:PATH' or 'postgresql://...'"
-
-    def check(self, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self._wrong(value)
-        if value.startswith("sqlite:") and value[len("sqlite:") :].strip():
-            return value
-        if value.startswith(("postgresql://", "postgres://")):
-            return value
-        raise self._wrong(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Folder(Kind):
-    """A folder, kept as written: its user resolves a relative one against the config folder
-    (as ``database`` does), so the defaults compare equal whatever the working directory."""
-
-    @property
-    def expected(self) -> str:
-        return "a path to a folder"
-
-    def check(self, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip() or "\0" in value:
-            raise self._wrong(value)
-        return value
-
-
-@dataclass(frozen=True, slots=True)
-class Word(Kind):
-    """A non-empty string without whitespace (a user name, a uid)."""
-
-    @property
-    def expected(self) -> str:
-        return "a non-empty word"
-
-    def check(self, value: Any) -> str:
-        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-            raise self._wrong(value)
-        return value
-
-
-@dataclass(frozen=True, slots=True)
-class UidRange(Kind):
-    """``"LOW-HIGH"``: a block of uids (each also used as a gid), neither 0 nor past 2^31."""
-
-    @property
-    def expected(self) -> str:
-        return "'LOW-HIGH', two uids with 1 <= LOW <= HIGH < 2^31"
-
-    def check(self, value: Any) -> tuple[int, int]:
-        if isinstance(value, tuple | list) and len(value) == 2:
-            value = f"{value[0]}-{value[1]}"
-        if not isinstance(value, str):
-            raise self._wrong(value)
-        low, sep, high = value.strip().partition("-")
-        if not (sep and low.strip().isdigit() and high.strip().isdigit()):
-            raise self._wrong(value)
-        bounds = (int(low), int(high))
-        if not 1 <= bounds[0] <= bounds[1] < 1 << 31:
-            raise self._wrong(value)
-        return bounds
-
-    def to_json(self, value: Any) -> Any:
-        return f"{value[0]}-{value[1]}"
-
-
-@dataclass(frozen=True, slots=True)
-class OptionalPath(Kind):
-    """A path that must exist, relative to the configuration's folder; stored absolute."""
-
-    directory_ok: bool = False
-
-    @property
-    def expected(self) -> str:
-        return "a path to a file or directory" if self.directory_ok else "a path to a file"
-
-    def check(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self._wrong(value)
-        return value
-
-    def resolve(self, value: Any, base_dir: Path) -> Any:
-        if value is None:
-            return None
-        path = (base_dir / Path(value).expanduser()).absolute()
-        if not path.exists():
-            raise Invalid(f"no such file: {str(path)!r}")
-        if not path.is_file() and not (self.directory_ok and path.is_dir()):
-            raise Invalid(f"expected {self.expected}, got {str(path)!r}")
-        return str(path)
+from supervisor.settings_addresses import (
+    Endpoint,
+    HttpListen,
+    is_loopback,
+)
+from supervisor.settings_kinds import (
+    ENV_PREFIX,
+    MAX_DURATION_S,
+    STATE_DIR,
+    Boolean,
+    Choice,
+    Database,
+    Folder,
+    Integer,
+    Invalid,
+    Kind,
+    LimitsKind,
+    Names,
+    Number,
+    OptionalPath,
+    PublicUrl,
+    UidRange,
+    Word,
+    key_path,
+    unknown_key,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,23 +73,6 @@ def declare(cls: type, settings: Sequence[Setting]) -> tuple[Setting, ...]:
         declared.append(dataclasses.replace(setting, default=default))
     return tuple(declared)
 
-
-def _bounds(minimum: float | None, maximum: float | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f" from {minimum} to {maximum}"
-    if minimum is not None:
-        return f" >= {minimum}"
-    return ""
-
-
-def _check_range(value: float, minimum: float | None, maximum: float | None) -> None:
-    if minimum is not None and value < minimum:
-        raise Invalid(f"must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise Invalid(f"must be <= {maximum}, got {value}")
-
-
-# --- [supervisor] -----------------------------------------------------------------------------
 
 DEFAULT_ENV_ALLOW: tuple[str, ...] = (
     "PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_ADDRESS", "LC_COLLATE", "LC_CTYPE",
@@ -723,7 +248,12 @@ SETTINGS: tuple[Setting, ...] = declare(
             Boolean(),
             "allow interval schedules shorter than 1 second",
         ),
-        Setting("migrate", Boolean(), "apply pending migrations at start-up"),
+        Setting(
+            "migrate",
+            Boolean(),
+            "apply pending migrations at start-up",
+            "--no-migrate",
+        ),
         Setting(
             "spool_dir",
             Folder(),

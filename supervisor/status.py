@@ -57,6 +57,7 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
                 "runs_done": view.runs_done,
                 "runs_failed": view.runs_failed,
                 "rss_kb": view.rss_kb,
+                "bad_messages": view.bad_messages,
                 "heartbeat_age_s": round(view.heartbeat_age(now), 3) if view.pid else None,
                 "started_at": iso(view.started_at) if view.started_at else None,
             }

@@ -1,286 +1,489 @@
-"""The worker's side of the sandbox: start a launcher, hand it runs, collect their results.
+"""The launcher process: one single-threaded event loop that runs a child per run.
 
-A worker owns a ZeroMQ context, whose I/O threads make forking unsafe, so it forks a launcher
-(:mod:`workers.zygote`) first, before it has any thread, and keeps this handle. The handle is
-registered in the worker's poller through :meth:`Launcher.fileno`; :meth:`Launcher.receive`
-never blocks. Wire format: :mod:`workers.channel`.
+The worker starts it as a fresh interpreter (``python -I -m workers.launcher``) holding only the
+channel, so that the image every run is forked from holds only the sandbox and what scripts
+commonly need -- not the worker's ZeroMQ, psutil and multiprocess, nor its descriptors. It
+pre-imports those common modules, then forks its pristine forker (:mod:`workers.forker`) before
+it ever sees a run: every run's child is forked from there, so a fork-mode script finds nothing
+of earlier runs in its memory. The launcher then waits in one ``epoll``: the worker's socket,
+the forker's socket, each run's stdout and stderr pipes, SIGTERM/SIGHUP (which only wake it)
+through ``signal.set_wakeup_fd``, and deadline timers as the poll timeout. No threads and no sleeps.
 
-Guarantees: every submitted run yields exactly one :class:`Finished` (normally after its
-:class:`Started`; without one when its child could not be forked), unless the launcher dies or
-stops answering pings for ``heartbeat_timeout_s`` (stopped, hung), which raises
-:class:`LauncherGone` naming the runs it held, after their whole trees were killed: their
-process groups, and when every run has a uid of its own, everything running as those uids.
+Each child is forked one run ahead (a :class:`workers.flight.Spare`): when a run arrives it is
+handed to the waiting child at once, and the next one is requested while that run executes, so
+the fork's cost stays off every run's critical path. When root with a uid block, each run gets a
+free uid of it and a private TMPDIR owned by that uid; both are released when the forker reports
+the child reaped. The worker's pings travel through the forker and back, so a pong says both
+processes are alive. It never logs: its stderr is the worker's, and it reports through results.
 """
 
 import contextlib
+import fcntl
+import gc
+import heapq
+import importlib
 import os
 import select
+import shutil
 import signal
 import socket
-import subprocess
 import sys
+import tempfile
 import time
+import traceback
+from typing import Any
 
 import orjson
 
+from protocol.codec import decode
+from protocol.errors import ProtocolError
+from protocol.messages import Limits, Result, Run
+from protocol.outcomes import Reason, Status
 from workers import channel
-from workers.channel import Finished, Started
-from workers.sandbox import DEFAULT_PRELOAD, SandboxConfig
-from workers.zygote import CHANNEL_FD
+from workers.classify import Kill
+from workers.flight import CHUNK, Flight, Reaped, Spare
+from workers.forker import ForkerGone, start_forker
+from workers.sandbox import LAUNCHER_SIGNALS, RUN_FD, Sandbox, SandboxConfig
 
-__all__ = [
-    "DEFAULT_PRELOAD",
-    "Finished",
-    "Launcher",
-    "LauncherGone",
-    "SandboxConfig",
-    "Started",
-    "start_launcher",
-]
-
-READY_TIMEOUT_S = 60.0  # pre-importing on a loaded machine can be slow; a dead one is not
-PING_INTERVAL_S = 0.5
-_RECV = 1 << 18
-_RECV_ROUNDS = 16  # bounded, so one receive() cannot be held forever by a chatty launcher
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_TERM, _KILL = 0, 1  # timer actions
+_MAX_FD = 1 << 20
 
 
-class LauncherGone(Exception):
-    """The launcher exited or its channel broke.
+CHANNEL_FD = 3  # where the worker's end of the channel arrives in a fresh launcher
 
-    ``in_flight`` names the runs ``(run_id, attempt)`` that had started and not finished; their
-    process groups have been sent SIGKILL, so the worker can report them as lost.
+
+def main() -> None:
+    """Entry point of a launcher started by :func:`workers.launcher_handle.start_launcher`.
+
+    argv[1] is the :class:`SandboxConfig` as JSON; the channel to the worker is fd 3.
     """
-
-    def __init__(self, message: str, in_flight: tuple[tuple[str, int], ...] = ()) -> None:
-        super().__init__(message)
-        self.in_flight = in_flight
-
-
-def start_launcher(config: SandboxConfig, *, ready_timeout: float = READY_TIMEOUT_S) -> "Launcher":
-    """Start the launcher as a fresh interpreter and wait until it is ready for runs.
-
-    It is spawned, not forked, so the caller may have threads (a ZeroMQ context), and the
-    launcher's image -- which every fork-mode run is forked from -- stays small.
-
-    :raises LauncherGone: the launcher died or did not get ready within ``ready_timeout``.
-    """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    argv = [
-        sys.executable,
-        "-I",  # no cwd on sys.path, no PYTHON* variables: it runs as root
-        "-m",
-        "workers.zygote",
-        orjson.dumps(config).decode(),
-    ]
+    fields = orjson.loads(sys.argv[1])
+    fields["env_allow"] = tuple(fields["env_allow"])
+    fields["preload"] = tuple(fields["preload"])
+    fields["run_as"] = tuple(fields["run_as"]) if fields["run_as"] else None
+    fields["run_uids"] = tuple(fields["run_uids"])
+    status = 70
     try:
-        pid = os.posix_spawn(
-            sys.executable,
-            argv,
-            os.environ,
-            file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), CHANNEL_FD)],
-        )
+        # Off fd 3: the launcher keeps 0-5 for what each child dup2()s into place.
+        channel_fd = fcntl.fcntl(CHANNEL_FD, fcntl.F_DUPFD_CLOEXEC, 10)
+        # Whatever else the worker leaked to us (its multiprocess sentinel, say) goes: a copy
+        # held here would keep the worker's death from being seen.
+        os.closerange(CHANNEL_FD, channel_fd)
+        os.closerange(channel_fd + 1, _MAX_FD)
+        status = serve(SandboxConfig(**fields), socket.socket(fileno=channel_fd))
+    except BaseException:
+        traceback.print_exc()  # the worker's stderr: the only place a launcher crash can go
     finally:
-        theirs.close()
-    launcher = Launcher(pid, ours, config)
-    launcher._await_ready(ready_timeout)
-    return launcher
+        os._exit(status)
 
 
-class Launcher:
-    """The worker's handle on its launcher process."""
+def serve(config: SandboxConfig, sock: socket.socket) -> int:
+    """The launcher's main: serve the worker until it goes away; return the exit status.
 
-    def __init__(self, pid: int, sock: socket.socket, config: SandboxConfig) -> None:
-        self.pid = pid
-        self.forker_pid = 0
-        self.preload_failed: tuple[str, ...] = ()  # "module: error" for imports that failed
+    Whatever ends the loop (EOF from the worker, a bug), every run's process tree is killed
+    first. Signals do not end it: see :meth:`LauncherLoop._on_wakeup`.
+    """
+    loop = LauncherLoop(config, sock)
+    try:
+        loop.run()
+    except ForkerGone:
+        pass  # the forker killed its children as it went, or they die with their groups below
+    finally:
+        loop.kill_everything()
+    return 0
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """Signals only need to wake the loop; the wakeup fd carries their numbers."""
+
+
+class LauncherLoop:
+    """The launcher's state: flights by child pid, pipes by fd, timers, the worker channel."""
+
+    def __init__(self, config: SandboxConfig, sock: socket.socket) -> None:
+        _reset_inherited_signals()
+        _occupy_low_fds()
+        failed = _preload(config.preload)
         self._config = config
-        self._ping_at: float | None = None  # monotonic time of the ping not yet answered
-        self._next_ping = 0.0
+        self._sandbox = Sandbox(config, os.environ)
+        self._sandbox.adopt_process()
+        gc.freeze()  # children's collections skip (and so do not copy) the launcher's objects
+        self._forker = start_forker(self._sandbox, uid_sweep=bool(config.run_uids))
         self._sock = sock
-        self._pidfd = os.pidfd_open(pid)
+        self._sock_fd = sock.fileno()
         self._reader = channel.FrameReader()
-        self._in_flight: dict[tuple[str, int], int] = {}  # (run_id, attempt) -> child pid
-        self._exit_status: int | None = None
-        self._closed = False
+        self._pending = bytearray()  # frames the worker has not taken yet
+        self._flights: dict[int, Flight] = {}  # by child pid, which is also its pgid and sid
+        self._pipes: dict[int, Flight] = {}  # stdout/stderr read end -> its flight
+        self._timers: list[tuple[float, int, Flight, int]] = []
+        self._spare: Spare | None = None  # forked ahead, waiting for the next run
+        self._free_uids = list(reversed(config.run_uids))  # the run's own uids, when root
+        self._chown = os.geteuid() == 0 and bool(config.run_uids or config.run_as)
+        self._tmp_root = tempfile.mkdtemp(prefix="actor-runs-")  # 0700 until chmod: runs
+        os.chmod(self._tmp_root, 0o711)  # may enter it to reach their own folder, not list it
+        self._seq = 0
+        self._stopping = False
+        self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in LAUNCHER_SIGNALS:
+            signal.signal(sig, _noop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+        sock.setblocking(False)
+        self._poll = select.epoll()
+        self._poll.register(self._sock_fd, _IN)
+        self._poll.register(self._wake_r, _IN)
+        self._poll.register(self._forker.fileno(), _IN)
+        self._forker.request_spare()
+        ready = {"preload_failed": failed, "forker_pid": self._forker.pid}
+        self._send(channel.frame(channel.READY, orjson.dumps(ready)))
 
-    def fileno(self) -> int:
-        """Readable when events (or the launcher's end) wait; for the worker's poller."""
-        return self._sock.fileno()
+    # --- the loop -----------------------------------------------------------------------------
 
-    def submit(self, run_body: bytes) -> None:
-        """Hand over an encoded, already validated :class:`protocol.messages.Run`.
+    def run(self) -> None:
+        poll = self._poll.poll
+        forker_fd = self._forker.fileno()
+        while not self._stopping:
+            for fd, events in poll(self._timeout()):
+                if fd in self._pipes:
+                    self._on_pipe(fd)
+                elif fd == forker_fd:
+                    self._on_forker()
+                elif fd == self._wake_r:
+                    self._on_wakeup()
+                elif fd == self._sock_fd:
+                    self._on_socket(events)
+                    self._on_forker()  # what arrived while a run waited for its spare
+            if self._timers:
+                self._fire_timers(time.monotonic())
 
-        Blocks only while the socket buffer is full; the launcher always drains it.
-        """
-        self._send(channel.frame(channel.RUN, run_body))
-
-    def kill_all(self) -> None:
-        """TERM every run's group, KILL after ``kill_grace_s``; each still yields a Finished
-        (``failed_retryable`` / ``shutdown``)."""
-        self._send(channel.frame(channel.KILL_ALL))
-
-    def keepalive(self, now: float) -> None:
-        """Ping the launcher (and through it the forker), at most one ping at a time.
-
-        :raises LauncherGone: the last ping went unanswered for ``heartbeat_timeout_s``; the
-            launcher has been killed (a stopped one too) and its runs' trees with it.
-        """
-        if self._ping_at is None:
-            if now >= self._next_ping:
-                self._ping_at = now
-                self._next_ping = now + PING_INTERVAL_S
-                self._send(channel.frame(channel.PING))
-        elif now - self._ping_at > self._config.heartbeat_timeout_s:
-            self._kill_launcher()
-            raise self._gone(
-                f"launcher did not answer a ping for {now - self._ping_at:.1f} s "
-                "(stopped or hung); killed"
-            )
-
-    def receive(self) -> list[Started | Finished]:
-        """Events waiting now, possibly none; never blocks.
-
-        :raises LauncherGone: on EOF or a broken channel (after the events received before it).
-        """
-        events: list[Started | Finished] = []
-        for _ in range(_RECV_ROUNDS):
-            try:
-                data = self._sock.recv(_RECV, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if events:
-                    break  # the error comes back on the next call
-                raise self._gone(f"launcher channel broke: {exc}") from exc
-            if not data:
-                if events:
-                    break  # EOF stays readable: the next call raises
-                raise self._gone("launcher closed its channel")
-            try:
-                frames = self._reader.feed(data)
-                for kind, payload in frames:
-                    if kind == channel.PONG:
-                        self._ping_at = None
-                    else:
-                        events.append(self._track(channel.decode_event(kind, payload)))
-            except channel.ChannelError as exc:
-                self._kill_launcher()
-                raise self._gone(f"launcher sent garbage: {exc}") from exc
-        return events
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Ask the launcher to kill what is left and exit; SIGKILL it after ``timeout``; reap it."""
-        if self._closed:
+    def _on_socket(self, events: int) -> None:
+        if events & _OUT:
+            self._flush()
+        if not events & ~_OUT:
             return
-        self._closed = True
-        with contextlib.suppress(OSError):  # EOF: the launcher kills every run and exits
-            self._sock.shutdown(socket.SHUT_WR)
-        if not self._wait(timeout):
-            self._kill_launcher()
-        self._sock.close()
-        os.close(self._pidfd)
+        try:
+            data = self._sock.recv(CHUNK * 4)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._stopping = True  # the worker died or closed: kill everything and exit
+            return
+        for kind, payload in self._reader.feed(data):
+            if kind == channel.RUN:
+                self._start(payload)
+            elif kind == channel.KILL_ALL:
+                self._kill_all()
+            elif kind == channel.PING:
+                self._forker.ping()
+            else:
+                raise channel.ChannelError(f"unexpected frame kind {kind!r} from the worker")
 
-    @property
-    def exit_status(self) -> int | None:
-        """The launcher's wait status once it has been reaped."""
-        return self._exit_status
+    def _on_pipe(self, fd: int) -> None:
+        flight = self._pipes[fd]
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if fd == flight.out_fd:
+            if not data:
+                self._close_stdout(flight)  # closed early; the run goes on
+            elif flight.take_stdout(data):
+                self._kill(flight, Kill.OUTPUT_LIMIT, signal.SIGKILL)
+                self._close_stdout(flight)
+        elif data:
+            flight.take_stderr(data)
+        else:
+            self._unwatch(fd)
+            os.close(fd)
+            flight.err_fd = -1
 
-    def __enter__(self) -> "Launcher":
-        return self
+    def _on_wakeup(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 512)
+        # SIGTERM and SIGHUP only wake the loop. They reach the launcher when the whole
+        # process group or cgroup is signalled (a shell's Ctrl-C or hang-up, timeout(1),
+        # systemd's KillMode=control-group): shutdown is the supervisor's to run, with its
+        # grace period, and it ends here through the worker's channel (EOF).
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _on_forker(self) -> None:
+        for event in self._forker.events():
+            if isinstance(event, Reaped):
+                self._on_reaped(event)
+            elif isinstance(event, Spare):
+                if self._spare is not None or self._stopping:
+                    event.retire()
+                else:
+                    self._spare = event
+            elif event is None:
+                self._send(channel.frame(channel.PONG))
+            # a string: the forker could not fork; the next run asks again, on demand
 
-    # --- internals ------------------------------------------------------------------------------
+    def _on_reaped(self, reaped: Reaped) -> None:
+        flight = self._flights.pop(reaped.pid, None)
+        if flight is not None:
+            self._finish(flight, reaped)
+        elif self._spare is not None and reaped.pid == self._spare.pid:
+            self._spare.retire()  # killed while waiting; a new one is forked on demand
+            self._spare = None
+            self._refill_spare()
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def _start(self, body: bytes) -> None:
+        try:
+            run = decode(body, expected=("run",))
+        except ProtocolError as exc:
+            self._reject_undecodable(body, exc)
+            return
+        assert isinstance(run, Run)
+        try:
+            flight = self._launch(run)
+        except OSError as exc:  # EAGAIN, EMFILE, ENOMEM: this run fails, the launcher goes on
+            self._send_failure(run, Reason.SANDBOX_ERROR, f"could not start the child: {exc}")
+            return
+        self._flights[flight.pid] = flight
+        for fd in (flight.out_fd, flight.err_fd):
+            self._pipes[fd] = flight
+            self._poll.register(fd, _IN)
+        self._send(channel.encode_started(run.run_id, run.attempt, flight.pid, flight.started_at))
+        self._add_timer(flight.t0 + run.timeout_s, flight, _TERM)
+        self._refill_spare()  # now, while the run executes, rather than when the next arrives
+
+    def _launch(self, run: Run) -> Flight:
+        """Give the run a uid and a TMPDIR, and hand it to the waiting spare (or, if it died
+        waiting or there is none, to one forked now).
+
+        :raises OSError: no uid free, no TMPDIR, or no child could be forked.
+        """
+        if self._config.run_uids and not self._free_uids:
+            raise OSError(f"all {len(self._config.run_uids)} uids of this launcher are in use")
+        uid = self._free_uids.pop() if self._config.run_uids else None
+        try:
+            tmpdir = self._make_tmpdir(uid)
+        except OSError:
+            self._release(uid, "")
+            raise
+        for _ in range(2):
+            spare, self._spare = self._spare, None
+            try:
+                if spare is None:
+                    spare = self._forker.wait_spare()
+                return spare.launch(run, uid, tmpdir)
+            except OSError as exc:
+                if spare is not None:
+                    spare.retire()  # it died waiting; the forker reaps it
+                error = exc
+        self._release(uid, tmpdir)
+        raise error
+
+    def _make_tmpdir(self, uid: int | None) -> str:
+        """A private TMPDIR (0700), owned by the run's user when we switch to one. Its name is
+        taken in our own folder, which nobody else can write, so no run can squat it."""
+        self._seq += 1
+        path = f"{self._tmp_root}/{self._seq}"
+        os.mkdir(path, 0o700)
+        owner = (uid, uid) if uid is not None else self._config.run_as
+        if self._chown and owner is not None:
+            os.chown(path, *owner)
+        return path
+
+    def _release(self, uid: int | None, tmpdir: str) -> None:
+        if tmpdir:
+            try:
+                os.rmdir(tmpdir)  # usually empty: one syscall
+            except OSError:
+                shutil.rmtree(tmpdir, ignore_errors=True)  # fd-based: symlinks cannot redirect it
+        if uid is not None:
+            self._free_uids.append(uid)
+
+    def _refill_spare(self) -> None:
+        if self._spare is None and not self._stopping:
+            self._forker.request_spare()
+
+    def _kill(self, flight: Flight, why: Kill, sig: int) -> None:
+        """Signal a run's whole group; the first reason given is the one recorded."""
+        if flight.killed is None:
+            flight.killed = why
+        _signal_group(flight.pid, sig)
+        if sig != signal.SIGKILL:
+            self._add_timer(time.monotonic() + self._config.kill_grace_s, flight, _KILL)
+
+    def _kill_all(self) -> None:
+        for flight in self._flights.values():
+            if flight.killed is None:
+                self._kill(flight, Kill.SHUTDOWN, signal.SIGTERM)
+
+    def _close_stdout(self, flight: Flight) -> None:
+        self._unwatch(flight.out_fd)
+        os.close(flight.out_fd)
+        flight.out_fd = -1
+
+    def _unwatch(self, fd: int) -> None:
+        del self._pipes[fd]
+        self._poll.unregister(fd)
+
+    def _finish(self, flight: Flight, reaped: Reaped) -> None:
+        for fd in (flight.out_fd, flight.err_fd):
+            if fd >= 0:
+                self._unwatch(fd)
+        note = flight.drain()
+        body, succeeded = flight.result(self._config.worker_id, reaped, note)
+        flight.close()
+        self._release(flight.uid, flight.tmpdir)
+        run = flight.run
+        self._send(channel.encode_finished(run.run_id, run.attempt, body, succeeded=succeeded))
+
+    def _send_failure(self, run: Run, reason: Reason, error: str) -> None:
+        now = time.time()
+        result = Result(
+            run_id=run.run_id, attempt=run.attempt, worker_id=self._config.worker_id,
+            status=Status.FAILED_PERMANENT.value, reason=reason.value, error=error,
+            started_at=now, finished_at=now,
+        )  # fmt: skip
+        body = orjson.dumps(result)
+        self._send(channel.encode_finished(run.run_id, run.attempt, body, succeeded=False))
+
+    def _reject_undecodable(self, body: bytes, exc: ProtocolError) -> None:
+        """The worker validates runs, so this is a bug; answer it if the run can be named."""
+        try:
+            obj = orjson.loads(body)
+            run_id, attempt = obj["run_id"], obj["attempt"]
+        except (orjson.JSONDecodeError, TypeError, KeyError) as bad:
+            raise channel.ChannelError(f"undecodable run from the worker: {exc}") from bad
+        if not isinstance(run_id, str) or not run_id or not isinstance(attempt, int) or attempt < 1:
+            raise channel.ChannelError(f"undecodable run from the worker: {exc}") from exc
+        stub = Run(
+            run_id=run_id, attempt=attempt, actor="?", script="?", cwd="?", mode="fork",
+            input_json="", env={}, limits=Limits(),
+            timeout_s=1.0, code_sha256="",
+        )  # fmt: skip
+        self._send_failure(stub, Reason.SANDBOX_ERROR, f"launcher could not decode the run: {exc}")
+
+    def kill_everything(self) -> None:
+        """SIGKILL every run's tree; the forker, told by our closing its socket, reaps them and
+        everything else it has, and exits."""
+        for pid in self._flights:
+            _signal_group(pid, signal.SIGKILL)
+        if self._spare is not None:
+            self._spare.retire()
+            self._spare = None
+        self._forker.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self._forker.pid, 0)
+        self._flights.clear()
+        shutil.rmtree(self._tmp_root, ignore_errors=True)
+
+    # --- timers and the worker channel --------------------------------------------------------
+
+    def _add_timer(self, when: float, flight: Flight, action: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, flight, action))
+        if len(self._timers) > 2 * len(self._flights) + 64:
+            # Entries of finished runs are dropped lazily; rebuild before they pile up.
+            live = self._flights
+            self._timers = [t for t in self._timers if live.get(t[2].pid) is t[2]]
+            heapq.heapify(self._timers)
+
+    def _timeout(self) -> float:
+        """Seconds until the next live timer (-1: none); stale entries are dropped here."""
+        timers = self._timers
+        while timers and self._flights.get(timers[0][2].pid) is not timers[0][2]:
+            heapq.heappop(timers)
+        if not timers:
+            return -1
+        return max(0.0, timers[0][0] - time.monotonic())
+
+    def _fire_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, flight, action = heapq.heappop(timers)
+            if self._flights.get(flight.pid) is not flight:
+                continue  # finished before its deadline
+            if action == _KILL:
+                _signal_group(flight.pid, signal.SIGKILL)
+            elif flight.killed is None:
+                self._kill(flight, Kill.TIMEOUT, signal.SIGTERM)
 
     def _send(self, data: bytes) -> None:
-        if self._closed:
-            raise LauncherGone("launcher handle is closed")
+        """Queue a frame for the worker; the launcher never blocks on a slow reader."""
+        if self._pending:
+            self._pending += data
+            return
         try:
-            self._sock.sendall(data, socket.MSG_NOSIGNAL)
-        except OSError as exc:
-            raise self._gone(f"launcher channel broke: {exc}") from exc
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._stopping = True  # the worker is gone
+            return
+        if sent < len(data):
+            self._pending += data[sent:]
+            self._poll.modify(self._sock_fd, _IN | _OUT)
 
-    def _track(self, event: Started | Finished) -> Started | Finished:
-        key = (event.run_id, event.attempt)
-        if isinstance(event, Started):
-            self._in_flight[key] = event.child_pid
-        else:
-            self._in_flight.pop(key, None)
-        return event
-
-    def _await_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._sock], [], [], left)[0]:
-                self._kill_launcher()
-                raise self._gone(f"launcher not ready within {timeout:g} s")
-            data = self._sock.recv(_RECV)
-            if not data:
-                raise self._gone("launcher exited during start-up")
-            frames = self._reader.feed(data)
-            if frames:
-                kind, payload = frames[0]
-                if kind != channel.READY or len(frames) > 1:
-                    self._kill_launcher()
-                    raise self._gone(f"launcher sent {chr(kind)!r} before it was ready")
-                ready = orjson.loads(payload)
-                self.preload_failed = tuple(ready["preload_failed"])
-                self.forker_pid = ready["forker_pid"]
-                return
-
-    def _gone(self, why: str) -> LauncherGone:
-        """Make the exception for a lost launcher: reap it, kill the groups of its runs."""
-        if not self._wait(5.0):
-            self._kill_launcher()
-        # Safety net for a launcher that was SIGKILLed before it could kill its runs: each run's
-        # child leads its own group, and a live group's id cannot be reused.
-        for pid in self._in_flight.values():
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
-        if os.geteuid() == 0:
-            for uid in self._config.run_uids:
-                _kill_every_process_of(uid)
-        lost = tuple(self._in_flight)
-        self._in_flight.clear()
-        return LauncherGone(f"{why} ({self._describe_exit()})", lost)
-
-    def _wait(self, timeout: float) -> bool:
-        """Reap the launcher within ``timeout`` seconds; True once it is reaped."""
-        if self._exit_status is not None:
-            return True
-        if not select.select([self._pidfd], [], [], timeout)[0]:
-            return False
-        _, status = os.waitpid(self.pid, 0)
-        self._exit_status = status
-        return True
-
-    def _kill_launcher(self) -> None:
-        if self._exit_status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            self._wait(60.0)
-        if self.forker_pid:  # not our child: a stopped one would not see the launcher go
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.forker_pid, signal.SIGKILL)
-
-    def _describe_exit(self) -> str:
-        status = self._exit_status
-        if status is None:
-            return f"launcher {self.pid} still running"
-        if os.WIFSIGNALED(status):
-            return f"launcher {self.pid} killed by {signal.Signals(os.WTERMSIG(status)).name}"
-        return f"launcher {self.pid} exited with status {os.WEXITSTATUS(status)}"
+    def _flush(self) -> None:
+        try:
+            sent = self._sock.send(self._pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._stopping = True
+            return
+        del self._pending[:sent]
+        if not self._pending:
+            self._poll.modify(self._sock_fd, _IN)
 
 
-def _kill_every_process_of(uid: int) -> None:
-    """SIGKILL everything running as ``uid``, setsid'd descendants included, with no /proc
-    scan: a shell switched to that uid calls ``kill(-1)``, which Linux never sends to its
-    caller. The worker has threads, so the switch happens in subprocess's exec'ing child."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(
-            ["/bin/sh", "-c", "kill -9 -1"],
-            user=uid, group=uid, extra_groups=[], env={}, cwd="/", timeout=10,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+# --- process set-up and helpers -------------------------------------------------------------
+
+
+def _reset_inherited_signals() -> None:
+    """Forget the worker's handlers and ignored signals, so a child only has to undo ours."""
+    keep = {signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE, signal.SIGXFSZ}  # the last two are
+    # ignored by every interpreter at start-up, so a fresh one would have them ignored too
+    for sig in signal.valid_signals():
+        if sig in keep:
+            continue
+        try:
+            if signal.getsignal(sig) is not signal.SIG_DFL:
+                signal.signal(sig, signal.SIG_DFL)
+        except (ValueError, OSError):
+            continue  # signals the C library reserves
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _occupy_low_fds() -> None:
+    """Keep fds 0-5 taken so every per-run descriptor is >= 6 and a child's dup2 onto 0-5
+    never clobbers a source it still needs."""
+    for fd in range(RUN_FD + 1):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this very fd
+
+
+def _preload(modules: tuple[str, ...]) -> list[str]:
+    """Import what scripts commonly need; return ``"name: error"`` for those that failed."""
+    failed: list[str] = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            failed.append(f"{name}: {exc}")
+    return failed
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal a run's process group; before the child's setsid there is only the child."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,9 +26,9 @@ import zmq
 from protocol import ProtocolError, decode
 from protocol.messages import SUPERVISOR_TO_WORKER, Hello, Run, Stop
 from protocol.sockets import has_message
-from supervisor.logs import setup_logging
-from supervisor.scoreboard import Scoreboard, SlotFields, SlotState
-from workers.launcher import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
+from workers.launcher_handle import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
+from workers.logs import setup_logging
+from workers.scoreboard import Scoreboard, SlotFields, SlotState
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,6 @@ class Worker:
         self.launcher = launcher
         self.in_flight: dict[tuple[str, int], float] = {}
         self.stopping = False
-        self.bad_messages = 0
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.ROUTING_ID, spec.worker_id.encode())
@@ -164,7 +163,7 @@ class Worker:
             try:
                 message = decode(body, SUPERVISOR_TO_WORKER)
             except ProtocolError as exc:
-                self.bad_messages += 1
+                self._fields.bad_messages += 1  # shown by status; written with the next beat
                 log.warning("dropped malformed message from supervisor: %s", exc)
                 continue
             if isinstance(message, Run):

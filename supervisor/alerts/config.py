@@ -15,13 +15,15 @@ from urllib.parse import urlsplit
 from supervisor.alerts.records import ALERT_EVENTS
 from supervisor.errors import ConfigError
 from supervisor.settings import (
+    checked,
+    config_error,
+)
+from supervisor.settings_kinds import (
     Choice,
     Integer,
     Invalid,
     Kind,
     Number,
-    checked,
-    config_error,
     describe,
     unknown_key,
 )

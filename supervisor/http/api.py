@@ -6,10 +6,7 @@ anything is asked of anyone, so a malformed request costs nothing and cannot rea
 supervisor. Handlers are plain functions: Starlette runs them in its thread pool.
 """
 
-import base64
-import binascii
 import re
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -19,12 +16,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from protocol.client import Accepted, RunOutcome
-from supervisor import codecli
-from supervisor.coderecords import CodeVersion
+from supervisor.code import rollback as code_rollback
 from supervisor.errors import CommandRefused
 from supervisor.http.auth import require_token
 from supervisor.http.context import Backend
 from supervisor.http.problems import Problem
+from supervisor.http.views import (
+    actor_json,
+    decode_cursor,
+    decode_event_cursor,
+    encode_cursor,
+    encode_event_cursor,
+    event_json,
+    run_json,
+    version_json,
+)
 from supervisor.records import Event, RunRecord
 
 MAX_BODY_BYTES = 1 << 20
@@ -126,77 +132,6 @@ async def read_json(request: Request, *, allow_empty: bool = True) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Problem(400, "bad_json", f"the body is not valid JSON: {exc}") from None
-
-
-# --- views of records -----------------------------------------------------------------------
-
-
-def run_json(record: RunRecord) -> dict[str, Any]:
-    data = asdict(record)
-    data["input"] = _loads(record.input_json)
-    data["output"] = _loads(record.output_json)
-    del data["input_json"], data["output_json"]
-    return data
-
-
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    return asdict(event)
-
-
-def version_json(version: CodeVersion, *, code: bool = False) -> dict[str, Any]:
-    data = asdict(version)
-    data["active"] = version.is_active
-    if not code:
-        del data["script_code"]
-    return data
-
-
-def actor_json(entry: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": entry["name"],
-        "schedule": entry["schedule"],
-        "next_fire": entry["next_due"],
-        "next_fire_ts": entry["next_due_ts"],
-        "paused": entry["paused"],
-        "paused_reason": entry["paused_reason"],
-        "consecutive_failures": entry["consecutive_failures"],
-        "last_run_at": entry["last_run_at"],
-        "active_runs": entry["active_runs"],
-        "mode": entry["mode"],
-        "exec_mode": entry["exec_mode"],
-        "code_sha256": entry["code_sha256"],
-        "code_history_id": entry["code_history_id"],
-        "drift": entry["code_status"],
-    }
-
-
-def encode_cursor(record: RunRecord) -> str:
-    raw = orjson.dumps([record.queued_at, record.attempt, record.run_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(text: str) -> tuple[float, int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        at, attempt, run_id = orjson.loads(raw)
-        if not (
-            isinstance(at, int | float) and isinstance(attempt, int) and isinstance(run_id, str)
-        ):
-            raise ValueError
-        if not (0 <= at < 1e11 and 0 < attempt < 1 << 31 and len(run_id) <= 64):
-            raise ValueError
-        return float(at), attempt, run_id
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise Problem(400, "bad_parameter", "cursor: not a cursor this API gave out") from None
 
 
 # --- actors ---------------------------------------------------------------------------------
@@ -364,8 +299,9 @@ def rollback_target(body: Any) -> tuple[str | None, str | None, str | None]:
 def do_rollback(
     backend: Backend, name: str, target: tuple[str | None, str | None, str | None], by: str
 ) -> dict[str, Any]:
-    """Roll ``name`` back as ``actor-supervisor rollback`` does (:func:`codecli.rollback`),
-    then have the supervisor use the version now (``refresh``). Runs in a worker thread.
+    """Roll ``name`` back as ``actor-supervisor rollback`` does
+    (:func:`~supervisor.code.rollback.rollback`), then have the supervisor use the version now
+    (``refresh``). Runs in a worker thread.
 
     :raises Problem: 404 ``unknown_actor`` or ``unknown_version``; 409 ``file_mode`` for an
         actor that runs its file (the CLI's ``--write-file`` is not offered over HTTP).
@@ -374,7 +310,7 @@ def do_rollback(
     version, history, reason = target
     try:
         found, recorded = backend.write(
-            lambda s: codecli.rollback(
+            lambda s: code_rollback.rollback(
                 s, name, exec_mode, None, to_version=version, to_history=history,
                 reason=reason, by=by,
             )
@@ -392,7 +328,7 @@ def do_rollback(
                 "also writes the code back to the file.",
             ) from None  # fmt: skip
         raise Problem(409, exc.code, str(exc)) from None
-    result = codecli.rollback_dict(name, found, recorded, file_written=False)
+    result = code_rollback.rollback_dict(name, found, recorded, file_written=False)
     result["refreshed"] = False
     if recorded.version is not None:
         try:
@@ -463,23 +399,6 @@ def get_run(request: Request) -> JSONResponse:
             "events": [event_json(e) for e in found],
         }
     )
-
-
-EVENT_CURSOR = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
-
-
-def encode_event_cursor(event: Event) -> str:
-    return base64.urlsafe_b64encode(event.event_id.encode()).decode().rstrip("=")
-
-
-def decode_event_cursor(text: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raw = ""
-    if not EVENT_CURSOR.match(raw):
-        raise Problem(400, "bad_parameter", "cursor: not a cursor this API gave out")
-    return raw
 
 
 def event_filters(request: Request, backend: Backend) -> dict[str, Any]:

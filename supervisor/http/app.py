@@ -21,7 +21,7 @@ from supervisor.http.auth import CHALLENGE, UNAUTHORIZED, is_api, is_open, token
 from supervisor.http.context import Backend
 from supervisor.http.openapi import document
 from supervisor.http.problems import Problem, problem_response
-from supervisor.http.server import HttpSettings
+from supervisor.http.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 

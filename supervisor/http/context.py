@@ -11,7 +11,7 @@ from protocol.client import Client, ClientError
 from protocol.curve import ClientKeys
 from supervisor.http.problems import Problem, from_client_error
 from supervisor.http.process import is_loopback_host, read_token
-from supervisor.http.server import HttpSettings
+from supervisor.http.settings import HttpSettings
 from supervisor.store import open_store
 from supervisor.store.base import Store, StoreError
 

@@ -34,6 +34,7 @@ from supervisor.http.auth import (
 from supervisor.http.context import Backend
 from supervisor.http.health import VERSION, evaluate
 from supervisor.http.problems import Problem
+from supervisor.http.views import run_json
 from supervisor.records import RunRecord
 
 HERE = Path(__file__).parent
@@ -211,7 +212,7 @@ def run(request: Request) -> Response:
     found = backend.read(
         lambda s: s.list_events(aggregate_type="run", aggregate_id=run_id, limit=1000)
     )
-    views = [api.run_json(r) for r in attempts]
+    views = [run_json(r) for r in attempts]
     return _pages(request).render(request, "run.html", run_id=run_id, attempts=views,
                                   last=views[-1], events=found)  # fmt: skip
 

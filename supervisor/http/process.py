@@ -29,7 +29,7 @@ import orjson
 from supervisor.config import Config
 from supervisor.controlkeys import client_key_files, control_endpoint, state_folder
 from supervisor.errors import StartupError
-from supervisor.settings import split_listen
+from supervisor.settings_addresses import split_listen
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 
 from supervisor.alerts.records import AlertRecord
-from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
+from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.errors import SupervisorError
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 

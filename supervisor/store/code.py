@@ -15,7 +15,7 @@ from dataclasses import fields
 from typing import Any
 
 from supervisor import events
-from supervisor.coderecords import (
+from supervisor.code.records import (
     AUTO_SYNC,
     FILE_MISSING,
     ROLLBACK,
@@ -26,7 +26,7 @@ from supervisor.coderecords import (
     CodeVersion,
     SyncUpdate,
 )
-from supervisor.codesync import check_version, next_version, status_of
+from supervisor.code.sync import check_version, next_version, status_of
 from supervisor.records import Event
 from supervisor.store.base import VersionExists
 from supervisor.store.values import clean_text

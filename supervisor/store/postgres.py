@@ -37,7 +37,7 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
 from supervisor.alerts.records import AlertRecord
-from supervisor.coderecords import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
+from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store import code, outbox, queries
 from supervisor.store.base import RefusedFires, Store, StoreError, StoreUnavailable

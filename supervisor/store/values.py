@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from supervisor.alerts.records import AlertRecord
-from supervisor.coderecords import CodeChange, SyncUpdate
+from supervisor.code.records import CodeChange, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store.base import StoreError
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from supervisor.http.context import Backend
-from supervisor.http.server import HttpSettings
+from supervisor.http.settings import HttpSettings
 from supervisor.records import Event
 from supervisor.store.base import StoreError
 from tests import pg

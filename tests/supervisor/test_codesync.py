@@ -1,5 +1,5 @@
 """The file side of code management, on real files: hashing and the stat cache, version tags,
-git, the code cache; and the sync decisions of :mod:`supervisor.codebook` (no store needed:
+git, the code cache; and the sync decisions of :mod:`supervisor.code.book` (no store needed:
 they take what the store holds and return the records to write)."""
 
 import hashlib
@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from supervisor import codebook
-from supervisor.codebook import look, sync_actor
-from supervisor.coderecords import CodeChange, CodeState, SyncUpdate
-from supervisor.codesync import (
+from supervisor.code import book as codebook
+from supervisor.code.book import look, sync_actor
+from supervisor.code.records import CodeChange, CodeState, SyncUpdate
+from supervisor.code.sync import (
+    RACY_NS,
     ActorCode,
     CodeError,
     check_version,
@@ -196,10 +197,14 @@ def test_the_before_run_check_hashes_only_when_the_stat_key_moves(
     cfg = _actor(tmp_path, sync="before_run")
     reads: list[Path] = []
     real = codebook.read_snapshot
-    monkeypatch.setattr(codebook, "read_snapshot", lambda p: reads.append(p) or real(p))
+    later = {"ns": time.time_ns() + RACY_NS}  # the fresh file's ctime has settled: cacheable
+    monkeypatch.setattr(
+        codebook,
+        "read_snapshot",
+        lambda p: reads.append(p) or real(p, clock_ns=lambda: later["ns"]),
+    )
     code = ActorCode(home=str(tmp_path), history_id="h1", code_sha256=_sha("print('{}')\n"))
     code.synced_sha = code.code_sha256
-    time.sleep(2.1)  # let the ctime of the fresh file settle, so its key can be cached
     assert look(cfg, code, tmp_path, 0.0) == [] and len(reads) == 1
     assert code.stat is not None
     for _ in range(100):

@@ -1,7 +1,6 @@
 """Loading the TOML configuration: resolution, precedence and the errors users see."""
 
 import dataclasses
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ from supervisor.config import (
     SETTINGS,
     ConfigError,
     SupervisorSettings,
-    dump_effective,
     load_config,
 )
 from supervisor.schedule import CronSchedule, IntervalSchedule, OnceSchedule
@@ -222,22 +220,6 @@ control_curve_authorized_keys = "keys"
     sup = load_config(write(tmp_path, text), environ={}).supervisor
     assert sup.control_curve_secret_key == str(tmp_path / "keys" / "server.key_secret")
     assert sup.control_curve_authorized_keys == str(tmp_path / "keys")
-
-
-def test_dump_effective_is_json_friendly_and_masks_the_database_password(tmp_path: Path) -> None:
-    config = load_config(
-        write(tmp_path, EXAMPLE),
-        overrides={"database": "postgresql://app:s3cret@db:5432/runs"},
-        environ={},
-    )
-    dumped = dump_effective(config)
-    text = json.dumps(dumped)
-    assert "s3cret" not in text
-    assert dumped["supervisor"]["database"] == "postgresql://app:***@db:5432/runs"
-    assert dumped["supervisor"]["limits"]["memory_mb"] == 1024
-    assert dumped["actors"]["heartbeat"]["script"] == str(tmp_path / "scripts" / "heartbeat.py")
-    assert dumped["actors"]["heartbeat"]["schedule"]["expression"] == "*/10 * * * * *"
-    assert dumped["sources"]["database"] == "flag"
 
 
 def test_the_settings_table_declares_every_field_once() -> None:

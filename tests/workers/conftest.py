@@ -17,7 +17,7 @@ import pytest
 from protocol.codec import decode, encode
 from protocol.messages import Limits, Result, Run
 from workers.access import resolve_user, unexecutable
-from workers.launcher import Finished, Launcher, SandboxConfig, Started, start_launcher
+from workers.launcher_handle import Finished, Launcher, SandboxConfig, Started, start_launcher
 
 SECRET_NAME = "ACTOR_TEST_SECRET"
 IS_ROOT = os.geteuid() == 0

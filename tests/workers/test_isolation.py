@@ -23,7 +23,7 @@ from tests.workers.conftest import (
     write_script,
 )
 from workers.flight import Flight, Reaped
-from workers.launcher import Launcher, LauncherGone, SandboxConfig, start_launcher
+from workers.launcher_handle import Launcher, LauncherGone, SandboxConfig, start_launcher
 
 root_only = pytest.mark.skipif(not IS_ROOT, reason="own uids and namespaces need root")
 UIDS = (61300, 61301)

@@ -29,7 +29,7 @@ from tests.workers.conftest import (
     wait_started,
     write_script,
 )
-from workers.launcher import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
+from workers.launcher_handle import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
 
 ECHO = """\
 import json, sys

@@ -14,9 +14,9 @@ import zmq
 
 from protocol.codec import decode, encode
 from protocol.messages import Hello, Result, Stop
-from supervisor.scoreboard import Scoreboard, SlotState
 from tests.workers.conftest import RUN_AS, make_run, write_script
-from workers.launcher import SandboxConfig
+from workers.sandbox import SandboxConfig
+from workers.scoreboard import Scoreboard, SlotState
 from workers.worker import WorkerSpec, worker_main
 
 
@@ -119,6 +119,10 @@ def test_worker_drops_malformed_messages_and_keeps_working(
     result = worker.receive()
     assert isinstance(result, Result) and result.status == "succeeded"
     assert worker.process.is_alive()
+    deadline = time.monotonic() + 10.0  # counted in its slot (for status), written with a beat
+    while worker.board.read(0).bad_messages < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.board.read(0).bad_messages >= 5
 
 
 @pytest.mark.timeout(60)

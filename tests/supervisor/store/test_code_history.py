@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.coderecords import CodeChange, SyncUpdate
+from supervisor.code.records import CodeChange, SyncUpdate
 from supervisor.events import new_id
 from supervisor.spool import decode_batch, encode_batch
 from supervisor.store.base import Store, VersionExists

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.alerts.records import AlertRecord
-from supervisor.coderecords import CodeVersion
+from supervisor.code.records import CodeVersion
 from supervisor.records import ActorRecord, Event, RunRecord, TaskState
 from supervisor.store.base import SchemaTooNew, StoreError
 from supervisor.store.migrations import (

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from supervisor.alerts.records import AlertRecord
-from supervisor.coderecords import CodeVersion
+from supervisor.code.records import CodeVersion
 from supervisor.records import ActorRecord, Event, RunRecord, TaskState
 from supervisor.store.base import SchemaTooNew
 from supervisor.store.migrations import apply_postgres, load_migrations, parse_migrations

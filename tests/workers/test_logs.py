@@ -5,7 +5,7 @@ import logging
 import orjson
 import pytest
 
-from supervisor.logs import JsonFormatter, TextFormatter
+from workers.logs import JsonFormatter, TextFormatter
 
 
 def _record(**extra: object) -> logging.LogRecord:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.scoreboard import Scoreboard, SlotFields, SlotState
+from workers.scoreboard import Scoreboard, SlotFields, SlotState
 
 
 def _hammer(path: str, slots: int, index: int, count: int) -> None:

@@ -26,16 +26,15 @@ from typing import Any
 # formats go byte by byte, so a reader could see a torn counter that looks unchanged.)
 _SEQ = struct.Struct("Q")
 # pid, launcher_pid, state, in_flight, runs_done, runs_failed, started_at, heartbeat (monotonic),
-# run_id, attempt, child_pid, run_started_at, rss_kb
-_BODY = struct.Struct("<iiBHQQdd32sHidQ")
+# run_id, attempt, child_pid, run_started_at, rss_kb, bad_messages
+_BODY = struct.Struct("<iiBHQQdd32sHidQI")
 SLOT_SIZE = 128
 assert _SEQ.size + _BODY.size <= SLOT_SIZE
 
 
 class SlotState(IntEnum):
     EMPTY = 0
-    STARTING = 1
-    READY = 2
+    READY = 2  # 1 was STARTING, never written
     STOPPING = 3
 
 
@@ -57,6 +56,7 @@ class SlotView:
     child_pid: int
     run_started_at: float  # epoch seconds
     rss_kb: int
+    bad_messages: int  # malformed messages from the supervisor the worker dropped
 
     def heartbeat_age(self, now_monotonic: float | None = None) -> float:
         now = time.monotonic() if now_monotonic is None else now_monotonic
@@ -117,9 +117,6 @@ class Scoreboard:
             if stuck >= 10_000:  # the same odd value all along: the writer died mid-write
                 return _view(index, _BODY.unpack_from(self._map, offset + _SEQ.size))
 
-    def read_all(self) -> list[SlotView]:
-        return [self.read(i) for i in range(self.slots)]
-
     def clear(self, index: int) -> None:
         """Reset a slot before a replacement worker takes it."""
         self.slot(index).write(SlotFields())
@@ -145,6 +142,7 @@ def _view(index: int, fields: tuple[Any, ...]) -> SlotView:
         child,
         rstart,
         rss,
+        bad,
     ) = fields
     return SlotView(
         index=index,
@@ -161,6 +159,7 @@ def _view(index: int, fields: tuple[Any, ...]) -> SlotView:
         child_pid=child,
         run_started_at=rstart,
         rss_kb=rss,
+        bad_messages=bad,
     )
 
 
@@ -181,6 +180,7 @@ class SlotFields:
     child_pid: int = 0
     run_started_at: float = 0.0
     rss_kb: int = 0
+    bad_messages: int = 0
 
 
 class SlotWriter:
@@ -211,6 +211,7 @@ class SlotWriter:
             f.child_pid,
             f.run_started_at,
             f.rss_kb,
+            f.bad_messages,
         )
         self._seq += 1
         _SEQ.pack_into(self._map, self._offset, self._seq)

@@ -26,7 +26,7 @@ from typing import Any
 
 from supervisor import events
 from supervisor.actors import ActorRuntime
-from supervisor.coderecords import (
+from supervisor.code.records import (
     AUTO_SYNC,
     DRIFT_DETECTED,
     FILE_MISSING,
@@ -36,7 +36,7 @@ from supervisor.coderecords import (
     CodeState,
     SyncUpdate,
 )
-from supervisor.codesync import (
+from supervisor.code.sync import (
     DATABASE_SOURCE,
     FILE_SOURCE,
     ActorCode,

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,35 +21,34 @@ import orjson
 
 from protocol.client import ClientError
 from supervisor import events
-from supervisor.cli import (
+from supervisor.cli.common import (
     EXIT_OK,
-    _client,
-    _command,
-    _config_flag,
-    _control_flag,
-    _database_flag,
-    _load,
-    _open_store_from,
-    _table,
+    command,
+    config_flag,
+    connect,
+    control_flag,
+    database_flag,
+    load,
+    open_store_from,
+    table,
 )
-from supervisor.coderecords import (
+from supervisor.code.records import (
     DRIFT_DETECTED,
     FILE_MISSING,
     MANUAL_DEPLOY,
-    ROLLBACK,
     SYNCED,
     CodeChange,
     CodeRecorded,
     CodeVersion,
 )
-from supervisor.codesync import (
+from supervisor.code.rollback import recorded_dict, rollback, rollback_dict
+from supervisor.code.sync import (
     CodeError,
     FileSnapshot,
     check_version,
     git_commit,
     os_user,
     read_snapshot,
-    write_atomically,
 )
 from supervisor.config import ActorConfig, Config
 from supervisor.errors import CommandRefused, ConfigError
@@ -61,11 +59,11 @@ REFRESH_TIMEOUT_S = 10.0
 
 
 def add_code_commands(sub: Any) -> None:
-    drift = _command(sub, "drift", "compare script files with their active versions", cmd_drift)
+    drift = command(sub, "drift", "compare script files with their active versions", cmd_drift)
     drift.add_argument("actors", nargs="*", metavar="ACTOR", help="default: every actor")
     _code_flags(drift)
 
-    deploy = _command(sub, "deploy", "record a script file as a new code version", cmd_deploy)
+    deploy = command(sub, "deploy", "record a script file as a new code version", cmd_deploy)
     deploy.add_argument("actor", nargs="?", metavar="ACTOR")
     deploy.add_argument("--all", action="store_true", help="every actor whose file changed")
     deploy.add_argument("--version", help="MAJOR.MINOR.PATCH (default: the previous patch + 1)")
@@ -73,12 +71,12 @@ def add_code_commands(sub: Any) -> None:
     deploy.add_argument("--by", help="who deploys (default: the OS user)")
     _code_flags(deploy, control=True)
 
-    versions = _command(sub, "versions", "an actor's code history, newest first", cmd_versions)
+    versions = command(sub, "versions", "an actor's code history, newest first", cmd_versions)
     versions.add_argument("actor", metavar="ACTOR")
     versions.add_argument("--limit", type=int, help="at most this many versions")
     _code_flags(versions)
 
-    rollback = _command(sub, "rollback", "make an earlier code version active", cmd_rollback)
+    rollback = command(sub, "rollback", "make an earlier code version active", cmd_rollback)
     rollback.add_argument("actor", metavar="ACTOR")
     target = rollback.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-version", help="the version tag to make active again")
@@ -90,7 +88,7 @@ def add_code_commands(sub: Any) -> None:
     rollback.add_argument("--by", help="who rolls back (default: the OS user)")
     _code_flags(rollback, control=True)
 
-    show = _command(sub, "show-code", "print the stored code of a version", cmd_show_code)
+    show = command(sub, "show-code", "print the stored code of a version", cmd_show_code)
     show.add_argument("actor", metavar="ACTOR")
     which = show.add_mutually_exclusive_group()
     which.add_argument("--version", help="a version tag (default: the active version)")
@@ -99,10 +97,10 @@ def add_code_commands(sub: Any) -> None:
 
 
 def _code_flags(parser: argparse.ArgumentParser, *, control: bool = False) -> None:
-    _config_flag(parser)
-    _database_flag(parser)
+    config_flag(parser)
+    database_flag(parser)
     if control:
-        _control_flag(parser)
+        control_flag(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -115,8 +113,8 @@ def _actor(config: Config, name: str) -> ActorConfig:
 
 
 def _store(args: argparse.Namespace) -> tuple[Config, Store]:
-    config = _load(args, "database")
-    return config, _open_store_from(args, config)
+    config = load(args, "database")
+    return config, open_store_from(args, config)
 
 
 def _with_schema_hint(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
@@ -177,7 +175,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(rows).decode())
         return EXIT_OK
-    _table(
+    table(
         ["ACTOR", "STATUS", "ACTIVE", "FILE SHA256", "ACTIVE SHA256", "EXEC MODE", "SYNC"],
         [
             [r["actor"], r["status"], r["active_version"] or "-", _short(r["file_sha256"]),
@@ -255,9 +253,9 @@ def _deploy_one(
     except CommandRefused as exc:
         if not quiet:
             raise
-        skipped = _recorded_dict(actor.name, CodeRecorded(None, None, None))
+        skipped = recorded_dict(actor.name, CodeRecorded(None, None, None))
         return {**skipped, "skipped": exc.code, "message": str(exc)}
-    return _recorded_dict(actor.name, recorded)
+    return recorded_dict(actor.name, recorded)
 
 
 def _read(actor: ActorConfig) -> tuple[FileSnapshot, str]:
@@ -268,20 +266,6 @@ def _read(actor: ActorConfig) -> tuple[FileSnapshot, str]:
         return snap, snap.text()
     except CodeError as exc:
         raise CommandRefused("not_text", str(exc)) from None
-
-
-def _recorded_dict(actor: str, recorded: CodeRecorded) -> dict[str, Any]:
-    version, active, previous = recorded.version, recorded.active, recorded.previous
-    shown = version or active
-    return {
-        "actor": actor,
-        "recorded": version is not None,
-        "skipped": None if version is not None else "unchanged",
-        "version": shown.version_tag if shown else None,
-        "history_id": shown.history_id if shown else None,
-        "code_sha256": shown.script_code_hash if shown else None,
-        "previous_version": previous.version_tag if previous and version else None,
-    }
 
 
 def _deploy_text(result: dict[str, Any]) -> str:
@@ -306,7 +290,7 @@ def _deploy_text(result: dict[str, Any]) -> str:
 def _refresh(args: argparse.Namespace, actor: str) -> str:
     """Tell a running supervisor (best effort) to use the actor's active version now."""
     try:
-        with _client(args, timeout_s=REFRESH_TIMEOUT_S) as client:
+        with connect(args, timeout_s=REFRESH_TIMEOUT_S) as client:
             if not _listening(client.endpoint):
                 return "no supervisor is running: the next start uses it"
             answer = client.refresh(actor)
@@ -349,7 +333,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
     if not found:
         print(f"{args.actor}: no code versions recorded")
         return EXIT_OK
-    _table(
+    table(
         ["VERSION", "ACTIVE", "TYPE", "SHA256", "CHANGED", "BY", "REASON", "GIT", "HISTORY ID"],
         [
             [v.version_tag, "*" if v.is_active else "", v.change_type,
@@ -420,87 +404,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             f"{result['supervisor']}"
         )
     return EXIT_OK
-
-
-def rollback(
-    store: Store,
-    actor: str,
-    exec_mode: str,
-    script: Path | None,
-    *,
-    write_file: bool = False,
-    to_version: str | None,
-    to_history: str | None,
-    reason: str | None,
-    by: str,
-) -> tuple[CodeVersion, CodeRecorded]:
-    """Make the version ``to_version`` (or ``to_history``) of ``actor`` active again, as a new
-    ``rollback`` version; ``write_file``: also write its code to ``script`` first. The
-    CLI and the HTTP API both roll back through here; the caller then asks a running
-    supervisor to ``refresh`` the actor.
-
-    :raises CommandRefused: ``not_found`` (no such version), ``file_mode`` (the actor runs its
-        file, so without ``write_file`` nothing would change).
-    """
-    target = store.code_version(actor, history_id=to_history, version_tag=to_version)
-    if target is None:
-        raise CommandRefused("not_found", f"{actor}: no code version {to_version or to_history}")
-    if exec_mode == "file" and not write_file:
-        raise CommandRefused(
-            "file_mode",
-            f"{actor} runs its script file (exec_mode = file), so making version "
-            f"{target.version_tag} active would not change what runs. Add --write-file to "
-            f"also write its code back to {script or 'its file'}, or set exec_mode to "
-            "'database' or 'auto'.",
-        )
-    if write_file and script is None:
-        raise ValueError("write_file needs the script's path")
-    written = script if write_file else None
-    change = _rollback_change(actor, target, written, reason=reason, by=by)
-    return target, store.record_code_version(change)
-
-
-def rollback_dict(
-    actor: str, target: CodeVersion, recorded: CodeRecorded, *, file_written: bool
-) -> dict[str, Any]:
-    """What a rollback did, as ``rollback --json`` prints it (without ``supervisor``)."""
-    result = _recorded_dict(actor, recorded)
-    result["rolled_back_to"] = target.version_tag
-    result["file_written"] = file_written
-    return result
-
-
-def _rollback_change(
-    actor: str, target: CodeVersion, write_file: Path | None, *, reason: str | None, by: str
-) -> CodeChange:
-    """The rollback row; with ``write_file`` the file is written first (atomically), so a
-    failure after it leaves a changed file that the next sync records, never a lie."""
-    mtime = target.source_file_mtime
-    if write_file is not None:
-        before = write_file.stat() if write_file.exists() else None
-        write_atomically(
-            write_file,
-            target.script_code.encode("utf-8"),
-            mode=before.st_mode & 0o7777 if before else 0o644,
-            owner=(before.st_uid, before.st_gid) if before else None,
-        )
-        mtime = write_file.stat().st_mtime
-    why = f"rollback to {target.version_tag} (history {target.history_id})"
-    return CodeChange(
-        history_id=events.new_id(),
-        actor=actor,
-        script_code=target.script_code,
-        script_code_hash=target.script_code_hash,
-        change_type=ROLLBACK,
-        change_reason=f"{why}: {reason}" if reason else why,
-        changed_by=by,
-        changed_at=time.time(),
-        source_file_path=str(write_file) if write_file is not None else target.source_file_path,
-        source_file_mtime=mtime,
-        git_commit_hash=target.git_commit_hash,
-        only_if_changed=True,
-        synced_file=write_file is not None,
-    )
 
 
 def _short(sha: str | None) -> str:

@@ -19,11 +19,11 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.coderecords import DRIFT_DETECTED, SYNCED
+from supervisor.code.records import DRIFT_DETECTED, SYNCED
 from supervisor.errors import SupervisorError
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,11 @@ def current_key(path: Path) -> StatKey | None:
         return None
 
 
-def read_snapshot(path: Path) -> FileSnapshot | None:
-    """Read and hash ``path``; None when it does not exist or cannot be read (logged)."""
+def read_snapshot(path: Path, *, clock_ns: Callable[[], int] = time.time_ns) -> FileSnapshot | None:
+    """Read and hash ``path``; None when it does not exist or cannot be read (logged).
+
+    ``clock_ns`` (wall clock, ns) decides whether the file changed too recently for its stat key
+    to be trusted (:data:`RACY_NS`); tests pass a later one instead of waiting."""
     try:
         with open(path, "rb") as handle:
             st = os.fstat(handle.fileno())
@@ -106,7 +109,7 @@ def read_snapshot(path: Path) -> FileSnapshot | None:
         log.warning("cannot read script %s: %s", path, exc)
         return None
     key: StatKey | None = stat_key(st)
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+    if clock_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
         key = None
     return FileSnapshot(path, data, sha256_hex(data), st.st_mtime, key)
 

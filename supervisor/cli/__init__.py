@@ -1,0 +1,67 @@
+"""The ``actor-supervisor`` command: ``start`` runs the supervisor in the foreground; the others
+talk to a running one over its control endpoint (:mod:`~supervisor.cli.run`), work on the
+store directly (:mod:`~supervisor.cli.read`, the code commands of :mod:`~supervisor.cli.code`),
+or check the configuration and the alert outbox (:mod:`~supervisor.cli.check`). Shared flags,
+exit codes and helpers: :mod:`~supervisor.cli.common`.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from protocol.client import ClientError, ClientTimeout
+from supervisor.cli.check import add_check_commands
+from supervisor.cli.code import add_code_commands
+from supervisor.cli.common import EXIT_REFUSED, EXIT_STARTUP, EXIT_UNREACHABLE, EXIT_USAGE
+from supervisor.cli.read import add_read_commands
+from supervisor.cli.run import add_run_commands
+from supervisor.errors import CommandRefused, ConfigError, StartupError
+from supervisor.store.base import StoreError
+
+EPILOG = """examples:
+  actor-supervisor start --config examples/supervisor.toml --workers 8
+  actor-supervisor submit greeter --input '{"name": "Ada"}' --wait --config examples/supervisor.toml
+  actor-supervisor status --config examples/supervisor.toml
+  actor-supervisor history heartbeat --limit 5 --config examples/supervisor.toml
+  actor-supervisor deploy greeter --changelog "friendlier" --config examples/supervisor.toml
+  actor-supervisor rollback greeter --to-version 1.0.0 --config examples/supervisor.toml
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="actor-supervisor",
+        description="Run script actors on schedules and on demand, sandboxed and recorded.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run_commands(sub)  # start, submit, trigger, pause, resume, status
+    add_check_commands(sub)  # check, alerts
+    add_read_commands(sub)  # history, events, migrate
+    add_code_commands(sub)  # drift, deploy, versions, rollback, show-code
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConfigError as exc:
+        print(f"actor-supervisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandRefused as exc:
+        print(f"actor-supervisor: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (StartupError, StoreError) as exc:
+        print(f"actor-supervisor: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except ClientTimeout as exc:
+        print(f"actor-supervisor: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ClientError as exc:
+        print(f"actor-supervisor: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,225 @@
+"""The run commands: ``start`` runs the supervisor in the foreground; ``submit``, ``trigger``,
+``pause``, ``resume`` and ``status`` talk to a running one over its control endpoint.
+"""
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from protocol.client import Accepted, RunOutcome
+from supervisor.cli.check import cmd_check
+from supervisor.cli.common import (
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    client_flags,
+    command,
+    config_flag,
+    connect,
+    load,
+    print_json_or,
+    table,
+)
+from supervisor.errors import ConfigError
+from supervisor.settings import SETTINGS
+from supervisor.settings_kinds import Boolean, Choice, Integer, Number
+from workers.logs import setup_logging
+
+NON_SETTING_START_FLAGS = ("--standby", "--dry-run", "--json")  # what start has beside SETTINGS
+
+
+def add_run_commands(sub: Any) -> None:
+    start = command(sub, "start", "run the supervisor in the foreground", cmd_start)
+    config_flag(start)
+    add_setting_flags(start)
+    start.add_argument(
+        "--standby",
+        action="store_true",
+        help="if another supervisor holds the store, wait and take over when it stops",
+    )
+    start.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the configuration, scripts, store and schedules, then exit (as `check`)",
+    )
+    start.add_argument("--json", action="store_true", help="with --dry-run: machine-readable")
+
+    submit = command(sub, "submit", "queue a run of an actor", cmd_submit)
+    submit.add_argument("actor")
+    submit.add_argument("--input", help="the JSON document for the script's stdin")
+    submit.add_argument("--wait", action="store_true", help="wait for the final outcome")
+    submit.add_argument("--timeout", type=float, help="seconds to wait (default 600 with --wait)")
+    submit.add_argument("--idempotency-key", help="a repeated key returns the earlier run")
+    client_flags(submit)
+
+    trigger = command(sub, "trigger", "run an actor now, outside its schedule", cmd_trigger)
+    trigger.add_argument("actor")
+    trigger.add_argument("--input", help="the JSON document (default: the configured input)")
+    trigger.add_argument("--force", action="store_true", help="run even if the actor is paused")
+    client_flags(trigger)
+
+    pause = command(sub, "pause", "stop scheduling an actor", cmd_pause)
+    pause.add_argument("actor")
+    pause.add_argument("--reason", help="why; kept in the actor's state and event")
+    client_flags(pause)
+
+    resume = command(sub, "resume", "resume a paused actor", cmd_resume)
+    resume.add_argument("actor")
+    client_flags(resume)
+
+    status = command(sub, "status", "workers, actors and store of a running supervisor", cmd_status)
+    client_flags(status)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``[supervisor]`` setting that declares one, with the table's help: the two
+    cannot drift. A ``--no-`` flag of a boolean setting sets it to false."""
+    for setting in START_SETTINGS:
+        flag = setting.flag
+        assert flag is not None
+        help_text = f"{setting.help} [{setting.env_var}]"
+        if isinstance(setting.kind, Boolean):
+            value = not flag.startswith("--no-")
+            if not value:
+                help_text = f"do not {setting.help} [{setting.env_var}=0]"
+            parser.add_argument(
+                flag, dest=setting.name, action="store_const", const=value, help=help_text
+            )
+            continue
+        kind = setting.kind
+        parser.add_argument(
+            flag,
+            dest=setting.name,
+            type=int if isinstance(kind, Integer) else float if isinstance(kind, Number) else str,
+            choices=kind.choices if isinstance(kind, Choice) else None,
+            metavar=None if isinstance(kind, Choice) else setting.name.upper(),
+            help=help_text,
+        )
+
+
+START_SETTINGS = tuple(s for s in SETTINGS if s.flag is not None)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from supervisor.core import Supervisor  # the heavy imports only where they are needed
+
+    flags = tuple(setting.name for setting in START_SETTINGS)
+    if args.dry_run:
+        return cmd_check(args, flags)
+    config = load(args, *flags)
+    setup_logging(config.supervisor.log_level, config.supervisor.log_format)
+    overrides = {name: getattr(args, name) for name in flags}
+    return Supervisor(config, overrides=overrides, standby=args.standby).run()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    value = _parse_input(args.input)
+    timeout = args.timeout if args.timeout is not None else (600.0 if args.wait else 10.0)
+    with connect(args, timeout_s=timeout) as client:
+        answer = client.submit(
+            args.actor, value, wait=args.wait, idempotency_key=args.idempotency_key
+        )
+    if isinstance(answer, Accepted):
+        print_json_or(args, _accepted_dict(answer), f"accepted: run {answer.run_id}")
+        return EXIT_OK
+    _print_outcome(args, answer)
+    return EXIT_OK if answer.succeeded else EXIT_RUN_FAILED
+
+
+def _parse_input(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"--input: not valid JSON: {exc}") from exc
+
+
+def _accepted_dict(accepted: Accepted) -> dict[str, Any]:
+    return {
+        "run_id": accepted.run_id,
+        "actor": accepted.actor,
+        "deduplicated": accepted.deduplicated,
+    }
+
+
+def _print_outcome(args: argparse.Namespace, outcome: RunOutcome) -> None:
+    if args.json:
+        print(orjson.dumps(outcome.as_dict()).decode())
+        return
+    took = f"{outcome.duration_ms:.1f} ms" if outcome.duration_ms is not None else "?"
+    line = f"run {outcome.run_id} ({outcome.actor}) {outcome.status} in {took}"
+    if outcome.attempts > 1:
+        line += f" after {outcome.attempts} attempts"
+    if outcome.reason:
+        line += f": {outcome.reason}" + (f" ({outcome.error})" if outcome.error else "")
+    print(line)
+    if outcome.output is not None:
+        print(orjson.dumps(outcome.output, option=orjson.OPT_INDENT_2).decode())
+    if not outcome.succeeded and outcome.stderr_tail:
+        print("--- stderr (tail) ---\n" + outcome.stderr_tail.rstrip(), file=sys.stderr)
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        accepted = client.trigger(args.actor, _parse_input(args.input), force=args.force)
+    print_json_or(args, _accepted_dict(accepted), f"triggered: run {accepted.run_id}")
+    return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        data = client.pause(args.actor, args.reason)
+    print_json_or(args, data, f"{args.actor}: paused")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        data = client.resume(args.actor)
+    print_json_or(args, data, f"{args.actor}: resumed")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        data = client.status()
+    if args.json:
+        print(orjson.dumps(data).decode())
+        return EXIT_OK
+    sup, queue, store = data["supervisor"], data["queue"], data["store"]
+    print(
+        f"supervisor pid {sup['pid']} {sup['phase']}, up {sup['uptime_s']:.0f}s, "
+        f"control {sup['control']}"
+    )
+    print(
+        f"queue: {queue['ready']} ready, {queue['in_flight']} in flight; store {store['database']}"
+        + (f" DEGRADED (spool: {store['spool_depth']} records)" if store["degraded"] else "")
+    )
+    table(
+        ["SLOT", "WORKER", "PID", "STATE", "IN FLIGHT", "CURRENT RUN", "DONE", "FAILED", "RSS MB"],
+        [
+            [w["slot"], w["worker_id"], w["pid"], w["state"], w["in_flight"],
+             (w["current_run"] or "-")[:12], w["runs_done"], w["runs_failed"],
+             f"{w['rss_kb'] / 1024:.0f}"]
+            for w in data["workers"]
+        ],
+    )  # fmt: skip
+    print()
+    table(
+        ["ACTOR", "SCHEDULE", "NEXT DUE", "PAUSED", "FAILURES", "ACTIVE"],
+        [
+            [a["name"], _schedule_text(a["schedule"]), a["next_due"] or "-",
+             "yes" if a["paused"] else "no", a["consecutive_failures"], a["active_runs"]]
+            for a in data["actors"]
+        ],
+    )  # fmt: skip
+    return EXIT_OK
+
+
+def _schedule_text(schedule: dict[str, Any] | None) -> str:
+    if not schedule:
+        return "on demand"
+    details = " ".join(str(v) for k, v in schedule.items() if k != "type")
+    return f"{schedule['type']} {details}".strip()
