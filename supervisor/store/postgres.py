@@ -35,7 +35,7 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
-from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
+from supervisor.records import Event, Record
 from supervisor.store import code, outbox
 from supervisor.store.base import RefusedFires, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
@@ -46,14 +46,12 @@ from supervisor.store.sql import (
     BatchRows,
     Codec,
     SqlStore,
-    Table,
-    Tables,
     apply_code,
     claim_fires,
     encoding,
+    make_tables,
     names,
     same,
-    texts,
 )
 from supervisor.store.urls import redact_url
 from supervisor.store.values import event_texts, json_bytes, json_text, opt_json_text
@@ -98,53 +96,14 @@ _TIMESTAMP: Codec = (_opt_to_datetime, _opt_from_datetime)
 _JSONB: Codec = (json_text, same)  # psycopg loads jsonb with _loads
 _OPT_JSONB: Codec = (opt_json_text, same)
 
-_RUNS = Table(
-    "runs",
-    RunRecord,
-    key=("run_id", "attempt"),
-    codecs={
-        # json columns take the text as it is (NULs arrive escaped as \u0000, which json keeps)
-        **texts(RunRecord, "input_json", "output_json"),
-        **{c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
-    },
+_TABLES = make_tables(
     placeholder="%s",
-    fence="epoch",
+    timestamp=_TIMESTAMP,
+    to_timestamp=to_datetime,
+    json=_JSONB,
+    opt_json=_OPT_JSONB,
 )
-_TASK_STATE = Table(
-    "task_state",
-    TaskState,
-    key=("actor",),
-    codecs={
-        **texts(TaskState),
-        "last_run_at": _TIMESTAMP,
-        "next_run_at": _TIMESTAMP,
-        "updated_at": _TIMESTAMP,
-        "metadata": _JSONB,
-    },
-    placeholder="%s",
-)
-_ACTORS = Table(
-    "actors",
-    ActorRecord,
-    key=("name",),
-    codecs={
-        **texts(ActorRecord),
-        "schedule": _OPT_JSONB,
-        "config": _JSONB,
-        "updated_at": _TIMESTAMP,
-    },
-    placeholder="%s",
-    extra_columns=("created_at",),  # set by the first insert, kept by every later upsert
-)
-_EVENTS = Table(
-    "execution_events",
-    Event,
-    key=("event_id",),
-    codecs={**texts(Event), "metadata": _JSONB, "created_at": _TIMESTAMP},
-    placeholder="%s",
-    append_only=True,  # a replayed batch must not touch events already stored
-)
-_TABLES = Tables(_RUNS, _TASK_STATE, _ACTORS, _EVENTS, timestamp=to_datetime)
+_RUNS, _EVENTS = _TABLES.runs, _TABLES.events
 
 # Events: binary COPY into the table; on a duplicate event_id, the same rows (with their batch
 # position) through the staging table and ON CONFLICT. Identity ids (the tie-break of equal
@@ -359,13 +318,13 @@ class PostgresStore(SqlStore[psycopg.Connection[Any]]):
                 outbox.write(_CodeDb(conn), rows.alerts)
             if len(rows.events) <= _PIPELINE_MAX_EVENTS:
                 with conn.pipeline():
-                    self._upsert(cur, rows)
+                    rows.upsert(cur.executemany, _TABLES)
                     if rows.events:
                         with encoding():  # the metadata is dumped as the statement is sent
                             cur.executemany(_INSERT_EVENT, map(_event_params, rows.events))
                     conn.commit()  # in the pipeline too: the whole batch is one round trip
                 return
-            self._upsert(cur, rows)
+            rows.upsert(cur.executemany, _TABLES)
             if replay:
                 cur.execute(_STAGE_DDL)  # once per connection; only replays need it
                 with encoding(), cur.copy(_COPY_STAGE) as copy:
@@ -381,15 +340,6 @@ class PostgresStore(SqlStore[psycopg.Connection[Any]]):
                     if exc.diag.constraint_name != _EVENT_ID_KEY:
                         raise
                     raise _DuplicateEvent from exc  # the transaction rolls back on the way out
-
-    @staticmethod
-    def _upsert(cur: psycopg.Cursor[Any], rows: BatchRows) -> None:
-        if rows.runs:
-            cur.executemany(_RUNS.insert, rows.runs)
-        if rows.states:
-            cur.executemany(_TASK_STATE.insert, rows.states)
-        if rows.actors:
-            cur.executemany(_ACTORS.insert, rows.actors)
 
     def connections_in_use(self) -> int:
         with self._lock:

@@ -143,6 +143,66 @@ class Tables:
     timestamp: Callable[[float], Any]
 
 
+def make_tables(
+    *,
+    placeholder: str,
+    timestamp: Codec,
+    to_timestamp: Callable[[float], Any],
+    json: Codec,
+    opt_json: Codec,
+    boolean: Codec = PLAIN,
+) -> Tables:
+    """The four record tables for one driver: its placeholder and its value codecs."""
+    runs = Table(
+        "runs",
+        RunRecord,
+        key=("run_id", "attempt"),
+        codecs={
+            # JSON text columns take the text as it is: NULs arrive escaped as \u0000
+            **texts(RunRecord, "input_json", "output_json"),
+            **{c: timestamp for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
+        },
+        placeholder=placeholder,
+        fence="epoch",
+    )
+    states = Table(
+        "task_state",
+        TaskState,
+        key=("actor",),
+        codecs={
+            **texts(TaskState),
+            "last_run_at": timestamp,
+            "next_run_at": timestamp,
+            "updated_at": timestamp,
+            "is_paused": boolean,
+            "metadata": json,
+        },
+        placeholder=placeholder,
+    )
+    actors = Table(
+        "actors",
+        ActorRecord,
+        key=("name",),
+        codecs={
+            **texts(ActorRecord),
+            "schedule": opt_json,
+            "config": json,
+            "updated_at": timestamp,
+        },
+        placeholder=placeholder,
+        extra_columns=("created_at",),  # set by the first insert, kept by every later upsert
+    )
+    events = Table(
+        "execution_events",
+        Event,
+        key=("event_id",),
+        codecs={**texts(Event), "metadata": json, "created_at": timestamp},
+        placeholder=placeholder,
+        append_only=True,  # a replayed batch must not touch events already stored
+    )
+    return Tables(runs, states, actors, events, to_timestamp)
+
+
 @contextmanager
 def encoding() -> Iterator[None]:
     """Values Python cannot encode fail the batch as a :class:`StoreError`."""
@@ -176,6 +236,16 @@ class BatchRows:
             )
         self.code = split.code
         self.alerts = split.alerts
+
+    def upsert(self, executemany: Callable[[str, Any], Any], tables: Tables) -> None:
+        """Upsert the runs, task states and actors (not fires or events) with ``executemany``."""
+        for table, rows in (
+            (tables.runs, self.runs),
+            (tables.states, self.states),
+            (tables.actors, self.actors),
+        ):
+            if rows:
+                executemany(table.insert, rows)
 
     def __bool__(self) -> bool:
         return bool(

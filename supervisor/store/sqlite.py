@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
+from supervisor.records import Event, Record
 from supervisor.store import code, outbox
 from supervisor.store.base import RefusedFires, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_sqlite, load_migrations
@@ -29,11 +29,9 @@ from supervisor.store.sql import (
     BatchRows,
     Codec,
     SqlStore,
-    Table,
-    Tables,
     apply_code,
     claim_fires,
-    texts,
+    make_tables,
 )
 from supervisor.store.values import json_text, opt_json_text
 
@@ -95,55 +93,16 @@ def _opt_from_json(text: str | None) -> Any:
 _TIMESTAMP: Codec = (_opt_to_text, _opt_from_text)
 _JSON: Codec = (json_text, _from_json)  # NULs replaced, as PostgreSQL must (store/values.py)
 _OPT_JSON: Codec = (opt_json_text, _opt_from_json)
-_BOOL: Codec = (int, bool)
 
-_RUNS = Table(
-    "runs",
-    RunRecord,
-    key=("run_id", "attempt"),
-    codecs={
-        **texts(RunRecord, "input_json", "output_json"),  # JSON text: NULs arrive escaped
-        **{c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
-    },
+_TABLES = make_tables(
     placeholder="?",
-    fence="epoch",
+    timestamp=_TIMESTAMP,
+    to_timestamp=to_text,
+    json=_JSON,
+    opt_json=_OPT_JSON,
+    boolean=(int, bool),
 )
-_TASK_STATE = Table(
-    "task_state",
-    TaskState,
-    key=("actor",),
-    codecs={
-        **texts(TaskState),
-        "last_run_at": _TIMESTAMP,
-        "next_run_at": _TIMESTAMP,
-        "updated_at": _TIMESTAMP,
-        "is_paused": _BOOL,
-        "metadata": _JSON,
-    },
-    placeholder="?",
-)
-_ACTORS = Table(
-    "actors",
-    ActorRecord,
-    key=("name",),
-    codecs={
-        **texts(ActorRecord),
-        "schedule": _OPT_JSON,
-        "config": _JSON,
-        "updated_at": _TIMESTAMP,
-    },
-    placeholder="?",
-    extra_columns=("created_at",),  # set by the first insert, kept by every later upsert
-)
-_EVENTS = Table(
-    "execution_events",
-    Event,
-    key=("event_id",),
-    codecs={**texts(Event), "metadata": _JSON, "created_at": _TIMESTAMP},
-    placeholder="?",
-    append_only=True,  # a replayed batch must not touch events already stored
-)
-_TABLES = Tables(_RUNS, _TASK_STATE, _ACTORS, _EVENTS, timestamp=to_text)
+_RUNS, _EVENTS = _TABLES.runs, _TABLES.events
 
 
 class _CodeDb(code.CodeDb):
@@ -322,12 +281,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
             if rows.code:
                 apply_code(_CodeDb(conn), rows.code)
             refused = claim_fires(conn.execute, _RUNS, rows.fires)
-            if rows.runs:
-                conn.executemany(_RUNS.insert, rows.runs)
-            if rows.states:
-                conn.executemany(_TASK_STATE.insert, rows.states)
-            if rows.actors:
-                conn.executemany(_ACTORS.insert, rows.actors)
+            rows.upsert(conn.executemany, _TABLES)
             if rows.events:
                 conn.executemany(_EVENTS.insert, rows.events)
             if rows.alerts:
