@@ -4,6 +4,7 @@ and the CLI's store commands."""
 
 import dataclasses
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -282,13 +283,16 @@ def test_events_keep_batch_order_for_equal_times(pg_database: str) -> None:
 # -- the CLI's store commands on PostgreSQL -------------------------------------------------------
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supervisor.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -326,7 +330,9 @@ def test_cli_migrate_history_and_events_read_postgres(
 def test_cli_reports_an_unreachable_database_without_the_password(tmp_path: Path) -> None:
     pg.require_server()
     url = f"postgresql://app:{SECRET}@127.0.0.1:{closed_port()}/db"
-    result = cli("history", "--database", url, cwd=tmp_path)
+    # the CLI waits up to 10 s for a server by default; nothing will listen on this port
+    wait = {"ACTOR_SUPERVISOR_DATABASE_WAIT_S": "0.3"}
+    result = cli("history", "--database", url, cwd=tmp_path, env=wait)
     assert result.returncode == 4
     assert "Connection refused" in result.stderr and SECRET not in result.stderr
 
