@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import orjson
 import psutil
 import pytest
 
@@ -399,34 +400,83 @@ def test_grandchild_left_behind_is_killed(
     assert wait_for(lambda: not is_running(grandchild)), "grandchild survived its run"
 
 
-@pytest.mark.timeout(30)
-def test_escaped_descendant_is_spared_while_its_run_is_in_flight(
+def _shared_folder(public_tmp: Path) -> Path:
+    """A folder the scripts' user may write to: marker files between a script and the test."""
+    folder = public_tmp / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)
+    return folder
+
+
+@pytest.mark.timeout(60)
+def test_a_sweep_during_a_run_kills_its_escaped_descendant_and_spares_its_own(
     launcher: Launcher, public_tmp: Path
 ) -> None:
-    # Exec mode: the daemon's /proc environ names its run, so the sweep that follows the
-    # intermediate's death must spare it until the run itself ends.
+    # Without a uid per run, a run's processes are known by their session: a daemon that left
+    # it (setsid) is an orphan once reparented to the forker, even while its run goes on; one
+    # that stayed in the session is spared. A sweep follows each reap, so the test makes one
+    # happen -- it runs two quick scripts -- only once both daemons are reparented, and the
+    # script reports which daemon survived it only then.
+    shared = _shared_folder(public_tmp)
     script = write_script(
         public_tmp,
         "daemonize.py",
-        """\
-        import os, time
-        r, w = os.pipe()
-        if os.fork() == 0:
-            os.setsid()
-            if os.fork() == 0:
-                os.write(w, str(os.getpid()).encode())
-                time.sleep(300)
-            os._exit(0)
-        os.close(w)
-        daemon = int(os.read(r, 32))
-        time.sleep(0.5)  # the intermediate has been reaped (and a sweep done) by now
-        os.kill(daemon, 0)
-        print(daemon)
+        f"""\
+        import json, os, time
+        def daemon(escape):
+            r, w = os.pipe()
+            child = os.fork()
+            if child == 0:
+                if escape:
+                    os.setsid()
+                if os.fork() == 0:
+                    os.write(w, str(os.getpid()).encode())
+                    time.sleep(300)
+                os._exit(0)
+            os.close(w)
+            pid = int(os.read(r, 32))
+            os.waitpid(child, 0)  # the intermediate is gone: the daemon is reparented
+            return pid
+        pids = {{"escaped": daemon(True), "kept": daemon(False)}}
+        with open("{shared}/pids.tmp", "w") as f:
+            json.dump(pids, f)
+        os.rename("{shared}/pids.tmp", "{shared}/pids.json")
+        deadline = time.monotonic() + 30
+        while not os.path.exists("{shared}/swept") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        alive = {{}}
+        for name, pid in pids.items():
+            try:
+                os.kill(pid, 0)
+                alive[name] = True
+            except ProcessLookupError:
+                alive[name] = False
+        print(json.dumps({{"pids": pids, "alive": alive}}))
         """,
     )
-    result = run_script(launcher, make_run(script, "exec"))
+    run = make_run(script, "exec")
+    launcher.submit(encode(run))
+    pids_file = shared / "pids.json"
+    assert wait_for(pids_file.exists, timeout=15), "the script never wrote its daemons' pids"
+    pids = orjson.loads(pids_file.read_bytes())
+    assert wait_for(
+        lambda: all(_parent(pid) == launcher.forker_pid for pid in pids.values()), timeout=10
+    ), "the daemons were not reparented to the forker"
+    quick = write_script(public_tmp, "quick.py", "print(1)")
+    for _ in range(2):  # the second starts after the first's reap, hence after its sweep
+        assert run_script(launcher, make_run(quick, "fork")).status == "succeeded"
+    (shared / "swept").touch()
+    result = collect(launcher, {run.run_id}, timeout=30)[run.run_id]
     assert result.status == "succeeded", result.stderr_tail
-    assert wait_for(lambda: not is_running(result.output)), "daemon survived its run"
+    assert result.output == {"pids": pids, "alive": {"escaped": False, "kept": True}}
+    assert wait_for(lambda: not is_running(pids["kept"])), "its own daemon survived the run"
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.NoSuchProcess:
+        return None
 
 
 @pytest.mark.timeout(30)
@@ -479,18 +529,21 @@ def test_two_runs_at_once_on_one_launcher(launcher: Launcher, public_tmp: Path) 
 
 @pytest.mark.timeout(30)
 def test_kill_all_stops_every_run_as_shutdown(launcher: Launcher, public_tmp: Path) -> None:
+    shared = _shared_folder(public_tmp)
     sleeper = write_script(public_tmp, "sleeper.py", "import time; time.sleep(300)")
     stubborn = write_script(
         public_tmp,
         "stubborn.py",
-        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)\n",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"open('{shared}/ignoring', 'w').close()\ntime.sleep(300)\n",
     )
     runs = [make_run(sleeper, "fork"), make_run(stubborn, "exec")]
     for run in runs:
         launcher.submit(encode(run))
     ids = {run.run_id for run in runs}
     wait_started(launcher, ids)
-    time.sleep(0.3)  # let the stubborn one install its handler
+    ignoring = shared / "ignoring"
+    assert wait_for(ignoring.exists, timeout=15), "the stubborn script never ignored SIGTERM"
     launcher.kill_all()
     results = collect(launcher, ids, timeout=10)
     for run in runs:
