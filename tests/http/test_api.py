@@ -5,8 +5,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import wait_for
 from tests.http.conftest import HttpSupervisor, start_http, versioned
-from tests.supervisor.harness import wait_for, write_script
+from tests.supervisor.harness import write_script
 
 PROBLEM = "application/problem+json"
 

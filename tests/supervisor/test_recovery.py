@@ -17,7 +17,8 @@ import pytest
 
 from protocol.client import Accepted, ClientError, RunOutcome
 from supervisor.records import RunRecord
-from tests.supervisor.harness import RunningSupervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import RunningSupervisor, write_script
 from tests.supervisor.runlog import assert_never_overlapped, read_traces, trace_dir, traced
 
 Start = Callable[..., RunningSupervisor]

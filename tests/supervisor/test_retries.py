@@ -18,7 +18,8 @@ import pytest
 
 from protocol.client import Accepted, ClientError, ClientTimeout, RunOutcome
 from supervisor.records import RunRecord
-from tests.supervisor.harness import ECHO, RunningSupervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
 from tests.supervisor.runlog import count, trace_dir, traced
 
 Start = Callable[..., RunningSupervisor]

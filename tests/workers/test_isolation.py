@@ -12,16 +12,8 @@ import pytest
 
 from protocol.codec import MAX_BODY_BYTES, decode, encode
 from protocol.messages import Limits, Result
-from tests.workers.conftest import (
-    IS_ROOT,
-    collect,
-    is_running,
-    make_run,
-    run_script,
-    wait_for,
-    wait_started,
-    write_script,
-)
+from tests.helpers import wait_for, write_script
+from tests.workers.conftest import IS_ROOT, collect, is_running, make_run, run_script, wait_started
 from workers.flight import Flight, Reaped
 from workers.launcher import Launcher, LauncherGone, SandboxConfig, start_launcher
 

@@ -16,6 +16,7 @@ import pytest
 
 from protocol.codec import encode
 from protocol.messages import Limits
+from tests.helpers import shared_folder, wait_for, write_script
 from tests.workers.conftest import (
     IS_ROOT,
     RUN_AS,
@@ -26,9 +27,7 @@ from tests.workers.conftest import (
     is_running,
     make_run,
     run_script,
-    wait_for,
     wait_started,
-    write_script,
 )
 from workers.launcher import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
 
@@ -400,14 +399,6 @@ def test_grandchild_left_behind_is_killed(
     assert wait_for(lambda: not is_running(grandchild)), "grandchild survived its run"
 
 
-def _shared_folder(public_tmp: Path) -> Path:
-    """A folder the scripts' user may write to: marker files between a script and the test."""
-    folder = public_tmp / "shared"
-    folder.mkdir()
-    folder.chmod(0o777)
-    return folder
-
-
 @pytest.mark.timeout(60)
 def test_a_sweep_during_a_run_kills_its_escaped_descendant_and_spares_its_own(
     launcher: Launcher, public_tmp: Path
@@ -417,7 +408,7 @@ def test_a_sweep_during_a_run_kills_its_escaped_descendant_and_spares_its_own(
     # that stayed in the session is spared. A sweep follows each reap, so the test makes one
     # happen -- it runs two quick scripts -- only once both daemons are reparented, and the
     # script reports which daemon survived it only then.
-    shared = _shared_folder(public_tmp)
+    shared = shared_folder(public_tmp)
     script = write_script(
         public_tmp,
         "daemonize.py",
@@ -529,7 +520,7 @@ def test_two_runs_at_once_on_one_launcher(launcher: Launcher, public_tmp: Path) 
 
 @pytest.mark.timeout(30)
 def test_kill_all_stops_every_run_as_shutdown(launcher: Launcher, public_tmp: Path) -> None:
-    shared = _shared_folder(public_tmp)
+    shared = shared_folder(public_tmp)
     sleeper = write_script(public_tmp, "sleeper.py", "import time; time.sleep(300)")
     stubborn = write_script(
         public_tmp,

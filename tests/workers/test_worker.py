@@ -15,7 +15,8 @@ import zmq
 from protocol.codec import decode, encode
 from protocol.messages import Hello, Result, Stop
 from supervisor.scoreboard import Scoreboard, SlotState
-from tests.workers.conftest import RUN_AS, make_run, write_script
+from tests.helpers import write_script
+from tests.workers.conftest import RUN_AS, make_run
 from workers.launcher import SandboxConfig
 from workers.worker import WorkerSpec, worker_main
 
