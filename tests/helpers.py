@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from supervisor.records import Event, RunRecord
+from tests.supervisor.runlog import trace_dir, traced
 
 T = TypeVar("T")
 
@@ -88,3 +89,19 @@ def shared_folder(parent: Path, name: str = "shared") -> Path:
     folder.mkdir(exist_ok=True)
     folder.chmod(0o777)
     return folder
+
+
+def traced_actor(folder: Path, name: str, body: str, settings: str = "") -> tuple[Path, str]:
+    """A traced actor for a supervisor test (see :mod:`tests.supervisor.runlog`).
+
+    Writes ``folder/scripts/<name>.py`` -- the tracing prologue, then ``body``, which calls
+    ``finish`` -- and returns the trace folder and the actor's ``[[actors]]`` table, ending
+    with ``settings`` (more keys of the table).
+    """
+    trace = trace_dir(folder)
+    write_script(folder / "scripts", f"{name}.py", traced(body))
+    table = (
+        f'[[actors]]\nname = "{name}"\nscript = "scripts/{name}.py"\n'
+        f'env = {{ TRACE_DIR = "{trace}" }}\n{textwrap.dedent(settings)}'
+    )
+    return trace, table
