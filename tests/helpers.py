@@ -75,9 +75,10 @@ def run_record(run_id: str = "r1", attempt: int = 1, **changes: Any) -> RunRecor
 def write_script(folder: Path, name: str, body: str) -> Path:
     """``folder/name`` holding ``body`` dedented; folder and file readable by every user (the
     scripts run as ``nobody`` when the tests run as root)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o755)
-    path = folder / name
+    path = folder / name  # ``name`` may hold a subfolder: "pkg/helper.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for parent in {folder, path.parent}:
+        parent.chmod(0o755)
     path.write_text(textwrap.dedent(body))
     path.chmod(0o644)
     return path

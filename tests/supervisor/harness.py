@@ -27,8 +27,11 @@ from tests.helpers import wait_for
 
 
 def write_script(folder: Path, name: str, body: str) -> Path:
-    """A script in ``folder/scripts``, where the supervisor tests' actors live."""
-    return helpers.write_script(folder / "scripts", name, body)
+    """A script in ``folder/scripts``, where the supervisor tests' actors live; ``folder`` is
+    made readable by every user too."""
+    path = helpers.write_script(folder / "scripts", name, body)
+    folder.chmod(0o755)
+    return path
 
 
 ECHO = """\
