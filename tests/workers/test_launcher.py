@@ -396,7 +396,7 @@ def test_grandchild_left_behind_is_killed(
     assert result.status == "succeeded"
     grandchild = result.output
     assert isinstance(grandchild, int)
-    assert wait_for(lambda: not is_running(grandchild)), "grandchild survived its run"
+    wait_for(lambda: not is_running(grandchild), 5, "the grandchild to die with its run")
 
 
 @pytest.mark.timeout(60)
@@ -448,11 +448,13 @@ def test_a_sweep_during_a_run_kills_its_escaped_descendant_and_spares_its_own(
     run = make_run(script, "exec")
     launcher.submit(encode(run))
     pids_file = shared / "pids.json"
-    assert wait_for(pids_file.exists, timeout=15), "the script never wrote its daemons' pids"
+    wait_for(pids_file.exists, 15, "the script to write its daemons' pids")
     pids = orjson.loads(pids_file.read_bytes())
-    assert wait_for(
-        lambda: all(_parent(pid) == launcher.forker_pid for pid in pids.values()), timeout=10
-    ), "the daemons were not reparented to the forker"
+    wait_for(
+        lambda: all(_parent(pid) == launcher.forker_pid for pid in pids.values()),
+        10,
+        "both daemons to be reparented to the forker",
+    )
     quick = write_script(public_tmp, "quick.py", "print(1)")
     for _ in range(2):  # the second starts after the first's reap, hence after its sweep
         assert run_script(launcher, make_run(quick, "fork")).status == "succeeded"
@@ -460,7 +462,7 @@ def test_a_sweep_during_a_run_kills_its_escaped_descendant_and_spares_its_own(
     result = collect(launcher, {run.run_id}, timeout=30)[run.run_id]
     assert result.status == "succeeded", result.stderr_tail
     assert result.output == {"pids": pids, "alive": {"escaped": False, "kept": True}}
-    assert wait_for(lambda: not is_running(pids["kept"])), "its own daemon survived the run"
+    wait_for(lambda: not is_running(pids["kept"]), 5, "the run's own daemon to die with it")
 
 
 def _parent(pid: int) -> int | None:
@@ -534,7 +536,7 @@ def test_kill_all_stops_every_run_as_shutdown(launcher: Launcher, public_tmp: Pa
     ids = {run.run_id for run in runs}
     wait_started(launcher, ids)
     ignoring = shared / "ignoring"
-    assert wait_for(ignoring.exists, timeout=15), "the stubborn script never ignored SIGTERM"
+    wait_for(ignoring.exists, 15, "the stubborn script to ignore SIGTERM")
     launcher.kill_all()
     results = collect(launcher, ids, timeout=10)
     for run in runs:
@@ -560,12 +562,12 @@ def test_an_undecodable_run_is_answered_not_fatal(launcher: Launcher) -> None:
 
 @pytest.mark.timeout(30)
 def test_a_killed_idle_spare_is_replaced(launcher: Launcher, public_tmp: Path) -> None:
-    assert wait_for(lambda: any(is_idle_spare(p) for p in descendants(launcher.pid)))
+    wait_for(lambda: any(is_idle_spare(p) for p in descendants(launcher.pid)), 5, "an idle spare")
     (spare,) = [p for p in descendants(launcher.pid) if is_idle_spare(p)]
     os.kill(spare.pid, signal.SIGKILL)
     # Once reaped, the next run forks a new child on demand. (A spare killed at the very moment
     # of its handoff takes that run down with it, reported as killed by SIGKILL.)
-    assert wait_for(lambda: not psutil.pid_exists(spare.pid))
+    wait_for(lambda: not psutil.pid_exists(spare.pid), 5, "the spare to exit")
     script = write_script(public_tmp, "echo.py", ECHO)
     result = run_script(launcher, make_run(script, "fork"))
     assert result.status == "succeeded" and result.child_pid != spare.pid
@@ -599,7 +601,7 @@ def test_close_kills_runs_and_reaps_the_launcher(own_launcher: Launcher, public_
     (started,) = wait_started(own_launcher, {run.run_id})
     own_launcher.close(timeout=5)
     assert own_launcher.exit_status == 0
-    assert wait_for(lambda: not is_running(started.child_pid))
+    wait_for(lambda: not is_running(started.child_pid), 5, "the run child to die")
     with pytest.raises(LauncherGone):
         own_launcher.submit(encode(run))
 
@@ -637,7 +639,7 @@ def test_a_killed_launcher_is_reported_gone_with_its_runs(
             time.sleep(0.05)
     assert gone.value.in_flight == ((run.run_id, 1),)
     assert "SIGKILL" in str(gone.value)
-    assert wait_for(lambda: not is_running(started.child_pid))
+    wait_for(lambda: not is_running(started.child_pid), 5, "the run child to die")
     own_launcher.close()
 
 
