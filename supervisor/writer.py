@@ -16,8 +16,9 @@ A failed write is never dropped. With a :class:`~supervisor.spool.Spool` (the su
 has one), a batch the store refuses is appended to the spool and fsync'd, which makes it
 durable: ``committed`` advances and the supervisor keeps accepting and running work. While the
 spool holds anything, newer batches are appended behind it rather than written, so the store
-receives every record in order; a second thread, the replayer, writes the spool to the store
-with exponential backoff between attempts and empties it once the store is back. Without a
+receives every record in order; a second thread, the replayer (:mod:`supervisor.replayer`),
+writes the spool to the store with exponential backoff between attempts and empties it once the
+store is back. Without a
 spool (tests, the store benchmark) the batch is kept in memory and retried with backoff while
 ``put`` keeps accepting records, and ``committed`` waits.
 """
@@ -29,13 +30,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from supervisor.deadletter import DeadLetters, write_or_isolate
 from supervisor.metrics import BATCH_BOUNDS, Histogram
 from supervisor.records import Record, RunRecord
+from supervisor.replayer import Replayer
 from supervisor.spool import Spool, encode_batch
 from supervisor.store.base import Store, StoreUnavailable
+from supervisor.writerstats import WriterStats
 
 log = logging.getLogger(__name__)
 
@@ -49,39 +52,6 @@ class Bundle(tuple[Record, ...]):
 
 _Entry = tuple[int, float, Record | Bundle]  # (sequence number, monotonic time of put, record)
 Observer = Callable[[Record], Sequence[Record]]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WriterStats:
-    """A snapshot of the writer for ``status`` and benchmarks.
-
-    ``queue_depth`` counts records put but not yet committed (waiting or in the batch being
-    written). ``full_batches``/``aged_batches``/``idle_batches`` say why each batch was closed,
-    which tells whether ``batch_size`` and ``max_age_s`` fit the load. ``spool_depth`` counts
-    records durable in the spool but not yet in the store, ``spooled``/``replayed`` the records
-    that went in and out of it; ``degraded`` is true while the last store write failed or the
-    spool is not empty. ``rejected`` counts records that could be neither stored nor spooled
-    (not serializable: a bug, logged with the record).
-    """
-
-    queue_depth: int
-    committed: int
-    batches: int
-    records: int
-    failures: int
-    last_error: str | None
-    last_flush_ms: float | None
-    degraded: bool
-    full_batches: int
-    aged_batches: int
-    idle_batches: int
-    spool_depth: int = 0
-    spool_batches: int = 0
-    spool_bytes: int = 0
-    spooled: int = 0
-    replayed: int = 0
-    rejected: int = 0
-    dead_letters: int = 0  # records the store refused for good, set aside (deadletter.py)
 
 
 class BatchWriter:
@@ -103,28 +73,22 @@ class BatchWriter:
         epoch: int = 0,
         dead_letters: DeadLetters | None = None,
     ) -> None:
-        if batch_size < 1 or replay_chunk < 1:
-            raise ValueError(f"batch_size and replay_chunk must be >= 1, got {batch_size}")
-        if max_age_s < 0 or backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
-            raise ValueError("max_age_s must be >= 0 and 0 < backoff_initial_s <= backoff_max_s")
+        _check_settings(batch_size, replay_chunk, max_age_s, backoff_initial_s, backoff_max_s)
         self._store = store
         self._spool = spool
         self._batch_size = batch_size
         self._max_age_s = max_age_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
-        self._replay_chunk = replay_chunk
         self._epoch = epoch  # the lease term stamped on every run row (the fencing epoch)
         self._dead = dead_letters
 
-        # One lock, four conditions: work for the thread, commits for flush(), retry_now so
-        # close() can cut a backoff short without put() waking the backoff every time, and
-        # replay for the replayer's wait between attempts.
+        # One lock, three conditions: work for the thread, commits for flush(), and retry_now
+        # so close() can cut a backoff short without put() waking the backoff every time.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._commits = threading.Condition(self._lock)
         self._retry = threading.Condition(self._lock)
-        self._replay = threading.Condition(self._lock)
         self._queue: deque[_Entry] = deque()
         self._last_seq = 0
         self._committed = 0
@@ -132,9 +96,7 @@ class BatchWriter:
         self._retry_now = False
         self._abandon = False
         self._thread: threading.Thread | None = None
-        self._replayer: threading.Thread | None = None
-        self._replay_due = 0.0  # monotonic time of the next replay attempt
-        self._replay_delay = backoff_initial_s
+        self._replayer = None if spool is None else self._new_replayer(spool, replay_chunk)
 
         self._batches = 0
         self._records = 0
@@ -148,9 +110,7 @@ class BatchWriter:
         self._reasons = {"full": 0, "aged": 0, "idle": 0}
         self._rejected = 0
 
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = _nonblocking_pipe()
         self._pipe_open = True
 
         # Alerts (supervisor.alerts): ``observe`` sees each record as it is put and may return
@@ -158,6 +118,17 @@ class BatchWriter:
         # on the writer thread once they are durable (stored or spooled).
         self.observe: Observer | None = None
         self.on_commit: Callable[[list[Record]], None] | None = None
+
+    def _new_replayer(self, spool: Spool, chunk_records: int) -> Replayer:
+        return Replayer(
+            spool,
+            self._store,
+            chunk_records=chunk_records,
+            backoff_initial_s=self._backoff_initial_s,
+            backoff_max_s=self._backoff_max_s,
+            on_failure=self._replay_failed,
+            on_success=self._replay_succeeded,
+        )
 
     # -- the supervisor's side -----------------------------------------------------------------
 
@@ -168,10 +139,6 @@ class BatchWriter:
                 raise RuntimeError("BatchWriter.start() called twice or after close()")
             # daemon: a store stuck in a write must not keep the process alive after close()
             self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-            if self._spool is not None:
-                self._replayer = threading.Thread(
-                    target=self._replay_loop, name="store-replayer", daemon=True
-                )
         self._thread.start()
         if self._replayer is not None:
             self._replayer.start()
@@ -236,11 +203,12 @@ class BatchWriter:
                 return self._committed >= self._last_seq
             self._closing = True
             self._retry_now = True  # a writer backing off gets one more immediate attempt
-            self._replay_due = 0.0  # and so does the replayer
             self._work.notify_all()
             self._retry.notify_all()
-            self._replay.notify_all()
-            thread, replayer = self._thread, self._replayer
+            thread = self._thread
+        replayer = self._replayer if thread is not None else None  # started with the thread
+        if replayer is not None:
+            replayer.close()  # and so does the replayer
         if thread is not None:
             self.flush(max(0.0, deadline - time.monotonic()))
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -250,8 +218,9 @@ class BatchWriter:
             self._abandon = True
             self._work.notify_all()
             self._retry.notify_all()
-            self._replay.notify_all()
             self._commits.notify_all()
+        if replayer is not None:
+            replayer.abandon()
         for worker in (thread, replayer):
             if worker is not None:
                 worker.join(max(0.1, deadline - time.monotonic()))
@@ -262,17 +231,8 @@ class BatchWriter:
                 self._pipe_open = False
                 os.close(self._wake_r)
                 os.close(self._wake_w)
-        if not stuck and self._spool is not None:
-            left = self._spool.stats()
-            self._spool.close()
-            if left.records:
-                log.warning(
-                    "store writer closed with %d records in the spool %s; "
-                    "the next start replays them",
-                    left.records,
-                    self._spool.folder,
-                    extra={"event": "store_spool_left", "records": left.records},
-                )
+        if not stuck:
+            self._close_spool()
         if unwritten:
             log.error(
                 "store writer closed with %d records unwritten (last error: %s)",
@@ -281,6 +241,19 @@ class BatchWriter:
                 extra={"event": "store_writer_unwritten", "unwritten": unwritten},
             )
         return unwritten == 0
+
+    def _close_spool(self) -> None:
+        if self._spool is None:
+            return
+        left = self._spool.stats()
+        self._spool.close()
+        if left.records:
+            log.warning(
+                "store writer closed with %d records in the spool %s; the next start replays them",
+                left.records,
+                self._spool.folder,
+                extra={"event": "store_spool_left", "records": left.records},
+            )
 
     def stats(self) -> WriterStats:
         spool = self._spool.stats() if self._spool is not None else None
@@ -374,9 +347,8 @@ class BatchWriter:
         except Exception as exc:
             self._record_failure(batch, exc, None)
             self._append(spool, records, only_if_pending=False)  # OSError: _write retries
-            with self._lock:
-                self._replay_due = time.monotonic() + self._replay_delay
-                self._replay.notify_all()
+            if self._replayer is not None:
+                self._replayer.schedule()
             return
         with self._lock:
             self._degraded = False
@@ -459,78 +431,17 @@ class BatchWriter:
 
     # -- the replayer thread -------------------------------------------------------------------
 
-    def _replay_loop(self) -> None:
-        """Empty the spool into the store, with backoff between failed attempts.
-
-        After ``close`` it keeps going only while attempts succeed, so a store that is down
-        at shutdown costs one attempt, not the whole timeout.
-        """
-        assert self._spool is not None
-        spool = self._spool
-        while True:
-            with self._lock:
-                while not self._abandon:
-                    wait = self._replay_due - time.monotonic()
-                    if wait <= 0 and spool.pending:
-                        break
-                    if self._closing and not spool.pending:
-                        return
-                    self._replay.wait(wait if wait > 0 else (0.05 if self._closing else 1.0))
-                if self._abandon:
-                    return
-            if not self._replay_once(spool) and self._closing:
-                return
-
-    def _replay_once(self, spool: Spool) -> bool:
-        try:
-            replayed = spool.replay(
-                self._store, chunk_records=self._replay_chunk, keep_going=self._keep_replaying
-            )
-        except Exception as exc:
-            with self._lock:
-                self._failures += 1
-                self._degraded = True
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                delay = self._replay_delay
-                self._replay_due = time.monotonic() + delay
-                self._replay_delay = min(delay * 2, self._backoff_max_s)
-            depth = spool.stats().records
-            if isinstance(exc, StoreUnavailable):
-                log.warning(
-                    "store still unavailable (%s); %d records wait in the spool; "
-                    "next attempt in %.2f s",
-                    exc,
-                    depth,
-                    delay,
-                    extra={"event": "store_replay_failed", "spool_depth": depth},
-                )
-            else:  # the store refuses a spooled batch: retrying may not help, say so loudly
-                log.error(
-                    "the store refused a spooled batch; %d records wait in the spool; "
-                    "next attempt in %.2f s",
-                    depth,
-                    delay,
-                    exc_info=exc,
-                    extra={"event": "store_replay_refused", "spool_depth": depth},
-                )
-            return False
+    def _replay_failed(self, exc: Exception) -> None:
         with self._lock:
-            self._replay_delay = self._backoff_initial_s
-            if not spool.pending:
+            self._failures += 1
+            self._degraded = True
+            self._last_error = f"{type(exc).__name__}: {exc}"
+
+    def _replay_succeeded(self, pending: bool) -> int:
+        with self._lock:
+            if not pending:
                 self._degraded = False
-            failures = self._failures
-        if replayed:
-            log.info(
-                "replayed %d spooled records; store writes recovered after %d failures",
-                replayed,
-                failures,
-                extra={"event": "store_replayed", "records": replayed},
-            )
-        return True
-
-    def _keep_replaying(self) -> bool:
-        with self._lock:
-            return not self._abandon
+            return self._failures
 
 
 def _flatten(batch: list[_Entry]) -> list[Record]:
@@ -541,6 +452,21 @@ def _flatten(batch: list[_Entry]) -> list[Record]:
         else:
             records.append(item)  # type: ignore[arg-type]
     return records
+
+
+def _check_settings(batch_size: int, replay_chunk: int, max_age_s: float, *backoff: float) -> None:
+    """``backoff``: the initial and the maximum delay."""
+    if batch_size < 1 or replay_chunk < 1:
+        raise ValueError(f"batch_size and replay_chunk must be >= 1, got {batch_size}")
+    if max_age_s < 0 or backoff[0] <= 0 or backoff[1] < backoff[0]:
+        raise ValueError("max_age_s must be >= 0 and 0 < backoff_initial_s <= backoff_max_s")
+
+
+def _nonblocking_pipe() -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    return read_end, write_end
 
 
 def _serializable(record: Record) -> bool:

@@ -24,9 +24,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import fields
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,29 +35,30 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
-from supervisor.alerts.records import AlertRecord
-from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
-from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
-from supervisor.store import code, outbox, queries
-from supervisor.store.base import RefusedFires, Store, StoreError, StoreUnavailable
+from supervisor.records import Event, Record
+from supervisor.store import code, outbox
+from supervisor.store.base import RefusedFires, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
 from supervisor.store.options import PoolOptions
 from supervisor.store.pgcopy import EVENT_COLUMNS, events_stream
 from supervisor.store.pgpool import Secret, open_pool, translate
-from supervisor.store.urls import redact_url
-from supervisor.store.values import (
-    SplitBatch,
-    clean_text,
-    event_texts,
-    json_bytes,
-    json_text,
-    opt_json_text,
+from supervisor.store.sql import (
+    BatchRows,
+    Codec,
+    SqlStore,
+    apply_code,
+    claim_fires,
+    encoding,
+    make_tables,
+    names,
+    same,
 )
+from supervisor.store.urls import redact_url
+from supervisor.store.values import event_texts, json_bytes, json_text, opt_json_text
 
 log = logging.getLogger(__name__)
 
 _Pool = ConnectionPool[psycopg.Connection[Any]]
-_Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]  # (to the database, from it)
 
 # ---------------------------------------------------------------------------------------------
 # Values: epoch floats <-> timestamptz with the same microsecond rounding as the SQLite text.
@@ -83,10 +83,6 @@ def _opt_from_datetime(moment: datetime | None) -> float | None:
     return None if moment is None else from_datetime(moment)
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 def _loads(data: str | bytes) -> Any:
     """orjson, with the stdlib for what it refuses: jsonb prints a float such as 1e20 as a
     21-digit integer, beyond orjson's 64-bit limit."""
@@ -96,131 +92,23 @@ def _loads(data: str | bytes) -> Any:
         return json.loads(data)
 
 
-_TIMESTAMP: _Codec = (_opt_to_datetime, _opt_from_datetime)
-_JSONB: _Codec = (json_text, _same)  # psycopg loads jsonb with _loads
-_OPT_JSONB: _Codec = (opt_json_text, _same)
-_TEXT: _Codec = (clean_text, _same)
-_PLAIN: _Codec = (_same, _same)
+_TIMESTAMP: Codec = (_opt_to_datetime, _opt_from_datetime)
+_JSONB: Codec = (json_text, same)  # psycopg loads jsonb with _loads
+_OPT_JSONB: Codec = (opt_json_text, same)
 
-
-class _Table:
-    """One record type's table: column order, codecs and the SQL that reads and upserts it."""
-
-    def __init__(
-        self,
-        name: str,
-        record: type[Any],
-        *,
-        key: tuple[str, ...],
-        codecs: dict[str, _Codec],
-        extra_columns: tuple[str, ...] = (),
-        fence: str | None = None,
-    ) -> None:
-        self.record = record
-        self.columns = [f.name for f in fields(record)]
-        texts = {
-            f.name: _TEXT for f in fields(record) if f.type in (str, str | None)
-        }  # every text column: NULs replaced, as on SQLite
-        merged = {**texts, **codecs}
-        self._to_db = [merged.get(c, _PLAIN)[0] for c in self.columns]
-        self._from_db = [merged.get(c, _PLAIN)[1] for c in self.columns]
-        self.select = f"SELECT {_names(self.columns)} FROM {name}"
-        insert_columns = [*self.columns, *extra_columns]
-        updates = ", ".join(
-            f"{_quote(c)} = excluded.{_quote(c)}" for c in self.columns if c not in key
-        )
-        # a fenced row is changed only by a writer of the same or a later epoch
-        where = f" WHERE {name}.{_quote(fence)} <= excluded.{_quote(fence)}" if fence else ""
-        values = f"VALUES ({', '.join(['%s'] * len(insert_columns))})"
-        self.upsert = (
-            f"INSERT INTO {name} ({_names(insert_columns)}) {values} "
-            f"ON CONFLICT ({_names(key)}) DO UPDATE SET {updates}{where}"
-        )
-        # claims (scheduled fires): update our own row, else insert unless any key is taken
-        self.claim_insert = (
-            f"INSERT INTO {name} ({_names(insert_columns)}) {values} ON CONFLICT DO NOTHING"
-        )
-        others = [c for c in self.columns if c not in key]
-        self._key_index = [self.columns.index(c) for c in key]
-        self._other_index = [self.columns.index(c) for c in others]
-        self._fence_index = self.columns.index(fence) if fence else None
-        self.claim_update = (
-            f"UPDATE {name} SET {', '.join(f'{_quote(c)} = %s' for c in others)} WHERE "
-            + " AND ".join(f"{_quote(c)} = %s" for c in key)
-            + (f" AND {_quote(fence)} <= %s" if fence else "")
-        )
-
-    def claim_update_params(self, row: Sequence[Any]) -> list[Any]:
-        """A row's values for ``claim_update``: the other columns, the key, the fence."""
-        params = [row[i] for i in self._other_index] + [row[i] for i in self._key_index]
-        if self._fence_index is not None:
-            params.append(row[self._fence_index])
-        return params
-
-    def row(self, record: Any) -> list[Any]:
-        return [
-            to_db(getattr(record, column))
-            for column, to_db in zip(self.columns, self._to_db, strict=True)
-        ]
-
-    def record_from(self, row: Sequence[Any]) -> Any:
-        return self.record(
-            **{
-                column: from_db(value)
-                for column, from_db, value in zip(self.columns, self._from_db, row, strict=True)
-            }
-        )
-
-
-def _quote(identifier: str) -> str:
-    return f'"{identifier}"'  # "trigger" is a keyword; quoting every column keeps SQL uniform
-
-
-def _names(columns: Sequence[str]) -> str:
-    return ", ".join(_quote(c) for c in columns)
-
-
-_RUNS = _Table(
-    "runs",
-    RunRecord,
-    key=("run_id", "attempt"),
-    codecs={
-        # json columns take the text as it is (NULs arrive escaped as \u0000, which json keeps)
-        "input_json": _PLAIN,
-        "output_json": _PLAIN,
-        **{c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
-    },
-    fence="epoch",
+_TABLES = make_tables(
+    placeholder="%s",
+    timestamp=_TIMESTAMP,
+    to_timestamp=to_datetime,
+    json=_JSONB,
+    opt_json=_OPT_JSONB,
 )
-_TASK_STATE = _Table(
-    "task_state",
-    TaskState,
-    key=("actor",),
-    codecs={
-        "last_run_at": _TIMESTAMP,
-        "next_run_at": _TIMESTAMP,
-        "updated_at": _TIMESTAMP,
-        "metadata": _JSONB,
-    },
-)
-_ACTORS = _Table(
-    "actors",
-    ActorRecord,
-    key=("name",),
-    codecs={"schedule": _OPT_JSONB, "config": _JSONB, "updated_at": _TIMESTAMP},
-    extra_columns=("created_at",),  # set by the first insert, kept by every later upsert
-)
-_EVENTS = _Table(
-    "execution_events",
-    Event,
-    key=("event_id",),
-    codecs={"metadata": _JSONB, "created_at": _TIMESTAMP},
-)
+_RUNS, _EVENTS = _TABLES.runs, _TABLES.events
 
 # Events: binary COPY into the table; on a duplicate event_id, the same rows (with their batch
 # position) through the staging table and ON CONFLICT. Identity ids (the tie-break of equal
 # times) follow the batch order either way.
-_COPY_EVENTS = f"COPY execution_events ({_names(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_EVENTS = f"COPY execution_events ({names(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _EVENT_ID_KEY = "execution_events_pkey"
 _STAGE = "actor_supervisor_events_in"
 _STAGE_DDL = (
@@ -228,19 +116,16 @@ _STAGE_DDL = (
     "event_id text, event_type text, aggregate_type text, aggregate_id text, "
     "correlation_id text, metadata jsonb, created_at timestamptz) ON COMMIT DELETE ROWS"
 )
-_COPY_STAGE = f"COPY {_STAGE} ({_names(['ord', *EVENT_COLUMNS])}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE = f"COPY {_STAGE} ({names(['ord', *EVENT_COLUMNS])}) FROM STDIN (FORMAT BINARY)"
 _MOVE_STAGE = (
-    f"INSERT INTO execution_events ({_names(EVENT_COLUMNS)}) "
-    f"SELECT {_names(EVENT_COLUMNS)} FROM {_STAGE} ORDER BY ord "
+    f"INSERT INTO execution_events ({names(EVENT_COLUMNS)}) "
+    f"SELECT {names(EVENT_COLUMNS)} FROM {_STAGE} ORDER BY ord "
     "ON CONFLICT (event_id) DO NOTHING"
 )
 
 
 _PIPELINE_MAX_EVENTS = 16  # measured: below ~10-20 events a pipeline beats COPY's round trips
-_INSERT_EVENT = (
-    f"INSERT INTO execution_events ({_names(_EVENTS.columns)}) "
-    f"VALUES ({', '.join(['%s'] * len(_EVENTS.columns))}) ON CONFLICT (event_id) DO NOTHING"
-)
+_INSERT_EVENT = _EVENTS.insert  # ON CONFLICT (event_id) DO NOTHING
 
 
 def _event_row(event: Event) -> tuple[Any, ...]:
@@ -275,33 +160,6 @@ def _configure_read_only(conn: psycopg.Connection[Any]) -> None:
     _configure(conn)
     conn.execute("SET default_transaction_read_only = on")
     conn.commit()
-
-
-class _BatchRows:
-    """A batch split by table; runs, states and actors converted before any connection is
-    taken. Events are converted while they are sent (see :mod:`supervisor.store.pgcopy`)."""
-
-    def __init__(self, records: Sequence[Record]) -> None:
-        split = SplitBatch(records)
-        with _encoding():
-            self.runs = [_RUNS.row(r) for r in split.runs]
-            self.fires = [(r.run_id, _RUNS.row(r)) for r in split.fires]
-            self.states = [_TASK_STATE.row(s) for s in split.states]
-            self.actors = [(*_ACTORS.row(a), to_datetime(a.updated_at)) for a in split.actors]
-        self.events = split.events
-        self.code = split.code
-        self.alerts = split.alerts
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.runs
-            or self.fires
-            or self.states
-            or self.actors
-            or self.events
-            or self.code
-            or self.alerts
-        )
 
 
 # pg_advisory_xact_lock(CODE_LOCK_CLASS, hashtext(actor)): code changes of one actor, from any
@@ -339,31 +197,17 @@ class _CodeDb(code.CodeDb):
         )
 
     def add_events(self, found: Sequence[Event]) -> None:
-        with self._conn.cursor() as cur, _encoding():
+        with self._conn.cursor() as cur, encoding():
             cur.executemany(_INSERT_EVENT, map(_event_params, found))
 
 
-def _apply_code(db: code.CodeDb, records: Sequence[CodeChange | SyncUpdate]) -> None:
-    for record in records:
-        if isinstance(record, CodeChange):
-            code.record_version(db, record)
-        else:
-            code.update_sync(db, record)
-
-
-@contextmanager
-def _encoding() -> Iterator[None]:
-    try:
-        yield
-    except (TypeError, ValueError, OverflowError) as exc:  # orjson and datetime limits
-        raise StoreError(f"a record in the batch cannot be encoded: {exc}") from exc
-
-
-class PostgresStore(Store):
+class PostgresStore(SqlStore[psycopg.Connection[Any]]):
     """A :class:`Store` in a PostgreSQL database, through a connection pool.
 
     Opening waits for the server up to ``options.wait_s`` (see :func:`open_pool`).
     """
+
+    _tables = _TABLES
 
     def __init__(
         self, url: str, *, options: PoolOptions | None = None, read_only: bool = False
@@ -443,17 +287,11 @@ class PostgresStore(Store):
         migrations = load_migrations("postgres")
         with self._connection("migrate") as conn:
             applied = apply_postgres(conn, migrations)
-        for name in applied:
-            log.info(
-                "%s: applied migration %s",
-                self.description,
-                name,
-                extra={"event": "migration_applied", "migration": name},
-            )
+        self._log_applied(applied)
         return applied
 
     def write_batch(self, records: Sequence[Record]) -> None:
-        rows = _BatchRows(records)
+        rows = BatchRows(records, _TABLES, convert_events=False)
         if not rows:
             return
         try:
@@ -466,179 +304,42 @@ class PostgresStore(Store):
             )
             self._write(rows, replay=True)
 
-    def _write(self, rows: _BatchRows, *, replay: bool) -> None:
+    def _write(self, rows: BatchRows, *, replay: bool) -> None:
         refused: list[str] = []
         self._write_rows(rows, replay=replay, refused=refused)
         self.refused.add(refused)  # only once the transaction committed
 
-    def _write_rows(self, rows: _BatchRows, *, replay: bool, refused: list[str]) -> None:
+    def _write_rows(self, rows: BatchRows, *, replay: bool, refused: list[str]) -> None:
         with self._connection("write a batch") as conn, conn.cursor() as cur:
             if rows.code:  # rare, and each change reads before it writes: no pipeline for these
-                _apply_code(_CodeDb(conn), rows.code)
-            for run_id, row in rows.fires:  # few (one per scheduled fire), never through COPY
-                cur.execute(_RUNS.claim_update, _RUNS.claim_update_params(row))
-                if cur.rowcount:
-                    continue
-                cur.execute(_RUNS.claim_insert, row)
-                if not cur.rowcount:
-                    refused.append(run_id)
+                apply_code(_CodeDb(conn), rows.code)
+            refused.extend(claim_fires(cur.execute, _RUNS, rows.fires))  # never through COPY
             if rows.alerts:  # rare as well, and in order: a folded repeat updates its row
                 outbox.write(_CodeDb(conn), rows.alerts)
             if len(rows.events) <= _PIPELINE_MAX_EVENTS:
                 with conn.pipeline():
-                    self._upsert(cur, rows)
+                    rows.upsert(cur.executemany, _TABLES)
                     if rows.events:
-                        with _encoding():  # the metadata is dumped as the statement is sent
+                        with encoding():  # the metadata is dumped as the statement is sent
                             cur.executemany(_INSERT_EVENT, map(_event_params, rows.events))
                     conn.commit()  # in the pipeline too: the whole batch is one round trip
                 return
-            self._upsert(cur, rows)
+            rows.upsert(cur.executemany, _TABLES)
             if replay:
                 cur.execute(_STAGE_DDL)  # once per connection; only replays need it
-                with _encoding(), cur.copy(_COPY_STAGE) as copy:
+                with encoding(), cur.copy(_COPY_STAGE) as copy:
                     for chunk in events_stream(rows.events, numbered=True):
                         copy.write(chunk)
                 cur.execute(_MOVE_STAGE)
             else:
                 try:
-                    with _encoding(), cur.copy(_COPY_EVENTS) as copy:
+                    with encoding(), cur.copy(_COPY_EVENTS) as copy:
                         for chunk in events_stream(rows.events):
                             copy.write(chunk)
                 except psycopg.errors.UniqueViolation as exc:
                     if exc.diag.constraint_name != _EVENT_ID_KEY:
                         raise
                     raise _DuplicateEvent from exc  # the transaction rolls back on the way out
-
-    @staticmethod
-    def _upsert(cur: psycopg.Cursor[Any], rows: _BatchRows) -> None:
-        if rows.runs:
-            cur.executemany(_RUNS.upsert, rows.runs)
-        if rows.states:
-            cur.executemany(_TASK_STATE.upsert, rows.states)
-        if rows.actors:
-            cur.executemany(_ACTORS.upsert, rows.actors)
-
-    def list_runs(
-        self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
-    ) -> list[RunRecord]:
-        sql, params = queries.list_runs(_RUNS.select, actor=actor, run_id=run_id, limit=limit)
-        return [_RUNS.record_from(row) for row in self._fetch("list runs", sql, params)]
-
-    def find_runs(
-        self,
-        *,
-        actor: str | None = None,
-        status: str | None = None,
-        since: float | None = None,
-        before: tuple[float, int, str] | None = None,
-        limit: int = 50,
-        latest_only: bool = False,
-    ) -> list[RunRecord]:
-        sql, params = queries.find_runs(
-            _RUNS.select, to_datetime, actor=actor, status=status, since=since, before=before,
-            limit=limit, latest_only=latest_only,
-        )  # fmt: skip
-        return [_RUNS.record_from(row) for row in self._fetch("find runs", sql, params)]
-
-    def find_events(
-        self,
-        *,
-        aggregate_type: str | None = None,
-        aggregate_id: str | None = None,
-        correlation_id: str | None = None,
-        since: float | None = None,
-        before: str | None = None,
-        limit: int = 200,
-    ) -> list[Event]:
-        sql, params = queries.find_events(
-            _EVENTS.select, to_datetime, aggregate_type=aggregate_type, aggregate_id=aggregate_id,
-            correlation_id=correlation_id, since=since, before=before, limit=limit,
-        )  # fmt: skip
-        return [_EVENTS.record_from(row) for row in self._fetch("find events", sql, params)]
-
-    def last_runs(self) -> dict[str, RunRecord]:
-        sql, params = queries.latest_attempt_per_actor(_RUNS.columns)
-        runs = [_RUNS.record_from(row) for row in self._fetch("find last runs", sql, params)]
-        return {run.actor: run for run in runs}
-
-    def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
-        sql, params = queries.run_ids_with_prefix(prefix, limit)
-        return [row[0] for row in self._fetch("find run ids", sql, params)]
-
-    def list_events(
-        self,
-        *,
-        aggregate_type: str | None = None,
-        aggregate_id: str | None = None,
-        correlation_id: str | None = None,
-        since: float | None = None,
-        limit: int = 1000,
-    ) -> list[Event]:
-        sql, params = queries.list_events(
-            _EVENTS.select,
-            to_datetime,
-            aggregate_type=aggregate_type,
-            aggregate_id=aggregate_id,
-            correlation_id=correlation_id,
-            since=since,
-            limit=limit,
-        )
-        return [_EVENTS.record_from(row) for row in self._fetch("list events", sql, params)]
-
-    def load_task_states(self) -> dict[str, TaskState]:
-        rows = self._fetch("load task states", f"{_TASK_STATE.select} ORDER BY actor")
-        states = [_TASK_STATE.record_from(row) for row in rows]
-        return {state.actor: state for state in states}
-
-    def load_actors(self) -> dict[str, ActorRecord]:
-        rows = self._fetch("load actors", f"{_ACTORS.select} ORDER BY name")
-        actors = [_ACTORS.record_from(row) for row in rows]
-        return {actor.name: actor for actor in actors}
-
-    def unfinished_runs(self, before_epoch: int | None = None) -> list[RunRecord]:
-        sql, params = queries.unfinished_runs(_RUNS.select, before_epoch)
-        return [_RUNS.record_from(row) for row in self._fetch("list unfinished runs", sql, params)]
-
-    def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
-        sql, params = queries.idempotency_keys(to_datetime, since)
-        rows = self._fetch("load idempotency keys", sql, params)
-        return {(actor, key): run_id for actor, key, run_id in rows}
-
-    def record_code_version(self, change: CodeChange) -> CodeRecorded:
-        with self._connection("record a code version") as conn:
-            return code.record_version(_CodeDb(conn), change)
-
-    def code_history(self, actor: str, *, limit: int | None = None) -> list[CodeVersion]:
-        with self._connection("read the code history") as conn:
-            return code.history(_CodeDb(conn), actor, limit)
-
-    def code_version(
-        self, actor: str, *, history_id: str | None = None, version_tag: str | None = None
-    ) -> CodeVersion | None:
-        with self._connection("read a code version") as conn:
-            return code.find_version(
-                _CodeDb(conn), actor, history_id=history_id, version_tag=version_tag
-            )
-
-    def load_code_states(self, actors: Sequence[str] | None = None) -> dict[str, CodeState]:
-        with self._connection("load the actors' code") as conn:
-            return code.code_states(_CodeDb(conn), actors)
-
-    def save_alert(self, alert: AlertRecord) -> None:
-        with self._connection("save an alert") as conn:
-            outbox.save(_CodeDb(conn), alert)
-
-    def pending_alerts(self, limit: int = 10000) -> list[AlertRecord]:
-        with self._connection("read pending alerts") as conn:
-            return outbox.pending(_CodeDb(conn), limit)
-
-    def list_alerts(
-        self, *, status: str | None = None, destination: str | None = None, limit: int = 50
-    ) -> list[AlertRecord]:
-        with self._connection("list alerts") as conn:
-            return outbox.listing(
-                _CodeDb(conn), status=status, destination=destination, limit=limit
-            )
 
     def connections_in_use(self) -> int:
         with self._lock:
@@ -655,7 +356,16 @@ class PostgresStore(Store):
         if pool is not None:
             pool.close()
 
-    # -- helpers -------------------------------------------------------------------------------
+    # -- SqlStore hooks ------------------------------------------------------------------------
+
+    def _read(self, action: str) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._connection(action)
+
+    def _tx(self, action: str) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._connection(action)
+
+    def _code_db(self, conn: psycopg.Connection[Any]) -> code.CodeDb:
+        return _CodeDb(conn)
 
     def _fetch(self, action: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a query written with ``?`` placeholders (see :mod:`supervisor.store.queries`)."""

@@ -8,28 +8,32 @@ shared across threads (``check_same_thread=False``) and every use holds ``_lock`
 """
 
 import logging
-import operator
 import os
 import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from supervisor.alerts.records import AlertRecord
-from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
-from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
-from supervisor.store import code, outbox, queries
-from supervisor.store.base import RefusedFires, Store, StoreError, StoreUnavailable
+from supervisor.records import Event, Record
+from supervisor.store import code, outbox
+from supervisor.store.base import RefusedFires, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_sqlite, load_migrations
-from supervisor.store.values import SplitBatch, clean_text, json_text, opt_json_text
+from supervisor.store.sql import (
+    BatchRows,
+    Codec,
+    SqlStore,
+    apply_code,
+    claim_fires,
+    make_tables,
+)
+from supervisor.store.values import json_text, opt_json_text
 
 log = logging.getLogger(__name__)
 
@@ -83,190 +87,22 @@ def _opt_from_json(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # Tables: for each record type, its columns (the dataclass fields) and how each is converted.
 
-_Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]  # (to the database, from it)
-_TIMESTAMP: _Codec = (_opt_to_text, _opt_from_text)
-_JSON: _Codec = (json_text, _from_json)  # NULs replaced, as PostgreSQL must (store/values.py)
-_OPT_JSON: _Codec = (opt_json_text, _opt_from_json)
-_TEXT: _Codec = (clean_text, _same)
-_BOOL: _Codec = (int, bool)
-_PLAIN: _Codec = (_same, _same)
+_TIMESTAMP: Codec = (_opt_to_text, _opt_from_text)
+_JSON: Codec = (json_text, _from_json)  # NULs replaced, as PostgreSQL must (store/values.py)
+_OPT_JSON: Codec = (opt_json_text, _opt_from_json)
 
-
-def _texts(record: type[Any], *json_columns: str) -> dict[str, _Codec]:
-    """``_TEXT`` for every ``str`` field of ``record`` except the JSON-text ones."""
-    return {
-        f.name: _TEXT
-        for f in fields(record)
-        if f.type in (str, str | None) and f.name not in json_columns
-    }
-
-
-class _Table:
-    """One record type's table: column order, value codecs and the SQL that reads and writes it.
-
-    ``insert`` upserts by ``key`` (every non-key column takes the new value), or for an
-    ``append_only`` table skips a row whose key exists. ``extra_columns`` are inserted after the
-    record's own columns and never updated (``actors.created_at``).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        record: type[Any],
-        *,
-        key: tuple[str, ...],
-        codecs: dict[str, _Codec],
-        extra_columns: tuple[str, ...] = (),
-        append_only: bool = False,
-        fence: str | None = None,
-    ) -> None:
-        self.record = record
-        self.columns = [f.name for f in fields(record)]
-        self._values = operator.attrgetter(*self.columns)  # one C call for every column
-        self._encode = [
-            (i, codecs[c][0]) for i, c in enumerate(self.columns) if c in codecs
-        ]  # only the columns that need converting
-        self._from_db = [codecs.get(c, _PLAIN)[1] for c in self.columns]
-        self.select = f"SELECT {_names(self.columns)} FROM {name}"
-        insert_columns = [*self.columns, *extra_columns]
-        updates = ", ".join(
-            f"{_quote(c)} = excluded.{_quote(c)}" for c in self.columns if c not in key
-        )
-        action = "DO NOTHING" if append_only else f"DO UPDATE SET {updates}"
-        if fence is not None:  # a row is changed only by a writer of the same or a later epoch
-            action += f" WHERE {name}.{_quote(fence)} <= excluded.{_quote(fence)}"
-        values = f"VALUES ({', '.join('?' * len(insert_columns))})"
-        self.insert = (
-            f"INSERT INTO {name} ({_names(insert_columns)}) {values} "
-            f"ON CONFLICT ({_names(key)}) {action}"
-        )
-        # claims (scheduled fires): update our own row, else insert unless any key is taken
-        self.claim_insert = (
-            f"INSERT INTO {name} ({_names(insert_columns)}) {values} ON CONFLICT DO NOTHING"
-        )
-        others = [c for c in self.columns if c not in key]
-        self._key_index = [self.columns.index(c) for c in key]
-        self._other_index = [self.columns.index(c) for c in others]
-        self._fence_index = self.columns.index(fence) if fence else None
-        self.claim_update = (
-            f"UPDATE {name} SET {', '.join(f'{_quote(c)} = ?' for c in others)} WHERE "
-            + " AND ".join(f"{_quote(c)} = ?" for c in key)
-            + (f" AND {_quote(fence)} <= ?" if fence else "")
-        )
-
-    def claim_update_params(self, row: Sequence[Any]) -> list[Any]:
-        """A row's values for ``claim_update``: the other columns, the key, the fence."""
-        params = [row[i] for i in self._other_index] + [row[i] for i in self._key_index]
-        if self._fence_index is not None:
-            params.append(row[self._fence_index])
-        return params
-
-    def row(self, record: Any) -> list[Any]:
-        """The record's column values, converted where needed (the writer's hot path)."""
-        values = list(self._values(record))
-        for index, to_db in self._encode:
-            values[index] = to_db(values[index])
-        return values
-
-    def record_from(self, row: Sequence[Any]) -> Any:
-        return self.record(
-            **{
-                column: from_db(value)
-                for column, from_db, value in zip(self.columns, self._from_db, row, strict=True)
-            }
-        )
-
-
-def _quote(identifier: str) -> str:
-    # "trigger" is an SQL keyword; quoting every column keeps the generated SQL uniform.
-    return f'"{identifier}"'
-
-
-def _names(columns: Sequence[str]) -> str:
-    return ", ".join(_quote(c) for c in columns)
-
-
-_RUNS = _Table(
-    "runs",
-    RunRecord,
-    key=("run_id", "attempt"),
-    codecs={
-        **_texts(RunRecord, "input_json", "output_json"),  # JSON text: NULs arrive escaped
-        **{c: _TIMESTAMP for c in ("queued_at", "scheduled_for", "started_at", "finished_at")},
-    },
-    fence="epoch",
+_TABLES = make_tables(
+    placeholder="?",
+    timestamp=_TIMESTAMP,
+    to_timestamp=to_text,
+    json=_JSON,
+    opt_json=_OPT_JSON,
+    boolean=(int, bool),
 )
-_TASK_STATE = _Table(
-    "task_state",
-    TaskState,
-    key=("actor",),
-    codecs={
-        **_texts(TaskState),
-        "last_run_at": _TIMESTAMP,
-        "next_run_at": _TIMESTAMP,
-        "updated_at": _TIMESTAMP,
-        "is_paused": _BOOL,
-        "metadata": _JSON,
-    },
-)
-_ACTORS = _Table(
-    "actors",
-    ActorRecord,
-    key=("name",),
-    codecs={
-        **_texts(ActorRecord),
-        "schedule": _OPT_JSON,
-        "config": _JSON,
-        "updated_at": _TIMESTAMP,
-    },
-    extra_columns=("created_at",),  # set by the first insert, kept by every later upsert
-)
-_EVENTS = _Table(
-    "execution_events",
-    Event,
-    key=("event_id",),
-    codecs={**_texts(Event), "metadata": _JSON, "created_at": _TIMESTAMP},
-    append_only=True,  # a replayed batch must not touch events already stored
-)
-
-
-class _BatchRows:
-    """A batch split by table, coalesced by key (the last version wins), converted to rows.
-
-    Conversion happens before the transaction opens, so a record that cannot be encoded fails
-    the batch without touching the database.
-    """
-
-    def __init__(self, records: Sequence[Record]) -> None:
-        split = SplitBatch(records)
-        try:
-            self.runs = [_RUNS.row(r) for r in split.runs]
-            self.fires = [(r.run_id, _RUNS.row(r)) for r in split.fires]
-            self.states = [_TASK_STATE.row(s) for s in split.states]
-            self.actors = [(*_ACTORS.row(a), to_text(a.updated_at)) for a in split.actors]
-            self.events = [_EVENTS.row(e) for e in split.events]
-        except (TypeError, ValueError, OverflowError) as exc:  # orjson and datetime limits
-            raise StoreError(f"a record in the batch cannot be encoded: {exc}") from exc
-        self.code = split.code
-        self.alerts = split.alerts
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.runs
-            or self.fires
-            or self.states
-            or self.actors
-            or self.events
-            or self.code
-            or self.alerts
-        )
+_RUNS, _EVENTS = _TABLES.runs, _TABLES.events
 
 
 class _CodeDb(code.CodeDb):
@@ -294,14 +130,6 @@ class _CodeDb(code.CodeDb):
         self._conn.executemany(_EVENTS.insert, [_EVENTS.row(e) for e in found])
 
 
-def _apply_code(db: code.CodeDb, records: Sequence[CodeChange | SyncUpdate]) -> None:
-    for record in records:
-        if isinstance(record, CodeChange):
-            code.record_version(db, record)
-        else:
-            code.update_sync(db, record)
-
-
 def _file_identity(path: Path) -> tuple[int, int] | None:
     try:
         info = os.stat(path)
@@ -310,8 +138,10 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return (info.st_dev, info.st_ino)
 
 
-class SqliteStore(Store):
+class SqliteStore(SqlStore[sqlite3.Connection]):
     """A :class:`Store` in one SQLite file; parent folders are created."""
+
+    _tables = _TABLES
 
     def __init__(
         self,
@@ -439,35 +269,19 @@ class SqliteStore(Store):
         migrations = load_migrations("sqlite")
         with self._lock, self._translate("migrate"):
             applied = apply_sqlite(self._connection(), migrations, now=lambda: to_text(time.time()))
-        for name in applied:
-            log.info(
-                "%s: applied migration %s",
-                self.description,
-                name,
-                extra={"event": "migration_applied", "migration": name},
-            )
+        self._log_applied(applied)
         return applied
 
     def write_batch(self, records: Sequence[Record]) -> None:
-        rows = _BatchRows(records)
+        rows = BatchRows(records, _TABLES)
         if not rows:
             return
         self._check_file()
-        refused: list[str] = []
         with self._tx("write a batch") as conn:
             if rows.code:
-                _apply_code(_CodeDb(conn), rows.code)
-            for run_id, row in rows.fires:  # few: one per scheduled fire
-                if conn.execute(_RUNS.claim_update, _RUNS.claim_update_params(row)).rowcount:
-                    continue
-                if not conn.execute(_RUNS.claim_insert, row).rowcount:
-                    refused.append(run_id)
-            if rows.runs:
-                conn.executemany(_RUNS.insert, rows.runs)
-            if rows.states:
-                conn.executemany(_TASK_STATE.insert, rows.states)
-            if rows.actors:
-                conn.executemany(_ACTORS.insert, rows.actors)
+                apply_code(_CodeDb(conn), rows.code)
+            refused = claim_fires(conn.execute, _RUNS, rows.fires)
+            rows.upsert(conn.executemany, _TABLES)
             if rows.events:
                 conn.executemany(_EVENTS.insert, rows.events)
             if rows.alerts:
@@ -496,128 +310,6 @@ class SqliteStore(Store):
             )
         raise StoreUnavailable(f"{self.description}: the database file was {what}")
 
-    def list_runs(
-        self, *, actor: str | None = None, run_id: str | None = None, limit: int = 50
-    ) -> list[RunRecord]:
-        sql, params = queries.list_runs(_RUNS.select, actor=actor, run_id=run_id, limit=limit)
-        return [_RUNS.record_from(row) for row in self._fetch("list runs", sql, params)]
-
-    def find_runs(
-        self,
-        *,
-        actor: str | None = None,
-        status: str | None = None,
-        since: float | None = None,
-        before: tuple[float, int, str] | None = None,
-        limit: int = 50,
-        latest_only: bool = False,
-    ) -> list[RunRecord]:
-        sql, params = queries.find_runs(
-            _RUNS.select, to_text, actor=actor, status=status, since=since, before=before,
-            limit=limit, latest_only=latest_only,
-        )  # fmt: skip
-        return [_RUNS.record_from(row) for row in self._fetch("find runs", sql, params)]
-
-    def find_events(
-        self,
-        *,
-        aggregate_type: str | None = None,
-        aggregate_id: str | None = None,
-        correlation_id: str | None = None,
-        since: float | None = None,
-        before: str | None = None,
-        limit: int = 200,
-    ) -> list[Event]:
-        sql, params = queries.find_events(
-            _EVENTS.select, to_text, aggregate_type=aggregate_type, aggregate_id=aggregate_id,
-            correlation_id=correlation_id, since=since, before=before, limit=limit,
-        )  # fmt: skip
-        return [_EVENTS.record_from(row) for row in self._fetch("find events", sql, params)]
-
-    def last_runs(self) -> dict[str, RunRecord]:
-        sql, params = queries.latest_attempt_per_actor(_RUNS.columns)
-        runs = [_RUNS.record_from(row) for row in self._fetch("find last runs", sql, params)]
-        return {run.actor: run for run in runs}
-
-    def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
-        sql, params = queries.run_ids_with_prefix(prefix, limit)
-        return [row[0] for row in self._fetch("find run ids", sql, params)]
-
-    def list_events(
-        self,
-        *,
-        aggregate_type: str | None = None,
-        aggregate_id: str | None = None,
-        correlation_id: str | None = None,
-        since: float | None = None,
-        limit: int = 1000,
-    ) -> list[Event]:
-        sql, params = queries.list_events(
-            _EVENTS.select,
-            to_text,
-            aggregate_type=aggregate_type,
-            aggregate_id=aggregate_id,
-            correlation_id=correlation_id,
-            since=since,
-            limit=limit,
-        )
-        return [_EVENTS.record_from(row) for row in self._fetch("list events", sql, params)]
-
-    def load_task_states(self) -> dict[str, TaskState]:
-        rows = self._fetch("load task states", f"{_TASK_STATE.select} ORDER BY actor")
-        states = [_TASK_STATE.record_from(row) for row in rows]
-        return {state.actor: state for state in states}
-
-    def load_actors(self) -> dict[str, ActorRecord]:
-        rows = self._fetch("load actors", f"{_ACTORS.select} ORDER BY name")
-        actors = [_ACTORS.record_from(row) for row in rows]
-        return {actor.name: actor for actor in actors}
-
-    def unfinished_runs(self, before_epoch: int | None = None) -> list[RunRecord]:
-        sql, params = queries.unfinished_runs(_RUNS.select, before_epoch)
-        return [_RUNS.record_from(row) for row in self._fetch("list unfinished runs", sql, params)]
-
-    def idempotency_keys(self, since: float) -> dict[tuple[str, str], str]:
-        sql, params = queries.idempotency_keys(to_text, since)
-        rows = self._fetch("load idempotency keys", sql, params)
-        return {(actor, key): run_id for actor, key, run_id in rows}
-
-    def record_code_version(self, change: CodeChange) -> CodeRecorded:
-        with self._tx("record a code version") as conn:
-            return code.record_version(_CodeDb(conn), change)
-
-    def code_history(self, actor: str, *, limit: int | None = None) -> list[CodeVersion]:
-        with self._read("read the code history") as conn:
-            return code.history(_CodeDb(conn), actor, limit)
-
-    def code_version(
-        self, actor: str, *, history_id: str | None = None, version_tag: str | None = None
-    ) -> CodeVersion | None:
-        with self._read("read a code version") as conn:
-            return code.find_version(
-                _CodeDb(conn), actor, history_id=history_id, version_tag=version_tag
-            )
-
-    def load_code_states(self, actors: Sequence[str] | None = None) -> dict[str, CodeState]:
-        with self._read("load the actors' code") as conn:
-            return code.code_states(_CodeDb(conn), actors)
-
-    def save_alert(self, alert: AlertRecord) -> None:
-        with self._tx("save an alert") as conn:
-            outbox.save(_CodeDb(conn), alert)
-
-    def pending_alerts(self, limit: int = 10000) -> list[AlertRecord]:
-        with self._read("read pending alerts") as conn:
-            return outbox.pending(_CodeDb(conn), limit)
-
-    def list_alerts(
-        self, *, status: str | None = None, destination: str | None = None, limit: int = 50
-    ) -> list[AlertRecord]:
-        with self._read("list alerts") as conn:
-            return outbox.listing(
-                _CodeDb(conn), status=status, destination=destination, limit=limit
-            )
-
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
@@ -627,6 +319,9 @@ class SqliteStore(Store):
     def _fetch(self, action: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._read(action) as conn:
             return conn.execute(sql, params).fetchall()
+
+    def _code_db(self, conn: sqlite3.Connection) -> code.CodeDb:
+        return _CodeDb(conn)
 
     # -- beyond the ABC ------------------------------------------------------------------------
 

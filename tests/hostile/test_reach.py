@@ -21,8 +21,9 @@ import zmq
 from protocol.client import ClientError, RunOutcome
 from protocol.messages import MAX_INPUT_CHARS
 from supervisor.controlkeys import GENERATED_DIR
+from tests.helpers import wait_for
 from tests.supervisor import conftest as supervisor_fixtures
-from tests.supervisor.harness import RunningSupervisor, session_uids, wait_for, write_script
+from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
 
 Start = Callable[..., RunningSupervisor]
 supervisors = supervisor_fixtures.supervisors  # real supervisors, always stopped at teardown

@@ -17,7 +17,8 @@ import pytest
 
 from protocol.client import RunOutcome
 from supervisor.records import RunRecord
-from tests.supervisor.harness import RunningSupervisor, start_supervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import RunningSupervisor, start_supervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="a uid per run needs root")

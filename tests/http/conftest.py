@@ -8,13 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.supervisor.harness import (
-    ECHO,
-    RunningSupervisor,
-    start_supervisor,
-    wait_for,
-    write_script,
-)
+from tests.helpers import wait_for
+from tests.supervisor.harness import ECHO, RunningSupervisor, start_supervisor, write_script
 
 SLEEPY = """\
     import json, sys, time

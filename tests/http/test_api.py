@@ -6,8 +6,9 @@ import httpx
 import pytest
 
 from supervisor.http.auth import SESSION_COOKIE, session_value
+from tests.helpers import wait_for
 from tests.http.conftest import HttpSupervisor, start_http, versioned
-from tests.supervisor.harness import wait_for, write_script
+from tests.supervisor.harness import write_script
 
 PROBLEM = "application/problem+json"
 

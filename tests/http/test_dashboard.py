@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.http.conftest import HttpSupervisor, versioned
-from tests.supervisor.harness import wait_for, write_script
+from tests.supervisor.harness import write_script
 
 
 def _chrome() -> tuple[str, str] | None:

@@ -9,8 +9,8 @@ import httpx
 import psutil
 import pytest
 
+from tests.helpers import wait_for
 from tests.http.conftest import HttpSupervisor, actors_toml, free_port
-from tests.supervisor.harness import wait_for
 
 
 def http_child(sup_pid: int) -> psutil.Process:

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.http.conftest import HttpSupervisor
-from tests.supervisor.harness import wait_for
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -12,11 +12,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from protocol.client import Client, ClientError
 from supervisor.config import load_config
@@ -24,30 +22,15 @@ from supervisor.controlkeys import client_for, control_endpoint
 from supervisor.errors import ConfigError
 from supervisor.store import open_store
 from supervisor.store.base import Store
-
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+from tests import helpers
+from tests.helpers import wait_for
 
 
 def write_script(folder: Path, name: str, body: str) -> Path:
-    """A script file (world-readable: scripts run as ``nobody`` when tests run as root)."""
-    path = folder / "scripts" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for parent in (folder, path.parent):
-        parent.chmod(0o755)
-    path.write_text(textwrap.dedent(body))
-    path.chmod(0o644)
+    """A script in ``folder/scripts``, where the supervisor tests' actors live; ``folder`` is
+    made readable by every user too."""
+    path = helpers.write_script(folder / "scripts", name, body)
+    folder.chmod(0o755)
     return path
 
 

@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from supervisor.alerts.records import AlertRecord
-from tests.supervisor.harness import RunningSupervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import RunningSupervisor, write_script
 from tests.supervisor.receiver import Receiver
 
 Start = Callable[..., RunningSupervisor]

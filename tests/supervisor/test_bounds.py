@@ -25,7 +25,8 @@ from protocol.messages import CLIENT_REQUESTS, Refresh
 from supervisor.idempotency import IdempotencyKeys
 from supervisor.leftovers import MARKER, clean_leftovers, mark_owned
 from supervisor.runs import RecentOutcomes
-from tests.supervisor.harness import ECHO, RunningSupervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
 SLOW = """\

@@ -14,7 +14,8 @@ import pytest
 
 from protocol.client import RunOutcome
 from supervisor.records import Event, RunRecord
-from tests.supervisor.harness import ECHO, RunningSupervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
 from tests.supervisor.runlog import set_mode, trace_dir, traced
 
 Start = Callable[..., RunningSupervisor]

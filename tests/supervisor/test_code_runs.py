@@ -15,7 +15,8 @@ from supervisor.records import RunRecord
 from supervisor.store import open_store
 from supervisor.store.base import Store
 from tests import pg
-from tests.supervisor.harness import RunningSupervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
 

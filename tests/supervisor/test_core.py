@@ -16,7 +16,8 @@ import pytest
 import zmq
 
 from protocol.client import Accepted, ClientError, RunOutcome
-from tests.supervisor.harness import ECHO, RunningSupervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
 

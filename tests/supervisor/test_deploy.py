@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.records import RunRecord
-from tests.supervisor.harness import RunningSupervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
 

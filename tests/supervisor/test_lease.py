@@ -16,10 +16,10 @@ import pytest
 from supervisor.records import RunRecord
 from supervisor.store import open_store
 from tests import pg
+from tests.helpers import wait_for
 from tests.supervisor.harness import (
     RunningSupervisor,
     start_supervisor,
-    wait_for,
     wait_until_ready,
     write_script,
 )

@@ -19,8 +19,9 @@ import pytest
 
 from protocol.client import Accepted, ClientError, RunOutcome
 from tests import pg
+from tests.helpers import wait_for
 from tests.proxy import Proxy
-from tests.supervisor.harness import ECHO, RunningSupervisor, wait_for, write_script
+from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
 SECRET = "hunter2-Secret"

@@ -17,28 +17,20 @@ import pytest
 
 from protocol.client import Accepted, ClientError, RunOutcome
 from supervisor.records import RunRecord
-from tests.supervisor.harness import RunningSupervisor, wait_for, write_script
-from tests.supervisor.runlog import assert_never_overlapped, read_traces, trace_dir, traced
+from tests.helpers import traced_actor, wait_for
+from tests.supervisor.harness import RunningSupervisor
+from tests.supervisor.runlog import assert_never_overlapped, read_traces
 
 Start = Callable[..., RunningSupervisor]
 
 # The first attempt hangs; any later one finishes at once.
-STUCK_ONCE = traced("if ATTEMPT == 1:\n    time.sleep(60)\nfinish()\n")
+STUCK_ONCE = "if ATTEMPT == 1:\n    time.sleep(60)\nfinish()\n"
 
 
 def _stuck_once(public_tmp: Path, settings: str = "") -> tuple[Path, str]:
-    trace = trace_dir(public_tmp)
-    write_script(public_tmp, "stuck.py", STUCK_ONCE)
-    actors = f"""
-        [[actors]]
-        name = "stuck"
-        script = "scripts/stuck.py"
-        env = {{ TRACE_DIR = "{trace}" }}
-        retry_backoff_s = 0.2
-        retry_jitter = false
-        {settings}
-        """
-    return trace, actors
+    return traced_actor(
+        public_tmp, "stuck", STUCK_ONCE, f"retry_backoff_s = 0.2\nretry_jitter = false\n{settings}"
+    )
 
 
 def _held_by(sup: RunningSupervisor, run_id: str, trace: Path | None = None) -> dict[str, Any]:
@@ -150,18 +142,10 @@ BURST = 200
 def test_supervisor_killed_mid_burst_loses_no_run_and_never_runs_one_twice_at_once(
     public_tmp: Path, supervisors: Start
 ) -> None:
-    trace = trace_dir(public_tmp)
-    write_script(public_tmp, "work.py", traced("time.sleep(0.2)\nfinish()\n"))
-    sup = supervisors(
-        f"""
-        [[actors]]
-        name = "work"
-        script = "scripts/work.py"
-        env = {{ TRACE_DIR = "{trace}" }}
-        retry_backoff_s = 0.1
-        """,
-        settings="concurrency = 2\n",
+    trace, actor = traced_actor(
+        public_tmp, "work", "time.sleep(0.2)\nfinish()\n", "retry_backoff_s = 0.1\n"
     )
+    sup = supervisors(actor, settings="concurrency = 2\n")
     accepted: list[str] = []
 
     def burst() -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.records import RunRecord
-from tests.supervisor.harness import ECHO, RunningSupervisor, session_uids, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import ECHO, RunningSupervisor, session_uids, write_script
 
 Start = Callable[..., RunningSupervisor]
 

@@ -18,7 +18,8 @@ import pytest
 
 from protocol.client import Accepted, ClientError, ClientTimeout, RunOutcome
 from supervisor.records import RunRecord
-from tests.supervisor.harness import ECHO, RunningSupervisor, wait_for, write_script
+from tests.helpers import traced_actor, wait_for
+from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
 from tests.supervisor.runlog import count, trace_dir, traced
 
 Start = Callable[..., RunningSupervisor]
@@ -197,18 +198,13 @@ def test_only_retryable_outcomes_are_retried(public_tmp: Path, supervisors: Star
 def test_a_retry_waiting_for_its_backoff_survives_a_restart(
     public_tmp: Path, supervisors: Start, signum: int
 ) -> None:
-    trace = trace_dir(public_tmp)
-    write_script(public_tmp, "flaky.py", traced("finish(75 if COUNT == 1 else 0)\n"))
-    sup = supervisors(
-        f"""
-        [[actors]]
-        name = "flaky"
-        script = "scripts/flaky.py"
-        env = {{ TRACE_DIR = "{trace}" }}
-        retry_backoff_s = 4
-        retry_jitter = false
-        """
+    trace, actor = traced_actor(
+        public_tmp,
+        "flaky",
+        "finish(75 if COUNT == 1 else 0)\n",
+        "retry_backoff_s = 4\nretry_jitter = false\n",
     )
+    sup = supervisors(actor)
     answers: list[object] = []
 
     def wait_for_the_outcome() -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.records import RunRecord
-from tests.supervisor.harness import ECHO, RunningSupervisor, wait_for, write_script
+from tests.helpers import wait_for
+from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
 

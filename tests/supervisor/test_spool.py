@@ -7,42 +7,17 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
+from supervisor.records import ActorRecord, Record, RunRecord, RunState, TaskState
 from supervisor.spool import Spool, SpoolError, decode_batch, encode_batch, spool_folder
 from supervisor.store.base import StoreUnavailable
 from supervisor.store.sqlite import SqliteStore
 from supervisor.writer import BatchWriter
-
-T0 = 1_764_429_324.123456
-
-
-def event(n: int, **changes: object) -> Event:
-    fields: dict[str, object] = {
-        "event_id": f"e{n}",
-        "event_type": "tick",
-        "aggregate_type": "supervisor",
-        "aggregate_id": "s1",
-        "created_at": T0,  # equal times: only the order of writing tells them apart
-    }
-    fields.update(changes)
-    return Event(**fields)  # type: ignore[arg-type]
-
-
-def run(run_id: str, status: str = RunState.QUEUED) -> RunRecord:
-    return RunRecord(
-        run_id=run_id,
-        attempt=1,
-        actor="backup",
-        correlation_id=run_id,
-        trigger="submit",
-        queued_at=T0,
-        status=status,
-    )
+from tests.helpers import T0, event, run_record, wait_for
 
 
 @pytest.fixture
@@ -76,15 +51,6 @@ def stored_event_ids(path: Path) -> list[str]:
         conn.close()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 # -- the spool file ---------------------------------------------------------------------------
 
 
@@ -116,8 +82,8 @@ def test_spooled_batches_are_counted_kept_across_reopening_and_replayed_in_order
     assert not spool.pending
     assert spool.append([event(1), event(2)], only_if_pending=True) is False  # empty: not taken
     spool.append([event(1), event(2)])
-    spool.append([run("r1"), event(3)])
-    assert spool.append([run("r1", RunState.SUCCEEDED)], only_if_pending=True) is True
+    spool.append([run_record("r1"), event(3)])
+    assert spool.append([run_record("r1", status=RunState.SUCCEEDED)], only_if_pending=True) is True
     stats = spool.stats()
     assert (stats.records, stats.batches, stats.appended) == (5, 3, 5) and stats.bytes > 0
     spool.close()
@@ -264,9 +230,9 @@ def test_while_the_store_is_down_batches_are_spooled_durable_then_replayed_in_or
     with Lock(store.path):
         for n in range(10, 60):
             writer.put(event(n))
-        writer.put(run("r1"))
-        seq = writer.put(run("r1", RunState.SUCCEEDED))
-        assert wait_for(lambda: writer.committed >= seq, 10)  # durable while the store is down
+        writer.put(run_record("r1"))
+        seq = writer.put(run_record("r1", status=RunState.SUCCEEDED))
+        wait_for(lambda: writer.committed >= seq, 10, "the batch to be spooled")  # store down
         stats = writer.stats()
         assert stats.degraded and stats.spool_depth == 52 and stats.failures >= 1
         assert stored_event_ids(store.path) == [f"e{n}" for n in range(10)]
@@ -274,7 +240,7 @@ def test_while_the_store_is_down_batches_are_spooled_durable_then_replayed_in_or
             writer.put(event(n))
         assert writer.flush(10)
         assert writer.stats().spool_depth == 62
-    assert wait_for(lambda: writer.stats().spool_depth == 0, 10)
+    wait_for(lambda: writer.stats().spool_depth == 0, 10, "the spool to empty")
     for n in range(70, 80):
         writer.put(event(n))
     assert writer.flush(10)
@@ -318,7 +284,7 @@ def test_a_record_nothing_can_serialize_is_logged_and_counted_not_retried_foreve
     for record in (event(1), poison, event(3)):
         writer.put(record)
     assert writer.flush(10)
-    assert wait_for(lambda: writer.stats().spool_depth == 0, 10)
+    wait_for(lambda: writer.stats().spool_depth == 0, 10, "the spool to empty")
 
     assert stored_event_ids(store.path) == ["e1", "e3"]  # e1 and e3 were spooled, then replayed
     stats = writer.stats()
@@ -332,13 +298,17 @@ def test_upserts_spooled_across_batches_end_in_their_last_version(
     tmp_path: Path, store: SqliteStore, writers: list[BatchWriter]
 ) -> None:
     writer = spooling_writer(writers, store, tmp_path / "spool", batch_size=1)
-    versions = [run("r1"), run("r1", RunState.RUNNING), run("r1", RunState.SUCCEEDED)]
+    versions = [
+        run_record("r1"),
+        run_record("r1", status=RunState.RUNNING),
+        run_record("r1", status=RunState.SUCCEEDED),
+    ]
     with Lock(store.path):
         for version in versions:
             writer.put(version)
             writer.put(dataclasses.replace(version, run_id="r2"))
         assert writer.flush(10)
-    assert wait_for(lambda: writer.stats().spool_depth == 0, 10)
+    wait_for(lambda: writer.stats().spool_depth == 0, 10, "the spool to empty")
     assert {r.run_id: r.status for r in store.list_runs()} == {
         "r1": RunState.SUCCEEDED,
         "r2": RunState.SUCCEEDED,

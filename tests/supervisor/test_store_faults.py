@@ -16,11 +16,11 @@ import pytest
 
 from protocol.client import RunOutcome
 from supervisor.deadletter import DeadLetters
-from supervisor.records import Event, RunRecord
 from supervisor.spool import Spool, frame
 from supervisor.store.sqlite import SqliteStore
 from supervisor.writer import BatchWriter
-from tests.supervisor.harness import ECHO, RunningSupervisor, wait_for, write_script
+from tests.helpers import event, run_record, wait_for
+from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
 ACTORS = """
@@ -28,19 +28,6 @@ ACTORS = """
 name = "echo"
 script = "scripts/echo.py"
 """
-
-
-def run(run_id: str, queued_at: float = 1000.0) -> RunRecord:
-    return RunRecord(
-        run_id=run_id, attempt=1, actor="a", correlation_id=run_id, trigger="submit",
-        queued_at=queued_at,
-    )  # fmt: skip
-
-
-def event(event_id: str) -> Event:
-    return Event(
-        event_id=event_id, event_type="x", aggregate_type="run", aggregate_id="r", created_at=1.0
-    )
 
 
 def letters(path: Path) -> list[dict[str, Any]]:
@@ -55,11 +42,11 @@ def test_a_poison_record_is_dead_lettered_and_the_writer_goes_on(tmp_path: Path)
     writer = BatchWriter(store, spool=spool, dead_letters=dead, max_age_s=0.0)
     writer.start()
     try:
-        writer.put(run("good-1"))
-        writer.put(run("poison", queued_at=1e300))  # cannot be a timestamp: refused for good
+        writer.put(run_record("good-1"))
+        writer.put(run_record("poison", queued_at=1e300))  # cannot be a timestamp: refused for good
         writer.put(event("e1"))
         assert writer.flush(timeout=10)
-        writer.put(run("good-2"))
+        writer.put(run_record("good-2"))
         assert writer.flush(timeout=10)
         stats = writer.stats()
     finally:
@@ -79,7 +66,10 @@ def test_start_up_replays_a_spool_holding_a_poison_record(
     write_script(public_tmp, "echo.py", ECHO)
     spool = public_tmp / "state" / "spool"
     spool.mkdir(parents=True)
-    items = [["run", orjson.loads(orjson.dumps(r))] for r in (run("ok"), run("bad", 1e300))]
+    items = [
+        ["run", orjson.loads(orjson.dumps(r))]
+        for r in (run_record("ok"), run_record("bad", queued_at=1e300))
+    ]
     items.append(["run", {"run_id": "mangled"}])  # does not even decode
     payload = orjson.dumps(items)
     (spool / "000000000001.spool").write_bytes(frame(payload, len(items)))

@@ -6,16 +6,15 @@ import select
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from supervisor.records import Event, Record, RunRecord, RunState
+from supervisor.records import Record, RunRecord, RunState
 from supervisor.store.sqlite import SqliteStore
 from supervisor.writer import BatchWriter
-
-T0 = 1_764_429_324.0
+from tests.helpers import T0, event, run_record, wait_for
 
 
 class RecordingStore(SqliteStore):
@@ -70,25 +69,8 @@ def make_writer(
     return writer
 
 
-def event(n: int) -> Event:
-    return Event(
-        event_id=f"e{n}",
-        event_type="tick",
-        aggregate_type="supervisor",
-        aggregate_id="s1",
-        created_at=T0,  # equal times: only the insertion order can tell them apart
-    )
-
-
 def run_versions(run_id: str) -> list[RunRecord]:
-    queued = RunRecord(
-        run_id=run_id,
-        attempt=1,
-        actor="backup",
-        correlation_id=run_id,
-        trigger="submit",
-        queued_at=T0,
-    )
+    queued = run_record(run_id)
     running = dataclasses.replace(queued, status=RunState.RUNNING, started_at=T0 + 1)
     done = dataclasses.replace(running, status=RunState.SUCCEEDED, finished_at=T0 + 2)
     return [queued, running, done]
@@ -104,15 +86,6 @@ def stored_event_ids(path: Path) -> list[str]:
 
 def readable(fd: int, timeout: float) -> bool:
     return bool(select.select([fd], [], [], timeout)[0])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 # -- ordering and durability signals ----------------------------------------------------------
@@ -225,7 +198,7 @@ def test_locked_store_is_retried_until_every_record_lands_exactly_once(
     try:
         for n in range(30):
             writer.put(event(n))
-        assert wait_for(lambda: writer.stats().failures >= 3, timeout=10)
+        wait_for(lambda: writer.stats().failures >= 3, 10, "three failed writes")
         stats = writer.stats()
         assert stats.degraded and stats.committed == 0 and "locked" in (stats.last_error or "")
         for n in range(30, 60):  # put keeps accepting while the store is down
@@ -251,7 +224,7 @@ def test_non_transient_errors_are_retried_too(tmp_path: Path, writers: list[Batc
     writer = make_writer(writers, unmigrated, backoff_initial_s=0.01, backoff_max_s=0.05)
     try:
         writer.put(event(1))
-        assert wait_for(lambda: writer.stats().failures >= 2, timeout=10)
+        wait_for(lambda: writer.stats().failures >= 2, 10, "two failed writes")
         assert "no such table" in (writer.stats().last_error or "")
 
         operator = SqliteStore(tmp_path / "late.db")  # an operator runs `migrate` meanwhile

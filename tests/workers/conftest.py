@@ -4,10 +4,9 @@ check after every test that no process the launcher spawned is still alive."""
 import os
 import select
 import sys
-import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,13 @@ import pytest
 
 from protocol.codec import decode, encode
 from protocol.messages import Limits, Result, Run
+from tests.helpers import wait_for
 from workers.access import resolve_user, unexecutable
 from workers.launcher_handle import Finished, Launcher, SandboxConfig, Started, start_launcher
 
 SECRET_NAME = "ACTOR_TEST_SECRET"
 IS_ROOT = os.geteuid() == 0
 RUN_AS = resolve_user("nobody") if IS_ROOT else None
-
-
-def write_script(folder: Path, name: str, code: str) -> Path:
-    """A script file every user can read."""
-    path = folder / name
-    path.write_text(textwrap.dedent(code))
-    path.chmod(0o644)
-    return path
 
 
 def make_run(script: Path, mode: str, **fields: Any) -> Run:
@@ -81,15 +73,6 @@ def wait_started(launcher: Launcher, run_ids: set[str], timeout: float = 10.0) -
         select.select([launcher], [], [], left)
         started += [e for e in launcher.receive() if isinstance(e, Started)]
     return started
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def is_running(pid: int) -> bool:
@@ -160,8 +143,10 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     if "launcher" not in request.fixturenames:
         return
     handle: Launcher = request.getfixturevalue("launcher")
-    left = wait_for(lambda: not leftovers(handle), timeout=5.0)
-    assert left, f"leftover processes: {leftovers(handle)}"
+    try:
+        wait_for(lambda: not leftovers(handle), 5.0, "the launcher's processes to end")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; leftover processes: {leftovers(handle)}") from None
 
 
 @pytest.fixture(params=["fork", "exec"])

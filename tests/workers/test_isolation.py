@@ -12,16 +12,8 @@ import pytest
 
 from protocol.codec import MAX_BODY_BYTES, decode, encode
 from protocol.messages import Limits, Result
-from tests.workers.conftest import (
-    IS_ROOT,
-    collect,
-    is_running,
-    make_run,
-    run_script,
-    wait_for,
-    wait_started,
-    write_script,
-)
+from tests.helpers import wait_for, write_script
+from tests.workers.conftest import IS_ROOT, collect, is_running, make_run, run_script, wait_started
 from workers.flight import Flight, Reaped
 from workers.launcher_handle import Launcher, LauncherGone, SandboxConfig, start_launcher
 
@@ -73,7 +65,7 @@ def test_each_run_is_hardened_with_a_private_tmpdir(
     tmp = out["tmp"][0]
     assert out["tmp"][:3] == [tmp] * 3 and tmp != "/tmp"
     assert out["tmp_stat"][1] == "0o700"
-    assert wait_for(lambda: not os.path.exists(tmp))  # removed after the run
+    wait_for(lambda: not os.path.exists(tmp), 5, "the private TMPDIR to be removed")
     if IS_ROOT:
         uid = out["ids"][0]
         assert out["ids"] == [uid, uid, []] and uid in UIDS
@@ -211,7 +203,11 @@ def test_a_stopped_launcher_is_given_up_within_the_heartbeat_timeout(
                 handle.keepalive(time.monotonic())
         assert time.monotonic() - began < 1.0 + 1.5
         assert info.value.in_flight == ((run.run_id, 1),)
-        assert wait_for(lambda: not is_running(started.child_pid))
-        assert wait_for(lambda: not is_running(handle.pid) and not is_running(forker))
+        wait_for(lambda: not is_running(started.child_pid), 5, "the run child to die")
+        wait_for(
+            lambda: not is_running(handle.pid) and not is_running(forker),
+            5,
+            "the launcher and its forker to exit",
+        )
     finally:
         handle.close()

@@ -10,11 +10,13 @@ import signal
 import time
 from pathlib import Path
 
+import orjson
 import psutil
 import pytest
 
 from protocol.codec import encode
 from protocol.messages import Limits
+from tests.helpers import shared_folder, wait_for, write_script
 from tests.workers.conftest import (
     IS_ROOT,
     RUN_AS,
@@ -25,9 +27,7 @@ from tests.workers.conftest import (
     is_running,
     make_run,
     run_script,
-    wait_for,
     wait_started,
-    write_script,
 )
 from workers.launcher_handle import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
 
@@ -396,37 +396,80 @@ def test_grandchild_left_behind_is_killed(
     assert result.status == "succeeded"
     grandchild = result.output
     assert isinstance(grandchild, int)
-    assert wait_for(lambda: not is_running(grandchild)), "grandchild survived its run"
+    wait_for(lambda: not is_running(grandchild), 5, "the grandchild to die with its run")
 
 
-@pytest.mark.timeout(30)
-def test_escaped_descendant_is_spared_while_its_run_is_in_flight(
+@pytest.mark.timeout(60)
+def test_a_sweep_during_a_run_kills_its_escaped_descendant_and_spares_its_own(
     launcher: Launcher, public_tmp: Path
 ) -> None:
-    # Exec mode: the daemon's /proc environ names its run, so the sweep that follows the
-    # intermediate's death must spare it until the run itself ends.
+    # Without a uid per run, a run's processes are known by their session: a daemon that left
+    # it (setsid) is an orphan once reparented to the forker, even while its run goes on; one
+    # that stayed in the session is spared. A sweep follows each reap, so the test makes one
+    # happen -- it runs two quick scripts -- only once both daemons are reparented, and the
+    # script reports which daemon survived it only then.
+    shared = shared_folder(public_tmp)
     script = write_script(
         public_tmp,
         "daemonize.py",
-        """\
-        import os, time
-        r, w = os.pipe()
-        if os.fork() == 0:
-            os.setsid()
-            if os.fork() == 0:
-                os.write(w, str(os.getpid()).encode())
-                time.sleep(300)
-            os._exit(0)
-        os.close(w)
-        daemon = int(os.read(r, 32))
-        time.sleep(0.5)  # the intermediate has been reaped (and a sweep done) by now
-        os.kill(daemon, 0)
-        print(daemon)
+        f"""\
+        import json, os, time
+        def daemon(escape):
+            r, w = os.pipe()
+            child = os.fork()
+            if child == 0:
+                if escape:
+                    os.setsid()
+                if os.fork() == 0:
+                    os.write(w, str(os.getpid()).encode())
+                    time.sleep(300)
+                os._exit(0)
+            os.close(w)
+            pid = int(os.read(r, 32))
+            os.waitpid(child, 0)  # the intermediate is gone: the daemon is reparented
+            return pid
+        pids = {{"escaped": daemon(True), "kept": daemon(False)}}
+        with open("{shared}/pids.tmp", "w") as f:
+            json.dump(pids, f)
+        os.rename("{shared}/pids.tmp", "{shared}/pids.json")
+        deadline = time.monotonic() + 30
+        while not os.path.exists("{shared}/swept") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        alive = {{}}
+        for name, pid in pids.items():
+            try:
+                os.kill(pid, 0)
+                alive[name] = True
+            except ProcessLookupError:
+                alive[name] = False
+        print(json.dumps({{"pids": pids, "alive": alive}}))
         """,
     )
-    result = run_script(launcher, make_run(script, "exec"))
+    run = make_run(script, "exec")
+    launcher.submit(encode(run))
+    pids_file = shared / "pids.json"
+    wait_for(pids_file.exists, 15, "the script to write its daemons' pids")
+    pids = orjson.loads(pids_file.read_bytes())
+    wait_for(
+        lambda: all(_parent(pid) == launcher.forker_pid for pid in pids.values()),
+        10,
+        "both daemons to be reparented to the forker",
+    )
+    quick = write_script(public_tmp, "quick.py", "print(1)")
+    for _ in range(2):  # the second starts after the first's reap, hence after its sweep
+        assert run_script(launcher, make_run(quick, "fork")).status == "succeeded"
+    (shared / "swept").touch()
+    result = collect(launcher, {run.run_id}, timeout=30)[run.run_id]
     assert result.status == "succeeded", result.stderr_tail
-    assert wait_for(lambda: not is_running(result.output)), "daemon survived its run"
+    assert result.output == {"pids": pids, "alive": {"escaped": False, "kept": True}}
+    wait_for(lambda: not is_running(pids["kept"]), 5, "the run's own daemon to die with it")
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.NoSuchProcess:
+        return None
 
 
 @pytest.mark.timeout(30)
@@ -479,18 +522,21 @@ def test_two_runs_at_once_on_one_launcher(launcher: Launcher, public_tmp: Path) 
 
 @pytest.mark.timeout(30)
 def test_kill_all_stops_every_run_as_shutdown(launcher: Launcher, public_tmp: Path) -> None:
+    shared = shared_folder(public_tmp)
     sleeper = write_script(public_tmp, "sleeper.py", "import time; time.sleep(300)")
     stubborn = write_script(
         public_tmp,
         "stubborn.py",
-        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)\n",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"open('{shared}/ignoring', 'w').close()\ntime.sleep(300)\n",
     )
     runs = [make_run(sleeper, "fork"), make_run(stubborn, "exec")]
     for run in runs:
         launcher.submit(encode(run))
     ids = {run.run_id for run in runs}
     wait_started(launcher, ids)
-    time.sleep(0.3)  # let the stubborn one install its handler
+    ignoring = shared / "ignoring"
+    wait_for(ignoring.exists, 15, "the stubborn script to ignore SIGTERM")
     launcher.kill_all()
     results = collect(launcher, ids, timeout=10)
     for run in runs:
@@ -516,12 +562,12 @@ def test_an_undecodable_run_is_answered_not_fatal(launcher: Launcher) -> None:
 
 @pytest.mark.timeout(30)
 def test_a_killed_idle_spare_is_replaced(launcher: Launcher, public_tmp: Path) -> None:
-    assert wait_for(lambda: any(is_idle_spare(p) for p in descendants(launcher.pid)))
+    wait_for(lambda: any(is_idle_spare(p) for p in descendants(launcher.pid)), 5, "an idle spare")
     (spare,) = [p for p in descendants(launcher.pid) if is_idle_spare(p)]
     os.kill(spare.pid, signal.SIGKILL)
     # Once reaped, the next run forks a new child on demand. (A spare killed at the very moment
     # of its handoff takes that run down with it, reported as killed by SIGKILL.)
-    assert wait_for(lambda: not psutil.pid_exists(spare.pid))
+    wait_for(lambda: not psutil.pid_exists(spare.pid), 5, "the spare to exit")
     script = write_script(public_tmp, "echo.py", ECHO)
     result = run_script(launcher, make_run(script, "fork"))
     assert result.status == "succeeded" and result.child_pid != spare.pid
@@ -555,7 +601,7 @@ def test_close_kills_runs_and_reaps_the_launcher(own_launcher: Launcher, public_
     (started,) = wait_started(own_launcher, {run.run_id})
     own_launcher.close(timeout=5)
     assert own_launcher.exit_status == 0
-    assert wait_for(lambda: not is_running(started.child_pid))
+    wait_for(lambda: not is_running(started.child_pid), 5, "the run child to die")
     with pytest.raises(LauncherGone):
         own_launcher.submit(encode(run))
 
@@ -593,7 +639,7 @@ def test_a_killed_launcher_is_reported_gone_with_its_runs(
             time.sleep(0.05)
     assert gone.value.in_flight == ((run.run_id, 1),)
     assert "SIGKILL" in str(gone.value)
-    assert wait_for(lambda: not is_running(started.child_pid))
+    wait_for(lambda: not is_running(started.child_pid), 5, "the run child to die")
     own_launcher.close()
 
 

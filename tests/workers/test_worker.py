@@ -14,7 +14,8 @@ import zmq
 
 from protocol.codec import decode, encode
 from protocol.messages import Hello, Result, Stop
-from tests.workers.conftest import RUN_AS, make_run, write_script
+from tests.helpers import write_script
+from tests.workers.conftest import RUN_AS, make_run
 from workers.sandbox import SandboxConfig
 from workers.scoreboard import Scoreboard, SlotState
 from workers.worker import WorkerSpec, worker_main

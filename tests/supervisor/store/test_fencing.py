@@ -3,21 +3,15 @@ supervisor that lost its lease might still try to write."""
 
 from dataclasses import replace
 
-from supervisor.records import Event, RunRecord
+from supervisor.records import RunRecord
 from supervisor.store.base import Store
+from tests.helpers import event
 
 
 def fire(run_id: str, epoch: int, scheduled_for: float = 1000.0) -> RunRecord:
     return RunRecord(
         run_id=run_id, attempt=1, actor="tick", correlation_id=run_id, trigger="schedule",
         queued_at=scheduled_for, scheduled_for=scheduled_for, epoch=epoch,
-    )  # fmt: skip
-
-
-def event(event_id: str) -> Event:
-    return Event(
-        event_id=event_id, event_type="x", aggregate_type="run", aggregate_id=event_id,
-        created_at=1.0,
     )  # fmt: skip
 
 

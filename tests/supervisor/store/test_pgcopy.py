@@ -3,26 +3,14 @@ on a real PostgreSQL, that what it encodes reads back right)."""
 
 import dataclasses
 import struct
-from typing import Any
 
 import pytest
 
 from supervisor.records import Event
 from supervisor.store.pgcopy import EVENT_COLUMNS, SIGNATURE, TRAILER, events_stream
+from tests.helpers import event
 
-
-def event(n: int, **changes: Any) -> Event:
-    fields: dict[str, Any] = {
-        "event_id": f"e{n}",
-        "event_type": "tick",
-        "aggregate_type": "run",
-        "aggregate_id": "r1",
-        "correlation_id": None,
-        "metadata": {"n": n},
-        "created_at": 946_684_800.000001,  # 2000-01-01 UTC plus one microsecond
-    }
-    fields.update(changes)
-    return Event(**fields)
+Y2K_PLUS_1US = 946_684_800.000001  # 2000-01-01 UTC plus one microsecond
 
 
 def fields_of(row: bytes) -> list[bytes | None]:
@@ -42,12 +30,12 @@ def fields_of(row: bytes) -> list[bytes | None]:
 
 
 def test_one_event_is_framed_as_postgres_reads_it() -> None:
-    (stream,) = events_stream([event(1)])
+    (stream,) = events_stream([event(1, correlation_id=None, created_at=Y2K_PLUS_1US)])
     assert stream.startswith(SIGNATURE) and stream.endswith(TRAILER)
     row = stream[len(SIGNATURE) : -len(TRAILER)]
     assert fields_of(row) == [
         b"e1",
-        b"tick",
+        b"run_queued",
         b"run",
         b"r1",
         None,

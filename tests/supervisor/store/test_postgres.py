@@ -4,6 +4,7 @@ and the CLI's store commands."""
 
 import dataclasses
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -21,28 +22,11 @@ from supervisor.store import PoolOptions, open_store
 from supervisor.store.base import StoreError, StoreUnavailable
 from supervisor.store.postgres import PostgresStore
 from tests import pg
+from tests.helpers import T0, event
+from tests.helpers import run_record as run
 from tests.proxy import Proxy
 
-T0 = 1_764_429_324.123456
 SECRET = "s3cret-Pa55"
-
-
-def event(n: int, aggregate: str = "r1") -> Event:
-    return Event(
-        event_id=f"e{n}",
-        event_type="tick",
-        aggregate_type="run",
-        aggregate_id=aggregate,
-        correlation_id=aggregate,
-        metadata={"n": n},
-        created_at=T0 + n / 1000,
-    )
-
-
-def run(run_id: str) -> RunRecord:
-    return RunRecord(
-        run_id=run_id, attempt=1, actor="a", correlation_id=run_id, trigger="submit", queued_at=T0
-    )
 
 
 @pytest.fixture
@@ -230,7 +214,7 @@ def test_a_big_batch_is_a_handful_of_round_trips_not_one_per_row(
     try:
         store.write_batch([event(0)])  # warm up: connection set up, statements prepared
         before = proxy.round_trips
-        batch: list[Record] = [event(n, f"r{n % 50}") for n in range(1, 2001)]
+        batch: list[Record] = [event(n, aggregate_id=f"r{n % 50}") for n in range(1, 2001)]
         batch += [run(f"r{n}") for n in range(200)]
         store.write_batch(batch)
         trips = proxy.round_trips - before
@@ -282,13 +266,16 @@ def test_events_keep_batch_order_for_equal_times(pg_database: str) -> None:
 # -- the CLI's store commands on PostgreSQL -------------------------------------------------------
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supervisor.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -307,7 +294,13 @@ def test_cli_migrate_history_and_events_read_postgres(
 
     store = PostgresStore(url)
     try:
-        store.write_batch([run("r1"), event(1), event(2), event(3, "r2")])
+        store.write_batch(
+            [
+                run("r1"),
+                *(event(n, created_at=T0 + n / 1000) for n in (1, 2)),
+                event(3, aggregate_id="r2", correlation_id="r2", created_at=T0 + 0.003),
+            ]
+        )
     finally:
         store.close()
     history = cli("history", "--database", url, "--json", cwd=tmp_path)
@@ -319,14 +312,16 @@ def test_cli_migrate_history_and_events_read_postgres(
     since = cli("events", "--since", str(T0 + 0.0015), "--database", url, "--json", cwd=tmp_path)
     assert [e["event_id"] for e in orjson.loads(since.stdout)] == ["e2", "e3"]
     correlated = cli("events", "--correlation", "r2", "--database", url, cwd=tmp_path)
-    assert correlated.returncode == 0 and "tick" in correlated.stdout
+    assert correlated.returncode == 0 and "run_queued" in correlated.stdout
 
 
 @pytest.mark.timeout(60)
 def test_cli_reports_an_unreachable_database_without_the_password(tmp_path: Path) -> None:
     pg.require_server()
     url = f"postgresql://app:{SECRET}@127.0.0.1:{closed_port()}/db"
-    result = cli("history", "--database", url, cwd=tmp_path)
+    # the CLI waits up to 10 s for a server by default; nothing will listen on this port
+    wait = {"ACTOR_SUPERVISOR_DATABASE_WAIT_S": "0.3"}
+    result = cli("history", "--database", url, cwd=tmp_path, env=wait)
     assert result.returncode == 4
     assert "Connection refused" in result.stderr and SECRET not in result.stderr
 

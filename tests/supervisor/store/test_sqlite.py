@@ -10,23 +10,12 @@ from pathlib import Path
 import pytest
 
 from supervisor.errors import ConfigError
-from supervisor.records import ActorRecord, Event, Record, RunRecord
+from supervisor.records import ActorRecord, Event, Record
 from supervisor.store import open_store, redact_url
 from supervisor.store.base import StoreError, StoreUnavailable
 from supervisor.store.sqlite import SqliteStore, from_text, to_text
-
-T0 = 1_764_429_324.123456
-
-
-def run(run_id: str, queued_at: float = T0) -> RunRecord:
-    return RunRecord(
-        run_id=run_id,
-        attempt=1,
-        actor="backup",
-        correlation_id=run_id,
-        trigger="schedule",
-        queued_at=queued_at,
-    )
+from tests.helpers import T0
+from tests.helpers import run_record as run
 
 
 @pytest.fixture
@@ -103,7 +92,7 @@ def test_second_connection_reads_while_the_writer_writes(sqlite_store: SqliteSto
     def write() -> None:
         try:
             for i in range(200):
-                batch: list[Record] = [run(f"r{i}-{j}", T0 + i) for j in range(20)]
+                batch: list[Record] = [run(f"r{i}-{j}", queued_at=T0 + i) for j in range(20)]
                 batch.append(
                     Event(
                         event_id=f"e{i}",
@@ -184,7 +173,9 @@ def test_store_refuses_use_in_a_forked_child(sqlite_store: SqliteStore) -> None:
 
 
 def test_timestamps_are_fixed_width_utc_text_with_microseconds(sqlite_store: SqliteStore) -> None:
-    sqlite_store.write_batch([run("a", T0), run("b", 1.5), run("c", T0 + 0.5)])
+    sqlite_store.write_batch(
+        [run("a", queued_at=T0), run("b", queued_at=1.5), run("c", queued_at=T0 + 0.5)]
+    )
     conn = raw(sqlite_store.path)
     try:
         rows = conn.execute("SELECT queued_at FROM runs ORDER BY queued_at").fetchall()

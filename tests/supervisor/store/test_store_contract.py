@@ -8,34 +8,8 @@ import pytest
 
 from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
 from supervisor.store.base import Store, StoreError, StoreUnavailable
-
-T0 = 1_764_429_324.123456  # 2025-11-29T15:15:24.123456Z: microseconds must survive
-
-
-def run(run_id: str = "r1", attempt: int = 1, **changes: Any) -> RunRecord:
-    fields: dict[str, Any] = {
-        "run_id": run_id,
-        "attempt": attempt,
-        "actor": "backup",
-        "correlation_id": run_id,
-        "trigger": "submit",
-        "queued_at": T0,
-    }
-    fields.update(changes)
-    return RunRecord(**fields)
-
-
-def event(event_id: str, **changes: Any) -> Event:
-    fields: dict[str, Any] = {
-        "event_id": event_id,
-        "event_type": "run_queued",
-        "aggregate_type": "run",
-        "aggregate_id": "r1",
-        "correlation_id": "r1",
-        "created_at": T0,
-    }
-    fields.update(changes)
-    return Event(**fields)
+from tests.helpers import T0, event
+from tests.helpers import run_record as run
 
 
 def state(actor: str = "backup", **changes: Any) -> TaskState:
