@@ -9,7 +9,8 @@ The block is a file on tmpfs (``/dev/shm``) mapped with ``mmap`` by every proces
 3.11 unlinks a block when any attaching process exits.
 
 Each slot is guarded by a sequence lock: the writer makes the counter odd, writes, makes it even;
-a reader retries while the counter is odd or changed under it, so it never sees a torn slot.
+a reader retries while the counter is odd or changed under it. The body also carries its CRC-32,
+and a reader retries on a mismatch too: a torn slot was seen under load with the counter alone.
 """
 
 import mmap
@@ -17,6 +18,7 @@ import os
 import struct
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -25,11 +27,14 @@ from typing import Any
 # Native format: the counter is read and written as one aligned 8-byte word. (The "<"
 # formats go byte by byte, so a reader could see a torn counter that looks unchanged.)
 _SEQ = struct.Struct("Q")
+DEAD_WRITER_S = 1.0  # a slot's counter odd for this long: its writer died mid-write
 # pid, launcher_pid, state, in_flight, runs_done, runs_failed, started_at, heartbeat (monotonic),
 # run_id, attempt, child_pid, run_started_at, rss_kb, bad_messages
 _BODY = struct.Struct("<iiBHQQdd32sHidQI")
+_CRC = struct.Struct("<I")  # CRC-32 of the packed body, right after it
 SLOT_SIZE = 128
-assert _SEQ.size + _BODY.size <= SLOT_SIZE
+assert _SEQ.size + _BODY.size + _CRC.size <= SLOT_SIZE
+_BODY_END = _SEQ.size + _BODY.size
 
 
 class SlotState(IntEnum):
@@ -99,23 +104,25 @@ class Scoreboard:
 
     def read(self, index: int) -> SlotView:
         offset = index * SLOT_SIZE
+        start, end = offset + _SEQ.size, offset + _BODY_END
         attempts = 0
-        stuck = 0  # attempts in a row that found the same odd counter
-        previous = -1
+        odd, odd_since = -1, 0.0  # an odd counter value, and when it was first seen
         while True:
             (before,) = _SEQ.unpack_from(self._map, offset)
             if not before & 1:
-                fields = _BODY.unpack_from(self._map, offset + _SEQ.size)
+                raw = self._map[start : end + _CRC.size]
                 (after,) = _SEQ.unpack_from(self._map, offset)
-                if before == after:
-                    return _view(index, fields)
-            stuck = stuck + 1 if before & 1 and before == previous else 0
-            previous = before
+                if before == after and (before == 0 or _intact(raw)):  # 0: never written
+                    return _view(index, _BODY.unpack_from(raw))
+            elif before != odd:
+                odd, odd_since = before, time.monotonic()
+            elif time.monotonic() - odd_since > DEAD_WRITER_S:
+                # The same odd value for that long: the writer died (or was stopped) mid-write.
+                # A preempted live writer finishes in far less time.
+                return _view(index, _BODY.unpack_from(self._map, start))
             attempts += 1
-            if attempts % 64 == 0:
-                time.sleep(0)  # let a writer on this core finish its slot
-            if stuck >= 10_000:  # the same odd value all along: the writer died mid-write
-                return _view(index, _BODY.unpack_from(self._map, offset + _SEQ.size))
+            if attempts % 64 == 0:  # let the writer finish its slot: yield, then really wait
+                time.sleep(0 if attempts < 1024 else 0.0005)
 
     def clear(self, index: int) -> None:
         """Reset a slot before a replacement worker takes it."""
@@ -193,6 +200,26 @@ class SlotWriter:
         self._seq += self._seq & 1  # a writer that died mid-write left it odd
 
     def write(self, f: SlotFields) -> None:
+        body = _BODY.pack(
+            f.pid,
+            f.launcher_pid,
+            int(f.state),
+            f.in_flight,
+            f.runs_done,
+            f.runs_failed,
+            f.started_at,
+            f.heartbeat,
+            f.run_id.encode("ascii", "replace")[:32],
+            f.attempt,
+            f.child_pid,
+            f.run_started_at,
+            f.rss_kb,
+            f.bad_messages,
+        )
+        self._seq += 1
+        _SEQ.pack_into(self._map, self._offset, self._seq)
+        start = self._offset + _SEQ.size
+        self._map[start : start + _BODY.size + _CRC.size] = body + _CRC.pack(zlib.crc32(body))
         self._seq += 1
         _SEQ.pack_into(self._map, self._offset, self._seq)
         _BODY.pack_into(
@@ -215,3 +242,9 @@ class SlotWriter:
         )
         self._seq += 1
         _SEQ.pack_into(self._map, self._offset, self._seq)
+
+
+def _intact(raw: bytes) -> bool:
+    """Whether a copied body matches the CRC-32 its writer stored after it."""
+    stored: int = _CRC.unpack_from(raw, _BODY.size)[0]
+    return zlib.crc32(raw[: _BODY.size]) == stored
