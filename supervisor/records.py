@@ -7,10 +7,21 @@ state. All timestamps are epoch seconds (UTC); the stores convert them to their 
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, SyncUpdate
+
+
+class Trigger(StrEnum):
+    """What started an attempt."""
+
+    SUBMIT = "submit"  # a client's submit
+    TRIGGER = "trigger"  # a client's trigger: the actor's configured input
+    SCHEDULE = "schedule"  # the actor's schedule fired
+    CATCH_UP = "catch_up"  # a fire missed while the supervisor was down
+    RETRY = "retry"  # the next attempt of a retryable failure
+    PROBE = "probe"  # a paused actor's half-open probe
 
 
 class RunState(StrEnum):
@@ -123,3 +134,16 @@ class ActorRecord:
 
 
 Record = RunRecord | Event | TaskState | ActorRecord | CodeChange | SyncUpdate | AlertRecord
+
+
+class RecordSink(Protocol):
+    """Where records go to become durable, in order (the batch writer satisfies it)."""
+
+    def put(self, record: Record) -> int:
+        """Queue ``record``; return its sequence number (durable once ``committed`` reaches it)."""
+        ...
+
+    @property
+    def committed(self) -> int:
+        """The highest sequence number whose record, and every one before it, is durable."""
+        ...

@@ -89,7 +89,7 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
         "supervisor": {
             "pid": os.getpid(),
             "instance_id": sup.instance_id,
-            "phase": sup.phase.value,
+            "phase": sup.book.phase.value,
             "started_at": iso(sup.started_at),
             "uptime_s": round(time.time() - sup.started_at, 3),
             "control": sup.settings.control,
@@ -102,9 +102,9 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
         "workers": workers,
         "actors": actors,
         "queue": {
-            "ready": len(sup.ready),
-            "in_flight": sum(1 for a in sup.runs.values() if a.worker_id is not None),
-            "active_runs": len(sup.runs),
+            "ready": len(sup.book.ready),
+            "in_flight": sum(1 for a in sup.book.runs.values() if a.worker_id is not None),
+            "active_runs": len(sup.book.runs),
             "capacity": sup.settings.queue_size,
         },
         "store": {
@@ -129,7 +129,7 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
             "dead_letter_file": str(sup.dead_letters.path),
             "lease": sup.lease.status(),
         },
-        "counters": sup.all_counters(),
+        "counters": all_counters(sup),
     }
 
 
@@ -151,20 +151,21 @@ def build_metrics(sup: "Supervisor") -> dict[str, Any]:
     stats = sup.writer.stats()
     last_commit = sup.writer.last_commit_at
     return {
-        **sup.metrics.snapshot(),
-        "phase": sup.phase.value,
+        **sup.book.metrics.snapshot(),
+        "phase": sup.book.phase.value,
         "uptime_s": time.time() - sup.started_at,
         "workers": workers,
         "workers_ready": sum(1 for h, _ in sup.pool.views() if h and h.ready),
         "workers_total": sup.settings.workers,
-        "queue_depth": sup.waiting(),
+        "queue_depth": sup.book.waiting(),
         "queue_capacity": sup.settings.queue_size,
-        "runs_in_flight": sum(1 for a in sup.runs.values() if a.worker_id is not None),
+        "runs_in_flight": sum(1 for a in sup.book.runs.values() if a.worker_id is not None),
         "oldest_queued_at": min(
-            (sup.runs[r].record.queued_at for r in sup.ready if r in sup.runs), default=None
+            (sup.book.runs[r].record.queued_at for r in sup.book.ready if r in sup.book.runs),
+            default=None,
         ),
-        "busy_rejections": sup.counters["busy_rejections"],
-        "worker_restarts": sup.counters["worker_deaths"],
+        "busy_rejections": sup.book.counters["busy_rejections"],
+        "worker_restarts": sup.book.counters["worker_deaths"],
         "store_degraded": stats.degraded,
         "store_spool_depth": stats.spool_depth,
         "store_batch_bounds": list(sup.writer.batch_seconds.bounds),
@@ -179,4 +180,25 @@ def build_metrics(sup: "Supervisor") -> dict[str, Any]:
             ]
             for a in sup.actors.values()
         ],
+    }
+
+
+def status_line(sup: "Supervisor") -> str:
+    """systemd's STATUS=: what `systemctl status` shows."""
+    ready = sum(1 for handle in sup.pool.handles() if handle.ready)
+    line = (
+        f"{ready}/{sup.settings.workers} workers ready, {len(sup.book.in_flight())} "
+        f"run(s) in flight, {sup.book.waiting()} waiting"
+    )
+    return line + (", store DEGRADED (spooling)" if sup.writer.stats().degraded else "")
+
+
+def all_counters(sup: "Supervisor") -> dict[str, int]:
+    """The run book's counters, the scheduler's and the control socket's."""
+    return {
+        **sup.book.counters,
+        "bad_requests": sup.control.bad_requests,
+        "replies_dropped": sup.control.replies_dropped,
+        "fires_dropped": sup.book.scheduler.dropped,
+        "fires_skipped": sup.book.scheduler.skipped,
     }
