@@ -9,7 +9,7 @@ Every change is durable task state plus an event.
 import logging
 from collections.abc import Callable
 
-from protocol.outcomes import Reason, Status
+from protocol.outcomes import Reason, RunStatus
 from supervisor import events
 from supervisor.actors import ActorRuntime
 from supervisor.heap import EntryKind, Key, ScheduleHeap
@@ -46,7 +46,7 @@ class Breaker:
         self._probes.discard(record.run_id)
         if record.reason in NOT_THE_ACTORS_FAULT:
             return
-        succeeded = record.status == Status.SUCCEEDED
+        succeeded = record.status == RunStatus.SUCCEEDED
         failures = 0 if succeeded else actor.state.consecutive_failures + 1
         self._writer.put(
             actor.update_state(last_run_at=record.finished_at, consecutive_failures=failures)

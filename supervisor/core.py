@@ -3,11 +3,10 @@
 The loop never blocks on the database or on a script. It polls, with a timeout equal to the
 time until the top of the schedule heap, the worker ROUTER, the control ROUTER, the batch
 writer's commit pipe, the signal wake-up pipe and every worker's process sentinel; then it runs
-named steps: fire what is due, dispatch to idle workers, look after the pool.
-
-What happens to each run is decided by the run book (:mod:`supervisor.runbook`); this shell
-moves bytes and processes. It builds every resource in ``__init__`` and releases them, in
-reverse, through one :class:`contextlib.ExitStack`.
+named steps: fire what is due, dispatch to idle workers, look after the pool. What happens to
+each run is decided by the run book (:mod:`supervisor.runbook`); this shell moves bytes and
+processes. It builds every resource in ``__init__`` and releases them, in reverse, through one
+:class:`contextlib.ExitStack`.
 """
 
 import contextlib
@@ -43,11 +42,17 @@ from supervisor.preflight import prepare_sandbox
 from supervisor.reader import Reader
 from supervisor.reload import reload_config
 from supervisor.requests import Requests
-from supervisor.runbook import IDEMPOTENCY_WINDOW_S, OVERDUE_SLACK_S, Phase, RunBook
+from supervisor.runbook import IDEMPOTENCY_WINDOW_S, KILL_WAIT_S, OVERDUE_SLACK_S, Phase, RunBook
 from supervisor.scoreboard import Scoreboard
 from supervisor.settings import SupervisorSettings
-from supervisor.startup import bind_worker_router, open_durable, prepare_alerts, secure_control
-from supervisor.status import status_line
+from supervisor.startup import (
+    bind_worker_router,
+    close_writer,
+    open_durable,
+    prepare_alerts,
+    secure_control,
+)
+from supervisor.status import StoreHealth, status_line
 from supervisor.wakeup import SignalPipe
 from supervisor.writer import BatchWriter
 
@@ -56,8 +61,6 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5  # maintenance cadence: heartbeats, respawns, overdue runs, shutdown progress
 RECV_BATCH = 256  # worker messages taken per loop turn, so no socket starves another
 EXIT_LEASE_LOST = 6  # the store's lease was lost while running: another supervisor may act
-ALERT_CLOSE_S = 5.0  # at exit, how long the alert sender may go on delivering what is due
-STOP_WAIT_S = 5.0  # beyond the kill grace, how long workers get to exit at teardown
 
 
 class Supervisor:
@@ -77,13 +80,13 @@ class Supervisor:
         standby: bool = False,
     ) -> None:
         self.config = config
+        self.settings: SupervisorSettings = config.supervisor
         self._overrides = dict(overrides or {})
         self._clock = clock
         self.instance_id = events.new_id()[:12]
         self.started_at = clock()
         self.exit_code = 0
         self.notify = Notifier()  # systemd: READY=1, STOPPING=1, WATCHDOG=1, STATUS=
-        self._store_degraded = False
         self._next_tick = 0.0
         self._sentinels: set[int] = set()
         self._http_fd: int | None = None
@@ -97,10 +100,6 @@ class Supervisor:
             self._open_sockets(stack)
             self._build_runs()
             self._stack = stack.pop_all()
-
-    @property
-    def settings(self) -> SupervisorSettings:
-        return self.config.supervisor
 
     # --- building (in __init__) --------------------------------------------------------------
 
@@ -174,6 +173,7 @@ class Supervisor:
         for (name, key), run_id in self.store.idempotency_keys(since).items():
             self.book.idempotency.add(name, key, run_id, self._clock(), None)
         self.requests = Requests(self)
+        self.store_health = StoreHealth(self.writer, self.store.description, self.instance_id)
 
     # --- starting and stopping (in run) ------------------------------------------------------
 
@@ -193,7 +193,11 @@ class Supervisor:
         self.writer.start()
         if self.sender is not None:
             self.sender.start()
-        stack.callback(self._close_writer)
+        stack.callback(self._on_commits)  # the last waiters hear what is now durable
+        stack.callback(
+            close_writer, self.writer, self.sender, self.actors.values(), self.instance_id,
+            self.book.counters,
+        )  # fmt: skip
         self.reader.start()
         stack.callback(self.reader.close)
         self._signals.install()
@@ -208,38 +212,25 @@ class Supervisor:
         self.writer.put(events.supervisor_event(
             "supervisor_started", self.instance_id, pid=os.getpid(), actors=sorted(self.actors)
         ))  # fmt: skip
-        log.info(
-            "supervisor started",
-            extra={"control": self._control_endpoint, "workers": self.settings.workers,
-                   "concurrency": self.settings.concurrency, "actors": len(self.actors),
-                   "store": self.store.description},
-        )  # fmt: skip
+        s = self.settings
+        log.info("supervisor started", extra={
+            "control": self._control_endpoint, "workers": s.workers, "concurrency": s.concurrency,
+            "actors": len(self.actors), "store": self.store.description,
+        })  # fmt: skip
         self.notify.ready(status_line(self))
 
-    def _stop_workers(self) -> None:
+    def _kill_runs(self) -> None:
         for handle in self.pool.handles():
             self._send_worker(handle.identity, Stop(kill=True))
-        self.pool.stop_all(timeout=self.settings.kill_grace_s + STOP_WAIT_S)
 
-    def _close_writer(self) -> None:
-        """Persist actor state, flush the writer, answer the last waiters."""
-        for actor in self.actors.values():
-            self.writer.put(actor.state)
-        self.writer.put(events.supervisor_event(
-            "supervisor_stopped", self.instance_id, counters=dict(self.book.counters)
-        ))  # fmt: skip
-        if not self.writer.close(timeout=60.0):
-            log.error("the store writer could not flush everything before exit")
-        if self.sender is not None:
-            self.sender.close(timeout=ALERT_CLOSE_S)  # what it cannot send stays pending
-        self._on_commits()
-
-    # --- the loop ----------------------------------------------------------------------------
+    def _stop_workers(self) -> None:
+        self._kill_runs()
+        self.pool.stop_all(timeout=self.settings.kill_grace_s + KILL_WAIT_S)
 
     def _loop(self) -> None:
         handlers: dict[object, Callable[[], None]] = {
             self._workers: self._on_worker_messages,
-            self.control.socket: self._on_requests,
+            self.control.socket: self.requests.handle_all,
             self._signals.fileno(): self._on_signals,
             self.writer.wakeup_fd(): self._on_commits,
             self.reader.wakeup_fd(): self.reader.drain,
@@ -302,18 +293,6 @@ class Supervisor:
                 self.pool.on_hello(frames[0])
                 log.info("worker %s ready", handle.worker_id, extra={"pid": message.pid})
 
-    def _on_requests(self) -> None:
-        for waiter, message in self.control.requests():
-            try:
-                self.requests.handle(waiter, message)
-            except Exception:  # a bug must cost one request, never the supervisor
-                log.exception("internal error handling a %s request", message.type)
-                self.control.reply_error(
-                    waiter, "internal_error", "the supervisor failed this request"
-                )
-
-    # --- workers -----------------------------------------------------------------------------
-
     def _dispatch(self) -> None:
         self.book.dispatch(self.pool.pick, self._send_run)
 
@@ -353,17 +332,11 @@ class Supervisor:
         self.book.worker_gone(gone.handle.worker_id, gone.description, gone.lost_runs)
 
     def _kill_overdue(self) -> None:
-        for active in self.book.overdue():
-            assert active.worker_id is not None
-            handle = self.pool.by_identity(active.worker_id.encode())
+        for run_id, worker_id in self.book.overdue():
+            handle = self.pool.by_identity(worker_id.encode())
             if handle is not None and not handle.killed_by_us:
-                self.pool.kill(
-                    handle,
-                    f"run {active.run_id} is {OVERDUE_SLACK_S:.0f}s past its timeout "
-                    "and kill grace",
-                )
-
-    # --- maintenance -------------------------------------------------------------------------
+                late = f"{OVERDUE_SLACK_S:.0f}s past its timeout and kill grace"
+                self.pool.kill(handle, f"run {run_id} is {late}")
 
     def _maintain(self) -> None:
         self._check_lease()
@@ -375,12 +348,11 @@ class Supervisor:
         self._kill_overdue()
         self.book.idempotency.expire(self._clock())
         self.book.scheduler.summarize_skips()
-        self._watch_store()
+        self.store_health.check()
         if running:
             self.notify.status(status_line(self))
         elif self.book.advance_shutdown():
-            for handle in self.pool.handles():
-                self._send_worker(handle.identity, Stop(kill=True))
+            self._kill_runs()
 
     def _check_lease(self) -> None:
         if self.lease.valid() or self.exit_code == EXIT_LEASE_LOST:
@@ -392,17 +364,6 @@ class Supervisor:
         )  # fmt: skip
         self._begin_shutdown("lease lost")
         self._begin_shutdown("lease lost")  # no grace: another supervisor may run these now
-
-    def _watch_store(self) -> None:
-        """``store_degraded``/``store_recovered`` events (and alerts) as the writer flips."""
-        stats = self.writer.stats()
-        if stats.degraded != self._store_degraded:
-            self._store_degraded = stats.degraded
-            self.writer.put(events.supervisor_event(
-                "store_degraded" if stats.degraded else "store_recovered", self.instance_id,
-                store=self.store.description, last_error=stats.last_error,
-                spool_depth=stats.spool_depth,
-            ))  # fmt: skip
 
     def _watch_http(self) -> None:
         """Keep the HTTP process's sentinel (a pidfd) registered in the poller while it runs."""
@@ -423,7 +384,7 @@ class Supervisor:
         )  # fmt: skip
         if new is None:
             return
-        self.config = new
+        self.config, self.settings = new, new.supervisor
         self.pool.heartbeat_timeout_s = new.supervisor.heartbeat_timeout_s
         setup_logging(new.supervisor.log_level, new.supervisor.log_format)
 

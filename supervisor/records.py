@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from protocol.outcomes import FINAL_STATUSES, RunStatus
 from supervisor.alerts.records import AlertRecord
 from supervisor.coderecords import CodeChange, SyncUpdate
 
@@ -24,17 +25,8 @@ class Trigger(StrEnum):
     PROBE = "probe"  # a paused actor's half-open probe
 
 
-class RunState(StrEnum):
-    """Lifecycle of one attempt. The last three are final; the first two are "in flight"."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED_RETRYABLE = "failed_retryable"
-    FAILED_PERMANENT = "failed_permanent"
-
-
-FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED_RETRYABLE, RunState.FAILED_PERMANENT})
+RunState = RunStatus  # the older name, kept while store/ and tests still import it
+FINAL_STATES = FINAL_STATUSES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,7 +42,7 @@ class RunRecord:
     actor: str
     correlation_id: str
     trigger: str
-    status: str = RunState.QUEUED
+    status: str = RunStatus.QUEUED
     reason: str | None = None
     input_json: str = "null"
     queued_at: float
@@ -79,7 +71,7 @@ class RunRecord:
 
     @property
     def is_final(self) -> bool:
-        return self.status in FINAL_STATES
+        return self.status in FINAL_STATUSES
 
     @property
     def is_fire(self) -> bool:

@@ -6,6 +6,7 @@ Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accep
 for an input no worker would take (refused here, never accepted and then lost).
 """
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,6 +32,8 @@ from supervisor.status import build_metrics, build_status
 if TYPE_CHECKING:
     from supervisor.core import Supervisor
 
+log = logging.getLogger(__name__)
+
 
 class Requests:
     """Handles decoded control requests on behalf of one supervisor."""
@@ -39,6 +42,17 @@ class Requests:
         self.sup = sup
         # per actor: refresh loads outstanding, and the waiters of the newest one
         self._refreshing: dict[str, tuple[int, list[Waiter]]] = {}
+
+    def handle_all(self) -> None:
+        """Answer every request waiting on the control socket."""
+        for waiter, message in self.sup.control.requests():
+            try:
+                self.handle(waiter, message)
+            except Exception:  # a bug must cost one request, never the supervisor
+                log.exception("internal error handling a %s request", message.type)
+                self.sup.control.reply_error(
+                    waiter, "internal_error", "the supervisor failed this request"
+                )
 
     def handle(self, waiter: Waiter, message: Message) -> None:
         if isinstance(message, Submit):
@@ -92,7 +106,7 @@ class Requests:
         if input_json is None:
             return
         key = message.idempotency_key
-        earlier = self.sup.book.idempotent_run(actor.name, key) if key is not None else None
+        earlier = self.sup.book.idempotency.find(actor.name, key) if key is not None else None
         if earlier is not None:
             run_id, known = earlier
             if known is not None and known != digest(input_json):
@@ -148,7 +162,7 @@ class Requests:
         if active is not None:
             active.waiters.append(waiter)
         elif (outcome := self.sup.book.outcomes.get(run_id)) is not None:
-            control.reply(waiter, "result", outcome)
+            control.reply(waiter, "result", outcome.as_dict())
         else:
             control.reply_error(
                 waiter,

@@ -5,10 +5,9 @@ lost attempts and poison, restart recovery, overdue detection, idempotency, refu
 the drain/kill bookkeeping of shutdown all live here. Nothing here touches a socket, a process or
 the database: the supervisor shell (:mod:`supervisor.core`) does that and calls in.
 
-A run is durable from the moment it is accepted: the client hears "accepted", and a worker gets
-the run, only once its ``queued`` row is committed. The final outcome is likewise committed
-before a waiting client hears it. A retryable failure becomes a new attempt: a queued row due
-after its backoff, so a retry waiting costs nothing and survives a restart.
+A run is durable once accepted: the client hears "accepted", and a worker gets the run, only
+once its ``queued`` row is committed; a final outcome is committed before a client hears it. A
+retryable failure becomes a new attempt: a queued row due after its backoff (it survives a restart).
 """
 
 import logging
@@ -16,24 +15,36 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import Enum
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import orjson
 
 from protocol.messages import Result, Run
-from protocol.outcomes import Reason, Status
+from protocol.outcomes import Reason, RunOutcome, RunStatus
 from supervisor import events
 from supervisor.actors import ActorRuntime
 from supervisor.breaker import Breaker
-from supervisor.codebook import RunCode
 from supervisor.heap import EntryKind, Key, ScheduleHeap
 from supervisor.idempotency import IdempotencyKeys, digest
 from supervisor.metrics import RunMetrics
-from supervisor.records import RecordSink, RunRecord, RunState, Trigger
-from supervisor.runs import ActiveRun, RecentOutcomes, Waiter, apply_result, outcome_of
-from supervisor.schedule import retry_delay
+from supervisor.records import RecordSink, RunRecord, Trigger
+from supervisor.runs import (
+    ActiveRun,
+    Code,
+    Dispatched,
+    RecentOutcomes,
+    Replies,
+    S,
+    Waiter,
+    apply_result,
+    log_attempt,
+    lost_attempt,
+    next_attempt,
+    outcome_of,
+    retry_time,
+)
 from supervisor.scheduler import Scheduler
 from supervisor.settings import SupervisorSettings
 
@@ -43,7 +54,6 @@ OVERDUE_SLACK_S = 30.0  # beyond timeout + kill grace, a run's worker is presume
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 POISON_LOSSES = 2  # a run whose attempts took down this many workers is not run again
 KILL_WAIT_S = 5.0  # after the kill grace, how long a killed run's result may take to arrive
-PERMANENT_LOSSES = frozenset({Reason.UNKNOWN_ACTOR, Reason.FILE_MISSING, Reason.POISON})
 COUNTERS = (
     "runs_accepted", "runs_finished", "runs_succeeded", "runs_failed", "retries_scheduled",
     "busy_rejections", "bad_worker_messages", "stale_results", "worker_deaths", "reloads",
@@ -56,40 +66,6 @@ class Phase(Enum):
     DRAINING = "draining"  # no new runs; in-flight ones may finish within the grace period
     KILLING = "killing"  # grace over: workers were told to kill their runs
     DONE = "done"
-
-
-class Replies(Protocol):
-    """Where answers to waiting clients go (the control server satisfies it)."""
-
-    def reply(self, waiter: Waiter, kind: str, data: Any) -> None: ...
-
-    def reply_error(self, waiter: Waiter, code: str, message: str) -> None: ...
-
-
-class Code(Protocol):
-    """Which code an attempt runs (the code book satisfies it)."""
-
-    def loading(self, actor: ActorRuntime) -> bool: ...
-
-    def for_run(self, actor: ActorRuntime) -> RunCode: ...
-
-
-class Slot(Protocol):
-    """A worker able to take one more run."""
-
-    @property
-    def worker_id(self) -> str: ...
-
-
-S = TypeVar("S", bound=Slot)
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatched:
-    """One attempt handed to a worker: the row it became and the message the worker gets."""
-
-    record: RunRecord
-    message: Run
 
 
 class RunBook:
@@ -154,10 +130,6 @@ class RunBook:
     def in_flight(self) -> list[ActiveRun]:
         return [a for a in self.runs.values() if a.worker_id is not None]
 
-    def idempotent_run(self, actor: str, key: str) -> tuple[str, bytes | None] | None:
-        """The earlier run of this key and its input digest (None: not known)."""
-        return self.idempotency.find(actor, key)
-
     # --- accept and the commit barrier ------------------------------------------------------
 
     def accept(
@@ -217,7 +189,7 @@ class RunBook:
             self._drop_refused_fire(active)
             return
         waiters = active.waiters  # a run refused at dispatch hands them on to its result
-        if self.runs.get(active.run_id) is active and active.record.status == RunState.QUEUED:
+        if self.runs.get(active.run_id) is active and active.record.status == RunStatus.QUEUED:
             if self.phase is Phase.RUNNING:
                 self.ready.append(active.run_id)
                 self._on_ready()  # before answering: the run's latency matters more
@@ -233,7 +205,7 @@ class RunBook:
     def _take_refused_fires(self, refused: Iterable[str]) -> None:
         for run_id in refused:
             active = self.runs.get(run_id)
-            if active is not None and active.record.status == RunState.QUEUED:
+            if active is not None and active.record.status == RunStatus.QUEUED:
                 self._refused_fires.add(run_id)
             else:  # written through the spool after it ran: the store keeps the other copy
                 log.error("fire %s was refused by the store after it ran", run_id)
@@ -266,7 +238,7 @@ class RunBook:
         for (kind, name), due in self.heap.pop_due(now):
             if kind is EntryKind.RETRY:
                 active = self.runs.get(name)
-                if active is not None and active.record.status == RunState.QUEUED:
+                if active is not None and active.record.status == RunStatus.QUEUED:
                     self.ready.append(name)
             elif (actor := self.actors.get(name)) is None:
                 continue
@@ -289,7 +261,7 @@ class RunBook:
             if slot is None:
                 break
             active = self.runs.get(self.ready.popleft())
-            if active is None or active.record.status != RunState.QUEUED:
+            if active is None or active.record.status != RunStatus.QUEUED:
                 continue
             actor = self.actors.get(active.record.actor)
             if actor is not None and self._code.loading(actor):
@@ -319,7 +291,7 @@ class RunBook:
         """The running row and the message of the attempt, or None if it ended right here."""
         if actor is None:
             reason, why = Reason.UNKNOWN_ACTOR, "the actor is no longer configured"
-            self.complete_attempt(active, self.lost(active.record, reason, why))
+            self.complete_attempt(active, self._lost(active.record, reason, why))
             return None
         cfg, code = actor.config, self._code.for_run(actor)
         record = replace(
@@ -329,10 +301,10 @@ class RunBook:
             code_source=code.source,
         )
         if code.refused is not None:
-            self.complete_attempt(active, self.lost(record, Reason.FILE_MISSING, code.refused))
+            self.complete_attempt(active, self._lost(record, Reason.FILE_MISSING, code.refused))
             return None
         record = replace(
-            record, status=RunState.RUNNING, worker_id=worker_id, started_at=self.clock()
+            record, status=RunStatus.RUNNING, worker_id=worker_id, started_at=self.clock()
         )
         message = Run(
             run_id=record.run_id, attempt=record.attempt, actor=cfg.name, script=code.script,
@@ -350,7 +322,7 @@ class RunBook:
             active is None
             or active.record.attempt != result.attempt
             or active.worker_id != worker_id
-            or active.record.status != RunState.RUNNING
+            or active.record.status != RunStatus.RUNNING
         ):
             self.counters["stale_results"] += 1
             log.warning(
@@ -378,42 +350,36 @@ class RunBook:
         actor's retries or breaker, until its attempts have taken down POISON_LOSSES workers.
         """
         if self.phase is Phase.KILLING:
-            return self.lost(active.record, Reason.SHUTDOWN, f"worker {description}")
+            return self._lost(active.record, Reason.SHUTDOWN, f"worker {description}")
         active.worker_losses += 1
         if active.worker_losses < POISON_LOSSES:
-            return self.lost(active.record, Reason.WORKER_LOST, f"worker {description}")
-        return self.lost(
+            return self._lost(active.record, Reason.WORKER_LOST, f"worker {description}")
+        return self._lost(
             active.record,
             Reason.POISON,
             f"worker {description}; its attempts took down {active.worker_losses} workers, "
             "so it is not run again",
         )
 
-    def lost(self, record: RunRecord, reason: Reason, error: str) -> RunRecord:
-        """The attempt's row when it ended without a result from a worker."""
-        now = self.clock()
-        permanent = reason in PERMANENT_LOSSES
-        return replace(
-            record,
-            status=Status.FAILED_PERMANENT if permanent else Status.FAILED_RETRYABLE,
-            reason=reason,
-            error=error,
-            finished_at=now,
-            duration_ms=(now - record.started_at) * 1000 if record.started_at else None,
-        )
+    def _lost(self, record: RunRecord, reason: Reason, error: str) -> RunRecord:
+        return lost_attempt(record, reason, error, self.clock())
 
     def complete_attempt(self, active: ActiveRun, record: RunRecord, output: Any = None) -> None:
         """Record an attempt's outcome; then either schedule the next attempt or finish."""
         active.record = record
         active.worker_id = None
         actor = self.actors.get(record.actor)
-        retry_at = self.retry_time(actor, record, active.worker_losses)
+        retry_at = None
+        if actor is not None:
+            retry_at = retry_time(
+                actor.config, record, active.worker_losses, self.clock(), self._rng
+            )
         self.sink.put(record)
         seq = self.sink.put(events.run_finished(record, will_retry=retry_at is not None))
         self.metrics.attempt_finished(
             record.actor, record.status, record.reason, record.duration_ms, self.clock()
         )
-        self._log_attempt(record, retry_at)
+        log_attempt(record, retry_at, self.clock())
         if retry_at is not None:
             self._schedule_retry(active, retry_at)
             return
@@ -422,7 +388,9 @@ class RunBook:
         size = len(record.output_json or "") + len(record.stderr_tail) + RecentOutcomes.OVERHEAD
         self.outcomes.add(outcome, size)
         self.counters["runs_finished"] += 1
-        self.counters["runs_succeeded" if record.status == Status.SUCCEEDED else "runs_failed"] += 1
+        self.counters[
+            "runs_succeeded" if record.status == RunStatus.SUCCEEDED else "runs_failed"
+        ] += 1
         waiters, active.waiters = active.waiters, []
         self._after_commit(seq, lambda: self._deliver(waiters, outcome))
         if actor is not None:
@@ -431,36 +399,13 @@ class RunBook:
             if self.phase is Phase.RUNNING:
                 self.scheduler.after_final(actor)
 
-    def _deliver(self, waiters: list[Waiter], outcome: dict[str, Any]) -> None:
+    def _deliver(self, waiters: list[Waiter], outcome: RunOutcome) -> None:
         for waiter in waiters:
-            self._replies.reply(waiter, "result", outcome)
-
-    def retry_time(
-        self, actor: ActorRuntime | None, record: RunRecord, worker_losses: int = 0
-    ) -> float | None:
-        """When the next attempt is due, or None. Attempts lost with their worker are free:
-        the run is not to blame for a worker that another run took down."""
-        if actor is None or record.status != Status.FAILED_RETRYABLE:
-            return None
-        cfg = actor.config
-        if record.attempt - worker_losses > cfg.max_retries:
-            return None
-        delay = retry_delay(
-            record.attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s, cfg.retry_jitter,
-            self._rng,
-        )  # fmt: skip
-        return self.clock() + delay
+            self._replies.reply(waiter, "result", outcome.as_dict())
 
     def _schedule_retry(self, active: ActiveRun, retry_at: float) -> None:
         """The next attempt is a durable queued row due at ``retry_at``: it survives restarts."""
-        previous = active.record
-        record = RunRecord(
-            run_id=previous.run_id, attempt=previous.attempt + 1, actor=previous.actor,
-            correlation_id=previous.correlation_id, trigger=Trigger.RETRY,
-            input_json=previous.input_json, queued_at=self.clock(), scheduled_for=retry_at,
-            code_sha256=previous.code_sha256, idempotency_key=previous.idempotency_key,
-        )  # fmt: skip
-        active.record = record
+        record = active.record = next_attempt(active.record, retry_at, self.clock())
         self.counters["retries_scheduled"] += 1
         self.metrics.retry_scheduled(record.actor)
         self.sink.put(record)
@@ -478,22 +423,6 @@ class RunBook:
                 "will run when the supervisor starts again",
             )
         active.waiters = []
-
-    def _log_attempt(self, record: RunRecord, retry_at: float | None) -> None:
-        level = logging.INFO if record.status == Status.SUCCEEDED else logging.WARNING
-        extra: dict[str, Any] = {
-            "actor": record.actor,
-            "run_id": record.run_id,
-            "attempt": record.attempt,
-            "status": record.status,
-            "duration_ms": round(record.duration_ms or 0.0, 1),
-        }
-        if record.reason:
-            extra["reason"] = record.reason
-            extra["error"] = record.error
-        if retry_at is not None:
-            extra["retry_in_s"] = round(retry_at - self.clock(), 2)
-        log.log(level, "run %s", record.status, extra=extra)
 
     # --- restart recovery and overdue runs --------------------------------------------------
 
@@ -514,19 +443,23 @@ class RunBook:
         self.input_bytes += len(record.input_json)
         if (actor := self.actors.get(record.actor)) is not None:
             actor.active.add(record.run_id)
-        if record.status == RunState.QUEUED:
+        if record.status == RunStatus.QUEUED:
             due = record.scheduled_for if record.scheduled_for is not None else now
             self.heap.push((EntryKind.RETRY, record.run_id), max(due, now))
             log.info("re-queued run %s attempt %d from before the restart",
                      record.run_id, record.attempt)  # fmt: skip
             return
         why = "the supervisor stopped while the run was in flight"
-        self.complete_attempt(active, self.lost(record, Reason.SUPERVISOR_LOST, why))
+        self.complete_attempt(active, self._lost(record, Reason.SUPERVISOR_LOST, why))
 
-    def overdue(self) -> list[ActiveRun]:
-        """Runs past their timeout, kill grace and slack: their workers are presumed hung."""
+    def overdue(self) -> list[tuple[str, str]]:
+        """Runs past their timeout, kill grace and slack, with the workers presumed hung."""
         now = self._monotonic()
-        return [a for a in self.runs.values() if a.worker_id is not None and now > a.overdue_at]
+        return [
+            (a.run_id, a.worker_id)
+            for a in self.runs.values()
+            if a.worker_id is not None and now > a.overdue_at
+        ]
 
     # --- shutdown ---------------------------------------------------------------------------
 
@@ -561,6 +494,6 @@ class RunBook:
         elif self.phase is Phase.KILLING and now >= self.shutdown_deadline:
             why = "no result after the kill; worker unresponsive"
             for active in in_flight:
-                self.complete_attempt(active, self.lost(active.record, Reason.SHUTDOWN, why))
+                self.complete_attempt(active, self._lost(active.record, Reason.SHUTDOWN, why))
             self.phase = Phase.DONE
         return False

@@ -5,7 +5,7 @@ caller's :class:`contextlib.ExitStack`, so a failure half-way releases what was 
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from supervisor.config import Config
 from supervisor.controlkeys import control_endpoint, server_keys
 from supervisor.deadletter import DeadLetters, dead_letter_path
 from supervisor.errors import ConfigError, StartupError
+from supervisor.events import supervisor_event
 from supervisor.lease import Lease, open_lease
 from supervisor.lease import acquire as acquire_lease
 from supervisor.leftovers import clean_leftovers
@@ -135,3 +136,24 @@ def bind_worker_router(ctx: "zmq.Context[Any]", endpoint: str) -> "zmq.Socket[by
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(endpoint)
     return sock
+
+
+ALERT_CLOSE_S = 5.0  # at exit, how long the alert sender may go on delivering what is due
+WRITER_CLOSE_S = 60.0
+
+
+def close_writer(
+    writer: BatchWriter,
+    sender: AlertSender | None,
+    actors: Iterable[ActorRuntime],
+    instance_id: str,
+    counters: Mapping[str, int],
+) -> None:
+    """At exit: persist each actor's state, record the stop, flush, then stop the alerts."""
+    for actor in actors:
+        writer.put(actor.state)
+    writer.put(supervisor_event("supervisor_stopped", instance_id, counters=dict(counters)))
+    if not writer.close(timeout=WRITER_CLOSE_S):
+        log.error("the store writer could not flush everything before exit")
+    if sender is not None:
+        sender.close(timeout=ALERT_CLOSE_S)  # what it cannot send stays pending

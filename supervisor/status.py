@@ -9,6 +9,8 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from supervisor import events
+from supervisor.writer import BatchWriter
 from workers.sandbox import SandboxConfig
 
 if TYPE_CHECKING:
@@ -190,7 +192,7 @@ def status_line(sup: "Supervisor") -> str:
         f"{ready}/{sup.settings.workers} workers ready, {len(sup.book.in_flight())} "
         f"run(s) in flight, {sup.book.waiting()} waiting"
     )
-    return line + (", store DEGRADED (spooling)" if sup.writer.stats().degraded else "")
+    return line + (", store DEGRADED (spooling)" if sup.store_health.degraded else "")
 
 
 def all_counters(sup: "Supervisor") -> dict[str, int]:
@@ -202,3 +204,20 @@ def all_counters(sup: "Supervisor") -> dict[str, int]:
         "fires_dropped": sup.book.scheduler.dropped,
         "fires_skipped": sup.book.scheduler.skipped,
     }
+
+
+class StoreHealth:
+    """``store_degraded``/``store_recovered`` events (and alerts) as the writer flips."""
+
+    def __init__(self, writer: BatchWriter, store: str, instance_id: str) -> None:
+        self._writer, self._store, self._instance_id = writer, store, instance_id
+        self.degraded = False
+
+    def check(self) -> None:
+        stats = self._writer.stats()
+        if stats.degraded != self.degraded:
+            self.degraded = stats.degraded
+            self._writer.put(events.supervisor_event(
+                "store_degraded" if stats.degraded else "store_recovered", self._instance_id,
+                store=self._store, last_error=stats.last_error, spool_depth=stats.spool_depth,
+            ))  # fmt: skip

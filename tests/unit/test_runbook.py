@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol.outcomes import Reason, Status
+from protocol.outcomes import Reason, RunStatus
 from supervisor.heap import EntryKind
-from supervisor.records import RunState, Trigger
+from supervisor.records import Trigger
 from supervisor.runbook import OVERDUE_SLACK_S, POISON_LOSSES, Phase
 from supervisor.runs import Waiter
 from tests.unit.fakes import Bench, bench, result
@@ -42,14 +42,14 @@ def test_a_run_is_acknowledged_and_dispatched_only_once_durable(b: Bench) -> Non
     assert b.replies.sent == [("r1", "accepted", {"run_id": active.run_id, "actor": "job"})]
     ((worker, run),) = b.dispatch()
     assert (worker, run.run_id, run.attempt, run.input_json) == ("w1", active.run_id, 1, '{"n":1}')
-    assert active.record.status == RunState.RUNNING and b.book.in_flight() == [active]
+    assert active.record.status == RunStatus.RUNNING and b.book.in_flight() == [active]
 
 
 def test_a_result_is_delivered_after_its_row_is_committed(b: Bench) -> None:
     active = b.book.accept(b.book.actors["job"], input_value={}, trigger="submit", waiter=waiter())
     b.commit()
     ((_, run),) = b.dispatch("w1")
-    b.book.on_result("w1", result(run, "w1", Status.SUCCEEDED, output={"ok": True}))
+    b.book.on_result("w1", result(run, "w1", RunStatus.SUCCEEDED, output={"ok": True}))
     assert active.run_id not in b.book.runs and b.book.input_bytes == 0
     assert [kind for _, kind, _ in b.replies.sent] == ["accepted"]  # not durable yet
     b.commit()
@@ -57,7 +57,8 @@ def test_a_result_is_delivered_after_its_row_is_committed(b: Bench) -> None:
     assert (
         kind == "result" and outcome["status"] == "succeeded" and outcome["output"] == {"ok": True}
     )
-    assert b.book.outcomes.get(active.run_id) == outcome
+    kept = b.book.outcomes.get(active.run_id)
+    assert kept is not None and kept.as_dict() == outcome
     assert b.book.counters["runs_succeeded"] == 1
 
 
@@ -65,7 +66,7 @@ def test_stale_results_are_ignored(b: Bench) -> None:
     b.book.accept(b.book.actors["job"], input_value={}, trigger="submit")
     b.commit()
     ((_, run),) = b.dispatch("w1")
-    b.book.on_result("w2", result(run, "w2", Status.SUCCEEDED))  # not the worker holding it
+    b.book.on_result("w2", result(run, "w2", RunStatus.SUCCEEDED))  # not the worker holding it
     assert b.book.counters["stale_results"] == 1 and len(b.book.in_flight()) == 1
 
 
@@ -76,10 +77,10 @@ def test_a_retryable_failure_is_retried_after_its_backoff_then_gives_up(b: Bench
     for attempt in (1, 2, 3):
         ((_, run),) = b.dispatch("w1")
         assert run.attempt == attempt
-        b.book.on_result("w1", result(run, "w1", Status.FAILED_RETRYABLE, Reason.EXIT_CODE))
+        b.book.on_result("w1", result(run, "w1", RunStatus.FAILED_RETRYABLE, Reason.EXIT_CODE))
         if attempt == 3:
             break
-        assert active.record.status == RunState.QUEUED and active.record.trigger == "retry"
+        assert active.record.status == RunStatus.QUEUED and active.record.trigger == "retry"
         due = active.record.scheduled_for
         assert due is not None
         delays.append(due - b.clock())
@@ -98,7 +99,7 @@ def test_a_permanent_failure_is_not_retried(b: Bench) -> None:
     b.book.accept(b.book.actors["job"], input_value={}, trigger="submit")
     b.commit()
     ((_, run),) = b.dispatch("w1")
-    b.book.on_result("w1", result(run, "w1", Status.FAILED_PERMANENT, Reason.EXIT_CODE))
+    b.book.on_result("w1", result(run, "w1", RunStatus.FAILED_PERMANENT, Reason.EXIT_CODE))
     assert b.book.runs == {} and b.book.counters["retries_scheduled"] == 0
 
 
@@ -109,12 +110,12 @@ def test_worker_losses_are_free_until_the_run_is_poison(b: Bench) -> None:
         b.dispatch("w1")
         b.book.worker_gone("w1", "was killed by SIGKILL", [active.run_id])
         if loss < POISON_LOSSES:
-            assert active.record.status == RunState.QUEUED
+            assert active.record.status == RunStatus.QUEUED
             b.clock.advance(3600)
             b.book.fire_due(b.clock())
     finals = [r for r in b.sink.runs(active.run_id) if r.finished_at is not None]
     assert [r.reason for r in finals] == [Reason.WORKER_LOST, Reason.POISON]
-    assert finals[-1].status == Status.FAILED_PERMANENT and active.run_id not in b.book.runs
+    assert finals[-1].status == RunStatus.FAILED_PERMANENT and active.run_id not in b.book.runs
     assert b.book.counters["worker_deaths"] == POISON_LOSSES
 
 
@@ -124,7 +125,7 @@ def test_a_missing_script_or_actor_fails_the_attempt_permanently(b: Bench) -> No
     b.commit()
     assert b.dispatch("w1") == []
     (final,) = [r for r in b.sink.runs(active.run_id) if r.finished_at is not None]
-    assert (final.status, final.reason) == (Status.FAILED_PERMANENT, Reason.FILE_MISSING)
+    assert (final.status, final.reason) == (RunStatus.FAILED_PERMANENT, Reason.FILE_MISSING)
 
 
 def test_runs_of_an_actor_whose_code_is_loading_wait_for_it(b: Bench) -> None:
@@ -149,11 +150,11 @@ def test_restart_recovery_requeues_queued_runs_and_fails_running_ones(b: Bench) 
     running = b.book.accept(b.book.actors["job"], input_value={}, trigger="submit").record
     b.book.runs.clear()  # a new supervisor: the rows are all it knows
     b.book.input_bytes = 0
-    running = replace(running, status=RunState.RUNNING, started_at=b.clock() - 5)
+    running = replace(running, status=RunStatus.RUNNING, started_at=b.clock() - 5)
     b.book.restore([queued, running])
     assert (EntryKind.RETRY, queued.run_id) in b.book.heap
     lost = [r for r in b.sink.runs(running.run_id) if r.reason == Reason.SUPERVISOR_LOST]
-    assert lost and lost[0].status == Status.FAILED_RETRYABLE and lost[0].duration_ms == 5000
+    assert lost and lost[0].status == RunStatus.FAILED_RETRYABLE and lost[0].duration_ms == 5000
     assert b.book.runs[running.run_id].record.attempt == 2  # retried
 
 
@@ -172,9 +173,9 @@ def test_idempotency_keys_are_remembered_with_the_input_digest(b: Bench) -> None
     active = b.book.accept(
         b.book.actors["job"], input_value={"a": 1}, trigger="submit", idempotency_key="k"
     )
-    found = b.book.idempotent_run("job", "k")
+    found = b.book.idempotency.find("job", "k")
     assert found is not None and found[0] == active.run_id and found[1] is not None
-    assert b.book.idempotent_run("job", "other") is None
+    assert b.book.idempotency.find("job", "other") is None
 
 
 def test_a_fire_refused_by_the_store_is_dropped_not_run(b: Bench) -> None:
