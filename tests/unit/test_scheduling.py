@@ -67,6 +67,8 @@ def test_catch_up_policies_after_ten_and_a_half_minutes_down(
     expected = missed[len(missed) - kept :] if kept else []
     assert sorted(due for _, due in fires(b)) == expected, policy
     assert all(trigger == Trigger.CATCH_UP for trigger, _ in fires(b))
+    # Afterwards the schedule continues on its grid with the next future fire.
+    assert b.book.actors["job"].state.next_run_at == pytest.approx(first + 11 * EVERY_S)
     if policy == "none":  # dropped, and said so
         (event,) = [r for r in b.sink.records if getattr(r, "event_type", "") == "fire_missed"]
         assert event.metadata["missed"] == 11
@@ -101,14 +103,18 @@ def test_overlap_policies_when_a_fire_finds_the_previous_run_going(
     actor: ActorRuntime = b.book.actors["job"]
     if overlap == "skip":
         assert len(b.book.runs) == 1 and b.book.scheduler.skipped == 1
-        assert any(getattr(r, "event_type", "") == "run_skipped" for r in b.sink.records)
-    elif overlap == "queue":
+        (skipped,) = [r for r in b.sink.records if getattr(r, "event_type", "") == "run_skipped"]
+        assert skipped.metadata["reason"] == "overlap"
+    elif overlap == "queue":  # it starts as soon as the run before it has finished
         assert len(b.book.runs) == 1 and list(actor.pending) == [("schedule", b.clock())]
+        assert b.book.scheduler.skipped == 0
         ((worker, run),) = b.workers.sent
         b.book.on_result(worker, result(run, worker, RunStatus.SUCCEEDED))
         assert fires(b) == [("schedule", b.clock())] and not actor.pending
     else:
-        assert len(b.book.runs) == 2
+        assert len(b.book.runs) == 2 and b.book.scheduler.skipped == 0
+        b.commit()
+        assert len(b.dispatch("w2")) == 1  # the two overlap
 
 
 def test_a_full_ready_queue_drops_the_fire_and_says_so(tmp_path: Path) -> None:
@@ -122,7 +128,7 @@ def test_a_full_ready_queue_drops_the_fire_and_says_so(tmp_path: Path) -> None:
 BREAKER = {"max_consecutive_failures": 2, "breaker_cooldown_s": 30.0, "max_retries": 0}
 
 
-def fail(b: Bench, run_id: str, status: RunStatus = RunStatus.FAILED_PERMANENT) -> None:
+def finish(b: Bench, run_id: str, status: RunStatus = RunStatus.FAILED_PERMANENT) -> None:
     b.commit()
     ((worker, run),) = b.dispatch("w1")
     assert run.run_id == run_id
@@ -135,28 +141,50 @@ def fail(b: Bench, run_id: str, status: RunStatus = RunStatus.FAILED_PERMANENT) 
 def test_the_breaker_opens_then_probes_after_each_cooldown_and_closes_on_success(
     tmp_path: Path,
 ) -> None:
-    b = bench(tmp_path, '[[actors]]\nname = "job"\nscript = "job.py"\n'
-              + "".join(f"{k} = {v}\n" for k, v in BREAKER.items()))  # fmt: skip
+    keys = "".join(f"{k} = {v}\n" for k, v in BREAKER.items() if k != "max_retries")
+    b = bench(tmp_path, f'[[actors]]\nname = "job"\nscript = "job.py"\n{keys}')
     actor = b.book.actors["job"]
     for _ in range(2):
-        fail(b, b.book.accept(actor, input_value={}, trigger="submit").run_id)
+        finish(b, b.book.accept(actor, input_value={}, trigger="submit").run_id)
     assert actor.state.is_paused and actor.state.metadata["paused_by"] == "breaker"
+    assert actor.state.paused_reason == "circuit breaker: 2 consecutive failures"
     assert (EntryKind.PROBE, "job") in b.book.heap
     b.clock.advance(29.9)
     b.book.fire_due(b.clock())
     assert b.book.runs == {}  # still cooling down
-    b.clock.advance(0.1)
-    b.book.fire_due(b.clock())
-    (probe,) = b.book.runs.values()
-    assert probe.record.trigger == Trigger.PROBE
-    fail(b, probe.run_id)  # the probe failed: open again, the next probe a cooldown later
-    assert actor.state.is_paused and (EntryKind.PROBE, "job") in b.book.heap
+    for _ in range(2):  # each failed probe re-opens the breaker for another cooldown
+        b.clock.advance(30.0)
+        b.book.fire_due(b.clock())
+        (probe,) = b.book.runs.values()
+        assert probe.record.trigger == Trigger.PROBE
+        finish(b, probe.run_id)
+        assert actor.state.is_paused and (EntryKind.PROBE, "job") in b.book.heap
     b.clock.advance(30.0)
     b.book.fire_due(b.clock())
-    (probe,) = b.book.runs.values()
-    fail(b, probe.run_id, RunStatus.SUCCEEDED)
+    (probe,) = b.book.runs.values()  # this probe fails once; its retry (trigger retry) succeeds
+    finish(b, probe.run_id, RunStatus.FAILED_RETRYABLE)
+    assert probe.record.attempt == 2 and actor.state.is_paused
+    b.clock.advance(probe.record.scheduled_for - b.clock())  # type: ignore[operator]
+    b.book.fire_due(b.clock())
+    finish(b, probe.run_id, RunStatus.SUCCEEDED)
     assert not actor.state.is_paused and actor.state.consecutive_failures == 0
     assert (EntryKind.PROBE, "job") not in b.book.heap
+    # Open again; an operator's pause then takes over: no probe may resume the actor.
+    for _ in range(2):
+        finish(b, b.book.accept(actor, input_value={}, trigger="submit").run_id)
+    b.book.breaker.pause(actor, "investigating", by="operator")
+    b.clock.advance(300.0)
+    b.book.fire_due(b.clock())
+    assert b.book.runs == {} and actor.state.paused_reason == "investigating"
+    events = [
+        (r.event_type, r.metadata.get("by"))
+        for r in b.sink.records
+        if getattr(r, "event_type", "") in ("actor_paused", "actor_resumed")
+    ]
+    assert events == [
+        ("actor_paused", "breaker"), ("actor_resumed", "breaker"),
+        ("actor_paused", "breaker"), ("actor_paused", "operator"),
+    ]  # fmt: skip
 
 
 def test_an_operators_pause_gets_no_probe(tmp_path: Path) -> None:
