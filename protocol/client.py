@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import orjson
 import zmq
 
-from protocol.codec import decode
+from protocol.codec import decode, encode
 from protocol.curve import ClientKeys
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -177,7 +176,7 @@ class Client:
         self,
         message: Submit | Trigger | Pause | Resume | StatusRequest | MetricsRequest | Refresh,
     ) -> None:
-        self._sock.send(orjson.dumps(message))
+        self._sock.send(encode(message))
 
     def _receive(self, rid: str, deadline: float, kind: str) -> Reply:
         """Wait for the reply of ``kind`` to request ``rid``; replies to other ids are stale."""

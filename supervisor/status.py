@@ -41,6 +41,35 @@ def protections(sandbox: SandboxConfig) -> dict[str, bool]:
 
 
 def build_status(sup: "Supervisor") -> dict[str, Any]:
+    """The ``status`` reply: the supervisor, each worker slot and actor, the queue, the store."""
+    return {
+        "supervisor": {
+            "pid": os.getpid(),
+            "instance_id": sup.instance_id,
+            "phase": sup.book.phase.value,
+            "started_at": iso(sup.started_at),
+            "uptime_s": round(time.time() - sup.started_at, 3),
+            "control": sup.settings.control,
+            "workers": sup.settings.workers,
+            "concurrency": sup.settings.concurrency,
+            "exec_python": sup.sandbox.python,
+            "run_as": sup.settings.run_as if sup.sandbox.run_as else None,
+            "protections": protections(sup.sandbox),
+        },
+        "workers": _workers(sup),
+        "actors": _actors(sup),
+        "queue": {
+            "ready": len(sup.book.ready),
+            "in_flight": len(sup.book.in_flight()),
+            "active_runs": len(sup.book.runs),
+            "capacity": sup.settings.queue_size,
+        },
+        "store": _store(sup),
+        "counters": all_counters(sup),
+    }
+
+
+def _workers(sup: "Supervisor") -> list[dict[str, Any]]:
     now = time.monotonic()
     workers = []
     for handle, view in sup.pool.views():
@@ -63,6 +92,10 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
                 "started_at": iso(view.started_at) if view.started_at else None,
             }
         )
+    return workers
+
+
+def _actors(sup: "Supervisor") -> list[dict[str, Any]]:
     actors = []
     for actor in sup.actors.values():
         state = actor.state
@@ -86,52 +119,32 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
                 "code_status": actor.code.status,
             }
         )
+    return actors
+
+
+def _store(sup: "Supervisor") -> dict[str, Any]:
     stats = sup.writer.stats()
     return {
-        "supervisor": {
-            "pid": os.getpid(),
-            "instance_id": sup.instance_id,
-            "phase": sup.book.phase.value,
-            "started_at": iso(sup.started_at),
-            "uptime_s": round(time.time() - sup.started_at, 3),
-            "control": sup.settings.control,
-            "workers": sup.settings.workers,
-            "concurrency": sup.settings.concurrency,
-            "exec_python": sup.sandbox.python,
-            "run_as": sup.settings.run_as if sup.sandbox.run_as else None,
-            "protections": protections(sup.sandbox),
-        },
-        "workers": workers,
-        "actors": actors,
-        "queue": {
-            "ready": len(sup.book.ready),
-            "in_flight": sum(1 for a in sup.book.runs.values() if a.worker_id is not None),
-            "active_runs": len(sup.book.runs),
-            "capacity": sup.settings.queue_size,
-        },
-        "store": {
-            "database": sup.store.description,
-            "degraded": stats.degraded,
-            "queue_depth": stats.queue_depth,
-            "committed": stats.committed,
-            "batches": stats.batches,
-            "records": stats.records,
-            "failures": stats.failures,
-            "last_error": stats.last_error,
-            "last_flush_ms": stats.last_flush_ms,
-            # records durable in the spool, waiting for the database (degraded while > 0)
-            "spool_depth": stats.spool_depth,
-            "spool_batches": stats.spool_batches,
-            "spool_bytes": stats.spool_bytes,
-            "spool_dir": str(sup.spool.folder),
-            "spooled": stats.spooled,
-            "replayed": stats.replayed,
-            "rejected": stats.rejected,
-            "dead_letters": stats.dead_letters,
-            "dead_letter_file": str(sup.dead_letters.path),
-            "lease": sup.lease.status(),
-        },
-        "counters": all_counters(sup),
+        "database": sup.store.description,
+        "degraded": stats.degraded,
+        "queue_depth": stats.queue_depth,
+        "committed": stats.committed,
+        "batches": stats.batches,
+        "records": stats.records,
+        "failures": stats.failures,
+        "last_error": stats.last_error,
+        "last_flush_ms": stats.last_flush_ms,
+        # records durable in the spool, waiting for the database (degraded while > 0)
+        "spool_depth": stats.spool_depth,
+        "spool_batches": stats.spool_batches,
+        "spool_bytes": stats.spool_bytes,
+        "spool_dir": str(sup.spool.folder),
+        "spooled": stats.spooled,
+        "replayed": stats.replayed,
+        "rejected": stats.rejected,
+        "dead_letters": stats.dead_letters,
+        "dead_letter_file": str(sup.dead_letters.path),
+        "lease": sup.lease.status(),
     }
 
 
