@@ -8,14 +8,13 @@ supervisor's stable error code (``busy``, ``unknown_actor``, ``bad_request``, ..
 
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import orjson
 import zmq
 
-from protocol.codec import decode
+from protocol.codec import decode, encode
 from protocol.curve import ClientKeys
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -28,6 +27,7 @@ from protocol.messages import (
     Submit,
     Trigger,
 )
+from protocol.outcomes import RunOutcome as RunOutcome  # re-exported: clients import it here
 
 
 class ClientError(Exception):
@@ -54,42 +54,6 @@ class Accepted:
     run_id: str
     actor: str
     deduplicated: bool = False  # an earlier run with the same idempotency key was returned
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunOutcome:
-    """The final outcome of a run (after its retries): the last attempt's fields."""
-
-    run_id: str
-    actor: str
-    status: str
-    reason: str | None = None
-    error: str | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    output: Any = None
-    stderr_tail: str = ""
-    duration_ms: float | None = None
-    code_sha256: str = ""
-    code_history_id: str | None = None  # the code version that ran (actor_code_history)
-    code_source: str | None = None  # "file" or "database"
-    attempt: int = 1
-    attempts: int = 1
-    started_at: float | None = None
-    finished_at: float | None = None
-    worker_id: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == "succeeded"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunOutcome":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class Client:
@@ -212,7 +176,7 @@ class Client:
         self,
         message: Submit | Trigger | Pause | Resume | StatusRequest | MetricsRequest | Refresh,
     ) -> None:
-        self._sock.send(orjson.dumps(message))
+        self._sock.send(encode(message))
 
     def _receive(self, rid: str, deadline: float, kind: str) -> Reply:
         """Wait for the reply of ``kind`` to request ``rid``; replies to other ids are stale."""

@@ -17,12 +17,12 @@ from typing import Any, ClassVar
 
 from protocol.errors import ProtocolError
 from protocol.fields import MAX_TEXT, FieldReader
-from protocol.outcomes import Reason, Status
+from protocol.outcomes import FINAL_STATUSES, Reason
 
 PROTOCOL_VERSION = 1
 MODES = frozenset({"fork", "exec"})
 NETWORKS = frozenset({"host", "none"})  # none: a fresh network namespace with only loopback
-STATUSES = frozenset(s.value for s in Status)
+STATUSES = frozenset(s.value for s in FINAL_STATUSES)  # what a worker may report
 REASONS = frozenset(r.value for r in Reason)
 MAX_INPUT_CHARS = 8 << 20
 # output_kb and stderr_kb at most, so that a result carrying both (re-encoded as JSON, which can

@@ -1,17 +1,31 @@
-"""How a run ended: the status that drives retries and the reason an operator reads.
+"""How a run ended: the status that drives retries, the reason an operator reads, and the
+outcome a client receives. Supervisor, workers and client all use these three definitions.
 
 The classification is data, not an exception: a script's failure is an ordinary outcome.
 """
 
+from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import Any
+
+from protocol.errors import ProtocolError
 
 
-class Status(StrEnum):
-    """Final status of one attempt. Only ``failed_retryable`` is ever retried."""
+class RunStatus(StrEnum):
+    """Lifecycle of one attempt: the first two are "in flight", the last three final.
+    Only ``failed_retryable`` is ever retried."""
 
+    QUEUED = "queued"
+    RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED_RETRYABLE = "failed_retryable"
     FAILED_PERMANENT = "failed_permanent"
+
+
+FINAL_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED_RETRYABLE, RunStatus.FAILED_PERMANENT}
+)
+Status = RunStatus  # the older name, kept while workers/ and store/ still import it
 
 
 class Reason(StrEnum):
@@ -41,3 +55,56 @@ EX_TEMPFAIL = 75
 RETRYABLE_REASONS = frozenset(
     {Reason.TIMEOUT, Reason.WORKER_LOST, Reason.SUPERVISOR_LOST, Reason.SHUTDOWN}
 )
+
+# Reasons a worker's own kill stands for (the worker classifies the run it killed with them).
+KILL_REASONS = frozenset({Reason.TIMEOUT, Reason.OUTPUT_LIMIT, Reason.SHUTDOWN})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOutcome:
+    """The final outcome of a run (after its retries): the last attempt's fields.
+
+    The supervisor builds it from the attempt's row (:func:`supervisor.runs.outcome_of`) and
+    sends :meth:`as_dict`; the client reads it back with :meth:`from_dict`, which refuses a
+    field it does not know rather than drop it.
+    """
+
+    run_id: str
+    actor: str
+    status: str
+    reason: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    output: Any = None
+    stderr_tail: str = ""
+    duration_ms: float | None = None
+    code_sha256: str = ""
+    code_history_id: str | None = None  # the code version that ran (actor_code_history)
+    code_source: str | None = None  # "file" or "database"
+    attempt: int = 1
+    attempts: int = 1
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == RunStatus.SUCCEEDED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunOutcome":
+        """:raises ProtocolError: a field is unknown or a required one is missing."""
+        unknown = sorted(set(data) - OUTCOME_FIELDS)
+        if unknown:
+            raise ProtocolError(f"result: unknown field(s) {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a required field is missing
+            raise ProtocolError(f"result: {exc}") from exc
+
+
+OUTCOME_FIELDS = frozenset(f.name for f in fields(RunOutcome))

@@ -9,18 +9,16 @@ Every change is durable task state plus an event.
 import logging
 from collections.abc import Callable
 
-from protocol.outcomes import Reason, Status
+from protocol.outcomes import Reason, RunStatus
 from supervisor import events
 from supervisor.actors import ActorRuntime
-from supervisor.records import RunRecord
-from supervisor.schedule import ScheduleHeap
-from supervisor.writer import BatchWriter
+from supervisor.heap import EntryKind, Key, ScheduleHeap
+from supervisor.records import RecordSink, RunRecord, Trigger
 
 log = logging.getLogger(__name__)
 
 # A worker can die of another run's doing; a run that keeps killing workers ends as POISON.
 NOT_THE_ACTORS_FAULT = frozenset({Reason.SHUTDOWN, Reason.SUPERVISOR_LOST, Reason.WORKER_LOST})
-PROBE = "probe"  # trigger of a half-open probe run, and its schedule heap entry
 
 
 class Breaker:
@@ -28,8 +26,8 @@ class Breaker:
 
     def __init__(
         self,
-        writer: BatchWriter,
-        heap: ScheduleHeap[tuple[str, str]],
+        writer: RecordSink,
+        heap: ScheduleHeap[Key],
         clock: Callable[[], float],
     ) -> None:
         self._writer = writer
@@ -44,11 +42,11 @@ class Breaker:
 
     def account(self, actor: ActorRuntime, record: RunRecord) -> None:
         """Record a run's final outcome in the actor's state; open or close the breaker."""
-        probe = record.trigger == PROBE or record.run_id in self._probes
+        probe = record.trigger == Trigger.PROBE or record.run_id in self._probes
         self._probes.discard(record.run_id)
         if record.reason in NOT_THE_ACTORS_FAULT:
             return
-        succeeded = record.status == Status.SUCCEEDED
+        succeeded = record.status == RunStatus.SUCCEEDED
         failures = 0 if succeeded else actor.state.consecutive_failures + 1
         self._writer.put(
             actor.update_state(last_run_at=record.finished_at, consecutive_failures=failures)
@@ -71,7 +69,7 @@ class Breaker:
         paused_by = actor.state.metadata.get("paused_by")
         if actor.state.is_paused and (by == "breaker" or paused_by != "breaker"):
             return
-        self._heap.remove((PROBE, actor.name))
+        self._heap.remove((EntryKind.PROBE, actor.name))
         metadata = {**actor.state.metadata, "paused_by": by}
         self._writer.put(
             actor.update_state(is_paused=True, paused_reason=reason, metadata=metadata)
@@ -90,7 +88,7 @@ class Breaker:
                 is_paused=False, paused_reason=None, consecutive_failures=0, metadata=metadata
             )
         )
-        self._heap.remove((PROBE, actor.name))
+        self._heap.remove((EntryKind.PROBE, actor.name))
         if was_paused:
             self._writer.put(events.actor_event("actor_resumed", actor.name, by=by))
             log.info("actor %s resumed", actor.name, extra={"actor": actor.name, "by": by})
@@ -98,7 +96,7 @@ class Breaker:
     def _schedule_probe(self, actor: ActorRuntime) -> None:
         cooldown = actor.config.breaker_cooldown_s
         if cooldown is not None:
-            self._heap.push((PROBE, actor.name), self._clock() + cooldown)
+            self._heap.push((EntryKind.PROBE, actor.name), self._clock() + cooldown)
 
     def restore(self, actor: ActorRuntime) -> None:
         """After a restart: an actor the breaker had paused gets its probe back."""

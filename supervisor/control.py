@@ -9,12 +9,11 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from protocol import ProtocolError, decode
-from protocol.codec import request_id_of
+from protocol.codec import encode, request_id_of
 from protocol.curve import CurveKeyError, secure_server
 from protocol.messages import CLIENT_REQUESTS, Message, Reply
 from protocol.sockets import has_message
@@ -101,7 +100,7 @@ class ControlServer:
         )
 
     def _send(self, waiter: Waiter, reply: Reply) -> None:
-        body = orjson.dumps(reply)
+        body = encode(reply)
         frames = [waiter.identity, b"", body] if waiter.envelope else [waiter.identity, body]
         try:
             self.socket.send_multipart(frames, zmq.NOBLOCK)

@@ -11,7 +11,7 @@ import time
 from bisect import bisect_left
 from typing import Any
 
-from protocol.outcomes import Status
+from protocol.outcomes import RunStatus
 
 # Upper bounds in seconds (``le``); one more bucket counts everything above the last one.
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -63,7 +63,7 @@ class RunMetrics:
             if histogram is None:
                 histogram = self.durations[actor] = Histogram(DURATION_BOUNDS)
             histogram.observe(duration_ms / 1000.0)
-        if status == Status.SUCCEEDED:
+        if status == RunStatus.SUCCEEDED:
             self.last_success[actor] = at
 
     def retry_scheduled(self, actor: str) -> None:

@@ -7,23 +7,26 @@ state. All timestamps are epoch seconds (UTC); the stores convert them to their 
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
+from protocol.outcomes import FINAL_STATUSES, RunStatus
 from supervisor.alerts.records import AlertRecord
 from supervisor.code.records import CodeChange, SyncUpdate
 
 
-class RunState(StrEnum):
-    """Lifecycle of one attempt. The last three are final; the first two are "in flight"."""
+class Trigger(StrEnum):
+    """What started an attempt."""
 
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED_RETRYABLE = "failed_retryable"
-    FAILED_PERMANENT = "failed_permanent"
+    SUBMIT = "submit"  # a client's submit
+    TRIGGER = "trigger"  # a client's trigger: the actor's configured input
+    SCHEDULE = "schedule"  # the actor's schedule fired
+    CATCH_UP = "catch_up"  # a fire missed while the supervisor was down
+    RETRY = "retry"  # the next attempt of a retryable failure
+    PROBE = "probe"  # a paused actor's half-open probe
 
 
-FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED_RETRYABLE, RunState.FAILED_PERMANENT})
+RunState = RunStatus  # the older name, kept while store/ and tests still import it
+FINAL_STATES = FINAL_STATUSES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +42,7 @@ class RunRecord:
     actor: str
     correlation_id: str
     trigger: str
-    status: str = RunState.QUEUED
+    status: str = RunStatus.QUEUED
     reason: str | None = None
     input_json: str = "null"
     queued_at: float
@@ -68,7 +71,7 @@ class RunRecord:
 
     @property
     def is_final(self) -> bool:
-        return self.status in FINAL_STATES
+        return self.status in FINAL_STATUSES
 
     @property
     def is_fire(self) -> bool:
@@ -123,3 +126,16 @@ class ActorRecord:
 
 
 Record = RunRecord | Event | TaskState | ActorRecord | CodeChange | SyncUpdate | AlertRecord
+
+
+class RecordSink(Protocol):
+    """Where records go to become durable, in order (the batch writer satisfies it)."""
+
+    def put(self, record: Record) -> int:
+        """Queue ``record``; return its sequence number (durable once ``committed`` reaches it)."""
+        ...
+
+    @property
+    def committed(self) -> int:
+        """The highest sequence number whose record, and every one before it, is durable."""
+        ...

@@ -7,10 +7,26 @@ schedule takes effect from now. Supervisor settings that shape processes, socket
 and says so.
 """
 
+import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
-from supervisor.config import Config
+from supervisor import events
+from supervisor.actors import ActorRuntime
+from supervisor.code.book import CodeBook
+from supervisor.code.sync import ActorCode
+from supervisor.config import Config, load_config
+from supervisor.errors import ConfigError, StartupError
+from supervisor.heap import EntryKind
+from supervisor.preflight import check_reloaded_scripts
+from supervisor.records import TaskState
+from supervisor.runbook import RunBook
 from supervisor.settings import SupervisorSettings
+from workers.sandbox import SandboxConfig
+
+log = logging.getLogger(__name__)
 
 # Settings a running supervisor applies at once; every other one needs a restart.
 LIVE_SETTINGS = frozenset(
@@ -63,3 +79,77 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         applied_settings=tuple(n for n in differing if n in LIVE_SETTINGS),
         settings=kept,
     )
+
+
+def reload_config(
+    config: Config,
+    overrides: Mapping[str, Any],
+    *,
+    sandbox: SandboxConfig,
+    book: RunBook,
+    codebook: CodeBook,
+    stored_states: Mapping[str, TaskState],
+    instance_id: str,
+) -> Config | None:
+    """Apply a changed configuration file to the run book's actors and return it; an invalid
+    one is rejected (None), the old one stays. Settings the shell applies are the caller's."""
+    try:
+        new = load_config(config.path, overrides=overrides, environ=os.environ)
+        check_reloaded_scripts(config, new, sandbox)
+    except (ConfigError, StartupError) as exc:
+        book.counters["reloads_rejected"] += 1
+        log.error("SIGHUP: configuration rejected, keeping the running one: %s", exc)
+        book.sink.put(events.supervisor_event("config_rejected", instance_id, error=str(exc)))
+        return None
+    plan = plan_reload(config, new)
+    _apply_actors(plan, new, book, codebook, stored_states)
+    if new.alerts != config.alerts:
+        log.warning("SIGHUP: [[alerts]] changed; the new entries apply at the next restart")
+    book.settings = plan.settings
+    book.counters["reloads"] += 1
+    log.info(
+        "SIGHUP: configuration reloaded",
+        extra={"added": plan.added, "removed": plan.removed, "changed": plan.changed,
+               "settings": plan.applied_settings},
+    )  # fmt: skip
+    if plan.restart_needed:
+        log.warning("SIGHUP: these settings changed but need a restart to apply: %s",
+                    ", ".join(plan.restart_needed))  # fmt: skip
+    book.sink.put(events.supervisor_event(
+        "config_reloaded", instance_id, added=list(plan.added), removed=list(plan.removed),
+        changed=list(plan.changed), restart_needed=list(plan.restart_needed),
+    ))  # fmt: skip
+    return replace(new, supervisor=plan.settings, alerts=config.alerts)
+
+
+def _apply_actors(
+    plan: ReloadPlan,
+    new: Config,
+    book: RunBook,
+    codebook: CodeBook,
+    stored_states: Mapping[str, TaskState],
+) -> None:
+    """Removed actors stop being scheduled; added ones start; changed ones take effect now."""
+    now = book.clock()
+    for name in plan.removed:
+        book.scheduler.forget(name)
+        book.heap.remove((EntryKind.PROBE, name))
+        book.actors.pop(name)
+    for name in (*plan.added, *plan.changed):
+        cfg = new.actors[name]
+        actor = book.actors.get(name)
+        before = actor.config if actor is not None else None
+        if actor is None:
+            state = stored_states.get(name) or TaskState(actor=name, updated_at=now)
+            actor = ActorRuntime(
+                config=cfg, state=state, code=ActorCode(home=str(cfg.script.parent))
+            )
+            book.actors[name] = actor
+        else:
+            actor.config = cfg
+        codebook.reconfigure(actor, before)
+        book.sink.put(actor.record())
+        if name in plan.added:
+            book.scheduler.seed(actor, now)
+        elif name in plan.rescheduled:
+            book.scheduler.reseed(actor, now)

@@ -6,6 +6,7 @@ Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accep
 for an input no worker would take (refused here, never accepted and then lost).
 """
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,11 +25,14 @@ from protocol.messages import (
 from supervisor.actors import ActorRuntime
 from supervisor.code.sync import ActorCode
 from supervisor.idempotency import digest
+from supervisor.records import Trigger as RunTrigger
 from supervisor.runs import Waiter
 from supervisor.status import build_metrics, build_status
 
 if TYPE_CHECKING:
     from supervisor.core import Supervisor
+
+log = logging.getLogger(__name__)
 
 
 class Requests:
@@ -38,6 +42,17 @@ class Requests:
         self.sup = sup
         # per actor: refresh loads outstanding, and the waiters of the newest one
         self._refreshing: dict[str, tuple[int, list[Waiter]]] = {}
+
+    def handle_all(self) -> None:
+        """Answer every request waiting on the control socket."""
+        for waiter, message in self.sup.control.requests():
+            try:
+                self.handle(waiter, message)
+            except Exception:  # a bug must cost one request, never the supervisor
+                log.exception("internal error handling a %s request", message.type)
+                self.sup.control.reply_error(
+                    waiter, "internal_error", "the supervisor failed this request"
+                )
 
     def handle(self, waiter: Waiter, message: Message) -> None:
         if isinstance(message, Submit):
@@ -67,16 +82,16 @@ class Requests:
 
     def _refused(self, waiter: Waiter, input_bytes: int = 0) -> bool:
         """Answer and return True when the supervisor cannot take a new run now."""
-        if not self.sup.accepting:
+        if not self.sup.book.accepting:
             self.sup.control.reply_error(waiter, "shutting_down", "the supervisor is shutting down")
             return True
-        if not self.sup.has_room(input_bytes):
-            self.sup.counters["busy_rejections"] += 1
+        if not self.sup.book.has_room(input_bytes):
+            self.sup.book.counters["busy_rejections"] += 1
             self.sup.control.reply_error(
                 waiter,
                 "busy",
-                f"the ready queue is full ({self.sup.waiting()} runs waiting, "
-                f"{self.sup.input_bytes} bytes of inputs held, at most "
+                f"the ready queue is full ({self.sup.book.waiting()} runs waiting, "
+                f"{self.sup.book.input_bytes} bytes of inputs held, at most "
                 f"{self.sup.settings.queue_max_bytes}); retry later",
             )
             return True
@@ -91,7 +106,7 @@ class Requests:
         if input_json is None:
             return
         key = message.idempotency_key
-        earlier = self.sup.idempotent_run(actor.name, key) if key is not None else None
+        earlier = self.sup.book.idempotency.find(actor.name, key) if key is not None else None
         if earlier is not None:
             run_id, known = earlier
             if known is not None and known != digest(input_json):
@@ -105,11 +120,11 @@ class Requests:
             return
         if self._refused(waiter, len(input_json)):
             return
-        self.sup.accept(
+        self.sup.book.accept(
             actor,
             input_value=value,
             input_json=input_json,
-            trigger="submit",
+            trigger=RunTrigger.SUBMIT,
             waiter=waiter,
             idempotency_key=key,
         )
@@ -143,11 +158,11 @@ class Requests:
         )
         if not waiter.wants_result:
             return
-        active = self.sup.runs.get(run_id)
+        active = self.sup.book.runs.get(run_id)
         if active is not None:
             active.waiters.append(waiter)
-        elif (outcome := self.sup.outcomes.get(run_id)) is not None:
-            control.reply(waiter, "result", outcome)
+        elif (outcome := self.sup.book.outcomes.get(run_id)) is not None:
+            control.reply(waiter, "result", outcome.as_dict())
         else:
             control.reply_error(
                 waiter,
@@ -171,14 +186,20 @@ class Requests:
         input_json = self._input_json(waiter, value)
         if input_json is None or self._refused(waiter, len(input_json)):
             return
-        self.sup.accept(
-            actor, input_value=value, input_json=input_json, trigger="trigger", waiter=waiter
+        self.sup.book.accept(
+            actor,
+            input_value=value,
+            input_json=input_json,
+            trigger=RunTrigger.TRIGGER,
+            waiter=waiter,
         )
 
     def _pause(self, waiter: Waiter, message: Pause) -> None:
         actor = self._actor(waiter, message.actor)
         if actor is not None:
-            self.sup.breaker.pause(actor, message.reason or "paused by an operator", by="operator")
+            self.sup.book.breaker.pause(
+                actor, message.reason or "paused by an operator", by="operator"
+            )
             self.sup.control.reply(
                 waiter,
                 "ok",
@@ -188,7 +209,7 @@ class Requests:
     def _resume(self, waiter: Waiter, message: Resume) -> None:
         actor = self._actor(waiter, message.actor)
         if actor is not None:
-            self.sup.breaker.resume(actor, by="operator")
+            self.sup.book.breaker.resume(actor, by="operator")
             self.sup.control.reply(waiter, "ok", {"actor": actor.name, "paused": False})
 
     def _refresh(self, waiter: Waiter, message: Refresh) -> None:
@@ -205,7 +226,7 @@ class Requests:
         outstanding, newest = self._refreshing.get(name, (0, []))
         if outstanding >= 2:
             newest.append(waiter)
-            self.sup.counters["refreshes_coalesced"] += 1
+            self.sup.book.counters["refreshes_coalesced"] += 1
             return
         waiters = [waiter]
         self._refreshing[name] = (outstanding + 1, waiters)

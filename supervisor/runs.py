@@ -1,13 +1,24 @@
 """Runs in flight as the main loop tracks them, and the outcome a client receives."""
 
+import logging
+import random
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from protocol.messages import Result
-from supervisor.records import RunRecord, RunState
+from protocol.messages import Result, Run
+from protocol.outcomes import OUTCOME_FIELDS, Reason, RunOutcome, RunStatus
+from supervisor.actors import ActorRuntime
+from supervisor.code.book import RunCode
+from supervisor.config import ActorConfig
+from supervisor.records import RunRecord, Trigger
+from supervisor.schedule import retry_delay
+
+log = logging.getLogger("supervisor.runbook")  # attempts are the run book's story
+
+PERMANENT_LOSSES = frozenset({Reason.UNKNOWN_ACTOR, Reason.FILE_MISSING, Reason.POISON})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +46,44 @@ class ActiveRun:
         return self.record.run_id
 
 
+class Replies(Protocol):
+    """Where answers to waiting clients go (the control server satisfies it)."""
+
+    def reply(self, waiter: Waiter, kind: str, data: Any) -> None: ...
+
+    def reply_error(self, waiter: Waiter, code: str, message: str) -> None: ...
+
+
+class Code(Protocol):
+    """Which code an attempt runs (the code book satisfies it)."""
+
+    def loading(self, actor: ActorRuntime) -> bool: ...
+
+    def for_run(self, actor: ActorRuntime) -> RunCode: ...
+
+
+class Slot(Protocol):
+    """A worker able to take one more run."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+
+S = TypeVar("S", bound=Slot)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """One attempt handed to a worker: the row it became and the message the worker gets."""
+
+    record: RunRecord
+    message: Run
+
+
 def apply_result(record: RunRecord, result: Result) -> RunRecord:
     """The attempt's row once its worker reported the classified outcome."""
     output = result.output
-    has_output = output is not None or result.status == RunState.SUCCEEDED
+    has_output = output is not None or result.status == RunStatus.SUCCEEDED
     return replace(
         record,
         status=result.status,
@@ -58,30 +103,72 @@ def apply_result(record: RunRecord, result: Result) -> RunRecord:
     )
 
 
-def outcome_of(record: RunRecord, output: Any = None) -> dict[str, Any]:
-    """The JSON object ``submit --wait`` prints: the final attempt's fields."""
+# The outcome's fields that are not copied from the row under the same name.
+_DERIVED = frozenset({"output", "attempts"})
+
+
+def outcome_of(record: RunRecord, output: Any = None) -> RunOutcome:
+    """What ``submit --wait`` prints: the final attempt's fields, named as in its row."""
     if output is None and record.output_json is not None:
         output = orjson.loads(record.output_json)
-    return {
-        "run_id": record.run_id,
+    copied = {name: getattr(record, name) for name in OUTCOME_FIELDS - _DERIVED}
+    return RunOutcome(**copied, output=output, attempts=record.attempt)
+
+
+def lost_attempt(record: RunRecord, reason: Reason, error: str, now: float) -> RunRecord:
+    """The attempt's row when it ended without a result from a worker."""
+    permanent = reason in PERMANENT_LOSSES
+    return replace(
+        record,
+        status=RunStatus.FAILED_PERMANENT if permanent else RunStatus.FAILED_RETRYABLE,
+        reason=reason,
+        error=error,
+        finished_at=now,
+        duration_ms=(now - record.started_at) * 1000 if record.started_at else None,
+    )
+
+
+def retry_time(
+    cfg: ActorConfig, record: RunRecord, worker_losses: int, now: float, rng: random.Random
+) -> float | None:
+    """When the next attempt is due, or None. Attempts lost with their worker are free:
+    the run is not to blame for a worker that another run took down."""
+    if (
+        record.status != RunStatus.FAILED_RETRYABLE
+        or record.attempt - worker_losses > cfg.max_retries
+    ):
+        return None
+    delay = retry_delay(
+        record.attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s, cfg.retry_jitter, rng
+    )
+    return now + delay
+
+
+def next_attempt(previous: RunRecord, retry_at: float, now: float) -> RunRecord:
+    """The queued row of the attempt after ``previous``, due at ``retry_at``."""
+    return RunRecord(
+        run_id=previous.run_id, attempt=previous.attempt + 1, actor=previous.actor,
+        correlation_id=previous.correlation_id, trigger=Trigger.RETRY,
+        input_json=previous.input_json, queued_at=now, scheduled_for=retry_at,
+        code_sha256=previous.code_sha256, idempotency_key=previous.idempotency_key,
+    )  # fmt: skip
+
+
+def log_attempt(record: RunRecord, retry_at: float | None, now: float) -> None:
+    level = logging.INFO if record.status == RunStatus.SUCCEEDED else logging.WARNING
+    extra: dict[str, Any] = {
         "actor": record.actor,
-        "status": record.status,
-        "reason": record.reason,
-        "error": record.error,
-        "exit_code": record.exit_code,
-        "signal": record.signal,
-        "output": output,
-        "stderr_tail": record.stderr_tail,
-        "duration_ms": record.duration_ms,
-        "code_sha256": record.code_sha256,
-        "code_history_id": record.code_history_id,
-        "code_source": record.code_source,
+        "run_id": record.run_id,
         "attempt": record.attempt,
-        "attempts": record.attempt,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "worker_id": record.worker_id,
+        "status": record.status,
+        "duration_ms": round(record.duration_ms or 0.0, 1),
     }
+    if record.reason:
+        extra["reason"] = record.reason
+        extra["error"] = record.error
+    if retry_at is not None:
+        extra["retry_in_s"] = round(retry_at - now, 2)
+    log.log(level, "run %s", record.status, extra=extra)
 
 
 class RecentOutcomes:
@@ -98,13 +185,13 @@ class RecentOutcomes:
         self._size = size
         self._max_bytes = max_bytes
         self.bytes = 0
-        self._items: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[RunOutcome, int]] = OrderedDict()
 
-    def add(self, outcome: dict[str, Any], size: int = OVERHEAD) -> None:
-        previous = self._items.pop(outcome["run_id"], None)
+    def add(self, outcome: RunOutcome, size: int = OVERHEAD) -> None:
+        previous = self._items.pop(outcome.run_id, None)
         if previous is not None:
             self.bytes -= previous[1]
-        self._items[outcome["run_id"]] = (outcome, size)
+        self._items[outcome.run_id] = (outcome, size)
         self.bytes += size
         while self._items and (len(self._items) > self._size or self.bytes > self._max_bytes):
             _, (_, evicted) = self._items.popitem(last=False)
@@ -113,6 +200,6 @@ class RecentOutcomes:
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, run_id: str) -> dict[str, Any] | None:
+    def get(self, run_id: str) -> RunOutcome | None:
         found = self._items.get(run_id)
         return None if found is None else found[0]

@@ -25,17 +25,15 @@ occurrence is filtered out here.
 
 import abc
 import difflib
-import heapq
-import itertools
 import math
 import random
 import re
 import threading
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
@@ -397,92 +395,6 @@ def parse_instant(value: Any, timezone: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=load_zone(timezone))
     return moment.timestamp()
-
-
-K = TypeVar("K", bound=Hashable)
-
-
-class ScheduleHeap(Generic[K]):
-    """Due times by key: a heap of ``(due, sequence, key)`` with lazy deletion.
-
-    Pushing a key again replaces its entry: the live entry is the one whose sequence matches
-    ``self._live[key]``; older ones are skipped when they surface. Stale entries are dropped by
-    a rebuild once they outnumber the live ones, so memory stays O(live) and every operation
-    is O(log n) amortized. Ties on ``due`` pop in push order; keys are never compared.
-    """
-
-    __slots__ = ("_heap", "_live", "_seq")
-
-    _COMPACT_MIN = 64  # below this size a rebuild is not worth it
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, K]] = []
-        self._live: dict[K, tuple[float, int]] = {}
-        self._seq = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._live
-
-    def push(self, key: K, due: float) -> None:
-        """Schedule ``key`` at ``due``, replacing any entry it had."""
-        seq = next(self._seq)
-        self._live[key] = (due, seq)
-        heapq.heappush(self._heap, (due, seq, key))
-        self._maybe_compact()
-
-    def remove(self, key: K) -> bool:
-        """Forget ``key``; returns whether it was scheduled."""
-        found = self._live.pop(key, None) is not None
-        self._maybe_compact()
-        return found
-
-    def due_of(self, key: K) -> float | None:
-        """When ``key`` is due, or ``None`` if it is not scheduled."""
-        entry = self._live.get(key)
-        return entry[0] if entry else None
-
-    def pop_due(self, now: float) -> list[tuple[K, float]]:
-        """Remove and return every live entry due at or before ``now``, in due order."""
-        popped: list[tuple[K, float]] = []
-        heap, live = self._heap, self._live
-        while heap and heap[0][0] <= now:
-            due, seq, key = heapq.heappop(heap)
-            entry = live.get(key)
-            if entry is not None and entry[1] == seq:
-                del live[key]
-                popped.append((key, due))
-        return popped
-
-    def next_due(self) -> float | None:
-        """The earliest live due time, or ``None`` when nothing is scheduled."""
-        heap, live = self._heap, self._live
-        while heap:
-            due, seq, key = heap[0]
-            entry = live.get(key)
-            if entry is not None and entry[1] == seq:
-                return due
-            heapq.heappop(heap)
-        return None
-
-    def timeout_ms(self, now: float, cap_ms: int) -> int:
-        """Milliseconds until the earliest entry, for a poll: 0 when due, at most ``cap_ms``.
-
-        Rounded up, so a poll that returns on time finds the entry due instead of spinning.
-        """
-        due = self.next_due()
-        if due is None:
-            return cap_ms
-        # round() first: (10.0 - 9.7) * 1000 is 300.00000000000006, which must not become 301.
-        return max(0, min(cap_ms, math.ceil(round((due - now) * 1000.0, 6))))
-
-    def _maybe_compact(self) -> None:
-        heap_size = len(self._heap)
-        if heap_size > self._COMPACT_MIN and heap_size > 2 * len(self._live):
-            self._heap = [(due, seq, key) for key, (due, seq) in self._live.items()]
-            heapq.heapify(self._heap)
 
 
 def missed_fires(

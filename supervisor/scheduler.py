@@ -13,12 +13,12 @@ from typing import Any, Protocol
 
 from supervisor import events
 from supervisor.actors import ActorRuntime
-from supervisor.schedule import ScheduleHeap, missed_fires
-from supervisor.writer import BatchWriter
+from supervisor.heap import EntryKind, Key, ScheduleHeap
+from supervisor.records import RecordSink, Trigger
+from supervisor.schedule import missed_fires
 
 log = logging.getLogger(__name__)
 
-FIRE = "fire"
 MAX_PENDING = 100  # fires an actor may have waiting for its running one; beyond, they are skipped
 SKIP_SUMMARY_S = 60.0  # skipped fires are logged as one summary line per this many seconds
 
@@ -34,8 +34,8 @@ class Scheduler:
 
     def __init__(
         self,
-        heap: ScheduleHeap[tuple[str, str]],
-        writer: BatchWriter,
+        heap: ScheduleHeap[Key],
+        writer: RecordSink,
         accept: Accept,
         has_room: Callable[[], bool],
     ) -> None:
@@ -81,13 +81,13 @@ class Scheduler:
         self._set_next(actor, schedule.first_due(now), schedule.describe())
 
     def forget(self, name: str) -> None:
-        self._heap.remove((FIRE, name))
+        self._heap.remove((EntryKind.FIRE, name))
 
     def _set_next(self, actor: ActorRuntime, due: float | None, described: dict[str, Any]) -> None:
         metadata = {**actor.state.metadata, "schedule": described}
         self._writer.put(actor.update_state(next_run_at=due, metadata=metadata))
         if due is not None:
-            self._heap.push((FIRE, actor.name), due)
+            self._heap.push((EntryKind.FIRE, actor.name), due)
 
     def _catch_up(self, actor: ActorRuntime, first_missed: float, now: float) -> None:
         """Fires missed while no supervisor ran, per the actor's ``catch_up`` policy:
@@ -113,7 +113,9 @@ class Scheduler:
             return
         if cfg.overlap == "allow":
             for fire in missed:
-                self._accept(actor, input_value=cfg.input, trigger="catch_up", scheduled_for=fire)
+                self._accept(
+                    actor, input_value=cfg.input, trigger=Trigger.CATCH_UP, scheduled_for=fire
+                )
             return
         # One after another, like the fires they stand for: never two runs of it at once.
         actor.pending.extend(("catch_up", fire) for fire in missed)
@@ -128,7 +130,7 @@ class Scheduler:
         if following is not None and following <= now:  # the loop fell behind: no burst
             following = schedule.next_due(now)
         if following is not None:
-            self._heap.push((FIRE, actor.name), following)
+            self._heap.push((EntryKind.FIRE, actor.name), following)
         self._writer.put(actor.update_state(next_run_at=following))
         if actor.state.is_paused:
             return
@@ -142,7 +144,9 @@ class Scheduler:
                 "fire_missed", actor.name, reason="queue_full", scheduled_for=due, missed=1
             ))  # fmt: skip
             return
-        self._accept(actor, input_value=actor.config.input, trigger="schedule", scheduled_for=due)
+        self._accept(
+            actor, input_value=actor.config.input, trigger=Trigger.SCHEDULE, scheduled_for=due
+        )
 
     def _overlap(self, actor: ActorRuntime, due: float) -> None:
         """A fire while the previous run is still going: ``queue`` it or ``skip`` it."""

@@ -9,6 +9,8 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from supervisor import events
+from supervisor.writer import BatchWriter
 from workers.sandbox import SandboxConfig
 
 if TYPE_CHECKING:
@@ -39,6 +41,35 @@ def protections(sandbox: SandboxConfig) -> dict[str, bool]:
 
 
 def build_status(sup: "Supervisor") -> dict[str, Any]:
+    """The ``status`` reply: the supervisor, each worker slot and actor, the queue, the store."""
+    return {
+        "supervisor": {
+            "pid": os.getpid(),
+            "instance_id": sup.instance_id,
+            "phase": sup.book.phase.value,
+            "started_at": iso(sup.started_at),
+            "uptime_s": round(time.time() - sup.started_at, 3),
+            "control": sup.settings.control,
+            "workers": sup.settings.workers,
+            "concurrency": sup.settings.concurrency,
+            "exec_python": sup.sandbox.python,
+            "run_as": sup.settings.run_as if sup.sandbox.run_as else None,
+            "protections": protections(sup.sandbox),
+        },
+        "workers": _workers(sup),
+        "actors": _actors(sup),
+        "queue": {
+            "ready": len(sup.book.ready),
+            "in_flight": len(sup.book.in_flight()),
+            "active_runs": len(sup.book.runs),
+            "capacity": sup.settings.queue_size,
+        },
+        "store": _store(sup),
+        "counters": all_counters(sup),
+    }
+
+
+def _workers(sup: "Supervisor") -> list[dict[str, Any]]:
     now = time.monotonic()
     workers = []
     for handle, view in sup.pool.views():
@@ -62,6 +93,10 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
                 "started_at": iso(view.started_at) if view.started_at else None,
             }
         )
+    return workers
+
+
+def _actors(sup: "Supervisor") -> list[dict[str, Any]]:
     actors = []
     for actor in sup.actors.values():
         state = actor.state
@@ -85,52 +120,32 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
                 "code_status": actor.code.status,
             }
         )
+    return actors
+
+
+def _store(sup: "Supervisor") -> dict[str, Any]:
     stats = sup.writer.stats()
     return {
-        "supervisor": {
-            "pid": os.getpid(),
-            "instance_id": sup.instance_id,
-            "phase": sup.phase.value,
-            "started_at": iso(sup.started_at),
-            "uptime_s": round(time.time() - sup.started_at, 3),
-            "control": sup.settings.control,
-            "workers": sup.settings.workers,
-            "concurrency": sup.settings.concurrency,
-            "exec_python": sup.sandbox.python,
-            "run_as": sup.settings.run_as if sup.sandbox.run_as else None,
-            "protections": protections(sup.sandbox),
-        },
-        "workers": workers,
-        "actors": actors,
-        "queue": {
-            "ready": len(sup.ready),
-            "in_flight": sum(1 for a in sup.runs.values() if a.worker_id is not None),
-            "active_runs": len(sup.runs),
-            "capacity": sup.settings.queue_size,
-        },
-        "store": {
-            "database": sup.store.description,
-            "degraded": stats.degraded,
-            "queue_depth": stats.queue_depth,
-            "committed": stats.committed,
-            "batches": stats.batches,
-            "records": stats.records,
-            "failures": stats.failures,
-            "last_error": stats.last_error,
-            "last_flush_ms": stats.last_flush_ms,
-            # records durable in the spool, waiting for the database (degraded while > 0)
-            "spool_depth": stats.spool_depth,
-            "spool_batches": stats.spool_batches,
-            "spool_bytes": stats.spool_bytes,
-            "spool_dir": str(sup.spool.folder),
-            "spooled": stats.spooled,
-            "replayed": stats.replayed,
-            "rejected": stats.rejected,
-            "dead_letters": stats.dead_letters,
-            "dead_letter_file": str(sup.dead_letters.path),
-            "lease": sup.lease.status(),
-        },
-        "counters": sup.all_counters(),
+        "database": sup.store.description,
+        "degraded": stats.degraded,
+        "queue_depth": stats.queue_depth,
+        "committed": stats.committed,
+        "batches": stats.batches,
+        "records": stats.records,
+        "failures": stats.failures,
+        "last_error": stats.last_error,
+        "last_flush_ms": stats.last_flush_ms,
+        # records durable in the spool, waiting for the database (degraded while > 0)
+        "spool_depth": stats.spool_depth,
+        "spool_batches": stats.spool_batches,
+        "spool_bytes": stats.spool_bytes,
+        "spool_dir": str(sup.spool.folder),
+        "spooled": stats.spooled,
+        "replayed": stats.replayed,
+        "rejected": stats.rejected,
+        "dead_letters": stats.dead_letters,
+        "dead_letter_file": str(sup.dead_letters.path),
+        "lease": sup.lease.status(),
     }
 
 
@@ -152,20 +167,21 @@ def build_metrics(sup: "Supervisor") -> dict[str, Any]:
     stats = sup.writer.stats()
     last_commit = sup.writer.last_commit_at
     return {
-        **sup.metrics.snapshot(),
-        "phase": sup.phase.value,
+        **sup.book.metrics.snapshot(),
+        "phase": sup.book.phase.value,
         "uptime_s": time.time() - sup.started_at,
         "workers": workers,
         "workers_ready": sum(1 for h, _ in sup.pool.views() if h and h.ready),
         "workers_total": sup.settings.workers,
-        "queue_depth": sup.waiting(),
+        "queue_depth": sup.book.waiting(),
         "queue_capacity": sup.settings.queue_size,
-        "runs_in_flight": sum(1 for a in sup.runs.values() if a.worker_id is not None),
+        "runs_in_flight": sum(1 for a in sup.book.runs.values() if a.worker_id is not None),
         "oldest_queued_at": min(
-            (sup.runs[r].record.queued_at for r in sup.ready if r in sup.runs), default=None
+            (sup.book.runs[r].record.queued_at for r in sup.book.ready if r in sup.book.runs),
+            default=None,
         ),
-        "busy_rejections": sup.counters["busy_rejections"],
-        "worker_restarts": sup.counters["worker_deaths"],
+        "busy_rejections": sup.book.counters["busy_rejections"],
+        "worker_restarts": sup.book.counters["worker_deaths"],
         "store_degraded": stats.degraded,
         "store_spool_depth": stats.spool_depth,
         "store_batch_bounds": list(sup.writer.batch_seconds.bounds),
@@ -181,3 +197,41 @@ def build_metrics(sup: "Supervisor") -> dict[str, Any]:
             for a in sup.actors.values()
         ],
     }
+
+
+def status_line(sup: "Supervisor") -> str:
+    """systemd's STATUS=: what `systemctl status` shows."""
+    ready = sum(1 for handle in sup.pool.handles() if handle.ready)
+    line = (
+        f"{ready}/{sup.settings.workers} workers ready, {len(sup.book.in_flight())} "
+        f"run(s) in flight, {sup.book.waiting()} waiting"
+    )
+    return line + (", store DEGRADED (spooling)" if sup.store_health.degraded else "")
+
+
+def all_counters(sup: "Supervisor") -> dict[str, int]:
+    """The run book's counters, the scheduler's and the control socket's."""
+    return {
+        **sup.book.counters,
+        "bad_requests": sup.control.bad_requests,
+        "replies_dropped": sup.control.replies_dropped,
+        "fires_dropped": sup.book.scheduler.dropped,
+        "fires_skipped": sup.book.scheduler.skipped,
+    }
+
+
+class StoreHealth:
+    """``store_degraded``/``store_recovered`` events (and alerts) as the writer flips."""
+
+    def __init__(self, writer: BatchWriter, store: str, instance_id: str) -> None:
+        self._writer, self._store, self._instance_id = writer, store, instance_id
+        self.degraded = False
+
+    def check(self) -> None:
+        stats = self._writer.stats()
+        if stats.degraded != self.degraded:
+            self.degraded = stats.degraded
+            self._writer.put(events.supervisor_event(
+                "store_degraded" if stats.degraded else "store_recovered", self._instance_id,
+                store=self._store, last_error=stats.last_error, spool_depth=stats.spool_depth,
+            ))  # fmt: skip

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from protocol.outcomes import Reason, Status
+from protocol.outcomes import Reason, RunStatus
 from supervisor.actors import ActorRuntime
 from supervisor.alerts import records as names
 from supervisor.alerts.config import AlertConfig
@@ -260,7 +260,7 @@ def summary(payload: dict[str, Any]) -> str:
     if payload.get("run_id"):
         parts.append(f"run {payload['run_id']} attempt {payload.get('attempt')}")
     text = ": ".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
-    if payload.get("status") and payload["status"] != Status.SUCCEEDED:
+    if payload.get("status") and payload["status"] != RunStatus.SUCCEEDED:
         text += f" {payload['status']}"
     if payload.get("reason"):
         text += f" ({payload['reason']})"

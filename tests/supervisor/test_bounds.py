@@ -22,6 +22,7 @@ import zmq
 from protocol import ProtocolError, decode
 from protocol.client import ClientError
 from protocol.messages import CLIENT_REQUESTS, Refresh
+from protocol.outcomes import RunOutcome
 from supervisor.idempotency import IdempotencyKeys
 from supervisor.leftovers import MARKER, clean_leftovers, mark_owned
 from supervisor.runs import RecentOutcomes
@@ -146,7 +147,7 @@ def test_refreshes_of_one_actor_are_coalesced(sup: RunningSupervisor) -> None:
 def test_recent_outcomes_are_bounded_in_bytes() -> None:
     outcomes = RecentOutcomes(size=10_000, max_bytes=10 << 20)
     for n in range(100):
-        outcomes.add({"run_id": str(n)}, 1 << 20)  # 1 MB outputs
+        outcomes.add(RunOutcome(run_id=str(n), actor="a", status="succeeded"), 1 << 20)  # 1 MB
     assert outcomes.bytes <= 10 << 20 and len(outcomes) == 10
     assert outcomes.get("99") is not None and outcomes.get("0") is None
 

@@ -1,10 +1,10 @@
-"""The circuit breaker and pausing: by failures, by hand, across restarts, with probes.
+"""The circuit breaker and pausing: by failures, by hand, across restarts (half-open probes
+and cooldowns are decided on a fake clock in ``tests/unit/test_scheduling.py``).
 
 Whether scheduled runs stop is checked over fires that really came due: a paused actor's
 schedule keeps advancing (``next_due_ts`` in ``status``) without starting runs.
 """
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -177,67 +177,3 @@ def test_pause_with_a_reason_and_resume_by_hand(public_tmp: Path, supervisors: S
         ("actor_paused", {"reason": "maintenance window", "by": "operator"}),
         ("actor_resumed", {"by": "operator"}),
     ]
-
-
-@pytest.mark.timeout(120)
-def test_half_open_probes_reopen_on_failure_and_close_on_success(
-    public_tmp: Path, supervisors: Start
-) -> None:
-    trace = trace_dir(public_tmp)
-    set_mode(trace, "fail")
-    write_script(public_tmp, "by_mode.py", BY_MODE)
-    sup = supervisors(
-        f"""
-        [[actors]]
-        name = "probed"
-        script = "scripts/by_mode.py"
-        env = {{ TRACE_DIR = "{trace}" }}
-        max_consecutive_failures = 2
-        breaker_cooldown_s = 1
-        retry_backoff_s = 0.1
-        retry_jitter = false
-        """,
-        workers=1,
-    )
-    with sup.client() as client:
-        for _ in range(2):
-            outcome = client.submit("probed", wait=True)
-            assert isinstance(outcome, RunOutcome) and outcome.status == "failed_permanent"
-    assert _actor(sup, "probed")["paused"]
-
-    def probes() -> list[RunRecord]:
-        return [r for r in _runs(sup, "probed") if r.trigger == "probe" and r.is_final]
-
-    wait_for(lambda: len(probes()) >= 2, 30, "two probes after two cooldowns")
-    assert all(p.status == "failed_permanent" for p in probes())
-    assert _actor(sup, "probed")["paused"]  # each failed probe re-opened the breaker
-
-    set_mode(trace, "flaky")  # the next probe fails once, and its retry succeeds
-    wait_for(lambda: not _actor(sup, "probed")["paused"], 30, "the breaker to close")
-    last = [r for r in _runs(sup, "probed") if r.run_id == probes()[-1].run_id]
-    closing = max(last, key=lambda r: r.attempt)
-    assert closing.status == "succeeded" and closing.attempt == 2
-    assert _actor(sup, "probed")["consecutive_failures"] == 0
-
-    # Open again; an operator's pause then takes over: no probe may resume the actor.
-    set_mode(trace, "fail")
-    with sup.client() as client:
-        for _ in range(2):
-            client.submit("probed", wait=True)
-    assert _actor(sup, "probed")["paused_reason"] == "circuit breaker: 2 consecutive failures"
-    paused = sup.cli("pause", "probed", "--reason", "investigating", "--json")
-    assert orjson.loads(paused.stdout)["reason"] == "investigating"
-    set_mode(trace, "ok")
-    seen = len(_runs(sup, "probed"))
-    time.sleep(2.5)  # two and a half cooldowns: an absence, so no condition to wait for
-    assert len(_runs(sup, "probed")) == seen
-    assert _actor(sup, "probed")["paused_reason"] == "investigating"
-    events = [
-        (e.event_type, e.metadata.get("by"))
-        for e in _actor_events(sup, "probed")
-        if e.event_type in ("actor_paused", "actor_resumed")
-    ]
-    assert events == [
-        ("actor_paused", "breaker"), ("actor_resumed", "breaker"),
-        ("actor_paused", "breaker"), ("actor_paused", "operator"),
-    ]  # fmt: skip

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from supervisor.heap import ScheduleHeap
 from supervisor.schedule import (
     CronSchedule,
     ImmediateSchedule,
@@ -15,7 +16,6 @@ from supervisor.schedule import (
     OnceSchedule,
     Schedule,
     ScheduleError,
-    ScheduleHeap,
     missed_fires,
     parse_schedule,
     retry_delay,

@@ -1,11 +1,11 @@
-"""Schedules against a real supervisor: catching up after downtime, and overlap policies.
+"""Schedules against a real supervisor: catching up after a downtime stored in the database.
 
 The supervisor runs in its own process, so its clock cannot be injected; a downtime is
 simulated by moving the stored ``task_state.next_run_at`` into the past while it is stopped.
-(``missed_fires`` itself has pure-function tests in ``test_schedule.py``.)
+(``missed_fires`` has pure-function tests in ``test_schedule.py``; the catch-up and overlap
+decisions have fake-clock tests in ``tests/unit/test_scheduling.py``.)
 """
 
-import itertools
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -86,17 +86,6 @@ def test_catch_up_policies_after_ten_minutes_of_downtime(
     assert again.log().count("missed fires while stopped") == len(CATCH_UP)
 
 
-SLOW_S = 1.2
-
-
-def _runs(sup: RunningSupervisor, actor: str) -> list[RunRecord]:
-    store = sup.store()
-    try:
-        return sorted(store.list_runs(actor=actor, limit=1000), key=lambda r: r.started_at or 0)
-    finally:
-        store.close()
-
-
 def _overlapping(runs: list[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
     return [
         (a, b)
@@ -104,57 +93,3 @@ def _overlapping(runs: list[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
         for b in runs[i + 1 :]
         if (a.started_at or 0) < (b.finished_at or 0) and (b.started_at or 0) < (a.finished_at or 0)
     ]
-
-
-@pytest.mark.timeout(120)
-def test_overlap_policies_with_a_slow_script(public_tmp: Path, supervisors: Start) -> None:
-    write_script(public_tmp, "slow.py", f"import json, time\ntime.sleep({SLOW_S})\nprint('{{}}')\n")
-    sup = supervisors(
-        "".join(
-            f"""
-            [[actors]]
-            name = "{policy}"
-            script = "scripts/slow.py"
-            schedule = {{ type = "interval", seconds = 0.4 }}
-            overlap = "{policy}"
-            """
-            for policy in ("skip", "queue", "allow")
-        ),
-        settings="concurrency = 4\n",
-    )
-
-    def enough() -> bool:
-        return all(
-            len([r for r in _runs(sup, policy) if r.is_final]) >= 3
-            for policy in ("skip", "queue", "allow")
-        )
-
-    wait_for(enough, 60, "three finished runs of each actor", interval=0.3)
-    assert sup.stop() == 0
-    store = sup.store()
-    try:
-        skipped = {
-            policy: [
-                e
-                for e in store.list_events(aggregate_type="actor", aggregate_id=policy)
-                if e.event_type == "run_skipped"
-            ]
-            for policy in ("skip", "queue", "allow")
-        }
-    finally:
-        store.close()
-
-    skip = [r for r in _runs(sup, "skip") if r.is_final]
-    assert not _overlapping(skip)
-    assert len(skipped["skip"]) >= len(skip)  # about two fires skipped per run
-    assert all(e.metadata["reason"] == "overlap" for e in skipped["skip"])
-
-    queue = [r for r in _runs(sup, "queue") if r.is_final]
-    assert not _overlapping(queue) and not skipped["queue"]
-    for previous, following in itertools.pairwise(queue):
-        # a queued fire starts as soon as the run before it has finished
-        assert following.started_at is not None and previous.finished_at is not None
-        assert following.started_at - previous.finished_at < 1.0, (previous, following)
-
-    allow = [r for r in _runs(sup, "allow") if r.is_final]
-    assert _overlapping(allow) and not skipped["allow"]
