@@ -7,7 +7,7 @@ for an input no worker would take (refused here, never accepted and then lost).
 """
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -27,10 +27,7 @@ from supervisor.code.sync import ActorCode
 from supervisor.idempotency import digest
 from supervisor.records import Trigger as RunTrigger
 from supervisor.runs import Waiter
-from supervisor.status import build_metrics, build_status
-
-if TYPE_CHECKING:
-    from supervisor.core import Supervisor
+from supervisor.status import Supervisor, build_metrics, build_status
 
 log = logging.getLogger(__name__)
 

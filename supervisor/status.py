@@ -7,14 +7,58 @@ no database query and no message to a worker.
 import os
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from supervisor import events
+from supervisor.actors import ActorRuntime
+from supervisor.code.book import CodeBook
+from supervisor.control import ControlServer
+from supervisor.deadletter import DeadLetters
+from supervisor.lease import Lease
+from supervisor.pool import WorkerPool
+from supervisor.runbook import RunBook
+from supervisor.settings import SupervisorSettings
+from supervisor.spool import Spool
+from supervisor.store.base import Store
 from supervisor.writer import BatchWriter
 from workers.sandbox import SandboxConfig
 
-if TYPE_CHECKING:
-    from supervisor.core import Supervisor
+
+class Supervisor(Protocol):
+    """What requests and status read of the running supervisor (:class:`supervisor.core.
+    Supervisor` is one): a protocol, so that they never import the process shell that imports
+    them."""
+
+    @property
+    def book(self) -> RunBook: ...
+    @property
+    def control(self) -> ControlServer: ...
+    @property
+    def settings(self) -> SupervisorSettings: ...
+    @property
+    def writer(self) -> BatchWriter: ...
+    @property
+    def pool(self) -> WorkerPool: ...
+    @property
+    def actors(self) -> dict[str, ActorRuntime]: ...
+    @property
+    def codebook(self) -> CodeBook: ...
+    @property
+    def sandbox(self) -> SandboxConfig: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def spool(self) -> Spool: ...
+    @property
+    def lease(self) -> Lease: ...
+    @property
+    def dead_letters(self) -> DeadLetters: ...
+    @property
+    def store_health(self) -> "StoreHealth": ...
+    @property
+    def instance_id(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
 
 
 def iso(ts: float | None) -> str | None:
