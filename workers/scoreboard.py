@@ -222,26 +222,6 @@ class SlotWriter:
         self._map[start : start + _BODY.size + _CRC.size] = body + _CRC.pack(zlib.crc32(body))
         self._seq += 1
         _SEQ.pack_into(self._map, self._offset, self._seq)
-        _BODY.pack_into(
-            self._map,
-            self._offset + _SEQ.size,
-            f.pid,
-            f.launcher_pid,
-            int(f.state),
-            f.in_flight,
-            f.runs_done,
-            f.runs_failed,
-            f.started_at,
-            f.heartbeat,
-            f.run_id.encode("ascii", "replace")[:32],
-            f.attempt,
-            f.child_pid,
-            f.run_started_at,
-            f.rss_kb,
-            f.bad_messages,
-        )
-        self._seq += 1
-        _SEQ.pack_into(self._map, self._offset, self._seq)
 
 
 def _intact(raw: bytes) -> bool:
