@@ -25,7 +25,6 @@ class RunStatus(StrEnum):
 FINAL_STATUSES = frozenset(
     {RunStatus.SUCCEEDED, RunStatus.FAILED_RETRYABLE, RunStatus.FAILED_PERMANENT}
 )
-Status = RunStatus  # the older name, kept while workers/ and store/ still import it
 
 
 class Reason(StrEnum):
@@ -57,7 +56,6 @@ RETRYABLE_REASONS = frozenset(
 )
 
 # Reasons a worker's own kill stands for (the worker classifies the run it killed with them).
-KILL_REASONS = frozenset({Reason.TIMEOUT, Reason.OUTPUT_LIMIT, Reason.SHUTDOWN})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,10 +25,6 @@ class Trigger(StrEnum):
     PROBE = "probe"  # a paused actor's half-open probe
 
 
-RunState = RunStatus  # the older name, kept while store/ and tests still import it
-FINAL_STATES = FINAL_STATUSES
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunRecord:
     """One attempt of one run: a row of ``runs``, keyed by ``(run_id, attempt)``.

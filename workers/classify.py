@@ -8,7 +8,6 @@ then signals; then the exit code and the output. Anything not recognised is a pe
 failure, the safe default.
 """
 
-import enum
 import os
 import signal
 from dataclasses import dataclass
@@ -17,26 +16,18 @@ from typing import Any
 import orjson
 
 from protocol.messages import Limits
-from protocol.outcomes import EX_TEMPFAIL, Reason, Status
+from protocol.outcomes import EX_TEMPFAIL, Reason, RunStatus
 from workers.sandbox import NOTE_MISSING, NOTE_SETUP
 
 PREVIEW_CHARS = 200  # how much of a bad stdout an error message shows
 _DEFAULT_LIMITS = Limits()
 
 
-class Kill(enum.Enum):
-    """Why the launcher killed a run's process group, if it did."""
-
-    TIMEOUT = "timeout"
-    OUTPUT_LIMIT = "output_limit"
-    SHUTDOWN = "shutdown"
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The classified part of a result; timings and rusage are added by the launcher."""
 
-    status: Status
+    status: RunStatus
     reason: Reason | None
     exit_code: int | None
     signal: int | None
@@ -50,7 +41,7 @@ def classify(
     *,
     note: bytes = b"",
     stderr_tail: bytes | bytearray = b"",
-    killed: Kill | None = None,
+    killed: Reason | None = None,
     cpu_used_s: float = 0.0,
     limits: Limits = _DEFAULT_LIMITS,
     timeout_s: float | None = None,
@@ -67,16 +58,16 @@ def classify(
     sig = os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else None
     kind = note[:1]
     text = note[1:].decode("utf-8", "replace")
-    permanent = Status.FAILED_PERMANENT
-    retryable = Status.FAILED_RETRYABLE
-    if killed is Kill.TIMEOUT:
+    permanent = RunStatus.FAILED_PERMANENT
+    retryable = RunStatus.FAILED_RETRYABLE
+    if killed is Reason.TIMEOUT:
         how = "SIGKILL after the grace period" if sig == signal.SIGKILL else "SIGTERM"
         error = f"timed out after {timeout_s:g} s; killed with {how}" if timeout_s else "timed out"
         return Outcome(retryable, Reason.TIMEOUT, code, sig, None, error)
-    if killed is Kill.OUTPUT_LIMIT:
+    if killed is Reason.OUTPUT_LIMIT:
         error = f"stdout passed the output limit of {limits.output_kb} KiB; killed"
         return Outcome(permanent, Reason.OUTPUT_LIMIT, code, sig, None, error)
-    if killed is Kill.SHUTDOWN:
+    if killed is Reason.SHUTDOWN:
         return Outcome(retryable, Reason.SHUTDOWN, code, sig, None, "killed: the worker stopped")
     if kind == NOTE_SETUP:
         return Outcome(permanent, Reason.SANDBOX_ERROR, code, sig, None, f"sandbox setup: {text}")
@@ -90,7 +81,7 @@ def classify(
     if code == 0:
         ok, value, problem = parse_output(stdout)
         if ok:
-            return Outcome(Status.SUCCEEDED, None, 0, None, value, None)
+            return Outcome(RunStatus.SUCCEEDED, None, 0, None, value, None)
         return Outcome(permanent, Reason.INVALID_OUTPUT, 0, None, None, problem)
     return _failed_exit(code if code is not None else -1, stdout)
 
@@ -103,7 +94,7 @@ def _last_line(tail: bytes | bytearray) -> bytes:
 
 def _signalled(sig: int, cpu_used_s: float, limits: Limits) -> Outcome:
     name = signal_name(sig)
-    permanent = Status.FAILED_PERMANENT
+    permanent = RunStatus.FAILED_PERMANENT
     if sig == signal.SIGXCPU or (
         sig == signal.SIGKILL and limits.cpu_s is not None and cpu_used_s >= limits.cpu_s
     ):
@@ -128,7 +119,7 @@ def _failed_exit(code: int, stdout: bytes | bytearray) -> Outcome:
         retryable = retryable or output.get("retryable") is True
         if isinstance(output.get("error"), str):
             error = output["error"]
-    status = Status.FAILED_RETRYABLE if retryable else Status.FAILED_PERMANENT
+    status = RunStatus.FAILED_RETRYABLE if retryable else RunStatus.FAILED_PERMANENT
     return Outcome(status, Reason.EXIT_CODE, code, None, output, error)
 
 

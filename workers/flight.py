@@ -23,8 +23,8 @@ import orjson
 from protocol.codec import MAX_BODY_BYTES, encode
 from protocol.fields import MAX_TEXT
 from protocol.messages import Result, Run, Rusage
-from protocol.outcomes import Reason, Status
-from workers.classify import Kill, classify
+from protocol.outcomes import Reason, RunStatus
+from workers.classify import classify
 from workers.sandbox import EXIT_SANDBOX, NOTE_MAX, Order, Sandbox
 
 CHUNK = 1 << 16  # one pipe buffer's worth per read
@@ -66,7 +66,7 @@ class Flight:
         self.err_cap = min(run.limits.stderr_kb << 10, MAX_TEXT)
         self.t0 = 0.0  # monotonic, at handoff (the child was forked just before, off the clock)
         self.started_at = 0.0  # epoch, at handoff
-        self.killed: Kill | None = None
+        self.killed: Reason | None = None
 
     def take_stdout(self, data: bytes) -> bool:
         """Keep a chunk of stdout; True once it passed the output limit."""
@@ -85,7 +85,7 @@ class Flight:
         if self.out_fd >= 0:
             for data in _drain(self.out_fd):
                 if self.take_stdout(data):
-                    self.killed = self.killed or Kill.OUTPUT_LIMIT
+                    self.killed = self.killed or Reason.OUTPUT_LIMIT
                     break
         if self.err_fd >= 0:
             for data in _drain(self.err_fd):
@@ -140,7 +140,7 @@ class Flight:
             why = f"the result ({len(body)} bytes) would exceed the protocol's {max_bytes}"
             result = _without_output(result, Reason.OUTPUT_LIMIT, why)
             body = encode(result)
-        return body, result.status == Status.SUCCEEDED.value
+        return body, result.status == RunStatus.SUCCEEDED.value
 
     def close(self) -> None:
         for fd in (self.out_fd, self.err_fd, self.note_fd):
@@ -238,9 +238,9 @@ def _without_output(result: Result, reason: Reason, why: str) -> Result:
     """The result with its output dropped and the reason said; it fits by construction (the
     stderr tail and the error are each capped at MAX_TEXT, far below MAX_BODY_BYTES). A run
     that failed anyway keeps its status and reason."""
-    if result.status == Status.SUCCEEDED.value:
+    if result.status == RunStatus.SUCCEEDED.value:
         return dataclasses.replace(
-            result, status=Status.FAILED_PERMANENT.value, reason=reason.value, error=why,
+            result, status=RunStatus.FAILED_PERMANENT.value, reason=reason.value, error=why,
             output=None,
         )  # fmt: skip
     return dataclasses.replace(result, error=f"{result.error}; {why}"[:MAX_TEXT], output=None)

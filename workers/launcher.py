@@ -38,9 +38,8 @@ import orjson
 from protocol.codec import decode
 from protocol.errors import ProtocolError
 from protocol.messages import Limits, Result, Run
-from protocol.outcomes import Reason, Status
+from protocol.outcomes import Reason, RunStatus
 from workers import channel
-from workers.classify import Kill
 from workers.flight import CHUNK, Flight, Reaped, Spare
 from workers.forker import ForkerGone, start_forker
 from workers.sandbox import LAUNCHER_SIGNALS, RUN_FD, Sandbox, SandboxConfig
@@ -192,7 +191,7 @@ class LauncherLoop:
             if not data:
                 self._close_stdout(flight)  # closed early; the run goes on
             elif flight.take_stdout(data):
-                self._kill(flight, Kill.OUTPUT_LIMIT, signal.SIGKILL)
+                self._kill(flight, Reason.OUTPUT_LIMIT, signal.SIGKILL)
                 self._close_stdout(flight)
         elif data:
             flight.take_stderr(data)
@@ -304,7 +303,7 @@ class LauncherLoop:
         if self._spare is None and not self._stopping:
             self._forker.request_spare()
 
-    def _kill(self, flight: Flight, why: Kill, sig: int) -> None:
+    def _kill(self, flight: Flight, why: Reason, sig: int) -> None:
         """Signal a run's whole group; the first reason given is the one recorded."""
         if flight.killed is None:
             flight.killed = why
@@ -315,7 +314,7 @@ class LauncherLoop:
     def _kill_all(self) -> None:
         for flight in self._flights.values():
             if flight.killed is None:
-                self._kill(flight, Kill.SHUTDOWN, signal.SIGTERM)
+                self._kill(flight, Reason.SHUTDOWN, signal.SIGTERM)
 
     def _close_stdout(self, flight: Flight) -> None:
         self._unwatch(flight.out_fd)
@@ -341,7 +340,7 @@ class LauncherLoop:
         now = time.time()
         result = Result(
             run_id=run.run_id, attempt=run.attempt, worker_id=self._config.worker_id,
-            status=Status.FAILED_PERMANENT.value, reason=reason.value, error=error,
+            status=RunStatus.FAILED_PERMANENT.value, reason=reason.value, error=error,
             started_at=now, finished_at=now,
         )  # fmt: skip
         body = orjson.dumps(result)
@@ -406,7 +405,7 @@ class LauncherLoop:
             if action == _KILL:
                 _signal_group(flight.pid, signal.SIGKILL)
             elif flight.killed is None:
-                self._kill(flight, Kill.TIMEOUT, signal.SIGTERM)
+                self._kill(flight, Reason.TIMEOUT, signal.SIGTERM)
 
     def _send(self, data: bytes) -> None:
         """Queue a frame for the worker; the launcher never blocks on a slow reader."""

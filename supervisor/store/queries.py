@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from supervisor.records import RunState
+from protocol.outcomes import RunStatus
 
-UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
+UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 Query = tuple[str, list[Any]]
 ToDb = Callable[[float], Any]  # an epoch timestamp as the backend stores it

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.records import ActorRecord, Record, RunRecord, RunState, TaskState
+from protocol.outcomes import RunStatus
+from supervisor.records import ActorRecord, Record, RunRecord, TaskState
 from supervisor.spool import Spool, SpoolError, decode_batch, encode_batch, spool_folder
 from supervisor.store.base import StoreUnavailable
 from supervisor.store.sqlite import SqliteStore
@@ -58,7 +59,7 @@ def test_every_record_type_survives_the_spool_field_for_field() -> None:
     records: list[Record] = [
         RunRecord(
             run_id="r-ü", attempt=2, actor="a", correlation_id="c", trigger="retry",
-            status=RunState.FAILED_RETRYABLE, reason="timeout", input_json='{"x": [1, 2.5]}',
+            status=RunStatus.FAILED_RETRYABLE, reason="timeout", input_json='{"x": [1, 2.5]}',
             queued_at=T0, scheduled_for=T0 + 0.000001, started_at=T0 + 1, finished_at=T0 + 2,
             duration_ms=1000.000001, exit_code=None, signal=9, output_json=None,
             stderr_tail="☃\n", error="boom", code_sha256="ab" * 32, worker_id="w1",
@@ -83,7 +84,9 @@ def test_spooled_batches_are_counted_kept_across_reopening_and_replayed_in_order
     assert spool.append([event(1), event(2)], only_if_pending=True) is False  # empty: not taken
     spool.append([event(1), event(2)])
     spool.append([run_record("r1"), event(3)])
-    assert spool.append([run_record("r1", status=RunState.SUCCEEDED)], only_if_pending=True) is True
+    assert (
+        spool.append([run_record("r1", status=RunStatus.SUCCEEDED)], only_if_pending=True) is True
+    )
     stats = spool.stats()
     assert (stats.records, stats.batches, stats.appended) == (5, 3, 5) and stats.bytes > 0
     spool.close()
@@ -100,7 +103,7 @@ def test_spooled_batches_are_counted_kept_across_reopening_and_replayed_in_order
 
     assert reopened.replay(store) == 6
     assert stored_event_ids(store.path) == ["e1", "e2", "e3", "e4"]
-    assert [r.status for r in store.list_runs()] == [RunState.SUCCEEDED]  # the last version
+    assert [r.status for r in store.list_runs()] == [RunStatus.SUCCEEDED]  # the last version
     assert not reopened.pending and reopened.stats().records == 0
     assert (reopened.stats().appended, reopened.stats().replayed) == (1, 6)
     assert list((tmp_path / "spool").glob("*.spool")) == []
@@ -231,7 +234,7 @@ def test_while_the_store_is_down_batches_are_spooled_durable_then_replayed_in_or
         for n in range(10, 60):
             writer.put(event(n))
         writer.put(run_record("r1"))
-        seq = writer.put(run_record("r1", status=RunState.SUCCEEDED))
+        seq = writer.put(run_record("r1", status=RunStatus.SUCCEEDED))
         wait_for(lambda: writer.committed >= seq, 10, "the batch to be spooled")  # store down
         stats = writer.stats()
         assert stats.degraded and stats.spool_depth == 52 and stats.failures >= 1
@@ -246,7 +249,7 @@ def test_while_the_store_is_down_batches_are_spooled_durable_then_replayed_in_or
     assert writer.flush(10)
 
     assert stored_event_ids(store.path) == [f"e{n}" for n in range(80)]
-    assert [r.status for r in store.list_runs()] == [RunState.SUCCEEDED]
+    assert [r.status for r in store.list_runs()] == [RunStatus.SUCCEEDED]
     stats = writer.stats()
     assert not stats.degraded and stats.replayed == stats.spooled == 62
     assert list((tmp_path / "spool").glob("*.spool")) == []
@@ -300,8 +303,8 @@ def test_upserts_spooled_across_batches_end_in_their_last_version(
     writer = spooling_writer(writers, store, tmp_path / "spool", batch_size=1)
     versions = [
         run_record("r1"),
-        run_record("r1", status=RunState.RUNNING),
-        run_record("r1", status=RunState.SUCCEEDED),
+        run_record("r1", status=RunStatus.RUNNING),
+        run_record("r1", status=RunStatus.SUCCEEDED),
     ]
     with Lock(store.path):
         for version in versions:
@@ -310,6 +313,6 @@ def test_upserts_spooled_across_batches_end_in_their_last_version(
         assert writer.flush(10)
     wait_for(lambda: writer.stats().spool_depth == 0, 10, "the spool to empty")
     assert {r.run_id: r.status for r in store.list_runs()} == {
-        "r1": RunState.SUCCEEDED,
-        "r2": RunState.SUCCEEDED,
+        "r1": RunStatus.SUCCEEDED,
+        "r2": RunStatus.SUCCEEDED,
     }

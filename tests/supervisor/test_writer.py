@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.records import Record, RunRecord, RunState
+from protocol.outcomes import RunStatus
+from supervisor.records import Record, RunRecord
 from supervisor.store.sqlite import SqliteStore
 from supervisor.writer import BatchWriter
 from tests.helpers import T0, event, run_record, wait_for
@@ -71,8 +72,8 @@ def make_writer(
 
 def run_versions(run_id: str) -> list[RunRecord]:
     queued = run_record(run_id)
-    running = dataclasses.replace(queued, status=RunState.RUNNING, started_at=T0 + 1)
-    done = dataclasses.replace(running, status=RunState.SUCCEEDED, finished_at=T0 + 2)
+    running = dataclasses.replace(queued, status=RunStatus.RUNNING, started_at=T0 + 1)
+    done = dataclasses.replace(running, status=RunStatus.SUCCEEDED, finished_at=T0 + 2)
     return [queued, running, done]
 
 
@@ -130,7 +131,7 @@ def test_upserts_through_the_writer_keep_the_last_version(
     assert writer.flush(10)
 
     runs = store.list_runs(limit=100)
-    assert len(runs) == 50 and {r.status for r in runs} == {RunState.SUCCEEDED}
+    assert len(runs) == 50 and {r.status for r in runs} == {RunStatus.SUCCEEDED}
 
 
 # -- batching ---------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def test_locked_store_is_retried_until_every_record_lands_exactly_once(
 
     assert writer.flush(10)
     assert stored_event_ids(store.path) == [f"e{n}" for n in range(60)]
-    assert [r.status for r in store.list_runs()] == [RunState.SUCCEEDED]
+    assert [r.status for r in store.list_runs()] == [RunStatus.SUCCEEDED]
     stats = writer.stats()
     assert not stats.degraded and stats.committed == 63 and stats.failures >= 3
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]

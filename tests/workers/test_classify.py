@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from protocol.messages import Limits
-from workers.classify import Kill, classify
+from protocol.outcomes import Reason
+from workers.classify import classify
 from workers.sandbox import NOTE_MISSING, NOTE_SETUP
 
 
@@ -170,18 +171,18 @@ def test_other_signals_are_permanent_and_named() -> None:
 
 def test_our_kills_win_even_over_a_clean_exit() -> None:
     clean = exited(0)
-    timeout = classify(clean, b"{}", killed=Kill.TIMEOUT, timeout_s=1.5)
+    timeout = classify(clean, b"{}", killed=Reason.TIMEOUT, timeout_s=1.5)
     assert (timeout.status, timeout.reason) == ("failed_retryable", "timeout")
     assert timeout.error == "timed out after 1.5 s; killed with SIGTERM"
-    escalated = classify(killed_by(signal.SIGKILL), b"", killed=Kill.TIMEOUT, timeout_s=1)
+    escalated = classify(killed_by(signal.SIGKILL), b"", killed=Reason.TIMEOUT, timeout_s=1)
     assert "SIGKILL" in (escalated.error or "")
-    output = classify(killed_by(signal.SIGKILL), b"x" * 100, killed=Kill.OUTPUT_LIMIT)
+    output = classify(killed_by(signal.SIGKILL), b"x" * 100, killed=Reason.OUTPUT_LIMIT)
     assert (output.status, output.reason, output.output) == (
         "failed_permanent",
         "output_limit",
         None,
     )
-    shutdown = classify(killed_by(signal.SIGTERM), b"", killed=Kill.SHUTDOWN)
+    shutdown = classify(killed_by(signal.SIGTERM), b"", killed=Reason.SHUTDOWN)
     assert (shutdown.status, shutdown.reason, shutdown.signal) == (
         "failed_retryable",
         "shutdown",
@@ -192,5 +193,5 @@ def test_our_kills_win_even_over_a_clean_exit() -> None:
 def test_our_kills_win_over_every_note() -> None:
     """Only sandbox setup can write notes, but a timeout stays a timeout whatever they say."""
     for note in (NOTE_SETUP + b"forged", NOTE_MISSING + b"forged", b"M"):
-        outcome = classify(exited(71), b"", note=note, killed=Kill.TIMEOUT, timeout_s=1)
+        outcome = classify(exited(71), b"", note=note, killed=Reason.TIMEOUT, timeout_s=1)
         assert (outcome.status, outcome.reason) == ("failed_retryable", "timeout")

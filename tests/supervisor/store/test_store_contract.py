@@ -6,7 +6,8 @@ from typing import Any
 import orjson
 import pytest
 
-from supervisor.records import ActorRecord, Event, Record, RunRecord, RunState, TaskState
+from protocol.outcomes import RunStatus
+from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store.base import Store, StoreError, StoreUnavailable
 from tests.helpers import T0, event
 from tests.helpers import run_record as run
@@ -24,7 +25,7 @@ def test_run_with_every_field_set_round_trips(store: Store) -> None:
         actor="backup-é",
         correlation_id="corr-👀",
         trigger="retry",
-        status=RunState.FAILED_PERMANENT,
+        status=RunStatus.FAILED_PERMANENT,
         reason="invalid_output",
         input_json=big_input.decode(),
         queued_at=T0,
@@ -57,7 +58,7 @@ def test_run_with_defaults_and_nones_round_trips(store: Store) -> None:
     (stored,) = store.list_runs()
     assert stored == minimal
     assert stored.started_at is None and stored.output_json is None and stored.exit_code is None
-    assert stored.status == RunState.QUEUED
+    assert stored.status == RunStatus.QUEUED
 
 
 def test_event_round_trips_with_nested_unicode_metadata(store: Store) -> None:
@@ -96,8 +97,8 @@ def test_empty_batch_is_a_no_op(store: Store) -> None:
 
 def test_upsert_within_one_batch_keeps_the_last_version(store: Store) -> None:
     queued = run()
-    running = dataclasses.replace(queued, status=RunState.RUNNING, started_at=T0 + 1)
-    done = dataclasses.replace(running, status=RunState.SUCCEEDED, finished_at=T0 + 2)
+    running = dataclasses.replace(queued, status=RunStatus.RUNNING, started_at=T0 + 1)
+    done = dataclasses.replace(running, status=RunStatus.SUCCEEDED, finished_at=T0 + 2)
     store.write_batch([queued, state(consecutive_failures=1), running, done, state()])
 
     assert store.list_runs() == [done]
@@ -106,7 +107,7 @@ def test_upsert_within_one_batch_keeps_the_last_version(store: Store) -> None:
 
 def test_upsert_across_batches_keeps_the_last_version(store: Store) -> None:
     queued = run(idempotency_key="k")
-    done = dataclasses.replace(queued, status=RunState.SUCCEEDED, output_json='{"n": 1}')
+    done = dataclasses.replace(queued, status=RunStatus.SUCCEEDED, output_json='{"n": 1}')
     store.write_batch([queued, state(is_paused=True)])
     store.write_batch([done, state(is_paused=False, updated_at=T0 + 5)])
 
@@ -207,11 +208,11 @@ def test_list_events_oldest_first_with_filters(store: Store) -> None:
 def test_unfinished_runs_are_queued_or_running_oldest_first(store: Store) -> None:
     store.write_batch(
         [
-            run("done", status=RunState.SUCCEEDED, queued_at=T0 - 30),
-            run("running", status=RunState.RUNNING, queued_at=T0 + 1, started_at=T0 + 2),
+            run("done", status=RunStatus.SUCCEEDED, queued_at=T0 - 30),
+            run("running", status=RunStatus.RUNNING, queued_at=T0 + 1, started_at=T0 + 2),
             run("queued", queued_at=T0),
-            run("retry-later", status=RunState.FAILED_RETRYABLE, queued_at=T0 - 20),
-            run("gave-up", status=RunState.FAILED_PERMANENT, queued_at=T0 - 10),
+            run("retry-later", status=RunStatus.FAILED_RETRYABLE, queued_at=T0 - 20),
+            run("gave-up", status=RunStatus.FAILED_PERMANENT, queued_at=T0 - 10),
         ]
     )
 
@@ -219,8 +220,8 @@ def test_unfinished_runs_are_queued_or_running_oldest_first(store: Store) -> Non
 
 
 def test_unfinished_run_leaves_the_list_when_it_finishes(store: Store) -> None:
-    store.write_batch([run(status=RunState.RUNNING)])
-    store.write_batch([run(status=RunState.SUCCEEDED)])
+    store.write_batch([run(status=RunStatus.RUNNING)])
+    store.write_batch([run(status=RunStatus.SUCCEEDED)])
     assert store.unfinished_runs() == []
 
 
@@ -400,7 +401,7 @@ def test_text_ties_are_ordered_by_code_point_not_by_locale(store: Store) -> None
     store.write_batch([run(run_id) for run_id in ids])  # equal queued_at and attempt
 
     assert [r.run_id for r in store.list_runs()] == sorted(ids, reverse=True)
-    store.write_batch([run(run_id, status=RunState.RUNNING) for run_id in ids])
+    store.write_batch([run(run_id, status=RunStatus.RUNNING) for run_id in ids])
     assert [r.run_id for r in store.unfinished_runs()] == sorted(ids)
 
 
