@@ -184,13 +184,8 @@ class Sandbox:
             step = "signals"
             _undo_launcher_signals()
             step = "descriptors"
-            # The forker keeps 0-5 occupied, so these sources are all >= 6 and never clobbered.
-            for target, fd in enumerate((stdin, stdout, stderr, status, go, run_fd)):
-                os.dup2(fd, target)
+            _take_descriptors((stdin, stdout, stderr, status, go, run_fd))
             note_fd = STATUS_FD
-            os.closerange(RUN_FD + 1, _MAX_FD)
-            os.set_blocking(1, True)  # the pipes are created non-blocking for the launcher's end
-            os.set_blocking(2, True)
             step = "waiting for a run"
             if not os.read(GO_FD, 1):
                 os._exit(0)  # retired before it got a run
@@ -216,12 +211,7 @@ class Sandbox:
             extra = self._run_environment(run)
             if run.mode == "exec":
                 step = "exec"
-                _pass_code(source, run.script)
-                env = dict(self._base_env)
-                env.update(extra)
-                argv = [self._python, "-c", BOOTSTRAP, run.script, run.cwd, MAGIC]
-                os.set_inheritable(STATUS_FD, False)  # closed by the exec: no note after it
-                os.execve(self._python, argv, env)
+                self._exec(run, source, extra)
             os.close(RUN_FD)
             os.environ.update(extra)  # putenv too, so subprocesses inherit it; the rest is in place
             step = "status"
@@ -231,6 +221,15 @@ class Sandbox:
             _note(note_fd, NOTE_MISSING if missing else NOTE_SETUP, f"{step}: {exc}")
             os._exit(EXIT_SANDBOX)
         os._exit(run_main(run.script, run.cwd, source))
+
+    def _exec(self, run: Order, source: bytes, extra: dict[str, str]) -> NoReturn:
+        """Become a fresh interpreter running the script (exec mode) through BOOTSTRAP."""
+        _pass_code(source, run.script)
+        env = dict(self._base_env)
+        env.update(extra)
+        argv = [self._python, "-c", BOOTSTRAP, run.script, run.cwd, MAGIC]
+        os.set_inheritable(STATUS_FD, False)  # closed by the exec: no note after it
+        os.execve(self._python, argv, env)
 
     def harden(self) -> None:
         """What no script gets back: new privileges through exec (setuid binaries, file
@@ -366,6 +365,16 @@ def _python_signals(*, fork_mode: bool) -> None:
     else:
         for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
+
+
+def _take_descriptors(fds: tuple[int, ...]) -> None:
+    """Move a child's descriptors to 0-5 and close every other one. The forker keeps 0-5
+    occupied, so the sources are all >= 6 and never clobbered."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    os.closerange(RUN_FD + 1, _MAX_FD)
+    os.set_blocking(1, True)  # the pipes are created non-blocking for the launcher's end
+    os.set_blocking(2, True)
 
 
 def _read_order() -> Order:
