@@ -303,7 +303,22 @@ def load_config(
         overrides=overrides or {},
         base_dir=base_dir,
     )
-    entries = document.get("actors", [])
+    actors = _actors(document.get("actors", []), where, settings, base_dir)
+    alerts = parse_alerts(document.get("alerts", []), where, actors)
+    return Config(
+        path=path,
+        base_dir=base_dir,
+        supervisor=settings,
+        actors=actors,
+        alerts=alerts,
+        sources=sources,
+    )
+
+
+def _actors(
+    entries: Any, where: str, settings: SupervisorSettings, base_dir: Path
+) -> dict[str, ActorConfig]:
+    """The ``[[actors]]`` array, each checked, names unique."""
     if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
         raise ConfigError(
             f"{where}actors: expected an array of tables ([[actors]]), got {describe(entries)}"
@@ -319,15 +334,7 @@ def load_config(
             )
         first_seen[actor.name] = index
         actors[actor.name] = actor
-    alerts = parse_alerts(document.get("alerts", []), where, actors)
-    return Config(
-        path=path,
-        base_dir=base_dir,
-        supervisor=settings,
-        actors=actors,
-        alerts=alerts,
-        sources=sources,
-    )
+    return actors
 
 
 def _read(path: Path) -> dict[str, Any]:
