@@ -22,7 +22,11 @@ from supervisor.errors import ConfigError, StartupError
 from supervisor.preflight import resolve_python
 from supervisor.schedule import load_zone
 from supervisor.store.base import StoreError
-from supervisor.store.migrations import load_migrations
+from supervisor.store.migrations import (
+    load_migrations,
+    pg_applied_versions,
+    sqlite_applied_versions,
+)
 from supervisor.store.urls import parse_store_url, redact_url
 from workers.access import AccessCheckError, resolve_user, unreadable_scripts
 
@@ -214,12 +218,7 @@ def _sqlite_applied(path: Path) -> set[int] | None:
     wal = path.with_name(path.name + "-wal").exists()
     conn = sqlite3.connect(f"{path.as_uri()}?{'mode=ro' if wal else 'immutable=1'}", uri=True)
     try:
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-        ).fetchone()
-        if exists is None:
-            return set()
-        return {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations")}
+        return sqlite_applied_versions(conn)
     finally:
         conn.close()
 
@@ -229,10 +228,7 @@ def _postgres_applied(url: str, timeout_s: float) -> set[int]:
 
     with psycopg.connect(url, connect_timeout=max(1, int(timeout_s)), autocommit=True) as conn:
         conn.execute("SET default_transaction_read_only = on")
-        row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
-        if row is None or not row[0]:
-            return set()
-        return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+        return pg_applied_versions(conn)
 
 
 def _one_line(exc: Exception) -> str:

@@ -30,15 +30,7 @@ def run_event(event_type: str, run: RunRecord, **extra: Any) -> Event:
         "trigger": run.trigger,
         **extra,
     }
-    return Event(
-        event_id=new_id(),
-        event_type=event_type,
-        aggregate_type="run",
-        aggregate_id=run.run_id,
-        correlation_id=run.correlation_id,
-        metadata=metadata,
-        created_at=time.time(),
-    )
+    return _event(event_type, "run", run.run_id, metadata, correlation_id=run.correlation_id)
 
 
 def run_queued(run: RunRecord) -> Event:
@@ -76,22 +68,27 @@ def run_finished(run: RunRecord, **extra: Any) -> Event:
 
 
 def actor_event(event_type: str, actor: str, **metadata: Any) -> Event:
-    return Event(
-        event_id=new_id(),
-        event_type=event_type,
-        aggregate_type="actor",
-        aggregate_id=actor,
-        metadata=metadata,
-        created_at=time.time(),
-    )
+    return _event(event_type, "actor", actor, metadata)
 
 
 def supervisor_event(event_type: str, instance_id: str, **metadata: Any) -> Event:
+    return _event(event_type, "supervisor", instance_id, metadata)
+
+
+def _event(
+    event_type: str,
+    aggregate_type: str,
+    aggregate_id: str,
+    metadata: dict[str, Any],
+    correlation_id: str | None = None,
+) -> Event:
+    """A new event, stamped now, with a fresh id."""
     return Event(
         event_id=new_id(),
         event_type=event_type,
-        aggregate_type="supervisor",
-        aggregate_id=instance_id,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        correlation_id=correlation_id,
         metadata=metadata,
         created_at=time.time(),
     )

@@ -77,12 +77,20 @@ class Requests:
             )
         return actor
 
-    def _refused(self, waiter: Waiter, input_bytes: int = 0) -> bool:
-        """Answer and return True when the supervisor cannot take a new run now."""
+    def _accept(
+        self,
+        waiter: Waiter,
+        actor: ActorRuntime,
+        value: Any,
+        input_json: str,
+        trigger: str,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Accept a new run of ``actor``, or answer why the supervisor cannot take one now."""
         if not self.sup.book.accepting:
             self.sup.control.reply_error(waiter, "shutting_down", "the supervisor is shutting down")
-            return True
-        if not self.sup.book.has_room(input_bytes):
+            return
+        if not self.sup.book.has_room(len(input_json)):
             self.sup.book.counters["busy_rejections"] += 1
             self.sup.control.reply_error(
                 waiter,
@@ -91,8 +99,15 @@ class Requests:
                 f"{self.sup.book.input_bytes} bytes of inputs held, at most "
                 f"{self.sup.settings.queue_max_bytes}); retry later",
             )
-            return True
-        return False
+            return
+        self.sup.book.accept(
+            actor,
+            input_value=value,
+            input_json=input_json,
+            trigger=trigger,
+            waiter=waiter,
+            idempotency_key=idempotency_key,
+        )
 
     def _submit(self, waiter: Waiter, message: Submit) -> None:
         actor = self._actor(waiter, message.actor)
@@ -115,16 +130,7 @@ class Requests:
                 return
             self._duplicate(waiter, actor, run_id)
             return
-        if self._refused(waiter, len(input_json)):
-            return
-        self.sup.book.accept(
-            actor,
-            input_value=value,
-            input_json=input_json,
-            trigger=RunTrigger.SUBMIT,
-            waiter=waiter,
-            idempotency_key=key,
-        )
+        self._accept(waiter, actor, value, input_json, RunTrigger.SUBMIT, idempotency_key=key)
 
     def _input_json(self, waiter: Waiter, value: Any) -> str | None:
         """The input as the JSON text a worker gets; None (answered) when a worker would refuse
@@ -181,15 +187,8 @@ class Requests:
             return
         value = actor.config.input if message.input is None else message.input
         input_json = self._input_json(waiter, value)
-        if input_json is None or self._refused(waiter, len(input_json)):
-            return
-        self.sup.book.accept(
-            actor,
-            input_value=value,
-            input_json=input_json,
-            trigger=RunTrigger.TRIGGER,
-            waiter=waiter,
-        )
+        if input_json is not None:
+            self._accept(waiter, actor, value, input_json, RunTrigger.TRIGGER)
 
     def _pause(self, waiter: Waiter, message: Pause) -> None:
         actor = self._actor(waiter, message.actor)

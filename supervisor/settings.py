@@ -21,9 +21,10 @@ from supervisor.settings_addresses import (
     is_loopback,
 )
 from supervisor.settings_kinds import (
+    DELAY_S,
     ENV_PREFIX,
-    MAX_DURATION_S,
     STATE_DIR,
+    TIMEOUT_S,
     Boolean,
     Choice,
     Database,
@@ -145,16 +146,8 @@ SETTINGS: tuple[Setting, ...] = declare(
             "'sqlite:PATH' (relative to the config file) or a postgresql:// URL",
             "--database",
         ),
-        Setting(
-            "shutdown_grace_s",
-            Number(minimum=0, maximum=MAX_DURATION_S),
-            "seconds in-flight runs get on shutdown",
-        ),
-        Setting(
-            "kill_grace_s",
-            Number(minimum=0, maximum=MAX_DURATION_S),
-            "SIGTERM -> SIGKILL delay on a timeout",
-        ),
+        Setting("shutdown_grace_s", DELAY_S, "seconds in-flight runs get on shutdown"),
+        Setting("kill_grace_s", DELAY_S, "SIGTERM -> SIGKILL delay on a timeout"),
         Setting("run_as", Word(), "a fixed user scripts run as when root (default: run_as_range)"),
         Setting(
             "run_as_range",
@@ -170,11 +163,7 @@ SETTINGS: tuple[Setting, ...] = declare(
         Setting("queue_size", Integer(1), "bounded ready queue; beyond it submissions get busy"),
         Setting("batch_size", Integer(1), "store writer: rows per batch"),
         Setting("batch_max_age_ms", Number(minimum=0), "store writer: flush a batch this old"),
-        Setting(
-            "heartbeat_timeout_s",
-            Number(positive=True, maximum=MAX_DURATION_S),
-            "a silent worker is replaced",
-        ),
+        Setting("heartbeat_timeout_s", TIMEOUT_S, "a silent worker is replaced"),
         Setting(
             "log_level", Choice(("debug", "info", "warning", "error")), "log level", "--log-level"
         ),

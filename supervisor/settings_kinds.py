@@ -171,6 +171,11 @@ class Number(Kind):
         return self.check(number)
 
 
+# Durations, at most MAX_DURATION_S: a delay or a grace may be zero, a timeout or a period not.
+DELAY_S = Number(minimum=0, maximum=MAX_DURATION_S)
+TIMEOUT_S = Number(positive=True, maximum=MAX_DURATION_S)
+
+
 @dataclass(frozen=True, slots=True)
 class Boolean(Kind):
     @property

@@ -27,6 +27,15 @@ EPILOG = """examples:
   actor-supervisor rollback greeter --to-version 1.0.0 --config examples/supervisor.toml
 """
 
+# the exit code of each failure a command reports, first match wins (ClientTimeout is a ClientError)
+_EXIT_CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ...] = (
+    (ConfigError, EXIT_USAGE),
+    (CommandRefused, EXIT_REFUSED),
+    ((StartupError, StoreError), EXIT_STARTUP),
+    (ClientTimeout, EXIT_UNREACHABLE),
+    (ClientError, EXIT_REFUSED),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -48,20 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
         return code
-    except ConfigError as exc:
-        print(f"actor-supervisor: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except CommandRefused as exc:
-        print(f"actor-supervisor: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except (StartupError, StoreError) as exc:
-        print(f"actor-supervisor: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
-    except ClientTimeout as exc:
-        print(f"actor-supervisor: {exc.message}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except ClientError as exc:
-        print(f"actor-supervisor: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+    except (ConfigError, CommandRefused, StartupError, StoreError, ClientError) as exc:
+        # a timeout's text is the message alone: its code ("timeout") would only repeat it
+        message = exc.message if isinstance(exc, ClientTimeout) else str(exc)
+        print(f"actor-supervisor: {message}", file=sys.stderr)
+        return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
     except KeyboardInterrupt:
         return 130

@@ -119,7 +119,7 @@ def apply_sqlite(
     for migration in migrations:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            done = _applied_versions(conn)
+            done = sqlite_applied_versions(conn)
             _refuse_newer(done, migrations)
             if migration.version in done:
                 conn.execute("ROLLBACK")
@@ -137,7 +137,7 @@ def apply_sqlite(
             raise
         applied.append(migration.name)
     if not applied:
-        _refuse_newer(_applied_versions(conn), migrations)
+        _refuse_newer(sqlite_applied_versions(conn), migrations)
     return applied
 
 
@@ -154,7 +154,7 @@ def apply_postgres(conn: "psycopg.Connection[Any]", migrations: Sequence[Migrati
     for migration in migrations:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            done = _pg_applied_versions(conn)
+            done = pg_applied_versions(conn)
             _refuse_newer(done, migrations)
             if migration.version in done:
                 continue
@@ -166,18 +166,20 @@ def apply_postgres(conn: "psycopg.Connection[Any]", migrations: Sequence[Migrati
         applied.append(migration.name)
     if not applied:
         with conn.transaction():
-            _refuse_newer(_pg_applied_versions(conn), migrations)
+            _refuse_newer(pg_applied_versions(conn), migrations)
     return applied
 
 
-def _pg_applied_versions(conn: "psycopg.Connection[Any]") -> set[int]:
+def pg_applied_versions(conn: "psycopg.Connection[Any]") -> set[int]:
+    """The migration versions applied to a PostgreSQL database (none before 0001 ran)."""
     row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
     if row is None or not row[0]:
         return set()
     return {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
 
 
-def _applied_versions(conn: sqlite3.Connection) -> set[int]:
+def sqlite_applied_versions(conn: sqlite3.Connection) -> set[int]:
+    """The migration versions applied to a SQLite database (none before 0001 ran)."""
     # schema_migrations is created by 0001, so a fresh database has no such table yet.
     exists = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"

@@ -36,13 +36,9 @@ def list_events(
     since: float | None,
     limit: int,
 ) -> Query:
-    filters = {
-        "aggregate_type = ?": aggregate_type,
-        "aggregate_id = ?": aggregate_id,
-        "correlation_id = ?": correlation_id,
-        "created_at >= ?": None if since is None else to_db(since),
-    }
-    where, params = _where(filters)
+    where, params = _where(
+        _event_filters(to_db, aggregate_type, aggregate_id, correlation_id, since)
+    )
     return f"{select}{where} ORDER BY created_at, id LIMIT ?", [*params, _limit(limit)]
 
 
@@ -60,26 +56,27 @@ def find_runs(
     """Attempts newest first, like :func:`list_runs`; ``before`` is a keyset cursor: the
     ``(queued_at, attempt, run_id)`` of the last attempt of the previous page. ``latest_only``:
     one row per run, its latest attempt (the other filters apply to that attempt)."""
-    where, params = _where(
-        {
-            "actor = ?": actor,
-            "status = ?": status,
-            "queued_at >= ?": None if since is None else to_db(since),
-        }
-    )
+    conditions: list[str] = []
+    keyset_params: list[Any] = []
     if latest_only:  # the primary key (run_id, attempt) answers this per row
-        latest = "attempt = (SELECT MAX(x.attempt) FROM runs x WHERE x.run_id = runs.run_id)"
-        where = f"{where} AND {latest}" if where else f" WHERE {latest}"
+        conditions.append(
+            "attempt = (SELECT MAX(x.attempt) FROM runs x WHERE x.run_id = runs.run_id)"
+        )
     if before is not None:
         at, attempt, run_id = to_db(before[0]), before[1], before[2]
-        keyset = (
+        conditions.append(
             "(queued_at < ? OR (queued_at = ? AND attempt < ?)"
             " OR (queued_at = ? AND attempt = ? AND run_id < ?))"
         )
-        where = f"{where} AND {keyset}" if where else f" WHERE {keyset}"
-        params += [at, at, attempt, at, attempt, run_id]
+        keyset_params = [at, at, attempt, at, attempt, run_id]
+    filters = {
+        "actor = ?": actor,
+        "status = ?": status,
+        "queued_at >= ?": None if since is None else to_db(since),
+    }
+    where, params = _where(filters, *conditions)
     order = "queued_at DESC, attempt DESC, run_id DESC"
-    return f"{select}{where} ORDER BY {order} LIMIT ?", [*params, _limit(limit)]
+    return f"{select}{where} ORDER BY {order} LIMIT ?", [*params, *keyset_params, _limit(limit)]
 
 
 def find_events(
@@ -96,19 +93,15 @@ def find_events(
     """Events newest first (by time, then insertion order), filtered like :func:`list_events`;
     ``before`` is a keyset cursor: the ``event_id`` of the last event of the previous page,
     whose time and insertion id are looked up by its key."""
-    where, params = _where(
-        {
-            "aggregate_type = ?": aggregate_type,
-            "aggregate_id = ?": aggregate_id,
-            "correlation_id = ?": correlation_id,
-            "created_at >= ?": None if since is None else to_db(since),
-        }
-    )
-    if before is not None:
+    filters = _event_filters(to_db, aggregate_type, aggregate_id, correlation_id, since)
+    if before is None:
+        where, params = _where(filters)
+    else:
         at = "(SELECT created_at FROM execution_events WHERE event_id = ?)"
         position = "(SELECT id FROM execution_events WHERE event_id = ?)"
-        keyset = f"created_at <= {at} AND (created_at < {at} OR id < {position})"
-        where = f"{where} AND {keyset}" if where else f" WHERE {keyset}"
+        where, params = _where(
+            filters, f"created_at <= {at} AND (created_at < {at} OR id < {position})"
+        )
         params += [before, before, before]
     order = "created_at DESC, id DESC"
     return f"{select}{where} ORDER BY {order} LIMIT ?", [*params, _limit(limit)]
@@ -156,12 +149,29 @@ def idempotency_keys(to_db: ToDb, since: float) -> Query:
     return sql, [to_db(since)]
 
 
-def _where(filters: dict[str, Any]) -> Query:
-    """`` WHERE a = ? AND b >= ?`` for the filters whose value is not None, and those values."""
+def _event_filters(
+    to_db: ToDb,
+    aggregate_type: str | None,
+    aggregate_id: str | None,
+    correlation_id: str | None,
+    since: float | None,
+) -> dict[str, Any]:
+    return {
+        "aggregate_type = ?": aggregate_type,
+        "aggregate_id = ?": aggregate_id,
+        "correlation_id = ?": correlation_id,
+        "created_at >= ?": None if since is None else to_db(since),
+    }
+
+
+def _where(filters: dict[str, Any], *conditions: str) -> Query:
+    """`` WHERE a = ? AND b >= ?`` for the filters whose value is not None, then ``conditions``
+    (the caller appends their parameters); and the values of those filters."""
     given = {test: value for test, value in filters.items() if value is not None}
-    if not given:
+    tests = [*given, *conditions]
+    if not tests:
         return "", []
-    return " WHERE " + " AND ".join(given), list(given.values())
+    return " WHERE " + " AND ".join(tests), list(given.values())
 
 
 def _limit(limit: int) -> int:
