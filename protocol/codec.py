@@ -5,6 +5,7 @@ type is expected on this socket), then each field. Any failure is one :class:`Pr
 whose message says exactly what was wrong; nothing else escapes.
 """
 
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -61,6 +62,16 @@ def decode_object(obj: Any, expected: Collection[str] | None = None) -> Message:
     except (TypeError, ValueError) as exc:  # a reader met a shape it did not foresee
         raise ProtocolError(f"{kind}: {exc}") from exc
     return message
+
+
+_ID_IN_HEAD = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
+
+
+def request_id_in_head(body: bytes) -> str:
+    """The request id of a body too large to parse, found near its start (where encoders put
+    ``v``, ``type`` and ``id``); "" when it is not there."""
+    match = _ID_IN_HEAD.search(body, 0, 512)
+    return match.group(1).decode("utf-8", "replace") if match else ""
 
 
 def request_id_of(body: bytes) -> str:

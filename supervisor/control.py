@@ -13,9 +13,9 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from protocol import ProtocolError, decode
-from protocol.codec import encode, request_id_of
+from protocol.codec import encode, request_id_in_head, request_id_of
 from protocol.curve import CurveKeyError, secure_server
-from protocol.messages import CLIENT_REQUESTS, Message, Reply
+from protocol.messages import CLIENT_REQUESTS, MAX_INPUT_CHARS, Message, Reply
 from protocol.sockets import has_message
 from supervisor.errors import StartupError
 from supervisor.runs import Waiter
@@ -29,6 +29,10 @@ RECV_BATCH = 256  # requests taken per loop turn, so clients cannot starve the w
 # Replies to a client that does not read are queued up to SNDHWM; beyond, they are dropped
 # and counted (``replies_dropped``), never waited for.
 MAX_REQUEST_BYTES = 16 << 20
+# A body past this cannot be a legal request (the largest is a submit whose input is a worker's
+# MAX_INPUT_CHARS): it is refused without being parsed, so a flood of oversized requests costs
+# the loop a length check each, and ``status`` stays quick meanwhile.
+MAX_LEGAL_BODY = MAX_INPUT_CHARS + (64 << 10)
 RCVHWM = 4
 SNDHWM = 64
 
@@ -81,6 +85,12 @@ class ControlServer:
                     )
                 continue
             identity, body = frames[0], frames[-1]
+            if len(body) > MAX_LEGAL_BODY:
+                self.bad_requests += 1
+                self.reply_error(Waiter(identity, request_id_in_head(body), False, envelope),
+                                 "bad_request", f"request of {len(body)} bytes; inputs are at most "
+                                 f"{MAX_INPUT_CHARS} characters of JSON")  # fmt: skip
+                continue
             try:
                 message = decode(body, CLIENT_REQUESTS)
             except ProtocolError as exc:

@@ -21,8 +21,9 @@ import zmq
 
 from protocol import ProtocolError, decode
 from protocol.client import ClientError
-from protocol.messages import CLIENT_REQUESTS, Refresh
+from protocol.messages import CLIENT_REQUESTS, MAX_INPUT_CHARS, Refresh
 from protocol.outcomes import RunOutcome
+from supervisor.control import MAX_LEGAL_BODY
 from supervisor.idempotency import IdempotencyKeys
 from supervisor.leftovers import MARKER, clean_leftovers, mark_owned
 from supervisor.runs import RecentOutcomes
@@ -99,6 +100,24 @@ def test_protocol_nits_and_the_byte_bound_on_queued_inputs(sup: RunningSuperviso
     assert status["counters"]["bad_requests"] >= 4
     assert status["counters"]["busy_rejections"] == 1
     assert "Traceback" not in sup.log()
+
+
+@pytest.mark.timeout(120)
+def test_a_request_too_large_to_be_legal_is_refused_unparsed(sup: RunningSupervisor) -> None:
+    """Refused by its length (its id found near the start), so a flood of them stays cheap."""
+    filler = b"x" * (MAX_LEGAL_BODY + 1)
+    body = b'{"v":1,"type":"submit","id":"huge1","actor":"echo","input":"' + filler + b'"}'
+    started = time.monotonic()
+    reply = raw_request(sup, body)
+    assert (reply["id"], reply["ok"], reply["error"]) == ("huge1", False, "bad_request"), reply
+    assert f"inputs are at most {MAX_INPUT_CHARS} characters" in reply["message"]
+    assert time.monotonic() - started < 10
+    assert sup.status()["counters"]["bad_requests"] == 1
+    store = sup.store()
+    try:
+        assert store.list_runs(actor="echo") == []  # nothing accepted
+    finally:
+        store.close()
 
 
 def test_v_true_is_not_version_1() -> None:
