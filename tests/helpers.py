@@ -4,6 +4,7 @@ Imported explicitly (``from tests.helpers import ...``), never through a conftes
 can find where a name comes from.
 """
 
+import socket
 import textwrap
 import time
 from collections.abc import Callable
@@ -106,3 +107,11 @@ def traced_actor(folder: Path, name: str, body: str, settings: str = "") -> tupl
         f'env = {{ TRACE_DIR = "{trace}" }}\n{textwrap.dedent(settings)}'
     )
     return trace, table
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -8,17 +8,16 @@ the token, still can.
 """
 
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from protocol.client import RunOutcome
 from supervisor.http.auth import SESSION_COOKIE, session_value
+from tests.helpers import free_port
+from tests.hostile.common import is_paused, output_of
 from tests.supervisor import conftest as supervisor_fixtures
 from tests.supervisor.harness import RunningSupervisor, write_script
 
@@ -109,30 +108,12 @@ SECRETIVE = """\
 PROBES = ("GET /health", "GET /ready", "GET /metrics")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _output(outcome: Any) -> dict[str, Any]:
-    assert isinstance(outcome, RunOutcome), outcome
-    assert outcome.succeeded, (outcome.reason, outcome.error, outcome.stderr_tail)
-    data: dict[str, Any] = outcome.output
-    return data
-
-
-def _paused(sup: RunningSupervisor, actor: str) -> bool:
-    return bool(next(a for a in sup.status()["actors"] if a["name"] == actor)["paused"])
-
-
 @as_root
 @pytest.mark.timeout(240)
 def test_a_script_cannot_use_the_http_server(public_tmp: Path, supervisors: Start) -> None:
     write_script(public_tmp, "attacker.py", ATTACKER)
     write_script(public_tmp, "secretive.py", SECRETIVE)
-    port = _free_port()
+    port = free_port()
     actors = (
         '\n[[actors]]\nname = "attacker"\nscript = "scripts/attacker.py"\ntimeout_s = 60\n'
         '\n[[actors]]\nname = "victim"\nscript = "scripts/secretive.py"\n'
@@ -144,10 +125,10 @@ def test_a_script_cannot_use_the_http_server(public_tmp: Path, supervisors: Star
     secret = "s3cret-" + os.urandom(8).hex()
     with sup.client(timeout_s=60) as client:
         victim_run = client.submit("victim", {"password": secret}, wait=True)
-        assert _output(victim_run) == {"kept": {"password": secret}}
+        assert output_of(victim_run) == {"kept": {"password": secret}}
         attack = {"port": port, "run": victim_run.run_id, "victim": "victim",
                   "token_file": str(token_file)}  # fmt: skip
-        report = _output(client.submit("attacker", attack, wait=True))
+        report = output_of(client.submit("attacker", attack, wait=True))
 
     assert report["uid"] != 0  # the sandbox user, not the supervisor's
     answers = report["http"]
@@ -158,7 +139,7 @@ def test_a_script_cannot_use_the_http_server(public_tmp: Path, supervisors: Star
     received = orjson.dumps(report).decode()
     assert secret not in received and token not in received
     assert report["token_file"] == "PermissionError"
-    assert not _paused(sup, "victim")
+    assert not is_paused(sup, "victim")
     store = sup.store()
     try:  # the trigger did not get through: the victim ran once, for the operator
         assert [r.run_id for r in store.list_runs(actor="victim")] == [victim_run.run_id]
@@ -175,7 +156,7 @@ def test_a_script_cannot_use_the_http_server(public_tmp: Path, supervisors: Star
         assert http.post("/api/v1/actors/victim/pause", json={"reason": "operator"}).json()[
             "paused"
         ]
-        assert _paused(sup, "victim")
+        assert is_paused(sup, "victim")
     with httpx.Client(base_url=base, timeout=30) as browser:
         browser.cookies.set(SESSION_COOKIE, session_value(token))
         for path in ("/", "/actors", "/actors/victim", f"/runs/{victim_run.run_id}", "/events"):

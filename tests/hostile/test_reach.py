@@ -9,19 +9,18 @@ as another user); they are skipped otherwise.
 import hashlib
 import os
 import signal
-import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 import zmq
 
-from protocol.client import ClientError, RunOutcome
+from protocol.client import ClientError
 from protocol.messages import MAX_INPUT_CHARS
 from supervisor.controlkeys import GENERATED_DIR
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
+from tests.hostile.common import is_paused, output_of
 from tests.supervisor import conftest as supervisor_fixtures
 from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
 
@@ -183,24 +182,6 @@ def _actor(name: str, script: str, extra: str = "") -> str:
     return f'\n[[actors]]\nname = "{name}"\nscript = "scripts/{script}"\n{extra}\n'
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _output(outcome: Any) -> dict[str, Any]:
-    assert isinstance(outcome, RunOutcome), outcome
-    assert outcome.succeeded, (outcome.reason, outcome.error, outcome.stderr_tail)
-    data: dict[str, Any] = outcome.output
-    return data
-
-
-def _paused(sup: RunningSupervisor, actor: str) -> bool:
-    return bool(next(a for a in sup.status()["actors"] if a["name"] == actor)["paused"])
-
-
 @as_root
 @pytest.mark.timeout(240)
 def test_a_script_cannot_reach_the_control_channel(public_tmp: Path, supervisors: Start) -> None:
@@ -213,7 +194,7 @@ def test_a_script_cannot_reach_the_control_channel(public_tmp: Path, supervisors
     other = public_tmp / "tcp"
     write_script(other, "sleeper.py", SLEEPER)
     write_script(other, "attacker.py", ATTACKER)
-    port = _free_port()
+    port = free_port()
     uids = session_uids(shift=1)
     config = other / "supervisor.toml"
     config.write_text(
@@ -238,7 +219,7 @@ def test_a_script_cannot_reach_the_control_channel(public_tmp: Path, supervisors
     }
     for target in (sup, tcp):
         with target.client(timeout_s=120) as client:
-            report = _output(client.submit("attacker", attack, wait=True))
+            report = output_of(client.submit("attacker", attack, wait=True))
         assert report["uid"] != 0  # the sandbox user, not the supervisor's
         ours = [p for p in report["connected"] if p.startswith(str(public_tmp))]
         assert not ours and ipc not in report["connected"], report
@@ -249,12 +230,12 @@ def test_a_script_cannot_reach_the_control_channel(public_tmp: Path, supervisors
         assert all(raw[f"ipc://{p}"] == "PermissionError" for p in attack["sockets"]), report
         ours = [f"ipc://{p}" for p in attack["sockets"]] + [f"tcp://127.0.0.1:{port}"]
         assert not [e for e in ours if e in report["answers"]], report
-    assert not _paused(sup, "victim") and not _paused(tcp, "victim")
+    assert not is_paused(sup, "victim") and not is_paused(tcp, "victim")
     # The operator, with the same config, gets through both.
     for target in (sup, tcp):
         with target.client() as client:
             assert client.pause("victim", "operator")["paused"] is True
-    assert tcp.cli("resume", "victim").returncode == 0 and not _paused(tcp, "victim")
+    assert tcp.cli("resume", "victim").returncode == 0 and not is_paused(tcp, "victim")
 
 
 @as_root
@@ -271,7 +252,7 @@ def test_a_script_cannot_read_the_store_spool_or_code_cache(
     sup = supervisors(actors)
     secret = "s3cret-" + os.urandom(8).hex()
     with sup.client(timeout_s=60) as client:
-        kept = _output(client.submit("secretive", {"token": secret}, wait=True))
+        kept = output_of(client.submit("secretive", {"token": secret}, wait=True))
         assert kept == {"kept": {"token": secret}}  # it ran from the private code cache
     state = public_tmp / "state"
     database = state / "actor-supervisor.db"
@@ -284,7 +265,7 @@ def test_a_script_cannot_read_the_store_spool_or_code_cache(
         "guesses": [hashlib.sha256(secretive_code).hexdigest() + ".py"],
     }
     with sup.client(timeout_s=60) as client:
-        report = _output(client.submit("reader", attack, wait=True))
+        report = output_of(client.submit("reader", attack, wait=True))
     assert report["read"] == {} and report["listed"] == {}, report
     assert secret not in orjson.dumps(report).decode()
     assert stat_mode(state) == 0o700 and all(stat_mode(Path(f)) == 0o600 for f in files)

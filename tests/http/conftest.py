@@ -1,6 +1,5 @@
 """A real supervisor with its HTTP process on a free loopback port, and an HTTP client."""
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.supervisor.harness import ECHO, RunningSupervisor, start_supervisor, write_script
 
 SLEEPY = """\
@@ -34,13 +33,6 @@ def versioned(n: int) -> str:
     json.load(sys.stdin)
     print(json.dumps({{"version": {n}}}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

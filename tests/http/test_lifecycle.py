@@ -9,8 +9,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import wait_for
-from tests.http.conftest import HttpSupervisor, actors_toml, free_port
+from tests.helpers import free_port, wait_for
+from tests.http.conftest import HttpSupervisor, actors_toml
 
 
 def http_child(sup_pid: int) -> psutil.Process:

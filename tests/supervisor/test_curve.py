@@ -1,6 +1,5 @@
 """A control endpoint reachable from other hosts: CURVE keys or no start; strangers get nothing."""
 
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,16 +10,10 @@ import zmq.auth
 
 from protocol.client import Client, ClientTimeout, RunOutcome
 from protocol.curve import ClientKeys
+from tests.helpers import free_port
 from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _keys(folder: Path) -> dict[str, Path]:
@@ -42,7 +35,7 @@ def _keys(folder: Path) -> dict[str, Path]:
 
 def test_a_remote_endpoint_without_keys_refuses_to_start(public_tmp: Path) -> None:
     config = public_tmp / "supervisor.toml"
-    config.write_text(f'[supervisor]\ncontrol = "tcp://0.0.0.0:{_free_port()}"\n')
+    config.write_text(f'[supervisor]\ncontrol = "tcp://0.0.0.0:{free_port()}"\n')
     done = subprocess.run(
         [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config)],
         capture_output=True,
@@ -57,7 +50,7 @@ def test_a_remote_endpoint_without_keys_refuses_to_start(public_tmp: Path) -> No
 def test_only_authorized_clients_are_answered(public_tmp: Path, supervisors: Start) -> None:
     write_script(public_tmp, "echo.py", ECHO)
     keys = _keys(public_tmp)
-    port = _free_port()
+    port = free_port()
     config = public_tmp / "supervisor.toml"
     config.write_text(
         f"""
@@ -91,7 +84,7 @@ def test_loopback_tcp_without_keys_gets_generated_ones_that_the_cli_picks_up(
     """An operator's --control tcp://127.0.0.1:PORT: any local process could connect, so the
     supervisor guards it with a key pair set of its own, found again through --config."""
     write_script(public_tmp, "echo.py", ECHO)
-    port = _free_port()
+    port = free_port()
     config = public_tmp / "supervisor.toml"
     config.write_text(
         f'[supervisor]\ncontrol = "tcp://127.0.0.1:{port}"\n'
