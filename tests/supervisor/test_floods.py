@@ -11,7 +11,9 @@ BOUND_MB = 600 + QUEUE_MAX_BYTES / MB
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("flood", ["big-requests", "big-outputs", "unread-replies"])
+@pytest.mark.parametrize(
+    "flood", ["big-requests", "queued-inputs", "big-outputs", "unread-replies", "refresh"]
+)
 def test_supervisor_rss_stays_bounded_under_a_flood(flood: str) -> None:
     result = run_flood(flood, seconds=5.0, queue_max_bytes=QUEUE_MAX_BYTES)
     print(result)
