@@ -16,6 +16,7 @@ from supervisor.cli.common import (
     command,
     config_flag,
     config_path,
+    count,
     database_flag,
     load,
     open_store_from,
@@ -40,7 +41,7 @@ def add_check_commands(sub: Any) -> None:
     alerts = command(sub, "alerts", "the alert outbox: sent, pending and failed alerts", cmd_alerts)
     alerts.add_argument("--status", choices=("pending", "delivered", "failed"))
     alerts.add_argument("--destination", help="only the alerts of this [[alerts]] entry")
-    alerts.add_argument("--limit", type=int, default=50)
+    alerts.add_argument("--limit", type=count, default=50)
     store_flags(alerts)
 
 
@@ -62,8 +63,6 @@ def cmd_check(args: argparse.Namespace, flags: Sequence[str] = ("database",)) ->
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    if args.limit < 0:
-        raise ConfigError(f"--limit: must be >= 0, got {args.limit}")
     store = open_store_from(args)
     try:
         found = store.list_alerts(

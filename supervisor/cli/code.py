@@ -27,6 +27,7 @@ from supervisor.cli.common import (
     config_flag,
     connect,
     control_flag,
+    count,
     database_flag,
     load,
     open_store_from,
@@ -73,7 +74,7 @@ def add_code_commands(sub: Any) -> None:
 
     versions = command(sub, "versions", "an actor's code history, newest first", cmd_versions)
     versions.add_argument("actor", metavar="ACTOR")
-    versions.add_argument("--limit", type=int, help="at most this many versions")
+    versions.add_argument("--limit", type=count, help="at most this many versions")
     _code_flags(versions)
 
     rollback = command(sub, "rollback", "make an earlier code version active", cmd_rollback)

@@ -28,6 +28,18 @@ EXIT_STARTUP = 4  # the supervisor could not start, or the store could not be op
 EXIT_REFUSED = 5  # the supervisor (or a code command) refused: unknown actor, busy, ...
 
 
+def count(text: str) -> int:
+    """An argparse type for ``--limit``: a whole number >= 1 (-1 or 0 ended in a traceback or
+    an empty answer that looked like 'nothing recorded')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def command(
     sub: Any, name: str, help_text: str, handler: Callable[[argparse.Namespace], int]
 ) -> argparse.ArgumentParser:

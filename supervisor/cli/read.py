@@ -9,6 +9,7 @@ import orjson
 from supervisor.cli.common import (
     EXIT_OK,
     command,
+    count,
     open_store_from,
     print_json_or,
     store_flags,
@@ -23,7 +24,7 @@ def add_read_commands(sub: Any) -> None:
     history = command(sub, "history", "recorded runs, newest first", cmd_history)
     history.add_argument("actor", nargs="?")
     history.add_argument("--run", dest="run_id", help="only the attempts of this run")
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--limit", type=count, default=20)
     store_flags(history)
 
     events_cmd = command(sub, "events", "the event store, oldest first", cmd_events)
@@ -32,7 +33,7 @@ def add_read_commands(sub: Any) -> None:
     group.add_argument("--actor", help="events of one actor (not of its runs)")
     group.add_argument("--correlation", help="events with this correlation id")
     events_cmd.add_argument("--since", help="ISO-8601 time or epoch seconds")
-    events_cmd.add_argument("--limit", type=int, default=1000)
+    events_cmd.add_argument("--limit", type=count, default=1000)
     store_flags(events_cmd)
 
     migrate = command(sub, "migrate", "apply the database migrations", cmd_migrate)
