@@ -18,11 +18,9 @@ import pytest
 from supervisor.http.auth import SESSION_COOKIE, session_value
 from tests.helpers import free_port
 from tests.hostile.common import is_paused, output_of
-from tests.supervisor import conftest as supervisor_fixtures
 from tests.supervisor.harness import RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
-supervisors = supervisor_fixtures.supervisors  # real supervisors, always stopped at teardown
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="scripts run as another user only as root")
 
 # Only the standard library, and only what a sandboxed script can import wherever Python is

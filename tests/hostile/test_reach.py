@@ -21,11 +21,9 @@ from protocol.messages import MAX_INPUT_CHARS
 from supervisor.controlkeys import GENERATED_DIR
 from tests.helpers import free_port, wait_for
 from tests.hostile.common import is_paused, output_of
-from tests.supervisor import conftest as supervisor_fixtures
 from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
 
 Start = Callable[..., RunningSupervisor]
-supervisors = supervisor_fixtures.supervisors  # real supervisors, always stopped at teardown
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="scripts run as another user only as root")
 
 # A control client with no dependency it could lack: it tries every unix socket it can find,

@@ -8,7 +8,7 @@ those tests are skipped otherwise.
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +18,10 @@ import pytest
 from protocol.client import RunOutcome
 from supervisor.records import RunRecord
 from tests.helpers import wait_for
-from tests.supervisor.harness import RunningSupervisor, start_supervisor, write_script
+from tests.supervisor.harness import RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="a uid per run needs root")
-
-
-@pytest.fixture
-def supervisors(public_tmp: Path) -> Iterator[Start]:
-    """``supervisors(actors_toml, **options)`` starts one; all are stopped at teardown."""
-    started: list[RunningSupervisor] = []
-
-    def start(actors: str, **options: Any) -> RunningSupervisor:
-        running = start_supervisor(public_tmp, actors, **options)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        if running.proc.poll() is None:
-            running.proc.kill()
-            running.proc.wait(timeout=30)
 
 
 @pytest.fixture
