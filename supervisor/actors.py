@@ -68,7 +68,7 @@ def build_actors(
         name: ActorRuntime(
             config=cfg,
             state=states.get(name) or TaskState(actor=name, updated_at=now),
-            code=ActorCode(home=str(cfg.script.parent)),
+            code=ActorCode(home=str(cfg.workdir)),
         )
         for name, cfg in configs.items()
     }

@@ -43,8 +43,20 @@ def now() -> str:
     return to_text(time.time())
 
 
-ALL = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts"]  # in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts")]
+ALL = [
+    "0001_initial",
+    "0002_code_history",
+    "0003_lease",
+    "0004_alerts",
+    "0005_code_bundles",
+]  # in order
+APPLIED = [
+    (1, "0001_initial"),
+    (2, "0002_code_history"),
+    (3, "0003_lease"),
+    (4, "0004_alerts"),
+    (5, "0005_code_bundles"),
+]
 
 
 _SCHEMA_MIGRATIONS = (
@@ -136,7 +148,7 @@ def test_database_with_a_future_version_is_refused(tmp_path: Path) -> None:
         store.close()
 
     message = str(raised.value)
-    assert "version 42" in message and "up to 4" in message
+    assert "version 42" in message and "up to 5" in message
 
 
 def test_future_version_is_refused_before_applying_anything(tmp_path: Path) -> None:
