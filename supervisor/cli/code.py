@@ -361,10 +361,12 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def _version_dict(version: CodeVersion, *, code: bool = False) -> dict[str, Any]:
+    """A version as ``--json`` prints it; without ``code``, its bundle's file names only."""
     data = asdict(version)
     data["active"] = version.is_active
     if not code:
-        del data["script_code"]
+        del data["script_code"], data["bundle_files"]
+        data["files"] = list(version.files(_entry_name(version)))
     return data
 
 

@@ -167,7 +167,8 @@ def test_a_helper_module_is_code_deploy_records_it_and_rollback_restores_every_f
     assert [(v["version_tag"], v["change_type"]) for v in versions] == [
         ("1.0.2", "rollback"), ("1.0.1", "manual_deploy"), ("1.0.0", "initial"),
     ]  # fmt: skip
-    assert versions[1]["bundle_files"]["phrases.py"] == PHRASES_V2
+    assert versions[1]["files"] == ["main.py", "lib/__init__.py", "lib/fmt.py", "phrases.py"]
+    assert "script_code" not in versions[1] and "bundle_files" not in versions[1]
 
 
 @pytest.mark.timeout(120)
