@@ -48,6 +48,7 @@ class ActorRuntime:
                 "overlap": self.config.overlap,
                 "catch_up": self.config.catch_up,
                 "sync": self.config.sync,
+                **({"command": list(self.config.command)} if self.config.command else {}),
             },
             updated_at=time.time(),
             exec_mode=self.config.exec_mode,
