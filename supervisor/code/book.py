@@ -112,13 +112,13 @@ def look(cfg: ActorConfig, code: ActorCode, cache: Path, now: float) -> list[Rec
     """The before-run check: microseconds when no stat key of the bundle's files has moved."""
     if not cfg.versioned:
         return []
-    key = current_key(cfg.script, code.files)
+    key = current_key(code.paths or (str(cfg.script),))
     if key is not None and key == code.stat:
         return []
     snap = read_snapshot(cfg.script, scan=cfg.python)
     if snap is None:
         return mark_missing(cfg, code, cache, now, always=False)
-    code.stat, code.files = snap.key, snap.files
+    code.stat, code.paths = snap.key, snap.paths
     if snap.sha256 == code.seen_sha and code.status != FILE_MISSING:
         return []  # touched, not changed
     records, change = reconcile(
@@ -146,7 +146,7 @@ def reconcile(
     the sync columns even when the status did not change (start-up). ``git``: look up the
     file's commit (a subprocess: never on the loop).
     """
-    code.seen_sha, code.stat, code.files = snap.sha256, snap.key, snap.files
+    code.seen_sha, code.stat, code.paths = snap.sha256, snap.key, snap.paths
     code.home = str(cfg.workdir)  # the folder is back, if it was gone
     if code.history_id is None:
         return _record(cfg, code, snap, INITIAL, now, "first seen", git=git)

@@ -63,6 +63,11 @@ class FileSnapshot:
         """Every file of the bundle, relative to the entry's folder, the entry first."""
         return (self.path.name, *sorted(self.others))
 
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every file of the bundle as an absolute path, in :attr:`files` order."""
+        return tuple(str(self.path.parent / rel) for rel in self.files)
+
     def text(self) -> str:
         """The entry's content as source text. :raises CodeError: not storable as text."""
         return decode_source(self.data, self.path)
@@ -90,7 +95,7 @@ class ActorCode:
     seen_sha: str | None = None
     status: str = SYNCED
     stat: BundleKey | None = None
-    files: tuple[str, ...] = ()  # the bundle's files when last read, relative to its folder
+    paths: tuple[str, ...] = ()  # the bundle's files when last read (``stat``'s order)
     modules: tuple[str, ...] = ()  # the materialized bundle's files besides its entry
 
 
@@ -102,13 +107,12 @@ def stat_key(st: os.stat_result) -> StatKey:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def current_key(path: Path, files: Sequence[str] = ()) -> BundleKey | None:
-    """The stat key of the bundle of entry ``path`` (``files``: its files, relative to its
-    folder, the entry first) now; None when one is missing (or not readable as a file)."""
+def current_key(paths: Sequence[str]) -> BundleKey | None:
+    """The stat key of a bundle's files (absolute paths, in :attr:`FileSnapshot.paths` order)
+    now; None when one is missing (or not readable as a file). Plain strings: this runs before
+    every dispatch of a ``before_run`` actor."""
     try:
-        if not files:
-            return (stat_key(os.stat(path)),)
-        return tuple(stat_key(os.stat(path.parent / rel)) for rel in files)
+        return tuple([stat_key(os.stat(path)) for path in paths])
     except OSError:
         return None
 

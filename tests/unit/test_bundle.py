@@ -112,9 +112,9 @@ def test_a_snapshot_covers_the_bundle_and_its_stat_key_sees_a_helper_edit(tmp_pa
     assert snap.sha256 == bundle_sha256(
         {"main.py": b"import phrases\n", "phrases.py": b"HI = 'hello'\n"}, "main.py"
     )
-    assert snap.key is not None and current_key(root / "main.py", snap.files) == snap.key
+    assert snap.key is not None and current_key(snap.paths) == snap.key
     (root / "phrases.py").write_text("HI = 'howdy'\n")
-    assert current_key(root / "main.py", snap.files) != snap.key  # the before-run check looks
+    assert current_key(snap.paths) != snap.key  # the before-run check looks
     edited = read_snapshot(root / "main.py", clock_ns=lambda: later)
     assert edited is not None and edited.sha256 != snap.sha256
     # a command's program is the file alone: its content is not read for imports
