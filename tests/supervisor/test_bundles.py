@@ -55,6 +55,11 @@ exec_mode = "database"
 mode = "exec"
 
 [[actors]]
+name = "greeter-file"
+script = "scripts/greeter/main.py"
+sync = "before_run"
+
+[[actors]]
 name = "shell"
 command = ["scripts/echo.sh", "first arg"]
 
@@ -136,6 +141,16 @@ def test_a_helper_module_is_code_deploy_records_it_and_rollback_restores_every_f
     assert drift(sup, "greeter")["status"] == "drift_detected"
     for actor in ("greeter", "greeter-exec"):  # the stored helper runs, not the edited file
         assert submit(sup, actor).output == {"message": "Hello, Ada!"}
+    # file mode runs the files; before_run records the helper's edit as a version first
+    on_disk = submit(sup, "greeter-file")
+    edited = read_snapshot(folder / "main.py")
+    assert on_disk.output == {"message": "Howdy, Ada!"} and edited is not None
+    assert (on_disk.code_sha256, on_disk.code_source) == (edited.sha256, "file")
+    synced = cli(sup, "versions", "greeter-file")
+    assert [(v["version_tag"], v["change_type"]) for v in synced] == [
+        ("1.0.1", "auto_sync"), ("1.0.0", "initial"),
+    ]  # fmt: skip
+    assert synced[0]["history_id"] == on_disk.code_history_id
 
     write(folder / "main.py", MAIN_V2)
     deployed = cli(sup, "deploy", "greeter", "--changelog", "howdy")
