@@ -89,6 +89,15 @@ class FieldReader:
                 raise ProtocolError(f"{self._kind}.{name}.{key}: expected a string")
         return value
 
+    def str_list(self, name: str, *, max_items: int = 1024) -> tuple[str, ...]:
+        """A list of strings; absent means empty."""
+        value = self._obj.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self._fail(name, "a list of strings")
+        if len(value) > max_items or any(len(item) > MAX_STR for item in value):
+            raise ProtocolError(f"{self._kind}.{name}: too many or too long strings")
+        return tuple(value)
+
     def any(self, name: str) -> Any:
         """A JSON value of any type (payloads); absent means null."""
         return self._obj.get(name)

@@ -106,7 +106,10 @@ class Run:
 
     ``script`` is the file to execute, ``cwd`` the folder that acts as its home: the working
     directory and the first entry of ``sys.path`` (they differ when the code is materialized from
-    the database). ``input_json`` is the exact text fed to the script's stdin.
+    the database). ``input_json`` is the exact text fed to the script's stdin. ``modules``: the
+    files of the stored code bundle beside ``script`` (relative paths), imported from what the
+    child read before it dropped its privileges. ``argv`` non-empty: ``script`` is a program,
+    exec'd with these arguments (``argv[0]`` first) instead of run as Python.
     """
 
     v: int = field(default=PROTOCOL_VERSION, init=False)
@@ -123,6 +126,8 @@ class Run:
     timeout_s: float
     code_sha256: str
     network: str = "host"
+    modules: tuple[str, ...] = ()
+    argv: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, r: FieldReader) -> "Run":
@@ -139,6 +144,8 @@ class Run:
             timeout_s=r.number("timeout_s", minimum=0.001),
             code_sha256=r.string("code_sha256", max_len=64, empty=True),
             network=r.choice("network", NETWORKS),
+            modules=r.str_list("modules"),
+            argv=r.str_list("argv", max_items=4096),
         )
 
 

@@ -48,6 +48,7 @@ class ActorRuntime:
                 "overlap": self.config.overlap,
                 "catch_up": self.config.catch_up,
                 "sync": self.config.sync,
+                **({"command": list(self.config.command)} if self.config.command else {}),
             },
             updated_at=time.time(),
             exec_mode=self.config.exec_mode,
@@ -68,7 +69,7 @@ def build_actors(
         name: ActorRuntime(
             config=cfg,
             state=states.get(name) or TaskState(actor=name, updated_at=now),
-            code=ActorCode(home=str(cfg.script.parent)),
+            code=ActorCode(home=str(cfg.workdir)),
         )
         for name, cfg in configs.items()
     }

@@ -1,10 +1,11 @@
 """``actor-supervisor check`` (and ``start --dry-run``): would this configuration start?
 
-It validates the configuration, checks that the sandbox user can read every script and which
-interpreter will run it (the start-up checks of :mod:`supervisor.preflight`), connects to the
-store read-only and lists pending migrations, and shows each actor's next fires in its zone and
-in UTC. It starts nothing, writes nothing and migrates nothing: a SQLite file that does not
-exist is not created, and one that exists is opened read-only.
+It validates the configuration, checks that the sandbox user can read every script (each file
+of its code bundle) and which interpreter will run it, or can execute a command actor's
+program (the start-up checks of :mod:`supervisor.preflight`), connects to the store read-only
+and lists pending migrations, and shows each actor's next fires in its zone and in UTC. It
+starts nothing, writes nothing and migrates nothing: a SQLite file that does not exist is not
+created, and one that exists is opened read-only.
 """
 
 import os
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from supervisor.code.sync import read_snapshot
 from supervisor.config import ActorConfig, Config
 from supervisor.controlkeys import control_endpoint
 from supervisor.errors import ConfigError, StartupError
@@ -28,7 +30,7 @@ from supervisor.store.migrations import (
     sqlite_applied_versions,
 )
 from supervisor.store.urls import parse_store_url, redact_url
-from workers.access import AccessCheckError, resolve_user, unreadable_scripts
+from workers.access import AccessCheckError, resolve_user, unexecutable, unreadable_scripts
 
 NEXT_FIRES = 5
 
@@ -104,6 +106,8 @@ def _actor(
         "timezone": actor.timezone,
         "next_fires": _next_fires(actor, now),
     }
+    if actor.command:
+        return _program(actor, run_as, report, found)
     if not actor.script.is_file():
         message = f"actor {actor.name}: no such script file {script!r}"
         if actor.exec_mode == "file":
@@ -112,19 +116,53 @@ def _actor(
             report.warnings.append(message + " (it runs its stored code, if any)")
         found["readable"] = False
     else:
-        found["readable"] = _readable(actor, run_as, report)
+        snap = read_snapshot(actor.script)
+        found["files"] = list(snap.files) if snap else [actor.script.name]
+        paths = [actor.script.parent / rel for rel in found["files"]]
+        found["readable"] = _readable(actor, paths, run_as, report)
     found["interpreter"] = _interpreter(actor, config, run_as, report)
     return found
 
 
-def _readable(actor: ActorConfig, run_as: tuple[int, int] | None, report: Report) -> bool:
+def _program(
+    actor: ActorConfig, run_as: tuple[int, int] | None, report: Report, found: dict[str, Any]
+) -> dict[str, Any]:
+    """A command actor: its program must exist and be executable by the sandbox user."""
+    found.update(
+        command=list(actor.command),
+        versioned=actor.versioned,
+        executable=False,
+        interpreter="the program itself, exec'd in the sandbox",
+    )
+    if not actor.script.is_file():
+        report.problems.append(f"actor {actor.name}: no such program {str(actor.script)!r}")
+        found["readable"] = False
+        return found
     try:
         if run_as is not None:
-            problems = unreadable_scripts([str(actor.script)], *run_as)
-        elif not os.access(actor.script, os.R_OK):
-            problems = [f"{actor.script}: not readable by this user"]
+            problems = unexecutable([str(actor.script)], *run_as)
+        elif not os.access(actor.script, os.X_OK):
+            problems = [f"{actor.script}: not executable by this user"]
         else:
             problems = []
+    except AccessCheckError as exc:
+        problems = [str(exc)]
+    report.problems.extend(f"actor {actor.name}: {problem}" for problem in problems)
+    found["readable"] = found["executable"] = not problems
+    return found
+
+
+def _readable(
+    actor: ActorConfig, paths: list[Path], run_as: tuple[int, int] | None, report: Report
+) -> bool:
+    """Every file of the script's bundle must be readable by the sandbox user."""
+    try:
+        if run_as is not None:
+            problems = unreadable_scripts([str(p) for p in paths], *run_as)
+        else:
+            problems = [
+                f"{p}: not readable by this user" for p in paths if not os.access(p, os.R_OK)
+            ]
     except AccessCheckError as exc:
         problems = [str(exc)]
     for problem in problems:
@@ -252,10 +290,19 @@ def render(report: Report) -> str:
     )
     for actor in report.actors:
         lines.append("")
-        lines.append(f"actor {actor['name']}: {actor['script']}")
         readable = {True: "yes", False: "NO", None: "-"}[actor["readable"]]
         who = f" by {actor['run_as']}" if actor["run_as"] else ""
-        lines.append(f"  readable{who}: {readable}; {actor['mode']} mode: {actor['interpreter']}")
+        if "command" in actor:
+            lines.append(f"actor {actor['name']}: command {' '.join(actor['command'])}")
+            versioned = "versioned" if actor["versioned"] else "not versioned (outside the config)"
+            lines.append(f"  program {actor['script']}: {versioned}; executable{who}: {readable}")
+        else:
+            files = actor.get("files") or []
+            bundle = f" (+ {', '.join(files[1:])})" if len(files) > 1 else ""
+            lines.append(f"actor {actor['name']}: {actor['script']}{bundle}")
+            lines.append(
+                f"  readable{who}: {readable}; {actor['mode']} mode: {actor['interpreter']}"
+            )
         if not actor["next_fires"]:
             lines.append("  on demand only" if actor["schedule"] is None else "  no more fires")
         for fire in actor["next_fires"]:

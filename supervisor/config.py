@@ -9,6 +9,7 @@ what was expected, so the supervisor refuses to start rather than guess.
 import math
 import os
 import re
+import shutil
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,11 +70,17 @@ _PASSWORD = re.compile(r"^([a-z]+://[^:/@]*:)[^@]*@")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ActorConfig:
-    """One ``[[actors]]`` entry, resolved: absolute script, merged limits, effective mode."""
+class ActorKeys:
+    """The keys of one ``[[actors]]`` entry, resolved: absolute script, merged limits,
+    effective mode. :class:`ActorConfig` adds what is derived from them.
+
+    A ``command`` actor has its program's absolute path as ``script`` and its argv (the
+    program first, as written) as ``command``; a script actor's ``command`` is empty.
+    """
 
     name: str
-    script: Path
+    script: Path  # the Python script, or a command actor's program
+    command: tuple[str, ...] = ()
     schedule: Schedule | None  # None: on demand only
     timezone: str = "UTC"
     mode: str
@@ -94,6 +101,19 @@ class ActorConfig:
     sync: str = "startup"  # when a changed file is recorded as a new version
     network: str = "host"  # none: an empty network namespace with only loopback (root only)
     alert_after_failures: int = 1  # a run_failed alert only from this many failures in a row
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorConfig(ActorKeys):
+    """One ``[[actors]]`` entry, resolved, with what follows from its keys."""
+
+    workdir: Path  # its runs' working directory: the script's folder, or the config's
+    versioned: bool = True  # False: a command whose program lies outside the config's folder
+
+    @property
+    def python(self) -> bool:
+        """A Python script (its imports are part of its code bundle), not a command."""
+        return not self.command
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -205,6 +225,45 @@ class _Script(Kind):
         return path
 
 
+class _Command(Kind):
+    """A program and its arguments: ``["/path/prog", "arg", ...]``, exec'd without a shell.
+
+    The program is resolved here, once: a path (with a ``/``) relative to the configuration's
+    folder, like ``script``; a bare name on ``PATH`` (the actor's ``env``, else the
+    supervisor's). Like a script, a program path that does not exist is accepted (its runs
+    fail ``file_missing``; ``check`` reports it); a bare name not on ``PATH`` is an error.
+    """
+
+    @property
+    def expected(self) -> str:
+        return 'a non-empty array of strings, the program first, such as ["/bin/df", "-h"]'
+
+    def check(self, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise self._wrong(value)
+        for index, arg in enumerate(value):
+            if not isinstance(arg, str):
+                raise Invalid(f"expected a string, got {describe(arg)}", index)
+            if "\0" in arg:
+                raise Invalid("contains a NUL character", index)
+        if not value[0].strip():
+            raise Invalid("the program is empty", 0)
+        return tuple(value)
+
+    def program(self, command: tuple[str, ...], base_dir: Path, path_env: str | None) -> Path:
+        program = command[0]
+        if "/" not in program:
+            found = shutil.which(program, path=path_env)
+            if found is None:
+                where = path_env if path_env is not None else "(no PATH)"
+                raise Invalid(f"{program!r} not found on PATH {where}; give its path", 0)
+            return Path(found)
+        path = Path(os.path.normpath(base_dir / Path(program).expanduser()))
+        if path.exists() and not path.is_file():
+            raise Invalid(f"not a regular file: {str(path)!r}", 0)
+        return path
+
+
 class _ScheduleTable(Kind):
     """Checked as a table here; :func:`parse_schedule` needs the actor's zone for the rest."""
 
@@ -219,10 +278,11 @@ class _ScheduleTable(Kind):
 
 
 ACTOR_KEYS: tuple[Setting, ...] = declare(
-    ActorConfig,
+    ActorKeys,
     [
         Setting("name", _Text(ACTOR_NAME, "a name of 1-200 characters [A-Za-z0-9_.-]"), ""),
         Setting("script", _Script(), "relative to the config file"),
+        Setting("command", _Command(), "instead of script: a program and its arguments"),
         Setting("schedule", _ScheduleTable(), "absent: on demand only"),
         Setting("timezone", _Zone(), "of the schedule"),
         Setting("mode", Choice(MODES), "sandbox mode; default: [supervisor].mode"),
@@ -248,7 +308,8 @@ ACTOR_KEYS: tuple[Setting, ...] = declare(
     ],
 )
 _ACTOR_KEYS = {s.name: s for s in ACTOR_KEYS}
-_REQUIRED = ("name", "script")
+_REQUIRED = ("name",)
+_PROGRAMS = ("script", "command")  # exactly one
 
 
 def load_config(
@@ -351,7 +412,7 @@ def _actor(
     values: dict[str, Any] = {}
     for key, raw in entry.items():
         values[key] = checked(_ACTOR_KEYS[key].kind.check, raw, f"{label}.{key}")
-    values["script"] = checked(_Script().resolve, values["script"], f"{label}.script", base_dir)
+    _program(values, label, base_dir)
     size = len(orjson.dumps(values["input"]).decode()) if "input" in values else 0
     if size > MAX_INPUT_CHARS:  # a worker would refuse every run of it
         raise ConfigError(
@@ -371,6 +432,36 @@ def _actor(
             f"{label}.retry_backoff_max_s: must be >= retry_backoff_s ({base}), got {cap}"
         )
     return ActorConfig(**values)
+
+
+def _program(values: dict[str, Any], label: str, base_dir: Path) -> None:
+    """Resolve ``script`` or ``command`` (exactly one) into ``script``, ``workdir`` and
+    ``versioned``: a command's program is versioned when it lies in the config's folder tree."""
+    given = [key for key in _PROGRAMS if key in values]
+    if not given:
+        raise ConfigError(
+            f"{label}.script: missing; every actor needs a `script` (a Python file) or a "
+            "`command` (a program and its arguments)"
+        )
+    if len(given) > 1:
+        raise ConfigError(
+            f"{label}.command: give either `script` or `command`, not both (a Python script "
+            'runs as `script = "x.py"`; any other program as `command = ["prog", "arg"]`)'
+        )
+    if "script" in values:
+        script = checked(_Script().resolve, values["script"], f"{label}.script", base_dir)
+        values.update(script=script, workdir=script.parent)
+        return
+    command = values["command"]
+    path_env = values.get("env", {}).get("PATH", os.environ.get("PATH"))
+    program = checked(_Command().program, command, f"{label}.command", base_dir, path_env)
+    if values.get("exec_mode", "file") != "file":
+        raise ConfigError(
+            f"{label}.exec_mode: a command actor runs its program file; exec_mode "
+            f"{values['exec_mode']!r} (stored code) applies to Python scripts only"
+        )
+    inside = program.is_relative_to(base_dir)
+    values.update(script=program, workdir=base_dir, versioned=inside)
 
 
 MIN_INTERVAL_S = 1.0  # shorter only with allow_subsecond = true

@@ -310,7 +310,7 @@ class RunBook:
             run_id=record.run_id, attempt=record.attempt, actor=cfg.name, script=code.script,
             cwd=code.cwd, mode=cfg.mode, input_json=record.input_json, env=cfg.env,
             limits=cfg.limits, timeout_s=cfg.timeout_s, code_sha256=code.sha256,
-            network=cfg.network,
+            network=cfg.network, modules=code.modules, argv=code.argv,
         )  # fmt: skip
         return Dispatched(record, message)
 

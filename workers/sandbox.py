@@ -8,7 +8,7 @@ status descriptor is closed before the script's own code runs (close-on-exec in 
 a script cannot write a note and forge its outcome.
 
 Status descriptor notes are one kind byte and a text: ``E`` setup error, ``F`` script file
-missing.
+(or a command actor's program) missing.
 """
 
 import contextlib
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
 from protocol.messages import Run
-from workers.script_main import BOOTSTRAP, MAGIC, run_main
+from workers.script_main import BOOTSTRAP, MAGIC, Modules, module_name, run_main
 
 DEFAULT_PRELOAD: tuple[str, ...] = (
     "argparse", "base64", "collections", "csv", "dataclasses", "datetime", "decimal", "enum",
@@ -79,6 +79,8 @@ class Order(NamedTuple):
     network: str
     uid: int | None  # this run's own uid (= gid) from the launcher's block; None: no own uid
     tmpdir: str  # private, created by the launcher for this run (and owned by its uid)
+    modules: tuple[str, ...]  # a stored bundle's other files, relative to the script's folder
+    argv: tuple[str, ...]  # a command actor: exec ``script`` with these arguments
 
     @classmethod
     def of(cls, run: Run, uid: int | None, tmpdir: str) -> "Order":
@@ -86,7 +88,7 @@ class Order(NamedTuple):
         return cls(
             run.run_id, run.attempt, run.actor, run.script, run.cwd, run.mode, run.input_json,
             run.env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb, run.network,
-            uid, tmpdir,
+            uid, tmpdir, run.modules, run.argv,
         )  # fmt: skip
 
     def dumps(self) -> bytes:
@@ -194,10 +196,9 @@ class Sandbox:
             os.close(GO_FD)
             _write_all(0, run.input_json.encode())  # pwrite: the offset stays at 0 for the script
             step = "signals"
-            _python_signals(fork_mode=run.mode == "fork")
+            _python_signals(fork_mode=run.mode == "fork" and not run.argv)
             step = "script"  # before the switch: materialized code is private to the supervisor
-            with open(run.script, "rb") as f:
-                source = f.read()
+            source, modules = _read_code(run)
             step = "limits"
             self._apply_limits(run)
             if run.network == "none":
@@ -209,22 +210,33 @@ class Sandbox:
             os.chdir(run.cwd)
             step = "environment"
             extra = self._run_environment(run)
+            if run.argv:
+                step = "program"
+                self._exec_program(run, extra)
             if run.mode == "exec":
                 step = "exec"
-                self._exec(run, source, extra)
+                self._exec(run, source, modules, extra)
             os.close(RUN_FD)
             os.environ.update(extra)  # putenv too, so subprocesses inherit it; the rest is in place
             step = "status"
             os.close(STATUS_FD)  # from here on nothing the script does can write a note
         except BaseException as exc:
-            missing = step == "script" and isinstance(exc, FileNotFoundError)
+            missing = step in ("script", "program") and isinstance(exc, FileNotFoundError)
             _note(note_fd, NOTE_MISSING if missing else NOTE_SETUP, f"{step}: {exc}")
             os._exit(EXIT_SANDBOX)
-        os._exit(run_main(run.script, run.cwd, source))
+        os._exit(run_main(run.script, run.cwd, source, modules))
 
-    def _exec(self, run: Order, source: bytes, extra: dict[str, str]) -> NoReturn:
+    def _exec_program(self, run: Order, extra: dict[str, str]) -> NoReturn:
+        """Become a command actor's program, with the sandbox already applied (both modes)."""
+        os.close(RUN_FD)
+        env = dict(self._base_env)
+        env.update(extra)
+        os.set_inheritable(STATUS_FD, False)  # closed by the exec: no note after it
+        os.execve(run.script, list(run.argv), env)
+
+    def _exec(self, run: Order, source: bytes, modules: Modules, extra: dict[str, str]) -> NoReturn:
         """Become a fresh interpreter running the script (exec mode) through BOOTSTRAP."""
-        _pass_code(source, run.script)
+        _pass_code(source, run.script, modules)
         env = dict(self._base_env)
         env.update(extra)
         argv = [self._python, "-c", BOOTSTRAP, run.script, run.cwd, MAGIC]
@@ -386,14 +398,31 @@ def _read_order() -> Order:
     return Order(*marshal.loads(b"".join(chunks)))
 
 
-def _pass_code(source: bytes, path: str) -> None:
-    """Leave the compiled script in the run memfd (fd 5) for the exec-mode bootstrap."""
+def _read_code(run: Order) -> tuple[bytes, Modules]:
+    """The script's source and a stored bundle's modules (nothing for a command actor)."""
+    if run.argv:
+        return b"", {}
+    with open(run.script, "rb") as f:
+        source = f.read()
+    folder = os.path.dirname(run.script)
+    modules: Modules = {}
+    for rel in run.modules:
+        path = os.path.join(folder, rel)
+        with open(path, "rb") as f:
+            name, package = module_name(rel)
+            modules[name] = (path, f.read(), package)
+    return source, modules
+
+
+def _pass_code(source: bytes, path: str, modules: Modules) -> None:
+    """Leave the compiled script, its source and the bundle's modules in the run memfd (fd 5)
+    for the exec-mode bootstrap."""
     os.ftruncate(RUN_FD, 0)
     try:
-        code = compile(source, path, "exec", dont_inherit=True)
+        code = marshal.dumps(compile(source, path, "exec", dont_inherit=True))
     except (SyntaxError, ValueError):
-        return  # the bootstrap compiles it again and reports the error as Python would
-    _write_all(RUN_FD, marshal.dumps(code))
+        code = b""  # the bootstrap compiles it again and reports the error as Python would
+    _write_all(RUN_FD, marshal.dumps((code, source, modules)))
 
 
 def _write_all(fd: int, data: bytes) -> None:

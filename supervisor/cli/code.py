@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +39,7 @@ from supervisor.code.records import (
     FILE_MISSING,
     MANUAL_DEPLOY,
     SYNCED,
+    UNVERSIONED,
     CodeChange,
     CodeRecorded,
     CodeVersion,
@@ -94,6 +96,7 @@ def add_code_commands(sub: Any) -> None:
     which = show.add_mutually_exclusive_group()
     which.add_argument("--version", help="a version tag (default: the active version)")
     which.add_argument("--history", help="a history id")
+    show.add_argument("--file", metavar="PATH", help="only this file of the bundle (relative)")
     _code_flags(show)
 
 
@@ -151,9 +154,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for actor in actors:
         state = stored.get(actor.name)
-        snap = read_snapshot(actor.script)
+        snap = read_snapshot(actor.script, scan=actor.python) if actor.versioned else None
         active_sha = state.script_code_hash if state and state.active_history_id else None
-        if snap is None:
+        if not actor.versioned:
+            status = UNVERSIONED
+        elif snap is None:
             status = FILE_MISSING
         else:
             status = SYNCED if snap.sha256 == active_sha else DRIFT_DETECTED
@@ -162,6 +167,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
                 "actor": actor.name,
                 "status": status,
                 "file_path": str(actor.script),
+                "files": list(snap.files) if snap else [],
                 "file_sha256": snap.sha256 if snap else None,
                 "active_sha256": active_sha,
                 "active_version": state.active_version if state else None,
@@ -230,13 +236,14 @@ def _deploy_one(
     """Record ``actor``'s file as a new version; with ``quiet`` (``--all``), a file that cannot
     be recorded is reported in the result instead of refusing the whole command."""
     try:
-        snap, text = _read(actor)
+        snap, text, others = _read(actor)
         recorded = store.record_code_version(
             CodeChange(
                 history_id=events.new_id(),
                 actor=actor.name,
                 script_code=text,
                 script_code_hash=snap.sha256,
+                bundle_files=others or None,
                 change_type=MANUAL_DEPLOY,
                 change_reason=args.changelog,
                 changed_by=args.by or os_user(),
@@ -259,12 +266,19 @@ def _deploy_one(
     return recorded_dict(actor.name, recorded)
 
 
-def _read(actor: ActorConfig) -> tuple[FileSnapshot, str]:
-    snap = read_snapshot(actor.script)
+def _read(actor: ActorConfig) -> tuple[FileSnapshot, str, dict[str, str]]:
+    """The actor's bundle as it is on disk: the snapshot, the entry's text, the others'."""
+    if not actor.versioned:
+        raise CommandRefused(
+            "not_versioned",
+            f"{actor.name}: its program {actor.script} lies outside the configuration's "
+            "folder, so it is not versioned",
+        )
+    snap = read_snapshot(actor.script, scan=actor.python)
     if snap is None:
         raise CommandRefused("file_missing", f"{actor.name}: no script file at {actor.script}")
     try:
-        return snap, snap.text()
+        return snap, snap.text(), snap.texts()
     except CodeError as exc:
         raise CommandRefused("not_text", str(exc)) from None
 
@@ -347,10 +361,12 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def _version_dict(version: CodeVersion, *, code: bool = False) -> dict[str, Any]:
+    """A version as ``--json`` prints it; without ``code``, its bundle's file names only."""
     data = asdict(version)
     data["active"] = version.is_active
     if not code:
-        del data["script_code"]
+        del data["script_code"], data["bundle_files"]
+        data["files"] = list(version.files(_entry_name(version)))
     return data
 
 
@@ -364,11 +380,27 @@ def cmd_show_code(args: argparse.Namespace) -> int:
     if version is None:
         which = args.version or args.history or "active"
         raise CommandRefused("not_found", f"{args.actor}: no {which} code version")
+    files = version.files(_entry_name(version))
+    if args.file is not None:
+        if args.file not in files:
+            raise CommandRefused(
+                "not_found",
+                f"{args.actor} {version.version_tag}: no file {args.file!r} in its bundle "
+                f"({', '.join(files)})",
+            )
+        files = {args.file: files[args.file]}
     if args.json:
-        print(orjson.dumps(_version_dict(version, code=True)).decode())
-    else:
-        sys.stdout.write(version.script_code)
+        print(orjson.dumps({**_version_dict(version, code=True), "files": files}).decode())
+    elif len(files) == 1:
+        sys.stdout.write(next(iter(files.values())))
+    else:  # the way head(1) shows several files
+        sys.stdout.write("\n".join(f"==> {rel} <==\n{code}" for rel, code in files.items()))
     return EXIT_OK
+
+
+def _entry_name(version: CodeVersion) -> str:
+    """The entry script's file name in a version's bundle."""
+    return Path(version.source_file_path).name if version.source_file_path else "script"
 
 
 # --- rollback ----------------------------------------------------------------------------------
@@ -392,7 +424,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(result).decode())
         return EXIT_OK
-    written = f"; wrote it to {actor.script}" if args.write_file else ""
+    count = 1 + len(target.bundle_files or {})
+    files = f"its {count} files beside {actor.script}" if count > 1 else f"it to {actor.script}"
+    written = f"; wrote {files}" if args.write_file else ""
     if recorded.version is None:
         print(
             f"{actor.name}: the code of {target.version_tag} is already active "

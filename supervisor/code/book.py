@@ -72,51 +72,60 @@ class RunCode:
     history_id: str | None
     source: str  # "file" or "database"
     refused: str | None = None  # why nothing can run: the attempt fails as file_missing
+    modules: tuple[str, ...] = ()  # stored code: the bundle's other files, beside ``script``
+    argv: tuple[str, ...] = ()  # a command actor: exec ``script`` with these arguments
 
 
 def sync_actor(
     cfg: ActorConfig, stored: CodeState | None, cache: Path, now: float
 ) -> tuple[ActorCode, list[Record]]:
     """The start-up sync of one actor: its code as the store and its file say, and the records
-    that bring the store up to date. Never raises for a missing or unreadable file."""
-    code = ActorCode(home=str(cfg.script.parent))
+    that bring the store up to date. Never raises for a missing or unreadable file.
+    A command actor whose program lies outside the configuration's folder is not versioned."""
+    code = ActorCode(home=str(cfg.workdir))
+    if not cfg.versioned:
+        return code, []
     text: str | None = None
+    others: dict[str, str] | None = None
     if stored is not None:
         code.synced_sha = stored.script_file_hash
         code.status = stored.script_sync_status or SYNCED
         if stored.active_history_id and stored.script_code is not None:
             code.history_id = stored.active_history_id
             code.code_sha256 = stored.script_code_hash or ""
-            text = stored.script_code
-    snap = read_snapshot(cfg.script)
+            text, others = stored.script_code, stored.bundle_files
+    snap = read_snapshot(cfg.script, scan=cfg.python)
     if snap is None:
         records = mark_missing(cfg, code, cache, now, always=True)
     else:
         records, fresh = reconcile(
             cfg, code, snap, now, auto_sync=cfg.sync != "manual", always=True, git=True
         )
-        text = fresh or text
+        if fresh is not None:
+            text, others = fresh.script_code, fresh.bundle_files
     if cfg.exec_mode != "file" and code.history_id is not None and text is not None:
-        code.cache_path = _materialize(cfg, cache, code.code_sha256, text)
+        _materialize(cfg, code, cache, text, others)
     return code, records
 
 
 def look(cfg: ActorConfig, code: ActorCode, cache: Path, now: float) -> list[Record]:
-    """The before-run check: microseconds when the file's stat key has not moved."""
-    key = current_key(cfg.script)
+    """The before-run check: microseconds when no stat key of the bundle's files has moved."""
+    if not cfg.versioned:
+        return []
+    key = current_key(code.paths or (str(cfg.script),))
     if key is not None and key == code.stat:
         return []
-    snap = read_snapshot(cfg.script) if key is not None else None
+    snap = read_snapshot(cfg.script, scan=cfg.python)
     if snap is None:
         return mark_missing(cfg, code, cache, now, always=False)
-    code.stat = snap.key
+    code.stat, code.paths = snap.key, snap.paths
     if snap.sha256 == code.seen_sha and code.status != FILE_MISSING:
         return []  # touched, not changed
-    records, text = reconcile(
+    records, change = reconcile(
         cfg, code, snap, now, auto_sync=cfg.sync == "before_run", always=False, git=False
     )
-    if text is not None and cfg.exec_mode != "file":
-        code.cache_path = _materialize(cfg, cache, code.code_sha256, text)
+    if change is not None and cfg.exec_mode != "file":
+        _materialize(cfg, code, cache, change.script_code, change.bundle_files)
     return records
 
 
@@ -129,26 +138,26 @@ def reconcile(
     auto_sync: bool,
     always: bool,
     git: bool,
-) -> tuple[list[Record], str | None]:
-    """Compare a fresh read of the file with the actor's code; update ``code`` and return the
-    records to write, and the new active code's text when a version was recorded.
+) -> tuple[list[Record], CodeChange | None]:
+    """Compare a fresh read of the bundle with the actor's code; update ``code`` and return
+    the records to write, and the new active version when one was recorded.
 
     ``auto_sync``: a file changed since its last sync becomes a new version. ``always``: write
     the sync columns even when the status did not change (start-up). ``git``: look up the
     file's commit (a subprocess: never on the loop).
     """
-    code.seen_sha, code.stat = snap.sha256, snap.key
-    code.home = str(cfg.script.parent)  # the folder is back, if it was gone
+    code.seen_sha, code.stat, code.paths = snap.sha256, snap.key, snap.paths
+    code.home = str(cfg.workdir)  # the folder is back, if it was gone
     if code.history_id is None:
         return _record(cfg, code, snap, INITIAL, now, "first seen", git=git)
     changed = snap.sha256 != code.synced_sha
     records: list[Record] = []
     if changed and auto_sync and snap.sha256 != code.code_sha256:
         records.append(_drift_event(cfg, code, snap, action="auto_sync"))
-        recorded, text = _record(
+        recorded, change = _record(
             cfg, code, snap, AUTO_SYNC, now, "the file changed since its last sync", git=git
         )
-        return records + recorded, text
+        return records + recorded, change
     status = status_of(snap.sha256, code.code_sha256)
     synced_now = changed and auto_sync  # the file went back to the active code
     if status == code.status and not always and not synced_now:
@@ -219,9 +228,9 @@ def _record(
     reason: str,
     *,
     git: bool,
-) -> tuple[list[Record], str | None]:
+) -> tuple[list[Record], CodeChange | None]:
     try:
-        text = snap.text()
+        text, others = snap.text(), snap.texts()
     except CodeError as exc:  # runs from the file still work; the store cannot hold it
         log.error("actor %s: cannot record its code: %s", cfg.name, exc)
         code.status = DRIFT_DETECTED
@@ -234,6 +243,7 @@ def _record(
         actor=cfg.name,
         script_code=text,
         script_code_hash=snap.sha256,
+        bundle_files=others or None,
         change_type=change_type,
         change_reason=reason,
         changed_by=CHANGED_BY,
@@ -249,7 +259,7 @@ def _record(
         "actor %s: recorded its code as a new version (%s)", cfg.name, change_type,
         extra={"actor": cfg.name, "history_id": change.history_id, "code_sha256": snap.sha256},
     )  # fmt: skip
-    return [change], text
+    return [change], change
 
 
 def _drift_event(cfg: ActorConfig, code: ActorCode, snap: FileSnapshot, *, action: str) -> Record:
@@ -265,12 +275,16 @@ def _drift_event(cfg: ActorConfig, code: ActorCode, snap: FileSnapshot, *, actio
     )
 
 
-def _materialize(cfg: ActorConfig, cache: Path, sha256: str, text: str) -> str | None:
+def _materialize(
+    cfg: ActorConfig, code: ActorCode, cache: Path, text: str, others: dict[str, str] | None
+) -> None:
+    """Write the active version's bundle to the cache; its runs then execute it from there."""
     try:
-        return str(materialize(cache, sha256, text))
+        code.cache_path = str(materialize(cache, code.code_sha256, cfg.script.name, text, others))
+        code.modules = tuple(sorted(others or ()))
     except (CodeError, OSError) as exc:
         log.error("actor %s: cannot materialize its stored code: %s", cfg.name, exc)
-        return None
+        code.cache_path, code.modules = None, ()
 
 
 class CodeBook:
@@ -308,12 +322,15 @@ class CodeBook:
     def for_run(self, actor: ActorRuntime) -> RunCode:
         """The code of the attempt about to be dispatched (its records are already queued)."""
         cfg, code = actor.config, actor.code
+        if not cfg.versioned:
+            return RunCode(str(cfg.script), code.home, "", None, FILE_SOURCE, argv=cfg.command)
         if cfg.exec_mode == "file" or cfg.sync == "before_run":
             self._put(look(cfg, code, self.cache, self._clock()))
         if cfg.exec_mode != "file" and code.cache_path is not None:
             return RunCode(
-                code.cache_path, code.home, code.code_sha256, code.history_id, DATABASE_SOURCE
-            )
+                code.cache_path, code.home, code.code_sha256, code.history_id, DATABASE_SOURCE,
+                modules=code.modules,
+            )  # fmt: skip
         script, home = str(cfg.script), code.home
         if cfg.exec_mode == "database":
             nothing = "no stored code for this actor (exec_mode = database): deploy it"
@@ -321,7 +338,7 @@ class CodeBook:
         sha = code.seen_sha or ""
         history_id = code.history_id if sha and sha == code.code_sha256 else None
         missing = f"script file {script} does not exist" if code.status == FILE_MISSING else None
-        return RunCode(script, home, sha, history_id, FILE_SOURCE, missing)
+        return RunCode(script, home, sha, history_id, FILE_SOURCE, missing, argv=cfg.command)
 
     def reconfigure(self, actor: ActorRuntime, before: ActorConfig | None) -> None:
         """After a reload: a new actor, or a new script, exec_mode or sync, is synced again."""
@@ -367,6 +384,6 @@ class CodeBook:
             self._writer.put(record)
 
 
-def _code_key(cfg: ActorConfig) -> tuple[Path, str, str]:
+def _code_key(cfg: ActorConfig) -> tuple[Path, str, str, tuple[str, ...]]:
     """What decides an actor's code: a change to any of these needs a new sync."""
-    return (cfg.script, cfg.exec_mode, cfg.sync)
+    return (cfg.script, cfg.exec_mode, cfg.sync, cfg.command)

@@ -23,6 +23,7 @@ CHANGE_TYPES = (INITIAL, MANUAL_DEPLOY, AUTO_SYNC, ROLLBACK)
 SYNCED = "synced"  # the file holds the active code
 DRIFT_DETECTED = "drift_detected"  # the file differs from the active code
 FILE_MISSING = "file_missing"  # the file is gone; the stored code is kept
+UNVERSIONED = "unversioned"  # `drift` only: a command whose program is outside the config's folder
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,8 +32,8 @@ class CodeVersion:
 
     history_id: str
     actor_id: str
-    script_code: str
-    script_code_hash: str
+    script_code: str  # the entry script's content
+    script_code_hash: str  # the bundle's hash (supervisor.code.bundle)
     change_type: str
     change_reason: str | None = None
     changed_by: str | None = None
@@ -43,10 +44,15 @@ class CodeVersion:
     git_commit_hash: str | None = None
     activated_at: float
     deactivated_at: float | None = None
+    bundle_files: dict[str, str] | None = None  # the bundle's other files: relative path -> code
 
     @property
     def is_active(self) -> bool:
         return self.deactivated_at is None
+
+    def files(self, entry: str) -> dict[str, str]:
+        """Every file of the version's bundle, the entry (named ``entry``) first."""
+        return {entry: self.script_code, **dict(sorted((self.bundle_files or {}).items()))}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +63,7 @@ class CodeState:
     exec_mode: str = "file"
     script_code: str | None = None
     script_code_hash: str | None = None
+    bundle_files: dict[str, str] | None = None  # the active version's other files
     active_history_id: str | None = None
     active_version: str | None = None
     script_file_path: str | None = None
@@ -68,7 +75,8 @@ class CodeState:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CodeChange:
-    """Make ``script_code`` the active version of ``actor``, as a new history row.
+    """Make ``script_code`` (with ``bundle_files``) the active version of ``actor``, as a new
+    history row.
 
     ``history_id`` is chosen by the writer (``events.new_id()``), so a run can name the code it
     uses before the row is committed, and a replayed change is recognized and skipped.
@@ -82,6 +90,7 @@ class CodeChange:
     actor: str
     script_code: str
     script_code_hash: str
+    bundle_files: dict[str, str] | None = None
     change_type: str
     change_reason: str | None = None
     changed_by: str | None = None

@@ -7,7 +7,7 @@ from typing import Any
 
 from supervisor import events
 from supervisor.code.records import ROLLBACK, CodeChange, CodeRecorded, CodeVersion
-from supervisor.code.sync import write_atomically
+from supervisor.code.sync import is_module_path, write_atomically
 from supervisor.errors import CommandRefused
 from supervisor.store.base import Store
 
@@ -25,7 +25,8 @@ def rollback(
     by: str,
 ) -> tuple[CodeVersion, CodeRecorded]:
     """Make the version ``to_version`` (or ``to_history``) of ``actor`` active again, as a new
-    ``rollback`` version; ``write_file``: also write its code to ``script`` first. The
+    ``rollback`` version; ``write_file``: also write its bundle back first (the entry to
+    ``script``, its modules beside it). The
     CLI and the HTTP API both roll back through here; the caller then asks a running
     supervisor to ``refresh`` the actor.
 
@@ -75,6 +76,30 @@ def recorded_dict(actor: str, recorded: CodeRecorded) -> dict[str, Any]:
     }
 
 
+def write_bundle(script: Path, version: CodeVersion) -> None:
+    """Write every file of ``version``'s bundle back: its entry to ``script``, the others
+    beside it, each atomically, keeping an existing file's mode and owner. The modules first,
+    so the entry never runs against helpers older than itself. Files the version does not
+    have are left alone (its entry does not import them).
+
+    :raises CommandRefused: ``bad_bundle``, a stored path that is not a plain module path.
+    """
+    others = version.bundle_files or {}
+    for rel in others:
+        if not is_module_path(rel):
+            raise CommandRefused("bad_bundle", f"stored bundle file {rel!r} is not a module path")
+    for rel, code in [*sorted(others.items()), ("", version.script_code)]:
+        path = script.parent / rel if rel else script
+        path.parent.mkdir(parents=True, exist_ok=True)
+        before = path.stat() if path.exists() else None
+        write_atomically(
+            path,
+            code.encode("utf-8"),
+            mode=before.st_mode & 0o7777 if before else 0o644,
+            owner=(before.st_uid, before.st_gid) if before else None,
+        )
+
+
 def _rollback_change(
     actor: str, target: CodeVersion, write_file: Path | None, *, reason: str | None, by: str
 ) -> CodeChange:
@@ -82,13 +107,7 @@ def _rollback_change(
     failure after it leaves a changed file that the next sync records, never a lie."""
     mtime = target.source_file_mtime
     if write_file is not None:
-        before = write_file.stat() if write_file.exists() else None
-        write_atomically(
-            write_file,
-            target.script_code.encode("utf-8"),
-            mode=before.st_mode & 0o7777 if before else 0o644,
-            owner=(before.st_uid, before.st_gid) if before else None,
-        )
+        write_bundle(write_file, target)
         mtime = write_file.stat().st_mtime
     why = f"rollback to {target.version_tag} (history {target.history_id})"
     return CodeChange(
@@ -96,6 +115,7 @@ def _rollback_change(
         actor=actor,
         script_code=target.script_code,
         script_code_hash=target.script_code_hash,
+        bundle_files=target.bundle_files,
         change_type=ROLLBACK,
         change_reason=f"{why}: {reason}" if reason else why,
         changed_by=by,

@@ -16,13 +16,15 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor.code.bundle import bundle_sha256, discover
 from supervisor.code.records import DRIFT_DETECTED, SYNCED
 from supervisor.errors import SupervisorError
 
@@ -37,6 +39,7 @@ GIT_TIMEOUT_S = 5.0
 _VERSION = re.compile(r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")
 
 StatKey = tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
+BundleKey = tuple[StatKey, ...]  # one per file of a bundle, in FileSnapshot.files order
 
 
 class CodeError(SupervisorError):
@@ -45,17 +48,33 @@ class CodeError(SupervisorError):
 
 @dataclass(frozen=True, slots=True)
 class FileSnapshot:
-    """A script file's content as read once, with its hash and the stat key it was read at."""
+    """An actor's code bundle as read once (:mod:`supervisor.code.bundle`): the entry file's
+    content, the other files', the bundle's hash and the stat key it was read at."""
 
-    path: Path
-    data: bytes
-    sha256: str
-    mtime: float
-    key: StatKey | None  # None: modified too recently to trust the key (see RACY_NS)
+    path: Path  # the entry file
+    data: bytes  # its content
+    sha256: str  # the bundle's hash (the entry's own when the bundle is the entry alone)
+    mtime: float  # the entry's mtime
+    key: BundleKey | None  # None: modified too recently to trust the key (see RACY_NS)
+    others: dict[str, bytes] = field(default_factory=dict)  # relative path -> content
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file of the bundle, relative to the entry's folder, the entry first."""
+        return (self.path.name, *sorted(self.others))
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every file of the bundle as an absolute path, in :attr:`files` order."""
+        return tuple(str(self.path.parent / rel) for rel in self.files)
 
     def text(self) -> str:
-        """The content as source text. :raises CodeError: not storable as text."""
+        """The entry's content as source text. :raises CodeError: not storable as text."""
         return decode_source(self.data, self.path)
+
+    def texts(self) -> dict[str, str]:
+        """The other files as text. :raises CodeError: one is not storable as text."""
+        return {rel: decode_source(data, rel) for rel, data in self.others.items()}
 
 
 @dataclass(eq=False)
@@ -75,7 +94,9 @@ class ActorCode:
     synced_sha: str | None = None
     seen_sha: str | None = None
     status: str = SYNCED
-    stat: StatKey | None = None
+    stat: BundleKey | None = None
+    paths: tuple[str, ...] = ()  # the bundle's files when last read (``stat``'s order)
+    modules: tuple[str, ...] = ()  # the materialized bundle's files besides its entry
 
 
 def sha256_hex(data: bytes) -> str:
@@ -86,32 +107,53 @@ def stat_key(st: os.stat_result) -> StatKey:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def current_key(path: Path) -> StatKey | None:
-    """The stat key of ``path`` now; None when it is missing (or not readable as a file)."""
+def current_key(paths: Sequence[str]) -> BundleKey | None:
+    """The stat key of a bundle's files (absolute paths, in :attr:`FileSnapshot.paths` order)
+    now; None when one is missing (or not readable as a file). Plain strings: this runs before
+    every dispatch of a ``before_run`` actor."""
     try:
-        return stat_key(os.stat(path))
+        return tuple([stat_key(os.stat(path)) for path in paths])
     except OSError:
         return None
 
 
-def read_snapshot(path: Path, *, clock_ns: Callable[[], int] = time.time_ns) -> FileSnapshot | None:
-    """Read and hash ``path``; None when it does not exist or cannot be read (logged).
+def read_snapshot(
+    path: Path, *, scan: bool = True, clock_ns: Callable[[], int] = time.time_ns
+) -> FileSnapshot | None:
+    """Read and hash the bundle of ``path``; None when the entry does not exist or cannot be
+    read (logged). ``scan``: follow its imports (a Python script); else the file alone.
 
-    ``clock_ns`` (wall clock, ns) decides whether the file changed too recently for its stat key
+    ``clock_ns`` (wall clock, ns) decides whether a file changed too recently for its stat key
     to be trusted (:data:`RACY_NS`); tests pass a later one instead of waiting."""
-    try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            data = handle.read()
-    except FileNotFoundError:
+    stats: dict[str, os.stat_result] = {}
+
+    def read(file: Path) -> bytes | None:
+        try:
+            with open(file, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read script %s: %s", file, exc)
+            return None
+        stats[os.path.relpath(file, path.parent)] = st
+        return data
+
+    entry = read(path)
+    if entry is None:
         return None
-    except OSError as exc:
-        log.warning("cannot read script %s: %s", path, exc)
-        return None
-    key: StatKey | None = stat_key(st)
-    if clock_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+    files = {path.name: entry}
+    if scan:
+        files = discover(path.parent, path.name, lambda f: entry if f == path else read(f))
+    now = clock_ns()
+    others = {rel: data for rel, data in files.items() if rel != path.name}
+    order = (path.name, *sorted(others))
+    st = stats[path.name]
+    key: BundleKey | None = tuple(stat_key(stats[rel]) for rel in order)
+    if any(now - max(s.st_mtime_ns, s.st_ctime_ns) < RACY_NS for s in stats.values()):
         key = None
-    return FileSnapshot(path, data, sha256_hex(data), st.st_mtime, key)
+    return FileSnapshot(path, entry, bundle_sha256(files, path.name), st.st_mtime, key, others)
 
 
 def decode_source(data: bytes, path: Path | str) -> str:
@@ -190,20 +232,52 @@ def make_cache(prefix: str = "actor-supervisor-code-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-def materialize(folder: Path, sha256: str, text: str) -> Path:
-    """``folder/<sha256>.py`` holding ``text``, written once, atomically (temp file + rename).
+def materialize(
+    folder: Path, sha256: str, entry: str, text: str, others: Mapping[str, str] | None = None
+) -> Path:
+    """``folder/<sha256>/`` holding the bundle (``entry`` and ``others``, relative path -> text),
+    written once, atomically (a temporary folder renamed); returns the entry's path there.
 
-    Content-addressed: two runs of the same code share the file and never race on it.
-    :raises CodeError: ``text`` does not hash to ``sha256`` (the store gave back other code).
+    Content-addressed: two runs of the same code share it and never race on it.
+    :raises CodeError: a path that is not a plain relative one, or files that do not hash to
+        ``sha256`` (the store gave back other code).
     """
-    path = folder / f"{sha256}.py"
-    if path.exists():
-        return path
-    data = text.encode("utf-8")
-    if sha256_hex(data) != sha256:
+    target = folder / sha256
+    if "/" in entry or entry in ("", ".", ".."):
+        raise CodeError(f"stored code has an invalid entry name {entry!r}")
+    if (target / entry).is_file():
+        return target / entry
+    files = {entry: text.encode("utf-8")}
+    for rel, body in (others or {}).items():
+        if not is_module_path(rel):
+            raise CodeError(f"stored code has an invalid module path {rel!r}")
+        files[rel] = body.encode("utf-8")
+    if bundle_sha256(files, entry) != sha256:
         raise CodeError(f"stored code does not match its hash {sha256[:12]}")
-    write_atomically(path, data, mode=0o600)
-    return path
+    if target.is_dir():  # the same code as another actor's single file, under another name
+        write_atomically(target / entry, files[entry], mode=0o600)
+        return target / entry
+    temp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{sha256[:12]}.", suffix=".tmp"))
+    try:
+        for rel, data in files.items():
+            dest = temp / rel
+            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        os.rename(temp, target)
+    except OSError:
+        shutil.rmtree(temp, ignore_errors=True)
+        if not target.is_dir():  # else another thread wrote the same bundle first
+            raise
+    return target / entry
+
+
+def is_module_path(rel: str) -> bool:
+    """A bundle's module path: ``name.py`` or ``pkg/.../name.py``, identifiers only."""
+    parts = rel.split("/")
+    stem, suffix = os.path.splitext(parts[-1])
+    return suffix == ".py" and all(p.isidentifier() for p in (*parts[:-1], stem))
 
 
 def write_atomically(

@@ -42,7 +42,7 @@ def version_json(version: CodeVersion, *, code: bool = False) -> dict[str, Any]:
     data = asdict(version)
     data["active"] = version.is_active
     if not code:
-        del data["script_code"]
+        del data["script_code"], data["bundle_files"]
     return data
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
+import orjson
+
 from supervisor import events
 from supervisor.code.records import (
     AUTO_SYNC,
@@ -38,6 +40,7 @@ EVENT_OF_CHANGE = {
 
 _COLUMNS = [f.name for f in fields(CodeVersion)]
 _TIMES = ("changed_at", "source_file_mtime", "activated_at", "deactivated_at")
+_JSON = "bundle_files"  # a JSON object in a text column
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM actor_code_history"
 _INSERT = (
     f"INSERT INTO actor_code_history ({', '.join(_COLUMNS)}) "
@@ -78,7 +81,7 @@ ON CONFLICT (name) DO UPDATE SET
 _STATE = """
 SELECT a.name, a.exec_mode, a.script_code, a.script_code_hash, a.active_history_id,
     h.version_tag, a.script_file_path, a.script_file_hash, a.script_file_mtime,
-    a.script_synced_at, a.script_sync_status
+    a.script_synced_at, a.script_sync_status, h.bundle_files
 FROM actors a LEFT JOIN actor_code_history h ON h.history_id = a.active_history_id
 """
 
@@ -143,6 +146,7 @@ def record_version(db: CodeDb, change: CodeChange) -> CodeRecorded:
         actor_id=change.actor,
         script_code=change.script_code,
         script_code_hash=change.script_code_hash,
+        bundle_files=change.bundle_files or None,
         change_type=change.change_type,
         change_reason=clean_text(change.change_reason),
         changed_by=clean_text(change.changed_by),
@@ -264,6 +268,7 @@ def code_states(db: CodeDb, actors: Sequence[str] | None) -> dict[str, CodeState
             active_history_id=row[4], active_version=row[5], script_file_path=row[6],
             script_file_hash=row[7], script_file_mtime=db.from_db(row[8]),
             script_synced_at=db.from_db(row[9]), script_sync_status=row[10],
+            bundle_files=_files(row[11]),
         )  # fmt: skip
     return states
 
@@ -274,11 +279,28 @@ def _find(db: CodeDb, where: str, *params: Any) -> CodeVersion | None:
 
 
 def _row(db: CodeDb, version: CodeVersion) -> list[Any]:
-    return [db.to_db(getattr(version, c)) if c in _TIMES else getattr(version, c) for c in _COLUMNS]
+    row = []
+    for column in _COLUMNS:
+        value = getattr(version, column)
+        if column in _TIMES:
+            value = db.to_db(value)
+        elif column == _JSON and value is not None:
+            value = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        row.append(value)
+    return row
 
 
 def _version(db: CodeDb, row: Sequence[Any]) -> CodeVersion:
     values = dict(zip(_COLUMNS, row, strict=True))
     for column in _TIMES:
         values[column] = db.from_db(values[column])
+    values[_JSON] = _files(values[_JSON])
     return CodeVersion(**values)
+
+
+def _files(text: str | None) -> dict[str, str] | None:
+    """A stored ``bundle_files`` value; None for a version of the entry script alone."""
+    if not text:
+        return None
+    files: dict[str, str] = orjson.loads(text)
+    return files or None

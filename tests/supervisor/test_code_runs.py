@@ -243,8 +243,9 @@ def test_database_mode_scripts_import_helpers_from_their_own_folder(
         outcome = submit(sup, mode)
         assert outcome.succeeded, outcome
         assert outcome.output["greeting"] == "hello Ada"
-        # it ran the materialized copy, named by its hash, not the file
-        assert Path(outcome.output["file"]).name == f"{outcome.code_sha256}.py"
+        # it ran the materialized copy, in a folder named by its bundle's hash, not the file
+        ran = Path(outcome.output["file"])
+        assert (ran.parent.name, ran.name) == (outcome.code_sha256, "main.py")
         assert outcome.code_source == "database"
 
     # an actor added by a reload loads its code off the loop; its first run waits for it

@@ -14,6 +14,7 @@ import pytest
 
 from supervisor.code import book as codebook
 from supervisor.code.book import look, sync_actor
+from supervisor.code.bundle import bundle_sha256
 from supervisor.code.records import CodeChange, CodeState, SyncUpdate
 from supervisor.code.sync import (
     RACY_NS,
@@ -108,16 +109,34 @@ def test_version_tags_increment_the_patch_and_skip_taken_ones() -> None:
 
 def test_materialized_code_is_content_addressed_atomic_and_private(tmp_path: Path) -> None:
     text = "print('cached')\n"
-    path = materialize(tmp_path, _sha(text), text)
-    assert path == tmp_path / f"{_sha(text)}.py" and path.read_text() == text
+    path = materialize(tmp_path, _sha(text), "job.py", text)
+    assert path == tmp_path / _sha(text) / "job.py" and path.read_text() == text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # scripts must not read others' code
     cache = make_cache()
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     cache.rmdir()
-    assert materialize(tmp_path, _sha(text), text) == path  # written once
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+    assert materialize(tmp_path, _sha(text), "job.py", text) == path  # written once
+    assert [p.name for p in tmp_path.iterdir()] == [_sha(text)]  # no temp folder left behind
+    # the same code as another actor's script of another name: beside it, in the same folder
+    assert materialize(tmp_path, _sha(text), "other.py", text) == path.with_name("other.py")
     with pytest.raises(CodeError, match="does not match its hash"):
-        materialize(tmp_path, _sha("other"), text)
+        materialize(tmp_path, _sha("other"), "x.py", text)
+
+
+def test_a_materialized_bundle_holds_every_file_and_refuses_paths_that_escape(
+    tmp_path: Path,
+) -> None:
+    others = {"phrases.py": "HI = 1\n", "pkg/__init__.py": "", "pkg/util.py": "X = 2\n"}
+    files = {"main.py": b"import phrases\n", **{k: v.encode() for k, v in others.items()}}
+    sha = bundle_sha256(files, "main.py")
+    path = materialize(tmp_path, sha, "main.py", "import phrases\n", others)
+    assert sorted(p.relative_to(path.parent).as_posix() for p in path.parent.rglob("*.py")) == [
+        "main.py", "phrases.py", "pkg/__init__.py", "pkg/util.py",
+    ]  # fmt: skip
+    assert (path.parent / "pkg" / "util.py").read_text() == "X = 2\n"
+    for bad in ("../evil.py", "/etc/evil.py", "pkg/../../x.py", "data.txt", "a-b.py"):
+        with pytest.raises(CodeError, match="invalid module path"):
+            materialize(tmp_path / "x", sha, "main.py", "", {bad: ""})
 
 
 def _git(folder: Path, *args: str) -> str:
@@ -201,7 +220,7 @@ def test_the_before_run_check_hashes_only_when_the_stat_key_moves(
     monkeypatch.setattr(
         codebook,
         "read_snapshot",
-        lambda p: reads.append(p) or real(p, clock_ns=lambda: later["ns"]),
+        lambda p, scan=True: reads.append(p) or real(p, scan=scan, clock_ns=lambda: later["ns"]),
     )
     code = ActorCode(home=str(tmp_path), history_id="h1", code_sha256=_sha("print('{}')\n"))
     code.synced_sha = code.code_sha256

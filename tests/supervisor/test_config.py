@@ -417,6 +417,60 @@ def test_a_missing_script_is_accepted_with_the_code_defaults(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (
+            'script = "scripts/job.py"\ncommand = ["/bin/true"]',
+            "actors[0] (x).command: give either `script` or `command`, not both",
+        ),
+        ("", "actors[0] (x).script: missing; every actor needs a `script` (a Python file) or a "),
+        ("command = []", "actors[0] (x).command: expected a non-empty array of strings"),
+        ('command = "/bin/true"', "actors[0] (x).command: expected a non-empty array of strings"),
+        ('command = ["/bin/echo", 3]', "actors[0] (x).command[1]: expected a string, got integer"),
+        ('command = [" "]', "actors[0] (x).command[0]: the program is empty"),
+        (
+            'command = ["no-such-program-here"]',
+            "actors[0] (x).command[0]: 'no-such-program-here' not found on PATH /nowhere",
+        ),
+        ('command = ["./scripts"]', "actors[0] (x).command[0]: not a regular file"),
+        (
+            'command = ["/bin/true"]\nexec_mode = "database"',
+            "actors[0] (x).exec_mode: a command actor runs its program file; exec_mode "
+            "'database' (stored code) applies to Python scripts only",
+        ),
+    ],
+)
+def test_command_actor_errors_are_precise(tmp_path: Path, keys: str, expected: str) -> None:
+    path = write(tmp_path, f'[[actors]]\nname = "x"\nenv = {{ PATH = "/nowhere" }}\n{keys}\n')
+    assert expected in error_of(path)
+
+
+def test_a_command_resolves_its_program_and_is_versioned_only_inside_the_config_folder(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        '[[actors]]\nname = "local"\ncommand = ["scripts/job.py", "--flag"]\n'
+        '[[actors]]\nname = "system"\ncommand = ["sh", "-c", "true"]\n'
+        '[[actors]]\nname = "py"\nscript = "scripts/job.py"\n',
+    )
+    actors = load_config(path, environ={}).actors
+    local, system, py = actors["local"], actors["system"], actors["py"]
+    assert (local.script, local.command) == (
+        tmp_path / "scripts/job.py",
+        ("scripts/job.py", "--flag"),
+    )
+    assert (local.versioned, local.workdir, local.python) == (True, tmp_path, False)
+    assert system.script.name == "sh" and system.script.is_absolute() and not system.versioned
+    assert (py.command, py.workdir, py.versioned, py.python) == (
+        (),
+        tmp_path / "scripts",
+        True,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
     ("environ", "expected"),
     [
         (

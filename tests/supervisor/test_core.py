@@ -369,7 +369,7 @@ def test_the_bundled_examples_run(public_tmp: Path, supervisors: Start) -> None:
             target.chmod(0o755)
         else:
             target.write_bytes(path.read_bytes())
-            target.chmod(0o644)
+            target.chmod(0o755 if path.stat().st_mode & 0o111 else 0o644)  # loadavg.sh runs
     sup = supervisors(config=public_tmp / "supervisor.toml")
     store = sup.store()
     try:
@@ -395,6 +395,9 @@ def test_the_bundled_examples_run(public_tmp: Path, supervisors: Start) -> None:
     with sup.client() as client:
         outcome = client.submit("greeter", {"name": "Ada", "language": "de"}, wait=True)
         assert isinstance(outcome, RunOutcome) and outcome.output == {"message": "Hallo, Ada!"}
+        load = client.submit("load", {}, wait=True)  # the shell command actor
+        assert isinstance(load, RunOutcome) and load.succeeded, load
+        assert set(load.output) == {"load1", "load5", "load15", "uptime_s"}
     assert sup.stop() == 0
     log = sup.log()
     assert "run succeeded actor=greeter" in log and "run failed_permanent actor=broken" in log

@@ -251,3 +251,25 @@ def test_timestamps_keep_microseconds(store: Store) -> None:
     (stored,) = store.code_history("backup")
     assert (stored.changed_at, stored.source_file_mtime) == (T0, pytest.approx(now, abs=1e-6))
     assert stored == recorded.version
+
+
+BUNDLE = {"phrases.py": "HI = 'hello'\n", "lib/__init__.py": ""}
+
+
+def test_a_bundle_round_trips_and_its_files_are_append_only_too(store: Store) -> None:
+    recorded = store.record_code_version(change("import phrases\n", bundle_files=BUNDLE))
+    assert recorded.version is not None and recorded.version.bundle_files == BUNDLE
+    (stored,) = store.code_history("backup")
+    assert stored == recorded.version
+    assert stored.files("main.py") == {
+        "main.py": "import phrases\n",
+        **dict(sorted(BUNDLE.items())),
+    }
+    assert store.load_code_states(["backup"])["backup"].bundle_files == BUNDLE
+    refused = (sqlite3.DatabaseError, psycopg.Error)
+    with _raw(store) as sql, pytest.raises(refused, match="append-only"):
+        sql('UPDATE actor_code_history SET bundle_files = \'{"phrases.py": "evil"}\'')
+    assert store.code_history("backup")[0].bundle_files == BUNDLE
+    # the same entry with another helper is another version; the entry alone has no bundle
+    assert store.record_code_version(change("import phrases\n", script_code_hash="b2")).version
+    assert store.code_history("backup")[0].bundle_files is None

@@ -2,6 +2,7 @@
 build matches what the store code expects (Procrastinate's migration tests, for SQLite)."""
 
 import dataclasses
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from supervisor.alerts.records import AlertRecord
-from supervisor.code.records import CodeVersion
+from supervisor.code.book import sync_actor
+from supervisor.code.records import CodeChange, CodeVersion
+from supervisor.config import load_config
 from supervisor.records import ActorRecord, Event, RunRecord, TaskState
 from supervisor.store.base import SchemaTooNew, StoreError
 from supervisor.store.migrations import (
@@ -43,8 +46,20 @@ def now() -> str:
     return to_text(time.time())
 
 
-ALL = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts"]  # in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts")]
+ALL = [
+    "0001_initial",
+    "0002_code_history",
+    "0003_lease",
+    "0004_alerts",
+    "0005_code_bundles",
+]  # in order
+APPLIED = [
+    (1, "0001_initial"),
+    (2, "0002_code_history"),
+    (3, "0003_lease"),
+    (4, "0004_alerts"),
+    (5, "0005_code_bundles"),
+]
 
 
 _SCHEMA_MIGRATIONS = (
@@ -136,7 +151,7 @@ def test_database_with_a_future_version_is_refused(tmp_path: Path) -> None:
         store.close()
 
     message = str(raised.value)
-    assert "version 42" in message and "up to 4" in message
+    assert "version 42" in message and "up to 5" in message
 
 
 def test_future_version_is_refused_before_applying_anything(tmp_path: Path) -> None:
@@ -381,3 +396,45 @@ def test_query_shapes_use_their_index(catalog: sqlite3.Connection, query: str, i
     plan = " | ".join(row[3] for row in catalog.execute(f"EXPLAIN QUERY PLAN {query}"))
     catalog.close()
     assert f"INDEX {index}" in plan, plan
+
+
+def test_single_file_versions_recorded_before_bundles_stay_synced_after_0005(
+    tmp_path: Path,
+) -> None:
+    """A database at 0004 with a version of a plain script: after 0005 it reads back as a
+    bundle of that script alone, whose hash is still the file's, so the start-up sync finds
+    the file in sync and records nothing new."""
+    script = tmp_path / "job.py"
+    script.write_text("print('{}')\n")
+    (tmp_path / "s.toml").write_text('[[actors]]\nname = "job"\nscript = "job.py"\n')
+    cfg = load_config(tmp_path / "s.toml", environ={}).actors["job"]
+    db = tmp_path / "store.db"
+    conn = connect(db)
+    apply_sqlite(conn, [m for m in load_migrations("sqlite") if m.version <= 4], now=now)
+    conn.close()
+    old = SqliteStore(db)
+    try:
+        # an 0004 store writes without the column: the row is inserted by hand, as 0004 had it
+        digest = hashlib.sha256(script.read_bytes()).hexdigest()
+        raw = connect(db)
+        raw.execute(
+            "INSERT INTO actor_code_history (history_id, actor_id, script_code, script_code_hash,"
+            " change_type, changed_at, version_tag, activated_at) VALUES "
+            "('h1', 'job', ?, ?, 'initial', ?, '1.0.0', ?)",
+            (script.read_text(), digest, now(), now()),
+        )
+        raw.execute(
+            "INSERT INTO actors (name, script_path, code_sha256, created_at, updated_at, "
+            "script_code, script_code_hash, active_history_id, script_file_hash, "
+            "script_sync_status) VALUES ('job', ?, ?, ?, ?, ?, ?, 'h1', ?, 'synced')",
+            (str(script), digest, now(), now(), script.read_text(), digest, digest),
+        )
+        raw.close()
+        assert old.migrate() == ["0005_code_bundles"]
+        (version,) = old.code_history("job")
+        assert (version.bundle_files, version.script_code_hash) == (None, digest)
+        code, records = sync_actor(cfg, old.load_code_states(["job"])["job"], tmp_path, time.time())
+        assert (code.history_id, code.status) == ("h1", "synced")
+        assert not [r for r in records if isinstance(r, CodeChange)]  # no new version
+    finally:
+        old.close()

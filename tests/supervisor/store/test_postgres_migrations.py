@@ -30,8 +30,20 @@ def applied_rows(database: str) -> list[tuple[object, ...]]:
         return conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
 
 
-ALL = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts"]  # in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts")]
+ALL = [
+    "0001_initial",
+    "0002_code_history",
+    "0003_lease",
+    "0004_alerts",
+    "0005_code_bundles",
+]  # in order
+APPLIED = [
+    (1, "0001_initial"),
+    (2, "0002_code_history"),
+    (3, "0003_lease"),
+    (4, "0004_alerts"),
+    (5, "0005_code_bundles"),
+]
 
 
 def test_migrate_applies_once_and_then_nothing(pg_empty_database: str) -> None:
@@ -107,7 +119,7 @@ def test_database_with_a_future_version_is_refused(pg_database: str) -> None:
             store.migrate()
     finally:
         store.close()
-    assert "version 42" in str(raised.value) and "up to 4" in str(raised.value)
+    assert "version 42" in str(raised.value) and "up to 5" in str(raised.value)
 
 
 _SCHEMA_MIGRATIONS = (
