@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -40,6 +41,15 @@ def measure_actors(args: argparse.Namespace) -> dict[str, Any]:
     idle = measure_idle(args, args.scale_actors)
     burst = measure_burst(args, min(args.scale_actors, args.burst))
     return {"actors": args.scale_actors, "idle": idle, "burst": burst}
+
+
+def _profile(args: argparse.Namespace, phase: str) -> str | None:
+    """``--profile sup.prof``: the idle phase's supervisor writes sup.idle.prof, the burst's
+    sup.burst.prof."""
+    if not args.profile:
+        return None
+    path = Path(args.profile)
+    return str(path.with_name(f"{path.stem}.{phase}{path.suffix}"))
 
 
 # --- idle --------------------------------------------------------------------------------------
@@ -123,7 +133,8 @@ def measure_idle(args: argparse.Namespace, count: int) -> dict[str, Any]:
     with BenchSupervisor(
         workers=args.workers, concurrency=args.concurrency, mode=args.mode,
         database=args.database, actors=idle_actors(count, now),
-        settings=f"queue_size = {max(10000, count)}", profile=args.profile, keep=args.keep,
+        settings=f"queue_size = {max(10000, count)}", profile=_profile(args, "idle"),
+        keep=args.keep,
     ) as sup:  # fmt: skip
         seed_intervals(sup, count, now)
         sup.start()
@@ -174,7 +185,8 @@ def measure_burst(args: argparse.Namespace, count: int) -> dict[str, Any]:
     with BenchSupervisor(
         workers=args.workers, concurrency=args.concurrency, mode=args.mode,
         database=args.database, actors=burst_actors(count, due),
-        settings=f"queue_size = {max(10000, count)}", profile=args.profile, keep=args.keep,
+        settings=f"queue_size = {max(10000, count)}", profile=_profile(args, "burst"),
+        keep=args.keep,
     ) as sup:  # fmt: skip
         sup.start()
         startup_s = sup.wait_ready(timeout_s=args.fire_delay)
