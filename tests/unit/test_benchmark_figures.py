@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from modes import counts  # noqa: E402
-from progress import Progress  # noqa: E402
-from scale import lateness  # noqa: E402
+from modes import counts
+from progress import Progress
+from scale import lateness
 
 DUE = 1_000.0
 
