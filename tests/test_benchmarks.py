@@ -33,7 +33,7 @@ def bench(*flags: str, timeout: float = 150) -> tuple[dict[str, Any], str]:
 @pytest.mark.timeout(180)
 def test_actors_reports_idle_figures_and_the_lateness_of_every_run_of_a_burst() -> None:
     report, stderr = bench(
-        "--actors", "30", "--burst", "12", "--idle-seconds", "1", "--fire-delay", "6",
+        "--actors", "30", "--burst", "12", "--idle-seconds", "1", "--fire-delay", "5",
         "--concurrency", "2",
     )  # fmt: skip
     idle, burst = report["idle"], report["burst"]
