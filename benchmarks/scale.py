@@ -138,7 +138,7 @@ def measure_idle(args: argparse.Namespace, count: int) -> dict[str, Any]:
     ) as sup:  # fmt: skip
         seed_intervals(sup, count, now)
         sup.start()
-        startup_s = sup.wait_ready(timeout_s=SETTLE_MAX_S)
+        startup_s = sup.wait_ready(timeout_s=max(SETTLE_MAX_S, count * 0.03))
         proc = sup.process()
         print(f"idle: {count:,} actors, ready in {startup_s:.2f} s; settling", file=sys.stderr)
         settle_s = _settle(proc)
