@@ -52,9 +52,11 @@ def run_sweep(args: argparse.Namespace, swept: str) -> int:
     else:
         other = "clients" if swept == "workers" else "workers"
         keys = (swept, other, "runs", "runs_per_s", "p50_ms", "p99_ms", "failures")
-        print("  ".join(f"{k:>10}" for k in keys))
+        cpu = all("cpu_ms_per_run" in p for p in points)  # all processes' CPU ms per run
+        print("  ".join(f"{k:>10}" for k in keys) + ("  cpu_ms/run" if cpu else ""))
         for point in points:
-            print("  ".join(f"{point.get(k)!s:>10}" for k in keys))
+            line = "  ".join(f"{point.get(k)!s:>10}" for k in keys)
+            print(line + (f"  {point['cpu_ms_per_run'].get('total')!s:>10}" if cpu else ""))
     return 0
 
 
