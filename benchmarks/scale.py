@@ -137,6 +137,7 @@ def measure_idle(args: argparse.Namespace, count: int) -> dict[str, Any]:
         keep=args.keep,
     ) as sup:  # fmt: skip
         seed_intervals(sup, count, now)
+        runs_before = sup.query("SELECT count(*) FROM runs")[0][0]
         sup.start()
         startup_s = sup.wait_ready(timeout_s=max(SETTLE_MAX_S, count * 0.03))
         proc = sup.process()
@@ -152,7 +153,7 @@ def measure_idle(args: argparse.Namespace, count: int) -> dict[str, Any]:
         cpu, tree = _cpu_s(proc) - cpu, _tree_cpu_s(proc) - tree
         progress.close()
         rss = proc.memory_info().rss
-        fired = sup.query("SELECT count(*) FROM runs")[0][0]
+        fired = sup.query("SELECT count(*) FROM runs")[0][0] - runs_before
         return {
             "actors": count,
             "startup_s": round(startup_s, 3),
@@ -228,6 +229,8 @@ def _burst(args: argparse.Namespace, count: int, delay: float) -> dict[str, Any]
 
 def _wait_finished(sup: BenchSupervisor, count: int, due: float, timeout_s: float) -> None:
     """Poll the store (not ``status``: that would cost the loop) until every run finished."""
+    finished = "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL"
+    before = sup.query(finished)[0][0]  # a PostgreSQL store may hold earlier benchmarks' runs
     time.sleep(max(0.0, due - time.time()))
     progress = Progress(count, what="burst runs")
     deadline = due + timeout_s
@@ -235,7 +238,7 @@ def _wait_finished(sup: BenchSupervisor, count: int, due: float, timeout_s: floa
         while time.time() < deadline:
             if sup.proc is not None and sup.proc.poll() is not None:
                 raise BenchError(f"the supervisor exited: {sup.log_tail()}")
-            done = sup.query("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL")[0][0]
+            done = sup.query(finished)[0][0] - before
             progress.update(done)
             if done >= count:
                 return

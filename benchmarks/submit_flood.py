@@ -80,6 +80,7 @@ def measure_flood(args: argparse.Namespace) -> dict[str, Any]:
         sup.wait_ready(timeout_s=120)
         sup.wait_workers(timeout_s=120)
         proc = sup.process()
+        runs_before = sup.query("SELECT count(*) FROM runs")[0][0]  # PostgreSQL: earlier runs
         ctx = multiprocessing.get_context("fork")
         done = ctx.Array("q", clients, lock=False)
         results = ctx.Queue()
@@ -106,7 +107,7 @@ def measure_flood(args: argparse.Namespace) -> dict[str, Any]:
             monitor.stop()
             for p in procs:
                 p.join(10)
-        queued = sup.query("SELECT count(*) FROM runs")[0][0]
+        queued = sup.query("SELECT count(*) FROM runs")[0][0] - runs_before
         peak_hwm = peak_rss_mb(proc)
         with Client(sup.endpoint, timeout_s=30) as client:
             counters = client.status()["counters"]
