@@ -62,7 +62,8 @@ class BenchSupervisor:
         profile: str | None = None,
         keep: bool = False,
     ) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="actor-supervisor-bench-"))
+        # not /tmp/actor-supervisor-*: that is where supervisors' runtime folders are swept
+        self.folder = Path(tempfile.mkdtemp(prefix="bench-supervisor-"))
         self.endpoint = f"ipc://{self.folder}/control.sock"
         self.database = database or "sqlite:state/bench.db"
         self.workers = workers
@@ -182,7 +183,10 @@ kill_grace_s = 1
         return psutil.Process(self.proc.pid)
 
     def log_tail(self, lines: int = 20) -> str:
-        text = (self.folder / "supervisor.log").read_text(errors="replace")
+        try:
+            text = (self.folder / "supervisor.log").read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
         return "\n".join(text.splitlines()[-lines:])
 
     def store_url(self) -> str:
