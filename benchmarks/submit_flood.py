@@ -104,6 +104,9 @@ def measure_flood(args: argparse.Namespace) -> dict[str, Any]:
             stop.set()
             watcher.join()
             progress.close()
+            deadline = time.monotonic() + 2  # a flood shorter than the sampling period:
+            while not monitor.latencies and time.monotonic() < deadline:  # one sample at least
+                time.sleep(0.02)
             monitor.stop()
             for p in procs:
                 p.join(10)
