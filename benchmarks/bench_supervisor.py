@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import psutil
-from profiling import supervisor_command
+from profiling import supervisor_command, wait_samplers
 
 from protocol.client import Client, ClientError
 
@@ -157,6 +157,7 @@ kill_grace_s = 1
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
+        wait_samplers()
         self._log.close()
         self._notify.close()
         return code

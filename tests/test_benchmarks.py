@@ -6,6 +6,7 @@ kept out of pass/fail tests); that every mode runs to the end and reports consis
 import json
 import os
 import pstats
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,19 @@ def test_profile_writes_a_cprofile_file_of_the_supervisor_and_says_how_to_read_i
     stats = pstats.Stats(str(profile))
     functions = {name for _, _, name in stats.stats}  # type: ignore[attr-defined]
     assert "_loop" in functions  # the supervisor's main loop, profiled
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(
+    not (Path(sys.executable).with_name("py-spy").exists() or shutil.which("py-spy")),
+    reason="py-spy is not installed (the 'profile' extra)",
+)
+def test_profile_to_an_svg_samples_the_supervisor_with_py_spy(tmp_path: Path) -> None:
+    flame = tmp_path / "supervisor.svg"
+    report, stderr = bench("--flood", "300", "--queue-size", "50", "--profile", str(flame))
+    assert report["accepted"] > 0
+    assert "sampling the supervisor with py-spy" in stderr
+    assert flame.read_text().lstrip().startswith("<?xml") and "_loop" in flame.read_text()
 
 
 def test_bad_sweeps_are_refused_with_a_reason() -> None:
