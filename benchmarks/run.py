@@ -116,6 +116,8 @@ def measure_ceiling(mode: str, parallel: int, runs: int, script: Path, python: s
 
 
 def _write_config(folder: Path, args: argparse.Namespace, http_port: int | None = None) -> Path:
+    from bench_supervisor import uid_block  # not the default uids: a supervisor may hold them
+
     scripts = folder / "scripts"
     scripts.mkdir(parents=True)
     (scripts / "noop.py").write_text(NOOP_SCRIPT)
@@ -131,6 +133,7 @@ mode = "{args.mode}"
 database = "{args.database or "sqlite:state/bench.db"}"
 log_level = "warning"
 queue_size = 100000
+run_as_range = "{uid_block(args.workers * args.concurrency)}"
 http_listen = "{f"127.0.0.1:{http_port}" if http_port else ""}"
 
 [[actors]]
@@ -200,14 +203,18 @@ def _wait_ready(config: Path, workers: int, proc: subprocess.Popen[bytes]) -> di
 
 
 def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    from profiling import supervisor_command
+    from progress import planned_runs, watch_runs
+
     http_port = _free_port() if args.http else None
     config = _write_config(folder, args, http_port)
     log = open(folder / "supervisor.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config)],
+        supervisor_command(config, args.profile),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    watch_runs(config, planned_runs(args), proc)  # the progress line, on stderr
     try:
         status = _wait_ready(config, args.workers, proc)
         ctx = multiprocessing.get_context("fork")
@@ -476,11 +483,15 @@ def measure_store(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import modes
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3000, help="runs to submit in all")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=modes.counts, default=2, help="a list sweeps: 1,2,4")
     parser.add_argument("--concurrency", type=int, default=1, help="runs in flight per worker")
-    parser.add_argument("--clients", type=int, default=0, help="default: workers x concurrency x 2")
+    parser.add_argument(
+        "--clients", type=modes.counts, default=0, help="default: workers x concurrency x 2"
+    )
     parser.add_argument("--mode", choices=("fork", "exec"), default="fork")
     parser.add_argument("--database", help="store URL (default: SQLite in the temp folder)")
     parser.add_argument("--ceiling-runs", type=int, default=0, help="default: --runs")
@@ -490,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="turn the HTTP server on and scrape /metrics every second",
     )
-    parser.add_argument("--actors", type=int, default=0, help="extra on-demand actors to configure")
+    parser.add_argument(
+        "--extra-actors", dest="actors", type=int, default=0, help="on-demand actors to add"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, db)")
     store = parser.add_argument_group("--store-only")
     store.add_argument("--store-only", action="store_true", help="measure the store alone")
@@ -515,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="time",
         help="event and run ids: time-ordered (what the supervisor makes) or random",
     )
+    modes.add_arguments(parser)
     return parser
 
 
@@ -550,6 +564,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.store_only:
         return _store_only(args)
+    import modes
+
+    if (code := modes.run(args)) is not None:  # --actors, --flood, a sweep
+        return code
     from supervisor.store.urls import redact_url
 
     args.clients = args.clients or args.workers * args.concurrency * 2

@@ -39,6 +39,7 @@ _E2E_MODULES = frozenset(
         "tests/supervisor/test_retries.py",
         "tests/supervisor/test_scheduler.py",
         "tests/supervisor/test_store_faults.py",
+        "tests/test_benchmarks.py",
     }
 )
 # Fixtures that start a supervisor: a test using one is e2e wherever it lives.
