@@ -195,7 +195,9 @@ def test_a_cancel_is_cancelled_however_the_run_then_ended() -> None:
         outcome = classify(status, b"{}", killed=Reason.CANCELLED)
         assert (outcome.status, outcome.reason, outcome.output) == ("cancelled", "cancelled", None)
     forced = classify(killed_by(signal.SIGKILL), b"", killed=Reason.CANCELLED)
-    assert forced.error == "cancelled by an operator while running; killed with SIGKILL"
+    assert forced.error == (
+        "cancelled by an operator while running; killed with SIGKILL after the grace period"
+    )
 
 
 def test_our_kills_win_over_every_note() -> None:
