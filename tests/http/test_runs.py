@@ -1,6 +1,8 @@
 """Runs through the HTTP API: the run document ``show --json`` prints, rerun and cancel, and
 ids by unique prefix, resolved by the same store method as the CLI's."""
 
+import re
+
 import httpx
 import orjson
 import pytest
@@ -67,6 +69,21 @@ def test_the_run_document_rerun_and_cancel(http_sup: HttpSupervisor) -> None:
     refused = http.post(f"/api/v1/runs/{slow}/cancel")
     problem(refused, 409, "not_cancellable")
     assert "cancelled" in refused.json()["detail"]
+
+    # the run page's buttons: forms with the page's CSRF token, as a browser posts them
+    page = http.get(f"/runs/{first}")
+    assert page.status_code == 200 and f"/ui/runs/{first}/rerun" in page.text
+    assert f"/ui/runs/{first}/cancel" not in page.text  # finished: nothing to cancel
+    assert f'href="/runs/{new}"' in page.text  # its rerun
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    problem_page = http.post(f"/ui/runs/{first}/rerun", data={})
+    assert problem_page.status_code == 403  # no CSRF token: refused
+    clicked = http.post(f"/ui/runs/{first}/rerun", data={"csrf": csrf.group(1)})
+    assert clicked.status_code == 303, clicked.text
+    again = clicked.headers["location"].removeprefix("/runs/")
+    assert again != first and http.get(f"/api/v1/runs/{again}").json()["rerun_of"] == first
+    assert f"/runs/{first}" in http.get(f"/runs/{again}").text
 
     paths = http.get("/api/v1/openapi.json").json()["paths"]
     for path in ("/runs/{run_id}/rerun", "/runs/{run_id}/cancel"):
