@@ -26,6 +26,8 @@ from supervisor.records import Event, RunRecord
 from supervisor.status import iso
 
 ERROR_CHARS = 60  # of an attempt's error in `history`'s table
+EVENTS_LIMIT = 1000
+FOLLOW_BACKLOG = 20  # like tail -f: the last few, then what comes
 
 
 def add_read_commands(sub: Any) -> None:
@@ -43,7 +45,10 @@ def add_read_commands(sub: Any) -> None:
     group.add_argument("--actor", help="events of one actor (not of its runs)")
     group.add_argument("--correlation", help="events with this correlation id")
     events_cmd.add_argument("--since", help="ISO-8601 time or epoch seconds")
-    events_cmd.add_argument("--limit", type=count, default=1000)
+    events_cmd.add_argument(
+        "--limit", type=count, help=f"at most this many (default {EVENTS_LIMIT}; "
+        f"{FOLLOW_BACKLOG} before --follow streams)",
+    )  # fmt: skip
     order = events_cmd.add_mutually_exclusive_group()
     order.add_argument(
         "--oldest-first", "--reverse", dest="oldest_first", action="store_true",
@@ -142,11 +147,12 @@ def cmd_events(args: argparse.Namespace) -> int:
             filters.update(correlation_id=args.correlation)
         if args.follow:
             return _follow(store, filters, args)
+        limit = args.limit or EVENTS_LIMIT
         if args.oldest_first:
-            found: list[Event] = store.list_events(**filters, limit=args.limit)
+            found: list[Event] = store.list_events(**filters, limit=limit)
         else:
             before = args.before and store.resolve_id("event", args.before)
-            found = store.find_events(**filters, before=before, limit=args.limit)
+            found = store.find_events(**filters, before=before, limit=limit)
     finally:
         store.close()
     if args.json:
@@ -172,7 +178,7 @@ FOLLOW_PAGE = 1000
 def _follow(store: Any, filters: dict[str, Any], args: argparse.Namespace) -> int:
     """``events --follow``: the newest ``--limit`` events, oldest first, then every event as it
     is committed, polling the store by time; until Ctrl-C (exit 130) or a closed pipe."""
-    recent: list[Event] = store.find_events(**filters, limit=args.limit)
+    recent: list[Event] = store.find_events(**filters, limit=args.limit or FOLLOW_BACKLOG)
     seen: dict[str, float] = {}
     cursor = recent[0].created_at if recent else time.time()
     _emit(args, reversed(recent), seen)
