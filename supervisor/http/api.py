@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from protocol.client import Accepted, RunOutcome
+from protocol.outcomes import RunStatus
 from supervisor.code import rollback as code_rollback
 from supervisor.errors import CommandRefused
 from supervisor.http.auth import require_token
@@ -39,7 +40,7 @@ MAX_BODY_BYTES = 1 << 20
 MAX_WAIT_S = 600.0
 CANCEL_WAIT_S = 60.0  # a running run gets kill_grace_s after TERM; its result follows the KILL
 ACTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-STATUSES = ("queued", "running", "succeeded", "failed_retryable", "failed_permanent")
+STATUSES = tuple(s.value for s in RunStatus)  # queued, running, succeeded, ..., cancelled
 
 
 def backend_of(request: Request) -> Backend:
