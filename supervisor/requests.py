@@ -288,8 +288,10 @@ class Requests:
                 self.sup.writer.put(event)
 
     def _cancel(self, waiter: Waiter, message: Cancel) -> None:
-        """``cancelling`` now, the run's outcome once it is committed (see RunBook.cancel)."""
-        active = self.sup.book.cancel(message.run_id, waiter)
+        """``cancelling`` now, the run's outcome once it is committed (see RunBook.cancel).
+        ``cancelling`` goes first: the writer thread may commit the outcome, and the run book
+        deliver it, before RunBook.cancel even returns."""
+        active = self.sup.book.runs.get(message.run_id)
         if active is None:
             self.sup.control.reply_error(
                 waiter,
@@ -298,10 +300,11 @@ class Requests:
                 "(or is not a run of this supervisor)",
             )
             return
-        record = active.record
+        worker_id, attempt = active.worker_id, active.record.attempt
         self.sup.control.reply(
-            waiter, "cancelling", {"run_id": record.run_id, "attempt": record.attempt,
-                                   "was": "running" if active.worker_id else "queued"},
+            waiter, "cancelling", {"run_id": active.run_id, "attempt": attempt,
+                                   "was": "running" if worker_id else "queued"},
         )  # fmt: skip
-        if active.worker_id is not None:
-            self.sup.kill_on_worker(active.worker_id, record.run_id, record.attempt)
+        self.sup.book.cancel(active.run_id, waiter)
+        if worker_id is not None:
+            self.sup.kill_on_worker(worker_id, active.run_id, attempt)

@@ -37,12 +37,23 @@ def event_json(event: Event) -> dict[str, Any]:
     return asdict(event)
 
 
+def _version_tags(store: Store, actor: str, history_ids: set[str | None]) -> dict[str | None, str]:
+    """The version tag (``1.0.3``) of each code version the attempts ran: one lookup each."""
+    tags: dict[str | None, str] = {}
+    for history_id in history_ids:
+        version = history_id and store.code_version(actor, history_id=history_id)
+        if version:
+            tags[history_id] = version.version_tag
+    return tags
+
+
 def run_document(store: Store, run_id: str) -> dict[str, Any] | None:
     """The whole story of ``run_id`` (a full id), or None when no attempt of it is recorded.
 
     The top level repeats the last attempt's outcome (``status``, ``reason``, ``error``,
     ``output``, ``stderr_tail``); ``rerun_of`` names the run this one repeats, ``reruns`` the
-    runs that repeat it (both from the ``run_rerun`` / ``rerun_queued`` events)."""
+    runs that repeat it (both from the ``run_rerun`` / ``rerun_queued`` events). Each attempt
+    adds ``code_version``: the version tag of the code it ran."""
     attempts = sorted(store.list_runs(run_id=run_id, limit=MAX_ATTEMPTS), key=lambda r: r.attempt)
     if not attempts:
         return None
@@ -52,6 +63,7 @@ def run_document(store: Store, run_id: str) -> dict[str, Any] | None:
         (e.metadata.get("rerun_of") for e in found if e.event_type == "run_rerun"), None
     )
     reruns = [e.metadata.get("rerun_run_id") for e in found if e.event_type == "rerun_queued"]
+    tags = _version_tags(store, last.actor, {r.code_history_id for r in attempts})
     return {
         "run_id": run_id,
         "actor": last.actor,
@@ -66,6 +78,8 @@ def run_document(store: Store, run_id: str) -> dict[str, Any] | None:
         "finished_at": last.finished_at if last.is_final else None,
         "rerun_of": rerun_of,
         "reruns": reruns,
-        "attempts": [attempt_json(r) for r in attempts],
+        "attempts": [
+            {**attempt_json(r), "code_version": tags.get(r.code_history_id)} for r in attempts
+        ],
         "events": [event_json(e) for e in found],
     }

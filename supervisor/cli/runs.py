@@ -131,7 +131,8 @@ def _print_attempt(a: dict[str, Any]) -> None:
     )
     code = (a["code_sha256"] or "-")[:12]
     if a["code_history_id"]:
-        code += f" (history {a['code_history_id']}, {a['code_source']})"
+        tag = f"version {a['code_version']}, " if a["code_version"] else ""
+        code += f" ({tag}history {a['code_history_id']}, {a['code_source']})"
     print(f"  worker {a['worker_id'] or '-'}  code {code}")
     if a["error"]:
         error = a["error"] if len(a["error"]) <= ERROR_CHARS else a["error"][:ERROR_CHARS] + "..."

@@ -164,6 +164,7 @@ def test_show_tells_a_failed_then_retried_run_by_a_prefix(sup: RunningSupervisor
     assert (second["status"], second["exit_code"], second["trigger"]) == ("succeeded", 0, "retry")
     for attempt in (first, second):
         assert attempt["worker_id"] and attempt["code_sha256"] and attempt["code_history_id"]
+        assert attempt["code_version"] == "1.0.0"
         assert attempt["queued_at"] <= attempt["started_at"] <= attempt["finished_at"]
     assert doc["input"] == {"key": "show"} and doc["output"] == {"key": "show", "ok": True}
     assert "second attempt of show" in doc["stderr_tail"]
@@ -179,6 +180,7 @@ def test_show_tells_a_failed_then_retried_run_by_a_prefix(sup: RunningSupervisor
     assert "attempt 2  succeeded  exit 0" in out
     assert '"ok": true' in out and "second attempt of show" in out
     assert "run_succeeded" in out and first["worker_id"] in out
+    assert f"version 1.0.0, history {first['code_history_id']}" in out
 
     # history and events take the prefix too; history shows the error text in its table
     history = cli(sup, "history", "--run", run_id[:16])
@@ -230,6 +232,7 @@ def test_rerun_runs_the_same_input_again_linked_to_the_old_run(sup: RunningSuper
     assert f"rerun as {new}" in cli(sup, "show", old).stdout
     accepted = cli(sup, "rerun", new)  # a rerun of a rerun, without waiting
     assert accepted.returncode == 0 and f"a rerun of {new}" in accepted.stdout
+    final(sup, accepted.stdout.split()[2])  # "accepted: run ID (echo), a rerun of ..."
 
 
 @pytest.mark.timeout(120)
@@ -237,15 +240,11 @@ def test_a_queued_run_cancelled_never_starts(sup: RunningSupervisor) -> None:
     holder = submit(sup, "block", {"key": "holder"})
     wait_for((shared(sup) / "pid-holder").exists, 30, "the holder to take the only slot")
     queued = submit(sup, "block", {"key": "queued"})
-    with sup.client() as client:  # a waiting client hears the cancel
-        waiting = client.submit("echo", {"w": 1}, wait=False)
-    assert isinstance(waiting, Accepted)
-    submitter = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.cli", "rerun", waiting.run_id, "--wait", "--json",
-         "--config", str(sup.config_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=sup.folder,
-    )  # fmt: skip
-    rerun = wait_for(lambda: _rerun_of(sup, waiting.run_id), 30, "the rerun to be queued")
+    # clients waiting on a run hear its cancel: a `submit --wait`, and a `rerun --wait` of it
+    submitter = _waiting(sup, "submit", "echo", "--input", '{"w": 1}')
+    waiting = wait_for(lambda: _queued(sup, "echo", '{"w":1}'), 30, "the submit to be queued")
+    rerunner = _waiting(sup, "rerun", waiting)
+    rerun = wait_for(lambda: _rerun_of(sup, waiting), 30, "the rerun to be queued")
 
     done = cli(sup, "cancel", queued[:16], "--json")
     assert done.returncode == 0, done.stderr
@@ -253,14 +252,15 @@ def test_a_queued_run_cancelled_never_starts(sup: RunningSupervisor) -> None:
     assert (outcome["status"], outcome["reason"], outcome["started_at"]) == (
         "cancelled", "cancelled", None,
     )  # fmt: skip
-    assert cli(sup, "cancel", rerun).returncode == 0
-    out, err = submitter.communicate(timeout=30)
-    assert submitter.returncode == 1, err  # --wait exits 1 for a run that did not succeed
-    assert orjson.loads(out)["status"] == "cancelled"
+    for run_id, client in ((waiting, submitter), (rerun, rerunner)):
+        assert cli(sup, "cancel", run_id).returncode == 0
+        out, err = client.communicate(timeout=30)
+        assert client.returncode == 1, err  # --wait exits 1 for a run that did not succeed
+        assert orjson.loads(out)["status"] == "cancelled"
 
     (shared(sup) / "release-holder").touch()
     assert final(sup, holder).status == "succeeded"
-    for cancelled in (queued, rerun):
+    for cancelled in (queued, waiting, rerun):
         rows = attempts(sup, cancelled)
         assert [(r.status, r.started_at) for r in rows] == [("cancelled", None)]
     assert not (shared(sup) / "pid-queued").exists()  # it never ran
@@ -268,6 +268,25 @@ def test_a_queued_run_cancelled_never_starts(sup: RunningSupervisor) -> None:
     assert again.returncode == 5 and "already finished: cancelled" in again.stderr
     finished = cli(sup, "cancel", holder)
     assert finished.returncode == 5 and "already finished: succeeded" in finished.stderr
+
+
+def _waiting(sup: RunningSupervisor, *args: str) -> subprocess.Popen[str]:
+    """A CLI command that waits for a run's outcome (``--wait --json``), started now."""
+    command = [sys.executable, "-m", "supervisor.cli", *args, "--wait", "--json"]
+    return subprocess.Popen(
+        [*command, "--config", str(sup.config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=sup.folder,
+    )  # fmt: skip
+
+
+def _queued(sup: RunningSupervisor, actor: str, input_json: str) -> str | None:
+    database = os.environ.get("ACTOR_SUPERVISOR_DATABASE", "sqlite:state/actor-supervisor.db")
+    store = open_store(database, base_dir=sup.folder)
+    try:
+        found = store.find_runs(actor=actor, status="queued", limit=100)
+    finally:
+        store.close()
+    return next((r.run_id for r in found if r.input_json == input_json), None)
 
 
 def _rerun_of(sup: RunningSupervisor, old: str) -> str | None:

@@ -3,14 +3,19 @@ never starts, a running one ends with its worker's result, and either way there 
 final outcome and no retry."""
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from protocol.messages import Cancel
 from protocol.outcomes import Reason, RunStatus
 from supervisor.heap import EntryKind
-from supervisor.records import Event, Trigger
+from supervisor.records import Event, Record, Trigger
+from supervisor.requests import Requests
 from supervisor.runs import Waiter
-from tests.unit.fakes import Bench, bench, result
+from supervisor.status import Supervisor
+from tests.unit.fakes import Bench, MemorySink, bench, result
 
 JOB = """
 [[actors]]
@@ -112,3 +117,41 @@ def test_a_running_run_killed_for_the_cancel_is_recorded_cancelled(b: Bench) -> 
     assert types[-2:] == [
         "run_cancel_requested", "run_cancelled",
     ]  # fmt: skip
+
+
+class CommittingSink(MemorySink):
+    """A writer thread that commits each record the moment it is put."""
+
+    def put(self, record: Record) -> int:
+        seq = super().put(record)
+        self.committed = seq
+        return seq
+
+
+def test_the_canceller_hears_cancelling_before_an_outcome_committed_at_once(
+    tmp_path: Path,
+) -> None:
+    b = bench(tmp_path, JOB)
+    b.book.sink = b.sink = CommittingSink()
+    active = b.book.accept(b.book.actors["job"], input_value={}, trigger=Trigger.SUBMIT)
+    b.book.on_commits()
+    killed: list[tuple[str, str, int]] = []
+    sup = SimpleNamespace(
+        book=b.book, control=b.replies,
+        kill_on_worker=lambda *args: killed.append(args) or True,
+    )  # fmt: skip
+    requests = Requests(cast(Supervisor, sup))
+    requests.handle(waiter("c1"), Cancel(id="c1", run_id=active.run_id))
+    assert [(rid, kind) for rid, kind, _ in b.replies.sent] == [
+        ("c1", "cancelling"),
+        ("c1", "result"),
+    ]
+    requests.handle(waiter("c2"), Cancel(id="c2", run_id=active.run_id))
+    assert b.replies.sent[-1][:2] == ("c2", "not_cancellable") and killed == []
+
+    running = b.book.accept(b.book.actors["job"], input_value={}, trigger=Trigger.SUBMIT)
+    b.book.on_commits()
+    ((_, run),) = b.dispatch("w1")
+    requests.handle(waiter("c3"), Cancel(id="c3", run_id=running.run_id))
+    assert b.replies.sent[-1][:2] == ("c3", "cancelling")
+    assert killed == [("w1", running.run_id, run.attempt)]
