@@ -8,8 +8,9 @@ import orjson
 import pytest
 
 from tests.helpers import wait_for
-from tests.http.conftest import HttpSupervisor
+from tests.http.conftest import HttpSupervisor, versioned
 from tests.http.test_api import problem
+from tests.supervisor.harness import write_script
 
 
 def runs_sharing_a_prefix(http: httpx.Client) -> tuple[str, str, str]:
@@ -84,6 +85,20 @@ def test_the_run_document_rerun_and_cancel(http_sup: HttpSupervisor) -> None:
     again = clicked.headers["location"].removeprefix("/runs/")
     assert again != first and http.get(f"/api/v1/runs/{again}").json()["rerun_of"] == first
     assert f"/runs/{first}" in http.get(f"/runs/{again}").text
+
+    # a rollback's to_history takes a prefix too, resolved by the same store method
+    first_version = http.get("/api/v1/actors/dbcode/versions").json()["versions"][-1]
+    write_script(http_sup.sup.folder, "dbcode.py", versioned(2))
+    assert http_sup.sup.cli("deploy", "dbcode").returncode == 0
+    back = http.post(
+        "/api/v1/actors/dbcode/rollback", json={"to_history": first_version["history_id"][:12]}
+    )
+    assert back.status_code == 200 and back.json()["rolled_back_to"] == "1.0.0", back.text
+    short = http.post("/api/v1/actors/dbcode/rollback", json={"to_history": "abc"})
+    problem(short, 400, "bad_parameter")
+    assert http.post("/api/v1/actors/dbcode/runs?wait=30", json={}).json()["output"] == {
+        "version": 1
+    }
 
     paths = http.get("/api/v1/openapi.json").json()["paths"]
     for path in ("/runs/{run_id}/rerun", "/runs/{run_id}/cancel"):
