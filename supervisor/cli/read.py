@@ -171,7 +171,7 @@ FOLLOW_POLL_S = 0.5
 # so a later commit can carry an earlier time: each poll looks back this far, and the ids seen
 # in that window are skipped. (An event committed later still -- replayed from the spool after
 # an outage -- is not shown; `events --since` finds it.)
-FOLLOW_LOOKBACK_S = 10.0
+FOLLOW_LOOKBACK_S = 5.0  # the writer commits within batch_max_age_ms (20 ms) when healthy
 FOLLOW_PAGE = 1000
 
 
