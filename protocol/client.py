@@ -18,10 +18,12 @@ from protocol.codec import decode, encode
 from protocol.curve import ClientKeys
 from protocol.errors import ProtocolError
 from protocol.messages import (
+    Cancel,
     MetricsRequest,
     Pause,
     Refresh,
     Reply,
+    Rerun,
     Resume,
     StatusRequest,
     Submit,
@@ -170,11 +172,60 @@ class Client:
         data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data
         return data
 
+    def rerun(
+        self, run_id: str, *, wait: bool = False, timeout_s: float | None = None
+    ) -> Accepted | RunOutcome:
+        """Queue a new run of ``run_id``'s actor with its input (``run_id`` whole), answered as
+        :meth:`submit` answers: the receipt, or with ``wait`` the final outcome."""
+        rid = _new_id()
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        self._send(Rerun(id=rid, run_id=run_id, wait=wait))
+        data = self._receive(rid, deadline, "accepted").data
+        accepted = Accepted(run_id=data["run_id"], actor=data["actor"])
+        if not wait:
+            return accepted
+        try:
+            result = self._receive(rid, deadline, "result")
+        except ClientTimeout as exc:
+            raise ClientTimeout(
+                f"rerun {accepted.run_id} accepted but not finished within the deadline",
+                run_id=accepted.run_id,
+            ) from exc
+        return RunOutcome.from_dict(result.data)
+
+    def cancel(self, run_id: str, *, timeout_s: float | None = None) -> RunOutcome:
+        """Cancel ``run_id`` (whole) and wait for its one recorded outcome: ``cancelled``, or
+        what it ended with if it finished before the kill landed.
+
+        :raises ClientError: ``not_cancellable`` when the run is not queued or running.
+        :raises ClientTimeout: the run has not ended within the deadline (``run_id`` set).
+        """
+        rid = _new_id()
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        self._send(Cancel(id=rid, run_id=run_id))
+        self._receive(rid, deadline, "cancelling")
+        try:
+            result = self._receive(rid, deadline, "result")
+        except ClientTimeout as exc:
+            raise ClientTimeout(
+                f"run {run_id} is being cancelled but has not ended within the deadline",
+                run_id=run_id,
+            ) from exc
+        return RunOutcome.from_dict(result.data)
+
     # --- plumbing ----------------------------------------------------------------------------
 
     def _send(
         self,
-        message: Submit | Trigger | Pause | Resume | StatusRequest | MetricsRequest | Refresh,
+        message: Submit
+        | Trigger
+        | Pause
+        | Resume
+        | StatusRequest
+        | MetricsRequest
+        | Refresh
+        | Rerun
+        | Cancel,
     ) -> None:
         self._sock.send(encode(message))
 

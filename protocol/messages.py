@@ -4,8 +4,10 @@ Wire format: one ZeroMQ frame holding an orjson object ``{"v": 1, "type": "<type
 Worker sockets are DEALERs talking to the supervisor's worker ROUTER; client sockets are DEALERs
 talking to the control ROUTER. Every client request carries an ``id`` that its replies echo.
 
-Worker -> supervisor: ``hello``, ``result``.  Supervisor -> worker: ``run``, ``stop``.
-Client -> supervisor: ``submit``, ``trigger``, ``pause``, ``resume``, ``status``, ``refresh``.
+Worker -> supervisor: ``hello``, ``result``.  Supervisor -> worker: ``run``, ``stop``,
+``cancel_run``.
+Client -> supervisor: ``submit``, ``trigger``, ``pause``, ``resume``, ``status``, ``refresh``,
+``rerun``, ``cancel``.
 Supervisor -> client: ``reply`` (``ok`` with a ``kind`` and ``data``, or an ``error``).
 
 The dataclasses carry ``v`` and ``type`` as fields so that ``orjson.dumps`` serializes a message
@@ -333,6 +335,57 @@ class Refresh:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRun:
+    """Kill one attempt in flight (its whole process group); its result says ``cancelled``.
+    An attempt the worker no longer holds is ignored: its result is already on the way."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="cancel_run", init=False)
+    run_id: str
+    attempt: int
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "CancelRun":
+        return cls(run_id=r.string("run_id", max_len=64), attempt=r.integer("attempt", minimum=1))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rerun:
+    """Queue a new run of a recorded run's actor with the same input, linked to it. Answered
+    like ``submit``: ``accepted``, then with ``wait`` the ``result``."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="rerun", init=False)
+    id: str
+    run_id: str  # the whole id: clients resolve a prefix in the store first
+    wait: bool = False
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Rerun":
+        return cls(
+            id=r.string("id", max_len=64),
+            run_id=r.string("run_id", max_len=64),
+            wait=r.boolean("wait", default=False),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel:
+    """Cancel a run: a queued (or retry-waiting) one never starts, a running one is killed.
+    Answered ``cancelling`` (the run was not final), then ``result`` with its one outcome;
+    a run that is not in flight is refused (``not_cancellable``)."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="cancel", init=False)
+    id: str
+    run_id: str
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "Cancel":
+        return cls(id=r.string("id", max_len=64), run_id=r.string("run_id", max_len=64))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     """The answer to a client request: ``ok`` with ``kind``/``data``, or an error ``code``."""
 
@@ -369,6 +422,9 @@ Message = (
     | StatusRequest
     | MetricsRequest
     | Refresh
+    | CancelRun
+    | Rerun
+    | Cancel
     | Reply
 )
 
@@ -384,12 +440,15 @@ MESSAGE_TYPES: dict[str, Any] = {
     "status": StatusRequest,
     "metrics": MetricsRequest,
     "refresh": Refresh,
+    "cancel_run": CancelRun,
+    "rerun": Rerun,
+    "cancel": Cancel,
     "reply": Reply,
 }
 WORKER_TO_SUPERVISOR = frozenset({"hello", "result"})
-SUPERVISOR_TO_WORKER = frozenset({"run", "stop"})
+SUPERVISOR_TO_WORKER = frozenset({"run", "stop", "cancel_run"})
 CLIENT_REQUESTS = frozenset(
-    {"submit", "trigger", "pause", "resume", "status", "metrics", "refresh"}
+    {"submit", "trigger", "pause", "resume", "status", "metrics", "refresh", "rerun", "cancel"}
 )
 
 

@@ -12,18 +12,24 @@ from protocol.errors import ProtocolError
 
 
 class RunStatus(StrEnum):
-    """Lifecycle of one attempt: the first two are "in flight", the last three final.
-    Only ``failed_retryable`` is ever retried."""
+    """Lifecycle of one attempt: the first two are "in flight", the others final.
+    Only ``failed_retryable`` is ever retried; ``cancelled`` is an operator's doing."""
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED_RETRYABLE = "failed_retryable"
     FAILED_PERMANENT = "failed_permanent"
+    CANCELLED = "cancelled"
 
 
 FINAL_STATUSES = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED_RETRYABLE, RunStatus.FAILED_PERMANENT}
+    {
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED_RETRYABLE,
+        RunStatus.FAILED_PERMANENT,
+        RunStatus.CANCELLED,
+    }
 )
 
 
@@ -47,6 +53,7 @@ class Reason(StrEnum):
     UNKNOWN_ACTOR = (
         "unknown_actor"  # recovered after a restart, but the actor is no longer configured
     )
+    CANCELLED = "cancelled"  # an operator cancelled it: queued, it never started; running, killed
 
 
 EX_TEMPFAIL = 75

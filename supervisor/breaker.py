@@ -18,7 +18,10 @@ from supervisor.records import RecordSink, RunRecord, Trigger
 log = logging.getLogger(__name__)
 
 # A worker can die of another run's doing; a run that keeps killing workers ends as POISON.
-NOT_THE_ACTORS_FAULT = frozenset({Reason.SHUTDOWN, Reason.SUPERVISOR_LOST, Reason.WORKER_LOST})
+# A cancelled run is an operator's decision, not a failure of the actor.
+NOT_THE_ACTORS_FAULT = frozenset(
+    {Reason.SHUTDOWN, Reason.SUPERVISOR_LOST, Reason.WORKER_LOST, Reason.CANCELLED}
+)
 
 
 class Breaker:

@@ -24,7 +24,7 @@ import zmq
 
 from protocol import ProtocolError, decode
 from protocol.codec import encode
-from protocol.messages import WORKER_TO_SUPERVISOR, Hello, Message, Result, Run, Stop
+from protocol.messages import WORKER_TO_SUPERVISOR, CancelRun, Hello, Message, Result, Run, Stop
 from protocol.sockets import has_message
 from supervisor import events
 from supervisor.actors import build_actors
@@ -398,3 +398,10 @@ class Supervisor:
                 f"stopping ({why}): {len(self.book.in_flight())} run(s) get {grace:.0f}s to finish"
             )
         self._next_tick = 0.0  # act now, not at the next tick
+
+    def kill_on_worker(self, worker_id: str, run_id: str, attempt: int) -> bool:
+        """Have ``worker_id`` kill one attempt it holds (a cancel); False: it is unreachable,
+        and its death will end the attempt as lost."""
+        return (
+            self._send_worker(worker_id.encode(), CancelRun(run_id=run_id, attempt=attempt)) is None
+        )

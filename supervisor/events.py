@@ -51,9 +51,10 @@ def code_of(run: RunRecord) -> dict[str, Any]:
 
 
 def run_finished(run: RunRecord, **extra: Any) -> Event:
-    """``run_succeeded`` or ``run_failed``, with the classified outcome."""
+    """``run_succeeded``, ``run_failed`` or ``run_cancelled``, with the classified outcome."""
+    kind = {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}.get(run.status)
     return run_event(
-        "run_succeeded" if run.status == "succeeded" else "run_failed",
+        kind or "run_failed",
         run,
         status=run.status,
         reason=run.reason,
@@ -64,6 +65,16 @@ def run_finished(run: RunRecord, **extra: Any) -> Event:
         worker_id=run.worker_id,
         **code_of(run),
         **extra,
+    )
+
+
+def rerun_links(new: RunRecord, previous: RunRecord) -> tuple[Event, Event]:
+    """A rerun, linked both ways through each run's own events (found by the aggregate index):
+    ``run_rerun`` on the new run names the run it repeats (``rerun_of``), ``rerun_queued`` on
+    that run names the new one (``rerun_run_id``)."""
+    return (
+        run_event("run_rerun", new, rerun_of=previous.run_id),
+        run_event("rerun_queued", previous, rerun_run_id=new.run_id),
     )
 
 

@@ -23,6 +23,7 @@ class Trigger(StrEnum):
     CATCH_UP = "catch_up"  # a fire missed while the supervisor was down
     RETRY = "retry"  # the next attempt of a retryable failure
     PROBE = "probe"  # a paused actor's half-open probe
+    RERUN = "rerun"  # a client's rerun of a recorded run: its actor and input again
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

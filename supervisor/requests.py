@@ -1,9 +1,12 @@
-"""What each control request means: submit, trigger, pause, resume, status, metrics, refresh.
+"""What each control request means: submit, trigger, pause, resume, status, metrics, refresh,
+rerun and cancel.
 
-Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accepted``, then
-``result``), and every refusal carries a stable error code: ``unknown_actor``, ``busy``,
-``paused``, ``shutting_down``, ``result_unavailable``, ``refresh_failed``, and ``bad_request``
-for an input no worker would take (refused here, never accepted and then lost).
+Every request gets exactly one answer (two for ``submit`` and ``rerun`` with ``wait``:
+``accepted``, then ``result``; two for ``cancel``: ``cancelling``, then ``result``), and every
+refusal carries a stable error code: ``unknown_actor``, ``busy``, ``paused``, ``shutting_down``,
+``result_unavailable``, ``refresh_failed``, ``unknown_run``, ``not_cancellable``,
+``store_unavailable``, and ``bad_request`` for an input no worker would take (refused here,
+never accepted and then lost).
 """
 
 import logging
@@ -13,20 +16,24 @@ import orjson
 
 from protocol.messages import (
     MAX_INPUT_CHARS,
+    Cancel,
     Message,
     MetricsRequest,
     Pause,
     Refresh,
+    Rerun,
     Resume,
     StatusRequest,
     Submit,
     Trigger,
 )
+from supervisor import events
 from supervisor.actors import ActorRuntime
 from supervisor.code.sync import ActorCode
 from supervisor.idempotency import digest
+from supervisor.records import RunRecord
 from supervisor.records import Trigger as RunTrigger
-from supervisor.runs import Waiter
+from supervisor.runs import ActiveRun, Waiter
 from supervisor.status import Supervisor, build_metrics, build_status
 
 log = logging.getLogger(__name__)
@@ -67,6 +74,11 @@ class Requests:
             self._resume(waiter, message)
         elif isinstance(message, Refresh):
             self._refresh(waiter, message)
+        elif isinstance(message, Rerun):
+            self._rerun(Waiter(waiter.identity, waiter.request_id, message.wait,
+                               waiter.envelope), message)  # fmt: skip
+        elif isinstance(message, Cancel):
+            self._cancel(Waiter(waiter.identity, waiter.request_id, True, waiter.envelope), message)
 
     def _actor(self, waiter: Waiter, name: str) -> ActorRuntime | None:
         actor = self.sup.actors.get(name)
@@ -85,11 +97,11 @@ class Requests:
         input_json: str,
         trigger: str,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> ActiveRun | None:
         """Accept a new run of ``actor``, or answer why the supervisor cannot take one now."""
         if not self.sup.book.accepting:
             self.sup.control.reply_error(waiter, "shutting_down", "the supervisor is shutting down")
-            return
+            return None
         if not self.sup.book.has_room(len(input_json)):
             self.sup.book.counters["busy_rejections"] += 1
             self.sup.control.reply_error(
@@ -99,8 +111,8 @@ class Requests:
                 f"{self.sup.book.input_bytes} bytes of inputs held, at most "
                 f"{self.sup.settings.queue_max_bytes}); retry later",
             )
-            return
-        self.sup.book.accept(
+            return None
+        return self.sup.book.accept(
             actor,
             input_value=value,
             input_json=input_json,
@@ -244,3 +256,55 @@ class Requests:
                     control.reply(each, "ok", data)
 
         self.sup.codebook.reload(actor, loaded)
+
+    def _rerun(self, waiter: Waiter, message: Rerun) -> None:
+        """A run still in flight is known here; a finished one is read from the store by the
+        reader thread (the loop never waits for the database), then accepted like a submit."""
+        active = self.sup.book.runs.get(message.run_id)
+        if active is not None:
+            self._accept_rerun(waiter, active.record)
+            return
+        run_id = message.run_id
+
+        def found(attempts: list[RunRecord] | None, error: Exception | None) -> None:
+            if error is not None:
+                self.sup.control.reply_error(
+                    waiter, "store_unavailable", f"cannot read run {run_id}: {error}"
+                )
+            elif not attempts:
+                self.sup.control.reply_error(waiter, "unknown_run", f"no run {run_id} recorded")
+            else:
+                self._accept_rerun(waiter, attempts[0])
+
+        self.sup.reader.submit(lambda: self.sup.store.list_runs(run_id=run_id, limit=1), found)
+
+    def _accept_rerun(self, waiter: Waiter, previous: RunRecord) -> None:
+        actor = self._actor(waiter, previous.actor)
+        if actor is None:
+            return
+        active = self._accept(waiter, actor, None, previous.input_json, RunTrigger.RERUN)
+        if active is not None:
+            for event in events.rerun_links(active.record, previous):
+                self.sup.writer.put(event)
+
+    def _cancel(self, waiter: Waiter, message: Cancel) -> None:
+        """``cancelling`` now, the run's outcome once it is committed (see RunBook.cancel).
+        ``cancelling`` goes first: the writer thread may commit the outcome, and the run book
+        deliver it, before RunBook.cancel even returns."""
+        active = self.sup.book.runs.get(message.run_id)
+        if active is None:
+            self.sup.control.reply_error(
+                waiter,
+                "not_cancellable",
+                f"run {message.run_id} is not queued or running here: it has finished "
+                "(or is not a run of this supervisor)",
+            )
+            return
+        worker_id, attempt = active.worker_id, active.record.attempt
+        self.sup.control.reply(
+            waiter, "cancelling", {"run_id": active.run_id, "attempt": attempt,
+                                   "was": "running" if worker_id else "queued"},
+        )  # fmt: skip
+        self.sup.book.cancel(active.run_id, waiter)
+        if worker_id is not None:
+            self.sup.kill_on_worker(worker_id, active.run_id, attempt)

@@ -10,6 +10,7 @@ once its ``queued`` row is committed; a final outcome is committed before a clie
 retryable failure becomes a new attempt: a queued row due after its backoff (it survives a restart).
 """
 
+import contextlib
 import logging
 import random
 import time
@@ -108,6 +109,7 @@ class RunBook:
         self._barrier: deque[tuple[int, Callable[[], None]]] = deque()
         self._awaiting_durable = 0  # accepted runs whose queued row is not committed yet
         self._refused_fires: set[str] = set()
+        self._cancels: set[str] = set()  # runs an operator cancelled: never retried
 
     # --- what requests and schedules ask ----------------------------------------------------
 
@@ -370,7 +372,7 @@ class RunBook:
         active.worker_id = None
         actor = self.actors.get(record.actor)
         retry_at = None
-        if actor is not None:
+        if actor is not None and record.run_id not in self._cancels:
             retry_at = retry_time(
                 actor.config, record, active.worker_losses, self.clock(), self._rng
             )
@@ -497,3 +499,39 @@ class RunBook:
                 self.complete_attempt(active, self._lost(active.record, Reason.SHUTDOWN, why))
             self.phase = Phase.DONE
         return False
+
+    # --- cancel -----------------------------------------------------------------------------
+
+    def cancel(self, run_id: str, waiter: Waiter) -> ActiveRun | None:
+        """Cancel a run that is not final yet; ``waiter`` hears its one outcome. None: no such
+        run here (finished, or never ours), and nothing changed.
+
+        A queued attempt (ready, waiting for its retry, or not yet durable) ends ``cancelled``
+        at once and never starts. A running one is only marked: the caller has its worker kill
+        it (:class:`~protocol.messages.CancelRun`), and its result says ``cancelled`` -- or, if
+        it ended before the kill landed, how it ended; either way it is not retried.
+        """
+        active = self.runs.get(run_id)
+        if active is None:
+            return None
+        self._cancels = {r for r in self._cancels if r in self.runs}  # only runs still here
+        self._cancels.add(run_id)
+        self.sink.put(events.run_event("run_cancel_requested", active.record))
+        if active.worker_id is not None:
+            active.waiters.append(waiter)
+            return active
+        self.heap.remove((EntryKind.RETRY, run_id))
+        with contextlib.suppress(ValueError):
+            self.ready.remove(run_id)
+        now = self.clock()
+        record = replace(
+            active.record, status=RunStatus.CANCELLED, reason=Reason.CANCELLED,
+            error="cancelled before it started", finished_at=now,
+        )  # fmt: skip
+        # Clients still waiting for "accepted" (the queued row is not committed yet) hear it
+        # first: _on_durable answers them, and it runs before the outcome is delivered.
+        unacknowledged = active.waiters
+        active.waiters = [*unacknowledged, waiter]
+        self.complete_attempt(active, record)
+        active.waiters = unacknowledged
+        return active

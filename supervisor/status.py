@@ -16,6 +16,7 @@ from supervisor.control import ControlServer
 from supervisor.deadletter import DeadLetters
 from supervisor.lease import Lease
 from supervisor.pool import WorkerPool
+from supervisor.reader import Reader
 from supervisor.runbook import RunBook
 from supervisor.settings import SupervisorSettings
 from supervisor.spool import Spool
@@ -59,6 +60,9 @@ class Supervisor(Protocol):
     def instance_id(self) -> str: ...
     @property
     def started_at(self) -> float: ...
+    @property
+    def reader(self) -> Reader: ...
+    def kill_on_worker(self, worker_id: str, run_id: str, attempt: int) -> bool: ...
 
 
 def iso(ts: float | None) -> str | None:

@@ -27,6 +27,7 @@ _E2E_MODULES = frozenset(
         "tests/supervisor/test_breaker.py",
         "tests/supervisor/test_bundles.py",
         "tests/supervisor/test_check.py",
+        "tests/supervisor/test_cli_runs.py",
         "tests/supervisor/test_code_runs.py",
         "tests/supervisor/test_core.py",
         "tests/supervisor/test_curve.py",

@@ -5,7 +5,7 @@ payload. A stream socket (not SOCK_SEQPACKET) because a run's input and a result
 megabytes, larger than any socket buffer.
 
 Worker -> launcher: ``R`` + an encoded :class:`protocol.messages.Run`; ``K`` (kill all runs);
-``P`` (ping).
+``C`` + attempt and run id (kill that one run: a cancel, see :func:`encode_cancel`); ``P`` (ping).
 Launcher -> worker: ``H`` + orjson ``{"preload_failed": [...], "forker_pid": N}`` once, when it
 is ready; ``S`` + started; ``F`` + finished (see :func:`encode_started` and
 :func:`encode_finished`); ``Q`` (pong, once the forker answered the ping too).
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 RUN = b"R"[0]
 KILL_ALL = b"K"[0]
+CANCEL = b"C"[0]
 PING = b"P"[0]
 PONG = b"Q"[0]
 READY = b"H"[0]
@@ -65,6 +66,22 @@ def encode_started(run_id: str, attempt: int, child_pid: int, started_at: float)
 def encode_finished(run_id: str, attempt: int, result_body: bytes, *, succeeded: bool) -> bytes:
     rid = run_id.encode()
     return frame(FINISHED, _FINISHED.pack(attempt, succeeded, len(rid)) + rid + result_body)
+
+
+_CANCEL = struct.Struct("!I")  # attempt; the run id follows
+
+
+def encode_cancel(run_id: str, attempt: int) -> bytes:
+    return frame(CANCEL, _CANCEL.pack(attempt) + run_id.encode())
+
+
+def decode_cancel(payload: bytes) -> tuple[str, int]:
+    """``(run_id, attempt)`` of a cancel frame. :raises ChannelError: malformed."""
+    try:
+        (attempt,) = _CANCEL.unpack_from(payload)
+        return payload[_CANCEL.size :].decode(), attempt
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ChannelError(f"malformed cancel frame: {exc}") from exc
 
 
 def decode_event(kind: int, payload: bytes) -> Started | Finished:

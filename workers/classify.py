@@ -69,6 +69,10 @@ def classify(
         return Outcome(permanent, Reason.OUTPUT_LIMIT, code, sig, None, error)
     if killed is Reason.SHUTDOWN:
         return Outcome(retryable, Reason.SHUTDOWN, code, sig, None, "killed: the worker stopped")
+    if killed is Reason.CANCELLED:
+        how = "SIGKILL after the grace period" if sig == signal.SIGKILL else "SIGTERM"
+        error = f"cancelled by an operator while running; killed with {how}"
+        return Outcome(RunStatus.CANCELLED, Reason.CANCELLED, code, sig, None, error)
     if kind == NOTE_SETUP:
         return Outcome(permanent, Reason.SANDBOX_ERROR, code, sig, None, f"sandbox setup: {text}")
     if kind == NOTE_MISSING:

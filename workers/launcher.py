@@ -176,6 +176,8 @@ class LauncherLoop:
                 self._start(payload)
             elif kind == channel.KILL_ALL:
                 self._kill_all()
+            elif kind == channel.CANCEL:
+                self._cancel(*channel.decode_cancel(payload))
             elif kind == channel.PING:
                 self._forker.ping()
             else:
@@ -315,6 +317,14 @@ class LauncherLoop:
         for flight in self._flights.values():
             if flight.killed is None:
                 self._kill(flight, Reason.SHUTDOWN, signal.SIGTERM)
+
+    def _cancel(self, run_id: str, attempt: int) -> None:
+        """An operator's cancel: the run's group gets TERM, then KILL after the grace."""
+        for flight in self._flights.values():
+            if flight.run.run_id == run_id and flight.run.attempt == attempt:
+                if flight.killed is None:
+                    self._kill(flight, Reason.CANCELLED, signal.SIGTERM)
+                return
 
     def _close_stdout(self, flight: Flight) -> None:
         self._unwatch(flight.out_fd)

@@ -122,6 +122,11 @@ class Launcher:
         (``failed_retryable`` / ``shutdown``)."""
         self._send(channel.frame(channel.KILL_ALL))
 
+    def cancel(self, run_id: str, attempt: int) -> None:
+        """TERM that run's group, KILL after ``kill_grace_s``; it still yields a Finished
+        (``cancelled``). A run that already ended is ignored by the launcher."""
+        self._send(channel.encode_cancel(run_id, attempt))
+
     def keepalive(self, now: float) -> None:
         """Ping the launcher (and through it the forker), at most one ping at a time.
 

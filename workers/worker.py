@@ -24,7 +24,7 @@ import psutil
 import zmq
 
 from protocol import ProtocolError, decode
-from protocol.messages import SUPERVISOR_TO_WORKER, Hello, Run, Stop
+from protocol.messages import SUPERVISOR_TO_WORKER, CancelRun, Hello, Run, Stop
 from protocol.sockets import has_message
 from workers.launcher_handle import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
 from workers.logs import setup_logging
@@ -170,6 +170,10 @@ class Worker:
                 self._start(message, body)
             elif isinstance(message, Stop):
                 self._stop(message)
+            elif isinstance(message, CancelRun) and (message.run_id, message.attempt) in (
+                self.in_flight
+            ):  # not held: its result is already on the way
+                self.launcher.cancel(message.run_id, message.attempt)
 
     def _start(self, run: Run, body: bytes) -> None:
         self.in_flight[(run.run_id, run.attempt)] = time.time()

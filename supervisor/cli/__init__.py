@@ -1,6 +1,7 @@
 """The ``actor-supervisor`` command: ``start`` runs the supervisor in the foreground; the others
 talk to a running one over its control endpoint (:mod:`~supervisor.cli.run`), work on the
 store directly (:mod:`~supervisor.cli.read`, the code commands of :mod:`~supervisor.cli.code`),
+look at one run or rerun or cancel it (:mod:`~supervisor.cli.runs`),
 or check the configuration and the alert outbox (:mod:`~supervisor.cli.check`). Shared flags,
 exit codes and helpers: :mod:`~supervisor.cli.common`.
 """
@@ -17,6 +18,7 @@ from supervisor.cli.code import add_code_commands
 from supervisor.cli.common import EXIT_REFUSED, EXIT_STARTUP, EXIT_UNREACHABLE, EXIT_USAGE
 from supervisor.cli.read import add_read_commands
 from supervisor.cli.run import add_run_commands
+from supervisor.cli.runs import add_runs_commands
 from supervisor.errors import CommandRefused, ConfigError, StartupError
 from supervisor.store.base import StoreError
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_commands(sub)  # check, alerts
     add_read_commands(sub)  # history, events, migrate
     add_code_commands(sub)  # drift, deploy, versions, rollback, show-code
+    add_runs_commands(sub)  # show, rerun, cancel
     return parser
 
 

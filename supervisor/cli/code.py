@@ -374,7 +374,8 @@ def _version_dict(version: CodeVersion, *, code: bool = False) -> dict[str, Any]
 def cmd_show_code(args: argparse.Namespace) -> int:
     _, store = _store(args)
     try:
-        version = store.code_version(args.actor, history_id=args.history, version_tag=args.version)
+        history = args.history and store.resolve_id("history", args.history)  # or a prefix
+        version = store.code_version(args.actor, history_id=history, version_tag=args.version)
     finally:
         store.close()
     if version is None:

@@ -31,8 +31,11 @@ def rollback(
     supervisor to ``refresh`` the actor.
 
     :raises CommandRefused: ``not_found`` (no such version), ``file_mode`` (the actor runs its
-        file, so without ``write_file`` nothing would change).
+        file, so without ``write_file`` nothing would change); ``IdNotResolved`` for a
+        ``to_history`` that is not one history id or a unique prefix of one.
     """
+    if to_history is not None:  # a unique prefix will do, as for every id a command takes
+        to_history = store.resolve_id("history", to_history)
     target = store.code_version(actor, history_id=to_history, version_tag=to_version)
     if target is None:
         raise CommandRefused("not_found", f"{actor}: no code version {to_version or to_history}")

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from protocol.client import Accepted, RunOutcome
+from protocol.outcomes import RunStatus
 from supervisor.code import rollback as code_rollback
 from supervisor.errors import CommandRefused
 from supervisor.http.auth import require_token
@@ -32,12 +33,14 @@ from supervisor.http.views import (
     version_json,
 )
 from supervisor.records import Event, RunRecord
+from supervisor.runview import run_document
+from supervisor.store.base import IdNotResolved
 
 MAX_BODY_BYTES = 1 << 20
 MAX_WAIT_S = 600.0
-RUN_ID = re.compile(r"^[0-9a-f]{8,32}$")
+CANCEL_WAIT_S = 60.0  # a running run gets kill_grace_s after TERM; its result follows the KILL
 ACTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-STATUSES = ("queued", "running", "succeeded", "failed_retryable", "failed_permanent")
+STATUSES = tuple(s.value for s in RunStatus)  # queued, running, succeeded, ..., cancelled
 
 
 def backend_of(request: Request) -> Backend:
@@ -98,17 +101,31 @@ def known_actor(backend: Backend, name: str) -> dict[str, Any]:
     raise Problem(404, "unknown_actor", f"no actor named {name!r}")
 
 
+def resolve_id(backend: Backend, kind: str, text: str) -> str:
+    """A full id of ``kind`` (``run``, ``history``, ``event``) from itself or a unique prefix of
+    at least 8 characters, resolved by the store as the CLI resolves it (``Store.resolve_id``).
+
+    :raises Problem: 400 ``bad_parameter`` (malformed or too short), 404 ``unknown_run`` /
+        ``unknown_version`` / ``unknown_event``, 409 ``ambiguous_id`` naming the candidates.
+    """
+    try:
+        return backend.read(lambda s: s.resolve_id(kind, text))
+    except IdNotResolved as exc:
+        raise id_problem(exc) from None
+
+
+def id_problem(exc: IdNotResolved) -> Problem:
+    if exc.code == "unknown_id":
+        code = {"run": "unknown_run", "history": "unknown_version"}.get(exc.kind, "unknown_event")
+        return Problem(404, code, exc.message)
+    if exc.code == "ambiguous_id":
+        return Problem(409, "ambiguous_id", exc.message)
+    return Problem(400, "bad_parameter", exc.message)
+
+
 def resolve_run_id(backend: Backend, text: str) -> str:
     """A full run id, from itself or a unique prefix of at least 8 characters."""
-    text = text.lower()
-    if not RUN_ID.match(text):
-        raise Problem(400, "bad_parameter", "a run id (or a prefix of it) is 8 to 32 hex digits")
-    found = backend.read(lambda s: s.run_ids_with_prefix(text, 2))
-    if not found:
-        raise Problem(404, "unknown_run", f"no run id starts with {text!r}")
-    if len(found) > 1:
-        raise Problem(409, "ambiguous_id", f"more than one run id starts with {text!r}")
-    return found[0]
+    return resolve_id(backend, "run", text.lower())
 
 
 async def read_json(request: Request, *, allow_empty: bool = True) -> Any:
@@ -189,17 +206,24 @@ def actor_code(request: Request) -> JSONResponse:
     return JSONResponse(version_json(version, code=True))
 
 
+def wait_param(request: Request) -> float | None:
+    """``?wait=S``: wait up to S seconds for the run's final outcome (None: do not wait)."""
+    text = request.query_params.get("wait")
+    if text is None:
+        return None
+    try:
+        wait = float(text)
+    except ValueError:
+        raise Problem(400, "bad_parameter", "wait: expected seconds") from None
+    if not 0 < wait <= MAX_WAIT_S:
+        raise Problem(400, "bad_parameter", f"wait: must be > 0 and <= {MAX_WAIT_S:.0f}")
+    return wait
+
+
 async def submit_run(request: Request) -> Response:
     backend = backend_of(request)
     require_token(backend, request)
-    wait = None
-    if (text := request.query_params.get("wait")) is not None:
-        try:
-            wait = float(text)
-        except ValueError:
-            raise Problem(400, "bad_parameter", "wait: expected seconds") from None
-        if not 0 < wait <= MAX_WAIT_S:
-            raise Problem(400, "bad_parameter", f"wait: must be > 0 and <= {MAX_WAIT_S:.0f}")
+    wait = wait_param(request)
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= 200:
         raise Problem(400, "bad_parameter", "Idempotency-Key: 1 to 200 characters")
@@ -315,6 +339,8 @@ def do_rollback(
                 reason=reason, by=by,
             )
         )  # fmt: skip
+    except IdNotResolved as exc:
+        raise id_problem(exc) from None
     except CommandRefused as exc:
         if exc.code == "not_found":
             which = version or history
@@ -381,24 +407,69 @@ def list_runs(request: Request) -> JSONResponse:
 
 
 def get_run(request: Request) -> JSONResponse:
+    """The document ``actor-supervisor show --json`` prints (:func:`run_document`)."""
     backend = backend_of(request)
     run_id = resolve_run_id(backend, request.path_params["run_id"])
-    attempts = backend.read(lambda s: s.list_runs(run_id=run_id, limit=1000))
-    found = backend.read(
-        lambda s: s.list_events(aggregate_type="run", aggregate_id=run_id, limit=1000)
-    )
-    attempts.sort(key=lambda r: r.attempt)
-    last = attempts[-1]
-    return JSONResponse(
-        {
-            "run_id": run_id,
-            "actor": last.actor,
-            "status": last.status,
-            "reason": last.reason,
-            "attempts": [run_json(r) for r in attempts],
-            "events": [event_json(e) for e in found],
-        }
-    )
+    document = backend.read(lambda s: run_document(s, run_id))
+    if document is None:  # resolved a moment ago: only a pruned run can vanish in between
+        raise Problem(404, "unknown_run", f"no run {run_id} recorded")
+    return JSONResponse(document)
+
+
+async def rerun_run(request: Request) -> Response:
+    """A new run of the run's actor with its input, linked to it; ``?wait=S`` as for submit."""
+    backend = backend_of(request)
+    require_token(backend, request)
+    wait = wait_param(request)
+    await read_json(request)  # a body is ignored, but still bounded
+    run_id = await run_in_threadpool(lambda: resolve_run_id(backend, request.path_params["run_id"]))
+
+    def call() -> Accepted | RunOutcome:
+        return backend.call(lambda c: c.rerun(run_id, wait=wait is not None, timeout_s=wait))
+
+    try:
+        answer = await run_in_threadpool(call)
+    except Problem as exc:
+        if exc.code == "supervisor_unreachable" and wait is not None:
+            raise Problem(504, "wait_timeout", f"no final outcome within {wait}s") from None
+        raise
+    backend.invalidate()
+    if isinstance(answer, Accepted):
+        return JSONResponse(
+            {"run_id": answer.run_id, "actor": answer.actor, "rerun_of": run_id},
+            status_code=202,
+            headers={"Location": f"/api/v1/runs/{answer.run_id}"},
+        )
+    return JSONResponse({**answer.as_dict(), "rerun_of": run_id})
+
+
+async def cancel_run(request: Request) -> JSONResponse:
+    """Cancel a queued or running run; answered with its one outcome once it is recorded.
+    A finished run is a 409 ``not_cancellable`` naming how it ended."""
+    backend = backend_of(request)
+    require_token(backend, request)
+    await read_json(request)
+    run_id = await run_in_threadpool(lambda: resolve_run_id(backend, request.path_params["run_id"]))
+
+    def call() -> RunOutcome:
+        return backend.call(lambda c: c.cancel(run_id, timeout_s=CANCEL_WAIT_S))
+
+    try:
+        outcome = await run_in_threadpool(call)
+    except Problem as exc:
+        if exc.code == "not_cancellable":
+            last = await run_in_threadpool(
+                lambda: backend.read(lambda s: s.list_runs(run_id=run_id, limit=1))
+            )
+            how = f" (it ended {last[0].status})" if last and last[0].is_final else ""
+            raise Problem(409, "not_cancellable", f"{exc.detail}{how}") from None
+        if exc.code == "supervisor_unreachable":
+            raise Problem(
+                504, "wait_timeout", f"run {run_id} has not ended within {CANCEL_WAIT_S:.0f}s"
+            ) from None
+        raise
+    backend.invalidate()
+    return JSONResponse(outcome.as_dict())
 
 
 def event_filters(request: Request, backend: Backend) -> dict[str, Any]:

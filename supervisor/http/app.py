@@ -80,6 +80,8 @@ def _routes() -> list[BaseRoute]:
             Route("/actors/{name}/code", a.actor_code),
             Route("/runs", a.list_runs),
             Route("/runs/{run_id}", a.get_run),
+            Route("/runs/{run_id}/rerun", a.rerun_run, methods=["POST"]),
+            Route("/runs/{run_id}/cancel", a.cancel_run, methods=["POST"]),
             Route("/events", a.list_events),
         ]),
         *pages.routes(),

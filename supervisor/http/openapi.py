@@ -46,8 +46,15 @@ ROUTES: list[tuple[str, str, str, list[dict[str, Any]], bool, str]] = [
      [_q("actor"), _q("status"), _q("since", text="ISO-8601 or epoch seconds"),
       _q("limit", "integer"), _q("cursor", text="next_cursor of the previous page")],
      False, "200"),
-    ("get", "/runs/{run_id}", "A run: every attempt (output, error, stderr tail, code "
-     "version) and its events", [_RUN], False, "200"),
+    ("get", "/runs/{run_id}", "A run, as `actor-supervisor show --json` prints it: its outcome "
+     "(status, reason, error, output, stderr_tail), every attempt (times, exit code, worker, "
+     "code version), its events, and its rerun links (rerun_of, reruns)", [_RUN], False, "200"),
+    ("post", "/runs/{run_id}/rerun", "A new run of the run's actor with the same input, linked "
+     "to it (rerun_of). 202 with the new run id, or with ?wait=SECONDS its final outcome",
+     [_RUN, _q("wait", "number", "seconds to wait for the outcome")], True, "202"),
+    ("post", "/runs/{run_id}/cancel", "Cancel a run: a queued one never starts, a running one "
+     "is killed; answered with its one recorded outcome (status cancelled, or how it ended if "
+     "it finished first). 409 not_cancellable for a finished run", [_RUN], True, "200"),
     ("get", "/events", "Events, newest first, with cursor pagination",
      [_q("run"), _q("actor"), _q("correlation"), _q("since"), _q("limit", "integer"),
       _q("cursor", text="next_cursor of the previous page")],
@@ -98,7 +105,8 @@ def document() -> dict[str, Any]:
                 "Problem": {
                     "description": "RFC 9457 problem; `code` is stable: unknown_actor, paused, "
                     "busy, bad_json, bad_parameter, body_too_large, unauthorized, unknown_run, "
-                    "ambiguous_id, supervisor_unreachable, store_unavailable, ...",
+                    "ambiguous_id, not_cancellable, wait_timeout, supervisor_unreachable, "
+                    "store_unavailable, ...",
                     "content": {"application/problem+json": {"schema": {
                         "type": "object", "required": ["status", "code", "detail"],
                         "properties": {"type": {"type": "string"}, "title": {"type": "string"},

@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from protocol.client import Accepted
 from supervisor.http import api
 from supervisor.http.auth import (
     CSRF_COOKIE,
@@ -34,8 +35,8 @@ from supervisor.http.auth import (
 from supervisor.http.context import Backend
 from supervisor.http.health import VERSION, evaluate
 from supervisor.http.problems import Problem
-from supervisor.http.views import run_json
 from supervisor.records import RunRecord
+from supervisor.runview import run_document
 
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 16 << 10
@@ -207,14 +208,12 @@ def actor(request: Request) -> Response:
 def run(request: Request) -> Response:
     backend = _backend(request)
     run_id = api.resolve_run_id(backend, request.path_params["run_id"])
-    attempts = backend.read(lambda s: s.list_runs(run_id=run_id, limit=1000))
-    attempts.sort(key=lambda r: r.attempt)
-    found = backend.read(
-        lambda s: s.list_events(aggregate_type="run", aggregate_id=run_id, limit=1000)
-    )
-    views = [run_json(r) for r in attempts]
+    doc = backend.read(lambda s: run_document(s, run_id))
+    if doc is None:
+        raise Problem(404, "unknown_run", f"no run {run_id} recorded")
+    views = doc["attempts"]
     return _pages(request).render(request, "run.html", run_id=run_id, attempts=views,
-                                  last=views[-1], events=found)  # fmt: skip
+                                  last=views[-1], events=doc["events"], doc=doc)  # fmt: skip
 
 
 def events(request: Request) -> Response:
@@ -279,6 +278,31 @@ async def act(request: Request) -> Response:
     return RedirectResponse(_back(form, "/actors"), status_code=303)
 
 
+async def run_act(request: Request) -> Response:
+    """A run page's button: rerun it (then show the new run) or cancel it."""
+    backend = _backend(request)
+    form = await _form(request)
+    _pages(request).csrf.check(request, form.get("csrf", ""))
+    require_token(backend, request, cookie=True)
+    action = request.path_params["action"]
+    if action not in ("rerun", "cancel"):
+        raise Problem(404, "not_found", "no such action")
+    run_id = await run_in_threadpool(
+        lambda: api.resolve_run_id(backend, request.path_params["run_id"])
+    )
+    target = run_id
+    if action == "rerun":
+        accepted = await run_in_threadpool(lambda: backend.call(lambda c: c.rerun(run_id)))
+        assert isinstance(accepted, Accepted)  # without wait
+        target = accepted.run_id
+    else:
+        await run_in_threadpool(
+            lambda: backend.call(lambda c: c.cancel(run_id, timeout_s=api.CANCEL_WAIT_S))
+        )
+    backend.invalidate()
+    return RedirectResponse(f"/runs/{target}", status_code=303)
+
+
 def login_page(request: Request) -> Response:
     target = _back({"next": request.query_params.get("next", "")}, "/")
     return _pages(request).render(request, "login.html", failed=False, next=target)
@@ -322,6 +346,7 @@ def routes() -> list[BaseRoute]:
         Route("/runs/{run_id}", run),
         Route("/events", events),
         Route("/ui/actors/{name}/{action}", act, methods=["POST"]),
+        Route("/ui/runs/{run_id}/{action}", run_act, methods=["POST"]),
         Route("/login", login_page),
         Route("/login", login, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),

@@ -22,6 +22,9 @@ CLIENT_CODES = {
     "bad_request": 400,
     "result_unavailable": 404,
     "refresh_failed": 409,
+    "unknown_run": 404,
+    "not_cancellable": 409,
+    "store_unavailable": 503,
 }
 
 

@@ -15,27 +15,10 @@ import orjson
 from supervisor.code.records import CodeVersion
 from supervisor.http.problems import Problem
 from supervisor.records import Event, RunRecord
+from supervisor.runview import attempt_json
+from supervisor.runview import event_json as event_json  # re-exported: the API's event view
 
-
-def run_json(record: RunRecord) -> dict[str, Any]:
-    data = asdict(record)
-    data["input"] = _loads(record.input_json)
-    data["output"] = _loads(record.output_json)
-    del data["input_json"], data["output_json"]
-    return data
-
-
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    return asdict(event)
+run_json = attempt_json  # the API's name for one attempt, in lists
 
 
 def version_json(version: CodeVersion, *, code: bool = False) -> dict[str, Any]:

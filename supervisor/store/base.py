@@ -8,12 +8,13 @@ share connections across ``fork``.
 """
 
 import abc
+import re
 import threading
 from collections.abc import Sequence
 
 from supervisor.alerts.records import AlertRecord
 from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
-from supervisor.errors import SupervisorError
+from supervisor.errors import CommandRefused, SupervisorError
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 
 
@@ -31,6 +32,25 @@ class SchemaTooNew(StoreError):
 
 class VersionExists(StoreError):
     """A code version with this tag is already recorded for the actor."""
+
+
+#: what ``resolve_id`` takes: run ids (``run``), code history ids (``history``), event ids
+ID_KINDS = ("run", "history", "event")
+MIN_PREFIX = 8  # time-ordered ids share their first digits for ~16 s: ambiguity is reported
+MAX_CANDIDATES = 10  # an ambiguous prefix names at most this many of the ids it matches
+_ID_TEXT = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
+
+
+class IdNotResolved(CommandRefused):
+    """An id (or prefix) that names no single record: ``code`` is ``bad_id`` (malformed or
+    shorter than :data:`MIN_PREFIX`), ``unknown_id`` or ``ambiguous_id``; ``candidates`` holds
+    the first ids an ambiguous prefix matches."""
+
+    def __init__(self, code: str, kind: str, message: str, candidates: Sequence[str] = ()) -> None:
+        super().__init__(code, message)
+        self.message = message
+        self.kind = kind
+        self.candidates = tuple(candidates)
 
 
 class RefusedFires:
@@ -156,10 +176,6 @@ class Store(abc.ABC):
         are absent). Cost: an index probe per stored actor, not a scan of the runs."""
         raise NotImplementedError
 
-    def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
-        """Up to ``limit`` distinct run ids that start with ``prefix``, in order."""
-        raise NotImplementedError
-
     @abc.abstractmethod
     def list_events(
         self,
@@ -219,3 +235,43 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections. The store is unusable afterwards; closing twice is harmless."""
+
+    def ids_with_prefix(self, kind: str, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` distinct ids of ``kind`` (one of :data:`ID_KINDS`) that start with
+        ``prefix``, in order; an index range scan, whatever the table's size."""
+        raise NotImplementedError
+
+    def resolve_id(self, kind: str, text: str) -> str:
+        """The one full id of ``kind`` that ``text`` is, or that ``text`` (at least
+        :data:`MIN_PREFIX` characters) is the prefix of. Every command and API endpoint that
+        takes a run, history or event id resolves it here.
+
+        :raises IdNotResolved: ``bad_id``, ``unknown_id`` or ``ambiguous_id`` (with the
+            candidates).
+        """
+        if kind not in ID_KINDS:
+            raise ValueError(f"kind must be one of {ID_KINDS}, got {kind!r}")
+        if not _ID_TEXT.match(text):
+            raise IdNotResolved(
+                "bad_id", kind, f"{text!r} is not a {kind} id: expected letters, digits, '_-.:'"
+            )
+        found = self.ids_with_prefix(kind, text, MAX_CANDIDATES + 1)
+        if text in found:
+            return text  # a whole id, whatever its length
+        if len(text) < MIN_PREFIX:
+            raise IdNotResolved(
+                "bad_id", kind,
+                f"{kind} id prefix {text!r} is too short: give at least {MIN_PREFIX} characters",
+            )  # fmt: skip
+        if not found:
+            raise IdNotResolved("unknown_id", kind, f"no {kind} id starts with {text!r}")
+        if len(found) > 1:
+            shown = found[:MAX_CANDIDATES]
+            more = " and more" if len(found) > MAX_CANDIDATES else ""
+            raise IdNotResolved(
+                "ambiguous_id", kind,
+                f"{kind} id prefix {text!r} is ambiguous: it matches {', '.join(shown)}{more}; "
+                "give more characters",
+                shown,
+            )  # fmt: skip
+        return found[0]

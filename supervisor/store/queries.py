@@ -123,11 +123,23 @@ def latest_attempt_per_actor(columns: list[str]) -> Query:
     return sql, []
 
 
-def run_ids_with_prefix(prefix: str, limit: int = 2) -> Query:
-    """Run ids starting with ``prefix`` (a key range, so the primary key index answers it)."""
+# the key column of each kind of id a command may take, and its table
+ID_COLUMNS = {
+    "run": ("runs", "run_id"),
+    "history": ("actor_code_history", "history_id"),
+    "event": ("execution_events", "event_id"),
+}
+
+
+def ids_with_prefix(kind: str, prefix: str, limit: int) -> Query:
+    """Distinct ids of ``kind`` starting with ``prefix``, in order: a key range
+    (``prefix <= id < prefix'``, the last character bumped), which each id's unique index
+    answers on both backends (unlike LIKE, whose index use depends on collation and pragmas)."""
+    table, column = ID_COLUMNS[kind]
     upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     sql = (
-        "SELECT DISTINCT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT ?"
+        f"SELECT DISTINCT {column} FROM {table} WHERE {column} >= ? AND {column} < ? "
+        f"ORDER BY {column} LIMIT ?"
     )
     return sql, [prefix, upper, _limit(limit)]
 

@@ -368,10 +368,6 @@ class SqlStore(Store, Generic[ConnT]):
         found = [runs.record_from(row) for row in self._fetch("find last runs", sql, params)]
         return {run.actor: run for run in found}
 
-    def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
-        sql, params = queries.run_ids_with_prefix(prefix, limit)
-        return [row[0] for row in self._fetch("find run ids", sql, params)]
-
     def list_events(
         self,
         *,
@@ -447,3 +443,7 @@ class SqlStore(Store, Generic[ConnT]):
             return outbox.listing(
                 self._code_db(conn), status=status, destination=destination, limit=limit
             )
+
+    def ids_with_prefix(self, kind: str, prefix: str, limit: int) -> list[str]:
+        sql, params = queries.ids_with_prefix(kind, prefix, limit)
+        return [row[0] for row in self._fetch(f"find {kind} ids", sql, params)]

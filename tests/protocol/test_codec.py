@@ -10,11 +10,14 @@ from protocol import MAX_BODY_BYTES, ProtocolError, decode, encode
 from protocol.codec import request_id_of
 from protocol.messages import (
     CLIENT_REQUESTS,
+    Cancel,
+    CancelRun,
     Hello,
     Limits,
     Pause,
     Refresh,
     Reply,
+    Rerun,
     Result,
     Resume,
     Run,
@@ -65,6 +68,9 @@ MESSAGES = [
     Resume(id="q4", actor="a"),
     StatusRequest(id="q5"),
     Refresh(id="q7", actor="a"),
+    Rerun(id="q8", run_id="r" * 32, wait=True),
+    Cancel(id="q9", run_id="r" * 32),
+    CancelRun(run_id="r" * 32, attempt=3),
     Reply(id="q6", ok=False, kind="error", error="busy", message="queue full"),
 ]
 

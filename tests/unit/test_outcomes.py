@@ -47,7 +47,8 @@ def test_a_missing_required_field_is_refused() -> None:
 
 
 def test_one_status_enum_for_rows_results_and_outcomes() -> None:
-    assert {"succeeded", "failed_retryable", "failed_permanent"} == STATUSES  # what workers send
+    # what workers send: a cancelled run's worker reports it killed the run for the cancel
+    assert {"succeeded", "failed_retryable", "failed_permanent", "cancelled"} == STATUSES
     assert [s.value for s in RunStatus] == [
-        "queued", "running", "succeeded", "failed_retryable", "failed_permanent",
+        "queued", "running", "succeeded", "failed_retryable", "failed_permanent", "cancelled",
     ]  # fmt: skip

@@ -190,6 +190,16 @@ def test_our_kills_win_even_over_a_clean_exit() -> None:
     )
 
 
+def test_a_cancel_is_cancelled_however_the_run_then_ended() -> None:
+    for status in (exited(0), exited(75), killed_by(signal.SIGTERM)):
+        outcome = classify(status, b"{}", killed=Reason.CANCELLED)
+        assert (outcome.status, outcome.reason, outcome.output) == ("cancelled", "cancelled", None)
+    forced = classify(killed_by(signal.SIGKILL), b"", killed=Reason.CANCELLED)
+    assert forced.error == (
+        "cancelled by an operator while running; killed with SIGKILL after the grace period"
+    )
+
+
 def test_our_kills_win_over_every_note() -> None:
     """Only sandbox setup can write notes, but a timeout stays a timeout whatever they say."""
     for note in (NOTE_SETUP + b"forged", NOTE_MISSING + b"forged", b"M"):

@@ -314,8 +314,9 @@ def test_cli_migrate_history_and_events_read_postgres(
     assert [r["run_id"] for r in orjson.loads(history.stdout)] == ["r1"]
     events = cli("events", "--run", "r1", "--database", url, "--json", cwd=tmp_path)
     assert events.returncode == 0, events.stderr
-    assert [e["event_id"] for e in orjson.loads(events.stdout)] == ["e1", "e2"]
-    since = cli("events", "--since", str(T0 + 0.0015), "--database", url, "--json", cwd=tmp_path)
+    assert [e["event_id"] for e in orjson.loads(events.stdout)] == ["e2", "e1"]  # newest first
+    since = cli("events", "--since", str(T0 + 0.0015), "--database", url, "--json",
+                "--oldest-first", cwd=tmp_path)  # fmt: skip
     assert [e["event_id"] for e in orjson.loads(since.stdout)] == ["e2", "e3"]
     correlated = cli("events", "--correlation", "r2", "--database", url, cwd=tmp_path)
     assert correlated.returncode == 0 and "run_queued" in correlated.stdout
