@@ -21,6 +21,7 @@ from protocol.messages import (
     MetricsRequest,
     Pause,
     Refresh,
+    ReloadRequest,
     Reply,
     Resume,
     StatusRequest,
@@ -170,11 +171,26 @@ class Client:
         data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data
         return data
 
+    def reload(self) -> dict[str, Any]:
+        """Have the supervisor reload its configuration file (as SIGHUP does); the answer says
+        what changed. A rejected file raises ``ClientError`` with code ``config_rejected``."""
+        rid = _new_id()
+        self._send(ReloadRequest(id=rid))
+        data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data
+        return data
+
     # --- plumbing ----------------------------------------------------------------------------
 
     def _send(
         self,
-        message: Submit | Trigger | Pause | Resume | StatusRequest | MetricsRequest | Refresh,
+        message: Submit
+        | Trigger
+        | Pause
+        | Resume
+        | StatusRequest
+        | MetricsRequest
+        | Refresh
+        | ReloadRequest,
     ) -> None:
         self._sock.send(encode(message))
 

@@ -326,6 +326,21 @@ class Refresh:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadRequest:
+    """Reload the configuration file, as SIGHUP does; answered ``ok`` with what changed
+    (``added``, ``removed``, ``changed`` actors, ``restart_needed`` settings), or the error
+    ``config_rejected`` naming the problem (the running configuration stays)."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="reload", init=False)
+    id: str
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "ReloadRequest":
+        return cls(id=r.string("id", max_len=64))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     """The answer to a client request: ``ok`` with ``kind``/``data``, or an error ``code``."""
 
@@ -362,6 +377,7 @@ Message = (
     | StatusRequest
     | MetricsRequest
     | Refresh
+    | ReloadRequest
     | Reply
 )
 
@@ -377,12 +393,13 @@ MESSAGE_TYPES: dict[str, Any] = {
     "status": StatusRequest,
     "metrics": MetricsRequest,
     "refresh": Refresh,
+    "reload": ReloadRequest,
     "reply": Reply,
 }
 WORKER_TO_SUPERVISOR = frozenset({"hello", "result"})
 SUPERVISOR_TO_WORKER = frozenset({"run", "stop"})
 CLIENT_REQUESTS = frozenset(
-    {"submit", "trigger", "pause", "resume", "status", "metrics", "refresh"}
+    {"submit", "trigger", "pause", "resume", "status", "metrics", "refresh", "reload"}
 )
 
 

@@ -39,7 +39,7 @@ from supervisor.notify import Notifier
 from supervisor.pool import WorkerHandle, WorkerPool
 from supervisor.preflight import prepare_sandbox
 from supervisor.reader import Reader
-from supervisor.reload import reload_config
+from supervisor.reload import ReloadRejected, reload_config
 from supervisor.requests import Requests
 from supervisor.runbook import IDEMPOTENCY_WINDOW_S, KILL_WAIT_S, OVERDUE_SLACK_S, Phase, RunBook
 from supervisor.settings import SupervisorSettings
@@ -377,17 +377,26 @@ class Supervisor:
             self._http_fd = fd
 
     def _reload(self) -> None:
-        """SIGHUP: the run book takes the new actors; the shell, the live settings."""
-        new = reload_config(
+        """SIGHUP: as :meth:`reload`; a rejected file is logged (and recorded) only."""
+        with contextlib.suppress(ReloadRejected):
+            self.reload(by="SIGHUP")
+
+    def reload(self, by: str = "reload request") -> dict[str, Any]:
+        """Reload the configuration file: the run book takes the new actors; the shell, the
+        live settings. Returns what changed.
+
+        :raises ReloadRejected: the file is invalid; nothing changed.
+        """
+        reloaded = reload_config(
             self.config, self._overrides, sandbox=self.sandbox, book=self.book,
             codebook=self.codebook, stored_states=self._stored_states,
-            instance_id=self.instance_id,
+            instance_id=self.instance_id, by=by,
         )  # fmt: skip
-        if new is None:
-            return
+        new = reloaded.config
         self.config, self.settings = new, new.supervisor
         self.pool.heartbeat_timeout_s = new.supervisor.heartbeat_timeout_s
         setup_logging(new.supervisor.log_level, new.supervisor.log_format)
+        return reloaded.answer()
 
     def _begin_shutdown(self, why: str) -> None:
         draining = self.book.phase is Phase.RUNNING

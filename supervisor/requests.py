@@ -1,9 +1,10 @@
-"""What each control request means: submit, trigger, pause, resume, status, metrics, refresh.
+"""What each control request means: submit, trigger, pause, resume, status, metrics, refresh,
+reload.
 
 Every request gets exactly one answer (two for ``submit`` with ``wait``: ``accepted``, then
 ``result``), and every refusal carries a stable error code: ``unknown_actor``, ``busy``,
-``paused``, ``shutting_down``, ``result_unavailable``, ``refresh_failed``, and ``bad_request``
-for an input no worker would take (refused here, never accepted and then lost).
+``paused``, ``shutting_down``, ``result_unavailable``, ``refresh_failed``, ``config_rejected``,
+and ``bad_request`` for an input no worker would take (refused here, never accepted and then lost).
 """
 
 import logging
@@ -17,6 +18,7 @@ from protocol.messages import (
     MetricsRequest,
     Pause,
     Refresh,
+    ReloadRequest,
     Resume,
     StatusRequest,
     Submit,
@@ -26,6 +28,7 @@ from supervisor.actors import ActorRuntime
 from supervisor.code.sync import ActorCode
 from supervisor.idempotency import digest
 from supervisor.records import Trigger as RunTrigger
+from supervisor.reload import ReloadRejected
 from supervisor.runs import Waiter
 from supervisor.status import Supervisor, build_metrics, build_status
 
@@ -67,6 +70,22 @@ class Requests:
             self._resume(waiter, message)
         elif isinstance(message, Refresh):
             self._refresh(waiter, message)
+        elif isinstance(message, ReloadRequest):
+            self._reload(waiter)
+
+    def _reload(self, waiter: Waiter) -> None:
+        """As SIGHUP, but the caller hears what changed, or why the file was rejected."""
+        if not self.sup.book.accepting:
+            self.sup.control.reply_error(waiter, "shutting_down", "the supervisor is shutting down")
+            return
+        try:
+            answer = self.sup.reload()
+        except ReloadRejected as exc:
+            self.sup.control.reply_error(
+                waiter, "config_rejected", f"{exc}; the running configuration stays in effect"
+            )
+            return
+        self.sup.control.reply(waiter, "ok", answer)
 
     def _actor(self, waiter: Waiter, name: str) -> ActorRuntime | None:
         actor = self.sup.actors.get(name)

@@ -276,12 +276,15 @@ def resolve_settings(
     environ: Mapping[str, str],
     overrides: Mapping[str, Any],
     base_dir: Path,
-) -> tuple[SupervisorSettings, dict[str, str]]:
+) -> tuple[SupervisorSettings, dict[str, str], dict[str, str]]:
     """Merge default, file (``table``), environment and flags, in rising precedence.
 
     ``where`` prefixes file errors (``"supervisor.toml: "``). An empty environment variable
     counts as unset, and so does a ``None`` override. Returns the settings and, for each,
-    where its value came from: ``default``, ``file``, ``environment`` or ``flag``.
+    where its value came from: the kind (``default``, ``file``, ``environment`` or ``flag``)
+    and the label naming it (``default``, ``supervisor.toml: supervisor.workers``,
+    ``ACTOR_SUPERVISOR_WORKERS``, ``--workers``), so ``config show`` and ``status`` can say
+    which one won without guessing.
     """
     for name in overrides:
         if name not in SETTINGS_BY_NAME:
@@ -314,7 +317,7 @@ def resolve_settings(
     _check_control(settings, labels)
     _check_pool(settings, labels)
     _check_run_as_range(settings, labels)
-    return settings, sources
+    return settings, sources, labels
 
 
 def _check_pool(settings: SupervisorSettings, labels: Mapping[str, str]) -> None:

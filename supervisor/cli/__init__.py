@@ -11,14 +11,17 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+import orjson
+
 from protocol.client import ClientError, ClientTimeout
 from supervisor.cli.check import add_check_commands
 from supervisor.cli.code import add_code_commands
 from supervisor.cli.common import EXIT_REFUSED, EXIT_STARTUP, EXIT_UNREACHABLE, EXIT_USAGE
+from supervisor.cli.config_show import add_config_commands
 from supervisor.cli.read import add_read_commands
 from supervisor.cli.run import add_run_commands
 from supervisor.errors import CommandRefused, ConfigError, StartupError
-from supervisor.store.base import StoreError
+from supervisor.store.base import StoreError, StoreUnavailable
 
 EPILOG = """examples:
   actor-supervisor start --config examples/supervisor.toml --workers 8
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_commands(sub)  # check, alerts
     add_read_commands(sub)  # history, events, migrate
     add_code_commands(sub)  # drift, deploy, versions, rollback, show-code
+    add_config_commands(sub)  # config show
     return parser
 
 
@@ -82,7 +86,26 @@ def _run(argv: Sequence[str] | None) -> int:
     except (ConfigError, CommandRefused, StartupError, StoreError, ClientError) as exc:
         # a timeout's text is the message alone: its code ("timeout") would only repeat it
         message = exc.message if isinstance(exc, ClientTimeout) else str(exc)
-        print(f"actor-supervisor: {message}", file=sys.stderr)
-        return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
+        exit_code = next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
+        if getattr(args, "json", False):
+            # --json promises JSON on stdout, failures included; the exit code is the same
+            code_word = error_code(exc)
+            text = str(exc).removeprefix(f"{code_word}: ")  # the code is a field of its own
+            error = {"code": code_word, "message": text, "exit": exit_code}
+            print(orjson.dumps({"error": error}).decode())
+        else:
+            print(f"actor-supervisor: {message}", file=sys.stderr)
+        return exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def error_code(exc: Exception) -> str:
+    """The stable code of a failure: the supervisor's or a refusal's own, else its kind."""
+    if isinstance(exc, (ClientError, CommandRefused)):
+        return exc.code
+    if isinstance(exc, ConfigError):
+        return "config_error"
+    if isinstance(exc, StartupError):
+        return "startup_error"
+    return "store_unavailable" if isinstance(exc, StoreUnavailable) else "store_error"

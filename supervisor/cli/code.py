@@ -19,16 +19,16 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from protocol.client import ClientError
+from protocol.client import ClientError, ClientTimeout
 from supervisor import events
 from supervisor.cli.common import (
     EXIT_OK,
     command,
     config_flag,
-    connect,
     control_flag,
     count,
     database_flag,
+    endpoint_origin,
     load,
     open_store_from,
     table,
@@ -52,6 +52,7 @@ from supervisor.code.sync import (
     read_snapshot,
 )
 from supervisor.config import ActorConfig, Config
+from supervisor.controlkeys import client_for
 from supervisor.errors import CommandRefused, ConfigError
 from supervisor.status import iso
 from supervisor.store.base import Store, StoreError, VersionExists
@@ -290,15 +291,23 @@ def _deploy_text(result: dict[str, Any]) -> str:
 
 def _refresh(args: argparse.Namespace, actor: str) -> str:
     """Tell a running supervisor (best effort) to use the actor's active version now."""
+    tried = "the supervisor"
     try:
-        with connect(args, timeout_s=REFRESH_TIMEOUT_S) as client:
+        config = load(args, "control")
+        tried = endpoint_origin(config)
+        with client_for(config, timeout_s=REFRESH_TIMEOUT_S) as client:
             if not _listening(client.endpoint):
-                return "no supervisor is running: the next start uses it"
+                return f"no supervisor listening at {tried}: the next start uses it"
             answer = client.refresh(actor)
+    except ClientTimeout:
+        return (
+            f"no answer from {tried} within {REFRESH_TIMEOUT_S:g}s: a supervisor there uses it "
+            "from its next start"
+        )
     except ClientError as exc:
-        return f"the running supervisor did not confirm ({exc}): it uses it from its next start"
+        return f"the supervisor at {tried} did not confirm ({exc}): it uses it from its next start"
     except ConfigError as exc:
-        return f"could not reach the supervisor ({exc}): it uses it from its next start"
+        return f"could not reach {tried} ({exc}): it uses it from its next start"
     return f"the running supervisor uses it now (status {answer.get('status')})"
 
 

@@ -3,12 +3,13 @@
 """
 
 import argparse
+import os
 import sys
 from typing import Any
 
 import orjson
 
-from protocol.client import Accepted, RunOutcome
+from protocol.client import Accepted, ClientTimeout, RunOutcome
 from supervisor.cli.check import cmd_check
 from supervisor.cli.common import (
     EXIT_OK,
@@ -20,13 +21,17 @@ from supervisor.cli.common import (
     load,
     print_json_or,
     table,
+    unreachable,
 )
+from supervisor.controlkeys import client_for, control_endpoint
 from supervisor.errors import ConfigError
 from supervisor.settings import SETTINGS
 from supervisor.settings_kinds import Boolean, Choice, Integer, Number
 from workers.logs import setup_logging
 
 NON_SETTING_START_FLAGS = ("--standby", "--dry-run", "--json")  # what start has beside SETTINGS
+RELOAD_TIMEOUT_S = 30.0  # hashing many changed scripts takes a while
+STATUS_TIMEOUT_S = 3.0  # a live supervisor answers status from memory in milliseconds
 
 
 def add_run_commands(sub: Any) -> None:
@@ -68,8 +73,27 @@ def add_run_commands(sub: Any) -> None:
     resume.add_argument("actor")
     client_flags(resume)
 
+    reload = command(
+        sub,
+        "reload",
+        "reload the configuration file of a running supervisor (as SIGHUP) and say what changed",
+        cmd_reload,
+    )
+    client_flags(reload)
+
     status = command(sub, "status", "workers, actors and store of a running supervisor", cmd_status)
     client_flags(status)
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=STATUS_TIMEOUT_S,
+        help=f"seconds to wait for the supervisor's answer (default {STATUS_TIMEOUT_S:g})",
+    )
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 (and say why) unless the store is healthy and at least one worker is ready",
+    )
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -182,12 +206,80 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Exit 0 with what changed; 5 (refused) with the error when the file is invalid."""
+    config = load(args, "control")
+    try:
+        with client_for(config, timeout_s=RELOAD_TIMEOUT_S) as client:
+            answer = client.reload()
+    except ClientTimeout:
+        raise unreachable(config, RELOAD_TIMEOUT_S) from None
+    print_json_or(args, answer, _reload_text(answer))
+    return EXIT_OK
+
+
+def _reload_text(answer: dict[str, Any]) -> str:
+    parts = [
+        f"{label}: {', '.join(answer[key])}"
+        for key, label in (
+            ("added", "actors added"),
+            ("removed", "actors removed"),
+            ("changed", "actors changed"),
+            ("settings_applied", "settings applied"),
+            ("restart_needed", "settings that need a restart"),
+        )
+        if answer[key]
+    ]
+    if answer.get("alerts_changed"):
+        parts.append("[[alerts]] changed: they apply at the next restart")
+    return (
+        "reloaded "
+        + (answer["config"] or "the configuration")
+        + ("\n" + "\n".join(parts) if parts else ": nothing changed")
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        data = client.status()
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout: expected seconds > 0, got {args.timeout:g}")
+    config = load(args, "control")
+    endpoint = control_endpoint(config)
+    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://") :]):
+        raise unreachable(config, 0, why="no socket file there")  # nothing to wait for
+    try:
+        with client_for(config, timeout_s=args.timeout) as client:
+            data = client.status()
+    except ClientTimeout:
+        raise unreachable(config, args.timeout) from None
+    problems = status_problems(data) if args.check else []
     if args.json:
-        print(orjson.dumps(data).decode())
-        return EXIT_OK
+        print(orjson.dumps({**data, "problems": problems} if args.check else data).decode())
+    else:
+        _print_status(data)
+        for problem in problems:
+            print(f"check failed: {problem}", file=sys.stderr)
+    return EXIT_RUN_FAILED if problems else EXIT_OK
+
+
+def status_problems(data: dict[str, Any]) -> list[str]:
+    """Why ``status --check`` fails: a degraded store, no ready worker, not running."""
+    problems = []
+    phase = data["supervisor"]["phase"]
+    if phase != "running":
+        problems.append(f"the supervisor is {phase}, not running")
+    store = data["store"]
+    if store["degraded"]:
+        problems.append(
+            f"the store is degraded: {store['spool_depth']} record(s) spooled, last error: "
+            f"{store['last_error'] or 'unknown'}"
+        )
+    ready = sum(1 for w in data["workers"] if w["ready"])
+    if ready == 0:
+        problems.append(f"no worker is ready (0 of {len(data['workers'])})")
+    return problems
+
+
+def _print_status(data: dict[str, Any]) -> None:
     sup, queue, store = data["supervisor"], data["queue"], data["store"]
     print(
         f"supervisor pid {sup['pid']} {sup['phase']}, up {sup['uptime_s']:.0f}s, "
@@ -197,6 +289,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"queue: {queue['ready']} ready, {queue['in_flight']} in flight; store {store['database']}"
         + (f" DEGRADED (spool: {store['spool_depth']} records)" if store["degraded"] else "")
     )
+    if (alerts := data.get("alerts")) is not None:
+        print(
+            f"alerts: {alerts['pending']} pending, {alerts['delivered']} delivered, "
+            f"{alerts['failed']} failed since start"
+        )
     table(
         ["SLOT", "WORKER", "PID", "STATE", "IN FLIGHT", "CURRENT RUN", "DONE", "FAILED", "RSS MB"],
         [
@@ -208,14 +305,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print()
     table(
-        ["ACTOR", "SCHEDULE", "NEXT DUE", "PAUSED", "FAILURES", "ACTIVE"],
+        ["ACTOR", "SCHEDULE", "NEXT DUE", "PAUSED", "FAILURES", "ACTIVE", "LAST RUN", "STATUS",
+         "ENDED"],
         [
             [a["name"], _schedule_text(a["schedule"]), a["next_due"] or "-",
-             "yes" if a["paused"] else "no", a["consecutive_failures"], a["active_runs"]]
+             "yes" if a["paused"] else "no", a["consecutive_failures"], a["active_runs"],
+             (a["last_run"] or {}).get("run_id", "-")[:12],
+             (a["last_run"] or {}).get("status", "-"),
+             (a["last_run"] or {}).get("finished_at") or "-"]
             for a in data["actors"]
         ],
     )  # fmt: skip
-    return EXIT_OK
+    for a in data["actors"]:  # the why, below the table: these texts are long
+        if a["paused"]:
+            print(f"{a['name']}: paused: {a['paused_reason'] or 'no reason given'}")
+        last = a.get("last_run") or {}
+        if last and last.get("status") != "succeeded":
+            why = last.get("reason") or last.get("status")
+            print(f"{a['name']}: last run {last['run_id']} {why}: {last.get('error') or '-'}")
 
 
 def _schedule_text(schedule: dict[str, Any] | None) -> str:
