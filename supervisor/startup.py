@@ -5,7 +5,8 @@ caller's :class:`contextlib.ExitStack`, so a failure half-way releases what was 
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+import signal
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,32 @@ from supervisor.writer import BatchWriter
 from workers.sandbox import SandboxConfig
 
 log = logging.getLogger(__name__)
+
+
+class StartupInterrupted(StartupError):
+    """A stop signal arrived before the supervisor's loop could handle it."""
+
+
+@contextlib.contextmanager
+def stop_signals_unwind() -> Iterator[None]:
+    """Until the loop installs its own handlers, SIGTERM would kill the process outright: a
+    start-up waiting for its database or its lease would leave the runtime folder, the code
+    cache, the uid claim and the lease behind. Here SIGTERM raises instead, so every
+    :class:`~contextlib.ExitStack` on the way unwinds (SIGINT already does, as
+    KeyboardInterrupt), and SIGHUP waits: there is nothing to reload yet."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise StartupInterrupted(f"stopped by {signal.Signals(signum).name} during start-up")
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from supervisor.cli.common import (
     open_store_from,
     table,
 )
+from supervisor.code.book import SUMMARY_KEYS, summary_line
 from supervisor.code.records import (
     DRIFT_DETECTED,
     FILE_MISSING,
@@ -218,7 +219,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return EXIT_OK
     for result in results:
         print(_deploy_text(result))
+    if args.all:
+        print(summary_line(_deploy_counts(results)))
     return EXIT_OK
+
+
+def _deploy_counts(results: list[dict[str, Any]]) -> dict[str, int]:
+    counts = dict.fromkeys(SUMMARY_KEYS, 0)
+    for result in results:
+        skipped = result.get("skipped")
+        counts[
+            "changed" if not skipped else "unchanged" if skipped == "unchanged" else "failed"
+        ] += 1
+    return counts
 
 
 def _all(config: Config) -> list[ActorConfig]:
@@ -332,7 +345,7 @@ def _listening(endpoint: str) -> bool:
 
 @_with_schema_hint
 def cmd_versions(args: argparse.Namespace) -> int:
-    _, store = _store(args)
+    config, store = _store(args)
     try:
         found = store.code_history(args.actor, limit=args.limit)
     finally:
@@ -341,7 +354,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
         print(orjson.dumps([_version_dict(v) for v in found]).decode())
         return EXIT_OK
     if not found:
-        print(f"{args.actor}: no code versions recorded")
+        known = "" if args.actor in config.actors else " (and no actor of that name is configured)"
+        print(f"{args.actor}: no code versions recorded{known}")
         return EXIT_OK
     table(
         ["VERSION", "ACTIVE", "TYPE", "SHA256", "CHANGED", "BY", "REASON", "GIT", "HISTORY ID"],
@@ -371,8 +385,15 @@ def cmd_show_code(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if version is None:
-        which = args.version or args.history or "active"
-        raise CommandRefused("not_found", f"{args.actor}: no {which} code version")
+        if args.history:
+            what = f"no code version with history id {args.history!r}"
+        elif args.version:
+            what = f"no code version tagged {args.version!r}"
+        else:
+            what = "no active code version (nothing was ever synced or deployed)"
+        raise CommandRefused(
+            "not_found", f"{args.actor}: {what}; `versions {args.actor}` lists them"
+        )
     if args.json:
         print(orjson.dumps(_version_dict(version, code=True)).decode())
     else:

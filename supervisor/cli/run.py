@@ -30,6 +30,7 @@ from supervisor.settings_kinds import Boolean, Choice, Integer, Number
 from workers.logs import setup_logging
 
 NON_SETTING_START_FLAGS = ("--standby", "--dry-run", "--json")  # what start has beside SETTINGS
+EXIT_STOPPED_STARTING = 128 + 15  # as if SIGTERM had killed it, which it asked for
 RELOAD_TIMEOUT_S = 30.0  # hashing many changed scripts takes a while
 STATUS_TIMEOUT_S = 3.0  # a live supervisor answers status from memory in milliseconds
 
@@ -131,10 +132,18 @@ def cmd_start(args: argparse.Namespace) -> int:
     flags = tuple(setting.name for setting in START_SETTINGS)
     if args.dry_run:
         return cmd_check(args, flags)
+    from supervisor.startup import StartupInterrupted, stop_signals_unwind
+
     config = load(args, *flags)
     setup_logging(config.supervisor.log_level, config.supervisor.log_format)
     overrides = {name: getattr(args, name) for name in flags}
-    return Supervisor(config, overrides=overrides, standby=args.standby).run()
+    try:
+        with stop_signals_unwind():  # the loop installs its own handlers once running
+            supervisor = Supervisor(config, overrides=overrides, standby=args.standby)
+    except StartupInterrupted as exc:
+        print(f"actor-supervisor: {exc}; nothing was started", file=sys.stderr)
+        return EXIT_STOPPED_STARTING
+    return supervisor.run()
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
