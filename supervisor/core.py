@@ -41,6 +41,7 @@ from supervisor.preflight import prepare_sandbox
 from supervisor.reader import Reader
 from supervisor.reload import ReloadRejected, reload_config
 from supervisor.requests import Requests
+from supervisor.retention import retention_for
 from supervisor.runbook import IDEMPOTENCY_WINDOW_S, KILL_WAIT_S, OVERDUE_SLACK_S, Phase, RunBook
 from supervisor.settings import SupervisorSettings
 from supervisor.startup import (
@@ -124,6 +125,7 @@ class Supervisor:
             self.store, batch_size=s.batch_size, max_age_s=s.batch_max_age_ms / 1000,
             spool=self.spool,  # the writer owns and closes it from here on
             epoch=self.epoch, dead_letters=self.dead_letters,
+            retention=retention_for(s, self.store),  # retention_days: pruned between batches
         )  # fmt: skip
         self.sender = prepare_alerts(
             self.config, self.store, self.writer, sandbox=self.sandbox, actors=self.actors.get,

@@ -127,6 +127,8 @@ class SupervisorSettings:
     allow_subsecond: bool = False
     migrate: bool = True
     spool_dir: str = f"{STATE_DIR}/spool"
+    retention_days: int = 0
+    retention_keep_failed_days: int = 0
     control_curve_secret_key: str | None = None
     control_curve_authorized_keys: str | None = None
     control_curve_server_key: str | None = None
@@ -247,6 +249,17 @@ SETTINGS: tuple[Setting, ...] = declare(
             "spool_dir",
             Folder(),
             "where batches wait while the database is unreachable (relative to the config file)",
+        ),
+        Setting(
+            "retention_days",
+            Integer(0, 100 * 365),
+            "delete finished runs and their events this many days old, in small batches "
+            "(0: keep forever); code history is never deleted",
+        ),
+        Setting(
+            "retention_keep_failed_days",
+            Integer(0, 100 * 365),
+            "keep failed runs this many days instead (0 or less than retention_days: as long)",
         ),
         Setting("control_curve_secret_key", OptionalPath(), "CURVE secret key file (server)"),
         Setting(

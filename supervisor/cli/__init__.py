@@ -18,6 +18,7 @@ from supervisor.cli.check import add_check_commands
 from supervisor.cli.code import add_code_commands
 from supervisor.cli.common import EXIT_REFUSED, EXIT_STARTUP, EXIT_UNREACHABLE, EXIT_USAGE
 from supervisor.cli.config_show import add_config_commands
+from supervisor.cli.prune import add_prune_command
 from supervisor.cli.read import add_read_commands
 from supervisor.cli.run import add_run_commands
 from supervisor.errors import CommandRefused, ConfigError, StartupError
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_read_commands(sub)  # history, events, migrate
     add_code_commands(sub)  # drift, deploy, versions, rollback, show-code
     add_config_commands(sub)  # config show
+    add_prune_command(sub)  # prune
     return parser
 
 

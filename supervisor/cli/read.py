@@ -121,7 +121,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    store = open_store_from(args)
+    store = open_store_from(args, create=True)
     try:
         applied = store.migrate()
     finally:
