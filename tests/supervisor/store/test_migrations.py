@@ -43,8 +43,20 @@ def now() -> str:
     return to_text(time.time())
 
 
-ALL = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts"]  # in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts")]
+ALL = [
+    "0001_initial",
+    "0002_code_history",
+    "0003_lease",
+    "0004_alerts",
+    "0007_prune_index",
+]  # in order
+APPLIED = [
+    (1, "0001_initial"),
+    (2, "0002_code_history"),
+    (3, "0003_lease"),
+    (4, "0004_alerts"),
+    (7, "0007_prune_index"),
+]
 
 
 _SCHEMA_MIGRATIONS = (
@@ -136,7 +148,7 @@ def test_database_with_a_future_version_is_refused(tmp_path: Path) -> None:
         store.close()
 
     message = str(raised.value)
-    assert "version 42" in message and "up to 4" in message
+    assert "version 42" in message and "up to 7" in message
 
 
 def test_future_version_is_refused_before_applying_anything(tmp_path: Path) -> None:
@@ -245,6 +257,8 @@ EXPECTED_INDEXES: dict[str, tuple[str, list[tuple[str | None, bool]], bool]] = {
         False,
     ),
     "runs_status": ("runs", [("status", False)], False),
+    # retention (prune, retention_days): finished runs, oldest first
+    "runs_finished_at": ("runs", [("finished_at", False)], True),
     # one first attempt per scheduled fire (issue 9)
     "runs_fire": ("runs", [("actor", False), ("scheduled_for", False)], True),
     "runs_idempotency_window": ("runs", [("queued_at", False)], True),
@@ -348,6 +362,10 @@ def test_catalog_indexes_match_what_the_queries_need(catalog: sqlite3.Connection
         ),
         ("SELECT * FROM runs ORDER BY queued_at DESC, attempt DESC LIMIT 50", "runs_queued_at"),
         ("SELECT * FROM runs WHERE status IN ('queued', 'running')", "runs_status"),
+        (
+            "SELECT run_id FROM runs WHERE finished_at < 'x' ORDER BY finished_at LIMIT 500",
+            "runs_finished_at",
+        ),
         (
             "SELECT actor, idempotency_key, run_id FROM runs "
             "WHERE idempotency_key IS NOT NULL AND queued_at >= 'x'",
