@@ -36,8 +36,10 @@ from workers.sandbox import SandboxConfig
 log = logging.getLogger(__name__)
 
 
-class StartupInterrupted(StartupError):
-    """A stop signal arrived before the supervisor's loop could handle it."""
+class StartupInterrupted(BaseException):
+    """A stop signal arrived before the supervisor's loop could handle it. A BaseException,
+    as KeyboardInterrupt is: no ``except Exception`` on the way (a log handler's, a retry
+    loop's) may swallow it."""
 
 
 @contextlib.contextmanager

@@ -133,6 +133,8 @@ def _last_run(actor: ActorRuntime) -> dict[str, Any] | None:
         "status": run.status,
         "reason": run.reason,
         "error": run.error,
+        # what the script said last, often the reason itself ("disk full")
+        "stderr_last_line": next(reversed(run.stderr_tail.strip().splitlines()), None),
         "finished_at": iso(run.finished_at),
     }
 

@@ -331,7 +331,8 @@ def _print_status(data: dict[str, Any]) -> None:
         last = a.get("last_run") or {}
         if last and last.get("status") != "succeeded":
             why = last.get("reason") or last.get("status")
-            print(f"{a['name']}: last run {last['run_id']} {why}: {last.get('error') or '-'}")
+            said = f" (stderr: {last['stderr_last_line']})" if last.get("stderr_last_line") else ""
+            print(f"{a['name']}: last run {last['run_id']} {why}: {last.get('error') or '-'}{said}")
 
 
 def _schedule_text(schedule: dict[str, Any] | None) -> str:
