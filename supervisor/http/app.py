@@ -81,6 +81,7 @@ def _routes() -> list[BaseRoute]:
             Route("/runs", a.list_runs),
             Route("/runs/{run_id}", a.get_run),
             Route("/events", a.list_events),
+            Route("/alerts", a.list_alerts),
         ]),
         *pages.routes(),
     ]  # fmt: skip

@@ -7,6 +7,7 @@ One supervisor serves the module's read-mostly tests; the retention and start-up
 their own.
 """
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -17,12 +18,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from supervisor.records import Event, RunRecord
 from supervisor.store import open_store
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.supervisor.harness import (
     ECHO,
     RunningSupervisor,
@@ -69,7 +71,8 @@ def sup() -> Iterator[RunningSupervisor]:
     running = start_supervisor(
         folder,
         ACTORS + ALERTS,
-        settings=f'alert_repeat_s = 0\nrun_as_range = "{uids[0]}-{uids[-1]}"\n',
+        settings=f'alert_repeat_s = 0\nrun_as_range = "{uids[0]}-{uids[-1]}"\n'
+        f'http_listen = "127.0.0.1:{free_port()}"\n',
     )
     try:
         yield running
@@ -107,6 +110,44 @@ def test_status_text_shows_last_run_pause_reason_error_and_alerts(sup: RunningSu
 
     check = sup.cli("status", "--check", "--json")
     assert check.returncode == 0 and orjson.loads(check.stdout)["problems"] == [], check
+
+    # the same outbox through the HTTP API, as `alerts --json` reads it, and in /metrics
+    with contextlib.closing(_http(sup)) as http:
+        [alert] = http.get("/api/v1/alerts").json()["alerts"]
+        assert (alert["event"], alert["run_id"], alert["status"]) == (
+            "run_failed",
+            run_id,
+            "delivered",
+        )
+        cli_alerts = orjson.loads(sup.cli("alerts", "--json").stdout)
+        assert [a["alert_id"] for a in cli_alerts] == [alert["alert_id"]]
+        assert http.get("/api/v1/alerts", params={"status": "pending"}).json() == {"alerts": []}
+        bad = http.get("/api/v1/alerts", params={"status": "lost"})
+        assert bad.status_code == 400 and bad.json()["code"] == "bad_parameter"
+        assert "/alerts" in http.get("/api/v1/openapi.json").json()["paths"]
+        metrics = http.get("/metrics").text
+        assert 'actor_supervisor_alerts{status="delivered"} 1.0' in metrics
+        assert 'actor_supervisor_alerts{status="pending"} 0.0' in metrics
+
+
+def _http(sup: RunningSupervisor) -> httpx.Client:
+    listen = next(
+        line.split('"')[1] for line in sup.config_path.read_text().splitlines()
+        if line.startswith("http_listen")
+    )  # fmt: skip
+    token = (sup.folder / "state" / "http-token").read_text().strip()
+    client = httpx.Client(
+        base_url=f"http://{listen}", timeout=30, headers={"Authorization": f"Bearer {token}"}
+    )
+    wait_for(lambda: _answers(client), 30, "the HTTP server to answer")
+    return client
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/health").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_reload_over_the_control_channel_says_what_changed_or_why_not(
