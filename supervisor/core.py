@@ -50,6 +50,7 @@ from supervisor.startup import (
     open_durable,
     prepare_alerts,
     secure_control,
+    seed_last_runs,
 )
 from supervisor.status import StoreHealth, status_line
 from supervisor.wakeup import SignalPipe
@@ -120,6 +121,7 @@ class Supervisor:
         self.spool, self.dead_letters = durable.spool, durable.dead_letters
         self._stored_states, self._unfinished = durable.stored_states, durable.unfinished
         self.actors = build_actors(self.config.actors, self._stored_states)
+        seed_last_runs(self.actors, durable.last_runs)
         s = self.settings
         self.writer = BatchWriter(
             self.store, batch_size=s.batch_size, max_age_s=s.batch_max_age_ms / 1000,

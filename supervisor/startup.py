@@ -12,6 +12,7 @@ from typing import Any
 
 import zmq
 
+from protocol.outcomes import FINAL_STATUSES
 from supervisor.actors import ActorRuntime
 from supervisor.alerts.book import AlertBook
 from supervisor.alerts.sender import AlertSender
@@ -75,6 +76,7 @@ class Durable:
     spool: Spool
     stored_states: dict[str, TaskState]
     unfinished: list[RunRecord]
+    last_runs: dict[str, RunRecord]  # each actor's latest attempt, for status
 
 
 def secure_control(config: Config, overrides: Mapping[str, Any]) -> tuple[str, Any]:
@@ -131,7 +133,16 @@ def open_durable(
         store=store, lease=lease, epoch=epoch, dead_letters=dead_letters, spool=spool,
         stored_states=store.load_task_states(),
         unfinished=list(store.unfinished_runs(before_epoch=epoch)),
+        last_runs=store.last_runs(),  # one index probe per actor
     )  # fmt: skip
+
+
+def seed_last_runs(actors: Mapping[str, ActorRuntime], last: Mapping[str, RunRecord]) -> None:
+    """``status`` shows each actor's last run from the first moment, not only once one ends
+    after this start: the stored one, when it is final (an unfinished one is being recovered)."""
+    for name, record in last.items():
+        if (actor := actors.get(name)) is not None and record.status in FINAL_STATUSES:
+            actor.last_run = record
 
 
 def prepare_alerts(

@@ -229,10 +229,17 @@ def test_retention_days_prunes_in_the_running_supervisor(
 
     wait_for(lambda: "old" not in run_ids(), 30, "the 45-day-old run to be pruned")
     assert "young" in run_ids()
-    done = running.cli("submit", "echo", "--wait")  # and the supervisor works on
+    done = running.cli("submit", "echo", "--wait", "--json")  # and the supervisor works on
     assert done.returncode == 0, done
     wait_for(lambda: "retention: pruned 1 run(s)" in running.log(), 10, "the log line")
     assert running.stop() == 0
+
+    # after a restart, status knows each actor's last run from the store at once
+    again = supervisors(config=running.config_path)
+    [echo] = again.status()["actors"]
+    assert echo["last_run"]["run_id"] == orjson.loads(done.stdout)["run_id"]
+    assert echo["last_run"]["status"] == "succeeded"
+    assert again.stop() == 0
 
 
 def _start(folder: Path, config: str, tmpdir: Path) -> subprocess.Popen[str]:
