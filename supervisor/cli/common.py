@@ -151,7 +151,9 @@ def open_store_from(
     except StoreError as exc:
         if create or not _missing(exc):
             raise
-        raise StoreError(f"no database {parsed.description} ({_wrong(args, config)})") from exc
+        raise StoreError(
+            f"no database {parsed.description} ({_wrong(args, config)}): {exc}"
+        ) from exc
     if not create:
         _require_schema(store, args, config)
     return store
