@@ -6,6 +6,8 @@ exit codes and helpers: :mod:`~supervisor.cli.common`.
 """
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.handler(args)
         return code
@@ -100,6 +102,24 @@ def _run(argv: Sequence[str] | None) -> int:
         return exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; with ``--json``, a usage error is a JSON error object too."""
+    if "--json" not in argv:
+        return build_parser().parse_args(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code != EXIT_USAGE:  # --help, --version: not an error
+            sys.stderr.write(captured.getvalue())
+            raise
+        message = captured.getvalue().strip().splitlines()[-1]  # "prog cmd: error: ..."
+        error = {"code": "usage", "message": message.partition("error: ")[2], "exit": EXIT_USAGE}
+        print(orjson.dumps({"error": error}).decode())
+        raise
 
 
 def error_code(exc: Exception) -> str:

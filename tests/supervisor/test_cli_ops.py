@@ -92,6 +92,20 @@ def test_under_json_an_error_is_a_json_object_on_stdout_with_the_same_exit_code(
     assert code == 2 and orjson.loads(out)["error"]["code"] == "config_error"
 
 
+def test_under_json_a_usage_error_is_a_json_object_too(
+    tmp_path: Path, cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli("history", "--limit", "0", "--json")
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and err == ""
+    assert orjson.loads(out) == {"error": {
+        "code": "usage", "message": "argument --limit: expected a whole number >= 1, got 0",
+        "exit": 2,
+    }}  # fmt: skip
+    assert not list(tmp_path.iterdir())
+
+
 def test_show_code_and_versions_say_precisely_what_was_not_found(tmp_path: Path, cli: Cli) -> None:
     db = "sqlite:actors.db"
     assert cli("migrate", "--database", db)[0] == 0
