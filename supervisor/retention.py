@@ -18,9 +18,9 @@ from supervisor.store.base import Pruned, Store, StoreError
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
-BATCH_RUNS = 500  # runs (with their attempts and events) per transaction
+BATCH_RUNS = 100  # runs per transaction: with their attempts and events, some 500 rows
 EVERY_S = 300.0  # between passes once nothing is due
-BACKLOG_PAUSE_S = 1.0  # between batches of a backlog: the writes come first
+BACKLOG_PAUSE_S = 0.25  # between batches of a backlog: the writes come first
 FIRST_PASS_S = 2.0  # after start: let the start-up writes go first
 
 

@@ -1,5 +1,5 @@
 """``retention_days`` in the batch writer's thread, on a real SQLite store: a backlog goes in
-500-run transactions between record batches, records keep committing meanwhile, and the next
+small transactions between record batches, records keep committing meanwhile, and the next
 pass waits its turn."""
 
 import time
@@ -63,7 +63,7 @@ def _run(run_id: str, ended: float) -> RunRecord:
 def test_the_writer_prunes_a_backlog_in_small_batches_while_records_keep_committing(
     store: CountingStore,
 ) -> None:
-    store.write_batch(_runs("old", 1200, 40))
+    store.write_batch(_runs("old", 2 * BATCH_RUNS + 50, 40))
     store.write_batch(_runs("young", 3, 1))
     clock = Clock()
     kept = Retention(store, days=30, keep_failed_days=0, monotonic=clock)
@@ -83,8 +83,8 @@ def test_the_writer_prunes_a_backlog_in_small_batches_while_records_keep_committ
             wait_for(lambda: len(store.prunes) > before, 10, "the next batch")  # noqa: B023
     finally:
         writer.close(timeout=5)
-    assert [p.runs for p in store.prunes] == [BATCH_RUNS, BATCH_RUNS, 200, 0]
-    assert kept.total.runs == 1200
+    assert [p.runs for p in store.prunes] == [BATCH_RUNS, BATCH_RUNS, 50, 0]
+    assert kept.total.runs == 2 * BATCH_RUNS + 50
     assert kept.wait_s() == pytest.approx(retention.EVERY_S)  # nothing due: minutes to the next
     left = {r.run_id[:3] for r in store.list_runs(limit=100)}
     assert left == {"you", "new", "tic"}
