@@ -41,7 +41,7 @@ def add_read_commands(sub: Any) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
         runs = _attempts_together(
             store.list_runs(actor=args.actor, run_id=args.run_id, limit=args.limit)
@@ -104,7 +104,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         filters.update(aggregate_type="actor", aggregate_id=args.actor)
     elif args.correlation:
         filters.update(correlation_id=args.correlation)
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
         found: list[Event] = store.list_events(**filters)
     finally:
