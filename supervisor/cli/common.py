@@ -123,6 +123,19 @@ def unreachable(config: Config, timeout_s: float, why: str | None = None) -> Cli
     )
 
 
+def ask(config: Config, timeout_s: float, request: Callable[[Client], Any]) -> Any:
+    """``request(client)`` against the supervisor ``config`` names; silence (or no socket
+    file, said at once) raises :func:`unreachable`, naming the endpoint and its source."""
+    endpoint = control_endpoint(config)
+    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://") :]):
+        raise unreachable(config, timeout_s, why="no socket file there")
+    try:
+        with client_for(config, timeout_s=timeout_s) as client:
+            return request(client)
+    except ClientTimeout:
+        raise unreachable(config, timeout_s) from None
+
+
 def open_store_from(
     args: argparse.Namespace,
     config: Config | None = None,

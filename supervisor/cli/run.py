@@ -3,17 +3,17 @@
 """
 
 import argparse
-import os
 import sys
 from typing import Any
 
 import orjson
 
-from protocol.client import Accepted, ClientTimeout, RunOutcome
+from protocol.client import Accepted, RunOutcome
 from supervisor.cli.check import cmd_check
 from supervisor.cli.common import (
     EXIT_OK,
     EXIT_RUN_FAILED,
+    ask,
     client_flags,
     command,
     config_flag,
@@ -21,9 +21,7 @@ from supervisor.cli.common import (
     load,
     print_json_or,
     table,
-    unreachable,
 )
-from supervisor.controlkeys import client_for, control_endpoint
 from supervisor.errors import ConfigError
 from supervisor.settings import SETTINGS
 from supervisor.settings_kinds import Boolean, Choice, Integer, Number
@@ -217,12 +215,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Exit 0 with what changed; 5 (refused) with the error when the file is invalid."""
-    config = load(args, "control")
-    try:
-        with client_for(config, timeout_s=RELOAD_TIMEOUT_S) as client:
-            answer = client.reload()
-    except ClientTimeout:
-        raise unreachable(config, RELOAD_TIMEOUT_S) from None
+    answer = ask(load(args, "control"), RELOAD_TIMEOUT_S, lambda client: client.reload())
     print_json_or(args, answer, _reload_text(answer))
     return EXIT_OK
 
@@ -251,15 +244,7 @@ def _reload_text(answer: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise ConfigError(f"--timeout: expected seconds > 0, got {args.timeout:g}")
-    config = load(args, "control")
-    endpoint = control_endpoint(config)
-    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://") :]):
-        raise unreachable(config, 0, why="no socket file there")  # nothing to wait for
-    try:
-        with client_for(config, timeout_s=args.timeout) as client:
-            data = client.status()
-    except ClientTimeout:
-        raise unreachable(config, args.timeout) from None
+    data = ask(load(args, "control"), args.timeout, lambda client: client.status())
     problems = status_problems(data) if args.check else []
     if args.json:
         print(orjson.dumps({**data, "problems": problems} if args.check else data).decode())

@@ -271,6 +271,10 @@ def test_status_against_a_silent_endpoint_names_it_and_where_it_came_from(
     assert code == 3
     assert f"no supervisor at ipc://{tmp_path}/state/control.sock (control from the default" in err
     assert "no socket file there" in err
+    started = time.monotonic()
+    code, out, _ = cli("reload", "--json")  # the same for reload, at once, not after 30 s
+    assert code == 3 and time.monotonic() - started < 5
+    assert "no socket file there" in orjson.loads(out)["error"]["message"]
 
 
 def _status(**changes: Any) -> dict[str, Any]:
