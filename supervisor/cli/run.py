@@ -29,6 +29,7 @@ from workers.logs import setup_logging
 
 NON_SETTING_START_FLAGS = ("--standby", "--dry-run", "--json")  # what start has beside SETTINGS
 EXIT_STOPPED_STARTING = 128 + 15  # as if SIGTERM had killed it, which it asked for
+CONTROL_TIMEOUT_S = 10.0  # trigger, pause, resume
 RELOAD_TIMEOUT_S = 30.0  # hashing many changed scripts takes a while
 STATUS_TIMEOUT_S = 3.0  # a live supervisor answers status from memory in milliseconds
 
@@ -193,22 +194,24 @@ def _print_outcome(args: argparse.Namespace, outcome: RunOutcome) -> None:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        accepted = client.trigger(args.actor, _parse_input(args.input), force=args.force)
+    value = _parse_input(args.input)
+    accepted = ask(
+        load(args, "control"),
+        CONTROL_TIMEOUT_S,
+        lambda client: client.trigger(args.actor, value, force=args.force),
+    )
     print_json_or(args, _accepted_dict(accepted), f"triggered: run {accepted.run_id}")
     return EXIT_OK
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        data = client.pause(args.actor, args.reason)
+    data = ask(load(args, "control"), CONTROL_TIMEOUT_S, lambda c: c.pause(args.actor, args.reason))
     print_json_or(args, data, f"{args.actor}: paused")
     return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        data = client.resume(args.actor)
+    data = ask(load(args, "control"), CONTROL_TIMEOUT_S, lambda c: c.resume(args.actor))
     print_json_or(args, data, f"{args.actor}: resumed")
     return EXIT_OK
 
