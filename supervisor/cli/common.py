@@ -156,7 +156,7 @@ def open_store_from(
     pool = replace(pool_options(settings), wait_s=min(settings.database_wait_s, 10.0))
     parsed = parse_store_url(settings.database, base_dir=config.base_dir)
     if not create and parsed.path is not None and not parsed.path.is_file():
-        raise StoreError(f"no database at {parsed.path} ({_wrong(args, config)})")
+        raise StoreError(f"no database at {parsed.path} ({_wrong(config)})")
     try:
         store = open_store(
             settings.database, base_dir=config.base_dir, pool=pool, read_only=read_only
@@ -164,15 +164,13 @@ def open_store_from(
     except StoreError as exc:
         if create or not _missing(exc):
             raise
-        raise StoreError(
-            f"no database {parsed.description} ({_wrong(args, config)}): {exc}"
-        ) from exc
+        raise StoreError(f"no database {parsed.description} ({_wrong(config)}): {exc}") from exc
     if not create:
-        _require_schema(store, args, config)
+        _require_schema(store, config)
     return store
 
 
-def _require_schema(store: Any, args: argparse.Namespace, config: Config) -> None:
+def _require_schema(store: Any, config: Config) -> None:
     """A database without the supervisor's tables is not one it ever wrote: say so, not
     'no such table: runs' halfway through a command."""
     try:
@@ -182,7 +180,7 @@ def _require_schema(store: Any, args: argparse.Namespace, config: Config) -> Non
             raise
         store.close()
         raise StoreError(
-            f"{store.description} has no actor-supervisor tables ({_wrong(args, config)}; "
+            f"{store.description} has no actor-supervisor tables ({_wrong(config)}; "
             "`actor-supervisor migrate` creates them)"
         ) from exc
 
@@ -192,7 +190,7 @@ def _missing(exc: StoreError) -> bool:
     return "does not exist" in text or "no such table" in text
 
 
-def _wrong(args: argparse.Namespace, config: Config) -> str:
+def _wrong(config: Config) -> str:
     chosen = _origin_text(config, "database")
     return f"wrong --config or --database? database from {chosen}"
 
