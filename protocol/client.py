@@ -22,6 +22,7 @@ from protocol.messages import (
     MetricsRequest,
     Pause,
     Refresh,
+    ReloadRequest,
     Reply,
     Rerun,
     Resume,
@@ -213,6 +214,14 @@ class Client:
             ) from exc
         return RunOutcome.from_dict(result.data)
 
+    def reload(self) -> dict[str, Any]:
+        """Have the supervisor reload its configuration file (as SIGHUP does); the answer says
+        what changed. A rejected file raises ``ClientError`` with code ``config_rejected``."""
+        rid = _new_id()
+        self._send(ReloadRequest(id=rid))
+        data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data
+        return data
+
     # --- plumbing ----------------------------------------------------------------------------
 
     def _send(
@@ -225,7 +234,8 @@ class Client:
         | MetricsRequest
         | Refresh
         | Rerun
-        | Cancel,
+        | Cancel
+        | ReloadRequest,
     ) -> None:
         self._sock.send(encode(message))
 

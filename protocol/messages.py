@@ -386,6 +386,21 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadRequest:
+    """Reload the configuration file, as SIGHUP does; answered ``ok`` with what changed
+    (``added``, ``removed``, ``changed`` actors, ``restart_needed`` settings), or the error
+    ``config_rejected`` naming the problem (the running configuration stays)."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="reload", init=False)
+    id: str
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "ReloadRequest":
+        return cls(id=r.string("id", max_len=64))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     """The answer to a client request: ``ok`` with ``kind``/``data``, or an error ``code``."""
 
@@ -425,6 +440,7 @@ Message = (
     | CancelRun
     | Rerun
     | Cancel
+    | ReloadRequest
     | Reply
 )
 
@@ -443,12 +459,24 @@ MESSAGE_TYPES: dict[str, Any] = {
     "cancel_run": CancelRun,
     "rerun": Rerun,
     "cancel": Cancel,
+    "reload": ReloadRequest,
     "reply": Reply,
 }
 WORKER_TO_SUPERVISOR = frozenset({"hello", "result"})
 SUPERVISOR_TO_WORKER = frozenset({"run", "stop", "cancel_run"})
 CLIENT_REQUESTS = frozenset(
-    {"submit", "trigger", "pause", "resume", "status", "metrics", "refresh", "rerun", "cancel"}
+    {
+        "submit",
+        "trigger",
+        "pause",
+        "resume",
+        "status",
+        "metrics",
+        "refresh",
+        "rerun",
+        "cancel",
+        "reload",
+    }
 )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from supervisor.code.sync import ActorCode
 from supervisor.config import ActorConfig
-from supervisor.records import ActorRecord, TaskState
+from supervisor.records import ActorRecord, RunRecord, TaskState
 
 
 @dataclass(eq=False)
@@ -20,6 +20,8 @@ class ActorRuntime:
     # Fires waiting for the active run to end: (trigger, scheduled_for). Filled by
     # overlap = "queue" and by catch-up, so an actor's runs never overlap unless it allows it.
     pending: deque[tuple[str, float]] = field(default_factory=deque)
+    # The last run that ended since this supervisor started (final attempt), for ``status``.
+    last_run: RunRecord | None = None
 
     @property
     def name(self) -> str:

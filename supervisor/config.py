@@ -128,6 +128,10 @@ class Config:
     sources: dict[str, str] = field(
         default_factory=dict
     )  # setting -> default|file|environment|flag
+    # setting -> the label of the winning source: default, FILE: supervisor.KEY, ENV_VAR, --flag
+    origins: dict[str, str] = field(default_factory=dict)
+    # actor -> the keys its [[actors]] entry sets (the others are defaults or [supervisor]'s)
+    actor_keys: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 class _Json(Kind):
@@ -341,14 +345,15 @@ def load_config(
         raise ConfigError(
             f"{where}supervisor: expected a table ([supervisor]), got {describe(table)}"
         )
-    settings, sources = resolve_settings(
+    settings, sources, origins = resolve_settings(
         table,
         where=where,
         environ=os.environ if environ is None else environ,
         overrides=overrides or {},
         base_dir=base_dir,
     )
-    actors = _actors(document.get("actors", []), where, settings, base_dir)
+    entries = document.get("actors", [])
+    actors = _actors(entries, where, settings, base_dir)
     alerts = parse_alerts(document.get("alerts", []), where, actors)
     return Config(
         path=path,
@@ -357,6 +362,10 @@ def load_config(
         actors=actors,
         alerts=alerts,
         sources=sources,
+        origins=origins,
+        actor_keys={
+            e["name"]: frozenset(e) for e in entries if isinstance(e.get("name"), str)
+        },  # _actors checked every entry
     )
 
 
@@ -489,3 +498,26 @@ def _schedule(value: Mapping[str, Any] | None, label: str, timezone: str) -> Sch
     except ScheduleError as exc:
         inner = f".{exc.key}" if exc.key else ""
         raise ConfigError(f"{label}{inner}: {exc.message}") from None
+
+
+# actor keys whose default is a [supervisor] setting of the same name
+INHERITED_ACTOR_KEYS = ("mode", "limits", "max_consecutive_failures")
+
+
+def actor_origins(config: Config, name: str) -> dict[str, tuple[str, str]]:
+    """Where each key of actor ``name`` came from, as (source, label): ``file`` (its
+    ``[[actors]]`` entry), ``supervisor`` (the ``[supervisor]`` setting it inherits; the label
+    says where that came from) or ``default``. ``limits`` set in both merge; ``file`` wins."""
+    where = f"{config.path}: " if config.path is not None else ""
+    index = list(config.actors).index(name)
+    keys = config.actor_keys.get(name, frozenset())
+    origins: dict[str, tuple[str, str]] = {}
+    for spec in ACTOR_KEYS:
+        if spec.name in keys:
+            origins[spec.name] = ("file", f"{where}actors[{index}].{spec.name}")
+        elif spec.name in INHERITED_ACTOR_KEYS:
+            label = f"[supervisor] {spec.name} ({config.origins[spec.name]})"
+            origins[spec.name] = ("supervisor", label)
+        else:
+            origins[spec.name] = ("default", "default")
+    return origins

@@ -39,8 +39,9 @@ from supervisor.notify import Notifier
 from supervisor.pool import WorkerHandle, WorkerPool
 from supervisor.preflight import prepare_sandbox
 from supervisor.reader import Reader
-from supervisor.reload import reload_config
+from supervisor.reload import ReloadRejected, reload_config
 from supervisor.requests import Requests
+from supervisor.retention import retention_for
 from supervisor.runbook import IDEMPOTENCY_WINDOW_S, KILL_WAIT_S, OVERDUE_SLACK_S, Phase, RunBook
 from supervisor.settings import SupervisorSettings
 from supervisor.startup import (
@@ -49,6 +50,7 @@ from supervisor.startup import (
     open_durable,
     prepare_alerts,
     secure_control,
+    seed_last_runs,
 )
 from supervisor.status import StoreHealth, status_line
 from supervisor.wakeup import SignalPipe
@@ -119,11 +121,13 @@ class Supervisor:
         self.spool, self.dead_letters = durable.spool, durable.dead_letters
         self._stored_states, self._unfinished = durable.stored_states, durable.unfinished
         self.actors = build_actors(self.config.actors, self._stored_states)
+        seed_last_runs(self.actors, durable.last_runs)
         s = self.settings
         self.writer = BatchWriter(
             self.store, batch_size=s.batch_size, max_age_s=s.batch_max_age_ms / 1000,
             spool=self.spool,  # the writer owns and closes it from here on
             epoch=self.epoch, dead_letters=self.dead_letters,
+            retention=retention_for(s, self.store),  # retention_days: pruned between batches
         )  # fmt: skip
         self.sender = prepare_alerts(
             self.config, self.store, self.writer, sandbox=self.sandbox, actors=self.actors.get,
@@ -377,17 +381,26 @@ class Supervisor:
             self._http_fd = fd
 
     def _reload(self) -> None:
-        """SIGHUP: the run book takes the new actors; the shell, the live settings."""
-        new = reload_config(
+        """SIGHUP: as :meth:`reload`; a rejected file is logged (and recorded) only."""
+        with contextlib.suppress(ReloadRejected):
+            self.reload(by="SIGHUP")
+
+    def reload(self, by: str = "reload request") -> dict[str, Any]:
+        """Reload the configuration file: the run book takes the new actors; the shell, the
+        live settings. Returns what changed.
+
+        :raises ReloadRejected: the file is invalid; nothing changed.
+        """
+        reloaded = reload_config(
             self.config, self._overrides, sandbox=self.sandbox, book=self.book,
             codebook=self.codebook, stored_states=self._stored_states,
-            instance_id=self.instance_id,
+            instance_id=self.instance_id, by=by,
         )  # fmt: skip
-        if new is None:
-            return
+        new = reloaded.config
         self.config, self.settings = new, new.supervisor
         self.pool.heartbeat_timeout_s = new.supervisor.heartbeat_timeout_s
         setup_logging(new.supervisor.log_level, new.supervisor.log_format)
+        return reloaded.answer()
 
     def _begin_shutdown(self, why: str) -> None:
         draining = self.book.phase is Phase.RUNNING

@@ -81,6 +81,33 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     )
 
 
+class ReloadRejected(Exception):
+    """The new configuration is invalid (or a script unusable); the running one stays."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """A reload that was applied: the configuration now in effect and what changed."""
+
+    config: Config
+    plan: ReloadPlan
+    alerts_changed: bool = False
+
+    def answer(self) -> dict[str, Any]:
+        """What ``actor-supervisor reload`` prints: the changes, and what waits for a restart."""
+        plan = self.plan
+        return {
+            "config": str(self.config.path) if self.config.path else None,
+            "added": list(plan.added),
+            "removed": list(plan.removed),
+            "changed": list(plan.changed),
+            "rescheduled": list(plan.rescheduled),
+            "settings_applied": list(plan.applied_settings),
+            "restart_needed": list(plan.restart_needed),
+            "alerts_changed": self.alerts_changed,
+        }
+
+
 def reload_config(
     config: Config,
     overrides: Mapping[str, Any],
@@ -90,36 +117,42 @@ def reload_config(
     codebook: CodeBook,
     stored_states: Mapping[str, TaskState],
     instance_id: str,
-) -> Config | None:
-    """Apply a changed configuration file to the run book's actors and return it; an invalid
-    one is rejected (None), the old one stays. Settings the shell applies are the caller's."""
+    by: str = "SIGHUP",
+) -> Reloaded:
+    """Apply a changed configuration file to the run book's actors and return it. Settings
+    the shell applies are the caller's. ``by`` names who asked, in the log.
+
+    :raises ReloadRejected: the new file is invalid; the old configuration stays in effect.
+    """
     try:
         new = load_config(config.path, overrides=overrides, environ=os.environ)
         check_reloaded_scripts(config, new, sandbox)
     except (ConfigError, StartupError) as exc:
         book.counters["reloads_rejected"] += 1
-        log.error("SIGHUP: configuration rejected, keeping the running one: %s", exc)
+        log.error("%s: configuration rejected, keeping the running one: %s", by, exc)
         book.sink.put(events.supervisor_event("config_rejected", instance_id, error=str(exc)))
-        return None
+        raise ReloadRejected(str(exc)) from exc
     plan = plan_reload(config, new)
     _apply_actors(plan, new, book, codebook, stored_states)
-    if new.alerts != config.alerts:
-        log.warning("SIGHUP: [[alerts]] changed; the new entries apply at the next restart")
+    alerts_changed = new.alerts != config.alerts
+    if alerts_changed:
+        log.warning("%s: [[alerts]] changed; the new entries apply at the next restart", by)
     book.settings = plan.settings
     book.counters["reloads"] += 1
     log.info(
-        "SIGHUP: configuration reloaded",
+        "%s: configuration reloaded", by,
         extra={"added": plan.added, "removed": plan.removed, "changed": plan.changed,
                "settings": plan.applied_settings},
     )  # fmt: skip
     if plan.restart_needed:
-        log.warning("SIGHUP: these settings changed but need a restart to apply: %s",
-                    ", ".join(plan.restart_needed))  # fmt: skip
+        log.warning("%s: these settings changed but need a restart to apply: %s",
+                    by, ", ".join(plan.restart_needed))  # fmt: skip
     book.sink.put(events.supervisor_event(
         "config_reloaded", instance_id, added=list(plan.added), removed=list(plan.removed),
         changed=list(plan.changed), restart_needed=list(plan.restart_needed),
     ))  # fmt: skip
-    return replace(new, supervisor=plan.settings, alerts=config.alerts)
+    kept = replace(new, supervisor=plan.settings, alerts=config.alerts)
+    return Reloaded(config=kept, plan=plan, alerts_changed=alerts_changed)
 
 
 def _apply_actors(

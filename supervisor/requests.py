@@ -1,12 +1,12 @@
 """What each control request means: submit, trigger, pause, resume, status, metrics, refresh,
-rerun and cancel.
+rerun, cancel and reload.
 
 Every request gets exactly one answer (two for ``submit`` and ``rerun`` with ``wait``:
 ``accepted``, then ``result``; two for ``cancel``: ``cancelling``, then ``result``), and every
 refusal carries a stable error code: ``unknown_actor``, ``busy``, ``paused``, ``shutting_down``,
-``result_unavailable``, ``refresh_failed``, ``unknown_run``, ``not_cancellable``,
-``store_unavailable``, and ``bad_request`` for an input no worker would take (refused here,
-never accepted and then lost).
+``result_unavailable``, ``refresh_failed``, ``config_rejected``, ``unknown_run``,
+``not_cancellable``, ``store_unavailable``, and ``bad_request`` for an input no worker would take
+(refused here, never accepted and then lost).
 """
 
 import logging
@@ -21,6 +21,7 @@ from protocol.messages import (
     MetricsRequest,
     Pause,
     Refresh,
+    ReloadRequest,
     Rerun,
     Resume,
     StatusRequest,
@@ -33,6 +34,7 @@ from supervisor.code.sync import ActorCode
 from supervisor.idempotency import digest
 from supervisor.records import RunRecord
 from supervisor.records import Trigger as RunTrigger
+from supervisor.reload import ReloadRejected
 from supervisor.runs import ActiveRun, Waiter
 from supervisor.status import Supervisor, build_metrics, build_status
 
@@ -79,6 +81,22 @@ class Requests:
                                waiter.envelope), message)  # fmt: skip
         elif isinstance(message, Cancel):
             self._cancel(Waiter(waiter.identity, waiter.request_id, True, waiter.envelope), message)
+        elif isinstance(message, ReloadRequest):
+            self._reload(waiter)
+
+    def _reload(self, waiter: Waiter) -> None:
+        """As SIGHUP, but the caller hears what changed, or why the file was rejected."""
+        if not self.sup.book.accepting:
+            self.sup.control.reply_error(waiter, "shutting_down", "the supervisor is shutting down")
+            return
+        try:
+            answer = self.sup.reload()
+        except ReloadRejected as exc:
+            self.sup.control.reply_error(
+                waiter, "config_rejected", f"{exc}; the running configuration stays in effect"
+            )
+            return
+        self.sup.control.reply(waiter, "ok", answer)
 
     def _actor(self, waiter: Waiter, name: str) -> ActorRuntime | None:
         actor = self.sup.actors.get(name)

@@ -397,6 +397,7 @@ class RunBook:
         self._after_commit(seq, lambda: self._deliver(waiters, outcome))
         if actor is not None:
             actor.active.discard(record.run_id)
+            actor.last_run = record
             self.breaker.account(actor, record)
             if self.phase is Phase.RUNNING:
                 self.scheduler.after_final(actor)

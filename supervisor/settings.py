@@ -127,6 +127,8 @@ class SupervisorSettings:
     allow_subsecond: bool = False
     migrate: bool = True
     spool_dir: str = f"{STATE_DIR}/spool"
+    retention_days: int = 0
+    retention_keep_failed_days: int = 0
     control_curve_secret_key: str | None = None
     control_curve_authorized_keys: str | None = None
     control_curve_server_key: str | None = None
@@ -248,6 +250,17 @@ SETTINGS: tuple[Setting, ...] = declare(
             Folder(),
             "where batches wait while the database is unreachable (relative to the config file)",
         ),
+        Setting(
+            "retention_days",
+            Integer(0, 100 * 365),
+            "delete finished runs and their events this many days old, in small batches "
+            "(0: keep forever); code history is never deleted",
+        ),
+        Setting(
+            "retention_keep_failed_days",
+            Integer(0, 100 * 365),
+            "keep failed runs this many days instead (0 or less than retention_days: as long)",
+        ),
         Setting("control_curve_secret_key", OptionalPath(), "CURVE secret key file (server)"),
         Setting(
             "control_curve_authorized_keys",
@@ -276,12 +289,15 @@ def resolve_settings(
     environ: Mapping[str, str],
     overrides: Mapping[str, Any],
     base_dir: Path,
-) -> tuple[SupervisorSettings, dict[str, str]]:
+) -> tuple[SupervisorSettings, dict[str, str], dict[str, str]]:
     """Merge default, file (``table``), environment and flags, in rising precedence.
 
     ``where`` prefixes file errors (``"supervisor.toml: "``). An empty environment variable
     counts as unset, and so does a ``None`` override. Returns the settings and, for each,
-    where its value came from: ``default``, ``file``, ``environment`` or ``flag``.
+    where its value came from: the kind (``default``, ``file``, ``environment`` or ``flag``)
+    and the label naming it (``default``, ``supervisor.toml: supervisor.workers``,
+    ``ACTOR_SUPERVISOR_WORKERS``, ``--workers``), so ``config show`` and ``status`` can say
+    which one won without guessing.
     """
     for name in overrides:
         if name not in SETTINGS_BY_NAME:
@@ -314,7 +330,7 @@ def resolve_settings(
     _check_control(settings, labels)
     _check_pool(settings, labels)
     _check_run_as_range(settings, labels)
-    return settings, sources
+    return settings, sources, labels
 
 
 def _check_pool(settings: SupervisorSettings, labels: Mapping[str, str]) -> None:

@@ -5,12 +5,14 @@ caller's :class:`contextlib.ExitStack`, so a failure half-way releases what was 
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+import signal
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
+from protocol.outcomes import FINAL_STATUSES
 from supervisor.actors import ActorRuntime
 from supervisor.alerts.book import AlertBook
 from supervisor.alerts.sender import AlertSender
@@ -35,6 +37,34 @@ from workers.sandbox import SandboxConfig
 log = logging.getLogger(__name__)
 
 
+class StartupInterrupted(BaseException):
+    """A stop signal arrived before the supervisor's loop could handle it. A BaseException,
+    as KeyboardInterrupt is: no ``except Exception`` on the way (a log handler's, a retry
+    loop's) may swallow it."""
+
+
+@contextlib.contextmanager
+def stop_signals_unwind() -> Iterator[None]:
+    """Until the loop installs its own handlers, SIGTERM would kill the process outright: a
+    start-up waiting for its database or its lease would leave the runtime folder, the code
+    cache, the uid claim and the lease behind. Here SIGTERM raises instead, so every
+    :class:`~contextlib.ExitStack` on the way unwinds (SIGINT already does, as
+    KeyboardInterrupt), and SIGHUP waits: there is nothing to reload yet."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise StartupInterrupted(f"stopped by {signal.Signals(signum).name} during start-up")
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @dataclass(frozen=True, slots=True)
 class Durable:
     """The store as this supervisor found it, with the lease that makes it ours."""
@@ -46,6 +76,7 @@ class Durable:
     spool: Spool
     stored_states: dict[str, TaskState]
     unfinished: list[RunRecord]
+    last_runs: dict[str, RunRecord]  # each actor's latest attempt, for status
 
 
 def secure_control(config: Config, overrides: Mapping[str, Any]) -> tuple[str, Any]:
@@ -102,7 +133,16 @@ def open_durable(
         store=store, lease=lease, epoch=epoch, dead_letters=dead_letters, spool=spool,
         stored_states=store.load_task_states(),
         unfinished=list(store.unfinished_runs(before_epoch=epoch)),
+        last_runs=store.last_runs(),  # one index probe per actor
     )  # fmt: skip
+
+
+def seed_last_runs(actors: Mapping[str, ActorRuntime], last: Mapping[str, RunRecord]) -> None:
+    """``status`` shows each actor's last run from the first moment, not only once one ends
+    after this start: the stored one, when it is final (an unfinished one is being recovered)."""
+    for name, record in last.items():
+        if (actor := actors.get(name)) is not None and record.status in FINAL_STATUSES:
+            actor.last_run = record
 
 
 def prepare_alerts(

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from supervisor import events
 from supervisor.actors import ActorRuntime
+from supervisor.alerts.sender import AlertSender
 from supervisor.code.book import CodeBook
 from supervisor.control import ControlServer
 from supervisor.deadletter import DeadLetters
@@ -63,6 +64,9 @@ class Supervisor(Protocol):
     @property
     def reader(self) -> Reader: ...
     def kill_on_worker(self, worker_id: str, run_id: str, attempt: int) -> bool: ...
+    @property
+    def sender(self) -> AlertSender | None: ...
+    def reload(self) -> dict[str, Any]: ...
 
 
 def iso(ts: float | None) -> str | None:
@@ -113,7 +117,29 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
             "capacity": sup.settings.queue_size,
         },
         "store": _store(sup),
+        "alerts": alert_counts(sup),
         "counters": all_counters(sup),
+    }
+
+
+def alert_counts(sup: "Supervisor") -> dict[str, int] | None:
+    """Pending alerts, and those delivered or failed since this start; None: no [[alerts]]."""
+    return sup.sender.counts() if sup.sender is not None else None
+
+
+def _last_run(actor: ActorRuntime) -> dict[str, Any] | None:
+    run = actor.last_run
+    if run is None:
+        return None
+    return {
+        "run_id": run.run_id,
+        "attempt": run.attempt,
+        "status": run.status,
+        "reason": run.reason,
+        "error": run.error,
+        # what the script said last, often the reason itself ("disk full")
+        "stderr_last_line": next(reversed(run.stderr_tail.strip().splitlines()), None),
+        "finished_at": iso(run.finished_at),
     }
 
 
@@ -159,6 +185,7 @@ def _actors(sup: "Supervisor") -> list[dict[str, Any]]:
                 "paused_reason": state.paused_reason,
                 "consecutive_failures": state.consecutive_failures,
                 "last_run_at": iso(state.last_run_at),
+                "last_run": _last_run(actor),  # the last one that ended since this start
                 "active_runs": len(actor.active),
                 "mode": actor.config.mode,
                 "code_sha256": actor.code_sha256,
@@ -232,6 +259,7 @@ def build_metrics(sup: "Supervisor") -> dict[str, Any]:
         "worker_restarts": sup.book.counters["worker_deaths"],
         "store_degraded": stats.degraded,
         "store_spool_depth": stats.spool_depth,
+        "alerts": alert_counts(sup),
         "store_batch_bounds": list(sup.writer.batch_seconds.bounds),
         "store_batch": sup.writer.batch_seconds.snapshot(),
         "last_commit_age_s": None if last_commit is None else time.time() - last_commit,

@@ -36,6 +36,7 @@ from supervisor.deadletter import DeadLetters, write_or_isolate
 from supervisor.metrics import BATCH_BOUNDS, Histogram
 from supervisor.records import Record, RunRecord
 from supervisor.replayer import Replayer
+from supervisor.retention import Retention
 from supervisor.spool import Spool, encode_batch
 from supervisor.store.base import Store, StoreUnavailable
 from supervisor.writerstats import WriterStats
@@ -72,10 +73,12 @@ class BatchWriter:
         replay_chunk: int = 5000,
         epoch: int = 0,
         dead_letters: DeadLetters | None = None,
+        retention: Retention | None = None,
     ) -> None:
         _check_settings(batch_size, replay_chunk, max_age_s, backoff_initial_s, backoff_max_s)
         self._store = store
         self._spool = spool
+        self.retention = retention  # pruned by this thread when idle (supervisor/retention.py)
         self._batch_size = batch_size
         self._max_age_s = max_age_s
         self._backoff_initial_s = backoff_initial_s
@@ -283,16 +286,34 @@ class BatchWriter:
 
     def _run(self) -> None:
         while (batch := self._collect()) is not None:
-            if not self._write(batch):
+            if batch and not self._write(batch):
                 return
+            self._prune()
+
+    def _prune(self) -> None:
+        """One retention batch, if due and the store is healthy: between record batches, so
+        records wait behind at most one small delete (and a busy writer still prunes)."""
+        if self.retention is None or self.retention.wait_s() > 0:
+            return
+        with self._lock:
+            degraded = self._degraded
+        degraded = degraded or (self._spool is not None and self._spool.pending)
+        if degraded:
+            self.retention.postpone()  # a store that is down or catching up is left alone
+            return
+        self.retention.step()
 
     def _collect(self) -> list[_Entry] | None:
-        """Wait for records and gather one batch by the flush rule; None when closed and empty."""
+        """Wait for records and gather one batch by the flush rule; None when closed and empty,
+        and an empty batch when retention is due while no record waits."""
         with self._lock:
             while not self._queue:
                 if self._closing:
                     return None
-                self._work.wait()
+                wait = self.retention.wait_s() if self.retention is not None else None
+                if wait is not None and wait <= 0:
+                    return []
+                self._work.wait(wait)
         batch: list[_Entry] = []
         while True:
             with self._lock:

@@ -32,6 +32,7 @@ _E2E_MODULES = frozenset(
         "tests/supervisor/test_core.py",
         "tests/supervisor/test_curve.py",
         "tests/supervisor/test_floods.py",
+        "tests/supervisor/test_ops_e2e.py",
         "tests/supervisor/test_deploy.py",
         "tests/supervisor/test_lease.py",
         "tests/supervisor/test_outage.py",

@@ -47,7 +47,13 @@ def _text(value: Any) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, pid, msg, then every extra."""
+    """One JSON object per line: ts, level, logger, pid, msg, then every extra.
+
+    An extra named like a field of the line (``extra={"pid": worker_pid}``) must not replace
+    it: the line's ``pid`` is always the process that logged. The extra goes under
+    ``extra_<name>`` instead."""
+
+    RESERVED = frozenset({"ts", "level", "logger", "pid", "msg", "exc"})
 
     def format(self, record: logging.LogRecord) -> str:
         obj: dict[str, Any] = {
@@ -56,8 +62,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "pid": record.process,
             "msg": record.getMessage(),
-            **_extras(record),
         }
+        for key, value in _extras(record).items():
+            obj[f"extra_{key}" if key in self.RESERVED else key] = value
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(obj, default=str).decode()

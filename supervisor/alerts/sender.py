@@ -92,6 +92,15 @@ class AlertSender:
                 if destination is not None:
                     destination.add(record)
 
+    def counts(self) -> dict[str, int]:
+        """Alerts pending now, and delivered or failed for good since this start (``status``,
+        ``/metrics``): from memory, no query."""
+        totals = {"pending": 0, "delivered": 0, "failed": 0}
+        for destination in self._destinations.values():
+            for key, value in destination.counts().items():
+                totals[key] += value
+        return totals
+
     def close(self, timeout: float) -> None:
         """Deliver what is due now for up to ``timeout`` seconds, then stop. What is left stays
         pending in the store for the next start."""
@@ -126,6 +135,7 @@ class _Destination:
         self._done: set[str] = set()
         self._done_order: deque[str] = deque()
         self._deadline: float | None = None  # monotonic; set by stop()
+        self._finished = {DELIVERED: 0, FAILED: 0}
         self._thread = threading.Thread(target=self._run, name=f"alerts-{alert.name}", daemon=True)
 
     def start(self) -> None:
@@ -142,6 +152,14 @@ class _Destination:
                 )
             self._rows[row.alert_id] = row
             self._changed.notify()
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "pending": len(self._rows),
+                "delivered": self._finished[DELIVERED],
+                "failed": self._finished[FAILED],
+            }
 
     def stop(self, deadline: float) -> None:
         with self._lock:
@@ -225,6 +243,7 @@ class _Destination:
     def _finish(self, row: AlertRecord) -> None:
         with self._lock:
             self._rows.pop(row.alert_id, None)
+            self._finished[row.status] += 1
             self._done.add(row.alert_id)
             self._done_order.append(row.alert_id)
             if len(self._done_order) > _REMEMBERED:

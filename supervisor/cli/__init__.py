@@ -7,20 +7,26 @@ exit codes and helpers: :mod:`~supervisor.cli.common`.
 """
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+import orjson
+
 from protocol.client import ClientError, ClientTimeout
 from supervisor.cli.check import add_check_commands
 from supervisor.cli.code import add_code_commands
 from supervisor.cli.common import EXIT_REFUSED, EXIT_STARTUP, EXIT_UNREACHABLE, EXIT_USAGE
+from supervisor.cli.config_show import add_config_commands
+from supervisor.cli.prune import add_prune_command
 from supervisor.cli.read import add_read_commands
 from supervisor.cli.run import add_run_commands
 from supervisor.cli.runs import add_runs_commands
 from supervisor.errors import CommandRefused, ConfigError, StartupError
-from supervisor.store.base import StoreError
+from supervisor.store.base import StoreError, StoreUnavailable
 
 EPILOG = """examples:
   actor-supervisor start --config examples/supervisor.toml --workers 8
@@ -55,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_read_commands(sub)  # history, events, migrate
     add_code_commands(sub)  # drift, deploy, versions, rollback, show-code
     add_runs_commands(sub)  # show, rerun, cancel
+    add_config_commands(sub)  # config show
+    add_prune_command(sub)  # prune
     return parser
 
 
@@ -78,14 +86,51 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.handler(args)
         return code
     except (ConfigError, CommandRefused, StartupError, StoreError, ClientError) as exc:
         # a timeout's text is the message alone: its code ("timeout") would only repeat it
         message = exc.message if isinstance(exc, ClientTimeout) else str(exc)
-        print(f"actor-supervisor: {message}", file=sys.stderr)
-        return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
+        exit_code = next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
+        if getattr(args, "json", False):
+            # --json promises JSON on stdout, failures included; the exit code is the same
+            code_word = error_code(exc)
+            text = str(exc).removeprefix(f"{code_word}: ")  # the code is a field of its own
+            error = {"code": code_word, "message": text, "exit": exit_code}
+            print(orjson.dumps({"error": error}).decode())
+        else:
+            print(f"actor-supervisor: {message}", file=sys.stderr)
+        return exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; with ``--json``, a usage error is a JSON error object too."""
+    if "--json" not in argv:
+        return build_parser().parse_args(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code != EXIT_USAGE:  # --help, --version: not an error
+            sys.stderr.write(captured.getvalue())
+            raise
+        message = captured.getvalue().strip().splitlines()[-1]  # "prog cmd: error: ..."
+        error = {"code": "usage", "message": message.partition("error: ")[2], "exit": EXIT_USAGE}
+        print(orjson.dumps({"error": error}).decode())
+        raise
+
+
+def error_code(exc: Exception) -> str:
+    """The stable code of a failure: the supervisor's or a refusal's own, else its kind."""
+    if isinstance(exc, (ClientError, CommandRefused)):
+        return exc.code
+    if isinstance(exc, ConfigError):
+        return "config_error"
+    if isinstance(exc, StartupError):
+        return "startup_error"
+    return "store_unavailable" if isinstance(exc, StoreUnavailable) else "store_error"

@@ -63,7 +63,7 @@ def cmd_check(args: argparse.Namespace, flags: Sequence[str] = ("database",)) ->
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
         found = store.list_alerts(
             status=args.status, destination=args.destination, limit=args.limit

@@ -20,20 +20,21 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from protocol.client import ClientError
+from protocol.client import ClientError, ClientTimeout
 from supervisor import events
 from supervisor.cli.common import (
     EXIT_OK,
     command,
     config_flag,
-    connect,
     control_flag,
     count,
     database_flag,
+    endpoint_origin,
     load,
     open_store_from,
     table,
 )
+from supervisor.code.book import SUMMARY_KEYS, summary_line
 from supervisor.code.records import (
     DRIFT_DETECTED,
     FILE_MISSING,
@@ -54,6 +55,7 @@ from supervisor.code.sync import (
     read_snapshot,
 )
 from supervisor.config import ActorConfig, Config
+from supervisor.controlkeys import client_for
 from supervisor.errors import CommandRefused, ConfigError
 from supervisor.status import iso
 from supervisor.store.base import Store, StoreError, VersionExists
@@ -223,7 +225,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return EXIT_OK
     for result in results:
         print(_deploy_text(result))
+    if args.all:
+        print(summary_line(_deploy_counts(results)))
     return EXIT_OK
+
+
+def _deploy_counts(results: list[dict[str, Any]]) -> dict[str, int]:
+    counts = dict.fromkeys(SUMMARY_KEYS, 0)
+    for result in results:
+        skipped = result.get("skipped")
+        counts[
+            "changed" if not skipped else "unchanged" if skipped == "unchanged" else "failed"
+        ] += 1
+    return counts
 
 
 def _all(config: Config) -> list[ActorConfig]:
@@ -304,15 +318,23 @@ def _deploy_text(result: dict[str, Any]) -> str:
 
 def _refresh(args: argparse.Namespace, actor: str) -> str:
     """Tell a running supervisor (best effort) to use the actor's active version now."""
+    tried = "the supervisor"
     try:
-        with connect(args, timeout_s=REFRESH_TIMEOUT_S) as client:
+        config = load(args, "control")
+        tried = endpoint_origin(config)
+        with client_for(config, timeout_s=REFRESH_TIMEOUT_S) as client:
             if not _listening(client.endpoint):
-                return "no supervisor is running: the next start uses it"
+                return f"no supervisor listening at {tried}: the next start uses it"
             answer = client.refresh(actor)
+    except ClientTimeout:
+        return (
+            f"no answer from {tried} within {REFRESH_TIMEOUT_S:g}s: a supervisor there uses it "
+            "from its next start"
+        )
     except ClientError as exc:
-        return f"the running supervisor did not confirm ({exc}): it uses it from its next start"
+        return f"the supervisor at {tried} did not confirm ({exc}): it uses it from its next start"
     except ConfigError as exc:
-        return f"could not reach the supervisor ({exc}): it uses it from its next start"
+        return f"could not reach {tried} ({exc}): it uses it from its next start"
     return f"the running supervisor uses it now (status {answer.get('status')})"
 
 
@@ -337,7 +359,7 @@ def _listening(endpoint: str) -> bool:
 
 @_with_schema_hint
 def cmd_versions(args: argparse.Namespace) -> int:
-    _, store = _store(args)
+    config, store = _store(args)
     try:
         found = store.code_history(args.actor, limit=args.limit)
     finally:
@@ -346,7 +368,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
         print(orjson.dumps([_version_dict(v) for v in found]).decode())
         return EXIT_OK
     if not found:
-        print(f"{args.actor}: no code versions recorded")
+        known = "" if args.actor in config.actors else " (and no actor of that name is configured)"
+        print(f"{args.actor}: no code versions recorded{known}")
         return EXIT_OK
     table(
         ["VERSION", "ACTIVE", "TYPE", "SHA256", "CHANGED", "BY", "REASON", "GIT", "HISTORY ID"],
@@ -379,8 +402,15 @@ def cmd_show_code(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if version is None:
-        which = args.version or args.history or "active"
-        raise CommandRefused("not_found", f"{args.actor}: no {which} code version")
+        if args.history:
+            what = f"no code version with history id {args.history!r}"
+        elif args.version:
+            what = f"no code version tagged {args.version!r}"
+        else:
+            what = "no active code version (nothing was ever synced or deployed)"
+        raise CommandRefused(
+            "not_found", f"{args.actor}: {what}; `versions {args.actor}` lists them"
+        )
     files = version.files(_entry_name(version))
     if args.file is not None:
         if args.file not in files:

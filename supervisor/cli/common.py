@@ -15,10 +15,12 @@ from typing import Any
 
 import orjson
 
-from protocol.client import Client
+from protocol.client import Client, ClientTimeout
 from supervisor.config import Config, load_config
-from supervisor.controlkeys import client_for
+from supervisor.controlkeys import client_for, control_endpoint
 from supervisor.store import open_store, pool_options
+from supervisor.store.base import StoreError
+from supervisor.store.urls import parse_store_url
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1  # submit --wait: the run did not succeed
@@ -94,12 +96,103 @@ def connect(args: argparse.Namespace, timeout_s: float = 10.0) -> Client:
     return client_for(load(args, "control"), timeout_s=timeout_s)
 
 
-def open_store_from(args: argparse.Namespace, config: Config | None = None) -> Any:
-    """The store ``--database`` (or the configuration) names; ``config``: already loaded."""
+def endpoint_origin(config: Config) -> str:
+    """``ENDPOINT (from WHERE)``: which control endpoint a command tried, and which of flag,
+    environment variable, config file or default chose it, for a message about silence."""
+    return f"{control_endpoint(config)} (control from {_origin_text(config, 'control')})"
+
+
+def _origin_text(config: Config, name: str) -> str:
+    source, label = config.sources.get(name, "default"), config.origins.get(name, "default")
+    if source == "flag":
+        return f"the {label} flag"
+    if source == "environment":
+        return f"the environment variable {label}"
+    if source == "file":
+        return f"the config file, {label}"
+    where = f"the config file {config.path} does not set it" if config.path else "no config file"
+    return f"the default; {where}"
+
+
+def unreachable(config: Config, timeout_s: float, why: str | None = None) -> ClientTimeout:
+    """The error for a control endpoint that did not answer: what was tried, and why there."""
+    silence = why or f"no answer within {timeout_s:g}s"
+    return ClientTimeout(
+        f"no supervisor at {endpoint_origin(config)}: {silence}; is one running with this "
+        "configuration? (--config, --control or ACTOR_SUPERVISOR_CONTROL)"
+    )
+
+
+def ask(config: Config, timeout_s: float, request: Callable[[Client], Any]) -> Any:
+    """``request(client)`` against the supervisor ``config`` names; silence (or no socket
+    file, said at once) raises :func:`unreachable`, naming the endpoint and its source."""
+    endpoint = control_endpoint(config)
+    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://") :]):
+        raise unreachable(config, timeout_s, why="no socket file there")
+    try:
+        with client_for(config, timeout_s=timeout_s) as client:
+            return request(client)
+    except ClientTimeout:
+        raise unreachable(config, timeout_s) from None
+
+
+def open_store_from(
+    args: argparse.Namespace,
+    config: Config | None = None,
+    *,
+    read_only: bool = False,
+    create: bool = False,
+) -> Any:
+    """The store ``--database`` (or the configuration) names; ``config``: already loaded.
+
+    Only ``create`` (``migrate``) may make a new database: for any other command a missing
+    SQLite file means a wrong ``--config`` or ``--database``, and creating it (and its folder)
+    would only hide that. ``read_only`` opens it so that the command cannot write.
+
+    :raises StoreError: no database there, or one without actor-supervisor's tables.
+    """
     settings = (config := config or load(args, "database")).supervisor
     # A command waits a little for a database that is starting, not the supervisor's minute.
     pool = replace(pool_options(settings), wait_s=min(settings.database_wait_s, 10.0))
-    return open_store(settings.database, base_dir=config.base_dir, pool=pool)
+    parsed = parse_store_url(settings.database, base_dir=config.base_dir)
+    if not create and parsed.path is not None and not parsed.path.is_file():
+        raise StoreError(f"no database at {parsed.path} ({_wrong(config)})")
+    try:
+        store = open_store(
+            settings.database, base_dir=config.base_dir, pool=pool, read_only=read_only
+        )
+    except StoreError as exc:
+        if create or not _missing(exc):
+            raise
+        raise StoreError(f"no database {parsed.description} ({_wrong(config)}): {exc}") from exc
+    if not create:
+        _require_schema(store, config)
+    return store
+
+
+def _require_schema(store: Any, config: Config) -> None:
+    """A database without the supervisor's tables is not one it ever wrote: say so, not
+    'no such table: runs' halfway through a command."""
+    try:
+        store.load_actors()
+    except StoreError as exc:
+        if not _missing(exc):
+            raise
+        store.close()
+        raise StoreError(
+            f"{store.description} has no actor-supervisor tables ({_wrong(config)}; "
+            "`actor-supervisor migrate` creates them)"
+        ) from exc
+
+
+def _missing(exc: StoreError) -> bool:
+    text = str(exc)
+    return "does not exist" in text or "no such table" in text
+
+
+def _wrong(config: Config) -> str:
+    chosen = _origin_text(config, "database")
+    return f"wrong --config or --database? database from {chosen}"
 
 
 def print_json_or(args: argparse.Namespace, data: Any, text: str) -> None:

@@ -70,7 +70,7 @@ def add_read_commands(sub: Any) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
         run_id = args.run_id and store.resolve_id("run", args.run_id)
         runs = _attempts_together(
@@ -136,7 +136,7 @@ def _parse_since(text: str | None) -> float | None:
 def cmd_events(args: argparse.Namespace) -> int:
     since = _parse_since(args.since)
     filters: dict[str, Any] = {"since": since}
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
         if args.run_id:
             run_id = store.resolve_id("run", args.run_id)
@@ -214,7 +214,7 @@ def _emit(args: argparse.Namespace, found: Any, seen: dict[str, float]) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    store = open_store_from(args)
+    store = open_store_from(args, create=True)
     try:
         applied = store.migrate()
     finally:

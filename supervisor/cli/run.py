@@ -13,6 +13,7 @@ from supervisor.cli.check import cmd_check
 from supervisor.cli.common import (
     EXIT_OK,
     EXIT_RUN_FAILED,
+    ask,
     client_flags,
     command,
     config_flag,
@@ -27,6 +28,10 @@ from supervisor.settings_kinds import Boolean, Choice, Integer, Number
 from workers.logs import setup_logging
 
 NON_SETTING_START_FLAGS = ("--standby", "--dry-run", "--json")  # what start has beside SETTINGS
+EXIT_STOPPED_STARTING = 128 + 15  # as if SIGTERM had killed it, which it asked for
+CONTROL_TIMEOUT_S = 10.0  # trigger, pause, resume
+RELOAD_TIMEOUT_S = 30.0  # hashing many changed scripts takes a while
+STATUS_TIMEOUT_S = 3.0  # a live supervisor answers status from memory in milliseconds
 
 
 def add_run_commands(sub: Any) -> None:
@@ -68,8 +73,27 @@ def add_run_commands(sub: Any) -> None:
     resume.add_argument("actor")
     client_flags(resume)
 
+    reload = command(
+        sub,
+        "reload",
+        "reload the configuration file of a running supervisor (as SIGHUP) and say what changed",
+        cmd_reload,
+    )
+    client_flags(reload)
+
     status = command(sub, "status", "workers, actors and store of a running supervisor", cmd_status)
     client_flags(status)
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=STATUS_TIMEOUT_S,
+        help=f"seconds to wait for the supervisor's answer (default {STATUS_TIMEOUT_S:g})",
+    )
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 (and say why) unless the store is healthy and at least one worker is ready",
+    )
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -107,10 +131,18 @@ def cmd_start(args: argparse.Namespace) -> int:
     flags = tuple(setting.name for setting in START_SETTINGS)
     if args.dry_run:
         return cmd_check(args, flags)
+    from supervisor.startup import StartupInterrupted, stop_signals_unwind
+
     config = load(args, *flags)
     setup_logging(config.supervisor.log_level, config.supervisor.log_format)
     overrides = {name: getattr(args, name) for name in flags}
-    return Supervisor(config, overrides=overrides, standby=args.standby).run()
+    try:
+        with stop_signals_unwind():  # the loop installs its own handlers once running
+            supervisor = Supervisor(config, overrides=overrides, standby=args.standby)
+    except StartupInterrupted as exc:
+        print(f"actor-supervisor: {exc}; nothing was started", file=sys.stderr)
+        return EXIT_STOPPED_STARTING
+    return supervisor.run()
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -162,32 +194,89 @@ def _print_outcome(args: argparse.Namespace, outcome: RunOutcome) -> None:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        accepted = client.trigger(args.actor, _parse_input(args.input), force=args.force)
+    value = _parse_input(args.input)
+    accepted = ask(
+        load(args, "control"),
+        CONTROL_TIMEOUT_S,
+        lambda client: client.trigger(args.actor, value, force=args.force),
+    )
     print_json_or(args, _accepted_dict(accepted), f"triggered: run {accepted.run_id}")
     return EXIT_OK
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        data = client.pause(args.actor, args.reason)
+    data = ask(load(args, "control"), CONTROL_TIMEOUT_S, lambda c: c.pause(args.actor, args.reason))
     print_json_or(args, data, f"{args.actor}: paused")
     return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        data = client.resume(args.actor)
+    data = ask(load(args, "control"), CONTROL_TIMEOUT_S, lambda c: c.resume(args.actor))
     print_json_or(args, data, f"{args.actor}: resumed")
     return EXIT_OK
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Exit 0 with what changed; 5 (refused) with the error when the file is invalid."""
+    answer = ask(load(args, "control"), RELOAD_TIMEOUT_S, lambda client: client.reload())
+    print_json_or(args, answer, _reload_text(answer))
+    return EXIT_OK
+
+
+def _reload_text(answer: dict[str, Any]) -> str:
+    parts = [
+        f"{label}: {', '.join(answer[key])}"
+        for key, label in (
+            ("added", "actors added"),
+            ("removed", "actors removed"),
+            ("changed", "actors changed"),
+            ("settings_applied", "settings applied"),
+            ("restart_needed", "settings that need a restart"),
+        )
+        if answer[key]
+    ]
+    if answer.get("alerts_changed"):
+        parts.append("[[alerts]] changed: they apply at the next restart")
+    return (
+        "reloaded "
+        + (answer["config"] or "the configuration")
+        + ("\n" + "\n".join(parts) if parts else ": nothing changed")
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        data = client.status()
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout: expected seconds > 0, got {args.timeout:g}")
+    data = ask(load(args, "control"), args.timeout, lambda client: client.status())
+    problems = status_problems(data) if args.check else []
     if args.json:
-        print(orjson.dumps(data).decode())
-        return EXIT_OK
+        print(orjson.dumps({**data, "problems": problems} if args.check else data).decode())
+    else:
+        _print_status(data)
+        for problem in problems:
+            print(f"check failed: {problem}", file=sys.stderr)
+    return EXIT_RUN_FAILED if problems else EXIT_OK
+
+
+def status_problems(data: dict[str, Any]) -> list[str]:
+    """Why ``status --check`` fails: a degraded store, no ready worker, not running."""
+    problems = []
+    phase = data["supervisor"]["phase"]
+    if phase != "running":
+        problems.append(f"the supervisor is {phase}, not running")
+    store = data["store"]
+    if store["degraded"]:
+        problems.append(
+            f"the store is degraded: {store['spool_depth']} record(s) spooled, last error: "
+            f"{store['last_error'] or 'unknown'}"
+        )
+    ready = sum(1 for w in data["workers"] if w["ready"])
+    if ready == 0:
+        problems.append(f"no worker is ready (0 of {len(data['workers'])})")
+    return problems
+
+
+def _print_status(data: dict[str, Any]) -> None:
     sup, queue, store = data["supervisor"], data["queue"], data["store"]
     print(
         f"supervisor pid {sup['pid']} {sup['phase']}, up {sup['uptime_s']:.0f}s, "
@@ -197,6 +286,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"queue: {queue['ready']} ready, {queue['in_flight']} in flight; store {store['database']}"
         + (f" DEGRADED (spool: {store['spool_depth']} records)" if store["degraded"] else "")
     )
+    if (alerts := data.get("alerts")) is not None:
+        print(
+            f"alerts: {alerts['pending']} pending, {alerts['delivered']} delivered, "
+            f"{alerts['failed']} failed since start"
+        )
     table(
         ["SLOT", "WORKER", "PID", "STATE", "IN FLIGHT", "CURRENT RUN", "DONE", "FAILED", "RSS MB"],
         [
@@ -208,14 +302,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print()
     table(
-        ["ACTOR", "SCHEDULE", "NEXT DUE", "PAUSED", "FAILURES", "ACTIVE"],
+        ["ACTOR", "SCHEDULE", "NEXT DUE", "PAUSED", "FAILURES", "ACTIVE", "LAST RUN", "STATUS",
+         "ENDED"],
         [
             [a["name"], _schedule_text(a["schedule"]), a["next_due"] or "-",
-             "yes" if a["paused"] else "no", a["consecutive_failures"], a["active_runs"]]
+             "yes" if a["paused"] else "no", a["consecutive_failures"], a["active_runs"],
+             (a["last_run"] or {}).get("run_id", "-")[:12],
+             (a["last_run"] or {}).get("status", "-"),
+             (a["last_run"] or {}).get("finished_at") or "-"]
             for a in data["actors"]
         ],
     )  # fmt: skip
-    return EXIT_OK
+    for a in data["actors"]:  # the why, below the table: these texts are long
+        if a["paused"]:
+            print(f"{a['name']}: paused: {a['paused_reason'] or 'no reason given'}")
+        last = a.get("last_run") or {}
+        if last and last.get("status") != "succeeded":
+            why = last.get("reason") or last.get("status")
+            said = f" (stderr: {last['stderr_last_line']})" if last.get("stderr_last_line") else ""
+            print(f"{a['name']}: last run {last['run_id']} {why}: {last.get('error') or '-'}{said}")
 
 
 def _schedule_text(schedule: dict[str, Any] | None) -> str:

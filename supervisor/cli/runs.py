@@ -60,7 +60,7 @@ def add_runs_commands(sub: Any) -> None:
 
 def resolve_run(args: argparse.Namespace) -> str:
     """``args.run_id`` made whole by the store; the store is closed again at once."""
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
         run_id: str = store.resolve_id("run", args.run_id)
     finally:
@@ -72,7 +72,7 @@ def resolve_run(args: argparse.Namespace) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
         run_id = store.resolve_id("run", args.run_id)
         document = run_document(store, run_id)
@@ -186,7 +186,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def _refused(args: argparse.Namespace, run_id: str, why: str) -> int:
     """A finished run: say how it ended (from the store) rather than the supervisor's words."""
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
         last = store.list_runs(run_id=run_id, limit=1)
     finally:

@@ -7,6 +7,7 @@ supervisor. Handlers are plain functions: Starlette runs them in its thread pool
 """
 
 import re
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -506,3 +507,25 @@ def list_events(request: Request) -> JSONResponse:
     limit = int_param(request, "limit", 200, 1, 1000)
     page, cursor = events_page(backend, event_filters(request, backend), limit)
     return JSONResponse({"events": [event_json(e) for e in page], "next_cursor": cursor})
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+ALERT_STATUSES = ("pending", "delivered", "failed")
+DESTINATION = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")  # an [[alerts]] entry's name
+
+
+def list_alerts(request: Request) -> JSONResponse:
+    """The alert outbox, newest first, as ``actor-supervisor alerts --json`` reads it."""
+    backend = backend_of(request)
+    status = request.query_params.get("status") or None
+    if status is not None and status not in ALERT_STATUSES:
+        raise Problem(400, "bad_parameter", f"status: one of {', '.join(ALERT_STATUSES)}")
+    destination = request.query_params.get("destination") or None
+    if destination is not None and not DESTINATION.match(destination):
+        raise Problem(400, "bad_parameter", "destination: an [[alerts]] entry's name")
+    limit = int_param(request, "limit", 50, 1, 500)
+    found = backend.read(
+        lambda s: s.list_alerts(status=status, destination=destination, limit=limit)
+    )
+    return JSONResponse({"alerts": [asdict(a) for a in found]})

@@ -83,6 +83,7 @@ def _routes() -> list[BaseRoute]:
             Route("/runs/{run_id}/rerun", a.rerun_run, methods=["POST"]),
             Route("/runs/{run_id}/cancel", a.cancel_run, methods=["POST"]),
             Route("/events", a.list_events),
+            Route("/alerts", a.list_alerts),
         ]),
         *pages.routes(),
     ]  # fmt: skip

@@ -117,6 +117,12 @@ def _families(m: dict[str, Any]) -> Iterator[Metric]:
                               value=m["busy_rejections"])  # fmt: skip
     yield GaugeMetricFamily(P + "uptime_seconds", "seconds since the supervisor started",
                             value=m["uptime_s"])  # fmt: skip
+    if m.get("alerts") is not None:  # only with [[alerts]]
+        alerts = GaugeMetricFamily(P + "alerts", "alerts pending now, and delivered or failed "
+                                   "since the supervisor started", labels=["status"])  # fmt: skip
+        for status, value in sorted(m["alerts"].items()):
+            alerts.add_metric([status], value)
+        yield alerts
 
 
 def build_registry(backend: Backend) -> CollectorRegistry:

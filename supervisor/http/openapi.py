@@ -59,6 +59,11 @@ ROUTES: list[tuple[str, str, str, list[dict[str, Any]], bool, str]] = [
      [_q("run"), _q("actor"), _q("correlation"), _q("since"), _q("limit", "integer"),
       _q("cursor", text="next_cursor of the previous page")],
      False, "200"),
+    ("get", "/alerts", "The alert outbox, newest first: each alert's destination, event, actor, "
+     "run, count, status (pending, delivered, failed), attempts and last error",
+     [_q("status", text="pending, delivered or failed"),
+      _q("destination", text="an [[alerts]] entry's name"), _q("limit", "integer")],
+     False, "200"),
 ]  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import abc
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from supervisor.alerts.records import AlertRecord
 from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
@@ -71,6 +72,27 @@ class RefusedFires:
         with self._lock:
             taken, self._ids = self._ids, []
         return taken
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What retention deleted (or would delete): runs, their attempts and events, alerts."""
+
+    runs: int = 0
+    attempts: int = 0
+    events: int = 0
+    alerts: int = 0
+
+    def __add__(self, other: "Pruned") -> "Pruned":
+        return Pruned(
+            self.runs + other.runs,
+            self.attempts + other.attempts,
+            self.events + other.events,
+            self.alerts + other.alerts,
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.alerts)
 
 
 class Store(abc.ABC):
@@ -224,6 +246,19 @@ class Store(abc.ABC):
         self, *, status: str | None = None, destination: str | None = None, limit: int = 50
     ) -> list[AlertRecord]:
         """Outbox rows, newest first, optionally of one status or destination."""
+
+    def prune(self, *, cutoff: float, failed_cutoff: float, limit: int) -> "Pruned":
+        """Delete, in one transaction, at most ``limit`` finished runs whose last attempt ended
+        before ``cutoff`` (``failed_cutoff`` if it failed), with every attempt and event of
+        them, and as many delivered or failed alerts; never code history, actors, task state or
+        pending alerts (:mod:`supervisor.store.prune`). An empty result: nothing is due.
+        :raises StoreUnavailable: the store is unreachable; nothing was deleted.
+        """
+        raise StoreError(f"{type(self).__name__} cannot prune")
+
+    def count_prunable(self, *, cutoff: float, failed_cutoff: float) -> "Pruned":
+        """What :meth:`prune` would delete with these cut-offs, in all (a dry run)."""
+        raise StoreError(f"{type(self).__name__} cannot prune")
 
     def connections_in_use(self) -> int:
         """Connections checked out right now; 0 between calls (a leak shows up here).

@@ -19,8 +19,8 @@ from typing import Any, Generic, TypeVar
 from supervisor.alerts.records import AlertRecord
 from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
-from supervisor.store import code, outbox, queries
-from supervisor.store.base import Store, StoreError
+from supervisor.store import code, outbox, prune, queries
+from supervisor.store.base import Pruned, Store, StoreError
 from supervisor.store.values import SplitBatch, clean_text
 
 Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]  # (to the database, from it)
@@ -427,6 +427,16 @@ class SqlStore(Store, Generic[ConnT]):
     def load_code_states(self, actors: Sequence[str] | None = None) -> dict[str, CodeState]:
         with self._read("load the actors' code") as conn:
             return code.code_states(self._code_db(conn), actors)
+
+    def prune(self, *, cutoff: float, failed_cutoff: float, limit: int) -> Pruned:
+        with self._tx("prune old runs") as conn:
+            return prune.prune_batch(
+                self._code_db(conn), cutoff=cutoff, failed_cutoff=failed_cutoff, limit=limit
+            )
+
+    def count_prunable(self, *, cutoff: float, failed_cutoff: float) -> Pruned:
+        with self._read("count old runs") as conn:
+            return prune.count_due(self._code_db(conn), cutoff=cutoff, failed_cutoff=failed_cutoff)
 
     def save_alert(self, alert: AlertRecord) -> None:
         with self._tx("save an alert") as conn:

@@ -80,7 +80,12 @@ def test_deploy_with_and_without_versions(project: Project, cli: Cli) -> None:
     project.script("job", "print(1)\n")
     code, out, err = cli("deploy", "job", "--changelog", "first")
     assert code == 0, err
-    assert "deployed version 1.0.0" in out and "no supervisor is running" in out
+    assert "deployed version 1.0.0" in out
+    # what was tried, and where that endpoint came from
+    assert (
+        f"no supervisor listening at ipc://{project.folder}/none.sock (control from the "
+        f"config file, {project.config}: supervisor.control)" in out
+    )
 
     code, out, _ = cli("deploy", "job")
     assert code == 0 and "unchanged" in out and "nothing recorded" in out
@@ -138,7 +143,9 @@ def test_deploy_all_records_changed_actors_and_skips_the_rest(project: Project, 
         "a": "1.0.0", "b": "1.0.1", "c": "1.0.0", "gone": None,
     }  # fmt: skip
     code, out, _ = cli("deploy", "--all")
-    assert code == 0 and out.count("unchanged") == 3 and "skipped: file_missing" in out
+    assert code == 0 and out.count(": unchanged") == 3 and "skipped: file_missing" in out
+    # the last line: one summary of counts
+    assert out.splitlines()[-1] == "code: 4 actors, 0 changed, 3 unchanged, 0 drifted, 1 failed"
     code, _, err = cli("deploy", "--all", "--version", "1.2.3")
     assert code == 2 and "--version applies to one actor" in err
     code, _, err = cli("deploy")
@@ -178,7 +185,7 @@ def test_rollback_makes_an_old_version_active_as_a_new_row(project: Project, cli
 
     back = js(cli, "rollback", "db", "--to-version", "1.0.0", "--reason", "v2 is broken")
     assert (back["version"], back["rolled_back_to"], back["recorded"]) == ("1.0.2", "1.0.0", True)
-    assert "no supervisor is running" in back["supervisor"]
+    assert "no supervisor listening at ipc://" in back["supervisor"]
     versions = js(cli, "versions", "db")
     assert [(v["version_tag"], v["change_type"], v["active"]) for v in versions] == [
         ("1.0.2", "rollback", True), ("1.0.1", "manual_deploy", False),

@@ -39,3 +39,15 @@ def test_exceptions_are_included(formatter: logging.Formatter) -> None:
         record = _record()
         record.exc_info = sys.exc_info()
     assert "ValueError: kaput" in formatter.format(record)
+
+
+def test_an_extra_named_pid_does_not_replace_the_pid_of_the_process_that_logged() -> None:
+    """``log.info("worker ready", extra={"pid": worker_pid})`` used to overwrite the line's
+    pid with the worker's; the worker's now goes under ``extra_pid``."""
+    record = logging.getLogger("supervisor.core").makeRecord(
+        "supervisor.core", logging.INFO, __file__, 1, "worker ready", (), None,
+        extra={"pid": 424242, "msg_id": 1},
+    )  # fmt: skip
+    obj = orjson.loads(JsonFormatter().format(record))
+    assert obj["pid"] == record.process != 424242
+    assert obj["extra_pid"] == 424242 and obj["msg_id"] == 1

@@ -52,6 +52,7 @@ ALL = [
     "0003_lease",
     "0004_alerts",
     "0005_code_bundles",
+    "0007_prune_index",
 ]  # in order
 APPLIED = [
     (1, "0001_initial"),
@@ -59,6 +60,7 @@ APPLIED = [
     (3, "0003_lease"),
     (4, "0004_alerts"),
     (5, "0005_code_bundles"),
+    (7, "0007_prune_index"),
 ]
 
 
@@ -151,7 +153,7 @@ def test_database_with_a_future_version_is_refused(tmp_path: Path) -> None:
         store.close()
 
     message = str(raised.value)
-    assert "version 42" in message and "up to 5" in message
+    assert "version 42" in message and "up to 7" in message
 
 
 def test_future_version_is_refused_before_applying_anything(tmp_path: Path) -> None:
@@ -260,6 +262,8 @@ EXPECTED_INDEXES: dict[str, tuple[str, list[tuple[str | None, bool]], bool]] = {
         False,
     ),
     "runs_status": ("runs", [("status", False)], False),
+    # retention (prune, retention_days): finished runs, oldest first
+    "runs_finished_at": ("runs", [("finished_at", False)], True),
     # one first attempt per scheduled fire (issue 9)
     "runs_fire": ("runs", [("actor", False), ("scheduled_for", False)], True),
     "runs_idempotency_window": ("runs", [("queued_at", False)], True),
@@ -364,6 +368,10 @@ def test_catalog_indexes_match_what_the_queries_need(catalog: sqlite3.Connection
         ("SELECT * FROM runs ORDER BY queued_at DESC, attempt DESC LIMIT 50", "runs_queued_at"),
         ("SELECT * FROM runs WHERE status IN ('queued', 'running')", "runs_status"),
         (
+            "SELECT run_id FROM runs WHERE finished_at < 'x' ORDER BY finished_at LIMIT 500",
+            "runs_finished_at",
+        ),
+        (
             "SELECT actor, idempotency_key, run_id FROM runs "
             "WHERE idempotency_key IS NOT NULL AND queued_at >= 'x'",
             "runs_idempotency_window",
@@ -430,7 +438,7 @@ def test_single_file_versions_recorded_before_bundles_stay_synced_after_0005(
             (str(script), digest, now(), now(), script.read_text(), digest, digest),
         )
         raw.close()
-        assert old.migrate() == ["0005_code_bundles"]
+        assert old.migrate()[0] == "0005_code_bundles"  # and any later ones
         (version,) = old.code_history("job")
         assert (version.bundle_files, version.script_code_hash) == (None, digest)
         code, records = sync_actor(cfg, old.load_code_states(["job"])["job"], tmp_path, time.time())
