@@ -110,7 +110,9 @@ def test_show_code_and_versions_say_precisely_what_was_not_found(tmp_path: Path,
     db = "sqlite:actors.db"
     assert cli("migrate", "--database", db)[0] == 0
     code, _, err = cli("show-code", "job", "--history", "abc123", "--database", db)
-    assert code == 5 and "job: no code version with history id 'abc123'" in err, err
+    assert code == 5 and "'abc123' is too short: give at least 8 characters" in err, err
+    code, _, err = cli("show-code", "job", "--history", "abc12345", "--database", db)
+    assert code == 5 and "abc12345" in err, err
     code, _, err = cli("show-code", "job", "--version", "9.9.9", "--database", db)
     assert code == 5 and "job: no code version tagged '9.9.9'" in err, err
     code, _, err = cli("show-code", "job", "--database", db)
