@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from protocol.outcomes import FINAL_STATUSES, RunStatus
 from supervisor.alerts.records import AlertRecord
 from supervisor.code.records import CodeChange, SyncUpdate
+from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 
 
 class Trigger(StrEnum):
@@ -121,7 +122,18 @@ class ActorRecord:
     exec_mode: str = "file"
 
 
-Record = RunRecord | Event | TaskState | ActorRecord | CodeChange | SyncUpdate | AlertRecord
+Record = (
+    RunRecord
+    | Event
+    | TaskState
+    | ActorRecord
+    | CodeChange
+    | SyncUpdate
+    | AlertRecord
+    | WorkflowRunRecord
+    | WorkflowItemRecord
+    | WorkflowSnapshot
+)
 
 
 class RecordSink(Protocol):

@@ -23,6 +23,7 @@ from supervisor.store.migrations import (
     sql_root,
 )
 from supervisor.store.sqlite import SqliteStore, to_text
+from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -43,8 +44,13 @@ def now() -> str:
     return to_text(time.time())
 
 
-ALL = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts"]  # in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts")]
+ALL = [
+    "0001_initial", "0002_code_history", "0003_lease", "0004_alerts", "0006_workflows",
+]  # fmt: skip
+APPLIED = [
+    (1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts"),
+    (6, "0006_workflows"),
+]  # fmt: skip
 
 
 _SCHEMA_MIGRATIONS = (
@@ -136,7 +142,7 @@ def test_database_with_a_future_version_is_refused(tmp_path: Path) -> None:
         store.close()
 
     message = str(raised.value)
-    assert "version 42" in message and "up to 4" in message
+    assert "version 42" in message and "up to 6" in message
 
 
 def test_future_version_is_refused_before_applying_anything(tmp_path: Path) -> None:
@@ -292,13 +298,19 @@ def test_catalog_tables_and_columns_match_the_records(catalog: sqlite3.Connectio
     }
     assert tables == {
         "schema_migrations", "actors", "runs", "task_state", "execution_events",
-        "actor_code_history", "supervisor_lease", "alert_outbox",
+        "actor_code_history", "supervisor_lease", "alert_outbox", "workflow_runs",
+        "workflow_items", "workflow_snapshots",
     }  # fmt: skip
 
     def names(record: type) -> list[str]:
         return [f.name for f in dataclasses.fields(record)]
 
     assert columns(catalog, "alert_outbox") == names(AlertRecord)
+    assert columns(catalog, "workflow_runs") == names(WorkflowRunRecord)
+    assert columns(catalog, "workflow_items") == names(WorkflowItemRecord)
+    assert columns(catalog, "workflow_snapshots") == names(WorkflowSnapshot)
+    views = catalog.execute("SELECT name FROM sqlite_master WHERE type = 'view'").fetchall()
+    assert views == [("workflow_steps",)]
 
     assert columns(catalog, "runs") == names(RunRecord)
     assert columns(catalog, "task_state") == names(TaskState)

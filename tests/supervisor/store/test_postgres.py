@@ -286,7 +286,7 @@ def test_cli_migrate_history_and_events_read_postgres(
     url = pg.database_url(pg_empty_database, password=SECRET)
     first = cli("migrate", "--database", url, "--json", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    applied = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts"]
+    applied = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts", "0006_workflows"]
     assert orjson.loads(first.stdout)["applied"] == applied
     assert SECRET not in first.stdout + first.stderr
     again = cli("migrate", "--database", url, "--json", cwd=tmp_path)

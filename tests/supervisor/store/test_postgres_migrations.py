@@ -18,6 +18,7 @@ from supervisor.records import ActorRecord, Event, RunRecord, TaskState
 from supervisor.store.base import SchemaTooNew
 from supervisor.store.migrations import apply_postgres, load_migrations, parse_migrations
 from supervisor.store.postgres import PostgresStore
+from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 from tests import pg
 
 
@@ -30,8 +31,13 @@ def applied_rows(database: str) -> list[tuple[object, ...]]:
         return conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
 
 
-ALL = ["0001_initial", "0002_code_history", "0003_lease", "0004_alerts"]  # in order
-APPLIED = [(1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts")]
+ALL = [
+    "0001_initial", "0002_code_history", "0003_lease", "0004_alerts", "0006_workflows",
+]  # fmt: skip
+APPLIED = [
+    (1, "0001_initial"), (2, "0002_code_history"), (3, "0003_lease"), (4, "0004_alerts"),
+    (6, "0006_workflows"),
+]  # fmt: skip
 
 
 def test_migrate_applies_once_and_then_nothing(pg_empty_database: str) -> None:
@@ -107,7 +113,7 @@ def test_database_with_a_future_version_is_refused(pg_database: str) -> None:
             store.migrate()
     finally:
         store.close()
-    assert "version 42" in str(raised.value) and "up to 4" in str(raised.value)
+    assert "version 42" in str(raised.value) and "up to 6" in str(raised.value)
 
 
 _SCHEMA_MIGRATIONS = (
@@ -210,9 +216,13 @@ def test_catalog_tables_and_columns_match_the_records_with_native_types(
     }
     assert tables == {
         "schema_migrations", "actors", "runs", "task_state", "execution_events",
-        "actor_code_history", "supervisor_lease", "alert_outbox",
+        "actor_code_history", "supervisor_lease", "alert_outbox", "workflow_runs",
+        "workflow_items", "workflow_snapshots", "workflow_steps",
     }  # fmt: skip
     assert list(column_types(catalog, "alert_outbox")) == names(AlertRecord)
+    assert list(column_types(catalog, "workflow_runs")) == names(WorkflowRunRecord)
+    assert list(column_types(catalog, "workflow_items")) == names(WorkflowItemRecord)
+    assert list(column_types(catalog, "workflow_snapshots")) == names(WorkflowSnapshot)
 
     runs = column_types(catalog, "runs")
     assert list(runs) == names(RunRecord)
