@@ -326,6 +326,37 @@ class Refresh:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowRequest:
+    """Workflows: ``run`` a workflow over ``items`` (answered ``accepted`` once the workflow run
+    and its items are committed), ``resume`` or ``cancel`` a workflow run, or ``list`` them."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="workflow", init=False)
+    id: str
+    action: str
+    name: str | None = None  # run: the workflow
+    workflow_run_id: str | None = None  # resume, cancel
+    items: Any = None  # run: a list of JSON values
+
+    ACTIONS: ClassVar[frozenset[str]] = frozenset({"run", "resume", "cancel", "list"})
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "WorkflowRequest":
+        message = cls(
+            id=r.string("id", max_len=64),
+            action=r.choice("action", cls.ACTIONS),
+            name=r.opt_string("name", max_len=200),
+            workflow_run_id=r.opt_string("workflow_run_id", max_len=64),
+            items=r.any("items"),
+        )
+        if message.action == "run" and (message.name is None or message.items is None):
+            raise ProtocolError("workflow run needs name and items")
+        if message.action in ("resume", "cancel") and message.workflow_run_id is None:
+            raise ProtocolError(f"workflow {message.action} needs workflow_run_id")
+        return message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     """The answer to a client request: ``ok`` with ``kind``/``data``, or an error ``code``."""
 
@@ -362,6 +393,7 @@ Message = (
     | StatusRequest
     | MetricsRequest
     | Refresh
+    | WorkflowRequest
     | Reply
 )
 
@@ -377,12 +409,13 @@ MESSAGE_TYPES: dict[str, Any] = {
     "status": StatusRequest,
     "metrics": MetricsRequest,
     "refresh": Refresh,
+    "workflow": WorkflowRequest,
     "reply": Reply,
 }
 WORKER_TO_SUPERVISOR = frozenset({"hello", "result"})
 SUPERVISOR_TO_WORKER = frozenset({"run", "stop"})
 CLIENT_REQUESTS = frozenset(
-    {"submit", "trigger", "pause", "resume", "status", "metrics", "refresh"}
+    {"submit", "trigger", "pause", "resume", "status", "metrics", "refresh", "workflow"}
 )
 
 

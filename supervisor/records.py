@@ -24,6 +24,7 @@ class Trigger(StrEnum):
     CATCH_UP = "catch_up"  # a fire missed while the supervisor was down
     RETRY = "retry"  # the next attempt of a retryable failure
     PROBE = "probe"  # a paused actor's half-open probe
+    WORKFLOW = "workflow"  # a step of a workflow item (supervisor/workflows/)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,6 +21,7 @@ from protocol.messages import (
     StatusRequest,
     Submit,
     Trigger,
+    WorkflowRequest,
 )
 from supervisor.actors import ActorRuntime
 from supervisor.code.sync import ActorCode
@@ -28,6 +29,7 @@ from supervisor.idempotency import digest
 from supervisor.records import Trigger as RunTrigger
 from supervisor.runs import Waiter
 from supervisor.status import Supervisor, build_metrics, build_status
+from supervisor.workflows.requests import workflow_request
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class Requests:
             self._resume(waiter, message)
         elif isinstance(message, Refresh):
             self._refresh(waiter, message)
+        elif isinstance(message, WorkflowRequest):
+            workflow_request(self.sup, waiter, message)
 
     def _actor(self, waiter: Waiter, name: str) -> ActorRuntime | None:
         actor = self.sup.actors.get(name)

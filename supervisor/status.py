@@ -20,6 +20,7 @@ from supervisor.runbook import RunBook
 from supervisor.settings import SupervisorSettings
 from supervisor.spool import Spool
 from supervisor.store.base import Store
+from supervisor.workflows.book import WorkflowBook
 from supervisor.writer import BatchWriter
 from workers.sandbox import SandboxConfig
 
@@ -59,6 +60,8 @@ class Supervisor(Protocol):
     def instance_id(self) -> str: ...
     @property
     def started_at(self) -> float: ...
+    @property
+    def workflows(self) -> WorkflowBook: ...
 
 
 def iso(ts: float | None) -> str | None:
@@ -110,6 +113,7 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
         },
         "store": _store(sup),
         "counters": all_counters(sup),
+        "workflows": sup.workflows.progress(),
     }
 
 

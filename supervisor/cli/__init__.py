@@ -17,6 +17,7 @@ from supervisor.cli.code import add_code_commands
 from supervisor.cli.common import EXIT_REFUSED, EXIT_STARTUP, EXIT_UNREACHABLE, EXIT_USAGE
 from supervisor.cli.read import add_read_commands
 from supervisor.cli.run import add_run_commands
+from supervisor.cli.workflow import add_workflow_commands
 from supervisor.errors import CommandRefused, ConfigError, StartupError
 from supervisor.store.base import StoreError
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_commands(sub)  # check, alerts
     add_read_commands(sub)  # history, events, migrate
     add_code_commands(sub)  # drift, deploy, versions, rollback, show-code
+    add_workflow_commands(sub)  # workflow list|run|status|items|resume|cancel
     return parser
 
 
