@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from supervisor.http import api, health, metrics, pages
+from supervisor.http import api, health, metrics, pages, workflows
 from supervisor.http.auth import CHALLENGE, UNAUTHORIZED, is_api, is_open, token_ok
 from supervisor.http.context import Backend
 from supervisor.http.openapi import document
@@ -81,6 +81,7 @@ def _routes() -> list[BaseRoute]:
             Route("/runs", a.list_runs),
             Route("/runs/{run_id}", a.get_run),
             Route("/events", a.list_events),
+            *workflows.routes(),
         ]),
         *pages.routes(),
     ]  # fmt: skip
