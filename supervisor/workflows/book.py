@@ -198,7 +198,12 @@ class WorkflowBook:
             if name in self._scheduled:  # the previous one still runs: skip, as overlap=skip
                 log.info("workflow %s: previous scheduled run still going; skipped", name)
                 continue
-            run = self.start(name, config.input, lambda run: None, trigger="schedule")
+            try:
+                run = self.start(name, config.input, lambda run: None, trigger="schedule")
+            except WorkflowRefused as exc:  # the loop must go on: say why and wait for the next
+                log.error("workflow %s: scheduled run refused: %s", name, exc,
+                          extra={"event": "workflow_refused", "workflow": name})  # fmt: skip
+                continue
             self._scheduled[name] = run.id
 
     # --- start-up -----------------------------------------------------------------------------

@@ -196,6 +196,8 @@ def _workflow(entry: Mapping[str, Any], label: str, actors: Mapping[str, Any]) -
         except ScheduleError as exc:
             inner = f".{exc.key}" if exc.key else ""
             raise ConfigError(f"{label}.schedule{inner}: {exc.message}") from None
+        if not values.get("input"):
+            raise ConfigError(f"{label}.input: a scheduled workflow needs its items here")
     elif "input" in values:
         raise ConfigError(f"{label}.input: only a scheduled workflow has items in its config")
     return WorkflowConfig(**values)

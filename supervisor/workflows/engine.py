@@ -212,6 +212,7 @@ class WorkflowRun:
         if self.finished:
             return
         if self.status == WorkflowStatus.PAUSED and not self._unpause():
+            self._maybe_finish()  # the last items may have ended while it was paused
             return
         if self.status != WorkflowStatus.RUNNING:
             self._maybe_finish()

@@ -166,6 +166,14 @@ def test_a_paused_step_actor_pauses_the_run_until_it_is_resumed() -> None:
     assert run.status == "succeeded"
 
 
+def test_a_paused_run_still_finishes_when_its_last_item_ends() -> None:
+    ports = Ports()
+    run = new_run(ports, items=1, steps=("a", "b"))
+    ports.paused_actors["b"] = "circuit breaker"
+    finish(ports, run, "run-0", ok=False)  # the only item fails; b stays paused
+    assert run.finished and run.status == "failed"
+
+
 def test_no_room_waits_and_cancel_fails_what_has_not_run() -> None:
     ports = Ports(room=1)
     run = new_run(ports, items=3, steps=("a",))

@@ -92,6 +92,10 @@ def test_no_workflows_is_fine(tmp_path: Path) -> None:
             "(w).schedule",
         ),
         ('name = "w"\nsteps = ["extract"]\ninput = [1]', "(w).input: only a scheduled workflow"),
+        (
+            'name = "w"\nsteps = ["extract"]\nschedule = { type = "interval", seconds = 60 }',
+            "(w).input: a scheduled workflow needs its items here",
+        ),
         ('name = "a b"\nsteps = ["extract"]', "workflows[0].name: "),
     ],
 )
