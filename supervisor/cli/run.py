@@ -215,6 +215,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             for a in data["actors"]
         ],
     )  # fmt: skip
+    if runs := data.get("workflows"):  # unfinished workflow runs (`workflow status`: all)
+        print()
+        table(
+            ["WORKFLOW RUN", "WORKFLOW", "STATUS", "DONE", "FAILED", "TOTAL", "WAVE"],
+            [[r["workflow_run_id"][:12], r["workflow"], r["status"], r["done"], r["failed"],
+              r["items"], f"{min(r['wave'] + 1, r['waves'])}/{r['waves']}"] for r in runs],
+        )  # fmt: skip
     return EXIT_OK
 
 

@@ -10,6 +10,10 @@ WORKFLOW = """
 name = "twice"
 steps = ["echo", "dbcode"]
 chunk_size = 2
+
+[[workflows]]
+name = "slow"
+steps = ["sleepy"]
 """
 
 
@@ -33,7 +37,7 @@ def test_post_a_workflow_run_then_read_its_progress(public_tmp: Path) -> None:
         listed = http.get("/api/v1/workflow-runs").json()["workflow_runs"]
         assert [r["workflow_run_id"] for r in listed] == [body["workflow_run_id"]]
         configured = http.get("/api/v1/workflows").json()["workflows"]
-        assert [w["name"] for w in configured] == ["twice"]
+        assert [w["name"] for w in configured] == ["twice", "slow"]
 
         unknown = http.post("/api/v1/workflows/nope/runs", json={"items": [1]})
         assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_workflow")
@@ -46,6 +50,13 @@ def test_post_a_workflow_run_then_read_its_progress(public_tmp: Path) -> None:
         assert anonymous.status_code == 401
         cancel = http.post(f"/api/v1/workflow-runs/{body['workflow_run_id']}/cancel")
         assert (cancel.status_code, cancel.json()["code"]) == (404, "unknown_workflow_run")
+
+        slow = http.post("/api/v1/workflows/slow/runs", json={"items": [{"seconds": 30}]})
+        slow_id = slow.json()["workflow_run_id"]
+        wait_for(lambda: slow_id[:12] in http.get("/").text, 30, "the dashboard to show the run")
+        assert 'id="workflows"' in http.get("/").text
+        cancelled = http.post(f"/api/v1/workflow-runs/{slow_id[:10]}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     finally:
         http.close()
         running.sup.stop()
