@@ -211,7 +211,7 @@ def measure_conversations(
                 made += 1
                 if made % 2062 == 0:
                     workflow_run_id = new_id()
-                item = f"item-{made}"
+                item = f"conv-{made}"  # not the ids of the workflow phase in this store
                 clock += 0.001
                 batch.extend(_item_events(workflow_run_id, item, clock))
                 if made % 97 == 0:

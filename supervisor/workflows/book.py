@@ -9,6 +9,7 @@ and each final outcome comes back through ``RunBook.final_listeners`` once commi
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -215,6 +216,7 @@ class WorkflowBook:
             snapshot = store.latest_workflow_snapshot(header.workflow_run_id)
             since = snapshot.created_at if snapshot is not None else None
             events = store.workflow_events(header.workflow_run_id, since)
+            header = replace(header, epoch=self._epoch)  # our term fences its writes now
             replayed = rebuild(
                 header, store.workflow_items(header.workflow_run_id), snapshot, events,
                 ports=self, clock=self._clock,

@@ -104,6 +104,8 @@ class WorkflowRun:
         self.events_seen = 0
         self._since_snapshot = 0
         self.snapshot_seq = 0
+        self._ended_prefix = 0  # items before it have all ended (snapshots skip them)
+        self._failed = {i.position for i in items if i.status == ItemStatus.FAILED}
         self.on_finished: Callable[[WorkflowRun], None] = lambda run: None
 
     # --- creating -----------------------------------------------------------------------------
@@ -396,6 +398,7 @@ class WorkflowRun:
             )
         else:
             self.header = replace(h, failed=h.failed + 1)
+            self._failed.add(item.position)
             self._event(
                 "item_failed",
                 item=item.item_id,
@@ -443,6 +446,13 @@ class WorkflowRun:
         self.header = replace(self.header, updated_at=self._clock(), **changes)
         self._ports.put(self.header)
 
+    def recount(self) -> None:
+        """After a replay set the items' states: the counts and the failed set from them."""
+        failed = {i.position for i in self.items if i.status == ItemStatus.FAILED}
+        succeeded = sum(1 for i in self.items if i.status == ItemStatus.SUCCEEDED)
+        self._failed, self._ended_prefix = failed, 0
+        self.header = replace(self.header, succeeded=succeeded, failed=len(failed))
+
     def record_event(self, event_type: str, **metadata: Any) -> int:
         """Write one of this run's events (``workflow_recovered``, from the book)."""
         return self._event(event_type, **metadata)
@@ -489,18 +499,26 @@ class WorkflowRun:
 
     def snapshot_state(self) -> dict[str, Any]:
         """Ended items as ``[start, stop)`` position ranges (they end roughly in order, so a
-        few ranges), failed ones listed, started ones in full: O(a wave), not O(the batch)."""
-        ended: list[list[int]] = []
-        failed: list[int] = []
+        few ranges), failed ones listed, started ones in full: O(a wave), not O(the batch).
+
+        The items before ``_ended_prefix`` have all ended; past the current wave none has
+        started (unless the run was stopped or cancelled, which ends them all)."""
+        while (
+            self._ended_prefix < len(self.items) and self.items[self._ended_prefix].status in ENDED
+        ):
+            self._ended_prefix += 1
+        prefix = self._ended_prefix
+        ended: list[list[int]] = [[0, prefix]] if prefix else []
+        failed = sorted(self._failed)
         started: dict[str, list[Any]] = {}
-        for item in self.items:
+        halted = self.status in (WorkflowStatus.STOPPED, WorkflowStatus.CANCELLED)
+        stop = len(self.items) if halted else (self.header.wave + 1) * self.header.chunk_size
+        for item in self.items[prefix:stop]:
             if item.status in ENDED:
                 if ended and ended[-1][1] == item.position:
                     ended[-1][1] += 1
                 else:
                     ended.append([item.position, item.position + 1])
-                if item.status == ItemStatus.FAILED:
-                    failed.append(item.position)
             elif item.status != ItemStatus.PENDING:
                 started[str(item.position)] = item.state()
         h = self.header

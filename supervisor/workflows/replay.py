@@ -118,9 +118,7 @@ def settle(replayed: Replayed, output_of: Callable[[str], str | None]) -> None:
     and read the input of the items waiting for their next step (``output_of(run_id)``)."""
     run = replayed.run
     steps = len(run.header.steps)
-    succeeded = sum(1 for i in run.items if i.status == ItemStatus.SUCCEEDED)
-    failed = sum(1 for i in run.items if i.status == ItemStatus.FAILED)
-    run.header = replace(run.header, succeeded=succeeded, failed=failed)
+    run.recount()
     for item in run.items:
         if item.status != ItemStatus.WAITING:
             continue
