@@ -225,3 +225,23 @@ def test_rebuild_from_a_snapshot_and_later_events_continues_exactly_where_it_sto
     assert sorted(ended) == [f"i{n}" for n in range(6)]  # each exactly once
     assert again.status == "succeeded"
     assert all(i.status == ItemStatus.SUCCEEDED for i in again.items)
+
+
+def test_rebuild_keeps_failed_items_failed_and_counts_them() -> None:
+    ports = Ports()
+    run = new_run(ports, items=4, chunk_size=2, max_parallel=2, snapshot_every=3, steps=("a",))
+    finish(ports, run, "run-0", ok=False)
+    finish(ports, run, "run-1")
+    finish(ports, run, "run-2")  # wave 1 under way: i3 in flight
+    snapshot = [r for r in ports.records if isinstance(r, WorkflowSnapshot)][-1]
+    later = [r for r in ports.records[ports.records.index(snapshot) :] if isinstance(r, Event)]
+    rows = [r for r in ports.records if type(r).__name__ == "WorkflowItemRecord"]
+    fresh = Ports()
+    fresh.submitted = list(ports.submitted)
+    replayed = rebuild(run.header, rows, snapshot, later, ports=fresh, clock=FakeClock())  # type: ignore[arg-type]
+    settle(replayed, lambda run_id: "{}")
+    again = replayed.run
+    assert (again.header.succeeded, again.header.failed) == (2, 1)
+    assert again.snapshot_state()["failed_items"] == [0]
+    drain(fresh, again)
+    assert again.status == "failed" and (again.header.succeeded, again.header.failed) == (3, 1)
