@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import workflow  # benchmarks/workflow.py, beside this script
+
 import supervisor.events
 
 NOOP_SCRIPT = """\
@@ -522,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--query-rows", type=int, default=1_000_000, help="events in the table")
     store.add_argument("--queries", type=int, default=2000, help="aggregate queries to time")
     store.add_argument("--sqlite-synchronous", default="normal", help="SQLite PRAGMA synchronous")
+    workflow.add_arguments(parser)
     store.add_argument(
         "--ids",
         choices=sorted(ID_KINDS),
@@ -558,12 +561,26 @@ def _store_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workflow(args: argparse.Namespace) -> int:
+    args.clients = args.clients or args.workers * args.concurrency * 2
+    folder = Path(tempfile.mkdtemp(prefix="actor-supervisor-bench-"))
+    try:
+        report = {**workflow.run(args, folder, sys.modules[__name__]), "machine": _machine()}
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the supervisor and its workers
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.store_only:
         return _store_only(args)
+    if args.workflow:
+        return _workflow(args)
     import modes
 
     if (code := modes.run(args)) is not None:  # --actors, --flood, a sweep

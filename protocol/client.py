@@ -29,6 +29,7 @@ from protocol.messages import (
     StatusRequest,
     Submit,
     Trigger,
+    WorkflowRequest,
 )
 from protocol.outcomes import RunOutcome as RunOutcome  # re-exported: clients import it here
 
@@ -222,6 +223,33 @@ class Client:
         data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data
         return data
 
+    def run_workflow(
+        self, name: str, items: list[Any], *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Start a run of workflow ``name`` over ``items`` (each item's ``id`` field, or a
+        generated id, names it); answered once the run and its items are committed:
+        ``workflow_run_id``, ``items``, ``waves``, ``steps``."""
+        rid = _new_id()
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        self._send(WorkflowRequest(id=rid, action="run", name=name, items=items))
+        data: dict[str, Any] = self._receive(rid, deadline, "accepted").data
+        return data
+
+    def workflow(self, action: str, workflow_run_id: str) -> dict[str, Any]:
+        """``resume`` (with its paused step actors) or ``cancel`` a workflow run: its progress."""
+        rid = _new_id()
+        self._send(WorkflowRequest(id=rid, action=action, workflow_run_id=workflow_run_id))
+        data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data
+        return data
+
+    def workflows(self) -> dict[str, Any]:
+        """The configured workflows and the progress of the unfinished workflow runs."""
+        rid = _new_id()
+        self._send(WorkflowRequest(id=rid, action="list"))
+        deadline = time.monotonic() + self.timeout_s
+        data: dict[str, Any] = self._receive(rid, deadline, "workflows").data
+        return data
+
     # --- plumbing ----------------------------------------------------------------------------
 
     def _send(
@@ -235,7 +263,8 @@ class Client:
         | Refresh
         | Rerun
         | Cancel
-        | ReloadRequest,
+        | ReloadRequest
+        | WorkflowRequest,
     ) -> None:
         self._sock.send(encode(message))
 

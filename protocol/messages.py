@@ -401,6 +401,37 @@ class ReloadRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowRequest:
+    """Workflows: ``run`` a workflow over ``items`` (answered ``accepted`` once the workflow run
+    and its items are committed), ``resume`` or ``cancel`` a workflow run, or ``list`` them."""
+
+    v: int = field(default=PROTOCOL_VERSION, init=False)
+    type: str = field(default="workflow", init=False)
+    id: str
+    action: str
+    name: str | None = None  # run: the workflow
+    workflow_run_id: str | None = None  # resume, cancel
+    items: Any = None  # run: a list of JSON values
+
+    ACTIONS: ClassVar[frozenset[str]] = frozenset({"run", "resume", "cancel", "list"})
+
+    @classmethod
+    def read(cls, r: FieldReader) -> "WorkflowRequest":
+        message = cls(
+            id=r.string("id", max_len=64),
+            action=r.choice("action", cls.ACTIONS),
+            name=r.opt_string("name", max_len=200),
+            workflow_run_id=r.opt_string("workflow_run_id", max_len=64),
+            items=r.any("items"),
+        )
+        if message.action == "run" and (message.name is None or message.items is None):
+            raise ProtocolError("workflow run needs name and items")
+        if message.action in ("resume", "cancel") and message.workflow_run_id is None:
+            raise ProtocolError(f"workflow {message.action} needs workflow_run_id")
+        return message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     """The answer to a client request: ``ok`` with ``kind``/``data``, or an error ``code``."""
 
@@ -441,6 +472,7 @@ Message = (
     | Rerun
     | Cancel
     | ReloadRequest
+    | WorkflowRequest
     | Reply
 )
 
@@ -460,6 +492,7 @@ MESSAGE_TYPES: dict[str, Any] = {
     "rerun": Rerun,
     "cancel": Cancel,
     "reload": ReloadRequest,
+    "workflow": WorkflowRequest,
     "reply": Reply,
 }
 WORKER_TO_SUPERVISOR = frozenset({"hello", "result"})
@@ -476,6 +509,7 @@ CLIENT_REQUESTS = frozenset(
         "rerun",
         "cancel",
         "reload",
+        "workflow",
     }
 )
 

@@ -54,6 +54,7 @@ from supervisor.settings_kinds import (
     describe,
     unknown_key,
 )
+from supervisor.workflows.config import WorkflowConfig, parse_workflows
 
 __all__ = [
     "SETTINGS",
@@ -66,6 +67,7 @@ __all__ = [
 
 ACTOR_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 OVERLAP_POLICIES = ("skip", "queue", "allow")
+TOP_LEVEL = ("supervisor", "actors", "alerts", "workflows")
 _PASSWORD = re.compile(r"^([a-z]+://[^:/@]*:)[^@]*@")
 
 
@@ -125,6 +127,7 @@ class Config:
     supervisor: SupervisorSettings
     actors: dict[str, ActorConfig]
     alerts: tuple[AlertConfig, ...] = ()
+    workflows: dict[str, WorkflowConfig] = field(default_factory=dict)
     sources: dict[str, str] = field(
         default_factory=dict
     )  # setting -> default|file|environment|flag
@@ -337,8 +340,8 @@ def load_config(
     else:
         base_dir = Path.cwd()
     for key in document:
-        if key not in ("supervisor", "actors", "alerts"):
-            error = unknown_key(key, ("supervisor", "actors", "alerts"), "top-level key")
+        if key not in TOP_LEVEL:
+            error = unknown_key(key, TOP_LEVEL, "top-level key")
             raise ConfigError(f"{where}{key}: {error.message}")
     table = document.get("supervisor", {})
     if not isinstance(table, Mapping):
@@ -361,6 +364,7 @@ def load_config(
         supervisor=settings,
         actors=actors,
         alerts=alerts,
+        workflows=parse_workflows(document.get("workflows", []), where, actors),
         sources=sources,
         origins=origins,
         actor_keys={

@@ -54,6 +54,7 @@ from supervisor.startup import (
 )
 from supervisor.status import StoreHealth, status_line
 from supervisor.wakeup import SignalPipe
+from supervisor.workflows.book import WorkflowBook
 from supervisor.writer import BatchWriter
 from workers.logs import setup_logging
 from workers.scoreboard import Scoreboard
@@ -177,6 +178,12 @@ class Supervisor:
         since = self._clock() - IDEMPOTENCY_WINDOW_S
         for (name, key), run_id in self.store.idempotency_keys(since).items():
             self.book.idempotency.add(name, key, run_id, self._clock(), None)
+        self.workflows = WorkflowBook(
+            book=self.book, configs=lambda: self.config.workflows,
+            capacity=lambda: self.settings.workers * self.settings.concurrency,
+            epoch=self.epoch, clock=self._clock,
+        )  # fmt: skip
+        self.workflows.recover(self.store)  # before the run book recovers their step runs
         self.requests = Requests(self)
         self.store_health = StoreHealth(self.writer, self.store.description, self.instance_id)
 
@@ -214,6 +221,7 @@ class Supervisor:
         self._watch_http()
         self.book.restore(self._unfinished)
         self._unfinished = []
+        self.workflows.after_restore(self.store)
         self.writer.put(events.supervisor_event(
             "supervisor_started", self.instance_id, pid=os.getpid(), actors=sorted(self.actors)
         ))  # fmt: skip
@@ -355,6 +363,7 @@ class Supervisor:
         self.book.scheduler.summarize_skips()
         self.store_health.check()
         if running:
+            self.workflows.tick(self._clock())
             self.notify.status(status_line(self))
         elif self.book.advance_shutdown():
             self._kill_runs()

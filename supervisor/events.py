@@ -33,12 +33,12 @@ def run_event(event_type: str, run: RunRecord, **extra: Any) -> Event:
     return _event(event_type, "run", run.run_id, metadata, correlation_id=run.correlation_id)
 
 
-def run_queued(run: RunRecord) -> Event:
-    return run_event("run_queued", run, scheduled_for=run.scheduled_for)
+def run_queued(run: RunRecord, **extra: Any) -> Event:
+    return run_event("run_queued", run, scheduled_for=run.scheduled_for, **extra)
 
 
-def run_started(run: RunRecord) -> Event:
-    return run_event("run_started", run, worker_id=run.worker_id, **code_of(run))
+def run_started(run: RunRecord, **extra: Any) -> Event:
+    return run_event("run_started", run, worker_id=run.worker_id, **code_of(run), **extra)
 
 
 def code_of(run: RunRecord) -> dict[str, Any]:

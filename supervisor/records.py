@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from protocol.outcomes import FINAL_STATUSES, RunStatus
 from supervisor.alerts.records import AlertRecord
 from supervisor.code.records import CodeChange, SyncUpdate
+from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 
 
 class Trigger(StrEnum):
@@ -24,6 +25,7 @@ class Trigger(StrEnum):
     RETRY = "retry"  # the next attempt of a retryable failure
     PROBE = "probe"  # a paused actor's half-open probe
     RERUN = "rerun"  # a client's rerun of a recorded run: its actor and input again
+    WORKFLOW = "workflow"  # a step of a workflow item (supervisor/workflows/)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,7 +124,18 @@ class ActorRecord:
     exec_mode: str = "file"
 
 
-Record = RunRecord | Event | TaskState | ActorRecord | CodeChange | SyncUpdate | AlertRecord
+Record = (
+    RunRecord
+    | Event
+    | TaskState
+    | ActorRecord
+    | CodeChange
+    | SyncUpdate
+    | AlertRecord
+    | WorkflowRunRecord
+    | WorkflowItemRecord
+    | WorkflowSnapshot
+)
 
 
 class RecordSink(Protocol):

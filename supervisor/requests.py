@@ -27,6 +27,7 @@ from protocol.messages import (
     StatusRequest,
     Submit,
     Trigger,
+    WorkflowRequest,
 )
 from supervisor import events
 from supervisor.actors import ActorRuntime
@@ -37,6 +38,7 @@ from supervisor.records import Trigger as RunTrigger
 from supervisor.reload import ReloadRejected
 from supervisor.runs import ActiveRun, Waiter
 from supervisor.status import Supervisor, build_metrics, build_status
+from supervisor.workflows.requests import workflow_request
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class Requests:
             self._resume(waiter, message)
         elif isinstance(message, Refresh):
             self._refresh(waiter, message)
+        elif isinstance(message, WorkflowRequest):
+            workflow_request(self.sup, waiter, message)
         elif isinstance(message, Rerun):
             self._rerun(Waiter(waiter.identity, waiter.request_id, message.wait,
                                waiter.envelope), message)  # fmt: skip

@@ -110,6 +110,10 @@ class RunBook:
         self._awaiting_durable = 0  # accepted runs whose queued row is not committed yet
         self._refused_fires: set[str] = set()
         self._cancels: set[str] = set()  # runs an operator cancelled: never retried
+        # workflows (supervisor/workflows/): told of each final outcome once it is committed;
+        # asked for the event metadata of a run recovered after a restart
+        self.final_listeners: list[Callable[[RunRecord, ActiveRun], None]] = []
+        self.recovered_metadata: Callable[[RunRecord], dict[str, Any]] = lambda record: {}
 
     # --- what requests and schedules ask ----------------------------------------------------
 
@@ -144,20 +148,26 @@ class RunBook:
         waiter: Waiter | None = None,
         scheduled_for: float | None = None,
         idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> ActiveRun:
         """Record a new run as queued; once durable, acknowledge it and make it ready.
 
-        ``input_json``: ``input_value`` already encoded (and checked) by the caller."""
+        ``input_json``: ``input_value`` already encoded (and checked) by the caller.
+        ``metadata``: added to every event of the run (a workflow step's item and order)."""
         now = self.clock()
         run_id = events.new_id()
         if input_json is None:
             input_json = orjson.dumps(input_value).decode()
         record = RunRecord(
-            run_id=run_id, attempt=1, actor=actor.name, correlation_id=run_id, trigger=trigger,
+            run_id=run_id, attempt=1, actor=actor.name, correlation_id=correlation_id or run_id,
+            trigger=trigger,
             input_json=input_json, queued_at=now, scheduled_for=scheduled_for,
             code_sha256=actor.code_sha256, idempotency_key=idempotency_key,
         )  # fmt: skip
         active = ActiveRun(record=record, waiters=[waiter] if waiter else [])
+        if metadata:
+            active.metadata = metadata
         self.runs[run_id] = active
         self.input_bytes += len(input_json)
         actor.active.add(run_id)
@@ -166,7 +176,7 @@ class RunBook:
         self.counters["runs_accepted"] += 1
         self._awaiting_durable += 1
         self.sink.put(record)
-        seq = self.sink.put(events.run_queued(record))
+        seq = self.sink.put(events.run_queued(record, **active.metadata))
         self._after_commit(seq, lambda: self._on_durable(active))
         return active
 
@@ -177,6 +187,10 @@ class RunBook:
         while self._barrier and self._barrier[0][0] <= committed:
             _, callback = self._barrier.popleft()
             callback()
+
+    def after_commit(self, seq: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every record up to ``seq`` is durable (for workflows)."""
+        self._after_commit(seq, callback)
 
     def _after_commit(self, seq: int, callback: Callable[[], None]) -> None:
         """Run ``callback`` once every record up to ``seq`` is durable."""
@@ -284,7 +298,7 @@ class RunBook:
                 + OVERDUE_SLACK_S
             )
             self.sink.put(started.record)
-            self.sink.put(events.run_started(started.record))
+            self.sink.put(events.run_started(started.record, **active.metadata))
         self.ready.extendleft(reversed(parked))
 
     def _start(
@@ -377,7 +391,9 @@ class RunBook:
                 actor.config, record, active.worker_losses, self.clock(), self._rng
             )
         self.sink.put(record)
-        seq = self.sink.put(events.run_finished(record, will_retry=retry_at is not None))
+        seq = self.sink.put(
+            events.run_finished(record, will_retry=retry_at is not None, **active.metadata)
+        )
         self.metrics.attempt_finished(
             record.actor, record.status, record.reason, record.duration_ms, self.clock()
         )
@@ -395,12 +411,18 @@ class RunBook:
         ] += 1
         waiters, active.waiters = active.waiters, []
         self._after_commit(seq, lambda: self._deliver(waiters, outcome))
+        if self.final_listeners and active.metadata:
+            self._after_commit(seq, lambda: self._tell_listeners(record, active))
         if actor is not None:
             actor.active.discard(record.run_id)
             actor.last_run = record
             self.breaker.account(actor, record)
             if self.phase is Phase.RUNNING:
                 self.scheduler.after_final(actor)
+
+    def _tell_listeners(self, record: RunRecord, active: ActiveRun) -> None:
+        for listener in self.final_listeners:
+            listener(record, active)
 
     def _deliver(self, waiters: list[Waiter], outcome: RunOutcome) -> None:
         for waiter in waiters:
@@ -412,7 +434,7 @@ class RunBook:
         self.counters["retries_scheduled"] += 1
         self.metrics.retry_scheduled(record.actor)
         self.sink.put(record)
-        self.sink.put(events.run_queued(record))
+        self.sink.put(events.run_queued(record, **active.metadata))
         self.heap.push((EntryKind.RETRY, record.run_id), retry_at)
         if self.phase is not Phase.RUNNING:
             self._tell_waiters_stopping(active)
@@ -441,7 +463,7 @@ class RunBook:
 
     def _recover(self, record: RunRecord, now: float) -> None:
         """A queued attempt never started: queue it again. A running one was lost with us."""
-        active = ActiveRun(record=record)
+        active = ActiveRun(record=record, metadata=self.recovered_metadata(record))
         self.runs[record.run_id] = active
         self.input_bytes += len(record.input_json)
         if (actor := self.actors.get(record.actor)) is not None:

@@ -40,6 +40,7 @@ class ActiveRun:
     worker_id: str | None = None  # the worker holding the current attempt
     overdue_at: float = float("inf")  # monotonic: past this, the worker is presumed hung
     worker_losses: int = 0  # attempts that ended with their worker's death (POISON_LOSSES)
+    metadata: dict[str, Any] = field(default_factory=dict)  # added to every event of the run
 
     @property
     def run_id(self) -> str:

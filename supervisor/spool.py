@@ -39,6 +39,7 @@ from supervisor.code.records import CodeChange, SyncUpdate
 from supervisor.deadletter import DeadLetters, write_or_isolate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store.base import Store, StoreError, StoreUnavailable
+from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ _TAGS: dict[type[Any], str] = {
     CodeChange: "code",
     SyncUpdate: "sync",
     AlertRecord: "alert",
+    WorkflowRunRecord: "workflow_run",
+    WorkflowItemRecord: "workflow_item",
+    WorkflowSnapshot: "workflow_snapshot",
 }
 _TYPES: dict[str, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
 

@@ -22,6 +22,7 @@ from supervisor.runbook import RunBook
 from supervisor.settings import SupervisorSettings
 from supervisor.spool import Spool
 from supervisor.store.base import Store
+from supervisor.workflows.book import WorkflowBook
 from supervisor.writer import BatchWriter
 from workers.sandbox import SandboxConfig
 
@@ -67,6 +68,8 @@ class Supervisor(Protocol):
     @property
     def sender(self) -> AlertSender | None: ...
     def reload(self) -> dict[str, Any]: ...
+    @property
+    def workflows(self) -> WorkflowBook: ...
 
 
 def iso(ts: float | None) -> str | None:
@@ -119,6 +122,7 @@ def build_status(sup: "Supervisor") -> dict[str, Any]:
         "store": _store(sup),
         "alerts": alert_counts(sup),
         "counters": all_counters(sup),
+        "workflows": sup.workflows.progress(),
     }
 
 

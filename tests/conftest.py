@@ -22,6 +22,7 @@ _E2E_MODULES = frozenset(
         "tests/http/test_lifecycle.py",
         "tests/http/test_metrics.py",
         "tests/http/test_postgres.py",
+        "tests/http/test_workflows.py",
         "tests/supervisor/test_alerts.py",
         "tests/supervisor/test_bounds.py",
         "tests/supervisor/test_breaker.py",

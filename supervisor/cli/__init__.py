@@ -25,6 +25,7 @@ from supervisor.cli.prune import add_prune_command
 from supervisor.cli.read import add_read_commands
 from supervisor.cli.run import add_run_commands
 from supervisor.cli.runs import add_runs_commands
+from supervisor.cli.workflow import add_workflow_commands
 from supervisor.errors import CommandRefused, ConfigError, StartupError
 from supervisor.store.base import StoreError, StoreUnavailable
 
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_commands(sub)  # show, rerun, cancel
     add_config_commands(sub)  # config show
     add_prune_command(sub)  # prune
+    add_workflow_commands(sub)  # workflow list|run|status|items|resume|cancel
     return parser
 
 

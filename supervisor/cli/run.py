@@ -321,6 +321,13 @@ def _print_status(data: dict[str, Any]) -> None:
             why = last.get("reason") or last.get("status")
             said = f" (stderr: {last['stderr_last_line']})" if last.get("stderr_last_line") else ""
             print(f"{a['name']}: last run {last['run_id']} {why}: {last.get('error') or '-'}{said}")
+    if runs := data.get("workflows"):  # unfinished workflow runs (`workflow status`: all)
+        print()
+        table(
+            ["WORKFLOW RUN", "WORKFLOW", "STATUS", "DONE", "FAILED", "TOTAL", "WAVE"],
+            [[r["workflow_run_id"][:12], r["workflow"], r["status"], r["done"], r["failed"],
+              r["items"], f"{min(r['wave'] + 1, r['waves'])}/{r['waves']}"] for r in runs],
+        )  # fmt: skip
 
 
 def _schedule_text(schedule: dict[str, Any] | None) -> str:

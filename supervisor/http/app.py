@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from supervisor.http import api, health, metrics, pages
+from supervisor.http import api, health, metrics, pages, workflows
 from supervisor.http.auth import CHALLENGE, UNAUTHORIZED, is_api, is_open, token_ok
 from supervisor.http.context import Backend
 from supervisor.http.openapi import document
@@ -84,6 +84,7 @@ def _routes() -> list[BaseRoute]:
             Route("/runs/{run_id}/cancel", a.cancel_run, methods=["POST"]),
             Route("/events", a.list_events),
             Route("/alerts", a.list_alerts),
+            *workflows.routes(),
         ]),
         *pages.routes(),
     ]  # fmt: skip

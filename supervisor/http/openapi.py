@@ -64,6 +64,18 @@ ROUTES: list[tuple[str, str, str, list[dict[str, Any]], bool, str]] = [
      [_q("status", text="pending, delivered or failed"),
       _q("destination", text="an [[alerts]] entry's name"), _q("limit", "integer")],
      False, "200"),
+    ("get", "/workflows", "Configured workflows and the progress of unfinished workflow runs",
+     [], False, "200"),
+    ("post", "/workflows/{name}/runs", 'Start a workflow run; body {"items": [...]}. 202 once '
+     "the run and its items are committed", [_NAME], True, "202"),
+    ("get", "/workflow-runs", "Workflow runs with progress (done, failed, total, wave), newest "
+     "first", [_q("workflow"), _q("limit", "integer")], False, "200"),
+    ("get", "/workflow-runs/{run_id}", "One workflow run's progress",
+     [_RUN], False, "200"),
+    ("post", "/workflow-runs/{run_id}/resume", "Resume a paused workflow run (and its paused "
+     "step actors)", [_RUN], True, "200"),
+    ("post", "/workflow-runs/{run_id}/cancel", "Cancel a workflow run: no new steps",
+     [_RUN], True, "200"),
 ]  # fmt: skip
 
 

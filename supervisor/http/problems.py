@@ -16,6 +16,8 @@ MEDIA_TYPE = "application/problem+json"
 # the supervisor's error code -> HTTP status
 CLIENT_CODES = {
     "unknown_actor": 404,
+    "unknown_workflow": 404,
+    "unknown_workflow_run": 404,
     "paused": 409,
     "busy": 429,
     "shutting_down": 503,

@@ -12,11 +12,13 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from supervisor.alerts.records import AlertRecord
 from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.errors import CommandRefused, SupervisorError
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
+from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 
 
 class StoreError(SupervisorError):
@@ -310,3 +312,39 @@ class Store(abc.ABC):
                 shown,
             )  # fmt: skip
         return found[0]
+
+    # -- workflows (supervisor/workflows/, supervisor/store/workflows.py) ----------------------
+
+    def workflow_runs(
+        self, *, active_only: bool = False, workflow: str | None = None, limit: int = 50
+    ) -> list[WorkflowRunRecord]:
+        """Workflow runs newest first; ``active_only``: those still running or paused."""
+        raise NotImplementedError
+
+    def workflow_run_ids_with_prefix(self, prefix: str) -> list[str]:
+        """Up to two workflow run ids that start with ``prefix``."""
+        raise NotImplementedError
+
+    def workflow_items(self, workflow_run_id: str) -> list[WorkflowItemRecord]:
+        """The run's items as submitted, in position order."""
+        raise NotImplementedError
+
+    def latest_workflow_snapshot(self, workflow_run_id: str) -> WorkflowSnapshot | None:
+        raise NotImplementedError
+
+    def workflow_snapshot_count(self, workflow_run_id: str) -> int:
+        raise NotImplementedError
+
+    def workflow_events(self, workflow_run_id: str, since: float | None = None) -> list[Event]:
+        """The run's events (step runs' and its own: correlation id = the run's id), oldest
+        first, created at or after ``since``."""
+        raise NotImplementedError
+
+    def conversation_events(self, conversation_id: str, limit: int = 10000) -> list[Event]:
+        """Every event whose metadata names ``conversation_id`` (one workflow item), oldest
+        first: one probe of the conversation index."""
+        raise NotImplementedError
+
+    def workflow_steps(self, workflow_run_id: str) -> list[dict[str, Any]]:
+        """The ``workflow_steps`` view's rows of one run, by item and order."""
+        raise NotImplementedError

@@ -36,7 +36,7 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
 from supervisor.records import Event, Record
-from supervisor.store import code, outbox
+from supervisor.store import code, outbox, workflows
 from supervisor.store.base import RefusedFires, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_postgres, load_migrations
 from supervisor.store.options import PoolOptions
@@ -316,6 +316,8 @@ class PostgresStore(SqlStore[psycopg.Connection[Any]]):
             refused.extend(claim_fires(cur.execute, _RUNS, rows.fires))  # never through COPY
             if rows.alerts:  # rare as well, and in order: a folded repeat updates its row
                 outbox.write(_CodeDb(conn), rows.alerts)
+            if rows.workflows:
+                workflows.write(_CodeDb(conn), rows.workflows)
             if len(rows.events) <= _PIPELINE_MAX_EVENTS:
                 with conn.pipeline():
                     rows.upsert(cur.executemany, _TABLES)
@@ -371,3 +373,5 @@ class PostgresStore(SqlStore[psycopg.Connection[Any]]):
         """Run a query written with ``?`` placeholders (see :mod:`supervisor.store.queries`)."""
         with self._connection(action) as conn:
             return conn.execute(_psycopg_sql(sql), params).fetchall()
+
+    _conversation_sql = "(metadata ->> 'conversation_id')"  # execution_events_conversation

@@ -19,9 +19,10 @@ from typing import Any, Generic, TypeVar
 from supervisor.alerts.records import AlertRecord
 from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVersion, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
-from supervisor.store import code, outbox, prune, queries
+from supervisor.store import code, outbox, prune, queries, workflows
 from supervisor.store.base import Pruned, Store, StoreError
 from supervisor.store.values import SplitBatch, clean_text
+from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 
 Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]  # (to the database, from it)
 
@@ -236,6 +237,7 @@ class BatchRows:
             )
         self.code = split.code
         self.alerts = split.alerts
+        self.workflows = split.workflows
 
     def upsert(self, executemany: Callable[[str, Any], Any], tables: Tables) -> None:
         """Upsert the runs, task states and actors (not fires or events) with ``executemany``."""
@@ -256,6 +258,7 @@ class BatchRows:
             or self.events
             or self.code
             or self.alerts
+            or self.workflows
         )
 
 
@@ -457,3 +460,51 @@ class SqlStore(Store, Generic[ConnT]):
     def ids_with_prefix(self, kind: str, prefix: str, limit: int) -> list[str]:
         sql, params = queries.ids_with_prefix(kind, prefix, limit)
         return [row[0] for row in self._fetch(f"find {kind} ids", sql, params)]
+
+    # -- workflows -----------------------------------------------------------------------------
+
+    #: the SQL of an event's conversation id, as the backend's index on it is written
+    _conversation_sql: str
+
+    def workflow_runs(
+        self, *, active_only: bool = False, workflow: str | None = None, limit: int = 50
+    ) -> list[WorkflowRunRecord]:
+        with self._read("list workflow runs") as conn:
+            return workflows.runs(
+                self._code_db(conn), active_only=active_only, workflow=workflow, limit=limit
+            )
+
+    def workflow_run_ids_with_prefix(self, prefix: str) -> list[str]:
+        with self._read("find workflow runs") as conn:
+            return workflows.run_ids_with_prefix(self._code_db(conn), prefix)
+
+    def workflow_items(self, workflow_run_id: str) -> list[WorkflowItemRecord]:
+        with self._read("read workflow items") as conn:
+            return workflows.items(self._code_db(conn), workflow_run_id)
+
+    def latest_workflow_snapshot(self, workflow_run_id: str) -> WorkflowSnapshot | None:
+        with self._read("read a workflow snapshot") as conn:
+            return workflows.latest_snapshot(self._code_db(conn), workflow_run_id)
+
+    def workflow_snapshot_count(self, workflow_run_id: str) -> int:
+        with self._read("count workflow snapshots") as conn:
+            return workflows.snapshot_count(self._code_db(conn), workflow_run_id)
+
+    def workflow_events(self, workflow_run_id: str, since: float | None = None) -> list[Event]:
+        events = self._tables.events
+        sql, params = f"{events.select} WHERE correlation_id = ?", [workflow_run_id]
+        if since is not None:
+            sql += " AND created_at >= ?"
+            params.append(self._tables.timestamp(since))
+        rows = self._fetch("read workflow events", f"{sql} ORDER BY created_at, id", params)
+        return [events.record_from(row) for row in rows]
+
+    def conversation_events(self, conversation_id: str, limit: int = 10000) -> list[Event]:
+        events = self._tables.events
+        sql = f"{events.select} WHERE {self._conversation_sql} = ? ORDER BY created_at, id LIMIT ?"
+        rows = self._fetch("read a conversation's events", sql, [conversation_id, limit])
+        return [events.record_from(row) for row in rows]
+
+    def workflow_steps(self, workflow_run_id: str) -> list[dict[str, Any]]:
+        with self._read("read workflow steps") as conn:
+            return workflows.steps(self._code_db(conn), workflow_run_id)

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from supervisor.records import Event, Record
-from supervisor.store import code, outbox
+from supervisor.store import code, outbox, workflows
 from supervisor.store.base import RefusedFires, StoreError, StoreUnavailable
 from supervisor.store.migrations import apply_sqlite, load_migrations
 from supervisor.store.sql import (
@@ -286,6 +286,8 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
                 conn.executemany(_EVENTS.insert, rows.events)
             if rows.alerts:
                 outbox.write(_CodeDb(conn), rows.alerts)
+            if rows.workflows:
+                workflows.write(_CodeDb(conn), rows.workflows)
         self.refused.add(refused)
 
     def _check_file(self) -> None:
@@ -337,3 +339,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
             "synchronous": names.get(level, str(level)),
             "busy_timeout_ms": busy,
         }
+
+    _conversation_sql = (
+        "json_extract(metadata, '$.conversation_id')"  # execution_events_conversation
+    )

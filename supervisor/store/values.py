@@ -15,6 +15,12 @@ from supervisor.alerts.records import AlertRecord
 from supervisor.code.records import CodeChange, SyncUpdate
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store.base import StoreError
+from supervisor.workflows.records import (
+    WorkflowItemRecord,
+    WorkflowRecord,
+    WorkflowRunRecord,
+    WorkflowSnapshot,
+)
 
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
@@ -88,7 +94,7 @@ class SplitBatch:
     supervisor is refused without failing the batch.
     """
 
-    __slots__ = ("actors", "alerts", "code", "events", "fires", "runs", "states")
+    __slots__ = ("actors", "alerts", "code", "events", "fires", "runs", "states", "workflows")
 
     def __init__(self, records: Sequence[Record]) -> None:
         runs: dict[tuple[str, int], RunRecord] = {}
@@ -97,6 +103,7 @@ class SplitBatch:
         events: list[Event] = []
         code: list[CodeChange | SyncUpdate] = []
         alerts: list[AlertRecord] = []
+        workflows: list[WorkflowRecord] = []
         for record in records:
             if isinstance(record, Event):
                 events.append(record)
@@ -110,6 +117,8 @@ class SplitBatch:
                 code.append(record)
             elif isinstance(record, AlertRecord):
                 alerts.append(record)
+            elif isinstance(record, WorkflowRunRecord | WorkflowItemRecord | WorkflowSnapshot):
+                workflows.append(record)  # in order: a run's rows are upserted in turn
             else:
                 raise StoreError(f"cannot store a {type(record).__name__}: not a Record")
         self.runs = [run for run in runs.values() if not run.is_fire]
@@ -119,3 +128,4 @@ class SplitBatch:
         self.events = events
         self.code = code
         self.alerts = alerts
+        self.workflows = workflows

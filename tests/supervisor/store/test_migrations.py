@@ -26,6 +26,7 @@ from supervisor.store.migrations import (
     sql_root,
 )
 from supervisor.store.sqlite import SqliteStore, to_text
+from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -52,6 +53,7 @@ ALL = [
     "0003_lease",
     "0004_alerts",
     "0005_code_bundles",
+    "0006_workflows",
     "0007_prune_index",
 ]  # in order
 APPLIED = [
@@ -60,6 +62,7 @@ APPLIED = [
     (3, "0003_lease"),
     (4, "0004_alerts"),
     (5, "0005_code_bundles"),
+    (6, "0006_workflows"),
     (7, "0007_prune_index"),
 ]
 
@@ -311,13 +314,19 @@ def test_catalog_tables_and_columns_match_the_records(catalog: sqlite3.Connectio
     }
     assert tables == {
         "schema_migrations", "actors", "runs", "task_state", "execution_events",
-        "actor_code_history", "supervisor_lease", "alert_outbox",
+        "actor_code_history", "supervisor_lease", "alert_outbox", "workflow_runs",
+        "workflow_items", "workflow_snapshots",
     }  # fmt: skip
 
     def names(record: type) -> list[str]:
         return [f.name for f in dataclasses.fields(record)]
 
     assert columns(catalog, "alert_outbox") == names(AlertRecord)
+    assert columns(catalog, "workflow_runs") == names(WorkflowRunRecord)
+    assert columns(catalog, "workflow_items") == names(WorkflowItemRecord)
+    assert columns(catalog, "workflow_snapshots") == names(WorkflowSnapshot)
+    views = catalog.execute("SELECT name FROM sqlite_master WHERE type = 'view'").fetchall()
+    assert views == [("workflow_steps",)]
 
     assert columns(catalog, "runs") == names(RunRecord)
     assert columns(catalog, "task_state") == names(TaskState)

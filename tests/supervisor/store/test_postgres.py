@@ -292,6 +292,7 @@ def test_cli_migrate_history_and_events_read_postgres(
         "0003_lease",
         "0004_alerts",
         "0005_code_bundles",
+        "0006_workflows",
         "0007_prune_index",
     ]
     assert orjson.loads(first.stdout)["applied"] == applied

@@ -18,6 +18,7 @@ from supervisor.records import ActorRecord, Event, RunRecord, TaskState
 from supervisor.store.base import SchemaTooNew
 from supervisor.store.migrations import apply_postgres, load_migrations, parse_migrations
 from supervisor.store.postgres import PostgresStore
+from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 from tests import pg
 
 
@@ -36,6 +37,7 @@ ALL = [
     "0003_lease",
     "0004_alerts",
     "0005_code_bundles",
+    "0006_workflows",
     "0007_prune_index",
 ]  # in order
 APPLIED = [
@@ -44,6 +46,7 @@ APPLIED = [
     (3, "0003_lease"),
     (4, "0004_alerts"),
     (5, "0005_code_bundles"),
+    (6, "0006_workflows"),
     (7, "0007_prune_index"),
 ]
 
@@ -224,9 +227,13 @@ def test_catalog_tables_and_columns_match_the_records_with_native_types(
     }
     assert tables == {
         "schema_migrations", "actors", "runs", "task_state", "execution_events",
-        "actor_code_history", "supervisor_lease", "alert_outbox",
+        "actor_code_history", "supervisor_lease", "alert_outbox", "workflow_runs",
+        "workflow_items", "workflow_snapshots", "workflow_steps",
     }  # fmt: skip
     assert list(column_types(catalog, "alert_outbox")) == names(AlertRecord)
+    assert list(column_types(catalog, "workflow_runs")) == names(WorkflowRunRecord)
+    assert list(column_types(catalog, "workflow_items")) == names(WorkflowItemRecord)
+    assert list(column_types(catalog, "workflow_snapshots")) == names(WorkflowSnapshot)
 
     runs = column_types(catalog, "runs")
     assert list(runs) == names(RunRecord)
