@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 from supervisor.deadletter import DeadLetters, write_or_isolate
@@ -93,6 +93,7 @@ class BatchWriter:
         self._last_seq = 0
         self._committed = 0
         self._closing = False
+        self._held = False  # see held()
         self._retry_now = False
         self._abandon = False
         self._thread: threading.Thread | None = None
@@ -156,8 +157,29 @@ class BatchWriter:
                 raise RuntimeError("BatchWriter.put() after close()")
             self._last_seq += 1
             self._queue.append((self._last_seq, now, item))
-            self._work.notify()
+            if not self._held:
+                self._work.notify()
             return self._last_seq
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Put records without waking the writer thread until the block ends, then wake it once.
+
+        For the supervisor's loop around one turn of its handlers: woken at every ``put``, the
+        thread would take the GIL from the loop each time the loop released it (a send, a
+        read), and the two would hand it back and forth, a context switch each time; woken once
+        at the end of the turn, it writes the turn's records while the loop waits in its poll.
+        Records put meanwhile by other threads wait for the end of the turn too.
+        """
+        with self._lock:
+            self._held = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held = False
+                if self._queue:
+                    self._work.notify()
 
     @property
     def committed(self) -> int:
