@@ -30,11 +30,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 
 from supervisor.deadletter import DeadLetters, write_or_isolate
 from supervisor.metrics import BATCH_BOUNDS, Histogram
-from supervisor.records import Record, RunRecord
+from supervisor.records import Record, RunRecord, evolve
 from supervisor.replayer import Replayer
 from supervisor.spool import Spool, encode_batch
 from supervisor.store.base import Store, StoreUnavailable
@@ -148,7 +147,7 @@ class BatchWriter:
         """Queue ``record`` (with what ``observe`` adds to it); return its sequence number.
         Never waits for the store."""
         if type(record) is RunRecord and record.epoch != self._epoch:
-            record = replace(record, epoch=self._epoch)
+            record = evolve(record, epoch=self._epoch)
         extra = self.observe(record) if self.observe is not None else ()
         item = Bundle((record, *extra)) if extra else record
         now = time.monotonic()
