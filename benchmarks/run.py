@@ -13,8 +13,10 @@ its workers, their launchers and forkers (psutil ``cpu_times`` of each, before a
 found through the supervisor's process tree), the run children (the ``wait4`` rusage of every
 child the forkers reaped meanwhile: their ``children_user`` and ``children_system``) and the
 benchmark's clients (their own ``getrusage``). With minor page faults per run likewise
-(``faults_per_run``), these are the figures to optimise: far steadier than runs/s on a shared
-machine. ``ceiling_cpu_ms_per_run`` is the bare loop's, parent and children together.
+(``faults_per_run``), and the context switches of the long-lived processes (``switches_per_run``:
+threads handing the GIL or the CPU to each other), these are the figures to optimise: far
+steadier than runs/s on a shared machine. ``ceiling_cpu_ms_per_run`` is the bare loop's, parent
+and children together.
 
     python benchmarks/run.py --runs 5000 --workers 2 --mode fork
     python benchmarks/run.py --mode exec --runs 1000 --json
@@ -158,6 +160,7 @@ mode = "{args.mode}"
 database = "{args.database or "sqlite:state/bench.db"}"
 log_level = "warning"
 queue_size = 100000
+run_as_range = "{_uid_range(args.workers * args.concurrency)}"
 http_listen = "{f"127.0.0.1:{http_port}" if http_port else ""}"
 
 [[actors]]
@@ -171,6 +174,14 @@ timeout_s = 30
         )
     )
     return config
+
+
+def _uid_range(size: int) -> str:
+    """A block of run uids of this benchmark's own (used when root): the default block belongs to
+    whichever supervisor on the host claimed it first, and another one would refuse to start."""
+    size = max(size, 256)
+    start = 200_000 + os.getpid() % 4096 * size
+    return f"{start}-{start + size - 1}"
 
 
 def _free_port() -> int:
@@ -319,9 +330,10 @@ class _Usage:
     """CPU seconds and minor page faults of one process (all its threads) and of the children
     it reaped, from ``/proc/PID/stat``: the figures ``wait4`` rusage accumulates into a parent."""
 
-    __slots__ = ("cpu_s", "faults", "reaped_cpu_s", "reaped_faults")
+    __slots__ = ("cpu_s", "faults", "reaped_cpu_s", "reaped_faults", "switches")
 
     def __init__(self, proc: psutil.Process) -> None:
+        self.switches = sum(proc.num_ctx_switches())  # voluntary and not: a thread handing off
         times = proc.cpu_times()
         self.cpu_s = times.user + times.system
         self.reaped_cpu_s = times.children_user + times.children_system
@@ -337,12 +349,15 @@ def _process_kinds(root: psutil.Process) -> dict[int, tuple[str, psutil.Process]
     are counted through the forker that reaps them."""
     found: dict[int, tuple[str, psutil.Process]] = {root.pid: ("supervisor", root)}
     for child in root.children():
-        launchers = [p for p in child.children() if "workers.launcher" in p.cmdline()]
-        found[child.pid] = ("workers" if launchers else "other", child)
-        for launcher in launchers:
-            found[launcher.pid] = ("launchers", launcher)
-            for forker in launcher.children():
-                found[forker.pid] = ("forkers", forker)
+        try:
+            launchers = [p for p in child.children() if "workers.launcher" in p.cmdline()]
+            found[child.pid] = ("workers" if launchers else "other", child)
+            for launcher in launchers:
+                found[launcher.pid] = ("launchers", launcher)
+                for forker in launcher.children():
+                    found[forker.pid] = ("forkers", forker)
+        except psutil.Error:  # gone meanwhile (a worker replaced): named in processes_changed
+            continue
     return found
 
 
@@ -378,6 +393,7 @@ class CpuMeter:
         after = self._snapshot()
         cpu = dict.fromkeys(KINDS, 0.0)
         faults = dict.fromkeys(KINDS, 0)
+        switches = dict.fromkeys(KINDS, 0)
         count = dict.fromkeys(KINDS, 0)
         for pid in sorted(self._before.keys() ^ after.keys()):
             kind = (self._before.get(pid) or after[pid])[0]
@@ -387,6 +403,7 @@ class CpuMeter:
             new = after[pid][1]
             cpu[kind] += new.cpu_s - old.cpu_s
             faults[kind] += new.faults - old.faults
+            switches[kind] += new.switches - old.switches
             count[kind] += 1
             if kind == "forkers":
                 cpu["run_children"] += new.reaped_cpu_s - old.reaped_cpu_s
@@ -401,6 +418,11 @@ class CpuMeter:
         return {
             "cpu_ms_per_run": per_run,
             "faults_per_run": {k: round(v / runs, 1) for k, v in faults.items() if count[k]},
+            "switches_per_run": {
+                k: round(v / runs, 1)
+                for k, v in switches.items()
+                if count[k] and k not in ("clients", "run_children")
+            },
             "processes": {k: v for k, v in count.items() if v and k != "run_children"},
             # /proc counts CPU in clock ticks: each process's figure is this coarse in all
             "cpu_resolution_ms_per_run": round(_TICK_S * 1000 / runs, 4),
@@ -678,7 +700,7 @@ def _store_only(args: argparse.Namespace) -> int:
 
 
 _PER_KIND = {"cpu_ms_per_run": "cpu ms/run", "faults_per_run": "faults/run",
-             "processes": "processes"}  # fmt: skip
+             "switches_per_run": "switches/run", "processes": "processes"}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
