@@ -333,13 +333,26 @@ class _Usage:
     __slots__ = ("cpu_s", "faults", "reaped_cpu_s", "reaped_faults", "switches")
 
     def __init__(self, proc: psutil.Process) -> None:
-        self.switches = sum(proc.num_ctx_switches())  # voluntary and not: a thread handing off
+        self.switches = _switches(proc.pid)
         times = proc.cpu_times()
         self.cpu_s = times.user + times.system
         self.reaped_cpu_s = times.children_user + times.children_system
         with open(f"/proc/{proc.pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         self.faults, self.reaped_faults = int(fields[7]), int(fields[8])  # minflt, cminflt
+
+
+def _switches(pid: int) -> int:
+    """Context switches of every thread of a process, voluntary or not (psutil and
+    ``/proc/PID/status`` count the main thread's only)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status", "rb") as f:
+                total += sum(int(line.split()[1]) for line in f if b"ctxt_switches" in line)
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return total
 
 
 def _process_kinds(root: psutil.Process) -> dict[int, tuple[str, psutil.Process]]:
