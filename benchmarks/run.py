@@ -8,6 +8,16 @@ bare mechanism with no ZeroMQ and no store, in as many parallel processes as the
 the same way (exec mode). ``efficiency = runs_per_s / ceiling_runs_per_s`` holds on a noisy
 machine because both are measured on it, minutes apart.
 
+It also reports the CPU each kind of process spends per run (``cpu_ms_per_run``): the supervisor,
+its workers, their launchers and forkers (psutil ``cpu_times`` of each, before and after the load,
+found through the supervisor's process tree), the run children (the ``wait4`` rusage of every
+child the forkers reaped meanwhile: their ``children_user`` and ``children_system``) and the
+benchmark's clients (their own ``getrusage``). With minor page faults per run likewise
+(``faults_per_run``), and the context switches of the long-lived processes (``switches_per_run``:
+threads handing the GIL or the CPU to each other), these are the figures to optimise: far
+steadier than runs/s on a shared machine. ``ceiling_cpu_ms_per_run`` is the bare loop's, parent
+and children together.
+
     python benchmarks/run.py --runs 5000 --workers 2 --mode fork
     python benchmarks/run.py --mode exec --runs 1000 --json
     python benchmarks/run.py --database postgresql://postgres@127.0.0.1/bench
@@ -31,6 +41,7 @@ import multiprocessing
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -43,6 +54,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import workflow  # benchmarks/workflow.py, beside this script
 
 import supervisor.events
@@ -60,6 +72,7 @@ INPUT = {"n": 1, "payload": "x" * 64}
 def _bare_fork_loop(count: int, results: Any) -> None:
     """Fork a child per run; it reads the JSON input from a pipe and writes JSON back."""
     data = json.dumps(INPUT).encode()
+    cpu = _own_cpu_s(children=True)
     started = time.perf_counter()
     for _ in range(count):
         in_r, in_w = os.pipe()
@@ -81,22 +94,35 @@ def _bare_fork_loop(count: int, results: Any) -> None:
         os.close(out_r)
         os.waitpid(pid, 0)
         json.loads(b"".join(chunks))
-    results.put(time.perf_counter() - started)
+    results.put((time.perf_counter() - started, _own_cpu_s(children=True) - cpu))
 
 
 def _bare_exec_loop(count: int, script: str, python: str, results: Any) -> None:
     """Spawn ``python script.py`` per run, JSON in and out (no -I: it drops the script dir)."""
     data = json.dumps(INPUT).encode()
+    cpu = _own_cpu_s(children=True)
     started = time.perf_counter()
     for _ in range(count):
         proc = subprocess.run([python, script], input=data, capture_output=True, check=True)
         json.loads(proc.stdout)
-    results.put(time.perf_counter() - started)
+    results.put((time.perf_counter() - started, _own_cpu_s(children=True) - cpu))
 
 
-def measure_ceiling(mode: str, parallel: int, runs: int, script: Path, python: str) -> float:
+def _own_cpu_s(*, children: bool = False) -> float:
+    """CPU seconds of this process (all its threads), plus its reaped children's if asked."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    if children:
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += reaped.ru_utime + reaped.ru_stime
+    return total
+
+
+def measure_ceiling(
+    mode: str, parallel: int, runs: int, script: Path, python: str
+) -> tuple[float, float]:
     """Runs per second of the bare loop in ``parallel`` processes (exec mode: on ``python``,
-    the interpreter the supervisor itself chose for exec mode)."""
+    the interpreter the supervisor itself chose for exec mode), and its CPU ms per run."""
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     per_proc = max(1, runs // parallel)
@@ -108,10 +134,12 @@ def measure_ceiling(mode: str, parallel: int, runs: int, script: Path, python: s
     procs = [ctx.Process(target=target, args=args) for _ in range(parallel)]
     for proc in procs:
         proc.start()
+    gathered = [results.get(timeout=3600) for _ in procs]
     for proc in procs:
         proc.join()
     elapsed = time.perf_counter() - started
-    return per_proc * parallel / elapsed
+    cpu_ms = sum(cpu for _, cpu in gathered) * 1000 / (per_proc * parallel)
+    return per_proc * parallel / elapsed, cpu_ms
 
 
 # --- the supervisor ---------------------------------------------------------------------------
@@ -174,6 +202,7 @@ def _client_loop(config: Path, count: int, warmup: int, results: Any) -> None:
     latencies = []
     failures = 0
     with _client(config, timeout_s=60) as client:
+        before = resource.getrusage(resource.RUSAGE_SELF)
         for i in range(warmup + count):
             started = time.perf_counter()
             outcome = client.submit("noop", INPUT, wait=True)
@@ -182,7 +211,9 @@ def _client_loop(config: Path, count: int, warmup: int, results: Any) -> None:
             if i >= warmup:
                 latencies.append(elapsed)
                 failures += not outcome.succeeded
-    results.put((latencies, failures))
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    results.put((latencies, failures, (cpu_s, after.ru_minflt - before.ru_minflt)))
 
 
 def _wait_ready(config: Path, workers: int, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
@@ -228,11 +259,15 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
             for _ in range(args.clients)
         ]
         scraper = _Scraper(http_port) if http_port else None
+        meter = CpuMeter(proc.pid)
+        meter.start()
         started = time.perf_counter()
         for client in clients:
             client.start()
         gathered = [results.get(timeout=3600) for _ in clients]
         elapsed = time.perf_counter() - started
+        total = (per_client + warmup) * args.clients
+        cpu = meter.stop(total, [usage for _, _, usage in gathered])
         for client in clients:
             client.join()
         if scraper is not None:
@@ -241,11 +276,10 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
         log.close()
-    latencies = sorted(x for lats, _ in gathered for x in lats)
-    total = (per_client + warmup) * args.clients
+    latencies = sorted(x for lats, _, _ in gathered for x in lats)
     return {
         "runs": total,
-        "failures": sum(f for _, f in gathered),
+        "failures": sum(f for _, f, _ in gathered),
         "elapsed_s": round(elapsed, 3),
         "runs_per_s": round(total / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
@@ -253,6 +287,7 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         "exec_python": status["supervisor"]["exec_python"],
         **({"metrics_scrapes": scraper.scrapes, "metrics_scrape_ms_max": scraper.worst_ms}
            if scraper else {}),
+        **cpu,
     }  # fmt: skip
 
 
@@ -282,6 +317,129 @@ class _Scraper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+# --- CPU per run, by kind of process ----------------------------------------------------------
+
+KINDS = ("supervisor", "workers", "launchers", "forkers", "run_children", "clients", "other")
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+class _Usage:
+    """CPU seconds and minor page faults of one process (all its threads) and of the children
+    it reaped, from ``/proc/PID/stat``: the figures ``wait4`` rusage accumulates into a parent."""
+
+    __slots__ = ("cpu_s", "faults", "reaped_cpu_s", "reaped_faults", "switches")
+
+    def __init__(self, proc: psutil.Process) -> None:
+        self.switches = _switches(proc.pid)
+        times = proc.cpu_times()
+        self.cpu_s = times.user + times.system
+        self.reaped_cpu_s = times.children_user + times.children_system
+        with open(f"/proc/{proc.pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        self.faults, self.reaped_faults = int(fields[7]), int(fields[8])  # minflt, cminflt
+
+
+def _switches(pid: int) -> int:
+    """Context switches of every thread of a process, voluntary or not (psutil and
+    ``/proc/PID/status`` count the main thread's only)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status", "rb") as f:
+                total += sum(int(line.split()[1]) for line in f if b"ctxt_switches" in line)
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return total
+
+
+def _process_kinds(root: psutil.Process) -> dict[int, tuple[str, psutil.Process]]:
+    """The supervisor's long-lived processes by pid: itself, its workers (the children that
+    started a launcher), each worker's launcher, each launcher's forker; anything else it
+    runs (the HTTP process) is ``other``. Run children are not here: they come and go, and
+    are counted through the forker that reaps them."""
+    found: dict[int, tuple[str, psutil.Process]] = {root.pid: ("supervisor", root)}
+    for child in root.children():
+        try:
+            launchers = [p for p in child.children() if "workers.launcher" in p.cmdline()]
+            found[child.pid] = ("workers" if launchers else "other", child)
+            for launcher in launchers:
+                found[launcher.pid] = ("launchers", launcher)
+                for forker in launcher.children():
+                    found[forker.pid] = ("forkers", forker)
+        except psutil.Error:  # gone meanwhile (a worker replaced): named in processes_changed
+            continue
+    return found
+
+
+class CpuMeter:
+    """CPU and faults per run of every kind of process, between :meth:`start` and :meth:`stop`.
+
+    Long-lived processes count their own CPU (psutil ``cpu_times``); the run children count
+    through their forkers, whose reaped-children times grow by each child's ``wait4`` rusage
+    when it is reaped (a spare forked before the window and used in it counts; the one left
+    waiting at the end does not: one child either way). A process that appears or exits during
+    the window (a respawned worker) is left out and named in ``changed``.
+    """
+
+    def __init__(self, root_pid: int) -> None:
+        self._root = psutil.Process(root_pid)
+        self._before: dict[int, tuple[str, _Usage]] = {}
+        self.changed: list[str] = []
+
+    def _snapshot(self) -> dict[int, tuple[str, _Usage]]:
+        taken: dict[int, tuple[str, _Usage]] = {}
+        for pid, (kind, proc) in _process_kinds(self._root).items():
+            try:
+                taken[pid] = (kind, _Usage(proc))
+            except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                continue
+        return taken
+
+    def start(self) -> None:
+        self._before = self._snapshot()
+
+    def stop(self, runs: int, clients: list[tuple[float, int]]) -> dict[str, Any]:
+        """``clients``: each benchmark client's own CPU seconds and faults over its loop."""
+        after = self._snapshot()
+        cpu = dict.fromkeys(KINDS, 0.0)
+        faults = dict.fromkeys(KINDS, 0)
+        switches = dict.fromkeys(KINDS, 0)
+        count = dict.fromkeys(KINDS, 0)
+        for pid in sorted(self._before.keys() ^ after.keys()):
+            kind = (self._before.get(pid) or after[pid])[0]
+            self.changed.append(f"{kind} {pid} {'exited' if pid in self._before else 'appeared'}")
+        for pid in self._before.keys() & after.keys():
+            kind, old = self._before[pid]
+            new = after[pid][1]
+            cpu[kind] += new.cpu_s - old.cpu_s
+            faults[kind] += new.faults - old.faults
+            switches[kind] += new.switches - old.switches
+            count[kind] += 1
+            if kind == "forkers":
+                cpu["run_children"] += new.reaped_cpu_s - old.reaped_cpu_s
+                faults["run_children"] += new.reaped_faults - old.reaped_faults
+        for client_cpu, client_faults in clients:
+            cpu["clients"] += client_cpu
+            faults["clients"] += client_faults
+        count["clients"] = len(clients)
+        count["run_children"] = runs
+        per_run = {k: round(v * 1000 / runs, 3) for k, v in cpu.items() if count[k] or v}
+        per_run["total"] = round(sum(cpu.values()) * 1000 / runs, 3)
+        return {
+            "cpu_ms_per_run": per_run,
+            "faults_per_run": {k: round(v / runs, 1) for k, v in faults.items() if count[k]},
+            "switches_per_run": {
+                k: round(v / runs, 1)
+                for k, v in switches.items()
+                if count[k] and k not in ("clients", "run_children")
+            },
+            "processes": {k: v for k, v in count.items() if v and k != "run_children"},
+            # /proc counts CPU in clock ticks: each process's figure is this coarse in all
+            "cpu_resolution_ms_per_run": round(_TICK_S * 1000 / runs, 4),
+            **({"processes_changed": self.changed} if self.changed else {}),
+        }
 
 
 # --- the store alone ------------------------------------------------------------------------
@@ -573,6 +731,10 @@ def _workflow(args: argparse.Namespace) -> int:
     return 0
 
 
+_PER_KIND = {"cpu_ms_per_run": "cpu ms/run", "faults_per_run": "faults/run",
+             "switches_per_run": "switches/run", "processes": "processes"}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the supervisor and its workers
@@ -591,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="actor-supervisor-bench-"))
     try:
         measured = measure_supervisor(args, folder)
-        ceiling = measure_ceiling(
+        ceiling, ceiling_cpu_ms = measure_ceiling(
             args.mode,
             args.workers,
             args.ceiling_runs or args.runs,
@@ -609,6 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "database": redact_url(args.database) if args.database else "sqlite",  # no password
         **measured,
         "ceiling_runs_per_s": round(ceiling, 1),
+        "ceiling_cpu_ms_per_run": round(ceiling_cpu_ms, 3),
         "efficiency": round(measured["runs_per_s"] / ceiling, 3),
         "machine": _machine(),
     }
@@ -616,8 +779,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         for key, value in report.items():
-            if key != "machine":
-                print(f"{key:>20}  {value}")
+            if isinstance(value, dict) and key in _PER_KIND:
+                for kind, figure in value.items():
+                    print(f"{_PER_KIND[key] + ' ' + kind:>24}  {figure}")
+            elif key != "machine":
+                print(f"{key:>24}  {value}")
         if args.keep:
             print(f"{'folder':>20}  {folder}")
     return 0

@@ -249,17 +249,19 @@ class Supervisor:
             self.reader.wakeup_fd(): self.reader.drain,
         }
         while self.book.phase is not Phase.DONE:
-            for item, _ in self._poller.poll(self._poll_timeout_ms(self._clock())):
-                if (handler := handlers.get(item)) is not None:
-                    handler()
-                elif item == self._http_fd:
-                    self.http.on_exit()
-                    self._watch_http()
-                elif isinstance(item, int):
-                    self._on_worker_exit(item)
-            if self.book.phase is Phase.RUNNING:
-                self.book.fire_due(self._clock())
-                self._dispatch()
+            ready = self._poller.poll(self._poll_timeout_ms(self._clock()))
+            with self.writer.held():  # the turn's records wake the writer thread once
+                for item, _ in ready:
+                    if (handler := handlers.get(item)) is not None:
+                        handler()
+                    elif item == self._http_fd:
+                        self.http.on_exit()
+                        self._watch_http()
+                    elif isinstance(item, int):
+                        self._on_worker_exit(item)
+                if self.book.phase is Phase.RUNNING:
+                    self.book.fire_due(self._clock())
+                    self._dispatch()
             if time.monotonic() >= self._next_tick:
                 self._next_tick = time.monotonic() + TICK_S
                 self._maintain()

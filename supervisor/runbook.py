@@ -16,7 +16,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from enum import Enum
 from typing import Any
 
@@ -30,7 +29,7 @@ from supervisor.breaker import Breaker
 from supervisor.heap import EntryKind, Key, ScheduleHeap
 from supervisor.idempotency import IdempotencyKeys, digest
 from supervisor.metrics import RunMetrics
-from supervisor.records import RecordSink, RunRecord, Trigger
+from supervisor.records import RecordSink, RunRecord, Trigger, evolve
 from supervisor.runs import (
     ActiveRun,
     Code,
@@ -310,7 +309,7 @@ class RunBook:
             self.complete_attempt(active, self._lost(active.record, reason, why))
             return None
         cfg, code = actor.config, self._code.for_run(actor)
-        record = replace(
+        record = evolve(
             active.record,
             code_sha256=code.sha256,
             code_history_id=code.history_id,
@@ -319,7 +318,7 @@ class RunBook:
         if code.refused is not None:
             self.complete_attempt(active, self._lost(record, Reason.FILE_MISSING, code.refused))
             return None
-        record = replace(
+        record = evolve(
             record, status=RunStatus.RUNNING, worker_id=worker_id, started_at=self.clock()
         )
         message = Run(
@@ -348,7 +347,7 @@ class RunBook:
             return
         record = apply_result(active.record, result)
         if self.phase is Phase.KILLING and result.reason == Reason.SHUTDOWN:
-            record = replace(record, error="killed: the shutdown grace period ran out")
+            record = evolve(record, error="killed: the shutdown grace period ran out")
         self.complete_attempt(active, record, output=result.output)
 
     def worker_gone(self, worker_id: str, description: str, lost_runs: Iterable[str]) -> None:
@@ -547,7 +546,7 @@ class RunBook:
         with contextlib.suppress(ValueError):
             self.ready.remove(run_id)
         now = self.clock()
-        record = replace(
+        record = evolve(
             active.record, status=RunStatus.CANCELLED, reason=Reason.CANCELLED,
             error="cancelled before it started", finished_at=now,
         )  # fmt: skip

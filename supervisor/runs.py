@@ -3,7 +3,7 @@
 import logging
 import random
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -13,7 +13,7 @@ from protocol.outcomes import OUTCOME_FIELDS, Reason, RunOutcome, RunStatus
 from supervisor.actors import ActorRuntime
 from supervisor.code.book import RunCode
 from supervisor.config import ActorConfig
-from supervisor.records import RunRecord, Trigger
+from supervisor.records import RunRecord, Trigger, evolve
 from supervisor.schedule import retry_delay
 
 log = logging.getLogger("supervisor.runbook")  # attempts are the run book's story
@@ -85,7 +85,7 @@ def apply_result(record: RunRecord, result: Result) -> RunRecord:
     """The attempt's row once its worker reported the classified outcome."""
     output = result.output
     has_output = output is not None or result.status == RunStatus.SUCCEEDED
-    return replace(
+    return evolve(
         record,
         status=result.status,
         reason=result.reason,
@@ -119,7 +119,7 @@ def outcome_of(record: RunRecord, output: Any = None) -> RunOutcome:
 def lost_attempt(record: RunRecord, reason: Reason, error: str, now: float) -> RunRecord:
     """The attempt's row when it ended without a result from a worker."""
     permanent = reason in PERMANENT_LOSSES
-    return replace(
+    return evolve(
         record,
         status=RunStatus.FAILED_PERMANENT if permanent else RunStatus.FAILED_RETRYABLE,
         reason=reason,
@@ -157,6 +157,8 @@ def next_attempt(previous: RunRecord, retry_at: float, now: float) -> RunRecord:
 
 def log_attempt(record: RunRecord, retry_at: float | None, now: float) -> None:
     level = logging.INFO if record.status == RunStatus.SUCCEEDED else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
     extra: dict[str, Any] = {
         "actor": record.actor,
         "run_id": record.run_id,

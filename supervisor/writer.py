@@ -29,12 +29,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
 
 from supervisor.deadletter import DeadLetters, write_or_isolate
 from supervisor.metrics import BATCH_BOUNDS, Histogram
-from supervisor.records import Record, RunRecord
+from supervisor.records import Record, RunRecord, evolve
 from supervisor.replayer import Replayer
 from supervisor.retention import Retention
 from supervisor.spool import Spool, encode_batch
@@ -96,6 +95,7 @@ class BatchWriter:
         self._last_seq = 0
         self._committed = 0
         self._closing = False
+        self._held = False  # see held()
         self._retry_now = False
         self._abandon = False
         self._thread: threading.Thread | None = None
@@ -150,7 +150,7 @@ class BatchWriter:
         """Queue ``record`` (with what ``observe`` adds to it); return its sequence number.
         Never waits for the store."""
         if type(record) is RunRecord and record.epoch != self._epoch:
-            record = replace(record, epoch=self._epoch)
+            record = evolve(record, epoch=self._epoch)
         extra = self.observe(record) if self.observe is not None else ()
         item = Bundle((record, *extra)) if extra else record
         now = time.monotonic()
@@ -159,8 +159,29 @@ class BatchWriter:
                 raise RuntimeError("BatchWriter.put() after close()")
             self._last_seq += 1
             self._queue.append((self._last_seq, now, item))
-            self._work.notify()
+            if not self._held:
+                self._work.notify()
             return self._last_seq
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Put records without waking the writer thread until the block ends, then wake it once.
+
+        For the supervisor's loop around one turn of its handlers: woken at every ``put``, the
+        thread would take the GIL from the loop each time the loop released it (a send, a
+        read), and the two would hand it back and forth, a context switch each time; woken once
+        at the end of the turn, it writes the turn's records while the loop waits in its poll.
+        Records put meanwhile by other threads wait for the end of the turn too.
+        """
+        with self._lock:
+            self._held = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held = False
+                if self._queue:
+                    self._work.notify()
 
     @property
     def committed(self) -> int:

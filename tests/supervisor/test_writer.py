@@ -186,6 +186,23 @@ def test_idle_writer_flushes_at_once_without_waiting_for_age(
     assert writer.stats().idle_batches == 5
 
 
+@pytest.mark.timeout(30)
+def test_records_put_while_held_wake_the_writer_once_when_the_block_ends(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    writer = make_writer(writers, store, max_age_s=5.0)
+    wait_for(lambda: bool(writer._work._waiters))  # type: ignore[attr-defined]  # idle, waiting
+    with writer.held():
+        seqs = [writer.put(event(n)) for n in range(3)]
+        assert writer._work._waiters  # type: ignore[attr-defined]  # not woken by those puts
+    while writer.committed < seqs[-1]:
+        assert readable(writer.wakeup_fd(), 5)
+        writer.drain_wakeups()
+
+    assert store.sizes == [3]  # woken once, it found the whole turn's records
+    assert stored_event_ids(store.path) == ["e0", "e1", "e2"]
+
+
 # -- failures ---------------------------------------------------------------------------------
 
 
