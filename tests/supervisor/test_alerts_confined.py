@@ -1,0 +1,237 @@
+"""Alert commands are confined like a run: a real supervisor, real alert commands.
+
+One command reports what it is (uid, gid, groups, NoNewPrivs, CapBnd, rlimits, umask) and tries
+what a hostile one would (the state folder, the control socket, the database, signalling the
+supervisor and another uid's running actor run): all of it fails, and its alert is still
+delivered. Another hangs with a forked grandchild: both die at its timeout, the attempt is
+retried and the alert recorded failed; and the leftover the first command left in a session of
+its own dies when the next command of that uid starts. A range with no uid left for alert
+commands is refused at start-up.
+"""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from supervisor.alerts.records import AlertRecord
+from tests.helpers import wait_for
+from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
+from tests.supervisor.test_alerts import FAILING, SYSTEM_PYTHON
+
+Start = Callable[..., RunningSupervisor]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="own uids need root")
+
+SPY = """\
+    import json, os, resource, signal, socket, subprocess, sys
+    alert = json.load(sys.stdin)
+    inbox, state = sys.argv[1], sys.argv[2]
+
+    def attempt(action):
+        try:
+            action()
+        except OSError as exc:
+            return "denied: " + type(exc).__name__
+        return "ALLOWED"
+
+    def connect():
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(os.path.join(state, "control.sock"))
+
+    status = dict(
+        line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line
+    )
+    victim = int(open(os.path.join(inbox, "sleeper.pid")).read())
+    umask = os.umask(0)
+    # a leftover in a session of its own, outside the command's process group
+    leftover = subprocess.Popen(
+        ["sleep", "300"], start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    report = {
+        "ids": [os.getuid(), os.getgid(), os.getgroups()],
+        "no_new_privs": status["NoNewPrivs"].strip(),
+        "cap_bnd": status["CapBnd"].strip(),
+        "umask": umask,
+        "limits": {
+            name: list(resource.getrlimit(getattr(resource, "RLIMIT_" + name)))
+            for name in ("AS", "NOFILE", "NPROC", "FSIZE", "CORE")
+        },
+        "cwd": os.getcwd(),
+        "home": os.environ.get("HOME"),
+        "event": os.environ.get("ACTOR_SUPERVISOR_ALERT_EVENT"),
+        "state": attempt(lambda: os.listdir(state)),
+        "control": attempt(connect),
+        "database": attempt(lambda: open(os.path.join(state, "actor-supervisor.db"), "rb")),
+        "kill_supervisor": attempt(lambda: os.kill(alert["supervisor"]["pid"], signal.SIGKILL)),
+        "kill_run": attempt(lambda: os.kill(victim, signal.SIGKILL)),
+        "supervisor_pid": alert["supervisor"]["pid"],
+        "leftover": leftover.pid,
+    }
+    with open(os.path.join(inbox, "spy.tmp"), "w") as out:
+        json.dump(report, out)
+    os.rename(os.path.join(inbox, "spy.tmp"), os.path.join(inbox, "spy.json"))
+"""
+
+HANG = """\
+    import os, sys, time, uuid
+    inbox = sys.argv[1]
+    sys.stdin.read()
+    if os.fork() == 0:
+        name = "grandchild"
+    else:
+        name = "child"
+    path = os.path.join(inbox, f"{name}-{uuid.uuid4().hex}.pid")
+    with open(path + ".tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    time.sleep(300)
+"""
+
+SLEEPER = """\
+    import json, os, sys, time
+    inbox = json.load(sys.stdin)["inbox"]
+    path = os.path.join(inbox, "sleeper.pid")
+    with open(path + ".tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.chmod(path + ".tmp", 0o644)
+    os.rename(path + ".tmp", path)
+    time.sleep(60)  # the test stops the supervisor long before
+    print("{}")
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie is dead: only its parent has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _alerts(sup: RunningSupervisor, destination: str) -> list[AlertRecord]:
+    store = sup.store()
+    try:
+        return [a for a in store.list_alerts(limit=1000) if a.destination == destination]
+    finally:
+        store.close()
+
+
+def _fail(sup: RunningSupervisor, actor: str) -> None:
+    with sup.client() as client:
+        assert client.submit(actor, {}, wait=True).status == "failed_permanent"
+
+
+@pytest.mark.timeout(180)
+def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
+    public_tmp: Path, supervisors: Start
+) -> None:
+    write_script(public_tmp, "failing.py", FAILING)
+    write_script(public_tmp, "sleeper.py", SLEEPER)
+    spy = write_script(public_tmp, "spy.py", SPY)
+    hang = write_script(public_tmp, "hang.py", HANG)
+    inbox = public_tmp / "inbox"
+    inbox.mkdir()
+    inbox.chmod(0o777)
+    state = public_tmp / "state"
+    sup = supervisors(
+        f"""
+        [[actors]]
+        name = "sleeper"
+        script = "scripts/sleeper.py"
+        timeout_s = 120
+
+        [[actors]]
+        name = "broken"
+        script = "scripts/failing.py"
+        max_retries = 0
+
+        [[actors]]
+        name = "stuck"
+        script = "scripts/failing.py"
+        max_retries = 0
+
+        [[alerts]]
+        name = "spy"
+        command = ["{SYSTEM_PYTHON}", "{spy}", "{inbox}", "{state}"]
+        events = ["run_failed"]
+        actors = ["broken"]
+        max_attempts = 1
+
+        [[alerts]]
+        name = "hang"
+        command = ["{SYSTEM_PYTHON}", "{hang}", "{inbox}"]
+        events = ["run_failed"]
+        actors = ["stuck"]
+        timeout_s = 2
+        max_attempts = 2
+        retry_backoff_s = 0.2
+        """,
+        settings="shutdown_grace_s = 1\n[supervisor.limits]\nmemory_mb = 900\nnofile = 99\nnproc = 77\nfsize_mb = 7\n",
+    )
+    with sup.client() as client:
+        client.submit("sleeper", {"inbox": str(inbox)})
+    sleeper = int(wait_for(lambda: _read(inbox / "sleeper.pid"), 30, "the sleeper to run"))
+
+    _fail(sup, "broken")
+    report = orjson.loads(wait_for(lambda: _read(inbox / "spy.json"), 30, "the spy's report"))
+    own = session_uids()[-1]
+    assert report["ids"] == [own, own, []]
+    assert report["no_new_privs"] == "1"
+    assert int(report["cap_bnd"], 16) == 0
+    assert report["umask"] == 0o077
+    assert report["limits"] == {
+        "AS": [900 << 20] * 2, "NOFILE": [99, 99], "NPROC": [77, 77],
+        "FSIZE": [7 << 20] * 2, "CORE": [0, 0],
+    }  # fmt: skip
+    assert (report["cwd"], report["home"], report["event"]) == ("/", "/", "run_failed")
+    for hostile in ("state", "control", "database", "kill_supervisor", "kill_run"):
+        assert report[hostile].startswith("denied"), (hostile, report[hostile])
+    assert report["supervisor_pid"] == sup.proc.pid
+    assert _alive(sleeper) and sup.proc.poll() is None
+    wait_for(lambda: [a.status for a in _alerts(sup, "spy")] == ["delivered"], 10, "delivered")
+    assert _alive(report["leftover"])  # in a session of its own: not killed with the group
+
+    _fail(sup, "stuck")
+    [row] = wait_for(
+        lambda: [a for a in _alerts(sup, "hang") if a.status == "failed"], 60, "hang recorded"
+    )
+    assert row.attempts == 2 and "timed out after 2" in (row.last_error or "")
+    pids = [int(path.read_text()) for path in inbox.glob("*child-*.pid")]
+    assert len(pids) == 4  # two attempts, each a command and its grandchild
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 10, "the hung groups to die")
+    # the next command of that uid killed what the first one left
+    assert not _alive(report["leftover"])
+    assert _alive(sleeper)
+    assert sup.stop() == 0
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text() or None
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.timeout(60)
+def test_a_range_that_workers_fill_leaves_no_uid_for_alert_commands(
+    public_tmp: Path, supervisors: Start
+) -> None:
+    low = session_uids()[0]
+    sup = supervisors(
+        f"""
+        [[alerts]]
+        name = "pager"
+        command = ["/bin/true"]
+        events = ["*"]
+        """,
+        settings=f'run_as_range = "{low}-{low + 3}"\nconcurrency = 2\n',
+        wait_ready=False,
+    )
+    assert sup.proc.wait(timeout=30) != 0
+    log = sup.log()
+    assert "run_as_range" in log and "(2 x 2)" in log and "pager" in log, log
