@@ -25,6 +25,15 @@ Start = Callable[..., RunningSupervisor]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="own uids need root")
 
+LIMITS = """
+shutdown_grace_s = 1
+[supervisor.limits]
+memory_mb = 900
+nofile = 99
+nproc = 77
+fsize_mb = 7
+"""
+
 SPY = """\
     import json, os, resource, signal, socket, subprocess, sys
     alert = json.load(sys.stdin)
@@ -171,7 +180,7 @@ def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
         max_attempts = 2
         retry_backoff_s = 0.2
         """,
-        settings="shutdown_grace_s = 1\n[supervisor.limits]\nmemory_mb = 900\nnofile = 99\nnproc = 77\nfsize_mb = 7\n",
+        settings=LIMITS,
     )
     with sup.client() as client:
         client.submit("sleeper", {"inbox": str(inbox)})
@@ -223,7 +232,7 @@ def test_a_range_that_workers_fill_leaves_no_uid_for_alert_commands(
 ) -> None:
     low = session_uids()[0]
     sup = supervisors(
-        f"""
+        """
         [[alerts]]
         name = "pager"
         command = ["/bin/true"]
