@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from protocol.client import RunOutcome
 from supervisor.alerts.records import AlertRecord
 from tests.helpers import wait_for
 from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
@@ -132,7 +133,8 @@ def _alerts(sup: RunningSupervisor, destination: str) -> list[AlertRecord]:
 
 def _fail(sup: RunningSupervisor, actor: str) -> None:
     with sup.client() as client:
-        assert client.submit(actor, {}, wait=True).status == "failed_permanent"
+        outcome = client.submit(actor, {}, wait=True)
+    assert isinstance(outcome, RunOutcome) and outcome.status == "failed_permanent"
 
 
 @pytest.mark.timeout(180)
@@ -184,10 +186,10 @@ def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
     )
     with sup.client() as client:
         client.submit("sleeper", {"inbox": str(inbox)})
-    sleeper = int(wait_for(lambda: _read(inbox / "sleeper.pid"), 30, "the sleeper to run"))
+    sleeper = int(str(wait_for(lambda: _read(inbox / "sleeper.pid"), 30, "the sleeper to run")))
 
     _fail(sup, "broken")
-    report = orjson.loads(wait_for(lambda: _read(inbox / "spy.json"), 30, "the spy's report"))
+    report = orjson.loads(str(wait_for(lambda: _read(inbox / "spy.json"), 30, "the spy's report")))
     own = session_uids()[-1]
     assert report["ids"] == [own, own, []]
     assert report["no_new_privs"] == "1"
