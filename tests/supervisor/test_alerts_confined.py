@@ -10,6 +10,8 @@ commands is refused at start-up.
 """
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +23,12 @@ from supervisor.alerts.records import AlertRecord
 from tests.helpers import wait_for
 from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
 from tests.supervisor.test_alerts import FAILING, SYSTEM_PYTHON
+from workers.confine import command
+from workers.sandbox import EXIT_SANDBOX
 
 Start = Callable[..., RunningSupervisor]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="own uids need root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="own uids need root")
 
 LIMITS = """
 shutdown_grace_s = 1
@@ -137,6 +141,7 @@ def _fail(sup: RunningSupervisor, actor: str) -> None:
     assert isinstance(outcome, RunOutcome) and outcome.status == "failed_permanent"
 
 
+@needs_root
 @pytest.mark.timeout(180)
 def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
     public_tmp: Path, supervisors: Start
@@ -228,6 +233,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
+@needs_root
 @pytest.mark.timeout(60)
 def test_a_range_that_workers_fill_leaves_no_uid_for_alert_commands(
     public_tmp: Path, supervisors: Start
@@ -246,3 +252,24 @@ def test_a_range_that_workers_fill_leaves_no_uid_for_alert_commands(
     assert sup.proc.wait(timeout=30) != 0
     log = sup.log()
     assert "run_as_range" in log and "(2 x 2)" in log and "pager" in log, log
+
+
+def test_the_entry_point_keeps_our_user_but_applies_the_rest_and_names_what_failed() -> None:
+    """As the alert sender starts it, with no uid to switch to (a non-root supervisor)."""
+    probe = (
+        "import os, resource; "
+        "status = open('/proc/self/status').read(); "
+        "print(os.getuid(), os.getsid(0) == os.getpid(), os.umask(0), "
+        "'NoNewPrivs:\\t1' in status, resource.getrlimit(resource.RLIMIT_NOFILE), "
+        "resource.getrlimit(resource.RLIMIT_CORE), os.getcwd())"
+    )
+    limits = {"cpu_s": 30, "memory_mb": None, "nofile": 40, "nproc": None, "fsize_mb": 1}
+    argv = command(sys.executable, [sys.executable, "-c", probe], uid=None, run_as=None,
+                   limits=limits)  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, start_new_session=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(None, 1) == [str(os.getuid()), "True 63 True (40, 40) (0, 0) /\n"]
+    missing = command(sys.executable, ["/no/such/program"], uid=None, run_as=None, limits={})
+    done = subprocess.run(missing, capture_output=True, text=True, timeout=30)
+    assert done.returncode == EXIT_SANDBOX
+    assert "program" in done.stderr and "/no/such/program" in done.stderr
