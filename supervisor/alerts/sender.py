@@ -332,6 +332,7 @@ class _Destination:
         box = self._confinement
         env = {"HOME": "/", **self._env, "ACTOR_SUPERVISOR_ALERT_EVENT": row.event}
         limits = {key: getattr(box.limits, key) for key in confine.LIMIT_KEYS}
+        limits.update(alert.limits)  # the entry's own, key by key over [supervisor] limits
         argv = confine.command(
             box.python, alert.command, uid=box.uid, run_as=box.run_as, limits=limits
         )

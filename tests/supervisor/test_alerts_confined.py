@@ -1,6 +1,7 @@
 """Alert commands are confined like a run: a real supervisor, real alert commands.
 
-One command reports what it is (uid, gid, groups, NoNewPrivs, CapBnd, rlimits, umask) and tries
+One command reports what it is (uid, gid, groups, NoNewPrivs, CapBnd, rlimits -- the
+``[supervisor]`` ones under its own ``limits`` --, umask) and tries
 what a hostile one would (the state folder, the control socket, the database, signalling the
 supervisor and another uid's running actor run): all of it fails, and its alert is still
 delivered. Another hangs with a forked grandchild: both die at its timeout, the attempt is
@@ -10,6 +11,7 @@ commands is refused at start-up.
 """
 
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -177,6 +179,7 @@ def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
         events = ["run_failed"]
         actors = ["broken"]
         max_attempts = 1
+        limits = {{ nofile = 55, fsize_mb = "unlimited" }}
 
         [[alerts]]
         name = "hang"
@@ -201,8 +204,8 @@ def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
     assert int(report["cap_bnd"], 16) == 0
     assert report["umask"] == 0o077
     assert report["limits"] == {
-        "AS": [900 << 20] * 2, "NOFILE": [99, 99], "NPROC": [77, 77],
-        "FSIZE": [7 << 20] * 2, "CORE": [0, 0],
+        "AS": [900 << 20] * 2, "NOFILE": [55, 55], "NPROC": [77, 77], "CORE": [0, 0],
+        "FSIZE": list(resource.getrlimit(resource.RLIMIT_FSIZE)),  # "unlimited": ours, inherited
     }  # fmt: skip
     assert (report["cwd"], report["home"], report["event"]) == ("/", "/", "run_failed")
     for hostile in ("state", "control", "database", "kill_supervisor", "kill_run"):
