@@ -7,7 +7,7 @@ steps apply -- umask 077, no new privileges, the capability bounding set emptied
 the switch to the user (killing first whatever an earlier command of an own uid left) -- and
 then the program is exec'd. Started as::
 
-    python -c 'from workers.confine import main; main()' SPEC -- PROGRAM ARG...
+    python -I -c 'from workers.confine import main; main()' SPEC -- PROGRAM ARG...
 
 SPEC is a JSON object: ``uid`` (an own uid, = gid) or ``run_as`` ([uid, gid]) or neither (stay
 as is), and ``limits`` (``cpu_s``, ``memory_mb``, ``nofile``, ``nproc``, ``fsize_mb``; null
@@ -38,7 +38,9 @@ def command(
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = {"uid": uid, "run_as": run_as, "limits": {k: limits.get(k) for k in LIMIT_KEYS}}
     entry = f"import sys; sys.path.insert(0, {root!r}); from workers.confine import main; main()"
-    return [python, "-c", entry, json.dumps(spec), "--", *argv]
+    # -I: this interpreter runs as root, so no PYTHON* variable (PYTHONPATH ahead of the
+    # standard library) and no user or working-folder site may choose what it imports.
+    return [python, "-I", "-c", entry, json.dumps(spec), "--", *argv]
 
 
 def main(args: Sequence[str] | None = None) -> NoReturn:
@@ -70,7 +72,8 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
 
 
 def _order(argv: list[str], uid: int | None, limits: Mapping[str, int | None]) -> Order:
-    """The fields of a run :meth:`Sandbox._apply_limits` reads; the rest is inert."""
+    """The fields of a run :meth:`Sandbox._apply_limits` reads; the rest is inert. (The
+    sandbox's own methods, on an Order, rather than copies of them: one confinement to keep.)"""
     values = {key: limits.get(key) for key in LIMIT_KEYS}
     return Order(
         run_id="", attempt=0, actor="", script=argv[0], cwd="/", mode="exec", input_json="",

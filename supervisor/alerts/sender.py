@@ -330,7 +330,7 @@ class _Destination:
         alert = self.alert
         assert alert.command is not None
         box = self._confinement
-        env = {"HOME": "/", **self._env, "ACTOR_SUPERVISOR_ALERT_EVENT": row.event}
+        env = {**self._env, "HOME": "/", "ACTOR_SUPERVISOR_ALERT_EVENT": row.event}
         limits = {key: getattr(box.limits, key) for key in confine.LIMIT_KEYS}
         limits.update(alert.limits)  # the entry's own, key by key over [supervisor] limits
         argv = confine.command(

@@ -257,8 +257,12 @@ def test_a_range_that_workers_fill_leaves_no_uid_for_alert_commands(
     assert "run_as_range" in log and "(2 x 2)" in log and "pager" in log, log
 
 
-def test_the_entry_point_keeps_our_user_but_applies_the_rest_and_names_what_failed() -> None:
-    """As the alert sender starts it, with no uid to switch to (a non-root supervisor)."""
+def test_the_entry_point_keeps_our_user_but_applies_the_rest_and_names_what_failed(
+    tmp_path: Path,
+) -> None:
+    """As the alert sender starts it, with no uid to switch to (a non-root supervisor); a
+    PYTHONPATH (say, let through by env_allow) cannot shadow what the root interpreter imports."""
+    (tmp_path / "json.py").write_text("raise SystemExit('shadowed json imported')\n")
     probe = (
         "import os, resource; "
         "status = open('/proc/self/status').read(); "
@@ -269,7 +273,10 @@ def test_the_entry_point_keeps_our_user_but_applies_the_rest_and_names_what_fail
     limits = {"cpu_s": 30, "memory_mb": None, "nofile": 40, "nproc": None, "fsize_mb": 1}
     argv = command(sys.executable, [sys.executable, "-c", probe], uid=None, run_as=None,
                    limits=limits)  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, start_new_session=True, timeout=30)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        argv, capture_output=True, text=True, start_new_session=True, timeout=30, env=env
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split(None, 1) == [str(os.getuid()), "True 63 True (40, 40) (0, 0) /\n"]
     missing = command(sys.executable, ["/no/such/program"], uid=None, run_as=None, limits={})
