@@ -89,17 +89,23 @@ def alert_uid(sandbox: SandboxConfig) -> int | None:
 
 
 def _check_alert_uid(config: Config, run_uids: tuple[int, ...]) -> None:
-    """A command alert needs a uid beside every run's: refuse a range with none left over."""
+    if (problem := alert_uid_problem(config, run_uids)) is not None:
+        raise StartupError(problem)
+
+
+def alert_uid_problem(config: Config, run_uids: tuple[int, ...]) -> str | None:
+    """A command alert needs a uid beside every run's: a range with none left over is refused
+    (by ``start``, and reported by ``check``)."""
     commands = [alert.name for alert in config.alerts if alert.command is not None]
     settings = config.supervisor
     needed = settings.workers * settings.concurrency
-    if commands and len(run_uids) <= needed:
-        low, high = run_uids[0], run_uids[-1]
-        raise StartupError(
-            f"run_as_range '{low}-{high}' holds {len(run_uids)} uids, all taken by workers x "
-            f"concurrency ({settings.workers} x {settings.concurrency}); command alerts "
-            f"({', '.join(commands)}) need one more of their own: widen run_as_range"
-        )
+    if not commands or len(run_uids) > needed:
+        return None
+    return (
+        f"run_as_range '{run_uids[0]}-{run_uids[-1]}' holds {len(run_uids)} uids, all taken by "
+        f"workers x concurrency ({settings.workers} x {settings.concurrency}); command alerts "
+        f"({', '.join(commands)}) need one more of their own: widen run_as_range"
+    )
 
 
 def sandbox_user(sandbox: SandboxConfig) -> tuple[int, int] | None:

@@ -255,6 +255,10 @@ def test_a_range_that_workers_fill_leaves_no_uid_for_alert_commands(
     assert sup.proc.wait(timeout=30) != 0
     log = sup.log()
     assert "run_as_range" in log and "(2 x 2)" in log and "pager" in log, log
+    checked = sup.cli("check", "--json")  # check reports what start refuses
+    assert checked.returncode != 0
+    [problem] = [p for p in orjson.loads(checked.stdout)["problems"] if "run_as_range" in p]
+    assert "(2 x 2)" in problem and "pager" in problem
 
 
 def test_the_entry_point_keeps_our_user_but_applies_the_rest_and_names_what_failed(
