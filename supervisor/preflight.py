@@ -56,6 +56,7 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
             else:
                 low, high = settings.run_as_range
                 run_uids = tuple(range(low, high + 1))
+                _check_alert_uid(config, run_uids)
                 check_as = (low, low)
                 user = f"#{low} (run_as_range {low}-{high})"
             # a missing script is no refusal: the start-up sync reports it (file_missing)
@@ -78,6 +79,32 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
         run_uids=run_uids,
         kill_grace_s=settings.kill_grace_s,
         python=python,
+    )
+
+
+def alert_uid(sandbox: SandboxConfig) -> int | None:
+    """The own uid (= gid) of ``[[alerts]]`` commands: the range's last, which no worker slot
+    takes (slots own the first ``workers x concurrency``); None without a range."""
+    return sandbox.run_uids[-1] if sandbox.run_uids else None
+
+
+def _check_alert_uid(config: Config, run_uids: tuple[int, ...]) -> None:
+    if (problem := alert_uid_problem(config, run_uids)) is not None:
+        raise StartupError(problem)
+
+
+def alert_uid_problem(config: Config, run_uids: tuple[int, ...]) -> str | None:
+    """A command alert needs a uid beside every run's: a range with none left over is refused
+    (by ``start``, and reported by ``check``)."""
+    commands = [alert.name for alert in config.alerts if alert.command is not None]
+    settings = config.supervisor
+    needed = settings.workers * settings.concurrency
+    if not commands or len(run_uids) > needed:
+        return None
+    return (
+        f"run_as_range '{run_uids[0]}-{run_uids[-1]}' holds {len(run_uids)} uids, all taken by "
+        f"workers x concurrency ({settings.workers} x {settings.concurrency}); command alerts "
+        f"({', '.join(commands)}) need one more of their own: widen run_as_range"
     )
 
 

@@ -15,7 +15,7 @@ import zmq
 from protocol.outcomes import FINAL_STATUSES
 from supervisor.actors import ActorRuntime
 from supervisor.alerts.book import AlertBook
-from supervisor.alerts.sender import AlertSender
+from supervisor.alerts.sender import AlertSender, Confinement
 from supervisor.config import Config
 from supervisor.controlkeys import control_endpoint, server_keys
 from supervisor.deadletter import DeadLetters, dead_letter_path
@@ -24,6 +24,7 @@ from supervisor.events import supervisor_event
 from supervisor.lease import Lease, open_lease
 from supervisor.lease import acquire as acquire_lease
 from supervisor.leftovers import clean_leftovers
+from supervisor.preflight import alert_uid
 from supervisor.records import RunRecord, TaskState
 from supervisor.spool import Spool, spool_folder
 from supervisor.statedir import secure_state
@@ -165,7 +166,8 @@ def prepare_alerts(
         instance_id=instance_id, actors=actors, clock=clock,
     )  # fmt: skip
     env = {name: os.environ[name] for name in s.env_allow if name in os.environ}
-    sender = AlertSender(config.alerts, store, run_as=sandbox.run_as, env=env, clock=clock)
+    confinement = Confinement(uid=alert_uid(sandbox), run_as=sandbox.run_as, limits=s.limits)
+    sender = AlertSender(config.alerts, store, confinement=confinement, env=env, clock=clock)
     sender.adopt(store.pending_alerts())
     writer.observe = book.observe
     writer.on_commit = sender.offer

@@ -2,7 +2,8 @@
 
 Each entry is a ``webhook`` (an http(s) URL; optional ``secret`` to sign the body with
 HMAC-SHA256, ``headers``, ``format``) or a ``command`` (an argv that gets the alert JSON on
-stdin). ``events`` names what it wants (or ``["*"]``), ``actors`` optionally narrows the
+stdin, confined like a run; its own ``limits`` override the ``[supervisor]`` ones key by
+key). ``events`` names what it wants (or ``["*"]``), ``actors`` optionally narrows the
 actor-bearing events to some actors (supervisor and store events always pass).
 """
 
@@ -23,10 +24,12 @@ from supervisor.settings_kinds import (
     Integer,
     Invalid,
     Kind,
+    LimitsKind,
     Number,
     describe,
     unknown_key,
 )
+from workers.confine import LIMIT_KEYS
 
 FORMATS = ("json", "slack", "discord")
 ALL = "*"
@@ -50,6 +53,7 @@ class AlertConfig:
     max_attempts: int = 10
     retry_backoff_s: float = 5.0  # doubled after each failed attempt
     retry_backoff_max_s: float = 600.0
+    limits: dict[str, int | None] = field(default_factory=dict)  # a command's, over [supervisor]
 
     def wants(self, event: str, actor: str | None) -> bool:
         if event not in self.events:
@@ -67,6 +71,7 @@ class AlertConfig:
             "format": self.format,
             "events": sorted(self.events),
             "actors": sorted(self.actors) if self.actors is not None else None,
+            "limits": dict(self.limits),
         }
 
 
@@ -171,6 +176,7 @@ _KEYS: dict[str, Kind] = {
     "max_attempts": Integer(1, 1000),
     "retry_backoff_s": Number(positive=True),
     "retry_backoff_max_s": Number(positive=True),
+    "limits": LimitsKind(),
 }
 
 
@@ -209,6 +215,14 @@ def _alert(
         for key in ("secret", "headers", "format"):
             if key in values:
                 raise ConfigError(f"{label}.{key}: only a webhook takes {key}")
+    elif "limits" in values:
+        raise ConfigError(f"{label}.limits: only a command takes limits")
+    for key in values.get("limits", {}):  # a run's rlimits; its output caps mean nothing here
+        if key not in LIMIT_KEYS:
+            raise ConfigError(
+                f"{label}.limits.{key}: not a limit of a command alert; "
+                f"allowed: {', '.join(LIMIT_KEYS)}"
+            )
     if "events" not in values:
         raise ConfigError(
             f"{label}.events: missing; name the events wanted ({', '.join(ALERT_EVENTS)}) or '*'"

@@ -17,21 +17,24 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import orjson
 
+from protocol.messages import Limits
 from supervisor.alerts import formats
 from supervisor.alerts.config import AlertConfig
 from supervisor.alerts.records import DELIVERED, FAILED, PENDING, AlertRecord
 from supervisor.records import Record
 from supervisor.store.base import Store, StoreError
+from workers import confine
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +47,33 @@ class DeliveryError(Exception):
     """One attempt failed; the message says how (HTTP status, timeout, exit code, ...)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Confinement:
+    """Whom alert commands run as, and their limits: as root, ``uid`` (an own uid, = gid, that
+    no worker slot uses) or the fixed ``run_as`` user; otherwise neither (our own user)."""
+
+    uid: int | None = None
+    run_as: tuple[int, int] | None = None
+    limits: Limits = field(default_factory=Limits)
+    python: str = sys.executable  # runs workers.confine as us: any user's interpreter will do
+
+
 class AlertSender:
-    """Owns the delivery threads. ``run_as``: (uid, gid) for alert commands, as for scripts."""
+    """Owns the delivery threads; ``confinement`` applies to command destinations."""
 
     def __init__(
         self,
         alerts: Sequence[AlertConfig],
         store: Store,
         *,
-        run_as: tuple[int, int] | None,
+        confinement: Confinement,
         env: Mapping[str, str],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._clock = clock
         self._destinations = {
-            alert.name: _Destination(alert, store, run_as=run_as, env=env, clock=clock)
+            alert.name: _Destination(alert, store, confinement=confinement, env=env, clock=clock)
             for alert in alerts
         }
 
@@ -119,13 +133,13 @@ class _Destination:
         alert: AlertConfig,
         store: Store,
         *,
-        run_as: tuple[int, int] | None,
+        confinement: Confinement,
         env: Mapping[str, str],
         clock: Callable[[], float],
     ) -> None:
         self.alert = alert
         self._store = store
-        self._run_as = run_as
+        self._confinement = confinement
         self._env = dict(env)
         self._clock = clock
         self._lock = threading.Lock()
@@ -310,15 +324,21 @@ class _Destination:
             raise DeliveryError(f"{type(exc).__name__}: {reason}") from None
 
     def _run_command(self, row: AlertRecord) -> None:
-        """The alert JSON on the command's stdin; as the sandbox user, in its own session, with
-        the scripts' reduced environment, killed with its whole group after ``timeout_s``."""
+        """The alert JSON on the command's stdin, confined like a run (:mod:`workers.confine`:
+        own session, user, rlimits, no new privileges, no capabilities) with the scripts'
+        reduced environment; killed with its whole group after ``timeout_s``."""
         alert = self.alert
         assert alert.command is not None
-        user, group = self._run_as if self._run_as is not None else (None, None)
-        env = {**self._env, "ACTOR_SUPERVISOR_ALERT_EVENT": row.event}
+        box = self._confinement
+        env = {**self._env, "HOME": "/", "ACTOR_SUPERVISOR_ALERT_EVENT": row.event}
+        limits = {key: getattr(box.limits, key) for key in confine.LIMIT_KEYS}
+        limits.update(alert.limits)  # the entry's own, key by key over [supervisor] limits
+        argv = confine.command(
+            box.python, alert.command, uid=box.uid, run_as=box.run_as, limits=limits
+        )
         try:
             proc = subprocess.Popen(
-                list(alert.command),
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -326,9 +346,6 @@ class _Destination:
                 cwd="/",
                 start_new_session=True,
                 close_fds=True,
-                user=user,
-                group=group,
-                extra_groups=[] if group is not None else None,
             )
         except OSError as exc:
             raise DeliveryError(f"cannot start {alert.command[0]}: {exc}") from None
@@ -337,7 +354,11 @@ class _Destination:
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stderr):  # a leftover outside the group may hold them
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
             raise DeliveryError(f"timed out after {alert.timeout_s}s") from None
         if proc.returncode != 0:
             tail = err.decode(errors="replace").strip()[-300:]
