@@ -24,6 +24,7 @@ from supervisor.spool import Spool
 from supervisor.store.base import Store
 from supervisor.workflows.book import WorkflowBook
 from supervisor.writer import BatchWriter
+from supervisor.writerstats import WriterStats
 from workers.sandbox import SandboxConfig
 
 
@@ -301,17 +302,28 @@ def all_counters(sup: "Supervisor") -> dict[str, int]:
 
 
 class StoreHealth:
-    """``store_degraded``/``store_recovered`` events (and alerts) as the writer flips."""
+    """``store_degraded``/``store_recovered`` events (and alerts) as the writer flips.
+
+    Looked at once per loop pass; the writer counts its outages, so one that began and ended
+    between two looks (a 100 ms blip) still gives both events."""
 
     def __init__(self, writer: BatchWriter, store: str, instance_id: str) -> None:
         self._writer, self._store, self._instance_id = writer, store, instance_id
         self.degraded = False
+        self._outages = 0
 
     def check(self) -> None:
         stats = self._writer.stats()
-        if stats.degraded != self.degraded:
-            self.degraded = stats.degraded
-            self._writer.put(events.supervisor_event(
-                "store_degraded" if stats.degraded else "store_recovered", self._instance_id,
-                store=self._store, last_error=stats.last_error, spool_depth=stats.spool_depth,
-            ))  # fmt: skip
+        began, self._outages = stats.outages > self._outages, stats.outages
+        if not self.degraded and (began or stats.degraded):
+            self.degraded = True
+            self._emit("store_degraded", stats)
+        if self.degraded and not stats.degraded:
+            self.degraded = False
+            self._emit("store_recovered", stats)
+
+    def _emit(self, event: str, stats: WriterStats) -> None:
+        self._writer.put(events.supervisor_event(
+            event, self._instance_id,
+            store=self._store, last_error=stats.last_error, spool_depth=stats.spool_depth,
+        ))  # fmt: skip

@@ -110,6 +110,7 @@ class BatchWriter:
         self.batch_seconds = Histogram(BATCH_BOUNDS)
         self.last_commit_at: float | None = None
         self._degraded = False  # the last store write (direct or replay) failed
+        self._outages = 0  # healthy -> failing flips, so a short outage is not missed
         self._reasons = {"full": 0, "aged": 0, "idle": 0}
         self._rejected = 0
 
@@ -300,6 +301,7 @@ class BatchWriter:
                 spooled=spool.appended if spool else 0,
                 replayed=spool.replayed if spool else 0,
                 rejected=self._rejected,
+                outages=self._outages,
                 dead_letters=self._dead.count if self._dead is not None else 0,
             )
 
@@ -421,6 +423,7 @@ class BatchWriter:
             self._failures += 1
             self._last_error = f"{type(exc).__name__}: {exc}"
             was_degraded, self._degraded = self._degraded, True
+            self._outages += not was_degraded
             failures = self._failures
         if delay is None:  # a store failure with a spool to fall back on
             # an outage is expected and its message says it all; anything else gets a traceback
@@ -476,6 +479,7 @@ class BatchWriter:
     def _replay_failed(self, exc: Exception) -> None:
         with self._lock:
             self._failures += 1
+            self._outages += not self._degraded
             self._degraded = True
             self._last_error = f"{type(exc).__name__}: {exc}"
 

@@ -34,3 +34,4 @@ class WriterStats:
     replayed: int = 0
     rejected: int = 0
     dead_letters: int = 0  # records the store refused for good, set aside (deadletter.py)
+    outages: int = 0  # times the store went from healthy to failing: a blip between two looks
