@@ -15,6 +15,7 @@ from supervisor.errors import StartupError
 from workers.access import (
     AccessCheckError,
     resolve_user,
+    unexecutable,
     unreadable_scripts,
     unreadable_scripts_from_threads,
     unrunnable_python,
@@ -60,11 +61,15 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
                 check_as = (low, low)
                 user = f"#{low} (run_as_range {low}-{high})"
             # a missing script is no refusal: the start-up sync reports it (file_missing)
-            present = [str(a.script) for a in config.actors.values() if a.script.exists()]
-            problems = unreadable_scripts(present, *check_as)
+            # (a command's program need only be executable: a 0711 binary is fine)
+            actors = [a for a in config.actors.values() if a.script.exists()]
+            problems = unreadable_scripts(
+                [str(a.script) for a in actors if not a.command], *check_as
+            )
+            problems += unexecutable([str(a.script) for a in actors if a.command], *check_as)
             if problems:
                 raise StartupError(
-                    f"scripts run as user {user}, which cannot read them:\n  "
+                    f"scripts run as user {user}, which cannot read (or run) them:\n  "
                     + "\n  ".join(problems)
                 )
             if "fork" in modes:

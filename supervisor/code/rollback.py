@@ -81,9 +81,10 @@ def recorded_dict(actor: str, recorded: CodeRecorded) -> dict[str, Any]:
 
 def write_bundle(script: Path, version: CodeVersion) -> None:
     """Write every file of ``version``'s bundle back: its entry to ``script``, the others
-    beside it, each atomically, keeping an existing file's mode and owner. The modules first,
-    so the entry never runs against helpers older than itself. Files the version does not
-    have are left alone (its entry does not import them).
+    beside it, each atomically, keeping an existing file's mode and owner (a recreated entry
+    that starts with ``#!`` is a command actor's program: 0755, so it can still run). The
+    modules first, so the entry never runs against helpers older than itself. Files the
+    version does not have are left alone (its entry does not import them).
 
     :raises CommandRefused: ``bad_bundle``, a stored path that is not a plain module path.
     """
@@ -98,9 +99,13 @@ def write_bundle(script: Path, version: CodeVersion) -> None:
         write_atomically(
             path,
             code.encode("utf-8"),
-            mode=before.st_mode & 0o7777 if before else 0o644,
+            mode=before.st_mode & 0o7777 if before else _new_mode(rel, code),
             owner=(before.st_uid, before.st_gid) if before else None,
         )
+
+
+def _new_mode(rel: str, code: str) -> int:
+    return 0o755 if not rel and code.startswith("#!") else 0o644
 
 
 def _rollback_change(

@@ -37,6 +37,21 @@ def test_an_unreadable_script_is_refused_naming_the_file_and_the_user(public_tmp
 
 
 @root_only
+def test_a_command_program_must_be_executable_but_need_not_be_readable(public_tmp: Path) -> None:
+    program = public_tmp / "job.sh"
+    program.write_text("#!/bin/sh\necho '{}'\n")
+    public_tmp.chmod(0o755)
+    path = public_tmp / "supervisor.toml"
+    path.write_text('[[actors]]\nname = "job"\ncommand = ["./job.sh"]\n')
+    program.chmod(0o644)  # readable, not executable: its runs would all fail
+    with pytest.raises(StartupError, match="cannot execute") as info:
+        prepare_sandbox(load_config(path, environ={}))
+    assert str(program) in str(info.value)
+    program.chmod(0o711)  # executable only (a binary need not be readable): fine
+    prepare_sandbox(load_config(path, environ={}))
+
+
+@root_only
 def test_as_root_runs_get_the_uid_range_unless_run_as_is_set(public_tmp: Path) -> None:
     write_script(public_tmp, "a.py", "print('{}')\n")
     dynamic = prepare_sandbox(load_config(_config(public_tmp), environ={}))
