@@ -88,6 +88,7 @@ def test_pages_buttons_and_store_agree(
 
     d.get(base + "/")  # no session yet: the sign-in form, which names the token file
     assert d.find_element(By.ID, "token-file").text == str(http_sup.sup.folder / "state/http-token")
+    shot(d, "login", tmp_path)
     d.find_element(By.NAME, "token").send_keys(http_sup.token)
     d.find_element(By.CSS_SELECTOR, "form.login button").click()
     wait_for(lambda: d.find_elements(By.ID, "health"), 10, "the overview after signing in")
