@@ -17,6 +17,7 @@ Everything the loop learns is written through the batch writer: new versions as
 before the row is committed.
 """
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from supervisor.code.sync import (
     FileSnapshot,
     current_key,
     git_commit,
+    git_commits,
     materialize,
     read_snapshot,
     status_of,
@@ -77,11 +79,12 @@ class RunCode:
 
 
 def sync_actor(
-    cfg: ActorConfig, stored: CodeState | None, cache: Path, now: float
+    cfg: ActorConfig, stored: CodeState | None, cache: Path, now: float, *, git: bool = True
 ) -> tuple[ActorCode, list[Record]]:
     """The start-up sync of one actor: its code as the store and its file say, and the records
     that bring the store up to date. Never raises for a missing or unreadable file.
-    A command actor whose program lies outside the configuration's folder is not versioned."""
+    A command actor whose program lies outside the configuration's folder is not versioned.
+    ``git`` False: a new version's ``git_commit_hash`` is left for the caller to fill in."""
     code = ActorCode(home=str(cfg.workdir))
     if not cfg.versioned:
         return code, []
@@ -99,7 +102,7 @@ def sync_actor(
         records = mark_missing(cfg, code, cache, now, always=True)
     else:
         records, fresh = reconcile(
-            cfg, code, snap, now, auto_sync=cfg.sync != "manual", always=True, git=True
+            cfg, code, snap, now, auto_sync=cfg.sync != "manual", always=True, git=git
         )
         if fresh is not None:
             text, others = fresh.script_code, fresh.bundle_files
@@ -315,9 +318,27 @@ class CodeBook:
         actors = self._actors()
         stored = self._store.load_code_states(list(actors))
         now = self._clock()
+        synced: list[list[Record]] = []
         for actor in actors.values():
-            actor.code, records = sync_actor(actor.config, stored.get(actor.name), self.cache, now)
-            self._put(records)
+            actor.code, records = sync_actor(
+                actor.config, stored.pop(actor.name, None), self.cache, now, git=False
+            )
+            synced.append(records)
+        del stored
+        # The new versions' commits, in a few git processes per repository, not one per actor.
+        scripts = [
+            Path(r.source_file_path)
+            for records in synced
+            for r in records
+            if isinstance(r, CodeChange) and r.source_file_path is not None
+        ]
+        commits = git_commits(scripts) if scripts else {}
+        for records in synced:
+            for record in records:
+                if isinstance(record, CodeChange) and record.source_file_path is not None:
+                    commit = commits.get(Path(record.source_file_path))
+                    record = dataclasses.replace(record, git_commit_hash=commit)
+                self._writer.put(record)
 
     def for_run(self, actor: ActorRuntime) -> RunCode:
         """The code of the attempt about to be dispatched (its records are already queued)."""

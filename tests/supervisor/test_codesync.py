@@ -23,6 +23,7 @@ from supervisor.code.sync import (
     check_version,
     decode_source,
     git_commit,
+    git_commits,
     make_cache,
     materialize,
     next_version,
@@ -162,6 +163,34 @@ def test_git_commit_of_a_file_clean_dirty_untracked_or_outside_a_repo(tmp_path: 
     script.write_text("print('edited')\n")
     assert git_commit(script) == f"{head}-dirty"
     assert git_commit(_script(repo / "untracked")) == head  # in the repository, never committed
+
+
+def test_git_commits_answers_as_git_commit_does_file_by_file(tmp_path: Path) -> None:
+    """The start-up batch: the same answers as one git_commit per file, in a few processes."""
+    repo = tmp_path / "repo"
+    (repo / "sub dir").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    clean, edited, spaced = repo / "clean.py", repo / "edited.py", repo / "sub dir" / "a job.py"
+    for path in (clean, edited, spaced):
+        path.write_text(f"print({path.name!r})\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "first")
+    clean.write_text("print('second')\n")
+    _git(repo, "commit", "-q", "-am", "second")
+    edited.write_text("print('edited')\n")
+    untracked = repo / "sub dir" / "new.py"
+    untracked.write_text("print('new')\n")
+    outside = _script(tmp_path / "plain")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _git(empty, "init", "-q")
+    unborn = _script(empty)
+    paths = [clean, edited, spaced, untracked, outside, unborn, clean]
+    expected = {path: git_commit(path) for path in paths}
+    assert git_commits(paths) == expected
+    assert expected[edited] is not None and expected[edited].endswith("-dirty")
+    assert expected[clean] != expected[spaced]  # each file's own last commit
+    assert expected[outside] is None and expected[unborn] is None
 
 
 # --- the sync decisions ------------------------------------------------------------------------
