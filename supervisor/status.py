@@ -259,6 +259,7 @@ def all_counters(sup: "Supervisor") -> dict[str, int]:
         **sup.book.counters,
         "bad_requests": sup.control.bad_requests,
         "replies_dropped": sup.control.replies_dropped,
+        "requests_over_limit": sup.control.over_limit,
         "fires_dropped": sup.book.scheduler.dropped,
         "fires_skipped": sup.book.scheduler.skipped,
     }

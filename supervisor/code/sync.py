@@ -257,7 +257,7 @@ def _last_commits(top: str, names: list[str]) -> dict[str, str]:
     timer = threading.Timer(GIT_LOG_TIMEOUT_S, proc.kill)  # a hung git must not hang start-up
     timer.start()
     try:
-        while wanted and (chunk := proc.stdout.read1(1 << 16)):
+        while wanted and (chunk := os.read(proc.stdout.fileno(), 1 << 16)):
             *tokens, pending = (pending + chunk).split(b"\0")
             for token in tokens:
                 if token.startswith(b"\x01"):

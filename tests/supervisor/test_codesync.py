@@ -188,7 +188,7 @@ def test_git_commits_answers_as_git_commit_does_file_by_file(tmp_path: Path) -> 
     paths = [clean, edited, spaced, untracked, outside, unborn, clean]
     expected = {path: git_commit(path) for path in paths}
     assert git_commits(paths) == expected
-    assert expected[edited] is not None and expected[edited].endswith("-dirty")
+    assert str(expected[edited]).endswith("-dirty")
     assert expected[clean] != expected[spaced]  # each file's own last commit
     assert expected[outside] is None and expected[unborn] is None
 
