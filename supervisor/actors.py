@@ -1,7 +1,6 @@
 """The supervisor's live view of each configured actor: config, code, durable state."""
 
 import time
-from collections import deque
 from dataclasses import dataclass, field, replace
 
 from supervisor.code.sync import ActorCode
@@ -9,17 +8,20 @@ from supervisor.config import ActorConfig
 from supervisor.records import ActorRecord, TaskState
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ActorRuntime:
-    """One actor as the main loop sees it. Only the main loop touches it."""
+    """One actor as the main loop sees it. Only the main loop touches it.
+
+    Slots, and a list rather than a deque for ``pending`` (at most ``MAX_PENDING``, mostly
+    empty: an empty deque costs 600 bytes): 100,000 actors idle in a few hundred MB."""
 
     config: ActorConfig
     state: TaskState
     code: ActorCode
     active: set[str] = field(default_factory=set)  # run ids accepted and not yet final
-    # Fires waiting for the active run to end: (trigger, scheduled_for). Filled by
-    # overlap = "queue" and by catch-up, so an actor's runs never overlap unless it allows it.
-    pending: deque[tuple[str, float]] = field(default_factory=deque)
+    # Fires waiting for the active run to end: (trigger, scheduled_for), oldest first. Filled
+    # by overlap = "queue" and by catch-up, so an actor's runs never overlap unless it allows it.
+    pending: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def name(self) -> str:

@@ -139,6 +139,8 @@ class CronSchedule(Schedule):
     _iter: croniter = field(init=False, repr=False, compare=False)
     # croniter iterators are stateful; reusing one is 4x cheaper than building one per call.
     _lock: threading.Lock = field(init=False, repr=False, compare=False)
+    # The last next_due (after, due): actors sharing this schedule are seeded with one ``now``.
+    _last: list[float | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         zone = load_zone(self.timezone)
@@ -153,6 +155,7 @@ class CronSchedule(Schedule):
         object.__setattr__(self, "_fixed_hours", expanded[_HOUR] != ("*",))
         object.__setattr__(self, "_iter", it)
         object.__setattr__(self, "_lock", threading.Lock())
+        object.__setattr__(self, "_last", [None, None])
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The iterator and the lock cannot be pickled; rebuild them from the two values.
@@ -163,9 +166,12 @@ class CronSchedule(Schedule):
 
     def next_due(self, after: float) -> float | None:
         with self._lock:
+            if self._last[0] == after:
+                return self._last[1]
             due = self._step(after, prev=False)
             while due is not None and self._repeated(due):
                 due = self._step(due, prev=False)
+            self._last[:] = [after, due]
             return due
 
     def fires_between(self, last_due: float, until: float, limit: int) -> list[float]:

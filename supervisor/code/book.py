@@ -78,13 +78,27 @@ class RunCode:
     argv: tuple[str, ...] = ()  # a command actor: exec ``script`` with these arguments
 
 
+Snapshots = Callable[[Path, bool], FileSnapshot | None]  # read_snapshot(path, scan=...)
+
+
+def _read(path: Path, scan: bool) -> FileSnapshot | None:
+    return read_snapshot(path, scan=scan)
+
+
 def sync_actor(
-    cfg: ActorConfig, stored: CodeState | None, cache: Path, now: float, *, git: bool = True
+    cfg: ActorConfig,
+    stored: CodeState | None,
+    cache: Path,
+    now: float,
+    *,
+    git: bool = True,
+    read: Snapshots = _read,
 ) -> tuple[ActorCode, list[Record]]:
     """The start-up sync of one actor: its code as the store and its file say, and the records
     that bring the store up to date. Never raises for a missing or unreadable file.
     A command actor whose program lies outside the configuration's folder is not versioned.
-    ``git`` False: a new version's ``git_commit_hash`` is left for the caller to fill in."""
+    ``git`` False: a new version's ``git_commit_hash`` is left for the caller to fill in.
+    ``read``: how the bundle is read (the start-up sync reads a script shared by actors once)."""
     code = ActorCode(home=str(cfg.workdir))
     if not cfg.versioned:
         return code, []
@@ -97,7 +111,7 @@ def sync_actor(
             code.history_id = stored.active_history_id
             code.code_sha256 = stored.script_code_hash or ""
             text, others = stored.script_code, stored.bundle_files
-    snap = read_snapshot(cfg.script, scan=cfg.python)
+    snap = read(cfg.script, cfg.python)
     if snap is None:
         records = mark_missing(cfg, code, cache, now, always=True)
     else:
@@ -319,12 +333,22 @@ class CodeBook:
         stored = self._store.load_code_states(list(actors))
         now = self._clock()
         synced: list[list[Record]] = []
+        snapshots: dict[tuple[Path, bool], FileSnapshot | None] = {}
+
+        def read(path: Path, scan: bool) -> FileSnapshot | None:
+            """Each script once, however many actors run it (read, hashed, imports parsed)."""
+            key = (path, scan)
+            if key not in snapshots:
+                snapshots[key] = read_snapshot(path, scan=scan)
+            return snapshots[key]
+
         for actor in actors.values():
             actor.code, records = sync_actor(
-                actor.config, stored.pop(actor.name, None), self.cache, now, git=False
+                actor.config, stored.pop(actor.name, None), self.cache, now, git=False, read=read
             )
             synced.append(records)
         del stored
+        snapshots.clear()
         # The new versions' commits, in a few git processes per repository, not one per actor.
         scripts = [
             Path(r.source_file_path)

@@ -60,16 +60,18 @@ class FileSnapshot:
     mtime: float  # the entry's mtime
     key: BundleKey | None  # None: modified too recently to trust the key (see RACY_NS)
     others: dict[str, bytes] = field(default_factory=dict)  # relative path -> content
+    #: Every file of the bundle as an absolute path, in :attr:`files` order; computed once, so
+    #: the actors sharing a snapshot share the tuple their :class:`ActorCode` keeps.
+    paths: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        paths = tuple(str(self.path.parent / rel) for rel in self.files)
+        object.__setattr__(self, "paths", paths)
 
     @property
     def files(self) -> tuple[str, ...]:
         """Every file of the bundle, relative to the entry's folder, the entry first."""
         return (self.path.name, *sorted(self.others))
-
-    @property
-    def paths(self) -> tuple[str, ...]:
-        """Every file of the bundle as an absolute path, in :attr:`files` order."""
-        return tuple(str(self.path.parent / rel) for rel in self.files)
 
     def text(self) -> str:
         """The entry's content as source text. :raises CodeError: not storable as text."""
@@ -80,7 +82,7 @@ class FileSnapshot:
         return {rel: decode_source(data, rel) for rel, data in self.others.items()}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ActorCode:
     """What the supervisor knows of one actor's code. Only the main loop touches it.
 
