@@ -65,12 +65,16 @@ def build_actors(
     configs: dict[str, ActorConfig], states: dict[str, TaskState]
 ) -> dict[str, ActorRuntime]:
     """Pair each configured actor with its stored state (or a fresh one); its code is loaded
-    by the start-up sync (:mod:`supervisor.code.book`)."""
+    by the start-up sync (:mod:`supervisor.code.book`).
+
+    The states taken are removed from ``states``, which keeps those of actors not configured
+    (a reload may add them): with 100,000 actors, holding every start-up state twice -- once
+    here, once in the actor until its first change -- would cost tens of MB."""
     now = time.time()
     return {
         name: ActorRuntime(
             config=cfg,
-            state=states.get(name) or TaskState(actor=name, updated_at=now),
+            state=states.pop(name) if name in states else TaskState(actor=name, updated_at=now),
             code=ActorCode(home=str(cfg.workdir)),
         )
         for name, cfg in configs.items()
