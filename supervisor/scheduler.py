@@ -134,7 +134,7 @@ class Scheduler:
         self._writer.put(actor.update_state(next_run_at=following))
         if actor.state.is_paused:
             return
-        if actor.active and actor.config.overlap != "allow":
+        if actor.running and actor.config.overlap != "allow":
             self._overlap(actor, due)
             return
         if not self._has_room():
@@ -183,7 +183,7 @@ class Scheduler:
 
     def after_final(self, actor: ActorRuntime) -> None:
         """The actor has no run going: start the next fire waiting for that, if any."""
-        if actor.pending and not actor.active and not actor.state.is_paused:
+        if actor.pending and not actor.running and not actor.state.is_paused:
             trigger, due = actor.pending.pop(0)
             self._accept(actor, input_value=actor.config.input, trigger=trigger, scheduled_for=due)
 

@@ -155,7 +155,7 @@ def _actors(sup: "Supervisor") -> list[dict[str, Any]]:
                 "paused_reason": state.paused_reason,
                 "consecutive_failures": state.consecutive_failures,
                 "last_run_at": iso(state.last_run_at),
-                "active_runs": len(actor.active),
+                "active_runs": actor.running,
                 "mode": actor.config.mode,
                 "code_sha256": actor.code_sha256,
                 "exec_mode": actor.config.exec_mode,
