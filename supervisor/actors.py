@@ -12,17 +12,23 @@ from supervisor.records import ActorRecord, TaskState
 class ActorRuntime:
     """One actor as the main loop sees it. Only the main loop touches it.
 
-    Slots, ``active`` made on first use (an empty set is 216 bytes) and a list rather than a
-    deque for ``pending`` (at most ``MAX_PENDING``, mostly empty: an empty deque is 600 bytes):
-    100,000 idle actors then fit in the memory budget."""
+    Slots, and ``active`` and ``pending`` made on first use (an empty set is 216 bytes, an
+    empty list 56): 100,000 idle actors then fit in the memory budget."""
 
     config: ActorConfig
     state: TaskState
     code: ActorCode
-    # Fires waiting for the active run to end: (trigger, scheduled_for), oldest first. Filled
-    # by overlap = "queue" and by catch-up, so an actor's runs never overlap unless it allows it.
-    pending: list[tuple[str, float]] = field(default_factory=list)
     _active: set[str] | None = field(default=None, repr=False)
+    _pending: list[tuple[str, float]] | None = field(default=None, repr=False)
+
+    @property
+    def pending(self) -> list[tuple[str, float]]:
+        """Fires waiting for the active run to end: (trigger, scheduled_for), oldest first, at
+        most ``MAX_PENDING``. Filled by overlap = "queue" and by catch-up, so an actor's runs
+        never overlap unless it allows it."""
+        if self._pending is None:
+            self._pending = []
+        return self._pending
 
     @property
     def active(self) -> set[str]:
