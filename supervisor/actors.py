@@ -2,10 +2,12 @@
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from supervisor.code.sync import ActorCode
 from supervisor.config import ActorConfig
 from supervisor.records import ActorRecord, TaskState
+from supervisor.schedule import Schedule
 
 
 @dataclass(eq=False, slots=True)
@@ -55,29 +57,51 @@ class ActorRuntime:
         return code.seen_sha or ""
 
     def record(self) -> ActorRecord:
-        schedule = self.config.schedule
+        """The store's row of this actor. Its ``schedule`` and ``config`` dicts are shared with
+        the actors that have the same ones (records are never changed in place): at start-up
+        100,000 of them wait for the writer at once."""
+        cfg = self.config
+        key = (cfg.mode, cfg.timezone, cfg.timeout_s, cfg.max_retries, cfg.overlap,
+               cfg.catch_up, cfg.sync, cfg.command)  # fmt: skip
+        config = _CONFIGS.get(key)
+        if config is None:
+            config = _remember(_CONFIGS, key, {
+                "mode": cfg.mode, "timezone": cfg.timezone, "timeout_s": cfg.timeout_s,
+                "max_retries": cfg.max_retries, "overlap": cfg.overlap,
+                "catch_up": cfg.catch_up, "sync": cfg.sync,
+                **({"command": list(cfg.command)} if cfg.command else {}),
+            })  # fmt: skip
+        schedule = cfg.schedule
+        described = None
+        if schedule is not None:
+            described = _SCHEDULES.get(schedule)
+            if described is None:
+                described = _remember(_SCHEDULES, schedule, schedule.describe())
         return ActorRecord(
             name=self.name,
-            script_path=str(self.config.script),
+            script_path=str(cfg.script),
             code_sha256=self.code_sha256,
-            schedule=schedule.describe() if schedule else None,
-            config={
-                "mode": self.config.mode,
-                "timezone": self.config.timezone,
-                "timeout_s": self.config.timeout_s,
-                "max_retries": self.config.max_retries,
-                "overlap": self.config.overlap,
-                "catch_up": self.config.catch_up,
-                "sync": self.config.sync,
-                **({"command": list(self.config.command)} if self.config.command else {}),
-            },
+            schedule=described,
+            config=config,
             updated_at=time.time(),
-            exec_mode=self.config.exec_mode,
+            exec_mode=cfg.exec_mode,
         )
 
     def update_state(self, **changes: object) -> TaskState:
         self.state = replace(self.state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
         return self.state
+
+
+_CONFIGS: dict[tuple[Any, ...], dict[str, Any]] = {}
+_SCHEDULES: dict[Schedule, dict[str, Any]] = {}
+_REMEMBER_MAX = 10_000  # distinct values; beyond, a table starts again
+
+
+def _remember(table: dict[Any, dict[str, Any]], key: Any, value: dict[str, Any]) -> dict[str, Any]:
+    if len(table) >= _REMEMBER_MAX:
+        table.clear()
+    table[key] = value
+    return value
 
 
 def build_actors(

@@ -63,10 +63,13 @@ class FileSnapshot:
     #: Every file of the bundle as an absolute path, in :attr:`files` order; computed once, so
     #: the actors sharing a snapshot share the tuple their :class:`ActorCode` keeps.
     paths: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # Each file decoded once ("" is the entry): the actors sharing a snapshot share its source.
+    _decoded: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         paths = tuple(str(self.path.parent / rel) for rel in self.files)
         object.__setattr__(self, "paths", paths)
+        object.__setattr__(self, "_decoded", {})
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -75,11 +78,18 @@ class FileSnapshot:
 
     def text(self) -> str:
         """The entry's content as source text. :raises CodeError: not storable as text."""
-        return decode_source(self.data, self.path)
+        if "" not in self._decoded:
+            self._decoded[""] = decode_source(self.data, self.path)
+        return self._decoded[""]
 
     def texts(self) -> dict[str, str]:
         """The other files as text. :raises CodeError: one is not storable as text."""
-        return {rel: decode_source(data, rel) for rel, data in self.others.items()}
+        texts = {}
+        for rel, data in self.others.items():
+            if rel not in self._decoded:
+                self._decoded[rel] = decode_source(data, rel)
+            texts[rel] = self._decoded[rel]
+        return texts
 
 
 @dataclass(eq=False, slots=True)
