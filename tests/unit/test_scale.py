@@ -10,14 +10,16 @@ import gc
 import tracemalloc
 from pathlib import Path
 
-from supervisor.actors import build_actors
+from supervisor.actors import ActorRuntime, build_actors
 from supervisor.code.book import CodeBook
 from supervisor.code.records import CodeState
 from supervisor.code.sync import make_cache
-from supervisor.config import load_config
+from supervisor.config import ActorConfig, load_config
 from supervisor.heap import ScheduleHeap
-from supervisor.records import Record
+from supervisor.records import Record, TaskState
+from supervisor.reload import _apply_actors, plan_reload
 from supervisor.scheduler import Scheduler
+from tests.unit.fakes import bench
 
 ACTORS = 2000
 MAX_BYTES_PER_ACTOR = 1600  # measured 1.1 KB (2.4 KB before slots, sharing and lazy sets)
@@ -77,3 +79,31 @@ def test_an_idle_actor_costs_little_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert len(actors) == ACTORS and all(a.code.history_id for a in actors.values())
     assert per_actor < MAX_BYTES_PER_ACTOR, f"{per_actor:.0f} bytes per actor"
+
+
+class _Codebook:
+    def reconfigure(self, actor: ActorRuntime, before: ActorConfig | None) -> None:
+        pass
+
+
+def test_start_up_states_are_held_once_and_a_removed_actors_state_is_kept(
+    tmp_path: Path,
+) -> None:
+    """build_actors hands each stored state to its actor (not kept twice for 100,000 actors);
+    the store's states of unconfigured actors stay for a reload, and so does the current state
+    of an actor a reload removes, should a later one add it again."""
+    b = bench(tmp_path, '[[actors]]\nname = "job"\nscript = "job.py"\n')
+    one = load_config(tmp_path / "supervisor.toml", environ={})
+    stored = {
+        "job": TaskState(actor="job", consecutive_failures=2, updated_at=1.0),
+        "other": TaskState(actor="other", is_paused=True, updated_at=1.0),
+    }
+    actors = build_actors(one.actors, stored)
+    assert actors["job"].state.consecutive_failures == 2 and list(stored) == ["other"]
+    b.book.actors["job"].update_state(consecutive_failures=5)
+    (tmp_path / "supervisor.toml").write_text("")
+    none = load_config(tmp_path / "supervisor.toml", environ={})
+    _apply_actors(plan_reload(one, none), none, b.book, _Codebook(), stored)  # type: ignore[arg-type]
+    assert "job" not in b.book.actors and stored["job"].consecutive_failures == 5
+    _apply_actors(plan_reload(none, one), one, b.book, _Codebook(), stored)  # type: ignore[arg-type]
+    assert b.book.actors["job"].state.consecutive_failures == 5
