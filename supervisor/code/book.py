@@ -350,17 +350,18 @@ class CodeBook:
         del stored
         snapshots.clear()
         # The new versions' commits, in a few git processes per repository, not one per actor.
-        scripts = [
-            Path(r.source_file_path)
+        scripts = {
+            r.source_file_path
             for records in synced
             for r in records
             if isinstance(r, CodeChange) and r.source_file_path is not None
-        ]
-        commits = git_commits(scripts) if scripts else {}
+        }
+        found = git_commits(Path(script) for script in scripts) if scripts else {}
+        commits = {str(path): commit for path, commit in found.items() if commit is not None}
         for records in synced:
             for record in records:
-                if isinstance(record, CodeChange) and record.source_file_path is not None:
-                    commit = commits.get(Path(record.source_file_path))
+                if isinstance(record, CodeChange) and record.source_file_path in commits:
+                    commit = commits[record.source_file_path]
                     record = dataclasses.replace(record, git_commit_hash=commit)
                 self._writer.put(record)
 
