@@ -2,11 +2,11 @@
 
 ``--flood-clients`` processes each send their share of N ``submit`` requests (no wait) to a
 fresh supervisor with a ``queue_size`` of ``--queue-size``, keeping up to ``WINDOW`` requests
-unanswered (the control socket keeps at most 64 replies for a client, so a larger window would
-lose replies rather than go faster). Every request gets one reply: accepted, or ``busy`` once
-the queue is full. Meanwhile :class:`flood.Monitor` samples the supervisor's RSS every 50 ms and
+unanswered, within the supervisor's per-client limit (``MAX_UNANSWERED``, 64: within it no reply
+is lost; beyond, ``busy``). Every request gets one reply: accepted, or ``busy`` once the queue
+is full. Meanwhile :class:`flood.Monitor` samples the supervisor's RSS every 50 ms and
 times a ``status`` request every 100 ms. Reported: replies by kind (and requests left without
-one: ZeroMQ may refuse a reply well below the socket's high-water mark, ``replies_dropped``),
+one, which should be none: ``replies_dropped``),
 submissions/s, the peak RSS
 (also the kernel's high-water mark, which no sampling can miss), and ``status`` latency p50,
 p99 and max, with the count of answers slower than 100 ms.
@@ -29,8 +29,11 @@ from protocol import decode
 from protocol.client import Client
 from protocol.codec import encode
 from protocol.messages import Reply, Submit
+from supervisor.control import MAX_UNANSWERED
 
-WINDOW = 48  # unanswered requests per client: under the supervisor's 64 replies per client
+# Unanswered requests per client, within the supervisor's limit: a status request waits behind
+# up to clients x WINDOW submissions, so a larger window delays it rather than going faster.
+WINDOW = min(48, MAX_UNANSWERED)
 REPLY_TIMEOUT_S = 5.0  # no reply at all for this long: the rest are counted as lost
 INPUT = {"n": 1, "payload": "x" * 64}
 STATUS_BUDGET_MS = 100.0

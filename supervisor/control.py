@@ -27,14 +27,20 @@ RECV_BATCH = 256  # requests taken per loop turn, so clients cannot starve the w
 # is MAX_REQUEST_BYTES, and ZeroMQ queues at most RCVHWM of them per client (then it stops
 # reading that client, whose own sends block), so a client costs at most RCVHWM x 16 MiB here.
 # Replies to a client that does not read are queued up to SNDHWM; beyond, they are dropped
-# and counted (``replies_dropped``), never waited for.
+# and counted (``replies_dropped``), never waited for. ZeroMQ learns how far a client has read
+# only every half HWM or so, so a pipe refuses messages well below SNDHWM: the bound a client
+# can rely on is the supervisor's own, MAX_UNANSWERED requests per client without their final
+# reply (a waiting submit's result, else its one reply); a request beyond it is refused `busy`
+# at once. SNDHWM leaves room for that many requests' replies (two for a waiting submit) plus
+# ZeroMQ's lag, so a client within the limit never loses a reply.
 MAX_REQUEST_BYTES = 16 << 20
 # A body past this cannot be a legal request (the largest is a submit whose input is a worker's
 # MAX_INPUT_CHARS): it is refused without being parsed, so a flood of oversized requests costs
 # the loop a length check each, and ``status`` stays quick meanwhile.
 MAX_LEGAL_BODY = MAX_INPUT_CHARS + (64 << 10)
 RCVHWM = 4
-SNDHWM = 64
+MAX_UNANSWERED = 64
+SNDHWM = 1024
 
 
 class ControlServer:
@@ -46,6 +52,8 @@ class ControlServer:
         """``curve``: the secret certificate and the authorized client keys (file or folder)."""
         self.bad_requests = 0
         self.replies_dropped = 0
+        self.over_limit = 0  # requests refused: their client had MAX_UNANSWERED unanswered
+        self._unanswered: dict[bytes, int] = {}  # client identity -> requests without a final reply
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self._auth: ThreadAuthenticator | None = None
         if curve is not None:
@@ -75,14 +83,18 @@ class ControlServer:
                 return
             frames = self.socket.recv_multipart(zmq.NOBLOCK)
             envelope = len(frames) == 3 and frames[1] == b""  # a REQ socket's delimiter
+            if not frames:
+                self.bad_requests += 1
+                continue
+            unanswered = self._unanswered.get(frames[0], 0)
+            self._unanswered[frames[0]] = unanswered + 1  # until its final reply is sent
             if len(frames) != 2 and not envelope:
                 self.bad_requests += 1
-                if frames:
-                    self.reply_error(
-                        Waiter(frames[0], "", False),
-                        "bad_request",
-                        f"expected 1 body frame, got {len(frames) - 1}",
-                    )
+                self.reply_error(
+                    Waiter(frames[0], "", False),
+                    "bad_request",
+                    f"expected 1 body frame, got {len(frames) - 1}",
+                )
                 continue
             identity, body = frames[0], frames[-1]
             if len(body) > MAX_LEGAL_BODY:
@@ -99,6 +111,12 @@ class ControlServer:
                                  "bad_request", str(exc))  # fmt: skip
                 continue
             request_id: str = getattr(message, "id", "")
+            if unanswered >= MAX_UNANSWERED:
+                self.over_limit += 1
+                self.reply_error(Waiter(identity, request_id, False, envelope), "busy",
+                                 f"{unanswered} requests of this client are unanswered; at most "
+                                 f"{MAX_UNANSWERED}: read their replies first")  # fmt: skip
+                continue
             yield Waiter(identity, request_id, False, envelope), message
 
     def reply(self, waiter: Waiter, kind: str, data: Any) -> None:
@@ -110,6 +128,10 @@ class ControlServer:
         )
 
     def _send(self, waiter: Waiter, reply: Reply) -> None:
+        if not (waiter.wants_result and reply.ok and reply.kind == "accepted"):  # final
+            left = self._unanswered.pop(waiter.identity, 1) - 1
+            if left > 0:
+                self._unanswered[waiter.identity] = left
         body = encode(reply)
         frames = [waiter.identity, b"", body] if waiter.envelope else [waiter.identity, body]
         try:

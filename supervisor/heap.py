@@ -30,8 +30,9 @@ K = TypeVar("K", bound=Hashable)
 class ScheduleHeap(Generic[K]):
     """Due times by key: a heap of ``(due, sequence, key)`` with lazy deletion.
 
-    Pushing a key again replaces its entry: the live entry is the one whose sequence matches
-    ``self._live[key]``; older ones are skipped when they surface. Stale entries are dropped by
+    Pushing a key again replaces its entry: the live entry is the very tuple ``self._live[key]``
+    holds (one object for both, a third less memory per entry); older ones are skipped when
+    they surface. Stale entries are dropped by
     a rebuild once they outnumber the live ones, so memory stays O(live) and every operation
     is O(log n) amortized. Ties on ``due`` pop in push order; keys are never compared.
     """
@@ -42,7 +43,7 @@ class ScheduleHeap(Generic[K]):
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, K]] = []
-        self._live: dict[K, tuple[float, int]] = {}
+        self._live: dict[K, tuple[float, int, K]] = {}
         self._seq = itertools.count()
 
     def __len__(self) -> int:
@@ -53,9 +54,9 @@ class ScheduleHeap(Generic[K]):
 
     def push(self, key: K, due: float) -> None:
         """Schedule ``key`` at ``due``, replacing any entry it had."""
-        seq = next(self._seq)
-        self._live[key] = (due, seq)
-        heapq.heappush(self._heap, (due, seq, key))
+        entry = (due, next(self._seq), key)
+        self._live[key] = entry
+        heapq.heappush(self._heap, entry)
         self._maybe_compact()
 
     def remove(self, key: K) -> bool:
@@ -74,21 +75,20 @@ class ScheduleHeap(Generic[K]):
         popped: list[tuple[K, float]] = []
         heap, live = self._heap, self._live
         while heap and heap[0][0] <= now:
-            due, seq, key = heapq.heappop(heap)
-            entry = live.get(key)
-            if entry is not None and entry[1] == seq:
+            entry = heapq.heappop(heap)
+            key = entry[2]
+            if live.get(key) is entry:
                 del live[key]
-                popped.append((key, due))
+                popped.append((key, entry[0]))
         return popped
 
     def next_due(self) -> float | None:
         """The earliest live due time, or ``None`` when nothing is scheduled."""
         heap, live = self._heap, self._live
         while heap:
-            due, seq, key = heap[0]
-            entry = live.get(key)
-            if entry is not None and entry[1] == seq:
-                return due
+            entry = heap[0]
+            if live.get(entry[2]) is entry:
+                return entry[0]
             heapq.heappop(heap)
         return None
 
@@ -106,5 +106,5 @@ class ScheduleHeap(Generic[K]):
     def _maybe_compact(self) -> None:
         heap_size = len(self._heap)
         if heap_size > self._COMPACT_MIN and heap_size > 2 * len(self._live):
-            self._heap = [(due, seq, key) for key, (due, seq) in self._live.items()]
+            self._heap = list(self._live.values())
             heapq.heapify(self._heap)

@@ -9,7 +9,7 @@ and says so.
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -115,7 +115,7 @@ def reload_config(
     sandbox: SandboxConfig,
     book: RunBook,
     codebook: CodeBook,
-    stored_states: Mapping[str, TaskState],
+    stored_states: MutableMapping[str, TaskState],
     instance_id: str,
     by: str = "SIGHUP",
 ) -> Reloaded:
@@ -160,14 +160,14 @@ def _apply_actors(
     new: Config,
     book: RunBook,
     codebook: CodeBook,
-    stored_states: Mapping[str, TaskState],
+    stored_states: MutableMapping[str, TaskState],
 ) -> None:
     """Removed actors stop being scheduled; added ones start; changed ones take effect now."""
     now = book.clock()
     for name in plan.removed:
         book.scheduler.forget(name)
         book.heap.remove((EntryKind.PROBE, name))
-        book.actors.pop(name)
+        stored_states[name] = book.actors.pop(name).state  # if a later reload adds it again
     for name in (*plan.added, *plan.changed):
         cfg = new.actors[name]
         actor = book.actors.get(name)

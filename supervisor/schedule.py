@@ -25,10 +25,12 @@ occurrence is filtered out here.
 
 import abc
 import difflib
+import functools
 import math
 import random
 import re
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -121,7 +123,7 @@ class Schedule(abc.ABC):
         return self.next_due(max(last_due, now))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class CronSchedule(Schedule):
     """A cron expression evaluated in an IANA time zone (DST rules: see the module docstring).
 
@@ -137,10 +139,12 @@ class CronSchedule(Schedule):
     _iter: croniter = field(init=False, repr=False, compare=False)
     # croniter iterators are stateful; reusing one is 4x cheaper than building one per call.
     _lock: threading.Lock = field(init=False, repr=False, compare=False)
+    # The last next_due (after, due): actors sharing this schedule are seeded with one ``now``.
+    _last: list[float | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         zone = load_zone(self.timezone)
-        expanded = validate_cron(self.expression)
+        expanded = _expand(self.expression)
         it = croniter(
             self.expression,
             datetime.fromtimestamp(0, zone),  # every call passes its own start time
@@ -148,9 +152,10 @@ class CronSchedule(Schedule):
             max_years_between_matches=_MAX_YEARS,
         )
         object.__setattr__(self, "_zone", zone)
-        object.__setattr__(self, "_fixed_hours", expanded[_HOUR] != ["*"])
+        object.__setattr__(self, "_fixed_hours", expanded[_HOUR] != ("*",))
         object.__setattr__(self, "_iter", it)
         object.__setattr__(self, "_lock", threading.Lock())
+        object.__setattr__(self, "_last", [None, None])
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The iterator and the lock cannot be pickled; rebuild them from the two values.
@@ -161,9 +166,12 @@ class CronSchedule(Schedule):
 
     def next_due(self, after: float) -> float | None:
         with self._lock:
+            if self._last[0] == after:
+                return self._last[1]
             due = self._step(after, prev=False)
             while due is not None and self._repeated(due):
                 due = self._step(due, prev=False)
+            self._last[:] = [after, due]
             return due
 
     def fires_between(self, last_due: float, until: float, limit: int) -> list[float]:
@@ -281,6 +289,28 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
 
 def validate_cron(expression: str) -> list[list[Any]]:
     """Check a cron expression and return croniter's expansion; raise a precise error."""
+    return [list(values) for values in _expand(expression)]
+
+
+def cron_schedule(expression: str, timezone: str) -> "CronSchedule":
+    """The :class:`CronSchedule` of ``expression`` in ``timezone``, one object per distinct pair
+    while any actor holds it: 100,000 actors on a few dozen expressions parse each once and
+    share its iterator (behind its lock) instead of holding 100,000 of them."""
+    key = (expression, timezone)
+    with _CRON_LOCK:
+        schedule = _CRONS.get(key)
+        if schedule is None:
+            schedule = _CRONS[key] = CronSchedule(expression, timezone)
+    return schedule
+
+
+_CRONS: "weakref.WeakValueDictionary[tuple[str, str], CronSchedule]" = weakref.WeakValueDictionary()
+_CRON_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4096)
+def _expand(expression: str) -> tuple[tuple[Any, ...], ...]:
+    """:func:`validate_cron`'s work, once per expression (it costs croniter two expansions)."""
     fields = expression.split()
     if expression.startswith("@"):
         if expression.lower() not in _ALIASES:
@@ -313,7 +343,7 @@ def validate_cron(expression: str) -> list[list[Any]]:
             f"invalid cron expression {expression!r} ({_explain(fields, names, exc)})",
             "expression",
         ) from None
-    return list(expanded)
+    return tuple(tuple(values) for values in expanded)
 
 
 def _explain(fields: list[str], names: tuple[str, ...], exc: Exception) -> str:
@@ -362,7 +392,7 @@ def parse_schedule(table: Mapping[str, Any], timezone: str) -> Schedule:
         expression = table["expression"]
         if not isinstance(expression, str):
             raise ScheduleError(f"expected a string, got {expression!r}", "expression")
-        return CronSchedule(expression.strip(), timezone)
+        return cron_schedule(expression.strip(), timezone)
     if kind == "interval":
         seconds = table["seconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):

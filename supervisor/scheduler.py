@@ -84,7 +84,7 @@ class Scheduler:
         self._heap.remove((EntryKind.FIRE, name))
 
     def _set_next(self, actor: ActorRuntime, due: float | None, described: dict[str, Any]) -> None:
-        metadata = {**actor.state.metadata, "schedule": described}
+        metadata = _with_schedule(actor.state.metadata, described)
         self._writer.put(actor.update_state(next_run_at=due, metadata=metadata))
         if due is not None:
             self._heap.push((EntryKind.FIRE, actor.name), due)
@@ -134,7 +134,7 @@ class Scheduler:
         self._writer.put(actor.update_state(next_run_at=following))
         if actor.state.is_paused:
             return
-        if actor.active and actor.config.overlap != "allow":
+        if actor.running and actor.config.overlap != "allow":
             self._overlap(actor, due)
             return
         if not self._has_room():
@@ -183,6 +183,25 @@ class Scheduler:
 
     def after_final(self, actor: ActorRuntime) -> None:
         """The actor has no run going: start the next fire waiting for that, if any."""
-        if actor.pending and not actor.active and not actor.state.is_paused:
-            trigger, due = actor.pending.popleft()
+        if actor.pending and not actor.running and not actor.state.is_paused:
+            trigger, due = actor.pending.pop(0)
             self._accept(actor, input_value=actor.config.input, trigger=trigger, scheduled_for=due)
+
+
+_SHARED_METADATA: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+_SHARED_MAX = 100_000  # distinct schedules; beyond, the table starts again
+
+
+def _with_schedule(metadata: dict[str, Any], described: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` with its ``schedule``. States never change a metadata dict in place (they
+    are replaced), so actors whose metadata is only their schedule share one dict per distinct
+    schedule: 100,000 actors on a few schedules hold a few dicts, not 200,000."""
+    if metadata.keys() - {"schedule"}:
+        return {**metadata, "schedule": described}
+    key = tuple(described.items())
+    shared = _SHARED_METADATA.get(key)
+    if shared is None:
+        if len(_SHARED_METADATA) >= _SHARED_MAX:
+            _SHARED_METADATA.clear()
+        shared = _SHARED_METADATA[key] = {"schedule": described}
+    return shared

@@ -191,7 +191,7 @@ def _actors(sup: "Supervisor") -> list[dict[str, Any]]:
                 "consecutive_failures": state.consecutive_failures,
                 "last_run_at": iso(state.last_run_at),
                 "last_run": _last_run(actor),  # the last one that ended since this start
-                "active_runs": len(actor.active),
+                "active_runs": actor.running,
                 "mode": actor.config.mode,
                 "code_sha256": actor.code_sha256,
                 "exec_mode": actor.config.exec_mode,
@@ -296,6 +296,7 @@ def all_counters(sup: "Supervisor") -> dict[str, int]:
         **sup.book.counters,
         "bad_requests": sup.control.bad_requests,
         "replies_dropped": sup.control.replies_dropped,
+        "requests_over_limit": sup.control.over_limit,
         "fires_dropped": sup.book.scheduler.dropped,
         "fires_skipped": sup.book.scheduler.skipped,
     }

@@ -17,6 +17,7 @@ Everything the loop learns is written through the batch writer: new versions as
 before the row is committed.
 """
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from supervisor.code.sync import (
     FileSnapshot,
     current_key,
     git_commit,
+    git_commits,
     materialize,
     read_snapshot,
     status_of,
@@ -98,12 +100,27 @@ def summary_line(counts: dict[str, int]) -> str:
     )
 
 
+Snapshots = Callable[[Path, bool], FileSnapshot | None]  # read_snapshot(path, scan=...)
+
+
+def _read(path: Path, scan: bool) -> FileSnapshot | None:
+    return read_snapshot(path, scan=scan)
+
+
 def sync_actor(
-    cfg: ActorConfig, stored: CodeState | None, cache: Path, now: float
+    cfg: ActorConfig,
+    stored: CodeState | None,
+    cache: Path,
+    now: float,
+    *,
+    git: bool = True,
+    read: Snapshots = _read,
 ) -> tuple[ActorCode, list[Record]]:
     """The start-up sync of one actor: its code as the store and its file say, and the records
     that bring the store up to date. Never raises for a missing or unreadable file.
-    A command actor whose program lies outside the configuration's folder is not versioned."""
+    A command actor whose program lies outside the configuration's folder is not versioned.
+    ``git`` False: a new version's ``git_commit_hash`` is left for the caller to fill in.
+    ``read``: how the bundle is read (the start-up sync reads a script shared by actors once)."""
     code = ActorCode(home=str(cfg.workdir))
     if not cfg.versioned:
         return code, []
@@ -116,12 +133,12 @@ def sync_actor(
             code.history_id = stored.active_history_id
             code.code_sha256 = stored.script_code_hash or ""
             text, others = stored.script_code, stored.bundle_files
-    snap = read_snapshot(cfg.script, scan=cfg.python)
+    snap = read(cfg.script, cfg.python)
     if snap is None:
         records = mark_missing(cfg, code, cache, now, always=True)
     else:
         records, fresh = reconcile(
-            cfg, code, snap, now, auto_sync=cfg.sync != "manual", always=True, git=True
+            cfg, code, snap, now, auto_sync=cfg.sync != "manual", always=True, git=git
         )
         if fresh is not None:
             text, others = fresh.script_code, fresh.bundle_files
@@ -337,11 +354,40 @@ class CodeBook:
         actors = self._actors()
         stored = self._store.load_code_states(list(actors))
         now = self._clock()
+        synced: list[list[Record]] = []
         counts = dict.fromkeys(SUMMARY_KEYS, 0)
+        snapshots: dict[tuple[Path, bool], FileSnapshot | None] = {}
+
+        def read(path: Path, scan: bool) -> FileSnapshot | None:
+            """Each script once, however many actors run it (read, hashed, imports parsed)."""
+            key = (path, scan)
+            if key not in snapshots:
+                snapshots[key] = read_snapshot(path, scan=scan)
+            return snapshots[key]
+
         for actor in actors.values():
-            actor.code, records = sync_actor(actor.config, stored.get(actor.name), self.cache, now)
-            self._put(records)
+            actor.code, records = sync_actor(
+                actor.config, stored.pop(actor.name, None), self.cache, now, git=False, read=read
+            )
+            synced.append(records)
             counts[sync_outcome(actor.code.status, records)] += 1
+        del stored
+        snapshots.clear()
+        # The new versions' commits, in a few git processes per repository, not one per actor.
+        scripts = {
+            r.source_file_path
+            for records in synced
+            for r in records
+            if isinstance(r, CodeChange) and r.source_file_path is not None
+        }
+        found = git_commits(Path(script) for script in scripts) if scripts else {}
+        commits = {str(path): commit for path, commit in found.items() if commit is not None}
+        for records in synced:
+            for record in records:
+                if isinstance(record, CodeChange) and record.source_file_path in commits:
+                    commit = commits[record.source_file_path]
+                    record = dataclasses.replace(record, git_commit_hash=commit)
+                self._writer.put(record)
         log.info(summary_line(counts), extra={"event": "code_sync", **counts})
 
     def for_run(self, actor: ActorRuntime) -> RunCode:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from supervisor.actors import build_actors
 from supervisor.code import book as codebook
 from supervisor.code.book import look, sync_actor
 from supervisor.code.bundle import bundle_sha256
@@ -23,6 +24,7 @@ from supervisor.code.sync import (
     check_version,
     decode_source,
     git_commit,
+    git_commits,
     make_cache,
     materialize,
     next_version,
@@ -162,6 +164,85 @@ def test_git_commit_of_a_file_clean_dirty_untracked_or_outside_a_repo(tmp_path: 
     script.write_text("print('edited')\n")
     assert git_commit(script) == f"{head}-dirty"
     assert git_commit(_script(repo / "untracked")) == head  # in the repository, never committed
+
+
+def test_git_commits_answers_as_git_commit_does_file_by_file(tmp_path: Path) -> None:
+    """The start-up batch: the same answers as one git_commit per file, in a few processes."""
+    repo = tmp_path / "repo"
+    (repo / "sub dir").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    clean, edited, spaced = repo / "clean.py", repo / "edited.py", repo / "sub dir" / "a job.py"
+    for path in (clean, edited, spaced):
+        path.write_text(f"print({path.name!r})\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "first")
+    clean.write_text("print('second')\n")
+    _git(repo, "commit", "-q", "-am", "second")
+    edited.write_text("print('edited')\n")
+    untracked = repo / "sub dir" / "new.py"
+    untracked.write_text("print('new')\n")
+    outside = _script(tmp_path / "plain")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _git(empty, "init", "-q")
+    unborn = _script(empty)
+    paths = [clean, edited, spaced, untracked, outside, unborn, clean]
+    expected = {path: git_commit(path) for path in paths}
+    assert git_commits(paths) == expected
+    assert str(expected[edited]).endswith("-dirty")
+    assert expected[clean] != expected[spaced]  # each file's own last commit
+    assert expected[outside] is None and expected[unborn] is None
+
+
+class _Store:
+    def load_code_states(self, names: list[str]) -> dict[str, CodeState]:
+        return {}
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def put(self, record: Record) -> None:
+        self.records.append(record)
+
+
+def test_startup_reads_a_shared_script_once_and_records_each_actors_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many actors on one script: one read of it, and each new version names its commit, looked
+    up in one batch (a git process per actor cost 100,000 actors minutes)."""
+    repo = tmp_path / "repo"
+    _script(repo)
+    (repo / "other.py").write_text("print('other')\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "first")
+    config = repo / "supervisor.toml"
+    config.write_text(
+        "".join(f'[[actors]]\nname = "a{n}"\nscript = "job.py"\n' for n in range(5))
+        + '[[actors]]\nname = "b"\nscript = "other.py"\n'
+    )
+    configs = load_config(config, environ={}).actors
+    reads: list[Path] = []
+    real = codebook.read_snapshot
+    monkeypatch.setattr(
+        codebook, "read_snapshot", lambda p, scan=True: reads.append(p) or real(p, scan=scan)
+    )
+    actors = build_actors(configs, {})
+    writer = _Writer()
+    book = codebook.CodeBook(
+        store=_Store(), writer=writer, reader=None, cache=make_cache(),  # type: ignore[arg-type]
+        actors=lambda: actors, on_ready=lambda: None, clock=lambda: 1.0,
+    )  # fmt: skip
+    book.startup()
+    assert sorted(reads) == [repo / "job.py", repo / "other.py"]
+    changes = [r for r in writer.records if isinstance(r, CodeChange)]
+    assert sorted(c.actor for c in changes) == ["a0", "a1", "a2", "a3", "a4", "b"]
+    head = _git(repo, "rev-parse", "HEAD")
+    assert {c.git_commit_hash for c in changes} == {head}
+    assert all(actors[c.actor].code.history_id == c.history_id for c in changes)
+    assert actors["a0"].code.paths is actors["a4"].code.paths  # one snapshot, shared
 
 
 # --- the sync decisions ------------------------------------------------------------------------

@@ -255,6 +255,21 @@ def test_parse_schedule_builds_each_type_case_insensitively() -> None:
     assert once == OnceSchedule(at(2026, 12, 1, 9))
 
 
+def test_actors_on_one_cron_expression_and_zone_share_one_schedule() -> None:
+    """100,000 actors on a few expressions parse each once and hold one iterator each."""
+    table = {"type": "cron", "expression": "0 2 * * *"}
+    first = parse_schedule(table, "Europe/Berlin")
+    assert parse_schedule(dict(table), "Europe/Berlin") is first
+    assert parse_schedule(table, "UTC") is not first
+    assert parse_schedule(table, "UTC") == CronSchedule("0 2 * * *", "UTC")
+    # the shared schedule's remembered answer is the answer: asked in turn from two times
+    fresh = CronSchedule("0 2 * * *", "Europe/Berlin")
+    start = at(2026, 3, 28, 12, tz=BERLIN)
+    for after in (start, start, start + 86_400, start, start + 86_400):
+        assert first.next_due(after) == fresh.next_due(after)
+    assert first.first_due(start) == at(2026, 3, 29, 3, tz=BERLIN)  # spring forward: 02:00 gone
+
+
 def test_a_naive_once_time_is_read_in_the_actors_zone() -> None:
     naive = datetime(2026, 7, 1, 9, 0)  # what tomllib gives for a local date-time
     assert parse_schedule({"type": "once", "at": naive}, "Europe/Berlin") == OnceSchedule(
