@@ -318,7 +318,8 @@ class WorkflowRun:
 
     def cancel(self, why: str) -> bool:
         """Stop for good: no new steps; the items not in flight end failed now, the others
-        when their step ends. False: the run had finished already."""
+        when their step run's outcome comes (the book cancels those step runs). False: the run
+        had finished, or stopped, already."""
         if self.finished or self.status in (WorkflowStatus.STOPPED, WorkflowStatus.CANCELLED):
             return False
         self._halt(WorkflowStatus.CANCELLED, why)
@@ -408,6 +409,10 @@ class WorkflowRun:
                 attempts=item.attempts,
                 run_id=run_id,
             )
+        # the counts go with the item's final event, so `status` is exact; the store keeps only
+        # a batch's last header of a run, so this costs one row per batch, not per item
+        self.header = replace(self.header, updated_at=self._clock())
+        self._ports.put(self.header)
 
     def _maybe_finish(self) -> None:
         if self.finished or self.in_flight() or any(i.status not in ENDED for i in self.items):
@@ -441,8 +446,8 @@ class WorkflowRun:
     # --- records ------------------------------------------------------------------------------
 
     def _set(self, **changes: Any) -> None:
-        """Change the header and write it (status, wave and finish are rare; counts ride along
-        with each such write and with every snapshot)."""
+        """Change the header and write it (status, wave, finish; the counts with each item's
+        end, see :meth:`_end`)."""
         self.header = replace(self.header, updated_at=self._clock(), **changes)
         self._ports.put(self.header)
 
