@@ -76,6 +76,12 @@ def test_workflow_run_ids_resolve_by_unique_prefix_like_run_ids(store: Store) ->
     assert ambiguous.value.candidates == (a, b)
 
 
+def test_a_batch_of_headers_of_one_run_leaves_its_last(store: Store) -> None:
+    store.write_batch([header(), *items(), header(succeeded=1), header(succeeded=1, failed=1)])
+    assert store.workflow_run(WF) == header(succeeded=1, failed=1)
+    assert store.workflow_items(WF) == items()
+
+
 def test_header_upserts_and_is_fenced_by_epoch(store: Store) -> None:
     store.write_batch([header()])
     done = header(status="succeeded", succeeded=2, finished_at=T0 + 5, updated_at=T0 + 5)
