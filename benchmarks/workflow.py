@@ -145,10 +145,10 @@ def _cpu_s(pid: int) -> float:
 def measure_workflow(args: argparse.Namespace, folder: Path, bench: Any) -> dict[str, Any]:
     config = _config(folder, args)
     log = open(folder / "supervisor.log", "wb")  # noqa: SIM115 - closed below
+    from profiling import supervisor_command, wait_samplers  # beside this script
+
     proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        supervisor_command(config, args.profile), stdout=log, stderr=subprocess.STDOUT
     )
     try:
         bench._wait_ready(config, args.workers, proc)
@@ -164,6 +164,7 @@ def measure_workflow(args: argparse.Namespace, folder: Path, bench: Any) -> dict
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
         log.close()
+        wait_samplers()
     plain = {"runs": runs, "total_s": round(plain_s, 3), "errors": plain_failures,
              "runs_per_s": round(runs / plain_s, 1), "supervisor_cpu_s": plain_cpu}  # fmt: skip
     print(f"plain runs: {plain}", file=sys.stderr)

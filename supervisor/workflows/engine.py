@@ -457,6 +457,7 @@ class WorkflowRun:
         succeeded = sum(1 for i in self.items if i.status == ItemStatus.SUCCEEDED)
         self._failed, self._ended_prefix = failed, 0
         self.header = replace(self.header, succeeded=succeeded, failed=len(failed))
+        self._ports.put(self.header)  # the counts as replayed, and the new term's epoch
 
     def record_event(self, event_type: str, **metadata: Any) -> int:
         """Write one of this run's events (``workflow_recovered``, from the book)."""
@@ -490,9 +491,7 @@ class WorkflowRun:
     def _snapshot(self) -> None:
         self._since_snapshot = 0
         self.snapshot_seq += 1
-        self.header = replace(self.header, updated_at=self._clock())
-        self._ports.put(self.header)
-        self._ports.put(
+        self._ports.put(  # the header went with its last change (see _set and _end)
             WorkflowSnapshot(
                 workflow_run_id=self.id,
                 seq=self.snapshot_seq,
