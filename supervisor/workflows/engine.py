@@ -219,19 +219,32 @@ class WorkflowRun:
         if self.status != WorkflowStatus.RUNNING:
             self._maybe_finish()
             return
+        size = self.header.chunk_size
         while self.header.wave < self.header.waves:
-            wave = self.wave_items()
-            if all(item.status in ENDED for item in wave):
+            stop = min((self.header.wave + 1) * size, len(self.items))
+            if self._open_from(stop) == stop:  # every item of this wave has ended
                 self._next_wave()
                 continue
-            self._submit_from(wave)
+            self._submit_from(stop)
             return
         self._maybe_finish()
 
-    def _submit_from(self, wave: list[Item]) -> None:
-        for item in wave:
-            if self.in_flight() >= self.header.max_parallel or self.status != "running":
+    def _open_from(self, stop: int) -> int:
+        """The first item (before ``stop``) that has not ended, or ``stop``. Items end for good,
+        so the scan resumes where it stopped: a pump costs O(items in flight), not O(a wave)."""
+        prefix, items = self._ended_prefix, self.items
+        while prefix < stop and items[prefix].status in ENDED:
+            prefix += 1
+        self._ended_prefix = prefix
+        return prefix
+
+    def _submit_from(self, stop: int) -> None:
+        """Submit the wave's next steps in item order, from its first item not ended."""
+        limit = self.header.max_parallel
+        for position in range(self._ended_prefix, stop):
+            if len(self.by_run) >= limit or self.status != WorkflowStatus.RUNNING:
                 return
+            item = self.items[position]
             if item.status not in (ItemStatus.PENDING, ItemStatus.WAITING):
                 continue
             if not self._submit(item):
@@ -415,7 +428,7 @@ class WorkflowRun:
         self._ports.put(self.header)
 
     def _maybe_finish(self) -> None:
-        if self.finished or self.in_flight() or any(i.status not in ENDED for i in self.items):
+        if self.finished or self.in_flight() or self._open_from(len(self.items)) < len(self.items):
             return
         h = self.header
         status = h.status
@@ -507,11 +520,7 @@ class WorkflowRun:
 
         The items before ``_ended_prefix`` have all ended; past the current wave none has
         started (unless the run was stopped or cancelled, which ends them all)."""
-        while (
-            self._ended_prefix < len(self.items) and self.items[self._ended_prefix].status in ENDED
-        ):
-            self._ended_prefix += 1
-        prefix = self._ended_prefix
+        prefix = self._open_from(len(self.items))
         ended: list[list[int]] = [[0, prefix]] if prefix else []
         failed = sorted(self._failed)
         started: dict[str, list[Any]] = {}
