@@ -148,7 +148,8 @@ class WorkflowBook:
             runtime = self._book.actors.get(actor)
             if runtime is not None and runtime.state.is_paused:
                 self._book.breaker.resume(runtime, by="operator")
-        return {**run.progress(), "changed": run.resume()}
+        resumed = run.resume()  # before progress(): it changes the status
+        return {**run.progress(), "changed": resumed}
 
     def _cancel(self, run: WorkflowRun, kill: Callable[[str, str, int], bool]) -> int | None:
         """Cancel ``run``: no new steps, the items not in flight end failed now, and each step
