@@ -57,7 +57,7 @@ def add_workflow_commands(sub: Any) -> None:
     store_flags(items)
 
     for name, text in (("resume", "resume a paused workflow run (and its paused step actors)"),
-                       ("cancel", "cancel a workflow run: no new steps")):  # fmt: skip
+                       ("cancel", "cancel a workflow run and its steps in flight")):  # fmt: skip
         each = command(actions, name, text, cmd_control)
         each.add_argument("workflow_run_id", help=PREFIX_HELP)
         client_flags(each)
