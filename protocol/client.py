@@ -236,7 +236,9 @@ class Client:
         return data
 
     def workflow(self, action: str, workflow_run_id: str) -> dict[str, Any]:
-        """``resume`` (with its paused step actors) or ``cancel`` a workflow run: its progress."""
+        """``resume`` (with its paused step actors) or ``cancel`` (its step runs in flight too)
+        a workflow run, by its whole id (the CLI and HTTP API resolve prefixes with the store):
+        its progress, ``changed``, and for a cancel ``cancelled_steps``."""
         rid = _new_id()
         self._send(WorkflowRequest(id=rid, action=action, workflow_run_id=workflow_run_id))
         data: dict[str, Any] = self._receive(rid, time.monotonic() + self.timeout_s, "ok").data

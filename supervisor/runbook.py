@@ -524,9 +524,10 @@ class RunBook:
 
     # --- cancel -----------------------------------------------------------------------------
 
-    def cancel(self, run_id: str, waiter: Waiter) -> ActiveRun | None:
-        """Cancel a run that is not final yet; ``waiter`` hears its one outcome. None: no such
-        run here (finished, or never ours), and nothing changed.
+    def cancel(self, run_id: str, waiter: Waiter | None = None) -> ActiveRun | None:
+        """Cancel a run that is not final yet; ``waiter`` hears its one outcome (None: nobody
+        waits, as for a cancelled workflow's step runs). None: no such run here (finished, or
+        never ours), and nothing changed.
 
         A queued attempt (ready, waiting for its retry, or not yet durable) ends ``cancelled``
         at once and never starts. A running one is only marked: the caller has its worker kill
@@ -540,7 +541,8 @@ class RunBook:
         self._cancels.add(run_id)
         self.sink.put(events.run_event("run_cancel_requested", active.record))
         if active.worker_id is not None:
-            active.waiters.append(waiter)
+            if waiter is not None:
+                active.waiters.append(waiter)
             return active
         self.heap.remove((EntryKind.RETRY, run_id))
         with contextlib.suppress(ValueError):
@@ -553,7 +555,7 @@ class RunBook:
         # Clients still waiting for "accepted" (the queued row is not committed yet) hear it
         # first: _on_durable answers them, and it runs before the outcome is delivered.
         unacknowledged = active.waiters
-        active.waiters = [*unacknowledged, waiter]
+        active.waiters = [*unacknowledged, *([] if waiter is None else [waiter])]
         self.complete_attempt(active, record)
         active.waiters = unacknowledged
         return active

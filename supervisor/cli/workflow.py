@@ -18,6 +18,7 @@ from supervisor.cli.common import (
     command,
     connect,
     count,
+    database_flag,
     load,
     open_store_from,
     print_json_or,
@@ -26,8 +27,9 @@ from supervisor.cli.common import (
 )
 from supervisor.errors import CommandRefused, ConfigError
 from supervisor.status import iso
-from supervisor.store.base import Store
 from supervisor.workflows.records import WorkflowRunRecord
+
+PREFIX_HELP = "a workflow run id or a unique prefix (8+ chars)"
 
 
 def add_workflow_commands(sub: Any) -> None:
@@ -45,20 +47,21 @@ def add_workflow_commands(sub: Any) -> None:
     client_flags(run)
 
     status = command(actions, "status", "workflow runs and their progress", cmd_status)
-    status.add_argument("workflow_run_id", nargs="?", help="one run (or a unique prefix)")
+    status.add_argument("workflow_run_id", nargs="?", help=PREFIX_HELP)
     status.add_argument("--workflow", help="only the runs of this workflow")
     status.add_argument("--limit", type=count, default=20)
     store_flags(status)
 
     items = command(actions, "items", "the items of a workflow run and their steps", cmd_items)
-    items.add_argument("workflow_run_id")
+    items.add_argument("workflow_run_id", help=PREFIX_HELP)
     store_flags(items)
 
     for name, text in (("resume", "resume a paused workflow run (and its paused step actors)"),
-                       ("cancel", "cancel a workflow run: no new steps")):  # fmt: skip
+                       ("cancel", "cancel a workflow run and its steps in flight")):  # fmt: skip
         each = command(actions, name, text, cmd_control)
-        each.add_argument("workflow_run_id")
+        each.add_argument("workflow_run_id", help=PREFIX_HELP)
         client_flags(each)
+        database_flag(each)
 
 
 def _help(args: argparse.Namespace) -> int:  # argparse requires an action first
@@ -115,8 +118,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
+    run_id = resolve_run(args)
     with connect(args) as client:
-        data = client.workflow(args.action, args.workflow_run_id)
+        data = client.workflow(args.action, run_id)
     print_json_or(args, data, f"workflow run {data['workflow_run_id']}: {data['status']}")
     return EXIT_OK
 
@@ -134,21 +138,27 @@ def progress(run: WorkflowRunRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _resolve(store: Store, prefix: str) -> str:
-    found = store.workflow_run_ids_with_prefix(prefix)
-    if len(found) != 1:
-        what = "no workflow run" if not found else "more than one workflow run"
-        raise CommandRefused("unknown_workflow_run", f"{what} starts with {prefix!r}")
-    return found[0]
+def resolve_run(args: argparse.Namespace) -> str:
+    """``args.workflow_run_id`` made whole by the store (as run ids are: ``Store.resolve_id``);
+    the store is closed again at once."""
+    store = open_store_from(args, read_only=True)
+    try:
+        found: str = store.resolve_id("workflow_run", args.workflow_run_id)
+    finally:
+        store.close()
+    return found
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
-        runs = store.workflow_runs(workflow=args.workflow, limit=args.limit)
-        if args.workflow_run_id is not None:
-            wanted = _resolve(store, args.workflow_run_id)
-            runs = [r for r in store.workflow_runs(limit=1_000_000) if r.workflow_run_id == wanted]
+        if args.workflow_run_id is None:
+            runs = store.workflow_runs(workflow=args.workflow, limit=args.limit)
+        else:
+            one = store.workflow_run(store.resolve_id("workflow_run", args.workflow_run_id))
+            if one is None:  # resolved a moment ago: only a prune removes a run
+                raise CommandRefused("unknown_id", f"workflow run {args.workflow_run_id} is gone")
+            runs = [one]
     finally:
         store.close()
     found = [progress(r) for r in runs]
@@ -165,9 +175,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_items(args: argparse.Namespace) -> int:
-    store = open_store_from(args)
+    store = open_store_from(args, read_only=True)
     try:
-        run_id = _resolve(store, args.workflow_run_id)
+        run_id = store.resolve_id("workflow_run", args.workflow_run_id)
         items = store.workflow_items(run_id)
         steps = store.workflow_steps(run_id)
         own = store.list_events(aggregate_type="workflow_run", aggregate_id=run_id, limit=10**7)

@@ -103,11 +103,13 @@ def known_actor(backend: Backend, name: str) -> dict[str, Any]:
 
 
 def resolve_id(backend: Backend, kind: str, text: str) -> str:
-    """A full id of ``kind`` (``run``, ``history``, ``event``) from itself or a unique prefix of
-    at least 8 characters, resolved by the store as the CLI resolves it (``Store.resolve_id``).
+    """A full id of ``kind`` (``run``, ``history``, ``event``, ``workflow_run``) from itself or
+    a unique prefix of at least 8 characters, resolved by the store as the CLI resolves it
+    (``Store.resolve_id``).
 
     :raises Problem: 400 ``bad_parameter`` (malformed or too short), 404 ``unknown_run`` /
-        ``unknown_version`` / ``unknown_event``, 409 ``ambiguous_id`` naming the candidates.
+        ``unknown_version`` / ``unknown_event`` / ``unknown_workflow_run``, 409
+        ``ambiguous_id`` naming the candidates.
     """
     try:
         return backend.read(lambda s: s.resolve_id(kind, text))
@@ -117,7 +119,12 @@ def resolve_id(backend: Backend, kind: str, text: str) -> str:
 
 def id_problem(exc: IdNotResolved) -> Problem:
     if exc.code == "unknown_id":
-        code = {"run": "unknown_run", "history": "unknown_version"}.get(exc.kind, "unknown_event")
+        codes = {
+            "run": "unknown_run",
+            "history": "unknown_version",
+            "workflow_run": "unknown_workflow_run",
+        }
+        code = codes.get(exc.kind, "unknown_event")
         return Problem(404, code, exc.message)
     if exc.code == "ambiguous_id":
         return Problem(409, "ambiguous_id", exc.message)

@@ -16,12 +16,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from supervisor.cli.workflow import progress
-from supervisor.http.api import backend_of, int_param, read_json
+from supervisor.http.api import backend_of, int_param, read_json, resolve_id
 from supervisor.http.auth import require_token
 from supervisor.http.problems import Problem
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
-RUN_ID = re.compile(r"^[0-9a-f]{8,32}$")
 
 
 async def start_run(request: Request) -> JSONResponse:
@@ -55,21 +54,16 @@ def list_runs(request: Request) -> JSONResponse:
 
 
 def _resolve(request: Request) -> str:
-    text = request.path_params["run_id"].lower()
-    if not RUN_ID.match(text):
-        raise Problem(400, "bad_parameter", "a workflow run id (or a prefix) is 8-32 hex digits")
-    found = backend_of(request).read(lambda s: s.workflow_run_ids_with_prefix(text))
-    if not found:
-        raise Problem(404, "unknown_workflow_run", f"no workflow run id starts with {text!r}")
-    if len(found) > 1:
-        raise Problem(409, "ambiguous_id", f"more than one workflow run id starts with {text!r}")
-    return found[0]
+    """The whole id, as run ids are resolved: 400 ``bad_parameter`` (malformed, or a prefix
+    under 8 characters), 404 ``unknown_workflow_run``, 409 ``ambiguous_id``."""
+    return resolve_id(backend_of(request), "workflow_run", request.path_params["run_id"].lower())
 
 
 def get_run(request: Request) -> JSONResponse:
     run_id = _resolve(request)
-    runs = backend_of(request).read(lambda s: s.workflow_runs(limit=1_000_000))
-    (run,) = [r for r in runs if r.workflow_run_id == run_id]
+    run = backend_of(request).read(lambda s: s.workflow_run(run_id))
+    if run is None:  # resolved a moment ago: only a prune removes a run
+        raise Problem(404, "unknown_workflow_run", f"workflow run {run_id} is gone")
     return JSONResponse(progress(run))
 
 

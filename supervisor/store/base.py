@@ -38,7 +38,8 @@ class VersionExists(StoreError):
 
 
 #: what ``resolve_id`` takes: run ids (``run``), code history ids (``history``), event ids
-ID_KINDS = ("run", "history", "event")
+#: (``event``) and workflow run ids (``workflow_run``)
+ID_KINDS = ("run", "history", "event", "workflow_run")
 MIN_PREFIX = 8  # time-ordered ids share their first digits for ~16 s: ambiguity is reported
 MAX_CANDIDATES = 10  # an ambiguous prefix names at most this many of the ids it matches
 _ID_TEXT = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
@@ -281,16 +282,17 @@ class Store(abc.ABC):
     def resolve_id(self, kind: str, text: str) -> str:
         """The one full id of ``kind`` that ``text`` is, or that ``text`` (at least
         :data:`MIN_PREFIX` characters) is the prefix of. Every command and API endpoint that
-        takes a run, history or event id resolves it here.
+        takes a run, history, event or workflow run id resolves it here.
 
         :raises IdNotResolved: ``bad_id``, ``unknown_id`` or ``ambiguous_id`` (with the
             candidates).
         """
         if kind not in ID_KINDS:
             raise ValueError(f"kind must be one of {ID_KINDS}, got {kind!r}")
+        label = kind.replace("_", " ")
         if not _ID_TEXT.match(text):
             raise IdNotResolved(
-                "bad_id", kind, f"{text!r} is not a {kind} id: expected letters, digits, '_-.:'"
+                "bad_id", kind, f"{text!r} is not a {label} id: expected letters, digits, '_-.:'"
             )
         found = self.ids_with_prefix(kind, text, MAX_CANDIDATES + 1)
         if text in found:
@@ -298,16 +300,16 @@ class Store(abc.ABC):
         if len(text) < MIN_PREFIX:
             raise IdNotResolved(
                 "bad_id", kind,
-                f"{kind} id prefix {text!r} is too short: give at least {MIN_PREFIX} characters",
+                f"{label} id prefix {text!r} is too short: give at least {MIN_PREFIX} characters",
             )  # fmt: skip
         if not found:
-            raise IdNotResolved("unknown_id", kind, f"no {kind} id starts with {text!r}")
+            raise IdNotResolved("unknown_id", kind, f"no {label} id starts with {text!r}")
         if len(found) > 1:
             shown = found[:MAX_CANDIDATES]
             more = " and more" if len(found) > MAX_CANDIDATES else ""
             raise IdNotResolved(
                 "ambiguous_id", kind,
-                f"{kind} id prefix {text!r} is ambiguous: it matches {', '.join(shown)}{more}; "
+                f"{label} id prefix {text!r} is ambiguous: it matches {', '.join(shown)}{more}; "
                 "give more characters",
                 shown,
             )  # fmt: skip
@@ -321,8 +323,8 @@ class Store(abc.ABC):
         """Workflow runs newest first; ``active_only``: those still running or paused."""
         raise NotImplementedError
 
-    def workflow_run_ids_with_prefix(self, prefix: str) -> list[str]:
-        """Up to two workflow run ids that start with ``prefix``."""
+    def workflow_run(self, workflow_run_id: str) -> WorkflowRunRecord | None:
+        """One workflow run's row by its whole id (a primary key probe), or None."""
         raise NotImplementedError
 
     def workflow_items(self, workflow_run_id: str) -> list[WorkflowItemRecord]:

@@ -128,6 +128,7 @@ ID_COLUMNS = {
     "run": ("runs", "run_id"),
     "history": ("actor_code_history", "history_id"),
     "event": ("execution_events", "event_id"),
+    "workflow_run": ("workflow_runs", "workflow_run_id"),
 }
 
 

@@ -474,9 +474,9 @@ class SqlStore(Store, Generic[ConnT]):
                 self._code_db(conn), active_only=active_only, workflow=workflow, limit=limit
             )
 
-    def workflow_run_ids_with_prefix(self, prefix: str) -> list[str]:
-        with self._read("find workflow runs") as conn:
-            return workflows.run_ids_with_prefix(self._code_db(conn), prefix)
+    def workflow_run(self, workflow_run_id: str) -> WorkflowRunRecord | None:
+        with self._read("read a workflow run") as conn:
+            return workflows.run(self._code_db(conn), workflow_run_id)
 
     def workflow_items(self, workflow_run_id: str) -> list[WorkflowItemRecord]:
         with self._read("read workflow items") as conn:

@@ -79,9 +79,15 @@ STEP_COLUMNS = (
 
 
 def write(db: CodeDb, records: Sequence[WorkflowRecord]) -> None:
-    """The batch writer's rows, in batch order (a run's header is upserted in turn)."""
-    for record in records:
+    """The batch writer's rows, in batch order; of a run's headers only the batch's last is
+    upserted (each is the whole row, and the engine writes one with every item's end)."""
+    last_header = {
+        r.workflow_run_id: n for n, r in enumerate(records) if type(r) is WorkflowRunRecord
+    }
+    for n, record in enumerate(records):
         table = _TABLES[type(record)]
+        if table is RUNS and last_header[record.workflow_run_id] != n:
+            continue
         db.run(table.insert, table.row(db, record))
 
 
@@ -102,14 +108,9 @@ def runs(
     return [RUNS.record_from(db, row) for row in rows]
 
 
-def run_ids_with_prefix(db: CodeDb, prefix: str) -> list[str]:
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    rows = db.rows(
-        "SELECT workflow_run_id FROM workflow_runs WHERE workflow_run_id LIKE ? ESCAPE '\\' "
-        "ORDER BY workflow_run_id LIMIT 2",
-        [escaped + "%"],
-    )
-    return [row[0] for row in rows]
+def run(db: CodeDb, workflow_run_id: str) -> WorkflowRunRecord | None:
+    rows = db.rows(f"{RUNS.select} WHERE workflow_run_id = ?", [workflow_run_id])
+    return RUNS.record_from(db, rows[0]) if rows else None
 
 
 def items(db: CodeDb, workflow_run_id: str) -> list[WorkflowItemRecord]:

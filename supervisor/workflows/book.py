@@ -125,28 +125,55 @@ class WorkflowBook:
         self._book.after_commit(seq, durable)
         return run
 
-    def control(self, action: str, workflow_run_id: str) -> dict[str, Any]:
-        """``resume`` (a paused run: its paused step actors too) or ``cancel``.
+    def control(
+        self, action: str, workflow_run_id: str, kill: Callable[[str, str, int], bool]
+    ) -> dict[str, Any]:
+        """``resume`` (a paused run: its paused step actors too) or ``cancel`` (see
+        :meth:`_cancel`). ``workflow_run_id`` is whole: the CLI and the HTTP API resolve a
+        prefix with the store (``Store.resolve_id``). ``kill(worker_id, run_id, attempt)`` has
+        a worker kill a running step.
 
         :raises WorkflowRefused: no such unfinished run here."""
         run = self.runs.get(workflow_run_id)
         if run is None:
-            matches = [i for i in self.runs if i.startswith(workflow_run_id)]
-            if len(matches) != 1:
-                raise WorkflowRefused(
-                    "unknown_workflow_run",
-                    f"no unfinished workflow run {workflow_run_id!r} in this supervisor",
-                )
-            run = self.runs[matches[0]]
+            raise WorkflowRefused(
+                "unknown_workflow_run",
+                f"no unfinished workflow run {workflow_run_id!r} in this supervisor",
+            )
         if action == "cancel":
-            done = run.cancel("cancelled by an operator")
-        else:
-            for actor in run.header.steps:
-                runtime = self._book.actors.get(actor)
-                if runtime is not None and runtime.state.is_paused:
-                    self._book.breaker.resume(runtime, by="operator")
-            done = run.resume()
-        return {**run.progress(), "changed": done}
+            cancelled = self._cancel(run, kill)
+            return {**run.progress(), "changed": cancelled is not None,
+                    "cancelled_steps": cancelled or 0}  # fmt: skip
+        for actor in run.header.steps:
+            runtime = self._book.actors.get(actor)
+            if runtime is not None and runtime.state.is_paused:
+                self._book.breaker.resume(runtime, by="operator")
+        resumed = run.resume()  # before progress(): it changes the status
+        return {**run.progress(), "changed": resumed}
+
+    def _cancel(self, run: WorkflowRun, kill: Callable[[str, str, int], bool]) -> int | None:
+        """Cancel ``run``: no new steps, the items not in flight end failed now, and each step
+        run in flight is cancelled through the run book (a queued one at once, a running one
+        killed by its worker), so it is recorded ``cancelled`` and never retried; its item ends
+        failed (reason ``cancelled``) once that outcome is committed, and the workflow run then
+        finishes ``cancelled``. The number of step runs cancelled; None: it had finished (or
+        stopped) already."""
+        in_flight = list(run.by_run)  # outcomes committed meanwhile may shrink it as we go
+        if not run.cancel("cancelled by an operator"):
+            return None
+        cancelled = 0
+        for run_id in in_flight:
+            active = self._book.runs.get(run_id)
+            if active is None:  # its outcome is on its way to on_final
+                continue
+            worker_id, attempt = active.worker_id, active.record.attempt
+            self._book.cancel(run_id)
+            cancelled += 1
+            if worker_id is not None:
+                kill(worker_id, run_id, attempt)  # unreachable: its death ends it, not retried
+        log.info("workflow run %s cancelled: %d step run(s) cancelled", run.id, cancelled,
+                 extra={"event": "workflow_cancelled", "workflow_run_id": run.id})  # fmt: skip
+        return cancelled
 
     def configs(self) -> Mapping[str, WorkflowConfig]:
         return self._configs()

@@ -219,19 +219,32 @@ class WorkflowRun:
         if self.status != WorkflowStatus.RUNNING:
             self._maybe_finish()
             return
+        size = self.header.chunk_size
         while self.header.wave < self.header.waves:
-            wave = self.wave_items()
-            if all(item.status in ENDED for item in wave):
+            stop = min((self.header.wave + 1) * size, len(self.items))
+            if self._open_from(stop) == stop:  # every item of this wave has ended
                 self._next_wave()
                 continue
-            self._submit_from(wave)
+            self._submit_from(stop)
             return
         self._maybe_finish()
 
-    def _submit_from(self, wave: list[Item]) -> None:
-        for item in wave:
-            if self.in_flight() >= self.header.max_parallel or self.status != "running":
+    def _open_from(self, stop: int) -> int:
+        """The first item (before ``stop``) that has not ended, or ``stop``. Items end for good,
+        so the scan resumes where it stopped: a pump costs O(items in flight), not O(a wave)."""
+        prefix, items = self._ended_prefix, self.items
+        while prefix < stop and items[prefix].status in ENDED:
+            prefix += 1
+        self._ended_prefix = prefix
+        return prefix
+
+    def _submit_from(self, stop: int) -> None:
+        """Submit the wave's next steps in item order, from its first item not ended."""
+        limit = self.header.max_parallel
+        for position in range(self._ended_prefix, stop):
+            if len(self.by_run) >= limit or self.status != WorkflowStatus.RUNNING:
                 return
+            item = self.items[position]
             if item.status not in (ItemStatus.PENDING, ItemStatus.WAITING):
                 continue
             if not self._submit(item):
@@ -318,7 +331,8 @@ class WorkflowRun:
 
     def cancel(self, why: str) -> bool:
         """Stop for good: no new steps; the items not in flight end failed now, the others
-        when their step ends. False: the run had finished already."""
+        when their step run's outcome comes (the book cancels those step runs). False: the run
+        had finished, or stopped, already."""
         if self.finished or self.status in (WorkflowStatus.STOPPED, WorkflowStatus.CANCELLED):
             return False
         self._halt(WorkflowStatus.CANCELLED, why)
@@ -408,9 +422,13 @@ class WorkflowRun:
                 attempts=item.attempts,
                 run_id=run_id,
             )
+        # the counts go with the item's final event, so `status` is exact; the store keeps only
+        # a batch's last header of a run, so this costs one row per batch, not per item
+        self.header = replace(self.header, updated_at=self._clock())
+        self._ports.put(self.header)
 
     def _maybe_finish(self) -> None:
-        if self.finished or self.in_flight() or any(i.status not in ENDED for i in self.items):
+        if self.finished or self.in_flight() or self._open_from(len(self.items)) < len(self.items):
             return
         h = self.header
         status = h.status
@@ -441,8 +459,8 @@ class WorkflowRun:
     # --- records ------------------------------------------------------------------------------
 
     def _set(self, **changes: Any) -> None:
-        """Change the header and write it (status, wave and finish are rare; counts ride along
-        with each such write and with every snapshot)."""
+        """Change the header and write it (status, wave, finish; the counts with each item's
+        end, see :meth:`_end`)."""
         self.header = replace(self.header, updated_at=self._clock(), **changes)
         self._ports.put(self.header)
 
@@ -452,6 +470,7 @@ class WorkflowRun:
         succeeded = sum(1 for i in self.items if i.status == ItemStatus.SUCCEEDED)
         self._failed, self._ended_prefix = failed, 0
         self.header = replace(self.header, succeeded=succeeded, failed=len(failed))
+        self._ports.put(self.header)  # the counts as replayed, and the new term's epoch
 
     def record_event(self, event_type: str, **metadata: Any) -> int:
         """Write one of this run's events (``workflow_recovered``, from the book)."""
@@ -485,9 +504,7 @@ class WorkflowRun:
     def _snapshot(self) -> None:
         self._since_snapshot = 0
         self.snapshot_seq += 1
-        self.header = replace(self.header, updated_at=self._clock())
-        self._ports.put(self.header)
-        self._ports.put(
+        self._ports.put(  # the header went with its last change (see _set and _end)
             WorkflowSnapshot(
                 workflow_run_id=self.id,
                 seq=self.snapshot_seq,
@@ -503,11 +520,7 @@ class WorkflowRun:
 
         The items before ``_ended_prefix`` have all ended; past the current wave none has
         started (unless the run was stopped or cancelled, which ends them all)."""
-        while (
-            self._ended_prefix < len(self.items) and self.items[self._ended_prefix].status in ENDED
-        ):
-            self._ended_prefix += 1
-        prefix = self._ended_prefix
+        prefix = self._open_from(len(self.items))
         ended: list[list[int]] = [[0, prefix]] if prefix else []
         failed = sorted(self._failed)
         started: dict[str, list[Any]] = {}

@@ -32,7 +32,9 @@ def workflow_request(sup: Supervisor, waiter: Waiter, message: WorkflowRequest) 
                                                 "runs": sup.workflows.progress()})  # fmt: skip
         else:
             assert message.workflow_run_id is not None
-            data = sup.workflows.control(message.action, message.workflow_run_id)
+            data = sup.workflows.control(
+                message.action, message.workflow_run_id, sup.kill_on_worker
+            )
             control.reply(waiter, "ok", data)
     except WorkflowRefused as exc:
         if exc.code == "bad_request":

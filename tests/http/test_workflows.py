@@ -57,6 +57,19 @@ def test_post_a_workflow_run_then_read_its_progress(public_tmp: Path) -> None:
         assert 'id="workflows"' in http.get("/").text
         cancelled = http.post(f"/api/v1/workflow-runs/{slow_id[:10]}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert cancelled.json()["cancelled_steps"] == 1  # its running step is killed
+        ended = wait_for(lambda: (p := http.get(f"/api/v1/workflow-runs/{slow_id[:16]}").json())
+                         ["finished_at"] and p, 60, "the cancelled run to finish")  # fmt: skip
+        assert (ended["status"], ended["failed"], ended["done"]) == ("cancelled", 1, 1)
+        for text, status, code in (("0123456", 400, "bad_parameter"),
+                                   ("ffffffff", 404, "unknown_workflow_run")):  # fmt: skip
+            got = http.get(f"/api/v1/workflow-runs/{text}")
+            assert (got.status_code, got.json()["code"]) == (status, code)
+        first = body["workflow_run_id"]  # started < 16 s before: 8+ leading digits in common
+        shared = next(n for n, (a, b) in enumerate(zip(first, slow_id, strict=True)) if a != b)
+        if shared >= 8:
+            ambiguous = http.get(f"/api/v1/workflow-runs/{slow_id[:shared]}")
+            assert (ambiguous.status_code, ambiguous.json()["code"]) == (409, "ambiguous_id")
     finally:
         http.close()
         running.sup.stop()

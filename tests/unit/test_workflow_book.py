@@ -102,3 +102,43 @@ def test_a_scheduled_workflow_fires_with_its_configured_items(tmp_path: Path) ->
     b.clock.advance(60)
     book.tick(b.clock())
     assert len(book.runs) == 1  # the previous one still runs: skipped
+
+
+def test_cancel_cancels_the_step_runs_in_flight_through_the_run_book(tmp_path: Path) -> None:
+    b, book = setup(tmp_path)
+    run = book.start("w", [{"id": "x"}, {"id": "y"}, {"id": "z"}], lambda run: None)
+    b.commit()
+    b.commit()
+    ((worker, running),) = b.dispatch("w0")  # x's step a runs; y's is queued; z waits
+    kills: list[tuple[str, str, int]] = []
+
+    def kill(worker_id: str, run_id: str, attempt: int) -> bool:
+        kills.append((worker_id, run_id, attempt))
+        return True
+
+    reply = book.control("cancel", run.id, kill)
+    assert (reply["status"], reply["changed"], reply["cancelled_steps"]) == ("cancelled", True, 2)
+    assert kills == [(worker, running.run_id, 1)]
+    assert not b.book.ready  # the queued step run will never start
+    b.commit()
+    b.book.on_result(worker, result(running, worker, RunStatus.CANCELLED, "cancelled"))
+    b.commit()
+    assert run.finished and run.status == "cancelled"
+    finals = [
+        r for r in b.sink.records if type(r).__name__ == "RunRecord" and r.finished_at is not None
+    ]
+    assert sorted(r.status for r in finals) == ["cancelled", "cancelled"]  # none retried
+    ends = [r for r in b.sink.records if isinstance(r, Event) and r.event_type == "item_failed"]
+    assert sorted((e.metadata["item"], e.metadata["reason"]) for e in ends) == [
+        ("x", "cancelled"), ("y", "cancelled"), ("z", "cancelled"),
+    ]  # fmt: skip
+    (end,) = [r for r in b.sink.records
+              if isinstance(r, Event) and r.event_type == "workflow_finished"]  # fmt: skip
+    assert (end.metadata["status"], end.metadata["failed"]) == ("cancelled", 3)
+    assert b.replies.sent == []  # nobody waits on a step run: no stray replies
+    try:
+        book.control("cancel", run.id, kill)
+    except WorkflowRefused as exc:
+        assert exc.code == "unknown_workflow_run"
+    else:
+        raise AssertionError("a finished workflow run was cancelled again")

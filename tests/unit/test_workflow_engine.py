@@ -184,6 +184,18 @@ def test_no_room_waits_and_cancel_fails_what_has_not_run() -> None:
     assert run.finished and run.header.succeeded == 1 and run.header.failed == 2
 
 
+def test_each_item_end_writes_the_header_with_current_counts() -> None:
+    ports = Ports()
+    run = new_run(ports, items=2, steps=("a",), snapshot_every=1000)  # no snapshot meanwhile
+    finish(ports, run, "run-0")
+    finish(ports, run, "run-1", ok=False)
+    kinds = ("item_succeeded", "item_failed")
+    ends = [n for n, r in enumerate(ports.records)
+            if isinstance(r, Event) and r.event_type in kinds]  # fmt: skip
+    headers = [ports.records[n + 1] for n in ends]  # right after each item's final event
+    assert [(h.succeeded, h.failed) for h in headers] == [(1, 0), (1, 1)]  # type: ignore[union-attr]
+
+
 def test_snapshots_every_n_events_hold_only_the_started_items() -> None:
     ports = Ports()
     run = new_run(ports, items=20, chunk_size=5, max_parallel=5, snapshot_every=4)

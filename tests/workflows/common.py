@@ -4,7 +4,8 @@ Every step is the same script, told its step name by ``STEP``. It takes an exclu
 on ``<item>.<step>.lock`` (a lock already held: another copy of that step of that item is alive
 right now, recorded as ``overlap``), writes ``<item>.<step>.<pid>.start``, and ``...end`` when
 it succeeds; it appends its step to the item's ``trail`` (so the output shows what ran before),
-and fails with exit 1 when the item says ``"fail": "<step>"``.
+and fails with exit 1 when the item says ``"fail": "<step>"``. An item with ``"gate": PATH``
+holds each step (after ``start``) until that file exists.
 """
 
 import itertools
@@ -40,6 +41,8 @@ STEP_SCRIPT = """\
             out.write(json.dumps({"t": time.time(), "overlap": overlap, "attempt": ATTEMPT,
                                   "run": os.environ["ACTOR_RUN_ID"]}))
     note("start")
+    while doc.get("gate") and not os.path.exists(doc["gate"]):  # held until the marker exists
+        time.sleep(0.02)
     time.sleep(float(doc.get("sleep", 0.05)))
     if doc.get("fail") == STEP:
         sys.exit(1)

@@ -1,6 +1,7 @@
 """Workflows on a real supervisor with real workers, on SQLite and PostgreSQL: step order and
 output passing, waves, both failure policies, breaker pause and resume, kill -9 and restart."""
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,8 @@ def finished(
     try:
 
         def done() -> WorkflowRunRecord | None:
-            found = [r for r in store.workflow_runs(limit=100) if r.workflow_run_id == run_id]
-            return found[0] if found and found[0].finished_at is not None else None
+            found = store.workflow_run(run_id)
+            return found if found is not None and found.finished_at is not None else None
 
         return wait_for(done, timeout, f"workflow run {run_id} to finish")
     finally:
@@ -163,8 +164,9 @@ def test_a_breaker_pause_pauses_the_workflow_run_until_it_is_resumed(
     assert "step actor 'b' is paused" in paused["paused_reason"]
     ran = {(s.item, s.step) for s in spans(trace)}
     assert ("k2", "a") in ran and ("k2", "b") not in ran  # k2 waits at step b
-    with sup.client() as client:
-        resumed = client.workflow("resume", run_id[:20])
+    resuming = sup.cli("workflow", "resume", run_id[:8], "--json")  # a prefix, as for runs
+    assert resuming.returncode == 0, resuming.stderr
+    resumed = orjson.loads(resuming.stdout)
     assert resumed["changed"] and resumed["status"] == "running"
     done = finished(sup, database, run_id)
     assert (done.status, done.succeeded, done.failed) == ("failed", 2, 1)
@@ -176,6 +178,69 @@ def test_a_breaker_pause_pauses_the_workflow_run_until_it_is_resumed(
     finally:
         store.close()
     assert kinds.count("workflow_paused") == 1 and kinds.count("workflow_resumed") == 1
+
+
+GATED = """
+[[workflows]]
+name = "gated"
+steps = ["a", "b"]
+chunk_size = 3
+max_parallel = 2
+"""
+
+
+def test_cancel_kills_and_cancels_the_step_runs_in_flight_and_ends_each_item_once(
+    public_tmp: Path, supervisors: Start, database: str
+) -> None:
+    trace, actors = step_actors(public_tmp, "ab", "timeout_s = 120\n")
+    settings = f'database = "{database}"\nkill_grace_s = 1\n'
+    sup = supervisors(actors + GATED, workers=1, settings=settings)  # one slot: g1 stays queued
+    gate = str(trace / "gate")  # never created: g0's step a holds its slot until killed
+    items = [{"id": "g0", "gate": gate}, {"id": "g1", "gate": gate}, {"id": "g2"}]
+    with sup.client() as client:
+        run_id = client.run_workflow("gated", items)["workflow_run_id"]
+    started = wait_for(lambda: spans(trace), 60, "g0's step a to start")
+    assert [(s.item, s.step) for s in started] == [("g0", "a")]
+    progress = sup.cli("workflow", "status", run_id[:8], "--json")
+    assert progress.returncode == 0, progress.stderr
+    assert [(p["status"], p["done"]) for p in orjson.loads(progress.stdout)] == [("running", 0)]
+
+    cancel = sup.cli("workflow", "cancel", run_id[:8], "--json")
+    assert cancel.returncode == 0, cancel.stderr
+    reply = orjson.loads(cancel.stdout)
+    assert (reply["status"], reply["changed"], reply["cancelled_steps"]) == ("cancelled", True, 2)
+    done = finished(sup, database, run_id, timeout=60)
+    assert (done.status, done.succeeded, done.failed) == ("cancelled", 0, 3)
+    wait_for(lambda: not _alive(started[0].pid), 30, "the killed step's process to be gone")
+    again = sup.cli("workflow", "cancel", run_id, "--json")  # finished: nothing left to cancel
+    assert again.returncode != 0 and "unknown_workflow_run" in again.stdout + again.stderr
+
+    store = opened(sup.folder, database)
+    try:
+        steps = store.workflow_steps(run_id)
+        own = store.list_events(aggregate_type="workflow_run", aggregate_id=run_id)
+    finally:
+        store.close()
+    # the running step (killed) and the queued one are recorded cancelled; g2 never had a step
+    assert [(s["item_id"], s["step"], s["status"]) for s in steps] == [
+        ("g0", "a", "cancelled"), ("g1", "a", "cancelled"),
+    ]  # fmt: skip
+    assert [(s.item, s.step, s.end) for s in spans(trace)] == [("g0", "a", None)]  # no step b
+    ends = [(e.metadata["item"], e.event_type, e.metadata["reason"]) for e in own
+            if e.event_type in ("item_succeeded", "item_failed")]  # fmt: skip
+    assert sorted(ends) == [(f"g{n}", "item_failed", "cancelled") for n in range(3)]  # once each
+    (end,) = [e for e in own if e.event_type == "workflow_finished"]
+    assert (end.metadata["status"], end.metadata["succeeded"], end.metadata["failed"]) == (
+        "cancelled", 0, 3,
+    )  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 LONG = """

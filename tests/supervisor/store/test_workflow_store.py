@@ -3,11 +3,13 @@ both stores (the ``store`` fixture is parametrized by backend)."""
 
 import dataclasses
 
+import pytest
+
 from protocol.outcomes import RunStatus
 from supervisor import events
 from supervisor.records import RunRecord
 from supervisor.spool import decode_batch, encode_batch
-from supervisor.store.base import Store
+from supervisor.store.base import IdNotResolved, Store
 from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 from tests.helpers import T0, run_record
 
@@ -51,7 +53,33 @@ def test_runs_items_and_snapshots_round_trip_and_replay_harmlessly(store: Store)
     assert store.workflow_items(WF) == items()
     assert store.latest_workflow_snapshot(WF) == snap
     assert store.workflow_snapshot_count(WF) == 1
-    assert store.workflow_run_ids_with_prefix("wf-") == [WF]
+    assert store.workflow_run(WF) == header()
+    assert store.workflow_run("wf-2") is None
+
+
+def test_workflow_run_ids_resolve_by_unique_prefix_like_run_ids(store: Store) -> None:
+    a, b, c = "0190aa00cafe0001", "0190aa00cafe0002", "0190bb00beef0001"
+    store.write_batch([header(workflow_run_id=i) for i in (a, b, c)])
+
+    assert store.resolve_id("workflow_run", "0190bb00") == c
+    assert store.resolve_id("workflow_run", a) == a
+    with pytest.raises(IdNotResolved) as short:
+        store.resolve_id("workflow_run", "0190bb0")
+    assert short.value.code == "bad_id" and "too short" in short.value.message
+    with pytest.raises(IdNotResolved) as unknown:
+        store.resolve_id("workflow_run", "0190cc00")
+    assert unknown.value.code == "unknown_id"
+    assert unknown.value.message == "no workflow run id starts with '0190cc00'"
+    with pytest.raises(IdNotResolved) as ambiguous:
+        store.resolve_id("workflow_run", "0190aa00cafe")
+    assert ambiguous.value.code == "ambiguous_id"
+    assert ambiguous.value.candidates == (a, b)
+
+
+def test_a_batch_of_headers_of_one_run_leaves_its_last(store: Store) -> None:
+    store.write_batch([header(), *items(), header(succeeded=1), header(succeeded=1, failed=1)])
+    assert store.workflow_run(WF) == header(succeeded=1, failed=1)
+    assert store.workflow_items(WF) == items()
 
 
 def test_header_upserts_and_is_fenced_by_epoch(store: Store) -> None:
