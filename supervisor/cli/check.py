@@ -24,6 +24,7 @@ from supervisor.cli.common import (
     table,
 )
 from supervisor.errors import ConfigError
+from supervisor.events import short_id
 from supervisor.status import iso
 
 
@@ -76,7 +77,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     table(
         ["CREATED", "DESTINATION", "EVENT", "ACTOR", "RUN", "COUNT", "STATUS", "ATTEMPTS",
          "DELIVERED", "LAST ERROR"],
-        [[iso(a.created_at), a.destination, a.event, a.actor or "", (a.run_id or "")[:12],
+        [[iso(a.created_at), a.destination, a.event, a.actor or "", short_id(a.run_id or ""),
           a.count, a.status, a.attempts, iso(a.delivered_at) if a.delivered_at else "",
           (a.last_error or "")[:60]] for a in found],
     )  # fmt: skip

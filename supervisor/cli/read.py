@@ -22,6 +22,7 @@ from supervisor.cli.common import (
     table,
 )
 from supervisor.errors import ConfigError
+from supervisor.events import short_id
 from supervisor.records import Event, RunRecord
 from supervisor.status import iso
 
@@ -84,7 +85,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     table(
         ["QUEUED", "ACTOR", "RUN", "ATTEMPT", "STATUS", "REASON", "MS", "EXIT", "ERROR"],
         [
-            [iso(r.queued_at), r.actor, r.run_id[:12], r.attempt, r.status, r.reason or "",
+            [iso(r.queued_at), r.actor, short_id(r.run_id), r.attempt, r.status, r.reason or "",
              "" if r.duration_ms is None else f"{r.duration_ms:.1f}",
              "" if r.exit_code is None else r.exit_code, _short_error(r.error)]
             for r in runs
@@ -160,7 +161,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         return EXIT_OK
     table(
         ["CREATED", "TYPE", "AGGREGATE", "ID", "METADATA"],
-        [[iso(e.created_at), e.event_type, e.aggregate_type, e.aggregate_id[:12],
+        [[iso(e.created_at), e.event_type, e.aggregate_type, short_id(e.aggregate_id),
           orjson.dumps(e.metadata).decode()[:80]] for e in found],
     )  # fmt: skip
     return EXIT_OK
@@ -209,7 +210,7 @@ def _emit(args: argparse.Namespace, found: Any, seen: dict[str, float]) -> None:
         else:
             meta = orjson.dumps(e.metadata).decode()[:80]
             print(f"{iso(e.created_at)}  {e.event_type:<20}  {e.aggregate_type:<10}  "
-                  f"{e.aggregate_id[:12]:<12}  {meta}")  # fmt: skip
+                  f"{short_id(e.aggregate_id):<16}  {meta}")  # fmt: skip
     sys.stdout.flush()
 
 

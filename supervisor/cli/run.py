@@ -23,6 +23,7 @@ from supervisor.cli.common import (
     table,
 )
 from supervisor.errors import ConfigError
+from supervisor.events import short_id
 from supervisor.settings import SETTINGS
 from supervisor.settings_kinds import Boolean, Choice, Integer, Number
 from workers.logs import setup_logging
@@ -295,7 +296,7 @@ def _print_status(data: dict[str, Any]) -> None:
         ["SLOT", "WORKER", "PID", "STATE", "IN FLIGHT", "CURRENT RUN", "DONE", "FAILED", "RSS MB"],
         [
             [w["slot"], w["worker_id"], w["pid"], w["state"], w["in_flight"],
-             (w["current_run"] or "-")[:12], w["runs_done"], w["runs_failed"],
+             short_id(w["current_run"] or "-"), w["runs_done"], w["runs_failed"],
              f"{w['rss_kb'] / 1024:.0f}"]
             for w in data["workers"]
         ],
@@ -307,7 +308,7 @@ def _print_status(data: dict[str, Any]) -> None:
         [
             [a["name"], _schedule_text(a["schedule"]), a["next_due"] or "-",
              "yes" if a["paused"] else "no", a["consecutive_failures"], a["active_runs"],
-             (a["last_run"] or {}).get("run_id", "-")[:12],
+             short_id((a["last_run"] or {}).get("run_id", "-")),
              (a["last_run"] or {}).get("status", "-"),
              (a["last_run"] or {}).get("finished_at") or "-"]
             for a in data["actors"]
@@ -325,7 +326,7 @@ def _print_status(data: dict[str, Any]) -> None:
         print()
         table(
             ["WORKFLOW RUN", "WORKFLOW", "STATUS", "DONE", "FAILED", "TOTAL", "WAVE"],
-            [[r["workflow_run_id"][:12], r["workflow"], r["status"], r["done"], r["failed"],
+            [[short_id(r["workflow_run_id"]), r["workflow"], r["status"], r["done"], r["failed"],
               r["items"], f"{min(r['wave'] + 1, r['waves'])}/{r['waves']}"] for r in runs],
         )  # fmt: skip
 

@@ -25,6 +25,7 @@ from supervisor.cli.common import (
     table,
 )
 from supervisor.errors import CommandRefused
+from supervisor.events import short_id
 from supervisor.runview import run_document
 from supervisor.status import iso
 
@@ -112,7 +113,7 @@ def print_run(doc: dict[str, Any]) -> None:
     print("events:")
     table(
         ["CREATED", "TYPE", "EVENT", "METADATA"],
-        [[iso(e["created_at"]), e["event_type"], e["event_id"][:12],
+        [[iso(e["created_at"]), e["event_type"], short_id(e["event_id"]),
           orjson.dumps(_short_metadata(e["metadata"])).decode()[:100]]
          for e in doc["events"]],
     )  # fmt: skip

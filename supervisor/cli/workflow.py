@@ -26,6 +26,7 @@ from supervisor.cli.common import (
     table,
 )
 from supervisor.errors import CommandRefused, ConfigError
+from supervisor.events import short_id
 from supervisor.status import iso
 from supervisor.workflows.records import WorkflowRunRecord
 
@@ -167,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     table(
         ["RUN", "WORKFLOW", "STATUS", "DONE", "FAILED", "TOTAL", "WAVE", "CREATED"],
-        [[p["workflow_run_id"][:12], p["workflow"], p["status"], p["done"], p["failed"],
+        [[short_id(p["workflow_run_id"]), p["workflow"], p["status"], p["done"], p["failed"],
           p["items"], f"{min(p['wave'] + 1, p['waves'])}/{p['waves']}", p["created_at"]]
          for p in found],
     )  # fmt: skip

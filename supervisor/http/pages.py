@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from protocol.client import Accepted
+from supervisor.events import short_id
 from supervisor.http import api
 from supervisor.http.auth import (
     CSRF_COOKIE,
@@ -113,6 +114,7 @@ class Pages:
         )
         self.env.globals.update(version=VERSION, quote=quote)
         self.env.filters["words"] = schedule_words
+        self.env.filters["short"] = short_id
         self.env.filters["when"] = _when
         self.env.filters["when_iso"] = lambda text: _when(_iso_ts(text))
         self.env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()

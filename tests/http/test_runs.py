@@ -29,8 +29,8 @@ def test_the_run_document_rerun_and_cancel(http_sup: HttpSupervisor) -> None:
     http = http_sup.http
     flaky = http.post("/api/v1/actors/flaky/runs?wait=30", json={"x": 1}).json()
     assert flaky["attempts"] == 3
-    doc = http.get(f"/api/v1/runs/{flaky['run_id'][:12]}").json()
-    shown = http_sup.sup.cli("show", flaky["run_id"][:12], "--json")
+    doc = http.get(f"/api/v1/runs/{flaky['run_id'][:16]}").json()
+    shown = http_sup.sup.cli("show", flaky["run_id"][:16], "--json")
     assert shown.returncode == 0, shown.stderr
     assert orjson.loads(shown.stdout) == doc  # one document for the CLI and the API
     assert [a["status"] for a in doc["attempts"]] == ["failed_retryable"] * 3
@@ -91,7 +91,7 @@ def test_the_run_document_rerun_and_cancel(http_sup: HttpSupervisor) -> None:
     write_script(http_sup.sup.folder, "dbcode.py", versioned(2))
     assert http_sup.sup.cli("deploy", "dbcode").returncode == 0
     back = http.post(
-        "/api/v1/actors/dbcode/rollback", json={"to_history": first_version["history_id"][:12]}
+        "/api/v1/actors/dbcode/rollback", json={"to_history": first_version["history_id"][:16]}
     )
     assert back.status_code == 200 and back.json()["rolled_back_to"] == "1.0.0", back.text
     short = http.post("/api/v1/actors/dbcode/rollback", json={"to_history": "abc"})

@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from protocol.client import Accepted
+from supervisor.events import short_id
 from supervisor.records import RunRecord
 from supervisor.store import open_store
 from tests import pg
@@ -172,7 +173,7 @@ def test_show_tells_a_failed_then_retried_run_by_a_prefix(sup: RunningSupervisor
     assert types == ["run_queued", "run_started", "run_failed",
                      "run_queued", "run_started", "run_succeeded"]  # fmt: skip
 
-    text = cli(sup, "show", run_id[:12])
+    text = cli(sup, "show", run_id[:16])
     assert text.returncode == 0, text.stderr
     out = text.stdout
     assert f"run {run_id}  actor once  succeeded" in out
@@ -211,7 +212,7 @@ def test_short_ambiguous_and_unknown_ids_are_refused_clearly(sup: RunningSupervi
     assert ok_json(sup, "show", first)["run_id"] == first
     # code versions take prefixes as well
     history_id = ok_json(sup, "show", first)["attempts"][0]["code_history_id"]
-    code = cli(sup, "show-code", "echo", "--history", history_id[:12])
+    code = cli(sup, "show-code", "echo", "--history", short_id(history_id))
     assert code.returncode == 0 and "json.load" in code.stdout
 
 
@@ -410,7 +411,7 @@ def test_show_rerun_and_cancel_on_postgres(
             assert ok_json(running, "show", run_id)["reruns"] == [rerun["run_id"]]
             blocked = submit(running, "block", {"key": "pg"})
             wait_for((running.folder / "shared" / "pid-pg").exists, 30, "the run to start")
-            assert ok_json(running, "cancel", blocked[:12])["status"] == "cancelled"
+            assert ok_json(running, "cancel", blocked[:16])["status"] == "cancelled"
             short = cli(running, "show", run_id[:6])
             assert short.returncode == 5 and "at least 8 characters" in short.stderr
         finally:
