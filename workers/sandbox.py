@@ -157,7 +157,7 @@ class Sandbox:
         self._keep: tuple[object, ...] = ()
         self._caps = _last_capability() if _has_capability(CAP_SETPCAP) else -1
         # Without CAP_SYS_ADMIN (not root) no mount namespace: tmp_mb is not enforced.
-        self._mounts = _has_capability(CAP_SYS_ADMIN)
+        self._mounts = private_tmp_available()
         self._tmp_roots = tuple(root for root in TMP_ROOTS if os.path.isdir(root))
         # The interpreter (exec mode, subprocesses) stays reachable even if it lives in /tmp.
         self._keep_tops = _tops(
@@ -415,6 +415,11 @@ def _last_capability() -> int:
             return int(f.read())
     except (OSError, ValueError):
         return 40  # CAP_CHECKPOINT_RESTORE, the last one as of Linux 5.9
+
+
+def private_tmp_available() -> bool:
+    """Whether runs can get a private tmpfs (``tmp_mb``): mounting needs CAP_SYS_ADMIN."""
+    return _has_capability(CAP_SYS_ADMIN)
 
 
 def _tops(paths: tuple[str, ...], roots: tuple[str, ...]) -> set[str]:
