@@ -157,8 +157,8 @@ class Sandbox:
         self._keep: tuple[object, ...] = ()
         self._caps = _last_capability() if _has_capability(CAP_SETPCAP) else -1
         # Without CAP_SYS_ADMIN (not root) no mount namespace: tmp_mb is not enforced.
-        self._mounts = private_tmp_available()
         self._tmp_roots = tuple(root for root in TMP_ROOTS if os.path.isdir(root))
+        self._mounts = private_tmp_available() and "/tmp" in self._tmp_roots
         # The interpreter (exec mode, subprocesses) stays reachable even if it lives in /tmp.
         self._keep_tops = _tops(
             tuple(p for p in (self._python, sys.prefix, sys.base_prefix, *sys.path) if p),
@@ -327,13 +327,15 @@ class Sandbox:
             self._mount(f"/proc/self/fd/{fd}", top, None, MS_BIND | MS_REC)
             os.close(fd)
         tmpdir = order.tmpdir if order.tmpdir.startswith("/tmp/") else PRIVATE_TMPDIR
-        if not _tops((tmpdir,), roots) & tops:
-            os.makedirs(os.path.dirname(tmpdir), 0o711, exist_ok=True)  # our umask: 0700
-            os.chmod(os.path.dirname(tmpdir), 0o711)
-            os.mkdir(tmpdir, 0o700)
-            owner = (order.uid, order.uid) if order.uid is not None else self._ids
-            if owner is not None:
-                os.chown(tmpdir, *owner)
+        if "/tmp" in tops or "/".join(tmpdir.split("/")[:3]) in tops:
+            return order.tmpdir  # the host's /tmp is kept (the run's folder is /tmp itself)
+        parent = os.path.dirname(tmpdir)
+        os.makedirs(parent, exist_ok=True)
+        os.chmod(parent, 0o711)  # through the umask of 077
+        os.mkdir(tmpdir, 0o700)
+        owner = (order.uid, order.uid) if order.uid is not None else self._ids
+        if owner is not None:
+            os.chown(tmpdir, *owner)
         return tmpdir
 
     def _mount(

@@ -195,6 +195,7 @@ def test_filling_every_scratch_folder_stops_at_tmp_mb_and_spares_the_host(
 
     status = sup.status()
     assert status["store"]["degraded"] is False, status["store"]
+    assert status["supervisor"]["protections"]["private_tmp"] is True
     store = sup.store()
     try:
         records = store.list_runs(run_id=outcome.run_id)
