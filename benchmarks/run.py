@@ -165,7 +165,7 @@ log_level = "warning"
 queue_size = 100000
 run_as_range = "{uid_block(args.workers * args.concurrency)}"
 http_listen = "{f"127.0.0.1:{http_port}" if http_port else ""}"
-
+{_tmp_limit(args)}
 [[actors]]
 name = "noop"
 script = "scripts/noop.py"
@@ -177,6 +177,14 @@ timeout_s = 30
         )
     )
     return config
+
+
+def _tmp_limit(args: argparse.Namespace) -> str:
+    """--tmp-mb: the runs' private tmpfs (root), or "unlimited" to measure without one."""
+    tmp_mb = getattr(args, "tmp_mb", None)
+    if tmp_mb is None:
+        return ""
+    return f"limits = {{ tmp_mb = {tmp_mb if tmp_mb == 'unlimited' else int(tmp_mb)!r} }}\n"
 
 
 def _free_port() -> int:
@@ -653,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--clients", type=modes.counts, default=0, help="default: workers x concurrency x 2"
     )
     parser.add_argument("--mode", choices=("fork", "exec"), default="fork")
+    parser.add_argument(
+        "--tmp-mb", help="the runs' tmp_mb limit: MiB or 'unlimited' (default: the config's)"
+    )
     parser.add_argument("--database", help="store URL (default: SQLite in the temp folder)")
     parser.add_argument("--ceiling-runs", type=int, default=0, help="default: --runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -41,11 +41,12 @@ class Limits:
     nofile: int | None = 256
     nproc: int | None = 128
     fsize_mb: int | None = 100
+    tmp_mb: int | None = 64  # the run's private /tmp, /var/tmp and /dev/shm (root only)
     output_kb: int = 1024
     stderr_kb: int = 8
 
     NAMES: ClassVar[tuple[str, ...]] = (
-        "cpu_s", "memory_mb", "nofile", "nproc", "fsize_mb", "output_kb", "stderr_kb",
+        "cpu_s", "memory_mb", "nofile", "nproc", "fsize_mb", "tmp_mb", "output_kb", "stderr_kb",
     )  # fmt: skip
 
     @classmethod
@@ -56,6 +57,7 @@ class Limits:
             nofile=r.opt_integer("nofile", minimum=8),
             nproc=r.opt_integer("nproc", minimum=1),
             fsize_mb=r.opt_integer("fsize_mb", minimum=0),
+            tmp_mb=r.opt_integer("tmp_mb", minimum=1),
             output_kb=r.integer("output_kb", minimum=1, maximum=LIMIT_CAPS["output_kb"]),
             stderr_kb=r.integer("stderr_kb", minimum=0, maximum=LIMIT_CAPS["stderr_kb"]),
         )

@@ -21,7 +21,7 @@ from supervisor.code.sync import read_snapshot
 from supervisor.config import ActorConfig, Config
 from supervisor.controlkeys import control_endpoint
 from supervisor.errors import ConfigError, StartupError
-from supervisor.preflight import alert_uid_problem, resolve_python
+from supervisor.preflight import alert_uid_problem, resolve_python, tmp_mb_unenforced
 from supervisor.schedule import load_zone
 from supervisor.store.base import StoreError
 from supervisor.store.migrations import (
@@ -73,6 +73,8 @@ def check(config: Config, *, now: float | None = None) -> Report:
     except ConfigError as exc:
         report.problems.append(str(exc))
     run_as = _sandbox_user(config, report)
+    if (unenforced := tmp_mb_unenforced(config)) is not None:
+        report.warnings.append(unenforced)
     if os.geteuid() == 0 and config.sources.get("run_as", "default") == "default":
         low, high = config.supervisor.run_as_range
         if (problem := alert_uid_problem(config, tuple(range(low, high + 1)))) is not None:

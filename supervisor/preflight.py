@@ -20,9 +20,22 @@ from workers.access import (
     unreadable_scripts_from_threads,
     unrunnable_python,
 )
-from workers.sandbox import SandboxConfig
+from workers.sandbox import SandboxConfig, private_tmp_available
 
 log = logging.getLogger(__name__)
+
+
+def tmp_mb_unenforced(config: Config) -> str | None:
+    """Why some actors' ``tmp_mb`` will not hold, if it will not: their runs keep the host's
+    /tmp, /var/tmp and /dev/shm (a private tmpfs needs root, CAP_SYS_ADMIN)."""
+    limited = sorted(a.name for a in config.actors.values() if a.limits.tmp_mb is not None)
+    if not limited or private_tmp_available():
+        return None
+    return (
+        "tmp_mb is not enforced: a private tmpfs per run needs the supervisor to run as root "
+        "(CAP_SYS_ADMIN); runs share the host's /tmp, /var/tmp and /dev/shm; actors: "
+        + ", ".join(limited)
+    )
 
 
 def prepare_sandbox(config: Config) -> SandboxConfig:
@@ -40,6 +53,8 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
     check_as: tuple[int, int] | None = None
     user = settings.run_as
     offline = sorted(a.name for a in config.actors.values() if a.network == "none")
+    if (unenforced := tmp_mb_unenforced(config)) is not None:
+        log.warning("%s", unenforced)
     if os.geteuid() != 0 and offline:
         raise StartupError(
             f"network = 'none' needs the supervisor to run as root (an empty network "

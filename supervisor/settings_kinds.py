@@ -24,8 +24,8 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The minimums protocol.messages.Limits.read enforces on the wire: checking them here turns a
 # RUN message a worker would refuse into a configuration error at start-up.
 LIMIT_MINIMUMS = {
-    "cpu_s": 1, "memory_mb": 16, "nofile": 8, "nproc": 1, "fsize_mb": 0, "output_kb": 1,
-    "stderr_kb": 0,
+    "cpu_s": 1, "memory_mb": 16, "nofile": 8, "nproc": 1, "fsize_mb": 0, "tmp_mb": 1,
+    "output_kb": 1, "stderr_kb": 0,
 }  # fmt: skip
 UNLIMITED = "unlimited"
 STATE_DIR = "state"  # beside the config file: store, spool, control socket and keys (0700)

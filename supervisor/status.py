@@ -25,7 +25,7 @@ from supervisor.store.base import Store
 from supervisor.workflows.book import WorkflowBook
 from supervisor.writer import BatchWriter
 from supervisor.writerstats import WriterStats
-from workers.sandbox import SandboxConfig
+from workers.sandbox import SandboxConfig, private_tmp_available
 
 
 class Supervisor(Protocol):
@@ -91,6 +91,7 @@ def protections(sandbox: SandboxConfig) -> dict[str, bool]:
         "private_tmpdir": True,
         "umask_077": True,
         "network_none_available": root,
+        "private_tmp": private_tmp_available(),  # tmp_mb: a tmpfs of its own per run
         "pristine_fork": True,  # fork-mode runs are forked from a process that saw no run
         "orphans_by_uid": bool(sandbox.run_uids),  # else by session, which a script can leave
     }

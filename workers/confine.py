@@ -77,5 +77,6 @@ def _order(argv: list[str], uid: int | None, limits: Mapping[str, int | None]) -
     values = {key: limits.get(key) for key in LIMIT_KEYS}
     return Order(
         run_id="", attempt=0, actor="", script=argv[0], cwd="/", mode="exec", input_json="",
-        env={}, network="host", uid=uid, tmpdir="/", modules=(), argv=tuple(argv), **values,
+        env={}, network="host", uid=uid, tmpdir="/", modules=(), argv=tuple(argv), tmp_mb=None,
+        **values,
     )  # fmt: skip

@@ -44,9 +44,20 @@ STATUS_FD = 3  # a child's status pipe; then, until its run starts, the go pipe 
 GO_FD = 4
 RUN_FD = 5
 CAP_SETPCAP = 8
+CAP_SYS_ADMIN = 21
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+# The shared scratch folders a run could fill the host's disk (or memory) through: with a tmp_mb
+# limit they are one private tmpfs of that size, the first mounted and the others bound to it.
+TMP_ROOTS: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
+PRIVATE_TMPDIR = "/tmp/run"  # a run's TMPDIR in its tmpfs when the launcher's is not in /tmp
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -76,6 +87,7 @@ class Order(NamedTuple):
     nofile: int | None
     nproc: int | None
     fsize_mb: int | None
+    tmp_mb: int | None  # size of the private tmpfs over TMP_ROOTS; None: the host's own
     network: str
     uid: int | None  # this run's own uid (= gid) from the launcher's block; None: no own uid
     tmpdir: str  # private, created by the launcher for this run (and owned by its uid)
@@ -87,8 +99,8 @@ class Order(NamedTuple):
         lim = run.limits
         return cls(
             run.run_id, run.attempt, run.actor, run.script, run.cwd, run.mode, run.input_json,
-            run.env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb, run.network,
-            uid, tmpdir, run.modules, run.argv,
+            run.env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb, lim.tmp_mb,
+            run.network, uid, tmpdir, run.modules, run.argv,
         )  # fmt: skip
 
     def dumps(self) -> bytes:
@@ -117,7 +129,10 @@ class Sandbox:
     Per-run work in the child is then a handful of syscalls: no lookups, no imports.
     """
 
-    __slots__ = ("_base_env", "_caps", "_hard", "_ids", "_keep", "_libc", "_python")
+    __slots__ = (
+        "_base_env", "_caps", "_hard", "_ids", "_keep", "_keep_tops", "_libc", "_mounts",
+        "_python", "_tmp_roots",
+    )  # fmt: skip
 
     def __init__(self, config: SandboxConfig, environ: Mapping[str, str]) -> None:
         self._python = config.python
@@ -140,7 +155,15 @@ class Sandbox:
             )
         }  # fmt: skip
         self._keep: tuple[object, ...] = ()
-        self._caps = _last_capability() if _may_drop_capabilities() else -1
+        self._caps = _last_capability() if _has_capability(CAP_SETPCAP) else -1
+        # Without CAP_SYS_ADMIN (not root) no mount namespace: tmp_mb is not enforced.
+        self._tmp_roots = tuple(root for root in TMP_ROOTS if os.path.isdir(root))
+        self._mounts = private_tmp_available() and "/tmp" in self._tmp_roots
+        # The interpreter (exec mode, subprocesses) stays reachable even if it lives in /tmp.
+        self._keep_tops = _tops(
+            tuple(p for p in (self._python, sys.prefix, sys.base_prefix, *sys.path) if p),
+            self._tmp_roots,
+        )
         self._libc = ctypes.CDLL(None, use_errno=True)
 
     def adopt_process(self) -> None:
@@ -201,6 +224,10 @@ class Sandbox:
             source, modules = _read_code(run)
             step = "limits"
             self._apply_limits(run)
+            tmpdir = run.tmpdir
+            if run.tmp_mb is not None and self._mounts:
+                step = "private tmp"
+                tmpdir = self._private_tmp(run)
             if run.network == "none":
                 step = "network"
                 self._isolate_network()
@@ -209,7 +236,7 @@ class Sandbox:
             step = "cwd"  # after the switch: the folder must be enterable by the run's user
             os.chdir(run.cwd)
             step = "environment"
-            extra = self._run_environment(run)
+            extra = self._run_environment(run, tmpdir)
             if run.argv:
                 step = "program"
                 self._exec_program(run, extra)
@@ -266,6 +293,69 @@ class Sandbox:
             flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
             fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
+    def _private_tmp(self, order: Order) -> str:
+        """Give the run /tmp, /var/tmp and /dev/shm of its own: one fresh tmpfs of ``tmp_mb``
+        MiB in a mount namespace of its own (root, before the switch), so that a script can
+        fill neither the host's disk (the state folder's, often) nor another run's TMPDIR, and
+        leaves nothing behind: the tmpfs goes with the namespace's last process.
+
+        A top-level folder of those roots holding the run's own folder or script, or the
+        interpreter, is bound back in at its place. Returns the run's TMPDIR inside the tmpfs:
+        the launcher's path for it when that is in /tmp (the real one stays empty), else
+        :data:`PRIVATE_TMPDIR`.
+        """
+        self._mount_call("unshare", self._libc.unshare(CLONE_NEWNS))
+        # Nothing mounted from here on may propagate back to the host's namespace.
+        self._mount(None, "/", None, MS_REC | MS_PRIVATE)
+        roots = self._tmp_roots
+        tops = self._keep_tops | _tops((order.cwd, os.path.dirname(order.script)), roots)
+        kept = [(top, os.open(top, os.O_PATH | os.O_CLOEXEC)) for top in sorted(tops)]
+        # One tmpfs, so one limit for all: mounted on the first root, a folder of it per root,
+        # each bound over its root (the first's last, covering the tmpfs's own top).
+        first = roots[0]
+        self._mount("tmpfs", first, "tmpfs", MS_NOSUID | MS_NODEV, f"size={order.tmp_mb}m")
+        for i, root in (*enumerate(roots[1:], 1), (0, first)):
+            part = f"{first}/{i}"
+            os.mkdir(part)
+            os.chmod(part, 0o1777)  # through the umask of 077
+            self._mount(part, root, None, MS_BIND)
+        for top, fd in kept:
+            if top not in roots:
+                with contextlib.suppress(FileExistsError):  # same name in /tmp and /var/tmp
+                    os.mkdir(top)
+                os.chmod(top, 0o755)  # through the umask of 077
+            self._mount(f"/proc/self/fd/{fd}", top, None, MS_BIND | MS_REC)
+            os.close(fd)
+        tmpdir = order.tmpdir if order.tmpdir.startswith("/tmp/") else PRIVATE_TMPDIR
+        if "/tmp" in tops or "/".join(tmpdir.split("/")[:3]) in tops:
+            return order.tmpdir  # the host's /tmp is kept (the run's folder is /tmp itself)
+        parent = os.path.dirname(tmpdir)
+        os.makedirs(parent, exist_ok=True)
+        os.chmod(parent, 0o711)  # through the umask of 077
+        os.mkdir(tmpdir, 0o700)
+        owner = (order.uid, order.uid) if order.uid is not None else self._ids
+        if owner is not None:
+            os.chown(tmpdir, *owner)
+        return tmpdir
+
+    def _mount(
+        self,
+        source: str | None,
+        target: str,
+        fstype: str | None,
+        flags: int,
+        data: str | None = None,
+    ) -> None:
+        """mount(2) through libc (ctypes): the os module has no binding for it."""
+        enc = [None if text is None else text.encode() for text in (source, target, fstype, data)]
+        result = self._libc.mount(enc[0], enc[1], enc[2], flags, enc[3])
+        self._mount_call(f"mount {target}", result)
+
+    def _mount_call(self, what: str, result: int) -> None:
+        if result != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
     def _become_user(self, uid: int | None) -> None:
         """Switch to the run's own uid, killing first whatever an earlier run of that uid left
         (Linux never signals the caller of ``kill(-1)``), or to the fixed ``run_as`` user."""
@@ -286,15 +376,15 @@ class Sandbox:
             err = ctypes.get_errno()
             raise OSError(err, f"prctl({option}, {arg}): {os.strerror(err)}")
 
-    def _run_environment(self, order: Order) -> dict[str, str]:
+    def _run_environment(self, order: Order, tmpdir: str) -> dict[str, str]:
         """What a run adds to the allow-listed environment (and may override in it)."""
         env = dict(order.env)
         env["ACTOR_NAME"] = order.actor
         env["ACTOR_RUN_ID"] = order.run_id
         env["ACTOR_ATTEMPT"] = str(order.attempt)
-        env["TMPDIR"] = env["TEMP"] = env["TMP"] = order.tmpdir
+        env["TMPDIR"] = env["TEMP"] = env["TMP"] = tmpdir
         if order.uid is not None:
-            env["HOME"] = order.tmpdir  # a dynamic uid has no home of its own
+            env["HOME"] = tmpdir  # a dynamic uid has no home of its own
         return env
 
     def _apply_limits(self, order: Order) -> None:
@@ -329,14 +419,34 @@ def _last_capability() -> int:
         return 40  # CAP_CHECKPOINT_RESTORE, the last one as of Linux 5.9
 
 
-def _may_drop_capabilities() -> bool:
-    """Whether this process holds CAP_SETPCAP, which emptying the bounding set needs (root
-    does, unless a container took it away; then the container's own bound applies)."""
+def private_tmp_available() -> bool:
+    """Whether runs can get a private tmpfs (``tmp_mb``): mounting needs CAP_SYS_ADMIN."""
+    return _has_capability(CAP_SYS_ADMIN)
+
+
+def _tops(paths: tuple[str, ...], roots: tuple[str, ...]) -> set[str]:
+    """The top-level folders of ``roots`` (or a root itself) that hold any of ``paths``."""
+    found: set[str] = set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if not os.path.isdir(real):
+            real = os.path.dirname(real)  # an interpreter, a zip on sys.path: its folder
+        for root in roots:
+            if real == root:
+                found.add(root)
+            elif real.startswith(root + "/"):
+                found.add(root + "/" + real[len(root) + 1 :].split("/", 1)[0])
+    return found
+
+
+def _has_capability(cap: int) -> bool:
+    """Whether this process holds ``cap``: CAP_SETPCAP, which emptying the bounding set needs,
+    or CAP_SYS_ADMIN, which mounting needs (root does, unless a container took it away)."""
     try:
         with open("/proc/self/status", "rb") as f:
             for line in f:
                 if line.startswith(b"CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_SETPCAP & 1)
+                    return bool(int(line.split()[1], 16) >> cap & 1)
     except (OSError, ValueError, IndexError):
         pass
     return False

@@ -136,6 +136,26 @@ def test_actors_share_what_they_have_in_common(tmp_path: Path) -> None:
     assert a0.env is a1.env and a0.env == {}
 
 
+def test_tmp_mb_is_inherited_from_the_supervisor_and_unlimited_lifts_it(tmp_path: Path) -> None:
+    text = """
+[supervisor]
+limits = { tmp_mb = 32 }
+
+[[actors]]
+name = "inherits"
+script = "scripts/job.py"
+
+[[actors]]
+name = "host_tmp"
+script = "scripts/job.py"
+limits = { tmp_mb = "unlimited" }
+"""
+    config = load_config(write(tmp_path, text), environ={})
+    assert Limits().tmp_mb == 64  # the default, when nothing sets it
+    assert config.actors["inherits"].limits.tmp_mb == 32
+    assert config.actors["host_tmp"].limits.tmp_mb is None  # no private tmpfs: the host's /tmp
+
+
 def test_precedence_is_flag_then_environment_then_file_then_default(tmp_path: Path) -> None:
     path = write(tmp_path, '[supervisor]\nworkers = 3\nlog_level = "warning"\nbatch_size = 7\n')
     environ = {
@@ -328,6 +348,10 @@ schedule = {schedule}
             ACTOR + f'input = {{ blob = "{"x" * (8 << 20)}" }}\n',
             f"actors[0] (job).input: {(8 << 20) + 11} characters as JSON, more than a worker "
             f"accepts ({8 << 20})",
+        ),
+        (
+            ACTOR + "limits = { tmp_mb = 0 }\n",
+            "actors[0] (job).limits.tmp_mb: must be >= 1, got 0",
         ),
         (
             '[supervisor]\nlimits = { output_kb = "unlimited" }\n',

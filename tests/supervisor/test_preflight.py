@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from supervisor import preflight
 from supervisor.config import ConfigError, load_config
 from supervisor.errors import StartupError
-from supervisor.preflight import prepare_sandbox, resolve_python
+from supervisor.preflight import prepare_sandbox, resolve_python, tmp_mb_unenforced
 from tests.supervisor.harness import write_script
 from workers.access import resolve_user, unrunnable_python
 
@@ -108,3 +109,17 @@ def test_a_configured_interpreter_that_does_not_work_is_refused(public_tmp: Path
 
 def test_without_a_user_switch_our_own_interpreter_is_used() -> None:
     assert resolve_python(None, None, needed=True) == sys.executable
+
+
+def test_tmp_mb_is_reported_unenforced_only_without_the_privilege_to_mount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = 'limits = { tmp_mb = 8 }\n[[actors]]\nname = "b"\nscript = "scripts/b.py"\n'
+    extra += 'limits = { tmp_mb = "unlimited" }\n'
+    config = load_config(_config(tmp_path, extra=extra), environ={})
+    monkeypatch.setattr(preflight, "private_tmp_available", lambda: False)
+    problem = tmp_mb_unenforced(config)
+    assert problem is not None and "tmp_mb is not enforced" in problem
+    assert problem.endswith("actors: a")  # b asked for no private tmpfs: nothing to miss
+    monkeypatch.setattr(preflight, "private_tmp_available", lambda: True)
+    assert tmp_mb_unenforced(config) is None
