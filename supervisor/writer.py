@@ -98,6 +98,7 @@ class BatchWriter:
         self._held = False  # see held()
         self._urgent = False  # a queued record someone waits for: see put_lazy()
         self._lazy_since: float | None = None  # monotonic put time of the oldest lazy record
+        self._lazy_untimed = False  # the writer has not yet seen _lazy_since: wake it for that
         self._retry_now = False
         self._abandon = False
         self._thread: threading.Thread | None = None
@@ -184,7 +185,7 @@ class BatchWriter:
             self._last_seq += 1
             self._queue.append((self._last_seq, now, item))
             if self._lazy_since is None:
-                self._lazy_since = now
+                self._lazy_since, self._lazy_untimed = now, True
                 if not self._held:
                     self._work.notify()  # to time the flush of this one
             return self._last_seq
@@ -206,7 +207,7 @@ class BatchWriter:
         finally:
             with self._lock:
                 self._held = False
-                if self._urgent:
+                if self._urgent or self._lazy_untimed:
                     self._work.notify()
 
     @property
@@ -364,6 +365,7 @@ class BatchWriter:
                 if wait is not None and wait <= 0:
                     return []
                 if self._queue and self._lazy_since is not None:  # only lazy records wait
+                    self._lazy_untimed = False
                     lazy_wait = self._lazy_since + self._max_age_s - time.monotonic()
                     wait = lazy_wait if wait is None else min(wait, lazy_wait)
                 self._work.wait(wait)
@@ -373,7 +375,7 @@ class BatchWriter:
                 taken = min(self._batch_size - len(batch), len(self._queue))
                 batch.extend(self._queue.popleft() for _ in range(taken))
                 if not self._queue:
-                    self._urgent, self._lazy_since = False, None
+                    self._urgent, self._lazy_since, self._lazy_untimed = False, None, False
                 elif taken:
                     self._lazy_since = self._queue[0][1]  # conservative: the oldest left
             if len(batch) >= self._batch_size:

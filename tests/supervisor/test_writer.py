@@ -238,6 +238,20 @@ def test_a_lazy_record_alone_is_written_once_max_age_old(
 
 
 @pytest.mark.timeout(30)
+def test_a_lazy_record_put_while_held_is_written_once_max_age_old(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    writer = make_writer(writers, store, max_age_s=0.1)
+    wait_for(lambda: bool(writer._work._waiters))  # type: ignore[attr-defined]  # idle, waiting
+    with writer.held():  # a loop turn that only dispatched a run: its running row is lazy
+        seq = writer.put_lazy(event(0))
+    while writer.committed < seq:  # the end of the turn woke the writer to time the flush
+        assert readable(writer.wakeup_fd(), 5)
+        writer.drain_wakeups()
+    assert stored_event_ids(store.path) == ["e0"]
+
+
+@pytest.mark.timeout(30)
 def test_flush_and_close_write_lazy_records_at_once(
     store: RecordingStore, writers: list[BatchWriter]
 ) -> None:
