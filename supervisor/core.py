@@ -174,6 +174,7 @@ class Supervisor:
         self.book = RunBook(
             sink=self.writer, replies=self.control, code=self.codebook, actors=self.actors,
             settings=self.settings, clock=self._clock, on_ready=self._dispatch,
+            put_lazy=self.writer.put_lazy,
         )  # fmt: skip
         since = self._clock() - IDEMPOTENCY_WINDOW_S
         for (name, key), run_id in self.store.idempotency_keys(since).items():
@@ -196,6 +197,7 @@ class Supervisor:
                 self._start(stack)
                 self._loop()
         finally:
+            self.book.attempt_log.summarize(force=True)
             log.info("supervisor stopped", extra=dict(self.book.counters))
         return self.exit_code
 
@@ -363,6 +365,7 @@ class Supervisor:
         self._kill_overdue()
         self.book.idempotency.expire(self._clock())
         self.book.scheduler.summarize_skips()
+        self.book.attempt_log.summarize()
         self.store_health.check()
         if running:
             self.workflows.tick(self._clock())

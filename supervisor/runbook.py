@@ -29,9 +29,10 @@ from supervisor.breaker import Breaker
 from supervisor.heap import EntryKind, Key, ScheduleHeap
 from supervisor.idempotency import IdempotencyKeys, digest
 from supervisor.metrics import RunMetrics
-from supervisor.records import RecordSink, RunRecord, Trigger, evolve
+from supervisor.records import Record, RecordSink, RunRecord, Trigger, evolve
 from supervisor.runs import (
     ActiveRun,
+    AttemptLog,
     Code,
     Dispatched,
     RecentOutcomes,
@@ -39,7 +40,6 @@ from supervisor.runs import (
     S,
     Waiter,
     apply_result,
-    log_attempt,
     lost_attempt,
     next_attempt,
     outcome_of,
@@ -86,10 +86,12 @@ class RunBook:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         on_ready: Callable[[], None] = lambda: None,
+        put_lazy: Callable[[Record], int] | None = None,
     ) -> None:
         self.settings = settings  # replaced by a reload
         self.actors = actors  # shared with the shell, changed in place by a reload
         self.sink, self._replies, self._code = sink, replies, code
+        self._put_lazy = put_lazy or sink.put  # a put that need not wake the writer
         self.clock, self._monotonic = clock, monotonic
         self._rng = rng or random.Random()
         self._on_ready = on_ready  # a run became ready: dispatch it before answering
@@ -101,6 +103,7 @@ class RunBook:
         self.heap: ScheduleHeap[Key] = ScheduleHeap()
         self.outcomes = RecentOutcomes()
         self.metrics = RunMetrics()
+        self.attempt_log = AttemptLog(monotonic)
         self.idempotency = IdempotencyKeys(IDEMPOTENCY_WINDOW_S)
         self.breaker = Breaker(sink, self.heap, clock)
         self.scheduler = Scheduler(self.heap, sink, self.accept, self.has_room)
@@ -296,8 +299,9 @@ class RunBook:
                 + self.settings.kill_grace_s
                 + OVERDUE_SLACK_S
             )
-            self.sink.put(started.record)
-            self.sink.put(events.run_started(started.record, **active.metadata))
+            # no one waits for these: they ride with the next commit (often the final row's)
+            self._put_lazy(started.record)
+            self._put_lazy(events.run_started(started.record, **active.metadata))
         self.ready.extendleft(reversed(parked))
 
     def _start(
@@ -396,7 +400,7 @@ class RunBook:
         self.metrics.attempt_finished(
             record.actor, record.status, record.reason, record.duration_ms, self.clock()
         )
-        log_attempt(record, retry_at, self.clock())
+        self.attempt_log.attempt(record, retry_at, self.clock())
         if retry_at is not None:
             self._schedule_retry(active, retry_at)
             return

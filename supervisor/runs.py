@@ -2,7 +2,8 @@
 
 import logging
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -155,23 +156,59 @@ def next_attempt(previous: RunRecord, retry_at: float, now: float) -> RunRecord:
     )  # fmt: skip
 
 
-def log_attempt(record: RunRecord, retry_at: float | None, now: float) -> None:
-    level = logging.INFO if record.status == RunStatus.SUCCEEDED else logging.WARNING
-    if not log.isEnabledFor(level):
-        return
-    extra: dict[str, Any] = {
-        "actor": record.actor,
-        "run_id": record.run_id,
-        "attempt": record.attempt,
-        "status": record.status,
-        "duration_ms": round(record.duration_ms or 0.0, 1),
-    }
-    if record.reason:
-        extra["reason"] = record.reason
-        extra["error"] = record.error
-    if retry_at is not None:
-        extra["retry_in_s"] = round(retry_at - now, 2)
-    log.log(level, "run %s", record.status, extra=extra)
+RUN_SUMMARY_S = 60.0  # finished attempts are summarised in one INFO line per this many seconds
+
+
+class AttemptLog:
+    """How finished attempts reach the log: a failure gets a WARNING line of its own (an
+    operator needs each one), a success only a DEBUG line, and every attempt is counted in
+    one INFO summary per ``RUN_SUMMARY_S`` (counts per actor and status). A line per success
+    cost ~0.24 ms of the loop thread per run (record, format, write: PERF-NOTES)."""
+
+    def __init__(self, monotonic: Callable[[], float], every_s: float = RUN_SUMMARY_S) -> None:
+        self._monotonic = monotonic
+        self._every_s = every_s
+        self._counts: Counter[tuple[str, str]] = Counter()  # (actor, status), since the last
+        self._due = monotonic() + every_s
+
+    def attempt(self, record: RunRecord, retry_at: float | None, now: float) -> None:
+        self._counts[record.actor, record.status] += 1
+        level = logging.DEBUG if record.status == RunStatus.SUCCEEDED else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
+        extra: dict[str, Any] = {
+            "actor": record.actor,
+            "run_id": record.run_id,
+            "attempt": record.attempt,
+            "status": record.status,
+            "duration_ms": round(record.duration_ms or 0.0, 1),
+        }
+        if record.reason:
+            extra["reason"] = record.reason
+            extra["error"] = record.error
+        if retry_at is not None:
+            extra["retry_in_s"] = round(retry_at - now, 2)
+        log.log(level, "run %s", record.status, extra=extra)
+
+    def summarize(self, force: bool = False) -> None:
+        """The INFO summary line, when one is due (or ``force``, at stop) and runs finished."""
+        now = self._monotonic()
+        if not self._counts or (now < self._due and not force):
+            return
+        self._due = now + self._every_s
+        counts, self._counts = self._counts, Counter()
+        by_actor: dict[str, dict[str, int]] = {}
+        for (actor, status), count in sorted(counts.items()):
+            by_actor.setdefault(actor, {})[status] = count
+        log.info(
+            "attempts finished: %s",
+            ", ".join(
+                f"{actor} " + " ".join(f"{status}={n}" for status, n in statuses.items())
+                for actor, statuses in by_actor.items()
+            ),
+            extra={"event": "attempts_finished", "attempts": by_actor,
+                   "total": sum(counts.values())},
+        )  # fmt: skip
 
 
 class RecentOutcomes:
