@@ -174,7 +174,6 @@ class Supervisor:
         self.book = RunBook(
             sink=self.writer, replies=self.control, code=self.codebook, actors=self.actors,
             settings=self.settings, clock=self._clock, on_ready=self._dispatch,
-            put_lazy=self.writer.put_lazy,
         )  # fmt: skip
         since = self._clock() - IDEMPOTENCY_WINDOW_S
         for (name, key), run_id in self.store.idempotency_keys(since).items():

@@ -29,7 +29,7 @@ from supervisor.breaker import Breaker
 from supervisor.heap import EntryKind, Key, ScheduleHeap
 from supervisor.idempotency import IdempotencyKeys, digest
 from supervisor.metrics import RunMetrics
-from supervisor.records import Record, RecordSink, RunRecord, Trigger, evolve
+from supervisor.records import RecordSink, RunRecord, Trigger, evolve
 from supervisor.runs import (
     ActiveRun,
     AttemptLog,
@@ -86,12 +86,10 @@ class RunBook:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         on_ready: Callable[[], None] = lambda: None,
-        put_lazy: Callable[[Record], int] | None = None,
     ) -> None:
         self.settings = settings  # replaced by a reload
         self.actors = actors  # shared with the shell, changed in place by a reload
         self.sink, self._replies, self._code = sink, replies, code
-        self._put_lazy = put_lazy or sink.put  # a put that need not wake the writer
         self.clock, self._monotonic = clock, monotonic
         self._rng = rng or random.Random()
         self._on_ready = on_ready  # a run became ready: dispatch it before answering
@@ -299,9 +297,8 @@ class RunBook:
                 + self.settings.kill_grace_s
                 + OVERDUE_SLACK_S
             )
-            # no one waits for these: they ride with the next commit (often the final row's)
-            self._put_lazy(started.record)
-            self._put_lazy(events.run_started(started.record, **active.metadata))
+            self.sink.put(started.record)
+            self.sink.put(events.run_started(started.record, **active.metadata))
         self.ready.extendleft(reversed(parked))
 
     def _start(

@@ -96,9 +96,6 @@ class BatchWriter:
         self._committed = 0
         self._closing = False
         self._held = False  # see held()
-        self._urgent = False  # a queued record someone waits for: see put_lazy()
-        self._lazy_since: float | None = None  # monotonic put time of the oldest lazy record
-        self._lazy_untimed = False  # the writer has not yet seen _lazy_since: wake it for that
         self._retry_now = False
         self._abandon = False
         self._thread: threading.Thread | None = None
@@ -163,32 +160,8 @@ class BatchWriter:
                 raise RuntimeError("BatchWriter.put() after close()")
             self._last_seq += 1
             self._queue.append((self._last_seq, now, item))
-            self._urgent = True
             if not self._held:
                 self._work.notify()
-            return self._last_seq
-
-    def put_lazy(self, record: Record) -> int:
-        """Queue ``record`` like :meth:`put`, but do not wake the writer for it: it rides with
-        the next record put with ``put`` (or a flush), or is written once it is ``max_age_s``
-        old. For records no one waits on (a run's ``running`` row and ``run_started`` event):
-        a run's ``running`` row then usually shares its final row's batch, where the batch
-        keeps only the final version, so a run costs one commit and one row write fewer.
-        Order is kept: a lazy record is committed no later than any record put after it."""
-        if type(record) is RunRecord and record.epoch != self._epoch:
-            record = evolve(record, epoch=self._epoch)
-        extra = self.observe(record) if self.observe is not None else ()
-        item = Bundle((record, *extra)) if extra else record
-        now = time.monotonic()
-        with self._lock:
-            if self._closing:
-                raise RuntimeError("BatchWriter.put_lazy() after close()")
-            self._last_seq += 1
-            self._queue.append((self._last_seq, now, item))
-            if self._lazy_since is None:
-                self._lazy_since, self._lazy_untimed = now, True
-                if not self._held:
-                    self._work.notify()  # to time the flush of this one
             return self._last_seq
 
     @contextlib.contextmanager
@@ -208,7 +181,7 @@ class BatchWriter:
         finally:
             with self._lock:
                 self._held = False
-                if self._urgent or self._lazy_untimed:
+                if self._queue:
                     self._work.notify()
 
     @property
@@ -237,9 +210,6 @@ class BatchWriter:
         """Wait until every record put so far is committed; False if ``timeout`` ran out."""
         with self._lock:
             target = self._last_seq
-            if self._queue:
-                self._urgent = True  # lazy records too: someone waits for them now
-                self._work.notify()
             # an abandoned writer (closed with the store down) will never commit: do not wait
             self._commits.wait_for(lambda: self._committed >= target or self._abandon, timeout)
             return self._committed >= target
@@ -360,26 +330,18 @@ class BatchWriter:
         """Wait for records and gather one batch by the flush rule; None when closed and empty,
         and an empty batch when retention is due while no record waits."""
         with self._lock:
-            while not self._queue or not self._due():
-                if self._closing and not self._queue:
+            while not self._queue:
+                if self._closing:
                     return None
                 wait = self.retention.wait_s() if self.retention is not None else None
                 if wait is not None and wait <= 0:
                     return []
-                if self._queue and self._lazy_since is not None:  # only lazy records wait
-                    self._lazy_untimed = False
-                    lazy_wait = self._lazy_since + self._max_age_s - time.monotonic()
-                    wait = lazy_wait if wait is None else min(wait, lazy_wait)
                 self._work.wait(wait)
         batch: list[_Entry] = []
         while True:
             with self._lock:
                 taken = min(self._batch_size - len(batch), len(self._queue))
                 batch.extend(self._queue.popleft() for _ in range(taken))
-                if not self._queue:
-                    self._urgent, self._lazy_since, self._lazy_untimed = False, None, False
-                elif taken:
-                    self._lazy_since = self._queue[0][1]  # conservative: the oldest left
             if len(batch) >= self._batch_size:
                 reason = "full"
             elif time.monotonic() - batch[0][1] >= self._max_age_s:
@@ -392,14 +354,6 @@ class BatchWriter:
             with self._lock:
                 self._reasons[reason] += 1
             return batch
-
-    def _due(self) -> bool:
-        """Whether the queued records are to be written now (under the lock, queue not empty):
-        one is waited for, or the oldest lazy one is ``max_age_s`` old, or we are closing."""
-        if self._urgent or self._closing:
-            return True
-        since = self._lazy_since
-        return since is None or time.monotonic() - since >= self._max_age_s
 
     def _write(self, batch: list[_Entry]) -> bool:
         """Make ``batch`` durable, retrying with backoff until it is; False if abandoned."""

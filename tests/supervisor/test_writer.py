@@ -203,67 +203,6 @@ def test_records_put_while_held_wake_the_writer_once_when_the_block_ends(
     assert stored_event_ids(store.path) == ["e0", "e1", "e2"]
 
 
-@pytest.mark.timeout(30)
-def test_a_lazy_record_rides_with_the_next_put_and_keeps_its_place(
-    store: RecordingStore, writers: list[BatchWriter]
-) -> None:
-    writer = make_writer(writers, store, max_age_s=5.0)
-    queued, running, done = run_versions("r1")
-    first = writer.put(queued)
-    wait_for(lambda: writer.committed >= first)
-    lazy = [writer.put_lazy(running), writer.put_lazy(event(1))]
-    # woken once to time their flush, the writer waits again (5 s max_age_s), writing nothing
-    wait_for(lambda: bool(writer._work._waiters))  # type: ignore[attr-defined]
-    assert writer.committed == first and store.sizes == [1]
-    last = writer.put(done)  # the final row: the running row rides with it
-    wait_for(lambda: writer.committed >= last)
-    assert lazy == [first + 1, first + 2] and store.sizes == [1, 3]
-    assert store.list_runs(limit=10)[0].status == RunStatus.SUCCEEDED
-    assert stored_event_ids(store.path) == ["e1"]
-
-
-@pytest.mark.timeout(30)
-def test_a_lazy_record_alone_is_written_once_max_age_old(
-    store: RecordingStore, writers: list[BatchWriter]
-) -> None:
-    writer = make_writer(writers, store, max_age_s=0.1)
-    wait_for(lambda: bool(writer._work._waiters))  # type: ignore[attr-defined]  # idle, waiting
-    started = time.monotonic()
-    seq = writer.put_lazy(event(0))
-    while writer.committed < seq:
-        assert readable(writer.wakeup_fd(), 5)
-        writer.drain_wakeups()
-    assert time.monotonic() - started >= 0.1  # held back by the age rule, then written
-    assert stored_event_ids(store.path) == ["e0"]
-
-
-@pytest.mark.timeout(30)
-def test_a_lazy_record_put_while_held_is_written_once_max_age_old(
-    store: RecordingStore, writers: list[BatchWriter]
-) -> None:
-    writer = make_writer(writers, store, max_age_s=0.1)
-    wait_for(lambda: bool(writer._work._waiters))  # type: ignore[attr-defined]  # idle, waiting
-    with writer.held():  # a loop turn that only dispatched a run: its running row is lazy
-        seq = writer.put_lazy(event(0))
-    while writer.committed < seq:  # the end of the turn woke the writer to time the flush
-        assert readable(writer.wakeup_fd(), 5)
-        writer.drain_wakeups()
-    assert stored_event_ids(store.path) == ["e0"]
-
-
-@pytest.mark.timeout(30)
-def test_flush_and_close_write_lazy_records_at_once(
-    store: RecordingStore, writers: list[BatchWriter]
-) -> None:
-    writer = make_writer(writers, store, max_age_s=60.0)
-    writer.put_lazy(event(0))
-    started = time.monotonic()
-    assert writer.flush(10) and time.monotonic() - started < 5  # not 60 s
-    writer.put_lazy(event(1))
-    assert writer.close(timeout=10)
-    assert stored_event_ids(store.path) == ["e0", "e1"]
-
-
 # -- failures ---------------------------------------------------------------------------------
 
 
