@@ -6,14 +6,12 @@ key by key; the first problem raises a :class:`ConfigError` naming the file, the
 what was expected, so the supervisor refuses to start rather than guess.
 """
 
-import math
 import os
 import re
 import shutil
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +20,13 @@ import orjson
 from protocol.messages import MAX_INPUT_CHARS, Limits
 from supervisor.alerts.config import AlertConfig, parse_alerts
 from supervisor.code.sync import EXEC_MODES, SYNC_MODES
+from supervisor.config_kinds import Json, ScheduleTable, Zone
 from supervisor.errors import ConfigError
 from supervisor.schedule import (
     CATCH_UP_POLICIES,
     IntervalSchedule,
     Schedule,
     ScheduleError,
-    load_zone,
     parse_schedule,
 )
 from supervisor.settings import (
@@ -137,31 +135,6 @@ class Config:
     actor_keys: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
-class _Json(Kind):
-    """Any TOML value as JSON-compatible data: date-times become ISO 8601 strings."""
-
-    @property
-    def expected(self) -> str:
-        return "a JSON-compatible value"
-
-    def check(self, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): self._under(k, v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._under(i, v) for i, v in enumerate(value)]
-        if isinstance(value, datetime | date | time):
-            return value.isoformat()
-        if isinstance(value, float) and not math.isfinite(value):
-            raise Invalid(f"{value} is not valid in JSON")
-        return value
-
-    def _under(self, key: str | int, value: Any) -> Any:
-        try:
-            return self.check(value)
-        except Invalid as exc:
-            raise exc.under(key) from None
-
-
 class _Text(Kind):
     """A string matched against a pattern (names)."""
 
@@ -192,21 +165,6 @@ class _EnvMap(Kind):
             if not isinstance(text, str) or "\0" in text:
                 raise Invalid(f"expected a string, got {describe(text)}", name)
         return dict(value)
-
-
-class _Zone(Kind):
-    @property
-    def expected(self) -> str:
-        return "an IANA time zone name"
-
-    def check(self, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self._wrong(value)
-        try:
-            load_zone(value)
-        except ScheduleError as exc:
-            raise Invalid(exc.message) from None
-        return value
 
 
 class _Script(Kind):
@@ -271,30 +229,17 @@ class _Command(Kind):
         return path
 
 
-class _ScheduleTable(Kind):
-    """Checked as a table here; :func:`parse_schedule` needs the actor's zone for the rest."""
-
-    @property
-    def expected(self) -> str:
-        return "a table such as { type = 'interval', seconds = 60 }"
-
-    def check(self, value: Any) -> Any:
-        if not isinstance(value, Mapping):
-            raise self._wrong(value)
-        return value
-
-
 ACTOR_KEYS: tuple[Setting, ...] = declare(
     ActorKeys,
     [
         Setting("name", _Text(ACTOR_NAME, "a name of 1-200 characters [A-Za-z0-9_.-]"), ""),
         Setting("script", _Script(), "relative to the config file"),
         Setting("command", _Command(), "instead of script: a program and its arguments"),
-        Setting("schedule", _ScheduleTable(), "absent: on demand only"),
-        Setting("timezone", _Zone(), "of the schedule"),
+        Setting("schedule", ScheduleTable(), "absent: on demand only"),
+        Setting("timezone", Zone(), "of the schedule"),
         Setting("mode", Choice(MODES), "sandbox mode; default: [supervisor].mode"),
         Setting("timeout_s", TIMEOUT_S, "wall-clock limit of one run"),
-        Setting("input", _Json(), "the JSON document a scheduled run gets on stdin"),
+        Setting("input", Json(), "the JSON document a scheduled run gets on stdin"),
         Setting("env", _EnvMap(), "added to the allow-listed environment"),
         Setting("limits", LimitsKind(), "merged over [supervisor].limits key by key"),
         Setting("max_retries", Integer(0), "retries of a retryable failure"),

@@ -5,15 +5,14 @@ retries, breaker and code version. The steps form a chain: an actor may appear o
 would be a cycle, and an item's step index would no longer name one step).
 """
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
 from typing import Any
 
+from supervisor.config_kinds import Json, ScheduleTable, Zone
 from supervisor.errors import ConfigError
-from supervisor.schedule import Schedule, ScheduleError, load_zone, parse_schedule
+from supervisor.schedule import Schedule, ScheduleError, parse_schedule
 from supervisor.settings import checked, config_error
 from supervisor.settings_kinds import Choice, Integer, Invalid, Kind, describe, unknown_key
 
@@ -93,45 +92,7 @@ class _Items(Kind):
     def check(self, value: Any) -> list[Any]:
         if not isinstance(value, list):
             raise self._wrong(value)
-        return [_json(v, i) for i, v in enumerate(value)]
-
-
-def _json(value: Any, key: str | int) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json(v, i) for i, v in enumerate(value)]
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        raise Invalid(f"{value} is not valid in JSON", key)
-    return value
-
-
-class _Table(Kind):
-    @property
-    def expected(self) -> str:
-        return "a table such as { type = 'interval', seconds = 3600 }"
-
-    def check(self, value: Any) -> Any:
-        if not isinstance(value, Mapping):
-            raise self._wrong(value)
-        return value
-
-
-class _Zone(Kind):
-    @property
-    def expected(self) -> str:
-        return "an IANA time zone name"
-
-    def check(self, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self._wrong(value)
-        try:
-            load_zone(value)
-        except ScheduleError as exc:
-            raise Invalid(exc.message) from None
-        return value
+        return Json().check(value)  # type: ignore[no-any-return]
 
 
 KEYS: dict[str, Kind] = {
@@ -139,8 +100,8 @@ KEYS: dict[str, Kind] = {
     "steps": _Steps(),
     "chunk_size": Integer(1),
     "max_parallel": Integer(1),
-    "schedule": _Table(),
-    "timezone": _Zone(),
+    "schedule": ScheduleTable(),
+    "timezone": Zone(),
     "input": _Items(),
     "on_item_failure": Choice(FAILURE_POLICIES),
     "snapshot_every": Integer(1),
