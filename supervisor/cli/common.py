@@ -8,6 +8,7 @@ config file, then the default. The config file is ``--config``, else
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from protocol.client import Client, ClientTimeout
+from protocol.client import Client, ClientTimeout, RunOutcome
 from supervisor.config import Config, load_config
 from supervisor.controlkeys import client_for, control_endpoint
 from supervisor.store import open_store, pool_options
@@ -204,3 +205,31 @@ def table(headers: list[str], rows: list[list[Any]]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def resolve_id(args: argparse.Namespace, kind: str, text: str) -> str:
+    """``text``, a whole id or a unique prefix of one, made whole by the store
+    (``Store.resolve_id``, which also words the errors); the store is closed again at once."""
+    store = open_store_from(args, read_only=True)
+    try:
+        found: str = store.resolve_id(kind, text)
+    finally:
+        store.close()
+    return found
+
+
+def print_outcome(args: argparse.Namespace, outcome: RunOutcome, **extra: Any) -> None:
+    if args.json:
+        print(orjson.dumps({**outcome.as_dict(), **extra}).decode())
+        return
+    took = f" in {outcome.duration_ms:.1f} ms" if outcome.duration_ms is not None else ""
+    line = f"run {outcome.run_id} ({outcome.actor}) {outcome.status}{took}"
+    if outcome.attempts > 1:
+        line += f" after {outcome.attempts} attempts"
+    if outcome.reason:
+        line += f": {outcome.reason}" + (f" ({outcome.error})" if outcome.error else "")
+    print(line)
+    if outcome.output is not None:
+        print(orjson.dumps(outcome.output, option=orjson.OPT_INDENT_2).decode())
+    if not outcome.succeeded and outcome.stderr_tail:
+        print("--- stderr (tail) ---\n" + outcome.stderr_tail.rstrip(), file=sys.stderr)

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from protocol.client import Accepted, RunOutcome
+from protocol.client import Accepted
 from supervisor.cli.check import cmd_check
 from supervisor.cli.common import (
     EXIT_OK,
@@ -20,6 +20,7 @@ from supervisor.cli.common import (
     connect,
     load,
     print_json_or,
+    print_outcome,
     table,
 )
 from supervisor.errors import ConfigError
@@ -156,7 +157,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if isinstance(answer, Accepted):
         print_json_or(args, _accepted_dict(answer), f"accepted: run {answer.run_id}")
         return EXIT_OK
-    _print_outcome(args, answer)
+    print_outcome(args, answer)
     return EXIT_OK if answer.succeeded else EXIT_RUN_FAILED
 
 
@@ -175,23 +176,6 @@ def _accepted_dict(accepted: Accepted) -> dict[str, Any]:
         "actor": accepted.actor,
         "deduplicated": accepted.deduplicated,
     }
-
-
-def _print_outcome(args: argparse.Namespace, outcome: RunOutcome) -> None:
-    if args.json:
-        print(orjson.dumps(outcome.as_dict()).decode())
-        return
-    took = f"{outcome.duration_ms:.1f} ms" if outcome.duration_ms is not None else "?"
-    line = f"run {outcome.run_id} ({outcome.actor}) {outcome.status} in {took}"
-    if outcome.attempts > 1:
-        line += f" after {outcome.attempts} attempts"
-    if outcome.reason:
-        line += f": {outcome.reason}" + (f" ({outcome.error})" if outcome.error else "")
-    print(line)
-    if outcome.output is not None:
-        print(orjson.dumps(outcome.output, option=orjson.OPT_INDENT_2).decode())
-    if not outcome.succeeded and outcome.stderr_tail:
-        print("--- stderr (tail) ---\n" + outcome.stderr_tail.rstrip(), file=sys.stderr)
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from protocol.client import Accepted, ClientError, RunOutcome
+from protocol.client import Accepted, ClientError
 from supervisor.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -21,6 +21,8 @@ from supervisor.cli.common import (
     connect,
     database_flag,
     open_store_from,
+    print_outcome,
+    resolve_id,
     store_flags,
     table,
 )
@@ -57,16 +59,6 @@ def add_runs_commands(sub: Any) -> None:
     )
     client_flags(cancel)
     database_flag(cancel)
-
-
-def resolve_run(args: argparse.Namespace) -> str:
-    """``args.run_id`` made whole by the store; the store is closed again at once."""
-    store = open_store_from(args, read_only=True)
-    try:
-        run_id: str = store.resolve_id("run", args.run_id)
-    finally:
-        store.close()
-    return run_id
 
 
 # --- show ----------------------------------------------------------------------------------
@@ -157,7 +149,7 @@ def _indented(text: str) -> str:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    run_id = resolve_run(args)
+    run_id = resolve_id(args, "run", args.run_id)
     timeout = args.timeout if args.timeout is not None else (600.0 if args.wait else 10.0)
     with connect(args, timeout_s=timeout) as client:
         answer = client.rerun(run_id, wait=args.wait)
@@ -173,7 +165,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Exit 0 once the run is recorded ``cancelled``; 1 if it ended otherwise first (it is then
     not retried); refused (5) for a run that has already finished."""
-    run_id = resolve_run(args)
+    run_id = resolve_id(args, "run", args.run_id)
     with connect(args, timeout_s=args.timeout) as client:
         try:
             outcome = client.cancel(run_id)
@@ -204,20 +196,3 @@ def _refused(args: argparse.Namespace, run_id: str, why: str) -> int:
     else:
         print(f"actor-supervisor: not_cancellable: {why}", file=sys.stderr)
     return EXIT_REFUSED
-
-
-def print_outcome(args: argparse.Namespace, outcome: RunOutcome, **extra: Any) -> None:
-    if args.json:
-        print(orjson.dumps({**outcome.as_dict(), **extra}).decode())
-        return
-    took = f" in {outcome.duration_ms:.1f} ms" if outcome.duration_ms is not None else ""
-    line = f"run {outcome.run_id} ({outcome.actor}) {outcome.status}{took}"
-    if outcome.attempts > 1:
-        line += f" after {outcome.attempts} attempts"
-    if outcome.reason:
-        line += f": {outcome.reason}" + (f" ({outcome.error})" if outcome.error else "")
-    print(line)
-    if outcome.output is not None:
-        print(orjson.dumps(outcome.output, option=orjson.OPT_INDENT_2).decode())
-    if not outcome.succeeded and outcome.stderr_tail:
-        print("--- stderr (tail) ---\n" + outcome.stderr_tail.rstrip(), file=sys.stderr)

@@ -22,6 +22,7 @@ from supervisor.cli.common import (
     load,
     open_store_from,
     print_json_or,
+    resolve_id,
     store_flags,
     table,
 )
@@ -119,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    run_id = resolve_run(args)
+    run_id = resolve_id(args, "workflow_run", args.workflow_run_id)
     with connect(args) as client:
         data = client.workflow(args.action, run_id)
     print_json_or(args, data, f"workflow run {data['workflow_run_id']}: {data['status']}")
@@ -137,17 +138,6 @@ def progress(run: WorkflowRunRecord) -> dict[str, Any]:
         "duration_s": None if run.finished_at is None else
         round(run.finished_at - run.created_at, 3),
     }  # fmt: skip
-
-
-def resolve_run(args: argparse.Namespace) -> str:
-    """``args.workflow_run_id`` made whole by the store (as run ids are: ``Store.resolve_id``);
-    the store is closed again at once."""
-    store = open_store_from(args, read_only=True)
-    try:
-        found: str = store.resolve_id("workflow_run", args.workflow_run_id)
-    finally:
-        store.close()
-    return found
 
 
 def cmd_status(args: argparse.Namespace) -> int:
