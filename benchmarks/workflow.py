@@ -17,7 +17,6 @@
 
 import argparse
 import json
-import os
 import random
 import signal
 import statistics
@@ -44,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(folder: Path, args: argparse.Namespace) -> Path:
+    from bench_supervisor import uid_block  # beside this script, as run.py imports it
+
     scripts = folder / "scripts"
     scripts.mkdir(parents=True)
     (scripts / "step.py").write_text(STEP_SCRIPT)
@@ -53,7 +54,6 @@ def _config(folder: Path, args: argparse.Namespace) -> Path:
         f'[[actors]]\nname = "{s}"\nscript = "scripts/step.py"\ntimeout_s = 30\n\n' for s in STEPS
     )
     config = folder / "supervisor.toml"
-    low = 3_000_000 + (os.getpid() % 1000) * 64  # a uid block no test supervisor uses
     config.write_text(
         f"""
 [supervisor]
@@ -63,7 +63,7 @@ mode = "{args.mode}"
 database = "{args.database or "sqlite:state/bench.db"}"
 log_level = "warning"
 queue_size = 100000
-run_as_range = "{low}-{low + 63}"
+run_as_range = "{uid_block(args.workers * args.concurrency)}"
 
 {actors}
 [[workflows]]
@@ -240,7 +240,7 @@ def measure_conversations(
                 item = f"conv-{made}"  # not the ids of the workflow phase in this store
                 clock += 0.001
                 batch.extend(_item_events(workflow_run_id, item, clock))
-                if made % 97 == 0:
+                if made % 97 == 1:  # the first too: a small --query-rows still has a sample
                     sample.append(item)
             store.write_batch(batch)
             have += len(batch)

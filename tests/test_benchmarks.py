@@ -112,3 +112,17 @@ def test_bad_sweeps_are_refused_with_a_reason() -> None:
             [sys.executable, str(RUN_PY), *flags], capture_output=True, text=True, timeout=60
         )
         assert done.returncode != 0 and reason in done.stderr, (flags, done.stderr)
+
+
+@pytest.mark.timeout(120)
+def test_workflow_runs_every_item_through_every_step_and_times_a_conversation() -> None:
+    report, _ = bench(
+        "--workflow", "--workflow-items", "12", "--conversation-queries", "5",
+        "--query-rows", "500",
+    )  # fmt: skip
+    flow, plain = report["workflow"], report["plain"]
+    assert (flow["items"], flow["status"], flow["errors"]) == (12, "succeeded", 0)
+    assert (plain["runs"], plain["errors"]) == (36, 0)  # the same 12 x 3 step runs, plain
+    assert report["ratio"] > 0 and flow["cpu_ms_per_step_run"] > 0
+    (query,) = report["conversation_query"]
+    assert query["queries"] == 5 and query["p50_ms"] <= query["p99_ms"]
