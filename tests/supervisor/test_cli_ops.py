@@ -69,7 +69,11 @@ def test_a_wrong_config_is_named_too(tmp_path: Path, cli: Cli) -> None:
     assert not (elsewhere / "state").exists()
 
 
-def test_postgres_without_the_database_or_its_tables_gets_a_clear_error(cli: Cli) -> None:
+def test_postgres_without_the_database_or_its_tables_gets_a_clear_error(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a missing database is waited for (it may be being created): not for 10 s here
+    monkeypatch.setenv("ACTOR_SUPERVISOR_DATABASE_WAIT_S", "0.5")
     missing = pg.database_url("actor_supervisor_no_such_database")
     code, _, err = cli("history", "--database", missing)
     assert code == 4 and "no database postgresql://" in err and "wrong --config" in err, err
