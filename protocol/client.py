@@ -116,22 +116,7 @@ class Client:
         self._send(
             Submit(id=rid, actor=actor, input=input, wait=wait, idempotency_key=idempotency_key)
         )
-        reply = self._receive(rid, deadline, "accepted")
-        accepted = Accepted(
-            run_id=reply.data["run_id"],
-            actor=reply.data["actor"],
-            deduplicated=bool(reply.data.get("deduplicated")),
-        )
-        if not wait:
-            return accepted
-        try:
-            result = self._receive(rid, deadline, "result")
-        except ClientTimeout as exc:
-            raise ClientTimeout(
-                f"run {accepted.run_id} accepted but not finished within the deadline",
-                run_id=accepted.run_id,
-            ) from exc
-        return RunOutcome.from_dict(result.data)
+        return self._accepted(rid, deadline, wait)
 
     def trigger(self, actor: str, input: Any = None, *, force: bool = False) -> Accepted:
         """Run an actor now, outside its schedule (a paused one only with ``force``)."""
@@ -182,15 +167,24 @@ class Client:
         rid = _new_id()
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         self._send(Rerun(id=rid, run_id=run_id, wait=wait))
-        data = self._receive(rid, deadline, "accepted").data
-        accepted = Accepted(run_id=data["run_id"], actor=data["actor"])
+        return self._accepted(rid, deadline, wait)
+
+    def _accepted(self, rid: str, deadline: float, wait: bool) -> Accepted | RunOutcome:
+        """The answer to a queued run (``submit``, ``rerun``): its receipt, then with ``wait``
+        its final outcome; a timeout after the receipt names the run."""
+        reply = self._receive(rid, deadline, "accepted")
+        accepted = Accepted(
+            run_id=reply.data["run_id"],
+            actor=reply.data["actor"],
+            deduplicated=bool(reply.data.get("deduplicated")),
+        )
         if not wait:
             return accepted
         try:
             result = self._receive(rid, deadline, "result")
         except ClientTimeout as exc:
             raise ClientTimeout(
-                f"rerun {accepted.run_id} accepted but not finished within the deadline",
+                f"run {accepted.run_id} accepted but not finished within the deadline",
                 run_id=accepted.run_id,
             ) from exc
         return RunOutcome.from_dict(result.data)

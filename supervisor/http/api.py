@@ -7,6 +7,7 @@ supervisor. Handlers are plain functions: Starlette runs them in its thread pool
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from protocol.client import Accepted, RunOutcome
+from protocol.client import Accepted, Client, RunOutcome
 from protocol.outcomes import RunStatus
 from supervisor.code import rollback as code_rollback
 from supervisor.errors import CommandRefused
@@ -240,26 +241,37 @@ async def submit_run(request: Request) -> Response:
     if not ACTOR_NAME.match(name):
         raise Problem(404, "unknown_actor", "no actor by that name")
 
-    def call() -> Accepted | RunOutcome:
-        return backend.call(
-            lambda c: c.submit(
-                name, body, wait=wait is not None, timeout_s=wait, idempotency_key=key
-            )
-        )
+    answer = await _queue_run(
+        backend,
+        lambda c: c.submit(name, body, wait=wait is not None, timeout_s=wait, idempotency_key=key),
+        wait,
+    )
+    if isinstance(answer, Accepted):
+        return _accepted(answer, deduplicated=answer.deduplicated)
+    return JSONResponse(answer.as_dict())
 
+
+async def _queue_run(
+    backend: Backend, ask: Callable[[Client], Accepted | RunOutcome], wait: float | None
+) -> Accepted | RunOutcome:
+    """A submit or a rerun, off the event loop; with ``?wait=``, a supervisor that does not
+    answer in time is a 504 ``wait_timeout`` (the run may well be queued)."""
     try:
-        answer = await run_in_threadpool(call)
+        answer: Accepted | RunOutcome = await run_in_threadpool(lambda: backend.call(ask))
     except Problem as exc:
         if exc.code == "supervisor_unreachable" and wait is not None:
             raise Problem(504, "wait_timeout", f"no final outcome within {wait}s") from None
         raise
-    if isinstance(answer, Accepted):
-        return JSONResponse(
-            {"run_id": answer.run_id, "actor": answer.actor, "deduplicated": answer.deduplicated},
-            status_code=202,
-            headers={"Location": f"/api/v1/runs/{answer.run_id}"},
-        )
-    return JSONResponse(answer.as_dict())
+    return answer
+
+
+def _accepted(answer: Accepted, **extra: Any) -> JSONResponse:
+    """202 with the run's id and where to find it."""
+    return JSONResponse(
+        {"run_id": answer.run_id, "actor": answer.actor, **extra},
+        status_code=202,
+        headers={"Location": f"/api/v1/runs/{answer.run_id}"},
+    )
 
 
 async def trigger_actor(request: Request) -> JSONResponse:
@@ -432,22 +444,12 @@ async def rerun_run(request: Request) -> Response:
     await read_json(request)  # a body is ignored, but still bounded
     run_id = await run_in_threadpool(lambda: resolve_run_id(backend, request.path_params["run_id"]))
 
-    def call() -> Accepted | RunOutcome:
-        return backend.call(lambda c: c.rerun(run_id, wait=wait is not None, timeout_s=wait))
-
-    try:
-        answer = await run_in_threadpool(call)
-    except Problem as exc:
-        if exc.code == "supervisor_unreachable" and wait is not None:
-            raise Problem(504, "wait_timeout", f"no final outcome within {wait}s") from None
-        raise
+    answer = await _queue_run(
+        backend, lambda c: c.rerun(run_id, wait=wait is not None, timeout_s=wait), wait
+    )
     backend.invalidate()
     if isinstance(answer, Accepted):
-        return JSONResponse(
-            {"run_id": answer.run_id, "actor": answer.actor, "rerun_of": run_id},
-            status_code=202,
-            headers={"Location": f"/api/v1/runs/{answer.run_id}"},
-        )
+        return _accepted(answer, rerun_of=run_id)
     return JSONResponse({**answer.as_dict(), "rerun_of": run_id})
 
 
