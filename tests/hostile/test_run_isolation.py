@@ -209,8 +209,9 @@ def test_one_actor_holding_its_nproc_quota_does_not_stop_another_forking(
                 time.sleep(60)
                 os._exit(0)
             held += 1
-        with open("{drop}/hog.ready", "w") as f:
+        with open("{drop}/hog.ready.tmp", "w") as f:  # renamed: never seen half-written
             f.write(str(held))
+        os.rename("{drop}/hog.ready.tmp", "{drop}/hog.ready")
         deadline = time.monotonic() + 60
         while not os.path.exists(sys.argv[0] + ".release") and time.monotonic() < deadline:
             time.sleep(0.05)
