@@ -15,8 +15,9 @@ child the forkers reaped meanwhile: their ``children_user`` and ``children_syste
 benchmark's clients (their own ``getrusage``). With minor page faults per run likewise
 (``faults_per_run``), and the context switches of the long-lived processes (``switches_per_run``:
 threads handing the GIL or the CPU to each other), these are the figures to optimise: far
-steadier than runs/s on a shared machine. ``ceiling_cpu_ms_per_run`` is the bare loop's, parent
-and children together.
+steadier than runs/s on a shared machine. ``supervisor_threads_cpu_ms_per_run`` splits the
+supervisor's CPU by thread: its loop (the main thread), the ``store-writer`` thread, the others.
+``ceiling_cpu_ms_per_run`` is the bare loop's, parent and children together.
 
     python benchmarks/run.py --runs 5000 --workers 2 --mode fork
     python benchmarks/run.py --mode exec --runs 1000 --json
@@ -337,10 +338,11 @@ class _Usage:
     """CPU seconds and minor page faults of one process (all its threads) and of the children
     it reaped, from ``/proc/PID/stat``: the figures ``wait4`` rusage accumulates into a parent."""
 
-    __slots__ = ("cpu_s", "faults", "reaped_cpu_s", "reaped_faults", "switches")
+    __slots__ = ("cpu_s", "faults", "reaped_cpu_s", "reaped_faults", "switches", "threads")
 
     def __init__(self, proc: psutil.Process) -> None:
         self.switches = _switches(proc.pid)
+        self.threads = _thread_cpu_s(proc.pid)
         times = proc.cpu_times()
         self.cpu_s = times.user + times.system
         self.reaped_cpu_s = times.children_user + times.children_system
@@ -360,6 +362,24 @@ def _switches(pid: int) -> int:
         except FileNotFoundError:
             continue  # the thread ended meanwhile
     return total
+
+
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of the main thread (the supervisor's loop) and of the ``store-writer``
+    thread, from ``/proc/PID/task/TID/stat`` (the thread's name is its comm, in the stat line).
+    The other threads are the process's total less these two (exited threads included)."""
+    split = {"loop": 0.0, "store_writer": 0.0}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat", "rb") as f:
+                head, tail = f.read().rsplit(b")", 1)
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        fields = tail.split()
+        role = "loop" if int(task) == pid else head.split(b"(", 1)[1].decode()
+        if role in ("loop", "store-writer"):
+            split[role.replace("-", "_")] += (int(fields[11]) + int(fields[12])) * _TICK_S
+    return split
 
 
 def _process_kinds(root: psutil.Process) -> dict[int, tuple[str, psutil.Process]]:
@@ -415,6 +435,7 @@ class CpuMeter:
         faults = dict.fromkeys(KINDS, 0)
         switches = dict.fromkeys(KINDS, 0)
         count = dict.fromkeys(KINDS, 0)
+        threads = dict.fromkeys(("loop", "store_writer", "other"), 0.0)
         for pid in sorted(self._before.keys() ^ after.keys()):
             kind = (self._before.get(pid) or after[pid])[0]
             self.changed.append(f"{kind} {pid} {'exited' if pid in self._before else 'appeared'}")
@@ -425,6 +446,11 @@ class CpuMeter:
             faults[kind] += new.faults - old.faults
             switches[kind] += new.switches - old.switches
             count[kind] += 1
+            if kind == "supervisor":
+                for role, cpu_s in new.threads.items():
+                    threads[role] += cpu_s - old.threads[role]
+                threads["other"] += new.cpu_s - old.cpu_s - sum(new.threads.values())
+                threads["other"] += sum(old.threads.values())
             if kind == "forkers":
                 cpu["run_children"] += new.reaped_cpu_s - old.reaped_cpu_s
                 faults["run_children"] += new.reaped_faults - old.reaped_faults
@@ -442,6 +468,10 @@ class CpuMeter:
                 k: round(v / runs, 1)
                 for k, v in switches.items()
                 if count[k] and k not in ("clients", "run_children")
+            },
+            # the supervisor's CPU by thread: its loop, the store writer, all others
+            "supervisor_threads_cpu_ms_per_run": {
+                k: round(v * 1000 / runs, 3) for k, v in threads.items()
             },
             "processes": {k: v for k, v in count.items() if v and k != "run_children"},
             # /proc counts CPU in clock ticks: each process's figure is this coarse in all
@@ -743,7 +773,8 @@ def _workflow(args: argparse.Namespace) -> int:
 
 
 _PER_KIND = {"cpu_ms_per_run": "cpu ms/run", "faults_per_run": "faults/run",
-             "switches_per_run": "switches/run", "processes": "processes"}  # fmt: skip
+             "switches_per_run": "switches/run", "processes": "processes",
+             "supervisor_threads_cpu_ms_per_run": "supervisor cpu ms/run"}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

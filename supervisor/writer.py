@@ -6,11 +6,11 @@ durable: it replies "accepted" and dispatches a run only once the run's row is c
 in order, in batches, and then advances ``committed`` and makes ``wakeup_fd`` readable. Every
 record with ``seq <= committed`` is durable.
 
-Batching is group commit: the thread takes everything waiting (up to ``batch_size``) and keeps
-collecting while more arrives, and flushes when the batch is full, when its oldest record is
-``max_age_s`` old, or as soon as the queue stays empty across a yield. An idle system gets one
-record per commit with minimal latency; a busy one gets big batches because records pile up
-while the previous commit runs.
+Batching is group commit: the thread takes everything waiting (up to ``batch_size``) when it
+wakes and writes it at once. An idle system gets one record per commit with minimal latency; a
+busy one gets big batches because records pile up while the previous commit runs. The
+supervisor's loop holds the thread back during a turn of its handlers (``held``), so that a
+batch is at least a whole turn's records, for at most ``max_age_s``.
 
 A failed write is never dropped. With a :class:`~supervisor.spool.Spool` (the supervisor always
 has one), a batch the store refuses is appended to the spool and fsync'd, which makes it
@@ -24,6 +24,7 @@ spool (tests, the store benchmark) the batch is kept in memory and retried with 
 """
 
 import contextlib
+import ctypes
 import logging
 import os
 import threading
@@ -160,8 +161,8 @@ class BatchWriter:
                 raise RuntimeError("BatchWriter.put() after close()")
             self._last_seq += 1
             self._queue.append((self._last_seq, now, item))
-            if not self._held:
-                self._work.notify()
+            if not self._held or len(self._queue) == self._batch_size:
+                self._work.notify()  # held: at the end of the turn, unless a batch is full
             return self._last_seq
 
     @contextlib.contextmanager
@@ -308,6 +309,7 @@ class BatchWriter:
     # -- the writer thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        _name_os_thread("store-writer")
         while (batch := self._collect()) is not None:
             if batch and not self._write(batch):
                 return
@@ -327,33 +329,46 @@ class BatchWriter:
         self.retention.step()
 
     def _collect(self) -> list[_Entry] | None:
-        """Wait for records and gather one batch by the flush rule; None when closed and empty,
-        and an empty batch when retention is due while no record waits."""
+        """Wait for records and take what is queued (up to ``batch_size``); None when closed
+        and empty, and an empty batch when retention is due while no record waits.
+
+        The batch is what waits when the thread wakes: at the end of a loop turn (``held``) it
+        is the whole turn's records, and records put while a batch commits make the next one
+        (group commit). The thread never yields the GIL to let a batch grow, which would hand
+        it back and forth with the loop. While a turn is held, its records wait for its end:
+        a sleeping thread is woken then (or when they fill a batch), and an awake one leaves
+        them until then unless they fill a batch or the oldest is ``max_age_s`` old.
+        """
         with self._lock:
-            while not self._queue:
-                if self._closing:
+            while True:
+                wait: float | None
+                if self._queue:
+                    if (wait := self._hold_s()) <= 0:
+                        break
+                elif self._closing:
                     return None
-                wait = self.retention.wait_s() if self.retention is not None else None
-                if wait is not None and wait <= 0:
-                    return []
+                else:
+                    wait = self.retention.wait_s() if self.retention is not None else None
+                    if wait is not None and wait <= 0:
+                        return []
                 self._work.wait(wait)
-        batch: list[_Entry] = []
-        while True:
-            with self._lock:
-                taken = min(self._batch_size - len(batch), len(self._queue))
-                batch.extend(self._queue.popleft() for _ in range(taken))
-            if len(batch) >= self._batch_size:
+            queue = self._queue
+            batch = [queue.popleft() for _ in range(min(self._batch_size, len(queue)))]
+            if len(batch) == self._batch_size:
                 reason = "full"
             elif time.monotonic() - batch[0][1] >= self._max_age_s:
                 reason = "aged"
-            elif taken == 0:
-                reason = "idle"  # nothing arrived while we yielded: the queue is quiet
             else:
-                time.sleep(0)  # yield the GIL so producers can add to this batch
-                continue
-            with self._lock:
-                self._reasons[reason] += 1
+                reason = "idle"  # the queue is empty: everything waiting is in this batch
+            self._reasons[reason] += 1
             return batch
+
+    def _hold_s(self) -> float:
+        """How long the queued records may wait for the loop's turn to end (0: take them now).
+        Call with the lock held."""
+        if not self._held or self._closing or len(self._queue) >= self._batch_size:
+            return 0.0
+        return self._max_age_s - (time.monotonic() - self._queue[0][1])
 
     def _write(self, batch: list[_Entry]) -> bool:
         """Make ``batch`` durable, retrying with backoff until it is; False if abandoned."""
@@ -506,6 +521,13 @@ def _check_settings(batch_size: int, replay_chunk: int, max_age_s: float, *backo
         raise ValueError(f"batch_size and replay_chunk must be >= 1, got {batch_size}")
     if max_age_s < 0 or backoff[0] <= 0 or backoff[1] < backoff[0]:
         raise ValueError("max_age_s must be >= 0 and 0 < backoff_initial_s <= backoff_max_s")
+
+
+def _name_os_thread(name: str) -> None:
+    """Name the calling thread for the kernel too (its ``/proc/PID/task/TID/comm``, as ``top -H``
+    and the benchmark's per-thread CPU read it): Python 3.11 keeps thread names to itself."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # 15: PR_SET_NAME
 
 
 def _nonblocking_pipe() -> tuple[int, int]:

@@ -8,12 +8,13 @@ class WriterStats:
     """A snapshot of the writer for ``status`` and benchmarks.
 
     ``queue_depth`` counts records put but not yet committed (waiting or in the batch being
-    written). ``full_batches``/``aged_batches``/``idle_batches`` say why each batch was closed,
-    which tells whether ``batch_size`` and ``max_age_s`` fit the load. ``spool_depth`` counts
-    records durable in the spool but not yet in the store, ``spooled``/``replayed`` the records
-    that went in and out of it; ``degraded`` is true while the last store write failed or the
-    spool is not empty. ``rejected`` counts records that could be neither stored nor spooled
-    (not serializable: a bug, logged with the record).
+    written). ``full_batches``/``aged_batches``/``idle_batches`` say what each batch was: full
+    (``batch_size``), taken with its oldest record ``max_age_s`` old (the writer falls behind),
+    or everything that waited; which tells whether ``batch_size`` and ``max_age_s`` fit the
+    load. ``spool_depth`` counts records durable in the spool but not yet in the store,
+    ``spooled``/``replayed`` the records that went in and out of it; ``degraded`` is true while
+    the last store write failed or the spool is not empty. ``rejected`` counts records that
+    could be neither stored nor spooled (not serializable: a bug, logged with the record).
     """
 
     queue_depth: int

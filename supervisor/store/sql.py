@@ -21,7 +21,7 @@ from supervisor.code.records import CodeChange, CodeRecorded, CodeState, CodeVer
 from supervisor.records import ActorRecord, Event, Record, RunRecord, TaskState
 from supervisor.store import code, outbox, prune, queries, workflows
 from supervisor.store.base import Pruned, Store, StoreError
-from supervisor.store.values import SplitBatch, clean_text
+from supervisor.store.values import NUL, SplitBatch, clean_text
 from supervisor.workflows.records import WorkflowItemRecord, WorkflowRunRecord, WorkflowSnapshot
 
 Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]  # (to the database, from it)
@@ -77,11 +77,15 @@ class Table:
         self.record = record
         self.columns = [f.name for f in fields(record)]
         self._values = operator.attrgetter(*self.columns)  # one C call for every column
+        # text columns are checked for NUL all at once (one join), the others converted each
+        self._text_index = [i for i, c in enumerate(self.columns) if codecs.get(c) is TEXT]
+        index = self._text_index
+        self._texts = operator.itemgetter(*index, *index[:1]) if index else None  # always a tuple
         self._encode = [
             (i, codecs[c][0])
             for i, c in enumerate(self.columns)
-            if c in codecs and codecs[c][0] is not same
-        ]  # only the columns that need converting
+            if c in codecs and codecs[c] is not TEXT and codecs[c][0] is not same
+        ]  # only the other columns that need converting
         self._from_db = [codecs.get(c, PLAIN)[1] for c in self.columns]
         self.select = f"SELECT {names(self.columns)} FROM {name}"
         insert_columns = [*self.columns, *extra_columns]
@@ -120,6 +124,9 @@ class Table:
     def row(self, record: Any) -> list[Any]:
         """The record's column values, converted where needed (the writer's hot path)."""
         values = list(self._values(record))
+        if self._texts is not None and _has_nul(self._texts(values)):
+            for index in self._text_index:
+                values[index] = clean_text(values[index])
         for index, to_db in self._encode:
             values[index] = to_db(values[index])
         return values
@@ -131,6 +138,15 @@ class Table:
                 for column, from_db, value in zip(self.columns, self._from_db, row, strict=True)
             }
         )
+
+
+def _has_nul(texts: tuple[Any, ...]) -> bool:
+    """Whether any of ``texts`` (strings or None) holds a NUL: one ``join`` and one search
+    instead of a call per column. A value that is not text takes the slow path too."""
+    try:
+        return NUL in "".join(filter(None, texts))
+    except TypeError:
+        return True
 
 
 @dataclass(frozen=True)

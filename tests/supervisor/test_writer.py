@@ -1,5 +1,6 @@
 """The batch writer against a real SQLite store: ordering, durability signals, batching, retries."""
 
+import contextlib
 import dataclasses
 import logging
 import select
@@ -201,6 +202,65 @@ def test_records_put_while_held_wake_the_writer_once_when_the_block_ends(
 
     assert store.sizes == [3]  # woken once, it found the whole turn's records
     assert stored_event_ids(store.path) == ["e0", "e1", "e2"]
+
+
+@pytest.mark.timeout(30)
+def test_an_awake_writer_leaves_a_held_turns_records_until_the_turn_ends(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    writer = make_writer(writers, store, start=False, max_age_s=5.0)
+    with writer.held():
+        seqs = [writer.put(event(n)) for n in range(2)]
+        writer.start()  # awake with records queued, in the middle of the turn
+        wait_for(lambda: bool(writer._work._waiters))  # type: ignore[attr-defined]
+        seqs.append(writer.put(event(2)))
+        assert writer.committed == 0 and store.sizes == []
+    assert writer.flush(10)
+
+    assert store.sizes == [3]  # the turn's records in one batch, taken when the turn ended
+    assert writer.stats().idle_batches == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_held_turn_does_not_hold_back_a_full_batch(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    writer = make_writer(writers, store, batch_size=3, max_age_s=5.0)
+    wait_for(lambda: bool(writer._work._waiters))  # type: ignore[attr-defined]  # idle, waiting
+    with writer.held():
+        for n in range(4):
+            writer.put(event(n))
+        wait_for(lambda: writer.committed == 3, 10, "the full batch")  # the turn goes on
+    assert writer.flush(10)
+
+    assert store.sizes == [3, 1]
+    assert writer.stats().full_batches == 1
+
+
+@pytest.mark.timeout(30)
+def test_an_awake_writer_takes_a_held_record_once_it_is_max_age_old(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    writer = make_writer(writers, store, start=False, max_age_s=0.05)
+    with writer.held():
+        writer.put(event(0))
+        writer.start()  # awake, with a record the turn holds
+        wait_for(lambda: writer.committed == 1, 10, "the record past max_age_s")
+
+    assert store.sizes == [1]
+    assert writer.stats().aged_batches == 1
+
+
+@pytest.mark.timeout(30)
+def test_the_writer_thread_is_named_for_the_kernel_too(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    make_writer(writers, store)  # top -H and the benchmark's per-thread CPU find it by name
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            names.append((task / "comm").read_text().strip())
+    assert "store-writer" in names
 
 
 # -- failures ---------------------------------------------------------------------------------

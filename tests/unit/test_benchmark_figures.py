@@ -3,7 +3,10 @@ progress line, and the sweep lists ``--workers``/``--clients`` take."""
 
 import argparse
 import io
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,31 @@ def test_workers_and_clients_take_one_number_or_a_sweep() -> None:
     for bad in ("0", "1,x", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             counts(bad)
+
+
+def test_the_supervisors_cpu_is_split_by_thread_found_by_its_kernel_name() -> None:
+    from run import _thread_cpu_s
+
+    from supervisor.writer import _name_os_thread
+
+    burnt, stop = threading.Event(), threading.Event()
+
+    def writer_like() -> None:
+        _name_os_thread("store-writer")  # as the batch writer's thread names itself
+        deadline = time.thread_time() + 0.05
+        while time.thread_time() < deadline:
+            pass
+        burnt.set()
+        stop.wait(10)
+
+    before = _thread_cpu_s(os.getpid())
+    thread = threading.Thread(target=writer_like)
+    thread.start()
+    try:
+        assert burnt.wait(10)
+        split = _thread_cpu_s(os.getpid())
+    finally:
+        stop.set()
+        thread.join()
+    assert before["store_writer"] == 0 and before["loop"] > 0  # this test's main thread
+    assert split["store_writer"] >= 0.04  # its 50 ms, in clock ticks
