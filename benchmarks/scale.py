@@ -9,12 +9,13 @@ the time until its CPU settles (the first writes of N actors' rows), then over `
 its idle CPU (% of one core, and the whole process tree's) and its RSS.
 
 **Burst**: ``min(N, --burst)`` actors whose ``once`` schedules are all due at the same instant,
-a few seconds after the workers are ready. Fire lateness is the running row's ``started_at``
-(stamped by the run book just before the run is sent to a worker) minus the due time. Only
+a few seconds after the workers are ready. Fire lateness is the time of the run's
+``run_started`` event (stamped by the run book just before the run is sent to a worker) minus
+the due time. Only
 ``workers x concurrency`` runs can be in flight, so most of a large burst waits for a slot: the
 figure for scheduling itself is over the runs that had a free slot all the way from their due
 time to their dispatch: fewer than ``workers x concurrency`` runs in flight throughout, replayed
-from the store (a run is in flight from its ``started_at`` until the supervisor records its
+from the store (a run is in flight from its ``run_started`` until the supervisor records its
 outcome, the ``created_at`` of its final event). Lateness over all runs and the burst's drain
 time are reported beside it.
 """
@@ -253,10 +254,12 @@ Row = tuple[float, float, float, float]
 
 def _burst_rows(sup: BenchSupervisor, due: float) -> list[Row]:
     """(queued, started, freed, finished) of the burst's first attempts. ``queued``: when the
-    fire became a queued run (``queued_at``); ``started``: the running
-    row's ``started_at``; ``freed``: when the supervisor recorded the outcome (its final
-    event's ``created_at``), which is when its slot became free again in the supervisor's
-    view; ``finished``: the worker's ``finished_at``."""
+    fire became a queued run (``queued_at``); ``started``: when the supervisor sent it to a
+    worker (its first ``run_started`` event's ``created_at``: the final row's ``started_at`` is
+    the launcher's, which also counts the time the run waited inside its worker); ``freed``:
+    when the supervisor recorded the outcome (its final event's ``created_at``), which is when
+    its slot became free again in the supervisor's view; ``finished``: the worker's
+    ``finished_at``."""
     from supervisor.store import open_store
 
     store = open_store(sup.store_url(), base_dir=sup.folder, read_only=True)
@@ -266,14 +269,18 @@ def _burst_rows(sup: BenchSupervisor, due: float) -> list[Row]:
     finally:
         store.close()
     freed: dict[str, float] = {}
+    sent: dict[str, float] = {}
     for event in events:
-        if event.event_type not in ("run_queued", "run_started"):
-            freed[event.aggregate_id] = max(event.created_at, freed.get(event.aggregate_id, 0))
+        run_id, at = event.aggregate_id, event.created_at
+        if event.event_type == "run_started":
+            sent[run_id] = min(at, sent.get(run_id, at))  # the first attempt's
+        elif event.event_type != "run_queued":
+            freed[run_id] = max(at, freed.get(run_id, 0))
     return [
-        (r.queued_at, r.started_at, freed[r.run_id], r.finished_at)
+        (r.queued_at, sent[r.run_id], freed[r.run_id], r.finished_at)
         for r in records
         if r.attempt == 1 and r.scheduled_for == due and r.run_id in freed
-        and r.started_at is not None and r.finished_at is not None
+        and r.run_id in sent and r.finished_at is not None
     ]  # fmt: skip
 
 

@@ -70,11 +70,12 @@ class ScheduleHeap(Generic[K]):
         entry = self._live.get(key)
         return entry[0] if entry else None
 
-    def pop_due(self, now: float) -> list[tuple[K, float]]:
-        """Remove and return every live entry due at or before ``now``, in due order."""
+    def pop_due(self, now: float, limit: int | None = None) -> list[tuple[K, float]]:
+        """Remove and return the live entries due at or before ``now``, in due order; at most
+        ``limit`` of them (the rest stay, still due)."""
         popped: list[tuple[K, float]] = []
         heap, live = self._heap, self._live
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and (limit is None or len(popped) < limit):
             entry = heapq.heappop(heap)
             key = entry[2]
             if live.get(key) is entry:

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 OVERDUE_SLACK_S = 30.0  # beyond timeout + kill grace, a run's worker is presumed hung
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 POISON_LOSSES = 2  # a run whose attempts took down this many workers is not run again
+FIRE_BATCH = 32  # due entries popped per turn of the loop: see fire_due
 KILL_WAIT_S = 5.0  # after the kill grace, how long a killed run's result may take to arrive
 COUNTERS = (
     "runs_accepted", "runs_finished", "runs_succeeded", "runs_failed", "retries_scheduled",
@@ -250,8 +251,14 @@ class RunBook:
     # --- the schedule heap ------------------------------------------------------------------
 
     def fire_due(self, now: float) -> None:
-        """Pop what is due: retries become ready, schedules fire, breaker probes run."""
-        for (kind, name), due in self.heap.pop_due(now):
+        """Pop what is due: retries become ready, schedules fire, breaker probes run.
+
+        At most :data:`FIRE_BATCH` a turn: the rest stay due, so the loop's next poll returns at
+        once. Popping a burst of 1,000 fires in one turn would hold every run back until all
+        1,000 queued rows were made and committed; in chunks, the first chunk's rows commit
+        and go to free workers while the loop makes the next.
+        """
+        for (kind, name), due in self.heap.pop_due(now, FIRE_BATCH):
             if kind is EntryKind.RETRY:
                 active = self.runs.get(name)
                 if active is not None and active.record.status == RunStatus.QUEUED:

@@ -14,6 +14,7 @@ from protocol.outcomes import Reason, RunStatus
 from supervisor.actors import ActorRuntime
 from supervisor.heap import EntryKind
 from supervisor.records import RunRecord, Trigger
+from supervisor.runbook import FIRE_BATCH
 from supervisor.runs import retry_time
 from supervisor.schedule import retry_delay
 from tests.unit.fakes import Bench, bench, result
@@ -227,3 +228,30 @@ def test_attempts_lost_with_their_worker_are_free_retries(tmp_path: Path) -> Non
     assert retry_time(cfg, attempt(2), 0, 100.0, rng) is None  # max_retries = 1
     assert retry_time(cfg, attempt(2), 1, 100.0, rng) == 106.0  # one attempt died with a worker
     assert retry_time(cfg, attempt(1, RunStatus.FAILED_PERMANENT), 0, 100.0, rng) is None
+
+
+def test_a_burst_of_due_fires_is_taken_in_chunks_so_the_first_runs_go_out_at_once(
+    tmp_path: Path,
+) -> None:
+    """1,000 actors due in the same second: one turn of the loop must not make (and wait for
+    the commit of) every queued run before the first goes to a free worker."""
+    count = 3 * FIRE_BATCH + 5
+    tables = "".join(
+        f'[[actors]]\nname = "a{i:03}"\nscript = "job.py"\n'
+        f'schedule = {{ type = "interval", seconds = {EVERY_S} }}\n'
+        for i in range(count)
+    )
+    b = bench(tmp_path, tables)
+    b.book.restore([])  # fresh schedules: every first fire is due now
+    now = b.clock()
+    b.book.fire_due(now)
+    assert len(b.book.runs) == FIRE_BATCH
+    assert b.book.heap.timeout_ms(now, 1000) == 0  # the rest is still due: no wait in the poll
+    b.commit()
+    assert len(b.dispatch("w1", "w2")) == 2  # the first chunk's runs go out before the rest fire
+    turns = 1
+    while b.book.heap.timeout_ms(now, 1000) == 0:
+        b.book.fire_due(now)
+        turns += 1
+    assert len(b.book.runs) == count and turns == 4
+    assert all(a.record.scheduled_for == now for a in b.book.runs.values())
