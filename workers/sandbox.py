@@ -48,6 +48,7 @@ CAP_SETPCAP = 8
 CAP_SYS_ADMIN = 21
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 0x2
@@ -132,7 +133,7 @@ class Sandbox:
 
     __slots__ = (
         "_base_env", "_caps", "_hard", "_ids", "_keep", "_keep_tops", "_libc", "_mounts",
-        "_python", "_tmp_roots",
+        "_namespaces", "_python", "_tmp_roots",
     )  # fmt: skip
 
     def __init__(self, config: SandboxConfig, environ: Mapping[str, str]) -> None:
@@ -157,9 +158,11 @@ class Sandbox:
         }  # fmt: skip
         self._keep: tuple[object, ...] = ()
         self._caps = _last_capability() if _has_capability(CAP_SETPCAP) else -1
-        # Without CAP_SYS_ADMIN (not root) no mount namespace: tmp_mb is not enforced.
+        # Without CAP_SYS_ADMIN (not root) no namespaces: neither a System V IPC namespace of
+        # its own nor a private tmpfs (tmp_mb is not enforced).
+        self._namespaces = private_tmp_available()
         self._tmp_roots = tuple(root for root in TMP_ROOTS if os.path.isdir(root))
-        self._mounts = private_tmp_available() and "/tmp" in self._tmp_roots
+        self._mounts = self._namespaces and "/tmp" in self._tmp_roots
         # The interpreter (exec mode, subprocesses) stays reachable even if it lives in /tmp.
         self._keep_tops = _tops(
             tuple(p for p in (self._python, sys.prefix, sys.base_prefix, *sys.path) if p),
@@ -199,7 +202,8 @@ class Sandbox:
         descriptors moved to 0-5 and every other one closed. (The hardening that needs no run
         is inherited from the forker: see :meth:`harden`.) Then it blocks on
         the go pipe (EOF: retired unused), reads its Run from the run memfd, writes the input
-        into its own stdin memfd, and becomes the run: script read, limits, network, user, cwd,
+        into its own stdin memfd, and becomes the run: script read, limits, namespaces (IPC;
+        mounts for the private tmpfs; network), user, cwd,
         environment, then exec or the script itself.
         The run arrives as an :class:`Order`, already validated by the worker and the launcher.
         """
@@ -225,13 +229,16 @@ class Sandbox:
             source, modules = _read_code(run)
             step = "limits"
             self._apply_limits(run)
+            step = "namespaces"
+            mounts = run.tmp_mb is not None and self._mounts
+            self._unshare(run, mounts=mounts)
             tmpdir = run.tmpdir
-            if run.tmp_mb is not None and self._mounts:
+            if mounts:
                 step = "private tmp"
                 tmpdir = self._private_tmp(run)
             if run.network == "none":
                 step = "network"
-                self._isolate_network()
+                _loopback_up()
             step = "user"
             self._become_user(run.uid)
             step = "cwd"  # after the switch: the folder must be enterable by the run's user
@@ -284,20 +291,28 @@ class Sandbox:
         for cap in range(self._caps + 1):
             self._prctl(PR_CAPBSET_DROP, cap)
 
-    def _isolate_network(self) -> None:
-        """A fresh network namespace (needs root, before the switch) with loopback up."""
-        if self._libc.unshare(CLONE_NEWNET) != 0:
+    def _unshare(self, order: Order, *, mounts: bool) -> None:
+        """The run's namespaces, in one unshare() (root, before the switch).
+
+        Always (when we may): System V IPC of its own -- shared memory segments, message
+        queues, semaphore sets and POSIX message queues -- so a run can neither leave objects
+        that outlive it for a later run to read nor fill the host's IPC limits; they go with
+        the namespace's last process. With ``mounts``, a mount namespace for the private tmpfs;
+        with ``network = "none"``, an empty network namespace (which needs the privilege).
+        """
+        flags = CLONE_NEWIPC if self._namespaces else 0
+        if mounts:
+            flags |= CLONE_NEWNS
+        if order.network == "none":
+            flags |= CLONE_NEWNET
+        if flags and self._libc.unshare(flags) != 0:
             err = ctypes.get_errno()
-            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            request = struct.pack("16sH14x", b"lo", 0)
-            flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
-            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+            raise OSError(err, f"unshare({flags:#x}): {os.strerror(err)}")
 
     def _private_tmp(self, order: Order) -> str:
         """Give the run /tmp, /var/tmp and /dev/shm of its own: one fresh tmpfs of ``tmp_mb``
-        MiB in a mount namespace of its own (root, before the switch), so that a script can
-        fill neither the host's disk (the state folder's, often) nor another run's TMPDIR, and
+        MiB in its mount namespace (made by :meth:`_unshare`), so that a script can fill
+        neither the host's disk (the state folder's, often) nor another run's TMPDIR, and
         leaves nothing behind: the tmpfs goes with the namespace's last process.
 
         A top-level folder of those roots holding the run's own folder or script, or the
@@ -305,7 +320,6 @@ class Sandbox:
         the launcher's path for it when that is in /tmp (the real one stays empty), else
         :data:`PRIVATE_TMPDIR`.
         """
-        self._mount_call("unshare", self._libc.unshare(CLONE_NEWNS))
         # Nothing mounted from here on may propagate back to the host's namespace.
         self._mount(None, "/", None, MS_REC | MS_PRIVATE)
         roots = self._tmp_roots
@@ -409,6 +423,14 @@ class Sandbox:
             hard = min(hard, cap)
             soft = min(soft, hard)
         resource.setrlimit(res, (soft, hard))
+
+
+def _loopback_up() -> None:
+    """Bring up loopback in the run's fresh network namespace (see :meth:`Sandbox._unshare`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
 def _last_capability() -> int:
