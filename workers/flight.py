@@ -55,7 +55,7 @@ class Flight:
     def __init__(self, run: Run, pid: int, out_fd: int, err_fd: int, note_fd: int) -> None:
         self.run = run
         self.uid: int | None = None  # the run's own uid, back to the launcher's pool when reaped
-        self.tmpdir = ""  # its private TMPDIR, removed when it is reaped
+        self.tmpdir = ""  # its private TMPDIR if the launcher made one, removed when reaped
         self.pid = pid
         self.out_fd = out_fd
         self.err_fd = err_fd
@@ -169,15 +169,15 @@ class Spare:
         self.go_fd = go_fd
         self.run_fd = run_fd
 
-    def launch(self, run: Run, uid: int | None, tmpdir: str) -> Flight:
-        """Hand a run over (as an :class:`Order` through the run memfd: never blocking).
+    def launch(self, run: Run, order: Order) -> Flight:
+        """Hand a run over (as its :class:`Order`, through the run memfd: never blocking).
 
         :raises OSError: the spare is gone (it died waiting); the caller retires it.
         """
-        order = Order.of(run, uid, tmpdir).dumps()
-        view = memoryview(order)
+        data = order.dumps()
+        view = memoryview(data)
         written = 0
-        while written < len(order):
+        while written < len(data):
             written += os.pwrite(self.run_fd, view[written:], written)
         started_at = time.time()
         t0 = time.monotonic()
@@ -187,8 +187,7 @@ class Spare:
         flight = Flight(run, self.pid, self.out_fd, self.err_fd, self.note_fd)
         flight.t0 = t0
         flight.started_at = started_at
-        flight.uid = uid
-        flight.tmpdir = tmpdir
+        flight.uid = order.uid
         return flight
 
     def retire(self) -> None:

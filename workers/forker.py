@@ -81,6 +81,7 @@ class Forker:
     def __init__(self, sandbox: Sandbox, sock: socket.socket, *, uid_sweep: bool) -> None:
         _become_subreaper()
         sandbox.harden()  # inherited by every child: no per-run cost
+        sandbox.enter_forker_namespace()  # likewise: see there
         self._sandbox = sandbox
         self._sock = sock
         self._uid_sweep = uid_sweep

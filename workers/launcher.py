@@ -263,8 +263,12 @@ class LauncherLoop:
         if self._config.run_uids and not self._free_uids:
             raise OSError(f"all {len(self._config.run_uids)} uids of this launcher are in use")
         uid = self._free_uids.pop() if self._config.run_uids else None
+        self._seq += 1
+        tmpdir = f"{self._tmp_root}/{self._seq}"
         try:
-            tmpdir = self._make_tmpdir(uid)
+            order = self._sandbox.order(run, uid, tmpdir)
+            # A run whose TMPDIR is in its own tmpfs never uses the real folder: none is made.
+            made = "" if order.tmp_inside else self._make_tmpdir(tmpdir, uid)
         except OSError:
             self._release(uid, "")
             raise
@@ -273,19 +277,19 @@ class LauncherLoop:
             try:
                 if spare is None:
                     spare = self._forker.wait_spare()
-                return spare.launch(run, uid, tmpdir)
+                flight = spare.launch(run, order)
+                flight.tmpdir = made
+                return flight
             except OSError as exc:
                 if spare is not None:
                     spare.retire()  # it died waiting; the forker reaps it
                 error = exc
-        self._release(uid, tmpdir)
+        self._release(uid, made)
         raise error
 
-    def _make_tmpdir(self, uid: int | None) -> str:
+    def _make_tmpdir(self, path: str, uid: int | None) -> str:
         """A private TMPDIR (0700), owned by the run's user when we switch to one. Its name is
         taken in our own folder, which nobody else can write, so no run can squat it."""
-        self._seq += 1
-        path = f"{self._tmp_root}/{self._seq}"
         os.mkdir(path, 0o700)
         owner = (uid, uid) if uid is not None else self._config.run_as
         if self._chown and owner is not None:

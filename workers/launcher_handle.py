@@ -75,11 +75,16 @@ def start_launcher(config: SandboxConfig, *, ready_timeout: float = READY_TIMEOU
         "workers.launcher",
         orjson.dumps(config).decode(),
     ]
+    # Every library symbol bound at start-up rather than on first call: a lazy binding done in
+    # a forked child writes the global offset table there, a copy-on-write fault per page (and
+    # each run's child first calls many functions). Extension modules are dlopen()ed RTLD_NOW
+    # anyway. The launcher clears its environment before any run (Sandbox.adopt_process).
+    env = {**os.environ, "LD_BIND_NOW": "1"}
     try:
         pid = os.posix_spawn(
             sys.executable,
             argv,
-            os.environ,
+            env,
             file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), CHANNEL_FD)],
         )
     finally:

@@ -21,6 +21,7 @@ import pwd
 import resource
 import signal
 import socket
+import stat
 import struct
 import sys
 from collections.abc import Mapping
@@ -48,13 +49,14 @@ CAP_SETPCAP = 8
 CAP_SYS_ADMIN = 21
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_BIND = 0x1000
 MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 # The shared scratch folders a run could fill the host's disk (or memory) through: with a tmp_mb
 # limit they are one private tmpfs of that size, the first mounted and the others bound to it.
 TMP_ROOTS: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
@@ -62,6 +64,7 @@ PRIVATE_TMPDIR = "/tmp/run"  # a run's TMPDIR in its tmpfs when the launcher's i
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+COMPILED_MAX = 64  # scripts whose compiled code a launcher keeps
 CPU_HARD_MARGIN_S = 1  # RLIMIT_CPU hard limit above the soft one: SIGXCPU first, SIGKILL later
 _MAX_FD = 1 << 20  # close_range bound; the kernel clips it, so its size costs nothing
 
@@ -82,7 +85,7 @@ class Order(NamedTuple):
     cwd: str
     mode: str
     input_json: str
-    env: dict[str, str]
+    env: dict[str, str]  # what the run adds to the allow-listed environment: see Sandbox.order
     cpu_s: int | None
     memory_mb: int | None
     nofile: int | None
@@ -94,15 +97,14 @@ class Order(NamedTuple):
     tmpdir: str  # private, created by the launcher for this run (and owned by its uid)
     modules: tuple[str, ...]  # a stored bundle's other files, relative to the script's folder
     argv: tuple[str, ...]  # a command actor: exec ``script`` with these arguments
-
-    @classmethod
-    def of(cls, run: Run, uid: int | None, tmpdir: str) -> "Order":
-        lim = run.limits
-        return cls(
-            run.run_id, run.attempt, run.actor, run.script, run.cwd, run.mode, run.input_json,
-            run.env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb, lim.tmp_mb,
-            run.network, uid, tmpdir, run.modules, run.argv,
-        )  # fmt: skip
+    # The private tmpfs, planned by the launcher (Sandbox.order): the top-level folders of the
+    # roots to bind back in, and the run's TMPDIR inside the tmpfs ("": keep ``tmpdir``).
+    keep: tuple[str, ...] = ()
+    tmp_inside: str = ""
+    # The script as the launcher read and compiled it (marshalled): b"" when it could not (a
+    # missing file, a SyntaxError), and the child reads it and reports that as before.
+    source: bytes = b""
+    code: bytes = b""
 
     def dumps(self) -> bytes:
         data: bytes = marshal.dumps(tuple(self))
@@ -131,8 +133,8 @@ class Sandbox:
     """
 
     __slots__ = (
-        "_base_env", "_caps", "_hard", "_ids", "_keep", "_keep_tops", "_libc", "_mounts",
-        "_python", "_tmp_roots",
+        "_base_env", "_caps", "_compiled", "_hard", "_ids", "_keep", "_keep_tops", "_libc",
+        "_mounts", "_namespaces", "_python", "_tmp_roots",
     )  # fmt: skip
 
     def __init__(self, config: SandboxConfig, environ: Mapping[str, str]) -> None:
@@ -157,15 +159,67 @@ class Sandbox:
         }  # fmt: skip
         self._keep: tuple[object, ...] = ()
         self._caps = _last_capability() if _has_capability(CAP_SETPCAP) else -1
-        # Without CAP_SYS_ADMIN (not root) no mount namespace: tmp_mb is not enforced.
+        # Without CAP_SYS_ADMIN (not root) no namespaces: neither a System V IPC namespace of
+        # its own nor a private tmpfs (tmp_mb is not enforced).
+        self._namespaces = private_tmp_available()
         self._tmp_roots = tuple(root for root in TMP_ROOTS if os.path.isdir(root))
-        self._mounts = private_tmp_available() and "/tmp" in self._tmp_roots
+        self._mounts = self._namespaces and "/tmp" in self._tmp_roots
         # The interpreter (exec mode, subprocesses) stays reachable even if it lives in /tmp.
         self._keep_tops = _tops(
             tuple(p for p in (self._python, sys.prefix, sys.base_prefix, *sys.path) if p),
             self._tmp_roots,
         )
+        self._compiled: dict[tuple[str, bytes], bytes] = {}  # (path, source) -> marshalled code
         self._libc = ctypes.CDLL(None, use_errno=True)
+        # Resolved here, not in each child: a child's first lookup of a libc function builds
+        # its ctypes wrapper (~30 copy-on-write faults).
+        for name in ("mount", "prctl", "unshare"):
+            getattr(self._libc, name)
+
+    def order(self, run: Run, uid: int | None, tmpdir: str) -> Order:
+        """What the run's child needs, flattened, with as much as can be done here, in the
+        launcher, done here: the private tmpfs planned, the environment built, the script read
+        and compiled. Work in a freshly forked child costs it copy-on-write faults besides
+        (compile() alone dozens); the launcher is forked from by nobody, and sees the same file
+        system (the forker's mounts are slaves of the host's)."""
+        lim = run.limits
+        keep: tuple[str, ...] = ()
+        inside = ""
+        if lim.tmp_mb is not None and self._mounts:
+            roots = self._tmp_roots
+            tops = self._keep_tops | _tops((run.cwd, os.path.dirname(run.script)), roots)
+            keep = tuple(sorted(tops))
+            inside = tmpdir if tmpdir.startswith("/tmp/") else PRIVATE_TMPDIR
+            if "/tmp" in tops or "/".join(inside.split("/")[:3]) in tops:
+                inside = ""  # the host's /tmp is kept (the run's folder is /tmp itself)
+        env = _run_environment(run, uid, inside or tmpdir)
+        source, code = (b"", b"") if run.argv else self._compile(run.script)
+        return Order(
+            run.run_id, run.attempt, run.actor, run.script, run.cwd, run.mode, run.input_json,
+            env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb, lim.tmp_mb,
+            run.network, uid, tmpdir, run.modules, run.argv, keep, inside, source, code,
+        )  # fmt: skip
+
+    def _compile(self, path: str) -> tuple[bytes, bytes]:
+        """The script's source and marshalled code, compiled once per content (a small cache:
+        reading is one syscall or three, compiling far more); (b"", b"") when it cannot be read
+        or compiled, which the child then reports as it always did."""
+        try:
+            with open(path, "rb") as f:
+                source = f.read()
+        except OSError:
+            return b"", b""
+        key = (path, source)
+        code = self._compiled.get(key)
+        if code is None:
+            try:
+                code = marshal.dumps(compile(source, path, "exec", dont_inherit=True))
+            except (SyntaxError, ValueError):
+                return b"", b""
+            if len(self._compiled) >= COMPILED_MAX:
+                del self._compiled[next(iter(self._compiled))]  # the oldest
+            self._compiled[key] = code
+        return source, code
 
     def adopt_process(self) -> None:
         """Make the launcher process itself the template every fork-mode child starts from.
@@ -199,7 +253,8 @@ class Sandbox:
         descriptors moved to 0-5 and every other one closed. (The hardening that needs no run
         is inherited from the forker: see :meth:`harden`.) Then it blocks on
         the go pipe (EOF: retired unused), reads its Run from the run memfd, writes the input
-        into its own stdin memfd, and becomes the run: script read, limits, network, user, cwd,
+        into its own stdin memfd, and becomes the run: script read, limits, namespaces (IPC;
+        mounts for the private tmpfs; network), user, cwd,
         environment, then exec or the script itself.
         The run arrives as an :class:`Order`, already validated by the worker and the launcher.
         """
@@ -225,48 +280,50 @@ class Sandbox:
             source, modules = _read_code(run)
             step = "limits"
             self._apply_limits(run)
-            tmpdir = run.tmpdir
-            if run.tmp_mb is not None and self._mounts:
+            step = "namespaces"
+            mounts = run.tmp_mb is not None and self._mounts
+            self._unshare(run, mounts=mounts)
+            if mounts:
                 step = "private tmp"
-                tmpdir = self._private_tmp(run)
+                self._private_tmp(run)
             if run.network == "none":
                 step = "network"
-                self._isolate_network()
+                _loopback_up()
             step = "user"
             self._become_user(run.uid)
             step = "cwd"  # after the switch: the folder must be enterable by the run's user
             os.chdir(run.cwd)
-            step = "environment"
-            extra = self._run_environment(run, tmpdir)
             if run.argv:
                 step = "program"
-                self._exec_program(run, extra)
+                self._exec_program(run)
             if run.mode == "exec":
                 step = "exec"
-                self._exec(run, source, modules, extra)
+                self._exec(run, source, modules)
+            step = "environment"
             os.close(RUN_FD)
-            os.environ.update(extra)  # putenv too, so subprocesses inherit it; the rest is in place
+            os.environ.update(run.env)  # putenv too, so subprocesses inherit it; the rest is there
             step = "status"
             os.close(STATUS_FD)  # from here on nothing the script does can write a note
         except BaseException as exc:
             missing = step in ("script", "program") and isinstance(exc, FileNotFoundError)
             _note(note_fd, NOTE_MISSING if missing else NOTE_SETUP, f"{step}: {exc}")
             os._exit(EXIT_SANDBOX)
-        os._exit(run_main(run.script, run.cwd, source, modules))
+        code = marshal.loads(run.code) if run.code else None
+        os._exit(run_main(run.script, run.cwd, source, modules, code))
 
-    def _exec_program(self, run: Order, extra: dict[str, str]) -> NoReturn:
+    def _exec_program(self, run: Order) -> NoReturn:
         """Become a command actor's program, with the sandbox already applied (both modes)."""
         os.close(RUN_FD)
         env = dict(self._base_env)
-        env.update(extra)
+        env.update(run.env)
         os.set_inheritable(STATUS_FD, False)  # closed by the exec: no note after it
         os.execve(run.script, list(run.argv), env)
 
-    def _exec(self, run: Order, source: bytes, modules: Modules, extra: dict[str, str]) -> NoReturn:
+    def _exec(self, run: Order, source: bytes, modules: Modules) -> NoReturn:
         """Become a fresh interpreter running the script (exec mode) through BOOTSTRAP."""
-        _pass_code(source, run.script, modules)
+        _pass_code(source, run.script, modules, run.code)
         env = dict(self._base_env)
-        env.update(extra)
+        env.update(run.env)
         argv = [self._python, "-c", BOOTSTRAP, run.script, run.cwd, MAGIC]
         os.set_inheritable(STATUS_FD, False)  # closed by the exec: no note after it
         os.execve(self._python, argv, env)
@@ -284,33 +341,49 @@ class Sandbox:
         for cap in range(self._caps + 1):
             self._prctl(PR_CAPBSET_DROP, cap)
 
-    def _isolate_network(self) -> None:
-        """A fresh network namespace (needs root, before the switch) with loopback up."""
-        if self._libc.unshare(CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            request = struct.pack("16sH14x", b"lo", 0)
-            flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
-            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    def enter_forker_namespace(self) -> None:
+        """Called once in the forker (root): a mount namespace of its own whose every mount is a
+        slave of the host's, so each child's own namespace, a copy of it, starts as slaves too
+        and needs no per-run ``MS_REC | MS_PRIVATE`` walk: nothing a child mounts propagates
+        back, while mounts the host makes later still reach the forker and its children."""
+        if self._mounts:
+            self._mount_call("unshare", self._libc.unshare(CLONE_NEWNS))
+            self._mount(None, "/", None, MS_REC | MS_SLAVE)
 
-    def _private_tmp(self, order: Order) -> str:
+    def _unshare(self, order: Order, *, mounts: bool) -> None:
+        """The run's namespaces, in one unshare() (root, before the switch).
+
+        Always (when we may): System V IPC of its own -- shared memory segments, message
+        queues, semaphore sets and POSIX message queues -- so a run can neither leave objects
+        that outlive it for a later run to read nor fill the host's IPC limits; they go with
+        the namespace's last process. With ``mounts``, a mount namespace for the private tmpfs;
+        with ``network = "none"``, an empty network namespace (which needs the privilege).
+        """
+        flags = CLONE_NEWIPC if self._namespaces else 0
+        if mounts:
+            flags |= CLONE_NEWNS
+        if order.network == "none":
+            flags |= CLONE_NEWNET
+        if flags and self._libc.unshare(flags) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare({flags:#x}): {os.strerror(err)}")
+
+    def _private_tmp(self, order: Order) -> None:
         """Give the run /tmp, /var/tmp and /dev/shm of its own: one fresh tmpfs of ``tmp_mb``
-        MiB in a mount namespace of its own (root, before the switch), so that a script can
-        fill neither the host's disk (the state folder's, often) nor another run's TMPDIR, and
+        MiB in its mount namespace (made by :meth:`_unshare`), so that a script can fill
+        neither the host's disk (the state folder's, often) nor another run's TMPDIR, and
         leaves nothing behind: the tmpfs goes with the namespace's last process.
 
         A top-level folder of those roots holding the run's own folder or script, or the
-        interpreter, is bound back in at its place. Returns the run's TMPDIR inside the tmpfs:
-        the launcher's path for it when that is in /tmp (the real one stays empty), else
-        :data:`PRIVATE_TMPDIR`.
+        interpreter, is bound back in at its place (``order.keep``). The run's TMPDIR is
+        ``order.tmp_inside``, made here in the tmpfs (the launcher's path for it when that is in
+        /tmp, the real one staying empty, else :data:`PRIVATE_TMPDIR`), or the launcher's own
+        when a kept folder holds it. :meth:`order` planned both.
         """
-        self._mount_call("unshare", self._libc.unshare(CLONE_NEWNS))
-        # Nothing mounted from here on may propagate back to the host's namespace.
-        self._mount(None, "/", None, MS_REC | MS_PRIVATE)
+        # Nothing mounted from here on propagates back to the host's namespace: this one is a
+        # copy of the forker's, whose mounts are all slaves (see enter_forker_namespace).
         roots = self._tmp_roots
-        tops = self._keep_tops | _tops((order.cwd, os.path.dirname(order.script)), roots)
-        kept = [(top, os.open(top, os.O_PATH | os.O_CLOEXEC)) for top in sorted(tops)]
+        kept = [(top, os.open(top, os.O_PATH | os.O_CLOEXEC)) for top in order.keep]
         # One tmpfs, so one limit for all: mounted on the first root, a folder of it per root,
         # each bound over its root (the first's last, covering the tmpfs's own top).
         first = roots[0]
@@ -327,9 +400,9 @@ class Sandbox:
                 os.chmod(top, 0o755)  # through the umask of 077
             self._mount(f"/proc/self/fd/{fd}", top, None, MS_BIND | MS_REC)
             os.close(fd)
-        tmpdir = order.tmpdir if order.tmpdir.startswith("/tmp/") else PRIVATE_TMPDIR
-        if "/tmp" in tops or "/".join(tmpdir.split("/")[:3]) in tops:
-            return order.tmpdir  # the host's /tmp is kept (the run's folder is /tmp itself)
+        tmpdir = order.tmp_inside
+        if not tmpdir:
+            return  # kept: the host's folder holding the launcher's is bound in
         parent = os.path.dirname(tmpdir)
         os.makedirs(parent, exist_ok=True)
         os.chmod(parent, 0o711)  # through the umask of 077
@@ -337,7 +410,6 @@ class Sandbox:
         owner = (order.uid, order.uid) if order.uid is not None else self._ids
         if owner is not None:
             os.chown(tmpdir, *owner)
-        return tmpdir
 
     def _mount(
         self,
@@ -377,17 +449,6 @@ class Sandbox:
             err = ctypes.get_errno()
             raise OSError(err, f"prctl({option}, {arg}): {os.strerror(err)}")
 
-    def _run_environment(self, order: Order, tmpdir: str) -> dict[str, str]:
-        """What a run adds to the allow-listed environment (and may override in it)."""
-        env = dict(order.env)
-        env["ACTOR_NAME"] = order.actor
-        env["ACTOR_RUN_ID"] = order.run_id
-        env["ACTOR_ATTEMPT"] = str(order.attempt)
-        env["TMPDIR"] = env["TEMP"] = env["TMP"] = tmpdir
-        if order.uid is not None:
-            env["HOME"] = tmpdir  # a dynamic uid has no home of its own
-        return env
-
     def _apply_limits(self, order: Order) -> None:
         if order.cpu_s is not None:
             self._set(resource.RLIMIT_CPU, order.cpu_s, order.cpu_s + CPU_HARD_MARGIN_S)
@@ -411,6 +472,26 @@ class Sandbox:
         resource.setrlimit(res, (soft, hard))
 
 
+def _run_environment(run: Run, uid: int | None, tmpdir: str) -> dict[str, str]:
+    """What a run adds to the allow-listed environment (and may override in it)."""
+    env = dict(run.env)
+    env["ACTOR_NAME"] = run.actor
+    env["ACTOR_RUN_ID"] = run.run_id
+    env["ACTOR_ATTEMPT"] = str(run.attempt)
+    env["TMPDIR"] = env["TEMP"] = env["TMP"] = tmpdir
+    if uid is not None:
+        env["HOME"] = tmpdir  # a dynamic uid has no home of its own
+    return env
+
+
+def _loopback_up() -> None:
+    """Bring up loopback in the run's fresh network namespace (see :meth:`Sandbox._unshare`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
 def _last_capability() -> int:
     """The highest capability number this kernel knows (each must leave the bounding set)."""
     try:
@@ -429,15 +510,33 @@ def _tops(paths: tuple[str, ...], roots: tuple[str, ...]) -> set[str]:
     """The top-level folders of ``roots`` (or a root itself) that hold any of ``paths``."""
     found: set[str] = set()
     for path in paths:
-        real = os.path.realpath(path)
-        if not os.path.isdir(real):
-            real = os.path.dirname(real)  # an interpreter, a zip on sys.path: its folder
+        real = _real_folder(path)
         for root in roots:
             if real == root:
                 found.add(root)
             elif real.startswith(root + "/"):
                 found.add(root + "/" + real[len(root) + 1 :].split("/", 1)[0])
     return found
+
+
+def _real_folder(path: str) -> str:
+    """The folder ``path`` really is (or, not a folder, is in), symlinks resolved: what the
+    kernel says of an O_PATH descriptor of it, a quarter of ``os.path.realpath``'s cost (one
+    lstat per component, in Python), which the launcher pays per run."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        real = os.path.realpath(path)  # missing: resolved as far as it goes
+        return real if os.path.isdir(real) else os.path.dirname(real)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+    except OSError:  # no /proc
+        real = os.path.realpath(path)
+        is_dir = os.path.isdir(real)
+    finally:
+        os.close(fd)
+    return real if is_dir else os.path.dirname(real)  # an interpreter, a zip on sys.path
 
 
 def _has_capability(cap: int) -> bool:
@@ -521,11 +620,15 @@ def _read_order() -> Order:
 
 
 def _read_code(run: Order) -> tuple[bytes, Modules]:
-    """The script's source and a stored bundle's modules (nothing for a command actor)."""
+    """The script's source (read here only if the launcher could not) and a stored bundle's
+    modules (nothing for a command actor)."""
     if run.argv:
         return b"", {}
-    with open(run.script, "rb") as f:
-        source = f.read()
+    if run.code:
+        source = run.source
+    else:
+        with open(run.script, "rb") as f:
+            source = f.read()
     folder = os.path.dirname(run.script)
     modules: Modules = {}
     for rel in run.modules:
@@ -536,14 +639,15 @@ def _read_code(run: Order) -> tuple[bytes, Modules]:
     return source, modules
 
 
-def _pass_code(source: bytes, path: str, modules: Modules) -> None:
-    """Leave the compiled script, its source and the bundle's modules in the run memfd (fd 5)
-    for the exec-mode bootstrap."""
+def _pass_code(source: bytes, path: str, modules: Modules, code: bytes) -> None:
+    """Leave the compiled script (``code`` if the launcher compiled it), its source and the
+    bundle's modules in the run memfd (fd 5) for the exec-mode bootstrap."""
     os.ftruncate(RUN_FD, 0)
-    try:
-        code = marshal.dumps(compile(source, path, "exec", dont_inherit=True))
-    except (SyntaxError, ValueError):
-        code = b""  # the bootstrap compiles it again and reports the error as Python would
+    if not code:
+        try:
+            code = marshal.dumps(compile(source, path, "exec", dont_inherit=True))
+        except (SyntaxError, ValueError):
+            code = b""  # the bootstrap compiles it again and reports the error as Python would
     _write_all(RUN_FD, marshal.dumps((code, source, modules)))
 
 

@@ -110,7 +110,13 @@ def module_name(rel: str) -> tuple[str, bool]:
     return ".".join(parts), False
 
 
-def run_main(path: str, home: str, source: bytes, modules: Modules | None = None) -> int:
+def run_main(
+    path: str,
+    home: str,
+    source: bytes,
+    modules: Modules | None = None,
+    compiled: types.CodeType | None = None,
+) -> int:
     """Run a script as ``__main__`` in this (forked) interpreter; return its exit status.
 
     The fork-mode twin of :data:`BOOTSTRAP`, mirroring what ``python script.py`` does: argv,
@@ -131,7 +137,9 @@ def run_main(path: str, home: str, source: bytes, modules: Modules | None = None
     if modules:
         sys.meta_path.insert(0, BundleFinder(modules))
     try:
-        exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)
+        if compiled is None:  # else the launcher compiled it (Sandbox.order): the same flags
+            compiled = compile(source, path, "exec", dont_inherit=True)
+        exec(compiled, main.__dict__)
         code = 0
     except SystemExit as exc:
         code = _exit_status(exc)

@@ -346,6 +346,20 @@ def test_uncaught_exception_prints_a_traceback_from_the_script(
 
 
 @pytest.mark.timeout(30)
+def test_an_edited_script_runs_its_new_code_never_a_cached_one(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    """The launcher compiles each script once per content: the same path edited (same size,
+    within the same second) runs the new text, and a broken then mended script runs mended."""
+    seen = []
+    for body in ("print(1)", "print(2)", "print(", "print(3)", "print(2)"):
+        script = write_script(public_tmp, "edited.py", body)
+        result = run_script(launcher, make_run(script, mode))
+        seen.append(result.output if result.status == "succeeded" else result.reason)
+    assert seen == [1, 2, "exit_code", 3, 2]
+
+
+@pytest.mark.timeout(30)
 def test_syntax_error_is_reported_as_python_would(
     launcher: Launcher, public_tmp: Path, mode: str
 ) -> None:
