@@ -65,6 +65,10 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 COMPILED_MAX = 64  # scripts whose compiled code a launcher keeps
+# Larger scripts (and anything not a regular file) are read and compiled by the run's child, as
+# before: the launcher serves every run of its worker, so untrusted source must not cost it
+# unbounded time or memory outside any run's limits.
+COMPILE_MAX_BYTES = 64 << 10
 CPU_HARD_MARGIN_S = 1  # RLIMIT_CPU hard limit above the soft one: SIGXCPU first, SIGKILL later
 _MAX_FD = 1 << 20  # close_range bound; the kernel clips it, so its size costs nothing
 
@@ -204,18 +208,16 @@ class Sandbox:
         """The script's source and marshalled code, compiled once per content (a small cache:
         reading is one syscall or three, compiling far more); (b"", b"") when it cannot be read
         or compiled, which the child then reports as it always did."""
-        try:
-            with open(path, "rb") as f:
-                source = f.read()
-        except OSError:
+        source = _read_small_file(path, COMPILE_MAX_BYTES)
+        if source is None:
             return b"", b""
         key = (path, source)
         code = self._compiled.get(key)
         if code is None:
             try:
                 code = marshal.dumps(compile(source, path, "exec", dont_inherit=True))
-            except (SyntaxError, ValueError):
-                return b"", b""
+            except Exception:  # SyntaxError, RecursionError, MemoryError...
+                return b"", b""  # the child compiles it again, under its limits, and reports
             if len(self._compiled) >= COMPILED_MAX:
                 del self._compiled[next(iter(self._compiled))]  # the oldest
             self._compiled[key] = code
@@ -490,6 +492,25 @@ def _loopback_up() -> None:
         request = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def _read_small_file(path: str, max_bytes: int) -> bytes | None:
+    """A regular file's content if it is at most ``max_bytes``; else None, never blocking: a
+    FIFO or device planted as a script must not stall (or fill) the launcher."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        data = os.read(fd, max_bytes + 1)
+        return data if len(data) <= max_bytes else None  # it grew meanwhile
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _last_capability() -> int:

@@ -360,6 +360,23 @@ def test_an_edited_script_runs_its_new_code_never_a_cached_one(
 
 
 @pytest.mark.timeout(30)
+def test_a_fifo_or_a_big_script_is_left_to_the_child_and_never_stalls_the_launcher(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    """The launcher compiles small regular scripts itself; a FIFO planted as the script would
+    block a plain read forever: the launcher must go on serving (the FIFO's run times out in
+    its own child), and a script past the size it compiles still runs, compiled by its child."""
+    fifo = public_tmp / "planted.py"
+    os.mkfifo(fifo, 0o644)
+    stuck = make_run(fifo, mode, timeout_s=1.0)
+    launcher.submit(encode(stuck))
+    big = write_script(public_tmp, "big.py", "x = 1\n" * 20_000 + "print(x + 1)\n")  # 120 KB
+    assert run_script(launcher, make_run(big, mode)).output == 2  # served meanwhile
+    result = collect(launcher, {stuck.run_id}, 15.0)[stuck.run_id]
+    assert (result.status, result.reason) == ("failed_retryable", "timeout")
+
+
+@pytest.mark.timeout(30)
 def test_syntax_error_is_reported_as_python_would(
     launcher: Launcher, public_tmp: Path, mode: str
 ) -> None:
