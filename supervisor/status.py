@@ -92,6 +92,7 @@ def protections(sandbox: SandboxConfig) -> dict[str, bool]:
         "umask_077": True,
         "network_none_available": root,
         "private_tmp": private_tmp_available(),  # tmp_mb: a tmpfs of its own per run
+        "private_ipc": private_tmp_available(),  # System V IPC and POSIX queues of its own
         "pristine_fork": True,  # fork-mode runs are forked from a process that saw no run
         "orphans_by_uid": bool(sandbox.run_uids),  # else by session, which a script can leave
     }

@@ -173,5 +173,6 @@ def test_ipc_objects_a_run_creates_die_with_it_and_no_later_run_reads_them(
 
         found = _submit(sup, seek, {"key": key})
         assert found == {kind: {"errno": "ENOENT"} for kind in made}, found
+        assert sup.status()["supervisor"]["protections"]["private_ipc"] is True
     finally:
         _remove(key, _on_the_host(key))
