@@ -96,7 +96,7 @@ class RunBook:
         self._rng = rng or random.Random()
         self._on_ready = on_ready  # a run became ready: dispatch it before answering
         # The lease term, stamped on the rows made here: the writer would copy each row that
-        # lacks it (a run's three rows, 10 us each) only to stamp it.
+        # lacks it (a run's three rows, about 6 us each) only to stamp it.
         self._epoch = epoch
         self.phase = Phase.RUNNING
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
