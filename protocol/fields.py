@@ -41,7 +41,8 @@ class FieldReader:
 
     def integer(self, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self._obj.get(name)
-        if not isinstance(value, int) or isinstance(value, bool):
+        # type() first: what orjson makes is exactly int (never bool) in the common case
+        if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
             raise self._fail(name, "an integer")
         if minimum is not None and value < minimum:
             raise ProtocolError(f"{self._kind}.{name}: must be >= {minimum}, got {value}")
@@ -56,7 +57,9 @@ class FieldReader:
 
     def number(self, name: str, *, minimum: float | None = None) -> float:
         value = self._obj.get(name)
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if type(value) is not float and (
+            not isinstance(value, int | float) or isinstance(value, bool)
+        ):
             raise self._fail(name, "a number")
         if minimum is not None and value < minimum:
             raise ProtocolError(f"{self._kind}.{name}: must be >= {minimum}, got {value}")

@@ -4,6 +4,7 @@ outcome a client receives. Supervisor, workers and client all use these three de
 The classification is data, not an exception: a script's failure is an ordinary outcome.
 """
 
+import operator
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -98,7 +99,7 @@ class RunOutcome:
         return self.status == RunStatus.SUCCEEDED
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return dict(zip(_OUTCOME_NAMES, _outcome_values(self), strict=True))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunOutcome":
@@ -112,4 +113,6 @@ class RunOutcome:
             raise ProtocolError(f"result: {exc}") from exc
 
 
-OUTCOME_FIELDS = frozenset(f.name for f in fields(RunOutcome))
+_OUTCOME_NAMES = tuple(f.name for f in fields(RunOutcome))  # in order; once, not per outcome
+_outcome_values = operator.attrgetter(*_OUTCOME_NAMES)
+OUTCOME_FIELDS = frozenset(_OUTCOME_NAMES)

@@ -16,7 +16,7 @@ from protocol import ProtocolError, decode
 from protocol.codec import encode, request_id_in_head, request_id_of
 from protocol.curve import CurveKeyError, secure_server
 from protocol.messages import CLIENT_REQUESTS, MAX_INPUT_CHARS, Message, Reply
-from protocol.sockets import has_message
+from protocol.sockets import has_message, recv_frames, send_frames
 from supervisor.errors import StartupError
 from supervisor.runs import Waiter
 
@@ -77,11 +77,17 @@ class ControlServer:
             ) from exc
 
     def requests(self) -> Iterator[tuple[Waiter, Message]]:
-        """The well-formed requests waiting now; malformed ones are answered and skipped."""
-        for _ in range(RECV_BATCH):
-            if not has_message(self.socket):
+        """The well-formed requests waiting now; malformed ones are answered and skipped.
+
+        Called when the poller said the socket is readable: the first receive is tried
+        without asking first (a ``zmq.Again`` ends it all the same)."""
+        for taken in range(RECV_BATCH):
+            if taken and not has_message(self.socket):
                 return
-            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            try:
+                frames = recv_frames(self.socket)
+            except zmq.Again:
+                return
             envelope = len(frames) == 3 and frames[1] == b""  # a REQ socket's delimiter
             if not frames:
                 self.bad_requests += 1
@@ -133,9 +139,9 @@ class ControlServer:
             if left > 0:
                 self._unanswered[waiter.identity] = left
         body = encode(reply)
-        frames = [waiter.identity, b"", body] if waiter.envelope else [waiter.identity, body]
+        frames = (waiter.identity, b"", body) if waiter.envelope else (waiter.identity, body)
         try:
-            self.socket.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self.socket, frames)
         except zmq.ZMQError as exc:  # the client is gone or not reading: its loss only
             self.replies_dropped += 1
             log.debug("reply to a client dropped: %s", exc)

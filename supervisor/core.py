@@ -25,7 +25,7 @@ import zmq
 from protocol import ProtocolError, decode
 from protocol.codec import encode
 from protocol.messages import WORKER_TO_SUPERVISOR, CancelRun, Hello, Message, Result, Run, Stop
-from protocol.sockets import has_message
+from protocol.sockets import has_message, recv_frames, send_frames
 from supervisor import events
 from supervisor.actors import build_actors
 from supervisor.budget import check_pool_memory
@@ -173,7 +173,7 @@ class Supervisor:
     def _build_runs(self) -> None:
         self.book = RunBook(
             sink=self.writer, replies=self.control, code=self.codebook, actors=self.actors,
-            settings=self.settings, clock=self._clock, on_ready=self._dispatch,
+            settings=self.settings, clock=self._clock, on_ready=self._dispatch, epoch=self.epoch,
         )  # fmt: skip
         since = self._clock() - IDEMPOTENCY_WINDOW_S
         for (name, key), run_id in self.store.idempotency_keys(since).items():
@@ -288,10 +288,13 @@ class Supervisor:
         self.book.on_commits(self.store.refused.take())
 
     def _on_worker_messages(self) -> None:
-        for _ in range(RECV_BATCH):
-            if not has_message(self._workers):
+        for taken in range(RECV_BATCH):
+            if taken and not has_message(self._workers):  # the first: the poller said readable
                 return
-            frames = self._workers.recv_multipart(zmq.NOBLOCK)
+            try:
+                frames = recv_frames(self._workers)
+            except zmq.Again:
+                return
             handle = self.pool.by_identity(frames[0]) if len(frames) == 2 else None
             if handle is None:
                 self.book.counters["bad_worker_messages"] += 1
@@ -321,7 +324,7 @@ class Supervisor:
 
     def _send_worker(self, identity: bytes, message: Message) -> zmq.ZMQError | None:
         try:
-            self._workers.send_multipart([identity, encode(message)], zmq.NOBLOCK)
+            send_frames(self._workers, (identity, encode(message)))
         except zmq.ZMQError as exc:
             log.debug("could not reach worker %s: %s", identity, exc)
             return exc

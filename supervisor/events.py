@@ -56,7 +56,10 @@ def run_queued(run: RunRecord, **extra: Any) -> Event:
 
 
 def run_started(run: RunRecord, **extra: Any) -> Event:
-    return run_event("run_started", run, worker_id=run.worker_id, **code_of(run), **extra)
+    return run_event(
+        "run_started", run, worker_id=run.worker_id, code_sha256=run.code_sha256,
+        code_history_id=run.code_history_id, code_source=run.code_source, **extra,
+    )  # fmt: skip
 
 
 def code_of(run: RunRecord) -> dict[str, Any]:
@@ -68,11 +71,13 @@ def code_of(run: RunRecord) -> dict[str, Any]:
     }
 
 
+_FINISHED = {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}
+
+
 def run_finished(run: RunRecord, **extra: Any) -> Event:
     """``run_succeeded``, ``run_failed`` or ``run_cancelled``, with the classified outcome."""
-    kind = {"succeeded": "run_succeeded", "cancelled": "run_cancelled"}.get(run.status)
     return run_event(
-        kind or "run_failed",
+        _FINISHED.get(run.status, "run_failed"),
         run,
         status=run.status,
         reason=run.reason,
@@ -81,7 +86,9 @@ def run_finished(run: RunRecord, **extra: Any) -> Event:
         signal=run.signal,
         duration_ms=run.duration_ms,
         worker_id=run.worker_id,
-        **code_of(run),
+        code_sha256=run.code_sha256,  # code_of(run), without its dict
+        code_history_id=run.code_history_id,
+        code_source=run.code_source,
         **extra,
     )
 

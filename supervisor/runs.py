@@ -1,6 +1,7 @@
 """Runs in flight as the main loop tracks them, and the outcome a client receives."""
 
 import logging
+import operator
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -105,15 +106,18 @@ def apply_result(record: RunRecord, result: Result) -> RunRecord:
     )
 
 
-# The outcome's fields that are not copied from the row under the same name.
+# The outcome's fields copied from the row under the same name (all but these two), and a
+# getter of their values: worked out once, not for each run.
 _DERIVED = frozenset({"output", "attempts"})
+_COPIED = tuple(sorted(OUTCOME_FIELDS - _DERIVED))
+_copied_values = operator.attrgetter(*_COPIED)
 
 
 def outcome_of(record: RunRecord, output: Any = None) -> RunOutcome:
     """What ``submit --wait`` prints: the final attempt's fields, named as in its row."""
     if output is None and record.output_json is not None:
         output = orjson.loads(record.output_json)
-    copied = {name: getattr(record, name) for name in OUTCOME_FIELDS - _DERIVED}
+    copied = dict(zip(_COPIED, _copied_values(record), strict=True))
     return RunOutcome(**copied, output=output, attempts=record.attempt)
 
 
@@ -153,6 +157,7 @@ def next_attempt(previous: RunRecord, retry_at: float, now: float) -> RunRecord:
         correlation_id=previous.correlation_id, trigger=Trigger.RETRY,
         input_json=previous.input_json, queued_at=now, scheduled_for=retry_at,
         code_sha256=previous.code_sha256, idempotency_key=previous.idempotency_key,
+        epoch=previous.epoch,
     )  # fmt: skip
 
 

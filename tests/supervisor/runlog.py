@@ -42,9 +42,11 @@ with open(_count_path, "w") as _out:
 
 
 def _note(kind):
+    # written under another name, then renamed: a reader never sees it empty
     name = "%s.%d.%d.%s" % (RUN_ID, ATTEMPT, os.getpid(), kind)
-    with open(os.path.join(TRACE, name), "w") as out:
+    with open(os.path.join(TRACE, name + ".tmp"), "w") as out:
         out.write(json.dumps({"t": time.time(), "overlap": _overlap}))
+    os.replace(os.path.join(TRACE, name + ".tmp"), os.path.join(TRACE, name))
 
 
 def mode(default="ok"):

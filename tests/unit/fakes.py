@@ -112,7 +112,7 @@ class Bench:
         self.book.on_commits()
 
 
-def bench(tmp_path: Path, toml: str, **settings: Any) -> Bench:
+def bench(tmp_path: Path, toml: str, *, epoch: int = 0, **settings: Any) -> Bench:
     path = tmp_path / "supervisor.toml"
     (tmp_path / "job.py").write_text("print('{}')\n")
     path.write_text(toml)
@@ -122,6 +122,7 @@ def bench(tmp_path: Path, toml: str, **settings: Any) -> Bench:
     book = RunBook(
         sink=sink, replies=replies, code=code, actors=actors,
         settings=replace(config.supervisor, **settings), clock=clock, monotonic=clock,
+        epoch=epoch,
     )  # fmt: skip
     return Bench(book, clock, sink, replies, code, Workers(free=[]))
 

@@ -225,3 +225,19 @@ def test_with_nothing_in_flight_shutdown_is_done_at_once(b: Bench) -> None:
     b.book.begin_shutdown("SIGINT")
     b.book.advance_shutdown()
     assert b.book.phase is Phase.DONE
+
+
+def test_every_row_of_a_run_carries_the_lease_epoch(tmp_path: Path) -> None:
+    """The run book stamps its epoch on the rows it makes, queued, running, final and the
+    retry's, so the batch writer need not copy each row to stamp it."""
+    b = bench(tmp_path, JOB, epoch=7)
+    active = b.book.accept(b.book.actors["job"], input_value={}, trigger="submit")
+    b.commit()
+    ((_, run),) = b.dispatch("w1")
+    b.book.on_result("w1", result(run, "w1", RunStatus.FAILED_RETRYABLE, Reason.TIMEOUT))
+    rows = b.sink.runs(active.run_id)
+    assert [(r.attempt, r.status) for r in rows] == [
+        (1, RunStatus.QUEUED), (1, RunStatus.RUNNING), (1, RunStatus.FAILED_RETRYABLE),
+        (2, RunStatus.QUEUED),
+    ]  # fmt: skip
+    assert {r.epoch for r in rows} == {7}
