@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 # Tests by cost (README, Development). ``unit``: everything under tests/unit/ -- in-process, no
-# child processes. ``e2e``: these modules start a real supervisor (or a browser against one).
+# child processes. ``e2e``: these modules start a real supervisor (or a browser against one), as
+# does a test using one of _E2E_FIXTURES or marked ``@pytest.mark.e2e`` itself.
 # ``integration``: the rest -- real processes, files or PostgreSQL, but no supervisor (store
 # conformance, launcher, worker, codec, config, CLI commands that need no running supervisor).
 _E2E_MODULES = frozenset(
     {
+        "tests/hostile/test_disk.py",
         "tests/hostile/test_reach.py",
         "tests/hostile/test_run_isolation.py",
         "tests/http/test_api.py",
@@ -55,6 +57,8 @@ def _cost(item: pytest.Item) -> str:
     if module.startswith("tests/unit/"):
         return "unit"
     if module in _E2E_MODULES or _E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "e2e"
+    if item.get_closest_marker("e2e"):  # one test of a module that otherwise starts none
         return "e2e"
     return "integration"
 

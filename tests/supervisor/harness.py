@@ -24,6 +24,7 @@ from supervisor.store import open_store
 from supervisor.store.base import Store
 from tests import helpers
 from tests.helpers import wait_for
+from tests.uids import session_uids
 
 
 def write_script(folder: Path, name: str, body: str) -> Path:
@@ -39,16 +40,6 @@ ECHO = """\
     request = json.load(sys.stdin)
     print(json.dumps({"echo": request}))
 """
-
-
-def session_uids(shift: int = 0) -> range:
-    """The run uids of this test session's supervisors: a block of systemd's DynamicUser range
-    that is not the default one (a supervisor running on this host with default settings keeps
-    its uids) and, most of the time, not another test session's. A supervisor claims its block
-    for as long as it runs (supervisor.uidclaim): ``shift`` gives a second one running at once
-    another block."""
-    low = 61184 + 256 * (1 + (os.getpid() + shift) % 15)
-    return range(low, low + 256)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from protocol.client import Accepted, ClientError, RunOutcome
 from tests import pg
 from tests.helpers import wait_for
 from tests.proxy import Proxy
-from tests.supervisor.harness import ECHO, RunningSupervisor, write_script
+from tests.supervisor.harness import ECHO, RunningSupervisor, wait_until_ready, write_script
 
 Start = Callable[..., RunningSupervisor]
 SECRET = "hunter2-Secret"
@@ -229,9 +229,14 @@ def test_start_up_waits_for_the_database_then_gives_up_clearly_and_hides_the_pas
     config = doomed.config_path.read_text()
     doomed.config_path.write_text(config.replace("database_wait_s = 2", "database_wait_s = 60"))
     doomed.log_path.write_text("")
-    threading.Timer(2.0, proxy.restore).start()  # while the next start waits for it
-    started = supervisors(config=doomed.config_path, endpoint=doomed.endpoint, env=env)
-    assert "retrying in" in started.log()  # it waited rather than dying at once
+    started = supervisors(
+        config=doomed.config_path, endpoint=doomed.endpoint, env=env, wait_ready=False
+    )
+    # it waits rather than dying at once; the server comes back while it waits (on that line,
+    # not after a fixed delay, which a slow start on a loaded machine could outlast)
+    wait_for(lambda: "retrying in" in started.log(), 60, "the supervisor to wait for the database")
+    proxy.restore()
+    wait_until_ready(started, workers=2)
     with started.client() as client:
         outcome = client.submit("env", {}, wait=True)
     assert isinstance(outcome, RunOutcome) and outcome.succeeded, outcome

@@ -7,7 +7,7 @@ import pytest
 
 from supervisor.errors import StartupError
 from supervisor.uidclaim import claim_uids
-from tests.supervisor.harness import ECHO, start_supervisor, wait_for, write_script
+from tests.supervisor.harness import ECHO, session_uids, start_supervisor, wait_for, write_script
 
 
 def test_an_overlapping_range_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
@@ -36,23 +36,26 @@ def test_no_uids_claim_nothing(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(os.geteuid() != 0, reason="uids per run need a root supervisor")
 @pytest.mark.timeout(120)
 def test_a_second_supervisor_with_the_same_range_refuses_to_start(public_tmp: Path) -> None:
     actors = '[[actors]]\nname = "echo"\nscript = "scripts/echo.py"\n'
+    uids = session_uids()  # this session's block: another's supervisors keep theirs
+    first_range, second_range = f"{uids[0]}-{uids[9]}", f"{uids[5]}-{uids[19]}"
     first_folder, second_folder = public_tmp / "first", public_tmp / "second"
     first_folder.mkdir()
     second_folder.mkdir()
     write_script(first_folder, "echo.py", ECHO)
-    first = start_supervisor(first_folder, actors, settings='run_as_range = "62000-62009"\n')
+    first = start_supervisor(first_folder, actors, settings=f'run_as_range = "{first_range}"\n')
     try:
         write_script(second_folder, "echo.py", ECHO)
         second = start_supervisor(
-            second_folder, actors, settings='run_as_range = "62005-62019"\n', wait_ready=False
+            second_folder, actors, settings=f'run_as_range = "{second_range}"\n', wait_ready=False
         )
         wait_for(lambda: second.proc.poll() is not None, 60, "the second supervisor to exit")
         assert second.proc.returncode != 0
-        assert "run_as_range 62005-62019 overlaps uids 62000-62009" in second.log()
+        assert f"run_as_range {second_range} overlaps uids {first_range}" in second.log()
         assert f"pid {first.proc.pid}" in second.log()
         with first.client() as client:  # the first one never noticed
             assert client.submit("echo", {"x": 1}, wait=True).succeeded

@@ -13,12 +13,18 @@ import pytest
 from protocol.codec import MAX_BODY_BYTES, decode, encode
 from protocol.messages import Limits, Result
 from tests.helpers import wait_for, write_script
+from tests.uids import session_uids
 from tests.workers.conftest import IS_ROOT, collect, is_running, make_run, run_script, wait_started
 from workers.flight import Flight, Reaped
 from workers.launcher_handle import Launcher, LauncherGone, SandboxConfig, start_launcher
 
 root_only = pytest.mark.skipif(not IS_ROOT, reason="own uids and namespaces need root")
-UIDS = (61300, 61301)
+
+
+def run_uids() -> tuple[int, ...]:
+    """Two uids of this process's claimed block (tests.uids): none another test process or a
+    supervisor on this host hands out meanwhile."""
+    return tuple(session_uids()[:2]) if IS_ROOT else ()
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +33,7 @@ def isolated(exec_python: str) -> Iterator[Launcher]:
     config = SandboxConfig(
         worker_id="isolated",
         env_allow=("PATH",),
-        run_uids=UIDS if IS_ROOT else (),
+        run_uids=run_uids(),
         kill_grace_s=0.5,
         python=exec_python,
     )
@@ -68,7 +74,7 @@ def test_each_run_is_hardened_with_a_private_tmpdir(
     wait_for(lambda: not os.path.exists(tmp), 5, "the private TMPDIR to be removed")
     if IS_ROOT:
         uid = out["ids"][0]
-        assert out["ids"] == [uid, uid, []] and uid in UIDS
+        assert out["ids"] == [uid, uid, []] and uid in run_uids()
         assert out["tmp_stat"][0] == uid and out["tmp"][3] == tmp  # HOME: no account's home
         assert int(out["cap_bound"], 16) == 0
 
@@ -81,13 +87,13 @@ def test_concurrent_runs_get_different_uids_and_reuse_them(
     script = write_script(
         public_tmp, "hold.py", "import os, time; time.sleep(0.5); print(os.getuid())"
     )
-    runs = [make_run(script, "fork") for _ in UIDS]
+    runs = [make_run(script, "fork") for _ in run_uids()]
     for run in runs:
         isolated.submit(encode(run))
     results = collect(isolated, {r.run_id for r in runs}, 30)
-    assert sorted(r.output for r in results.values()) == sorted(UIDS)
+    assert sorted(r.output for r in results.values()) == sorted(run_uids())
     again = run_script(isolated, make_run(script, "exec"))
-    assert again.output in UIDS
+    assert again.output in run_uids()
 
 
 @root_only
@@ -185,7 +191,7 @@ def test_a_stopped_launcher_is_given_up_within_the_heartbeat_timeout(
 ) -> None:
     config = SandboxConfig(
         worker_id="stop", env_allow=("PATH",), python=exec_python, heartbeat_timeout_s=1.0,
-        run_uids=UIDS if IS_ROOT else (),
+        run_uids=run_uids(),
     )  # fmt: skip
     script = write_script(public_tmp, "sleep.py", "import time; time.sleep(60)")
     handle = start_launcher(config)
