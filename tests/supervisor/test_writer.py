@@ -262,11 +262,15 @@ def test_the_writer_thread_is_named_for_the_kernel_too(
     store: RecordingStore, writers: list[BatchWriter]
 ) -> None:
     make_writer(writers, store)  # top -H and the benchmark's per-thread CPU find it by name
-    names = []
-    for task in Path("/proc/self/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            names.append((task / "comm").read_text().strip())
-    assert "store-writer" in names
+
+    def names() -> list[str]:
+        found = []
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                found.append((task / "comm").read_text().strip())
+        return found
+
+    wait_for(lambda: "store-writer" in names(), 5, "the thread to name itself as it starts")
 
 
 # -- failures ---------------------------------------------------------------------------------
