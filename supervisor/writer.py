@@ -97,6 +97,7 @@ class BatchWriter:
         self._committed = 0
         self._closing = False
         self._held = False  # see held()
+        self._held_after = 0  # the held turn's records are those with a later seq
         self._retry_now = False
         self._abandon = False
         self._thread: threading.Thread | None = None
@@ -173,10 +174,13 @@ class BatchWriter:
         thread would take the GIL from the loop each time the loop released it (a send, a
         read), and the two would hand it back and forth, a context switch each time; woken once
         at the end of the turn, it writes the turn's records while the loop waits in its poll.
-        Records put meanwhile by other threads wait for the end of the turn too.
+        Records put meanwhile by other threads wait for the end of the turn too. Records of
+        earlier turns never wait for this one: when turns follow each other without a pause (a
+        burst of fires taken a chunk per turn), each turn's records go while the next is made.
         """
         with self._lock:
             self._held = True
+            self._held_after = self._last_seq
         try:
             yield
         finally:
@@ -337,7 +341,8 @@ class BatchWriter:
         (group commit). The thread never yields the GIL to let a batch grow, which would hand
         it back and forth with the loop. While a turn is held, its records wait for its end:
         a sleeping thread is woken then (or when they fill a batch), and an awake one leaves
-        them until then unless they fill a batch or the oldest is ``max_age_s`` old.
+        them until then unless they fill a batch or the oldest is ``max_age_s`` old; records
+        of turns that have ended are taken at once, without the current turn's.
         """
         with self._lock:
             while True:
@@ -353,7 +358,10 @@ class BatchWriter:
                         return []
                 self._work.wait(wait)
             queue = self._queue
-            batch = [queue.popleft() for _ in range(min(self._batch_size, len(queue)))]
+            take = min(self._batch_size, len(queue))
+            if self._held and queue[0][0] <= self._held_after < queue[-1][0]:
+                take = min(take, self._held_after - queue[0][0] + 1)  # the ended turns' only
+            batch = [queue.popleft() for _ in range(take)]
             if len(batch) == self._batch_size:
                 reason = "full"
             elif time.monotonic() - batch[0][1] >= self._max_age_s:
@@ -366,9 +374,12 @@ class BatchWriter:
     def _hold_s(self) -> float:
         """How long the queued records may wait for the loop's turn to end (0: take them now).
         Call with the lock held."""
-        if not self._held or self._closing or len(self._queue) >= self._batch_size:
+        queue = self._queue
+        if not self._held or self._closing or len(queue) >= self._batch_size:
             return 0.0
-        return self._max_age_s - (time.monotonic() - self._queue[0][1])
+        if queue[0][0] <= self._held_after:
+            return 0.0  # put before this turn began: an ended turn's records
+        return self._max_age_s - (time.monotonic() - queue[0][1])
 
     def _write(self, batch: list[_Entry]) -> bool:
         """Make ``batch`` durable, retrying with backoff until it is; False if abandoned."""

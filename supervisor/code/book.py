@@ -147,14 +147,35 @@ def sync_actor(
     return code, records
 
 
-def look(cfg: ActorConfig, code: ActorCode, cache: Path, now: float) -> list[Record]:
-    """The before-run check: microseconds when no stat key of the bundle's files has moved."""
+SharedSnapshots = dict[tuple[Path, bool], FileSnapshot]
+SHARED_SNAPSHOTS_MAX = 256  # scripts whose last trusted read look() keeps for other actors
+
+
+def look(
+    cfg: ActorConfig,
+    code: ActorCode,
+    cache: Path,
+    now: float,
+    shared: SharedSnapshots | None = None,
+) -> list[Record]:
+    """The before-run check: microseconds when no stat key of the bundle's files has moved.
+
+    ``shared``: the last trusted read of each script, so that when a script many actors run
+    changed (or was written just before the start, too recently to trust its key), the first
+    actor's run reads and parses it and the others' reuse that while its files' keys hold.
+    """
     if not cfg.versioned:
         return []
     key = current_key(code.paths or (str(cfg.script),))
     if key is not None and key == code.stat:
         return []
-    snap = read_snapshot(cfg.script, scan=cfg.python)
+    snap = _shared_snapshot(shared, (cfg.script, cfg.python))
+    if snap is None:
+        snap = read_snapshot(cfg.script, scan=cfg.python)
+        if shared is not None and snap is not None and snap.key is not None:
+            if len(shared) >= SHARED_SNAPSHOTS_MAX:
+                shared.clear()
+            shared[(cfg.script, cfg.python)] = snap
     if snap is None:
         return mark_missing(cfg, code, cache, now, always=False)
     code.stat, code.paths = snap.key, snap.paths
@@ -166,6 +187,14 @@ def look(cfg: ActorConfig, code: ActorCode, cache: Path, now: float) -> list[Rec
     if change is not None and cfg.exec_mode != "file":
         _materialize(cfg, code, cache, change.script_code, change.bundle_files)
     return records
+
+
+def _shared_snapshot(shared: SharedSnapshots | None, key: tuple[Path, bool]) -> FileSnapshot | None:
+    """Another actor's read of the same script, if no file of its bundle has moved since."""
+    snap = shared.get(key) if shared is not None else None
+    if snap is None or current_key(snap.paths) != snap.key:
+        return None
+    return snap
 
 
 def reconcile(
@@ -344,6 +373,7 @@ class CodeBook:
         self._store, self._writer, self._reader = store, writer, reader
         self._actors, self._on_ready, self._clock = actors, on_ready, clock
         self._loading: dict[str, int] = {}  # actor -> reader jobs in flight
+        self._shared: SharedSnapshots = {}  # see look()
 
     def loading(self, actor: ActorRuntime) -> bool:
         """True while the reader reloads the actor's code: its runs wait for the result."""
@@ -396,7 +426,7 @@ class CodeBook:
         if not cfg.versioned:
             return RunCode(str(cfg.script), code.home, "", None, FILE_SOURCE, argv=cfg.command)
         if cfg.exec_mode == "file" or cfg.sync == "before_run":
-            self._put(look(cfg, code, self.cache, self._clock()))
+            self._put(look(cfg, code, self.cache, self._clock(), self._shared))
         if cfg.exec_mode != "file" and code.cache_path is not None:
             return RunCode(
                 code.cache_path, code.home, code.code_sha256, code.history_id, DATABASE_SOURCE,

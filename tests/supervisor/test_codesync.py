@@ -327,6 +327,35 @@ def test_the_before_run_check_hashes_only_when_the_stat_key_moves(
     assert _kinds(look(cfg, code, tmp_path, 0.0)) == ["SyncUpdate:synced"]
 
 
+def test_actors_sharing_an_edited_script_read_it_once_between_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script run by many actors (or written just before the start, too recently for its
+    stat key to be trusted) is read and parsed by the first actor's before-run check; the
+    others reuse that read while the file's key holds, and read again once it moves."""
+    path = _script(tmp_path)
+    cfg = _actor(tmp_path)
+    reads: list[Path] = []
+    real = codebook.read_snapshot
+    later = {"ns": time.time_ns() + RACY_NS}
+    monkeypatch.setattr(
+        codebook,
+        "read_snapshot",
+        lambda p, scan=True: reads.append(p) or real(p, scan=scan, clock_ns=lambda: later["ns"]),
+    )
+    shared: codebook.SharedSnapshots = {}
+    codes = [ActorCode(home=str(tmp_path)) for _ in range(50)]  # never read: no stat key yet
+    for code in codes:
+        look(cfg, code, tmp_path, 0.0, shared)
+    assert len(reads) == 1 and all(code.seen_sha == _sha("print('{}')\n") for code in codes)
+
+    path.write_text("print('edited')\n")
+    later["ns"] = time.time_ns() + RACY_NS
+    for code in codes:
+        look(cfg, code, tmp_path, 0.0, shared)
+    assert len(reads) == 2 and all(code.seen_sha == _sha("print('edited')\n") for code in codes)
+
+
 def test_an_edit_without_auto_sync_marks_drift_and_the_run_records_the_files_hash(
     tmp_path: Path,
 ) -> None:

@@ -228,6 +228,26 @@ def test_an_awake_writer_leaves_a_held_turns_records_until_the_turn_ends(
 
 
 @pytest.mark.timeout(30)
+def test_an_ended_turns_records_are_written_while_the_next_turn_is_held(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    """Back-to-back turns (a burst taken a chunk per turn) never leave the writer a moment
+    between them: each ended turn's records must go while the next is made, or the first
+    runs of the burst wait for the whole burst (or for max_age_s)."""
+    writer = make_writer(writers, store, start=False, max_age_s=5.0)
+    with writer.held():
+        first = [writer.put(event(n)) for n in range(3)]
+    with writer.held():  # the next turn at once, before the thread even ran
+        writer.put(event(3))
+        writer.start()
+        wait_for(lambda: writer.committed >= first[-1], 4, "the ended turn's records")
+        assert store.sizes == [3]  # the ended turn's, without the held turn's record
+        writer.put(event(4))
+    assert writer.flush(10)
+    assert store.sizes == [3, 2]
+
+
+@pytest.mark.timeout(30)
 def test_a_held_turn_does_not_hold_back_a_full_batch(
     store: RecordingStore, writers: list[BatchWriter]
 ) -> None:
