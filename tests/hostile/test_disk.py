@@ -17,7 +17,12 @@ import pytest
 
 from protocol.client import RunOutcome
 from tests.helpers import wait_for
-from tests.supervisor.harness import RunningSupervisor, start_supervisor, write_script
+from tests.supervisor.harness import (
+    RunningSupervisor,
+    killed_after,
+    start_supervisor,
+    write_script,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private tmpfs per run needs root")
 
@@ -144,13 +149,8 @@ def sup() -> Iterator[RunningSupervisor]:
     running = start_supervisor(
         public, actors, settings=f"limits = {{ tmp_mb = {TMP_MB} }}\n", workers=2
     )
-    try:
+    with killed_after(running, public):
         yield running
-    finally:
-        if running.proc.poll() is None:
-            running.proc.kill()
-            running.proc.wait(timeout=30)
-        shutil.rmtree(public, ignore_errors=True)
 
 
 def _submit(sup: RunningSupervisor, actor: str, data: Any = None) -> RunOutcome:

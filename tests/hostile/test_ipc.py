@@ -11,7 +11,6 @@ One supervisor serves the whole module: the attacks are independent runs of thei
 import ctypes
 import os
 import random
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,12 @@ from typing import Any
 import pytest
 
 from tests.hostile.common import output_of
-from tests.supervisor.harness import RunningSupervisor, start_supervisor, write_script
+from tests.supervisor.harness import (
+    RunningSupervisor,
+    killed_after,
+    start_supervisor,
+    write_script,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="an IPC namespace per run needs root")
 
@@ -115,13 +119,8 @@ def sup() -> Iterator[RunningSupervisor]:
         )
     )
     running = start_supervisor(public, actors, workers=2)
-    try:
+    with killed_after(running, public):
         yield running
-    finally:
-        if running.proc.poll() is None:
-            running.proc.kill()
-            running.proc.wait(timeout=30)
-        shutil.rmtree(public, ignore_errors=True)
 
 
 def _submit(sup: RunningSupervisor, actor: str, data: Any) -> dict[str, Any]:

@@ -7,11 +7,14 @@ folder beside the config, so parallel tests never fight over ports and every tes
 configuration scripts must not be able to reach.
 """
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,18 @@ class RunningSupervisor:
             timeout=timeout,
             cwd=self.folder,
         )
+
+
+@contextlib.contextmanager
+def killed_after(running: RunningSupervisor, folder: Path) -> Iterator[RunningSupervisor]:
+    """For a module's shared supervisor: killed (if still up) and its folder removed after."""
+    try:
+        yield running
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_supervisor(

@@ -28,6 +28,7 @@ from tests.helpers import free_port, wait_for
 from tests.supervisor.harness import (
     ECHO,
     RunningSupervisor,
+    killed_after,
     session_uids,
     start_supervisor,
     write_script,
@@ -74,13 +75,8 @@ def sup() -> Iterator[RunningSupervisor]:
         settings=f'alert_repeat_s = 0\nrun_as_range = "{uids[0]}-{uids[-1]}"\n'
         f'http_listen = "127.0.0.1:{free_port()}"\n',
     )
-    try:
+    with killed_after(running, folder):
         yield running
-    finally:
-        if running.proc.poll() is None:
-            running.proc.kill()
-            running.proc.wait(timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_start_up_code_sync_ends_with_one_summary_line(sup: RunningSupervisor) -> None:
