@@ -274,7 +274,14 @@ class Supervisor:
             cap_ms = min(cap_ms, max(1, int(ping_in * 1000) + 1))
         if self.book.phase is not Phase.RUNNING:
             return cap_ms
-        return self.book.heap.timeout_ms(now, cap_ms)
+        timeout = self.book.heap.timeout_ms(now, cap_ms)
+        if timeout == 0 and self.writer.writing:
+            # More fires are due (a burst is taken a chunk a turn): wait a millisecond in the
+            # poll, without the GIL, so the writer thread commits the chunks made so far and
+            # their runs go to free workers, instead of all waiting for the whole burst. A
+            # commit ends the wait at once.
+            return 1
+        return timeout
 
     def _on_signals(self) -> None:
         for signum in self._signals.take():

@@ -190,6 +190,12 @@ class BatchWriter:
                     self._work.notify()
 
     @property
+    def writing(self) -> bool:
+        """Whether records put so far still wait to be durable."""
+        with self._lock:
+            return self._committed < self._last_seq
+
+    @property
     def committed(self) -> int:
         """Every record whose sequence number is at most this is durable (stored or spooled)."""
         with self._lock:

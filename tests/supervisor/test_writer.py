@@ -248,6 +248,21 @@ def test_an_ended_turns_records_are_written_while_the_next_turn_is_held(
 
 
 @pytest.mark.timeout(30)
+def test_writing_says_whether_records_still_wait_to_be_durable(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    """The loop polls a millisecond instead of not at all while this holds and more fires are
+    due, so that the writer thread gets the GIL to commit a burst's first chunks."""
+    writer = make_writer(writers, store, start=False)
+    assert not writer.writing
+    writer.put(event(0))
+    assert writer.writing  # put, not yet committed (the thread has not even started)
+    writer.start()
+    wait_for(lambda: not writer.writing, 5, "the record to be committed")
+    assert writer.committed == 1
+
+
+@pytest.mark.timeout(30)
 def test_a_held_turn_does_not_hold_back_a_full_batch(
     store: RecordingStore, writers: list[BatchWriter]
 ) -> None:
