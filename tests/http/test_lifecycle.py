@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers import free_port, wait_for
 from tests.http.conftest import HttpSupervisor, actors_toml
+from tests.uids import session_uids
 
 
 def http_child(sup_pid: int) -> psutil.Process:
@@ -70,7 +71,8 @@ def test_supervisor_stops_the_http_process(http_sup: HttpSupervisor) -> None:
 def _start(folder: Path, extra: str) -> subprocess.CompletedProcess[str]:
     config = folder / "supervisor.toml"
     config.write_text(
-        f'[supervisor]\ncontrol = "ipc://{folder}/c.sock"\n{extra}\n' + actors_toml(folder)
+        f'[supervisor]\ncontrol = "ipc://{folder}/c.sock"\n{extra}\n'
+        f'run_as_range = "{session_uids()[0]}-{session_uids()[-1]}"\n' + actors_toml(folder)
     )
     return subprocess.run(
         [sys.executable, "-m", "supervisor.cli", "start", "--config", str(config)],

@@ -240,7 +240,8 @@ def test_retention_days_prunes_in_the_running_supervisor(
 
 def _start(folder: Path, config: str, tmpdir: Path) -> subprocess.Popen[str]:
     path = folder / "supervisor.toml"
-    path.write_text(textwrap.dedent(config))
+    uids = session_uids()  # not the default range, which another test's supervisor may hold
+    path.write_text(textwrap.dedent(config) + f'run_as_range = "{uids[0]}-{uids[-1]}"\n')
     return subprocess.Popen(
         [sys.executable, "-m", "supervisor.cli", "start", "--config", str(path)],
         cwd=folder, env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmpdir)},
