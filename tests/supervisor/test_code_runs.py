@@ -93,7 +93,13 @@ def test_an_edit_between_two_scheduled_runs_is_a_new_version_each_run_names_its_
         database,
     )
     wait_for(lambda: runs(sup, database, "ticker"), 30, "a first scheduled run")
+    # In file mode a run records the hash its dispatch saw and its child reads the file just
+    # after: an edit landing between the two would run new code under the old hash. Edit
+    # while no run is on its way, as an operator's deploy would.
+    assert sup.cli("pause", "ticker").returncode == 0
+    wait_for(lambda: sup.status()["queue"]["in_flight"] == 0, 30, "the run in flight to end")
     versioned(public_tmp, "ticker.py", 2)
+    assert sup.cli("resume", "ticker").returncode == 0
     wait_for(
         lambda: any(output(r) == {"version": 2} for r in runs(sup, database, "ticker")),
         30,
