@@ -113,7 +113,10 @@ class Run:
     the database). ``input_json`` is the exact text fed to the script's stdin. ``modules``: the
     files of the stored code bundle beside ``script`` (relative paths), imported from what the
     child read before it dropped its privileges. ``argv`` non-empty: ``script`` is a program,
-    exec'd with these arguments (``argv[0]`` first) instead of run as Python.
+    exec'd with these arguments (``argv[0]`` first) instead of run as Python. ``stored``:
+    ``script`` and ``modules`` are the supervisor's materialized copy of stored code, private to
+    it, so the child reads them before it drops its privileges; any other script is read as the
+    run's user, who must be allowed to.
     """
 
     v: int = field(default=PROTOCOL_VERSION, init=False)
@@ -132,6 +135,7 @@ class Run:
     network: str = "host"
     modules: tuple[str, ...] = ()
     argv: tuple[str, ...] = ()
+    stored: bool = False
 
     @classmethod
     def read(cls, r: FieldReader) -> "Run":
@@ -150,6 +154,7 @@ class Run:
             network=r.choice("network", NETWORKS),
             modules=r.str_list("modules"),
             argv=r.str_list("argv", max_items=4096),
+            stored=r.boolean("stored", default=False),
         )
 
 

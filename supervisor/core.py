@@ -37,7 +37,7 @@ from supervisor.http.process import HttpSide
 from supervisor.leftovers import mark_owned
 from supervisor.notify import Notifier
 from supervisor.pool import WorkerHandle, WorkerPool
-from supervisor.preflight import prepare_sandbox
+from supervisor.preflight import prepare_sandbox, runs_as
 from supervisor.reader import Reader
 from supervisor.reload import ReloadRejected, reload_config
 from supervisor.requests import Requests
@@ -141,6 +141,7 @@ class Supervisor:
         self.codebook = CodeBook(
             store=self.store, writer=self.writer, reader=self.reader, cache=cache,
             actors=lambda: self.actors, on_ready=self._dispatch, clock=self._clock,
+            runs_as=runs_as(self.config),
         )  # fmt: skip
         self.codebook.startup()  # hash every script, record what changed: before the loop
         self.http = HttpSide.prepare(self.config)  # refuses a bad listen address before workers

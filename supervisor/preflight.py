@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 
+from supervisor.code.sync import OTHERS, RunsAs
 from supervisor.config import Config
 from supervisor.errors import StartupError
 from workers.access import (
@@ -36,6 +37,20 @@ def tmp_mb_unenforced(config: Config) -> str | None:
         "(CAP_SYS_ADMIN); runs share the host's /tmp, /var/tmp and /dev/shm; actors: "
         + ", ".join(limited)
     )
+
+
+def runs_as(config: Config) -> RunsAs | None:
+    """Who runs read files as, to the mode bits of the scripts we read as root (see
+    :func:`supervisor.code.sync.read_snapshot`); None: as we do (not root, or run as root).
+
+    :raises AccessCheckError: ``run_as`` names no user.
+    """
+    if os.geteuid() != 0:
+        return None
+    if config.sources.get("run_as", "default") == "default":
+        return OTHERS  # a uid of run_as_range each
+    user = resolve_user(config.supervisor.run_as)
+    return None if user[0] == 0 else user
 
 
 def prepare_sandbox(config: Config) -> SandboxConfig:

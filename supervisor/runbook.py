@@ -338,7 +338,7 @@ class RunBook:
             run_id=record.run_id, attempt=record.attempt, actor=cfg.name, script=code.script,
             cwd=code.cwd, mode=cfg.mode, input_json=record.input_json, env=cfg.env,
             limits=cfg.limits, timeout_s=cfg.timeout_s, code_sha256=code.sha256,
-            network=cfg.network, modules=code.modules, argv=code.argv,
+            network=cfg.network, modules=code.modules, argv=code.argv, stored=code.stored,
         )  # fmt: skip
         return Dispatched(record, message)
 

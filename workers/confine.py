@@ -78,6 +78,6 @@ def _order(argv: list[str], uid: int | None, limits: Mapping[str, int | None]) -
     return Order(
         run_id="", attempt=0, actor="", script=argv[0], cwd="/", mode="exec", input_json="",
         env={}, network="host", uid=uid, tmpdir="/", modules=(), argv=tuple(argv), tmp_mb=None,
-        keep=(), tmp_inside="", source=b"", code=b"",
+        keep=(), tmp_inside="", source=b"", code=b"", file_id=(), stored=False,
         **values,
     )  # fmt: skip

@@ -78,6 +78,9 @@ _MAX_FD = 1 << 20  # close_range bound; the kernel clips it, so its size costs n
 LAUNCHER_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP)
 
 
+FileId = tuple[int, int, int, int, int]  # see file_id
+
+
 class Order(NamedTuple):
     """What a child needs of its run, flattened: loading it is one C call (``marshal``), where
     decoding a protocol message in a freshly forked child costs ~100 copy-on-write faults."""
@@ -109,6 +112,10 @@ class Order(NamedTuple):
     # missing file, a SyntaxError), and the child reads it and reports that as before.
     source: bytes = b""
     code: bytes = b""
+    # Which file that was (FileId): a script that is not ``stored`` is opened again by the
+    # child as the run's user, and the launcher's copy used only if it is still this file.
+    file_id: tuple[int, ...] = ()
+    stored: bool = False  # Run.stored: the supervisor's private copy, read before the switch
 
     def dumps(self) -> bytes:
         data: bytes = marshal.dumps(tuple(self))
@@ -197,31 +204,36 @@ class Sandbox:
             if "/tmp" in tops or "/".join(inside.split("/")[:3]) in tops:
                 inside = ""  # the host's /tmp is kept (the run's folder is /tmp itself)
         env = _run_environment(run, uid, inside or tmpdir)
-        source, code = (b"", b"") if run.argv else self._compile(run.script)
+        source, code, file_id = (b"", b"", ()) if run.argv else self._compile(run.script)
         return Order(
             run.run_id, run.attempt, run.actor, run.script, run.cwd, run.mode, run.input_json,
             env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb, lim.tmp_mb,
             run.network, uid, tmpdir, run.modules, run.argv, keep, inside, source, code,
+            file_id, run.stored,
         )  # fmt: skip
 
-    def _compile(self, path: str) -> tuple[bytes, bytes]:
-        """The script's source and marshalled code, compiled once per content (a small cache:
-        reading is one syscall or three, compiling far more); (b"", b"") when it cannot be read
-        or compiled, which the child then reports as it always did."""
-        source = _read_small_file(path, COMPILE_MAX_BYTES)
-        if source is None:
-            return b"", b""
+    def _compile(self, path: str) -> tuple[bytes, bytes, FileId | tuple[()]]:
+        """The script's source, marshalled code and file id, compiled once per content (a
+        small cache: reading is one syscall or three, compiling far more); (b"", b"", ()) when
+        it cannot be read or compiled, which the child then reports as it always did.
+
+        Read as root: only the code is kept from it, never shown, and a child whose script is
+        not the supervisor's own copy uses it only after opening the same file as its user."""
+        found = _read_small_file(path, COMPILE_MAX_BYTES)
+        if found is None:
+            return b"", b"", ()
+        source, file_id = found
         key = (path, source)
         code = self._compiled.get(key)
         if code is None:
             try:
                 code = marshal.dumps(compile(source, path, "exec", dont_inherit=True))
             except Exception:  # SyntaxError, RecursionError, MemoryError...
-                return b"", b""  # the child compiles it again, under its limits, and reports
+                return b"", b"", ()  # the child compiles it again, under its limits, and reports
             if len(self._compiled) >= COMPILED_MAX:
                 del self._compiled[next(iter(self._compiled))]  # the oldest
             self._compiled[key] = code
-        return source, code
+        return source, code, file_id
 
     def adopt_process(self) -> None:
         """Make the launcher process itself the template every fork-mode child starts from.
@@ -278,8 +290,8 @@ class Sandbox:
             _write_all(0, run.input_json.encode())  # pwrite: the offset stays at 0 for the script
             step = "signals"
             _python_signals(fork_mode=run.mode == "fork" and not run.argv)
-            step = "script"  # before the switch: materialized code is private to the supervisor
-            source, modules = _read_code(run)
+            step = "script"  # stored code before the switch: it is private to the supervisor
+            source, code, modules = _read_stored(run) if run.stored else (b"", b"", {})
             step = "limits"
             self._apply_limits(run)
             step = "namespaces"
@@ -298,9 +310,12 @@ class Sandbox:
             if run.argv:
                 step = "program"
                 self._exec_program(run)
+            if not run.stored:
+                step = "script"  # as the run's user: through a symlink too, only what it may read
+                source, code = _read_own_script(run)
             if run.mode == "exec":
                 step = "exec"
-                self._exec(run, source, modules)
+                self._exec(run, source, code, modules)
             step = "environment"
             os.close(RUN_FD)
             os.environ.update(run.env)  # putenv too, so subprocesses inherit it; the rest is there
@@ -310,8 +325,8 @@ class Sandbox:
             missing = step in ("script", "program") and isinstance(exc, FileNotFoundError)
             _note(note_fd, NOTE_MISSING if missing else NOTE_SETUP, f"{step}: {exc}")
             os._exit(EXIT_SANDBOX)
-        code = marshal.loads(run.code) if run.code else None
-        os._exit(run_main(run.script, run.cwd, source, modules, code))
+        compiled = marshal.loads(code) if code else None
+        os._exit(run_main(run.script, run.cwd, source, modules, compiled))
 
     def _exec_program(self, run: Order) -> NoReturn:
         """Become a command actor's program, with the sandbox already applied (both modes)."""
@@ -321,9 +336,9 @@ class Sandbox:
         os.set_inheritable(STATUS_FD, False)  # closed by the exec: no note after it
         os.execve(run.script, list(run.argv), env)
 
-    def _exec(self, run: Order, source: bytes, modules: Modules) -> NoReturn:
+    def _exec(self, run: Order, source: bytes, code: bytes, modules: Modules) -> NoReturn:
         """Become a fresh interpreter running the script (exec mode) through BOOTSTRAP."""
-        _pass_code(source, run.script, modules, run.code)
+        _pass_code(source, run.script, modules, code)
         env = dict(self._base_env)
         env.update(run.env)
         argv = [self._python, "-c", BOOTSTRAP, run.script, run.cwd, MAGIC]
@@ -494,9 +509,9 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def _read_small_file(path: str, max_bytes: int) -> bytes | None:
-    """A regular file's content if it is at most ``max_bytes``; else None, never blocking: a
-    FIFO or device planted as a script must not stall (or fill) the launcher."""
+def _read_small_file(path: str, max_bytes: int) -> tuple[bytes, FileId] | None:
+    """A regular file's content and id if it is at most ``max_bytes``; else None, never
+    blocking: a FIFO or device planted as a script must not stall (or fill) the launcher."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -506,7 +521,7 @@ def _read_small_file(path: str, max_bytes: int) -> bytes | None:
         if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
             return None
         data = os.read(fd, max_bytes + 1)
-        return data if len(data) <= max_bytes else None  # it grew meanwhile
+        return (data, file_id(st)) if len(data) <= max_bytes else None  # else it grew meanwhile
     except OSError:
         return None
     finally:
@@ -640,11 +655,34 @@ def _read_order() -> Order:
     return Order(*marshal.loads(b"".join(chunks)))
 
 
-def _read_code(run: Order) -> tuple[bytes, Modules]:
-    """The script's source (read here only if the launcher could not) and a stored bundle's
-    modules (nothing for a command actor)."""
-    if run.argv:
-        return b"", {}
+def file_id(st: os.stat_result) -> FileId:
+    """Which file, in which state: equal ids mean the same inode, not written to since."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_own_script(run: Order) -> tuple[bytes, bytes]:
+    """The script's source and marshalled code (b"": compile it), opened as the run's user.
+
+    Not read before the switch: the file may be a symlink to one only root may read (a key, a
+    password file), whose lines a SyntaxError's traceback would show in ``stderr_tail``. The
+    launcher's copy, read as root, is used only if this is still the very file it read.
+    Whatever this reads is read under the run's limits.
+    """
+    fd = os.open(run.script, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if run.code and file_id(os.fstat(fd)) == run.file_id:
+            return run.source, run.code
+        chunks: list[bytes] = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks), b""
+    finally:
+        os.close(fd)
+
+
+def _read_stored(run: Order) -> tuple[bytes, bytes, Modules]:
+    """Stored code's script (read here only if the launcher could not), its marshalled code
+    and its bundle's modules, from the supervisor's private copy (before the switch)."""
     if run.code:
         source = run.source
     else:
@@ -657,7 +695,7 @@ def _read_code(run: Order) -> tuple[bytes, Modules]:
         with open(path, "rb") as f:
             name, package = module_name(rel)
             modules[name] = (path, f.read(), package)
-    return source, modules
+    return source, run.code, modules
 
 
 def _pass_code(source: bytes, path: str, modules: Modules, code: bytes) -> None:

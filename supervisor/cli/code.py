@@ -49,6 +49,7 @@ from supervisor.code.rollback import recorded_dict, rollback, rollback_dict
 from supervisor.code.sync import (
     CodeError,
     FileSnapshot,
+    RunsAs,
     check_version,
     git_commit,
     os_user,
@@ -57,8 +58,10 @@ from supervisor.code.sync import (
 from supervisor.config import ActorConfig, Config
 from supervisor.controlkeys import client_for
 from supervisor.errors import CommandRefused, ConfigError
+from supervisor.preflight import runs_as
 from supervisor.status import iso
 from supervisor.store.base import Store, StoreError, VersionExists
+from workers.access import AccessCheckError
 
 REFRESH_TIMEOUT_S = 10.0
 
@@ -211,10 +214,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             raise ConfigError(f"--version: {exc}") from None
     config, store = _store(args)
     try:
+        who = _runs_as(config)
         if args.all:
-            results = [_deploy_one(args, store, actor, quiet=True) for actor in _all(config)]
+            results = [_deploy_one(args, store, a, who, quiet=True) for a in _all(config)]
         else:
-            results = [_deploy_one(args, store, _actor(config, args.actor), quiet=False)]
+            results = [_deploy_one(args, store, _actor(config, args.actor), who, quiet=False)]
     finally:
         store.close()
     for result in results:
@@ -244,13 +248,26 @@ def _all(config: Config) -> list[ActorConfig]:
     return [config.actors[name] for name in sorted(config.actors)]
 
 
+def _runs_as(config: Config) -> RunsAs | None:
+    try:
+        return runs_as(config)
+    except AccessCheckError as exc:
+        raise ConfigError(f"run_as: {exc}") from None
+
+
 def _deploy_one(
-    args: argparse.Namespace, store: Store, actor: ActorConfig, *, quiet: bool
+    args: argparse.Namespace,
+    store: Store,
+    actor: ActorConfig,
+    who: RunsAs | None,
+    *,
+    quiet: bool,
 ) -> dict[str, Any]:
     """Record ``actor``'s file as a new version; with ``quiet`` (``--all``), a file that cannot
-    be recorded is reported in the result instead of refusing the whole command."""
+    be recorded is reported in the result instead of refusing the whole command. ``who``: the
+    user runs read files as; a file it may not read is not recorded."""
     try:
-        snap, text, others = _read(actor)
+        snap, text, others = _read(actor, who)
         recorded = store.record_code_version(
             CodeChange(
                 history_id=events.new_id(),
@@ -280,7 +297,7 @@ def _deploy_one(
     return recorded_dict(actor.name, recorded)
 
 
-def _read(actor: ActorConfig) -> tuple[FileSnapshot, str, dict[str, str]]:
+def _read(actor: ActorConfig, who: RunsAs | None) -> tuple[FileSnapshot, str, dict[str, str]]:
     """The actor's bundle as it is on disk: the snapshot, the entry's text, the others'."""
     if not actor.versioned:
         raise CommandRefused(
@@ -288,9 +305,11 @@ def _read(actor: ActorConfig) -> tuple[FileSnapshot, str, dict[str, str]]:
             f"{actor.name}: its program {actor.script} lies outside the configuration's "
             "folder, so it is not versioned",
         )
-    snap = read_snapshot(actor.script, scan=actor.python)
+    snap = read_snapshot(actor.script, scan=actor.python, runs_as=who)
     if snap is None:
-        raise CommandRefused("file_missing", f"{actor.name}: no script file at {actor.script}")
+        raise CommandRefused(
+            "file_missing", f"{actor.name}: no script file its runs may read at {actor.script}"
+        )
     try:
         return snap, snap.text(), snap.texts()
     except CodeError as exc:

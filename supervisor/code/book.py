@@ -43,6 +43,7 @@ from supervisor.code.sync import (
     ActorCode,
     CodeError,
     FileSnapshot,
+    RunsAs,
     current_key,
     git_commit,
     git_commits,
@@ -76,6 +77,7 @@ class RunCode:
     refused: str | None = None  # why nothing can run: the attempt fails as file_missing
     modules: tuple[str, ...] = ()  # stored code: the bundle's other files, beside ``script``
     argv: tuple[str, ...] = ()  # a command actor: exec ``script`` with these arguments
+    stored: bool = False  # ``script`` is our materialized copy: the run's user may not read it
 
 
 SUMMARY_KEYS = ("changed", "unchanged", "drifted", "failed")
@@ -157,12 +159,14 @@ def look(
     cache: Path,
     now: float,
     shared: SharedSnapshots | None = None,
+    runs_as: RunsAs | None = None,
 ) -> list[Record]:
     """The before-run check: microseconds when no stat key of the bundle's files has moved.
 
     ``shared``: the last trusted read of each script, so that when a script many actors run
     changed (or was written just before the start, too recently to trust its key), the first
     actor's run reads and parses it and the others' reuse that while its files' keys hold.
+    ``runs_as``: see :func:`read_snapshot`.
     """
     if not cfg.versioned:
         return []
@@ -171,7 +175,7 @@ def look(
         return []
     snap = _shared_snapshot(shared, (cfg.script, cfg.python))
     if snap is None:
-        snap = read_snapshot(cfg.script, scan=cfg.python)
+        snap = read_snapshot(cfg.script, scan=cfg.python, runs_as=runs_as)
         if shared is not None and snap is not None and snap.key is not None:
             if len(shared) >= SHARED_SNAPSHOTS_MAX:
                 shared.clear()
@@ -264,7 +268,8 @@ def mark_missing(
     stored = code.history_id is not None and cfg.exec_mode != "file"
     consequence = "its runs use the stored code" if stored else "its runs fail (file_missing)"
     log.warning(
-        "actor %s: script file %s is missing; %s", cfg.name, cfg.script, consequence,
+        "actor %s: script file %s is missing (or its runs may not read it); %s",
+        cfg.name, cfg.script, consequence,
         extra={"actor": cfg.name, "event": "code_file_missing"},
     )  # fmt: skip
     records: list[Record] = []
@@ -368,12 +373,17 @@ class CodeBook:
         actors: Callable[[], dict[str, ActorRuntime]],
         on_ready: Callable[[], None],
         clock: Callable[[], float] = time.time,
+        runs_as: RunsAs | None = None,
     ) -> None:
-        self.cache = cache
+        """``runs_as``: the user runs read files as (we read scripts only if it may)."""
+        self.cache, self._runs_as = cache, runs_as
         self._store, self._writer, self._reader = store, writer, reader
         self._actors, self._on_ready, self._clock = actors, on_ready, clock
         self._loading: dict[str, int] = {}  # actor -> reader jobs in flight
         self._shared: SharedSnapshots = {}  # see look()
+
+    def _read(self, path: Path, scan: bool) -> FileSnapshot | None:
+        return read_snapshot(path, scan=scan, runs_as=self._runs_as)
 
     def loading(self, actor: ActorRuntime) -> bool:
         """True while the reader reloads the actor's code: its runs wait for the result."""
@@ -392,7 +402,7 @@ class CodeBook:
             """Each script once, however many actors run it (read, hashed, imports parsed)."""
             key = (path, scan)
             if key not in snapshots:
-                snapshots[key] = read_snapshot(path, scan=scan)
+                snapshots[key] = read_snapshot(path, scan=scan, runs_as=self._runs_as)
             return snapshots[key]
 
         for actor in actors.values():
@@ -426,11 +436,11 @@ class CodeBook:
         if not cfg.versioned:
             return RunCode(str(cfg.script), code.home, "", None, FILE_SOURCE, argv=cfg.command)
         if cfg.exec_mode == "file" or cfg.sync == "before_run":
-            self._put(look(cfg, code, self.cache, self._clock(), self._shared))
+            self._put(look(cfg, code, self.cache, self._clock(), self._shared, self._runs_as))
         if cfg.exec_mode != "file" and code.cache_path is not None:
             return RunCode(
                 code.cache_path, code.home, code.code_sha256, code.history_id, DATABASE_SOURCE,
-                modules=code.modules,
+                modules=code.modules, stored=True,
             )  # fmt: skip
         script, home = str(cfg.script), code.home
         if cfg.exec_mode == "database":
@@ -438,7 +448,11 @@ class CodeBook:
             return RunCode(script, home, "", None, DATABASE_SOURCE, nothing)
         sha = code.seen_sha or ""
         history_id = code.history_id if sha and sha == code.code_sha256 else None
-        missing = f"script file {script} does not exist" if code.status == FILE_MISSING else None
+        missing = (
+            f"script file {script} does not exist (or its runs may not read it)"
+            if code.status == FILE_MISSING
+            else None
+        )
         return RunCode(script, home, sha, history_id, FILE_SOURCE, missing, argv=cfg.command)
 
     def reconfigure(self, actor: ActorRuntime, before: ActorConfig | None) -> None:
@@ -458,7 +472,7 @@ class CodeBook:
             # first let the store see what this supervisor already decided about the actor
             self._writer.flush(FLUSH_TIMEOUT_S)
             stored = self._store.load_code_states([cfg.name]).get(cfg.name)
-            return sync_actor(cfg, stored, self.cache, self._clock())
+            return sync_actor(cfg, stored, self.cache, self._clock(), read=self._read)
 
         def done(result: Any, error: Exception | None) -> None:
             left = self._loading.pop(cfg.name, 1) - 1

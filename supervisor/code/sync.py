@@ -11,12 +11,14 @@ such a key is not cached: the next check hashes again.
 """
 
 import contextlib
+import errno
 import getpass
 import hashlib
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -41,7 +43,12 @@ GIT_LOG_TIMEOUT_S = 60.0  # one batch's git log, read until each file showed
 GIT_BATCH = 2000  # files per git command line (ARG_MAX)
 _VERSION = re.compile(r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")
 
+MAX_FILE_BYTES = 4 << 20  # a script or module file read as code; a bigger one is not read
 StatKey = tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
+# Who runs read files as, to a file's mode bits: (uid, gid), or OTHERS for the uids of a
+# run_as_range (none of them owns a script or is in its group).
+RunsAs = tuple[int, int]
+OTHERS: RunsAs = (-1, -1)
 BundleKey = tuple[StatKey, ...]  # one per file of a bundle, in FileSnapshot.files order
 
 
@@ -133,20 +140,28 @@ def current_key(paths: Sequence[str]) -> BundleKey | None:
 
 
 def read_snapshot(
-    path: Path, *, scan: bool = True, clock_ns: Callable[[], int] = time.time_ns
+    path: Path,
+    *,
+    scan: bool = True,
+    clock_ns: Callable[[], int] = time.time_ns,
+    runs_as: RunsAs | None = None,
 ) -> FileSnapshot | None:
     """Read and hash the bundle of ``path``; None when the entry does not exist or cannot be
     read (logged). ``scan``: follow its imports (a Python script); else the file alone.
 
     ``clock_ns`` (wall clock, ns) decides whether a file changed too recently for its stat key
-    to be trusted (:data:`RACY_NS`); tests pass a later one instead of waiting."""
+    to be trusted (:data:`RACY_NS`); tests pass a later one instead of waiting.
+
+    ``runs_as``: the user runs read files as, when it is not us (we are root). A file that user
+    could not read is not read: its content becomes code a run executes, and a traceback shows
+    its lines, so a script (or module) that is a symlink to a private file must not turn root's
+    read into the run's. Only regular files of at most :data:`MAX_FILE_BYTES` are read, without
+    blocking: a FIFO, or a link to ``/dev/zero``, must neither stall nor fill the supervisor."""
     stats: dict[str, os.stat_result] = {}
 
     def read(file: Path) -> bytes | None:
         try:
-            with open(file, "rb") as handle:
-                st = os.fstat(handle.fileno())
-                data = handle.read()
+            data, st = read_code_file(file, runs_as)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -169,6 +184,54 @@ def read_snapshot(
     if any(now - max(s.st_mtime_ns, s.st_ctime_ns) < RACY_NS for s in stats.values()):
         key = None
     return FileSnapshot(path, entry, bundle_sha256(files, path.name), st.st_mtime, key, others)
+
+
+def read_code_file(file: Path, runs_as: RunsAs | None) -> tuple[bytes, os.stat_result]:
+    """A script or module file's content and stat (see :func:`read_snapshot`).
+
+    :raises OSError: it cannot be read, is no regular file, is too big, or ``runs_as`` could
+        not read it.
+    """
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"bigger than {MAX_FILE_BYTES >> 20} MiB")
+        if runs_as is not None and not _may_read(fd, st, runs_as):
+            raise OSError(errno.EACCES, "the user runs take may not read it (or a folder above it)")
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+        while len(data) < st.st_size and (more := os.read(fd, MAX_FILE_BYTES + 1 - len(data))):
+            data += more
+        if len(data) > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"bigger than {MAX_FILE_BYTES >> 20} MiB")
+        return data, st
+    finally:
+        os.close(fd)
+
+
+def _may_read(fd: int, st: os.stat_result, who: RunsAs) -> bool:
+    """Whether ``who`` may read the open file: read on it, search on each folder of its real
+    path (the kernel's name for the descriptor, every symlink resolved), by the mode bits."""
+    if not _allows(st, who, 4):
+        return False
+    folder = os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))
+    while True:
+        if not _allows(os.stat(folder), who, 1):
+            return False
+        if folder == "/":
+            return True
+        folder = os.path.dirname(folder)
+
+
+def _allows(st: os.stat_result, who: RunsAs, bit: int) -> bool:
+    uid, gid = who
+    if st.st_uid == uid:
+        return bool(st.st_mode >> 6 & bit)
+    if st.st_gid == gid:
+        return bool(st.st_mode >> 3 & bit)
+    return bool(st.st_mode & bit)
 
 
 def decode_source(data: bytes, path: Path | str) -> str:

@@ -43,12 +43,12 @@ class Project:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
+def project(request: pytest.FixtureRequest, public_tmp: Path) -> Iterator[Project]:
     if request.param == "sqlite":
-        yield Project(tmp_path, "sqlite:state/actors.db")
+        yield Project(public_tmp, "sqlite:state/actors.db")
         return
     with pg.fresh_database() as name:
-        yield Project(tmp_path, pg.database_url(name))
+        yield Project(public_tmp, pg.database_url(name))
 
 
 @pytest.fixture
@@ -278,3 +278,20 @@ def test_racing_cli_deploys_leave_exactly_one_active_version(project: Project, c
     assert sum(v.is_active for v in history) == 1 and len(history) == 4
     assert state.active_history_id == history[0].history_id
     assert state.script_code == history[0].script_code
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file only root may read needs root")
+def test_deploy_refuses_a_script_linked_to_a_file_its_runs_may_not_read(
+    project: Project, cli: Cli
+) -> None:
+    """Run as root, ``deploy`` would store a symlinked private file as code its runs execute
+    (and show in tracebacks): it records only what the runs' user could read itself."""
+    project.actors(job="database")
+    secret = project.folder / "secret.txt"
+    secret.write_text("TOPSECRET = 1\n")
+    secret.chmod(0o600)
+    (project.folder / "scripts" / "job.py").symlink_to(secret)
+    code, _, err = cli("deploy", "job")
+    assert code != 0 and "no script file its runs may read" in err
+    secret.chmod(0o644)  # now any user may read it: it is the actor's code
+    assert js(cli, "deploy", "job")["version"] == "1.0.0"

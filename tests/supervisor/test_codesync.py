@@ -18,6 +18,7 @@ from supervisor.code.book import look, sync_actor
 from supervisor.code.bundle import bundle_sha256
 from supervisor.code.records import CodeChange, CodeState, SyncUpdate
 from supervisor.code.sync import (
+    MAX_FILE_BYTES,
     RACY_NS,
     ActorCode,
     CodeError,
@@ -227,7 +228,9 @@ def test_startup_reads_a_shared_script_once_and_records_each_actors_commit(
     reads: list[Path] = []
     real = codebook.read_snapshot
     monkeypatch.setattr(
-        codebook, "read_snapshot", lambda p, scan=True: reads.append(p) or real(p, scan=scan)
+        codebook,
+        "read_snapshot",
+        lambda p, scan=True, runs_as=None: reads.append(p) or real(p, scan=scan),
     )
     actors = build_actors(configs, {})
     writer = _Writer()
@@ -301,7 +304,9 @@ def test_the_before_run_check_hashes_only_when_the_stat_key_moves(
     monkeypatch.setattr(
         codebook,
         "read_snapshot",
-        lambda p, scan=True: reads.append(p) or real(p, scan=scan, clock_ns=lambda: later["ns"]),
+        lambda p, scan=True, runs_as=None: (
+            reads.append(p) or real(p, scan=scan, clock_ns=lambda: later["ns"])
+        ),
     )
     code = ActorCode(home=str(tmp_path), history_id="h1", code_sha256=_sha("print('{}')\n"))
     code.synced_sha = code.code_sha256
@@ -341,7 +346,9 @@ def test_actors_sharing_an_edited_script_read_it_once_between_them(
     monkeypatch.setattr(
         codebook,
         "read_snapshot",
-        lambda p, scan=True: reads.append(p) or real(p, scan=scan, clock_ns=lambda: later["ns"]),
+        lambda p, scan=True, runs_as=None: (
+            reads.append(p) or real(p, scan=scan, clock_ns=lambda: later["ns"])
+        ),
     )
     shared: codebook.SharedSnapshots = {}
     codes = [ActorCode(home=str(tmp_path)) for _ in range(50)]  # never read: no stat key yet
@@ -370,3 +377,19 @@ def test_an_edit_without_auto_sync_marks_drift_and_the_run_records_the_files_has
     update = records[-1]
     assert isinstance(update, SyncUpdate) and update.file_hash is None  # last sync unchanged
     assert code.seen_sha == _sha("print('edited')\n") and code.history_id == "h1"
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_a_device_or_a_huge_file_is_never_read_as_code(tmp_path: Path) -> None:
+    """The supervisor reads scripts in its loop: a FIFO (or a link to one) would block it, a
+    link to /dev/zero would fill its memory, and a huge file is no script. None is read."""
+    os.mkfifo(tmp_path / "fifo.py")
+    (tmp_path / "zero.py").symlink_to("/dev/zero")
+    with open(tmp_path / "huge.py", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    for name in ("fifo.py", "zero.py", "huge.py"):
+        assert read_snapshot(tmp_path / name) is None
+    main = tmp_path / "main.py"
+    main.write_text("import zero\nimport fifo\nprint(1)\n")
+    snap = read_snapshot(main)
+    assert snap is not None and snap.files == ("main.py",)  # neither module joins the bundle

@@ -377,6 +377,49 @@ def test_a_fifo_or_a_big_script_is_left_to_the_child_and_never_stalls_the_launch
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.skipif(not IS_ROOT, reason="a file only root may read needs a root launcher")
+def test_a_script_linked_to_a_private_file_shows_none_of_it(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    """The launcher reads scripts as root (to compile them once): a script that is a symlink to
+    a file only root may read must not run, nor show a line of it in a SyntaxError's
+    traceback. The run's user opens its script itself and is refused."""
+    secret = public_tmp / f"secret-{mode}.txt"
+    secret.write_text("TOPSECRET-LINE = 1 2 3\n")
+    secret.chmod(0o600)
+    valid = public_tmp / f"secret-{mode}.py"  # valid Python: it would compile and run
+    valid.write_text("print('TOPSECRET-CODE')\n")
+    valid.chmod(0o600)
+    for target in (secret, valid):
+        link = public_tmp / f"evil-{target.name}.py"
+        link.symlink_to(target)
+        result = run_script(launcher, make_run(link, mode))
+        assert (result.status, result.reason) == ("failed_permanent", "sandbox_error")
+        assert "Permission denied" in (result.error or "")
+        assert "TOPSECRET" not in result.stderr_tail + (result.error or "") + str(result.output)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not IS_ROOT, reason="a file only root may read needs a root launcher")
+def test_stored_code_private_to_the_supervisor_still_runs(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    """Stored code is the supervisor's materialized copy, 0600 in a 0700 folder: a run marked
+    ``stored`` reads it (and its modules) before the switch, as always."""
+    cache = public_tmp / f"cache-{mode}"
+    cache.mkdir(mode=0o700)
+    script = cache / "main.py"
+    script.write_text("import helper\nprint(helper.VALUE)\n")
+    (cache / "helper.py").write_text("VALUE = 42\n")
+    for file in cache.iterdir():
+        file.chmod(0o600)
+    run = make_run(script, mode, stored=True, modules=("helper.py",), cwd=str(public_tmp))
+    assert run_script(launcher, run).output == 42
+    unmarked = make_run(script, mode, cwd=str(public_tmp))
+    assert run_script(launcher, unmarked).reason == "sandbox_error"  # read as the run's user
+
+
+@pytest.mark.timeout(30)
 def test_syntax_error_is_reported_as_python_would(
     launcher: Launcher, public_tmp: Path, mode: str
 ) -> None:
