@@ -56,10 +56,10 @@ def names(columns: Sequence[str]) -> str:
 class Table:
     """One record type's table: column order, value codecs and the SQL that reads and writes it.
 
-    ``insert`` upserts by ``key`` (every non-key column takes the new value), or for an
-    ``append_only`` table skips a row whose key exists. ``extra_columns`` are inserted after the
-    record's own columns and never updated (``actors.created_at``). ``placeholder`` is the
-    driver's parameter mark (``?`` for sqlite3, ``%s`` for psycopg).
+    ``insert`` upserts by ``key`` (every non-key column but the ``fixed`` ones takes the new
+    value), or for an ``append_only`` table skips a row whose key exists. ``extra_columns`` are
+    inserted after the record's own columns and never updated (``actors.created_at``).
+    ``placeholder`` is the driver's parameter mark (``?`` for sqlite3, ``%s`` for psycopg).
     """
 
     def __init__(
@@ -73,6 +73,7 @@ class Table:
         extra_columns: tuple[str, ...] = (),
         append_only: bool = False,
         fence: str | None = None,
+        fixed: tuple[str, ...] = (),
     ) -> None:
         self.record = record
         self.columns = [f.name for f in fields(record)]
@@ -89,8 +90,12 @@ class Table:
         self._from_db = [codecs.get(c, PLAIN)[1] for c in self.columns]
         self.select = f"SELECT {names(self.columns)} FROM {name}"
         insert_columns = [*self.columns, *extra_columns]
+        # Columns a row never changes are left out of the upsert's SET: SQLite rewrites every
+        # index on a column the SET names, changed or not, and each is a WAL page per commit.
         updates = ", ".join(
-            f"{quote(c)} = excluded.{quote(c)}" for c in self.columns if c not in key
+            f"{quote(c)} = excluded.{quote(c)}"
+            for c in self.columns
+            if c not in key and c not in fixed
         )
         action = "DO NOTHING" if append_only else f"DO UPDATE SET {updates}"
         if fence is not None:  # a row is changed only by a writer of the same or a later epoch
@@ -181,7 +186,12 @@ def make_tables(
         },
         placeholder=placeholder,
         fence="epoch",
-    )
+        # an attempt's identity: set when it is queued, never after (its indexes stay put)
+        fixed=(
+            "actor", "correlation_id", "trigger", "input_json", "queued_at", "scheduled_for",
+            "idempotency_key",
+        ),
+    )  # fmt: skip
     states = Table(
         "task_state",
         TaskState,

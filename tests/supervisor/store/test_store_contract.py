@@ -61,6 +61,27 @@ def test_run_with_defaults_and_nones_round_trips(store: Store) -> None:
     assert stored.status == RunStatus.QUEUED
 
 
+def test_an_attempts_later_rows_change_its_state_never_its_identity(store: Store) -> None:
+    """The upsert leaves out the columns an attempt is queued with (so SQLite need not rewrite
+    the indexes on them): a later row moves status and results, and the first row's actor,
+    input, times and keys stay."""
+    queued = run(input_json='{"a": 1}', idempotency_key="k1", scheduled_for=T0 + 5)
+    store.write_batch([queued])
+    later = dataclasses.replace(
+        queued, status=RunStatus.SUCCEEDED, started_at=T0 + 6, finished_at=T0 + 7,
+        output_json="{}", actor="other", input_json="{}", queued_at=T0 + 1, idempotency_key="k2",
+        scheduled_for=None, correlation_id="c2", trigger="retry",
+    )  # fmt: skip
+    store.write_batch([later])
+    (stored,) = store.list_runs()
+    assert (stored.status, stored.started_at, stored.finished_at, stored.output_json) == (
+        RunStatus.SUCCEEDED, T0 + 6, T0 + 7, "{}",
+    )  # fmt: skip
+    identity = ("actor", "input_json", "queued_at", "idempotency_key", "scheduled_for",
+                "correlation_id", "trigger")  # fmt: skip
+    assert [getattr(stored, f) for f in identity] == [getattr(queued, f) for f in identity]
+
+
 def test_event_round_trips_with_nested_unicode_metadata(store: Store) -> None:
     metadata = {
         "conversation_id": "conv-1",
