@@ -25,6 +25,7 @@ from supervisor.cli.prune import add_prune_command
 from supervisor.cli.read import add_read_commands
 from supervisor.cli.run import add_run_commands
 from supervisor.cli.runs import add_runs_commands
+from supervisor.cli.terminal import guard_terminals
 from supervisor.cli.workflow import add_workflow_commands
 from supervisor.errors import CommandRefused, ConfigError, StartupError
 from supervisor.store.base import StoreError, StoreUnavailable
@@ -76,6 +77,7 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    guard_terminals()  # a script's text must not drive the operator's terminal
     try:
         code = _run(argv)
         sys.stdout.flush()  # here, not at exit: a reader that went away is noticed below
