@@ -128,6 +128,26 @@ class Store(abc.ABC):
         :raises StoreUnavailable: the store is unreachable; nothing was written.
         """
 
+    def write_batch_now(self, records: Sequence[Record]) -> bool:
+        """:meth:`write_batch` if it can be done without waiting for anything but the disk:
+        False, with nothing written, when it would have to wait (another thread using the
+        connection, another process holding the write lock), or when this store cannot say so.
+        The supervisor's loop calls it; the batch writer's thread then writes what it refused.
+
+        :raises StoreUnavailable: as :meth:`write_batch`; nothing was written.
+        """
+        return False
+
+    def defer_checkpoints(self) -> bool:
+        """Leave checkpoints (SQLite's WAL into the database file, which may wait on the disk)
+        to :meth:`checkpoint` instead of whichever commit crosses the threshold; True if this
+        store has them, so the batch writer may commit on the loop (:meth:`write_batch_now`)."""
+        return False
+
+    def checkpoint(self) -> None:
+        """Do what :meth:`defer_checkpoints` deferred; the batch writer's thread calls it."""
+        return None
+
     @abc.abstractmethod
     def record_code_version(self, change: CodeChange) -> CodeRecorded:
         """Make ``change`` the actor's active code version, in one transaction.

@@ -142,6 +142,12 @@ class _CodeDb(code.CodeDb):
         self._conn.executemany(_EVENTS.insert, [_EVENTS.row(e) for e in found])
 
 
+def _is_busy(exc: StoreUnavailable) -> bool:
+    """Whether a write failed because another connection held the lock (SQLITE_BUSY, LOCKED)."""
+    code = getattr(exc.__cause__, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (5, 6)
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     try:
         info = os.stat(path)
@@ -174,6 +180,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         self._replaced = False  # before each batch; set once the file is open
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
         if read_only:
             with self._translate("open the database read-only"):
                 uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
@@ -301,6 +308,33 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
             if rows.workflows:
                 workflows.write(_CodeDb(conn), rows.workflows)
         self.refused.add(refused)
+
+    def write_batch_now(self, records: Sequence[Record]) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return False  # another thread (the writer, a reader) is on the connection
+        try:
+            conn = self._connection()
+            conn.execute("PRAGMA busy_timeout = 0")  # another process writing: say so at once
+            try:
+                self.write_batch(records)
+            except StoreUnavailable as exc:
+                if _is_busy(exc):
+                    return False
+                raise
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            return True
+        finally:
+            self._lock.release()
+
+    def defer_checkpoints(self) -> bool:
+        with self._lock, self._translate("defer checkpoints"):
+            self._connection().execute("PRAGMA wal_autocheckpoint = 0")
+        return True
+
+    def checkpoint(self) -> None:
+        with self._lock, self._translate("checkpoint"):
+            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _check_file(self) -> None:
         """The open connection writes to the inode it opened: if the path was removed or now

@@ -15,7 +15,7 @@ import pytest
 from protocol.outcomes import RunStatus
 from supervisor.records import Record, RunRecord
 from supervisor.store.sqlite import SqliteStore
-from supervisor.writer import BatchWriter
+from supervisor.writer import CHECKPOINT_EVERY, BatchWriter
 from tests.helpers import T0, event, run_record, wait_for
 
 
@@ -424,3 +424,91 @@ def test_put_from_several_threads(store: RecordingStore, writers: list[BatchWrit
     for t in range(8):  # each thread's records are stored in the order it put them
         mine = [int(i[1:]) for i in ids if int(i[1:]) // 1000 == t]
         assert mine == sorted(mine)
+
+
+class CheckpointCountingStore(RecordingStore):
+    """Remembers which thread checkpointed it."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float) -> None:
+        super().__init__(path, busy_timeout_s=busy_timeout_s)
+        self.checkpoints: list[str] = []
+
+    def checkpoint(self) -> None:
+        super().checkpoint()
+        self.checkpoints.append(threading.current_thread().name)
+
+
+@pytest.mark.timeout(30)
+def test_the_loop_commits_its_turn_itself_and_leaves_checkpoints_to_the_thread(
+    tmp_path: Path, writers: list[BatchWriter]
+) -> None:
+    """A healthy SQLite store takes the turn's batch on the loop's own thread as the turn ends
+    (no hand-off to the writer thread), in order; the log's checkpoints, which may wait on the
+    disk, are the writer thread's, every CHECKPOINT_EVERY commits."""
+    store = CheckpointCountingStore(tmp_path / "store.db", busy_timeout_s=5.0)
+    store.migrate()
+    try:
+        writer = make_writer(writers, store)
+        for turn in range(CHECKPOINT_EVERY + 1):
+            with writer.held():
+                last = [writer.put(event(f"{turn}-{n}")) for n in range(3)][-1]
+            assert writer.committed == last  # durable when the turn's block ends
+        assert store.sizes == [3] * (CHECKPOINT_EVERY + 1)
+        wait_for(lambda: store.checkpoints == ["store-writer"], 10, "the thread's checkpoint")
+        ids = [e.event_id for e in store.list_events(limit=1000)]
+        assert sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) == ids  # in order
+        assert writer.stats().idle_batches == CHECKPOINT_EVERY + 1
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_locked_database_leaves_the_turn_to_the_thread_without_waiting(
+    store: RecordingStore, tmp_path: Path, writers: list[BatchWriter]
+) -> None:
+    """Another process holding SQLite's write lock (a CLI deploy, a prune): the loop must not
+    wait out the busy timeout at the end of its turn; the thread writes once the lock is gone."""
+    slow = RecordingStore(tmp_path / "store.db", busy_timeout_s=30.0)
+    other = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    try:
+        writer = make_writer(writers, slow)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with writer.held():
+            seq = writer.put(event("locked"))
+        assert time.monotonic() - started < 10  # not the 30 s busy timeout
+        assert writer.committed < seq and slow.sizes == []
+        other.execute("COMMIT")
+        wait_for(lambda: writer.committed >= seq, 20, "the thread's write")
+        assert slow.sizes == [1] and writer.stats().failures == 0
+    finally:
+        other.close()
+        slow.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_reader_on_the_connection_leaves_the_turn_to_the_thread(
+    store: RecordingStore, writers: list[BatchWriter]
+) -> None:
+    """Another thread of ours on the store's connection (a read): the loop does not queue up
+    behind it; the writer thread commits the turn once the connection is free."""
+    writer = make_writer(writers, store)
+    holding, release = threading.Event(), threading.Event()
+
+    def read() -> None:
+        with store._lock:  # what a read holds
+            holding.set()
+            release.wait(10)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert holding.wait(10)
+        with writer.held():
+            seq = writer.put(event("behind-a-read"))
+        assert writer.committed < seq
+    finally:
+        release.set()
+        reader.join()
+    wait_for(lambda: writer.committed >= seq, 10, "the thread's write")
+    assert store.sizes == [1]
