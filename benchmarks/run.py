@@ -166,7 +166,7 @@ log_level = "warning"
 queue_size = 100000
 run_as_range = "{uid_block(args.workers * args.concurrency)}"
 http_listen = "{f"127.0.0.1:{http_port}" if http_port else ""}"
-{_tmp_limit(args)}
+{_tmp_limit(args)}{_preload(args)}
 [[actors]]
 name = "noop"
 script = "scripts/noop.py"
@@ -186,6 +186,15 @@ def _tmp_limit(args: argparse.Namespace) -> str:
     if tmp_mb is None:
         return ""
     return f"limits = {{ tmp_mb = {tmp_mb if tmp_mb == 'unlimited' else int(tmp_mb)!r} }}\n"
+
+
+def _preload(args: argparse.Namespace) -> str:
+    """--preload: the launchers' pre-imports (comma-separated; "" for none), else the default."""
+    modules = getattr(args, "preload", None)
+    if modules is None:
+        return ""
+    names = [name.strip() for name in modules.split(",") if name.strip()]
+    return f"preload = {json.dumps(names)}\n"
 
 
 def _free_port() -> int:
@@ -693,6 +702,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("fork", "exec"), default="fork")
     parser.add_argument(
         "--tmp-mb", help="the runs' tmp_mb limit: MiB or 'unlimited' (default: the config's)"
+    )
+    parser.add_argument(
+        "--preload",
+        help="the launchers' pre-imports, comma-separated ('' for none; default: the setting's)",
     )
     parser.add_argument("--database", help="store URL (default: SQLite in the temp folder)")
     parser.add_argument("--ceiling-runs", type=int, default=0, help="default: --runs")

@@ -110,6 +110,7 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
     return SandboxConfig(
         worker_id="",
         env_allow=settings.env_allow,
+        preload=settings.preload,
         run_as=run_as,
         run_uids=run_uids,
         kill_grace_s=settings.kill_grace_s,

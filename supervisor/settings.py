@@ -33,6 +33,7 @@ from supervisor.settings_kinds import (
     Invalid,
     Kind,
     LimitsKind,
+    Modules,
     Names,
     Number,
     OptionalPath,
@@ -42,6 +43,7 @@ from supervisor.settings_kinds import (
     key_path,
     unknown_key,
 )
+from workers.preload import DEFAULT_PRELOAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,7 @@ class SupervisorSettings:
     http_listen: str = ""
     http_token_file: str | None = None
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
+    preload: tuple[str, ...] = DEFAULT_PRELOAD
     limits: Limits = field(default_factory=Limits)
     max_consecutive_failures: int = 5
     alert_repeat_s: float = 300.0
@@ -182,6 +185,11 @@ SETTINGS: tuple[Setting, ...] = declare(
             "file holding the HTTP bearer token (required when http_listen is not loopback)",
         ),
         Setting("env_allow", Names(), "environment names scripts inherit (comma-separated)"),
+        Setting(
+            "preload",
+            Modules(),
+            "modules each launcher imports once, so fork-mode scripts find them loaded",
+        ),
         Setting("limits", LimitsKind(), "default resource limits of every actor (name=value,...)"),
         Setting(
             "max_consecutive_failures",

@@ -21,6 +21,7 @@ from supervisor.schedule import did_you_mean
 
 ENV_PREFIX = "ACTOR_SUPERVISOR_"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # The minimums protocol.messages.Limits.read enforces on the wire: checking them here turns a
 # RUN message a worker would refuse into a configuration error at start-up.
 LIMIT_MINIMUMS = {
@@ -232,6 +233,33 @@ class Names(Kind):
                 glob = " (globs are not supported: list each name)" if "*" in str(name) else ""
                 raise Invalid(
                     f"expected an environment variable name{glob}, got {describe(name)}", index
+                )
+            names[name] = None
+        return tuple(names)
+
+    def parse(self, text: str) -> tuple[str, ...]:
+        return self.check([part.strip() for part in text.split(",") if part.strip()])
+
+    def to_json(self, value: Any) -> Any:
+        return list(value)
+
+
+class Modules(Kind):
+    """Python module names (``json``, ``urllib.parse``): an array in the file, comma-separated
+    in the environment."""
+
+    @property
+    def expected(self) -> str:
+        return "an array of Python module names"
+
+    def check(self, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple):
+            raise self._wrong(value)
+        names: dict[str, None] = {}
+        for index, name in enumerate(value):
+            if not isinstance(name, str) or not MODULE_NAME.match(name):
+                raise Invalid(
+                    f"expected a module name such as 'urllib.parse', got {describe(name)}", index
                 )
             names[name] = None
         return tuple(names)

@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import gc
 import heapq
-import importlib
 import os
 import select
 import shutil
@@ -42,6 +41,7 @@ from protocol.outcomes import Reason, RunStatus
 from workers import channel
 from workers.flight import CHUNK, Flight, Reaped, Spare
 from workers.forker import ForkerGone, start_forker
+from workers.preload import preload
 from workers.sandbox import LAUNCHER_SIGNALS, RUN_FD, Sandbox, SandboxConfig
 
 _IN = select.EPOLLIN
@@ -104,7 +104,7 @@ class LauncherLoop:
     def __init__(self, config: SandboxConfig, sock: socket.socket) -> None:
         _reset_inherited_signals()
         _occupy_low_fds()
-        failed = _preload(config.preload)
+        failed = preload(config.preload)
         self._config = config
         self._sandbox = Sandbox(config, os.environ)
         self._sandbox.adopt_process()
@@ -476,17 +476,6 @@ def _occupy_low_fds() -> None:
             os.fstat(fd)
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: this very fd
-
-
-def _preload(modules: tuple[str, ...]) -> list[str]:
-    """Import what scripts commonly need; return ``"name: error"`` for those that failed."""
-    failed: list[str] = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:
-            failed.append(f"{name}: {exc}")
-    return failed
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -27,7 +27,8 @@ import orjson
 from workers import channel
 from workers.channel import Finished, Started
 from workers.launcher import CHANNEL_FD
-from workers.sandbox import DEFAULT_PRELOAD, SandboxConfig
+from workers.preload import DEFAULT_PRELOAD
+from workers.sandbox import SandboxConfig
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,9 @@ class Launcher:
                     raise self._gone(f"launcher sent {chr(kind)!r} before it was ready")
                 ready = orjson.loads(payload)
                 self.preload_failed = tuple(ready["preload_failed"])
-                if self.preload_failed:  # scripts importing these pay for it at every run
+                if self.preload_failed:  # the setting names the module; each line says why
                     log.warning(
-                        "launcher %d: pre-imports failed: %s",
+                        "launcher %d: preload: %s",
                         self.pid,
                         "; ".join(self.preload_failed),
                         extra={"event": "preload_failed"},

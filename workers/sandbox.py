@@ -29,14 +29,8 @@ from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
 from protocol.messages import Run
+from workers.preload import DEFAULT_PRELOAD
 from workers.script_main import BOOTSTRAP, MAGIC, Modules, module_name, run_main
-
-DEFAULT_PRELOAD: tuple[str, ...] = (
-    "argparse", "base64", "collections", "csv", "dataclasses", "datetime", "decimal", "enum",
-    "functools", "hashlib", "io", "itertools", "json", "logging", "math", "pathlib", "random", "re",
-    "shutil", "statistics", "string", "subprocess", "tempfile", "textwrap", "time", "traceback",
-    "typing", "urllib.parse", "uuid", "zlib",
-)  # fmt: skip
 
 NOTE_SETUP = b"E"
 NOTE_MISSING = b"F"

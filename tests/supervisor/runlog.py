@@ -12,7 +12,7 @@ gets ``env = { TRACE_DIR = ... }``). Each attempt:
 
 ``fcntl`` is not in the sandbox's preload list, but the launcher imports it with ``subprocess``,
 so a fork-mode child finds it in ``sys.modules`` (and nothing else may be imported: see
-``workers.sandbox.DEFAULT_PRELOAD``).
+``workers.preload.DEFAULT_PRELOAD``).
 """
 
 import itertools

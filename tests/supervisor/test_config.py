@@ -16,6 +16,7 @@ from supervisor.config import (
 )
 from supervisor.schedule import CronSchedule, IntervalSchedule, OnceSchedule
 from supervisor.settings import DEFAULT_ENV_ALLOW
+from workers.preload import DEFAULT_PRELOAD
 
 EXAMPLE = """
 [supervisor]
@@ -183,12 +184,14 @@ def test_environment_lists_and_limits(tmp_path: Path) -> None:
     path = write(tmp_path, "[supervisor]\nlimits = { cpu_s = 20, nofile = 100 }\n")
     environ = {
         "ACTOR_SUPERVISOR_ENV_ALLOW": "PATH, LANG,HOME",
+        "ACTOR_SUPERVISOR_PRELOAD": "json, urllib.parse,json",
         "ACTOR_SUPERVISOR_LIMITS": "nofile=64, memory_mb=unlimited",
         "ACTOR_SUPERVISOR_SHUTDOWN_GRACE_S": "2.5",
         "ACTOR_SUPERVISOR_RUN_AS": "",  # empty: not set
     }
     sup = load_config(path, environ=environ).supervisor
     assert sup.env_allow == ("PATH", "LANG", "HOME")
+    assert sup.preload == ("json", "urllib.parse")
     assert sup.limits == dataclasses.replace(Limits(), cpu_s=20, nofile=64, memory_mb=None)
     assert sup.shutdown_grace_s == 2.5
     assert sup.run_as == "nobody"
@@ -202,6 +205,7 @@ def test_no_config_file_gives_defaults_with_the_cwd_as_base_dir(
     assert config.path is None and config.base_dir == tmp_path
     assert config.supervisor == SupervisorSettings() and config.actors == {}
     assert config.supervisor.env_allow == DEFAULT_ENV_ALLOW
+    assert config.supervisor.preload == DEFAULT_PRELOAD
 
 
 def test_type_names_and_choices_are_case_insensitive(tmp_path: Path) -> None:
@@ -327,6 +331,10 @@ schedule = {schedule}
         (
             '[supervisor]\nenv_allow = ["PATH", "LC_*"]\n',
             "supervisor.env_allow[1]: expected an environment variable name (globs are not",
+        ),
+        (
+            '[supervisor]\npreload = ["json", "os; import evil"]\n',
+            "supervisor.preload[1]: expected a module name such as 'urllib.parse', got string",
         ),
         (
             "[supervisor]\nlimits = { cpu = 10 }\n",

@@ -458,3 +458,25 @@ def test_start_up_makes_what_an_older_version_left_readable_private(tmp_path: Pa
         0o700,
     )
     assert outside.stat().st_mode & 0o777 == 0o755  # the operator's folder: only our files change
+
+
+@pytest.mark.timeout(120)
+def test_preload_reaches_fork_mode_scripts_and_a_module_that_fails_is_logged(
+    public_tmp: Path, supervisors: Start
+) -> None:
+    seen = "{m: m in sys.modules for m in ('colorsys', 'wave')}"
+    write_script(public_tmp, "seen.py", f"import json, sys\nprint(json.dumps({seen}))\n")
+    sup = supervisors(
+        '[[actors]]\nname = "seen"\nscript = "scripts/seen.py"\n',
+        settings='preload = ["colorsys", "no_such_module_here"]\n',
+        workers=1,
+    )
+    with sup.client() as client:
+        outcome = client.submit("seen", wait=True)
+    assert isinstance(outcome, RunOutcome) and outcome.succeeded, outcome
+    assert outcome.output == {"colorsys": True, "wave": False}
+    wait_for(
+        lambda: "preload: no_such_module_here: ModuleNotFoundError" in sup.log(),
+        10,
+        "the worker's warning",
+    )

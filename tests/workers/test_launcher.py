@@ -735,3 +735,28 @@ def test_sigterm_and_sighup_leave_the_launcher_and_its_runs_alone(
     assert result.status == "succeeded", result
     assert is_running(own_launcher.pid)
     own_launcher.close()
+
+
+MODULES_SEEN = """\
+import json, sys
+print(json.dumps({name: name in sys.modules for name in ("colorsys", "wave")}))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_preload_is_what_fork_mode_scripts_find_already_imported(
+    public_tmp: Path, exec_python: str
+) -> None:
+    config = SandboxConfig(
+        worker_id="w", env_allow=("PATH",), run_as=RUN_AS, python=exec_python,
+        preload=("colorsys", "no_such_module_here"),
+    )  # fmt: skip
+    script = write_script(public_tmp, "seen.py", MODULES_SEEN)
+    with start_launcher(config) as own:
+        assert own.preload_failed == (
+            "no_such_module_here: ModuleNotFoundError: No module named 'no_such_module_here'",
+        )
+        fork = run_script(own, make_run(script, "fork"))
+        exec_ = run_script(own, make_run(script, "exec"))
+    assert fork.output == {"colorsys": True, "wave": False}
+    assert exec_.output == {"colorsys": False, "wave": False}  # a fresh interpreter
