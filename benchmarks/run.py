@@ -286,6 +286,8 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         elapsed = time.perf_counter() - started
         total = (per_client + warmup) * args.clients
         cpu = meter.stop(total, [usage for _, _, usage in gathered])
+        with _client(config, timeout_s=10) as client:
+            after = client.status()["store"]
         for client in clients:
             client.join()
         if scraper is not None:
@@ -303,6 +305,8 @@ def measure_supervisor(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3),
         "exec_python": status["supervisor"]["exec_python"],
+        # store transactions (the loop's and the writer thread's): each writes its pages again
+        "store_commits_per_run": round((after["batches"] - status["store"]["batches"]) / total, 3),
         **({"metrics_scrapes": scraper.scrapes, "metrics_scrape_ms_max": scraper.worst_ms}
            if scraper else {}),
         **cpu,
