@@ -181,6 +181,9 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._synchronous = synchronous.upper()
+        self._checkpointer: sqlite3.Connection | None = None  # see checkpoint()
+        self._checkpoint_lock = threading.Lock()
         if read_only:
             with self._translate("open the database read-only"):
                 uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
@@ -333,8 +336,26 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         return True
 
     def checkpoint(self) -> None:
-        with self._lock, self._translate("checkpoint"):
-            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        """A PASSIVE checkpoint on a connection of its own: it takes no write lock, so the
+        loop's commits go on meanwhile instead of waiting behind its writes and fsyncs on the
+        store's one connection (the slowest one-client runs waited for it)."""
+        with self._checkpoint_lock, self._translate("checkpoint"):
+            conn = self._checkpoint_connection()
+            if conn is not None:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpoint_connection(self) -> sqlite3.Connection | None:
+        """The checkpointer's connection, opened on first use; None while the file is not the
+        one the store opened (the next write reports that), and never a new empty file."""
+        self._connection()  # open, and in this process
+        if self._checkpointer is None:
+            if _file_identity(self.path) != self._identity:
+                return None
+            uri = f"file:{urllib.parse.quote(str(self.path))}?mode=rw"
+            conn = sqlite3.connect(uri, isolation_level=None, check_same_thread=False, uri=True)
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # the checkpoint's syncs
+            self._checkpointer = conn
+        return self._checkpointer
 
     def _check_file(self) -> None:
         """The open connection writes to the inode it opened: if the path was removed or now
@@ -359,6 +380,10 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         raise StoreUnavailable(f"{self.description}: the database file was {what}")
 
     def close(self) -> None:
+        with self._checkpoint_lock:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                checkpointer.close()
         with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:

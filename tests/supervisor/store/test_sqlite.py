@@ -125,6 +125,39 @@ def test_second_connection_reads_while_the_writer_writes(sqlite_store: SqliteSto
 
 
 @pytest.mark.timeout(20)
+def test_a_checkpoint_waits_for_no_write_and_moves_the_whole_log(sqlite_store: SqliteStore) -> None:
+    assert sqlite_store.defer_checkpoints()
+    for i in range(20):
+        sqlite_store.write_batch([run(f"r{i}")])
+    finished = threading.Event()
+    with sqlite_store._lock:  # as while the loop writes a batch: the checkpoint goes on
+        thread = threading.Thread(target=lambda: (sqlite_store.checkpoint(), finished.set()))
+        thread.start()
+        assert finished.wait(10), "the checkpoint waited for the store's connection"
+        assert sqlite_store.write_batch_now([run("during")])  # and a commit for it
+    thread.join()
+    sqlite_store.checkpoint()
+    # the database file alone, without its log, holds every run: the log was moved into it
+    alone = sqlite_store.path.with_name("alone.db")
+    alone.write_bytes(sqlite_store.path.read_bytes())
+    other = raw(alone)
+    try:
+        assert other.execute("SELECT count(*) FROM runs").fetchone()[0] == 21
+    finally:
+        other.close()
+
+
+def test_a_checkpoint_after_the_file_went_makes_no_new_one(sqlite_store: SqliteStore) -> None:
+    sqlite_store.write_batch([run("r")])
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{sqlite_store.path}{suffix}").unlink(missing_ok=True)
+    sqlite_store.checkpoint()  # nothing to do: the next write reports the missing file
+    assert not sqlite_store.path.exists()
+    with pytest.raises(StoreUnavailable, match="removed"):
+        sqlite_store.write_batch([run("after")])
+
+
+@pytest.mark.timeout(20)
 def test_locked_database_raises_store_unavailable(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "store.db", busy_timeout_s=0.05)
     store.migrate()
