@@ -23,6 +23,7 @@ from supervisor.settings_addresses import (
 from supervisor.settings_kinds import (
     DELAY_S,
     ENV_PREFIX,
+    MODULES,
     STATE_DIR,
     TIMEOUT_S,
     Boolean,
@@ -33,7 +34,6 @@ from supervisor.settings_kinds import (
     Invalid,
     Kind,
     LimitsKind,
-    Modules,
     Names,
     Number,
     OptionalPath,
@@ -187,7 +187,7 @@ SETTINGS: tuple[Setting, ...] = declare(
         Setting("env_allow", Names(), "environment names scripts inherit (comma-separated)"),
         Setting(
             "preload",
-            Modules(),
+            MODULES,
             "modules each launcher imports once, so fork-mode scripts find them loaded",
         ),
         Setting("limits", LimitsKind(), "default resource limits of every actor (name=value,...)"),

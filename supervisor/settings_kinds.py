@@ -218,22 +218,25 @@ class Choice(Kind):
 
 @dataclass(frozen=True, slots=True)
 class Names(Kind):
-    """Environment variable names: an array in the file, comma-separated in the environment."""
+    """Names of one kind: an array in the file, comma-separated in the environment; each
+    checked against ``pattern`` (environment variable names unless told otherwise)."""
+
+    one: str = "an environment variable name"
+    many: str = "environment variable names"
+    pattern: re.Pattern[str] = ENV_NAME
 
     @property
     def expected(self) -> str:
-        return "an array of environment variable names"
+        return f"an array of {self.many}"
 
     def check(self, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list | tuple):
             raise self._wrong(value)
         names: dict[str, None] = {}
         for index, name in enumerate(value):
-            if not isinstance(name, str) or not ENV_NAME.match(name):
+            if not isinstance(name, str) or not self.pattern.match(name):
                 glob = " (globs are not supported: list each name)" if "*" in str(name) else ""
-                raise Invalid(
-                    f"expected an environment variable name{glob}, got {describe(name)}", index
-                )
+                raise Invalid(f"expected {self.one}{glob}, got {describe(name)}", index)
             names[name] = None
         return tuple(names)
 
@@ -244,31 +247,7 @@ class Names(Kind):
         return list(value)
 
 
-class Modules(Kind):
-    """Python module names (``json``, ``urllib.parse``): an array in the file, comma-separated
-    in the environment."""
-
-    @property
-    def expected(self) -> str:
-        return "an array of Python module names"
-
-    def check(self, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list | tuple):
-            raise self._wrong(value)
-        names: dict[str, None] = {}
-        for index, name in enumerate(value):
-            if not isinstance(name, str) or not MODULE_NAME.match(name):
-                raise Invalid(
-                    f"expected a module name such as 'urllib.parse', got {describe(name)}", index
-                )
-            names[name] = None
-        return tuple(names)
-
-    def parse(self, text: str) -> tuple[str, ...]:
-        return self.check([part.strip() for part in text.split(",") if part.strip()])
-
-    def to_json(self, value: Any) -> Any:
-        return list(value)
+MODULES = Names("a Python module name such as 'urllib.parse'", "Python module names", MODULE_NAME)
 
 
 @dataclass(frozen=True, slots=True)

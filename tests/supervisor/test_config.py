@@ -334,7 +334,7 @@ schedule = {schedule}
         ),
         (
             '[supervisor]\npreload = ["json", "os; import evil"]\n',
-            "supervisor.preload[1]: expected a module name such as 'urllib.parse', got string",
+            "supervisor.preload[1]: expected a Python module name such as 'urllib.parse', got",
         ),
         (
             "[supervisor]\nlimits = { cpu = 10 }\n",
