@@ -59,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--profile", metavar="FILE",
-        help="profile the benchmark's supervisor into FILE: cProfile (read it with "
-             "python -m pstats FILE), or py-spy for FILE.svg (a flame graph) or FILE.json "
+        help="profile the benchmark's supervisor into FILE: cProfile of its loop's CPU (read "
+             "it with python -m pstats FILE), or py-spy for FILE.svg (a flame graph) or FILE.json "
              "(speedscope), every thread (pip install -e '.[profile]')",
     )  # fmt: skip
 

@@ -1,10 +1,15 @@
 """``--profile FILE``: the benchmark's supervisor under a profiler, to see where its time goes.
 
-With cProfile (any FILE but ``.svg`` or ``.json``) the supervisor runs as ``python -m cProfile
--o FILE -m supervisor.cli start ...`` and writes FILE when it exits, after the benchmark stopped
-it with SIGTERM. cProfile sees the main thread (the loop: sockets, dispatch, the run book), not
-the batch writer's thread, and roughly doubles the cost of Python calls: compare the parts of
-one profile with each other, not with an unprofiled benchmark's figures.
+With cProfile (any FILE but ``.svg`` or ``.json``) the supervisor runs as ``python
+benchmarks/profiling.py FILE start ...`` (this file: :func:`main`), which profiles the main
+thread by its CPU time and writes FILE when the supervisor exits, after the benchmark stopped it
+with SIGTERM. CPU time, not cProfile's default wall clock: on a busy machine the loop also waits
+for the GIL and for a core, and a wall clock charges that to whatever call was running then --
+in one profile a ZeroMQ send seemed to take 0.17 ms when its CPU was 0.025 ms. cProfile sees
+the main thread (the loop: sockets, dispatch, the run book, the commits it makes itself), not
+the batch writer's thread, and reading a thread's CPU clock at every call and return slows the
+supervisor two to three times: compare the parts of one profile with each other, not with an
+unprofiled benchmark's figures.
 
 With py-spy (FILE ``.svg``: a flame graph; ``.json``: speedscope), ``py-spy record`` attaches to
 the supervisor as soon as it started and samples every thread, native frames too, until it
@@ -57,7 +62,7 @@ def supervisor_command(config: Path, profile: str | None = None) -> list[str]:
         + HOW_TO_READ.format(file=target),
         file=sys.stderr,
     )
-    return [sys.executable, "-m", "cProfile", "-o", str(target), *start]
+    return [sys.executable, __file__, str(target), *start[2:]]
 
 
 def wait_samplers(timeout_s: float = 30.0) -> None:
@@ -80,3 +85,25 @@ def _attach(py_spy: str, config: str, target: Path) -> None:
                 )  # fmt: skip
                 return
         time.sleep(0.05)
+
+
+def main() -> None:
+    """``profiling.py FILE ARGS...``: ``actor-supervisor ARGS...`` with its main thread under
+    cProfile timed by CPU (``time.thread_time``), the stats written to FILE as it exits."""
+    import cProfile
+
+    target, args = sys.argv[1], sys.argv[2:]
+    from supervisor.cli import main as supervisor_main
+
+    profile = cProfile.Profile(time.thread_time)
+    profile.enable()
+    try:
+        status = supervisor_main(args)
+    finally:
+        profile.disable()
+        profile.dump_stats(target)
+    raise SystemExit(status)
+
+
+if __name__ == "__main__":  # not when the workers' spawn imports it as their parent's main
+    main()
