@@ -263,14 +263,25 @@ def test_kill_9_mid_workflow_then_restart_runs_each_step_once_from_the_snapshot(
     with sup.client() as client:
         run_id = client.run_workflow("long", items)["workflow_run_id"]
 
+    watch = opened(sup.folder, database)
+
     def steps_done_and_one_just_begun() -> bool:
         """Kill while a step has most of its 0.3 s ahead: one seen at a wave's end may finish
-        (and write its end) before the kill lands, and then no step was caught mid-run."""
+        (and write its end) before the kill lands, and then no step was caught mid-run. And
+        only once every step under way is stored as running: a run is sent to its worker
+        before its running row commits, and one killed in between comes back as queued."""
         found, now = spans(trace), time.time()
-        begun = any(s.end is None and now - s.start < 0.1 for s in found)
-        return begun and len([s for s in found if s.end]) >= 8
+        under_way = [s for s in found if s.end is None]
+        begun = any(now - s.start < 0.1 for s in under_way)
+        if not begun or len(found) - len(under_way) < 8:
+            return False
+        stored = {(r.run_id, r.attempt) for r in watch.find_runs(status="running", limit=100)}
+        return {(s.run_id, s.attempt) for s in under_way} <= stored
 
-    wait_for(steps_done_and_one_just_begun, 60, "some steps to finish and one to begin")
+    try:
+        wait_for(steps_done_and_one_just_begun, 60, "some steps to finish and one to begin")
+    finally:
+        watch.close()
     sup.proc.kill()
     sup.proc.wait(timeout=30)
 
