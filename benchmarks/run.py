@@ -193,8 +193,9 @@ def _preload(args: argparse.Namespace) -> str:
     modules = getattr(args, "preload", None)
     if modules is None:
         return ""
-    names = [name.strip() for name in modules.split(",") if name.strip()]
-    return f"preload = {json.dumps(names)}\n"
+    from supervisor.settings_kinds import MODULES  # the setting's own parser and checks
+
+    return f"preload = {json.dumps(list(MODULES.parse(modules)))}\n"
 
 
 def _free_port() -> int:

@@ -27,13 +27,11 @@ import orjson
 from workers import channel
 from workers.channel import Finished, Started
 from workers.launcher import CHANNEL_FD
-from workers.preload import DEFAULT_PRELOAD
 from workers.sandbox import SandboxConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_PRELOAD",
     "Finished",
     "Launcher",
     "LauncherGone",

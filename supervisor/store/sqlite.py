@@ -206,7 +206,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
                 check_same_thread=False,
             )
             try:
-                self._configure(conn, synchronous.upper(), busy_timeout_s)
+                self._configure(conn, self._synchronous, busy_timeout_s)
             except BaseException:
                 conn.close()
                 raise
