@@ -110,12 +110,20 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
     return SandboxConfig(
         worker_id="",
         env_allow=settings.env_allow,
-        preload=settings.preload,
+        preload=settings.preload if _forks_python(config) else (),
         run_as=run_as,
         run_uids=run_uids,
         kill_grace_s=settings.kill_grace_s,
         python=python,
     )
+
+
+def _forks_python(config: Config) -> bool:
+    """Whether a preloaded module can serve a run: a fork-mode script's child keeps it; exec
+    mode and command actors replace the image, which then only costs each fork more. With no
+    actors yet, a reload may add some: keep the setting."""
+    actors = config.actors.values()
+    return not actors or any(a.mode == "fork" and not a.command for a in actors)
 
 
 def alert_uid(sandbox: SandboxConfig) -> int | None:

@@ -12,6 +12,7 @@ from supervisor.errors import StartupError
 from supervisor.preflight import prepare_sandbox, resolve_python, tmp_mb_unenforced
 from tests.supervisor.harness import write_script
 from workers.access import resolve_user, unrunnable_python
+from workers.preload import DEFAULT_PRELOAD
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
@@ -123,3 +124,22 @@ def test_tmp_mb_is_reported_unenforced_only_without_the_privilege_to_mount(
     assert problem.endswith("actors: a")  # b asked for no private tmpfs: nothing to miss
     monkeypatch.setattr(preflight, "private_tmp_available", lambda: True)
     assert tmp_mb_unenforced(config) is None
+
+
+def test_preload_is_left_out_when_no_actor_runs_a_script_in_a_forked_child(
+    public_tmp: Path,
+) -> None:
+    write_script(public_tmp, "a.py", "print('{}')\n")
+    program = public_tmp / "job.sh"
+    program.write_text("#!/bin/sh\necho '{}'\n")
+    program.chmod(0o755)
+    public_tmp.chmod(0o755)
+    fork = prepare_sandbox(load_config(_config(public_tmp), environ={}))
+    assert fork.preload == DEFAULT_PRELOAD
+    exec_ = prepare_sandbox(load_config(_config(public_tmp, mode="exec"), environ={}))
+    assert exec_.preload == ()  # the child execs a fresh interpreter: it would only cost
+    path = public_tmp / "supervisor.toml"
+    path.write_text('[[actors]]\nname = "job"\ncommand = ["./job.sh"]\n')  # fork mode, a program
+    assert prepare_sandbox(load_config(path, environ={})).preload == ()
+    path.write_text("[supervisor]\n")  # no actors yet: a reload may add fork-mode ones
+    assert prepare_sandbox(load_config(path, environ={})).preload == DEFAULT_PRELOAD
