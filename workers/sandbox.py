@@ -34,6 +34,7 @@ from workers.script_main import BOOTSTRAP, MAGIC, Modules, module_name, run_main
 
 NOTE_SETUP = b"E"
 NOTE_MISSING = b"F"
+OOM_SCORE_ADJ = 1000  # runs (and the forker) go first when the host runs out of memory
 EXIT_SANDBOX = 71  # EX_OSERR: what a child exits with when its sandbox could not be set up
 NOTE_MAX = 4096  # the launcher reads at most this much of a child's notes
 STATUS_FD = 3  # a child's status pipe; then, until its run starts, the go pipe and run memfd
@@ -341,13 +342,19 @@ class Sandbox:
 
     def harden(self) -> None:
         """What no script gets back: new privileges through exec (setuid binaries, file
-        capabilities), and any capability at all once root is dropped; and umask 077.
+        capabilities), and any capability at all once root is dropped; umask 077; and the OOM
+        killer's first pick (``oom_score_adj`` 1000): when runs together exhaust the host's
+        memory, the kernel kills the biggest of them, not the supervisor. A run may lower it back
+        to 0, never below (that needs CAP_SYS_RESOURCE): the systemd unit's OOMScoreAdjust=-500
+        keeps the supervisor behind every run even then.
 
-        Called once in the forker, whose children inherit all three, so runs pay nothing for
+        Called once in the forker, whose children inherit all four, so runs pay nothing for
         them. Dropping the bounding set leaves a process's own capabilities, which forking,
         and a child's switch to the run's user, still need; that switch then clears them.
         """
         os.umask(0o077)
+        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write(str(OOM_SCORE_ADJ))  # no /proc, or a kernel without it: nothing to do
         self._prctl(PR_SET_NO_NEW_PRIVS, 1)
         for cap in range(self._caps + 1):
             self._prctl(PR_CAPBSET_DROP, cap)

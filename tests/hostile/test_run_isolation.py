@@ -430,3 +430,38 @@ def test_status_says_which_protections_apply(public_tmp: Path, supervisors: Star
     assert shown["uid_per_run"] is root and shown["network_none_available"] is root
     assert shown["pristine_fork"] and shown["private_tmpdir"] and shown["no_new_privs"]
     assert _submit(sup, "noop").status == "succeeded"
+
+
+OOM_PROBE = """\
+    import json
+    path = "/proc/self/oom_score_adj"
+    tried = {"start": int(open(path).read())}
+    for value in (-1000, -1):
+        try:
+            with open(path, "w") as f:
+                f.write(str(value))
+        except OSError as exc:
+            tried[str(value)] = "denied: " + type(exc).__name__
+        else:
+            tried[str(value)] = int(open(path).read())
+    print(json.dumps(tried))
+"""
+
+
+@pytest.mark.parametrize("mode", ["exec", "fork"])
+@pytest.mark.timeout(120)
+def test_a_run_is_the_oom_killers_first_pick_and_cannot_go_below_the_default(
+    public_tmp: Path, supervisors: Start, mode: str
+) -> None:
+    """When runs exhaust the host's memory, the kernel kills one of them first. A run may
+    give its 1000 back down to 0, never below: under the systemd unit (OOMScoreAdjust=-500)
+    the supervisor stays behind every run."""
+    write_script(public_tmp, "oom.py", OOM_PROBE)
+    sup = supervisors(_actor("oom", "oom.py", mode=f'"{mode}"'))
+    outcome = _submit(sup, "oom")
+    assert outcome.status == "succeeded", outcome
+    tried = outcome.output
+    assert tried["start"] == 1000
+    assert str(tried["-1000"]).startswith("denied") and str(tried["-1"]).startswith("denied")
+    with open(f"/proc/{sup.proc.pid}/oom_score_adj") as own:
+        assert int(own.read()) <= 0  # the supervisor itself is not volunteered

@@ -133,5 +133,5 @@ def test_the_deployment_example_configuration_passes_check(public_tmp: Path) -> 
     assert [a["name"] for a in _report(result)["alerts"]] == ["chat", "incidents"]
     unit = (repo / "examples/deploy/actor-supervisor.service").read_text()
     for line in ("Type=notify", "KillMode=mixed", "WatchdogSec=", "ProtectSystem=strict",
-                 "ReadWritePaths=/srv/actor-supervisor/state"):  # fmt: skip
+                 "ReadWritePaths=/srv/actor-supervisor/state", "OOMScoreAdjust=-500"):  # fmt: skip
         assert f"\n{line}" in unit
