@@ -21,7 +21,12 @@ from supervisor.code.sync import read_snapshot
 from supervisor.config import ActorConfig, Config
 from supervisor.controlkeys import control_endpoint
 from supervisor.errors import ConfigError, StartupError
-from supervisor.preflight import alert_uid_problem, resolve_python, tmp_mb_unenforced
+from supervisor.preflight import (
+    alert_uid_problem,
+    resolve_python,
+    tmp_mb_unenforced,
+    writable_imports,
+)
 from supervisor.schedule import load_zone
 from supervisor.store.base import StoreError
 from supervisor.store.migrations import (
@@ -79,6 +84,12 @@ def check(config: Config, *, now: float | None = None) -> Report:
         low, high = config.supervisor.run_as_range
         if (problem := alert_uid_problem(config, tuple(range(low, high + 1)))) is not None:
             report.problems.append(problem)
+    if (imports_as := _imports_checked_as(config, run_as)) is not None:
+        try:
+            if (problem := writable_imports(config.supervisor.preload, imports_as)) is not None:
+                report.problems.append(problem)
+        except AccessCheckError as exc:
+            report.problems.append(f"run_as = {config.supervisor.run_as!r}: {exc}")
     for actor in config.actors.values():
         report.actors.append(_actor(actor, config, run_as, report, now))
     report.store = _store(config, report)
@@ -94,6 +105,17 @@ def _sandbox_user(config: Config, report: Report) -> tuple[int, int] | None:
     except AccessCheckError as exc:
         report.problems.append(f"run_as = {config.supervisor.run_as!r}: {exc}")
         return None
+
+
+def _imports_checked_as(config: Config, run_as: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Whom ``start`` checks the import path against: the first uid of the range (every uid of
+    it is "other" to our files), the fixed ``run_as`` unless it is root, or nobody (not root)."""
+    if os.geteuid() != 0:
+        return None
+    if config.sources.get("run_as", "default") == "default":
+        low = config.supervisor.run_as_range[0]
+        return low, low
+    return None if run_as is None or run_as[0] == 0 else run_as
 
 
 def _actor(

@@ -5,6 +5,7 @@ here is a clear refusal to start ("which file, which user"); found later, it wou
 failing.
 """
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from workers.access import (
     unreadable_scripts,
     unreadable_scripts_from_threads,
     unrunnable_python,
+    writable_places,
 )
 from workers.sandbox import SandboxConfig, private_tmp_available
 
@@ -104,6 +106,8 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
                 )
             if "fork" in modes:
                 _warn_if_stdlib_hidden(user, check_as)
+            if check_as[0] != 0 and (unsafe := writable_imports(settings.preload, check_as)):
+                raise StartupError(unsafe)
         python = resolve_python(settings.python, check_as, needed="exec" in modes)
     except AccessCheckError as exc:
         raise StartupError(f"run_as = {user!r}: {exc}") from exc
@@ -116,6 +120,46 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
         kill_grace_s=settings.kill_grace_s,
         python=python,
     )
+
+
+def writable_imports(preload: tuple[str, ...], run_as: tuple[int, int]) -> str | None:
+    """Why the runs' user could run code as root, if it could: it can change a place the
+    supervisor, a worker or a launcher imports Python from (a worker respawned after a crash
+    imports afresh; a launcher imports ``preload``). A script would plant a module there -- a
+    ``json.py`` on an earlier ``sys.path`` folder, a package folder, a ``.pyc`` -- and the next
+    import would run it with every privilege.
+
+    :raises AccessCheckError: the check could not switch to that user.
+    """
+    if not (found := writable_places(import_places(preload), *run_as)):
+        return None
+    return (
+        "the runs' user can change code this supervisor imports as root (a script could plant "
+        "a module there and take over the supervisor); make these writable by root only "
+        "(chmod go-w), or start from another folder:\n  " + "\n  ".join(found)
+    )
+
+
+def import_places(preload: tuple[str, ...]) -> set[str]:
+    """Every file and folder our processes import code from: the interpreter, each ``sys.path``
+    folder (the working folder for ``""``), each loaded module's file, folder and compiled
+    copy, and where each ``preload`` module would come from (found, not imported)."""
+    places = {os.path.realpath(sys.executable)}
+    places.update(os.path.abspath(entry or os.curdir) for entry in sys.path)
+    for module in list(sys.modules.values()):
+        for attribute in ("__file__", "__cached__"):
+            if isinstance(path := getattr(module, attribute, None), str):
+                places.update((path, os.path.dirname(path)))
+    for name in preload:
+        try:
+            spec = importlib.util.find_spec(name.partition(".")[0])
+        except (ImportError, ValueError):
+            continue  # the launcher reports a module it cannot import
+        if spec is not None:
+            places.update(spec.submodule_search_locations or ())
+            if spec.origin is not None and os.path.isabs(spec.origin):
+                places.update((spec.origin, os.path.dirname(spec.origin)))
+    return places
 
 
 def _forks_python(config: Config) -> bool:

@@ -140,6 +140,22 @@ def _script_problems(path: str) -> list[str]:
     return problems
 
 
+def writable_places(paths: Iterable[str], uid: int, gid: int) -> list[str]:
+    """Messages for each path user ``uid`` could change: a file it can write, a folder it can
+    create files in, or -- a path that does not exist -- the first folder above it that it can
+    create the path in. Empty when it can change none of them."""
+    return _check_as(uid, gid, sorted({os.path.abspath(p) for p in paths}), _write_problems)
+
+
+def _write_problems(path: str) -> list[str]:
+    found = path
+    while not os.path.lexists(found) and found != os.path.dirname(found):
+        found = os.path.dirname(found)
+    if not os.access(found, os.W_OK | (os.X_OK if os.path.isdir(found) else 0)):
+        return []
+    return ["can write to it" if found == path else f"can create it (it can write to {found})"]
+
+
 def _exec_problems(path: str) -> list[str]:
     return [] if os.access(path, os.X_OK) else ["cannot execute this program"]
 
