@@ -4,8 +4,8 @@ The supervisor has threads, so it cannot set a child up between fork and exec (P
 ``preexec_fn`` may deadlock). It starts this module instead, with its own interpreter and still
 as itself, in a new session (``start_new_session``); here, single-threaded, the sandbox's own
 steps apply -- umask 077, no new privileges, the capability bounding set emptied, the rlimits,
-the switch to the user (killing first whatever an earlier command of an own uid left) -- and
-then the program is exec'd. Started as::
+(root) an IPC namespace of its own, the switch to the user (killing first whatever an earlier
+command of an own uid left) -- and then the program is exec'd. Started as::
 
     python -I -c 'from workers.confine import main; main()' SPEC -- PROGRAM ARG...
 
@@ -58,7 +58,10 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
         sandbox = Sandbox(SandboxConfig(worker_id="alerts", env_allow=(), run_as=ids), {})
         sandbox.harden()
         step = "limits"
-        sandbox._apply_limits(_order(argv, uid, spec.get("limits") or {}))
+        order = _order(argv, uid, spec.get("limits") or {})
+        sandbox._apply_limits(order)
+        step = "namespaces"
+        sandbox._unshare(order, mounts=False)  # root: System V IPC of its own, as a run's
         step = "user"
         sandbox._become_user(uid)
         step = "cwd"

@@ -1,7 +1,7 @@
 """Alert commands are confined like a run: a real supervisor, real alert commands.
 
 One command reports what it is (uid, gid, groups, NoNewPrivs, CapBnd, rlimits -- the
-``[supervisor]`` ones under its own ``limits`` --, umask) and tries
+``[supervisor]`` ones under its own ``limits`` --, umask, IPC namespace) and tries
 what a hostile one would (the state folder, the control socket, the database, signalling the
 supervisor and another uid's running actor run): all of it fails, and its alert is still
 delivered. Another hangs with a forked grandchild: both die at its timeout, the attempt is
@@ -76,6 +76,7 @@ SPY = """\
             name: list(resource.getrlimit(getattr(resource, "RLIMIT_" + name)))
             for name in ("AS", "NOFILE", "NPROC", "FSIZE", "CORE")
         },
+        "ipc": os.readlink("/proc/self/ns/ipc"),
         "cwd": os.getcwd(),
         "home": os.environ.get("HOME"),
         "event": os.environ.get("ACTOR_SUPERVISOR_ALERT_EVENT"),
@@ -207,6 +208,7 @@ def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
         "AS": [900 << 20] * 2, "NOFILE": [55, 55], "NPROC": [77, 77], "CORE": [0, 0],
         "FSIZE": list(resource.getrlimit(resource.RLIMIT_FSIZE)),  # "unlimited": ours, inherited
     }  # fmt: skip
+    assert report["ipc"] != os.readlink(f"/proc/{sup.proc.pid}/ns/ipc")  # System V IPC: its own
     assert (report["cwd"], report["home"], report["event"]) == ("/", "/", "run_failed")
     for hostile in ("state", "control", "database", "kill_supervisor", "kill_run"):
         assert report[hostile].startswith("denied"), (hostile, report[hostile])
