@@ -321,13 +321,24 @@ class Supervisor:
                 log.info("worker %s ready", handle.worker_id, extra={"pid": message.pid})
 
     def _dispatch(self) -> None:
-        self.book.dispatch(self.pool.pick, self._send_run)
+        self.book.dispatch(self)
 
-    def _send_run(self, handle: WorkerHandle, message: Run) -> bool:
+    # The pool as the run book's Workers: a run takes its worker's room when it is given the
+    # worker, and is sent once its running row is committed.
+
+    def pick(self) -> WorkerHandle | None:
+        return self.pool.pick()
+
+    def claim(self, handle: WorkerHandle, run_id: str) -> None:
+        handle.in_flight.add(run_id)
+
+    def release(self, handle: WorkerHandle, run_id: str) -> None:
+        handle.in_flight.discard(run_id)
+
+    def send(self, handle: WorkerHandle, message: Run) -> bool:
         if (error := self._send_worker(handle.identity, message)) is not None:
             self.pool.kill(handle, f"unreachable: {error}")
             return False
-        handle.in_flight.add(message.run_id)
         return True
 
     def _send_worker(self, identity: bytes, message: Message) -> zmq.ZMQError | None:

@@ -322,7 +322,7 @@ class Requests:
                 "(or is not a run of this supervisor)",
             )
             return
-        worker_id, attempt = active.worker_id, active.record.attempt
+        worker_id, attempt = active.sent_to, active.record.attempt
         self.sup.control.reply(
             waiter, "cancelling", {"run_id": active.run_id, "attempt": attempt,
                                    "was": "running" if worker_id else "queued"},

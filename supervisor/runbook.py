@@ -11,6 +11,7 @@ retryable failure becomes a new attempt: a queued row due after its backoff (it 
 """
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -39,6 +40,7 @@ from supervisor.runs import (
     Replies,
     S,
     Waiter,
+    Workers,
     apply_result,
     lost_attempt,
     next_attempt,
@@ -179,10 +181,18 @@ class RunBook:
         if idempotency_key is not None:
             self.idempotency.add(actor.name, idempotency_key, run_id, now, digest(input_json))
         self.counters["runs_accepted"] += 1
-        self._awaiting_durable += 1
         self.sink.put(record)
         seq = self.sink.put(events.run_queued(record, **active.metadata))
-        self._after_commit(seq, lambda: self._on_durable(active))
+        if record.is_fire or self.phase is not Phase.RUNNING:
+            # a fire the store may refuse (another supervisor claimed it) waits for its row
+            self._awaiting_durable += 1
+            self._after_commit(seq, lambda: self._on_durable(active))
+        else:
+            # ready at once: a free worker takes it in this turn, and its running row commits
+            # with the queued one; the worker gets it only after that commit (dispatch)
+            self.ready.append(run_id)
+            told = list(active.waiters)  # a run refused at dispatch hands them on to its result
+            self._after_commit(seq, lambda: self._acknowledge(active, told))
         return active
 
     def on_commits(self, refused: Iterable[str] = ()) -> None:
@@ -205,19 +215,28 @@ class RunBook:
             self._barrier.append((seq, callback))
 
     def _on_durable(self, active: ActiveRun) -> None:
+        """A fire's (or a run accepted while stopping) queued row is committed."""
         self._awaiting_durable -= 1
         if active.run_id in self._refused_fires:
             self._drop_refused_fire(active)
             return
-        waiters = active.waiters  # a run refused at dispatch hands them on to its result
-        if self.runs.get(active.run_id) is active and active.record.status == RunStatus.QUEUED:
-            if self.phase is Phase.RUNNING:
-                self.ready.append(active.run_id)
-                self._on_ready()  # before answering: the run's latency matters more
-            else:
-                self._tell_waiters_stopping(active)
-                waiters = []
-        for waiter in waiters:
+        told = active.waiters  # a run refused at dispatch hands them on to its result
+        if self.phase is Phase.RUNNING and self._still_queued(active):
+            self.ready.append(active.run_id)
+            self._on_ready()
+        self._acknowledge(active, told)
+
+    def _still_queued(self, active: ActiveRun) -> bool:
+        return self.runs.get(active.run_id) is active and active.record.status == RunStatus.QUEUED
+
+    def _acknowledge(self, active: ActiveRun, told: list[Waiter]) -> None:
+        """The run's queued row is committed: the clients ``told`` hear "accepted" -- or, if
+        shutdown began meanwhile, that it stays queued for the next start."""
+        active.acknowledged = True
+        if self.phase is not Phase.RUNNING and self._still_queued(active):
+            self._tell_waiters_stopping(active)  # (begin_shutdown emptied the ready queue)
+            return
+        for waiter in told:
             self._replies.reply(
                 waiter, "accepted", {"run_id": active.run_id, "actor": active.record.actor}
             )
@@ -279,12 +298,14 @@ class RunBook:
 
     # --- dispatch (the decision half: the shell sends) --------------------------------------
 
-    def dispatch(self, pick: Callable[[], S | None], send: Callable[[S, Run], bool]) -> None:
-        """Hand ready runs to the workers ``pick`` offers; ``send`` False: that worker is gone,
-        and the run goes back to the front of the queue."""
+    def dispatch(self, workers: Workers[S]) -> None:
+        """Give ready runs to the workers ``workers`` picks. Each takes its slot now, and its
+        worker gets it once its running row is committed (:meth:`_send`): a supervisor that
+        dies in between leaves a running row, which the next one records as lost, never a
+        queued row for a run that went on running (it would run again as if never started)."""
         parked: list[str] = []  # runs of actors whose code is being reloaded: they wait for it
         while self.ready:
-            slot = pick()
+            slot = workers.pick()
             if slot is None:
                 break
             active = self.runs.get(self.ready.popleft())
@@ -297,11 +318,10 @@ class RunBook:
             started = self._start(active, actor, slot.worker_id)
             if started is None:
                 continue
-            if not send(slot, started.message):
-                self.ready.appendleft(active.run_id)
-                continue
+            workers.claim(slot, active.run_id)
             active.record = started.record
             active.worker_id = slot.worker_id
+            active.unsent = True
             active.overdue_at = (
                 self._monotonic()
                 + started.message.timeout_s
@@ -309,9 +329,19 @@ class RunBook:
                 + OVERDUE_SLACK_S
             )
             self.sink.put(started.record)
-            self.sink.put(events.run_started(started.record, **active.metadata))
+            seq = self.sink.put(events.run_started(started.record, **active.metadata))
+            self._after_commit(seq, functools.partial(self._send, active, started, slot, workers))
         if parked:
             self.ready.extendleft(reversed(parked))
+
+    def _send(self, active: ActiveRun, started: Dispatched, slot: S, workers: Workers[S]) -> None:
+        """The attempt's running row is committed: its worker may start it now -- unless it
+        ended meanwhile (its worker died, or it was cancelled), which gives the slot back."""
+        if active.record is not started.record:
+            workers.release(slot, active.run_id)
+            return
+        if workers.send(slot, started.message):  # False: the shell kills that worker, and
+            active.unsent = False  # its death ends the attempt (lost, not counted as poison)
 
     def _start(
         self, active: ActiveRun, actor: ActorRuntime | None, worker_id: str
@@ -379,7 +409,8 @@ class RunBook:
         """
         if self.phase is Phase.KILLING:
             return self._lost(active.record, Reason.SHUTDOWN, f"worker {description}")
-        active.worker_losses += 1
+        if not active.unsent:  # only a run the worker had can have taken it down
+            active.worker_losses += 1
         if active.worker_losses < POISON_LOSSES:
             return self._lost(active.record, Reason.WORKER_LOST, f"worker {description}")
         return self._lost(
@@ -396,6 +427,7 @@ class RunBook:
         """Record an attempt's outcome; then either schedule the next attempt or finish."""
         active.record = record
         active.worker_id = None
+        active.unsent = False
         actor = self.actors.get(record.actor)
         retry_at = None
         now = self.clock()
@@ -512,6 +544,8 @@ class RunBook:
         self.shutdown_deadline = self._monotonic() + grace
         ready = set(self.ready)
         for active in self.runs.values():  # ready, or waiting in the heap for a retry
+            if not active.acknowledged:
+                continue  # its queued row is not committed yet: _acknowledge tells them
             if active.run_id in ready or (EntryKind.RETRY, active.run_id) in self.heap:
                 self._tell_waiters_stopping(active)
         self.ready.clear()
@@ -541,10 +575,11 @@ class RunBook:
         waits, as for a cancelled workflow's step runs). None: no such run here (finished, or
         never ours), and nothing changed.
 
-        A queued attempt (ready, waiting for its retry, or not yet durable) ends ``cancelled``
-        at once and never starts. A running one is only marked: the caller has its worker kill
-        it (:class:`~protocol.messages.CancelRun`), and its result says ``cancelled`` -- or, if
-        it ended before the kill landed, how it ended; either way it is not retried.
+        A queued attempt (ready, waiting for its retry, not yet durable, or given a worker
+        that is not sent it yet) ends ``cancelled`` at once and never starts. A running one is
+        only marked: the caller has its worker kill it (:class:`~protocol.messages.CancelRun`),
+        and its result says ``cancelled`` -- or, if it ended before the kill landed, how it
+        ended; either way it is not retried.
         """
         active = self.runs.get(run_id)
         if active is None:
@@ -552,7 +587,7 @@ class RunBook:
         self._cancels = {r for r in self._cancels if r in self.runs}  # only runs still here
         self._cancels.add(run_id)
         self.sink.put(events.run_event("run_cancel_requested", active.record))
-        if active.worker_id is not None:
+        if active.sent_to is not None:
             if waiter is not None:
                 active.waiters.append(waiter)
             return active

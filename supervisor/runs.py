@@ -43,10 +43,17 @@ class ActiveRun:
     overdue_at: float = float("inf")  # monotonic: past this, the worker is presumed hung
     worker_losses: int = 0  # attempts that ended with their worker's death (POISON_LOSSES)
     metadata: dict[str, Any] = field(default_factory=dict)  # added to every event of the run
+    unsent: bool = False  # the worker is not sent the attempt until its running row commits
+    acknowledged: bool = False  # its first queued row is committed: its clients were answered
 
     @property
     def run_id(self) -> str:
         return self.record.run_id
+
+    @property
+    def sent_to(self) -> str | None:
+        """The worker that has the current attempt (None: queued, or not sent yet)."""
+        return None if self.unsent else self.worker_id
 
 
 class Replies(Protocol):
@@ -73,6 +80,20 @@ class Slot(Protocol):
 
 
 S = TypeVar("S", bound=Slot)
+
+
+class Workers(Protocol[S]):
+    """The pool as the run book uses it: ``claim`` takes a slot's room for a run before its
+    message is sent, and ``release`` gives it back if the run is never sent; ``send`` False:
+    that worker is unreachable (the shell kills it, and its death ends the attempt)."""
+
+    def pick(self) -> S | None: ...
+
+    def claim(self, slot: S, run_id: str) -> None: ...
+
+    def release(self, slot: S, run_id: str) -> None: ...
+
+    def send(self, slot: S, message: Run) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

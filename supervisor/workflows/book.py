@@ -166,7 +166,7 @@ class WorkflowBook:
             active = self._book.runs.get(run_id)
             if active is None:  # its outcome is on its way to on_final
                 continue
-            worker_id, attempt = active.worker_id, active.record.attempt
+            worker_id, attempt = active.sent_to, active.record.attempt
             self._book.cancel(run_id)
             cancelled += 1
             if worker_id is not None:

@@ -84,9 +84,14 @@ class Workers:
     def pick(self) -> Slot | None:
         return Slot(self.free[0]) if self.free else None
 
+    def claim(self, slot: Slot, run_id: str) -> None:
+        self.free.remove(slot.worker_id)  # one run each
+
+    def release(self, slot: Slot, run_id: str) -> None:
+        self.free.append(slot.worker_id)
+
     def send(self, slot: Slot, message: Run) -> bool:
-        self.free.remove(slot.worker_id)  # one run each; an unreachable one is killed
-        if slot.worker_id in self.unreachable:
+        if slot.worker_id in self.unreachable:  # the shell kills it; its death ends the run
             return False
         self.sent.append((slot.worker_id, message))
         return True
@@ -102,9 +107,12 @@ class Bench:
     workers: Workers
 
     def dispatch(self, *worker_ids: str) -> list[tuple[str, Run]]:
+        """Dispatch to ``worker_ids``, then commit: a worker is sent a run once its running
+        row is committed."""
         self.workers.free.extend(worker_ids)
         before = len(self.workers.sent)
-        self.book.dispatch(self.workers.pick, self.workers.send)
+        self.book.dispatch(self.workers)
+        self.commit()
         return self.workers.sent[before:]
 
     def commit(self) -> None:

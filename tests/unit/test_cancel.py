@@ -42,6 +42,27 @@ def finals(b: Bench, run_id: str) -> list[str]:
     return [r.status for r in b.sink.runs(run_id) if r.is_final]
 
 
+def test_a_run_given_a_worker_but_not_sent_yet_is_cancelled_at_once_and_never_sent(
+    b: Bench,
+) -> None:
+    """Between dispatch and the commit of its running row, a run holds its worker's room but
+    the worker has not got it: a cancel then ends it like a queued one, no kill is asked
+    (``sent_to`` is None), and the commit gives the room back instead of sending it."""
+    active = b.book.accept(b.book.actors["job"], input_value={}, trigger=Trigger.SUBMIT,
+                           waiter=waiter("submitter"))  # fmt: skip
+    b.workers.free.append("w1")
+    b.book.dispatch(b.workers)
+    assert active.worker_id == "w1" and active.sent_to is None and b.workers.free == []
+    assert b.book.cancel(active.run_id, waiter("canceller")) is active
+    assert active.run_id not in b.book.runs
+    b.commit()
+    assert b.workers.sent == [] and b.workers.free == ["w1"]
+    assert finals(b, active.run_id) == ["cancelled"]
+    assert active.record.error == "cancelled before it started"
+    kinds = [(rid, kind) for rid, kind, _ in b.replies.sent]
+    assert kinds == [("submitter", "accepted"), ("submitter", "result"), ("canceller", "result")]
+
+
 def test_a_queued_run_is_cancelled_at_once_and_never_dispatched(b: Bench) -> None:
     active = b.book.accept(b.book.actors["job"], input_value={}, trigger=Trigger.SUBMIT,
                            waiter=waiter("submitter"))  # fmt: skip

@@ -32,17 +32,26 @@ def waiter(rid: str = "r1", wants_result: bool = True) -> Waiter:
     return Waiter(identity=b"client", request_id=rid, wants_result=wants_result)
 
 
-def test_a_run_is_acknowledged_and_dispatched_only_once_durable(b: Bench) -> None:
+def test_a_run_is_acknowledged_and_sent_only_once_durable(b: Bench) -> None:
+    """A free worker takes a run in the turn it is accepted: its queued and running rows then
+    commit together, and only after that commit does the client hear "accepted" and the
+    worker get the run (a crash before it leaves a running row, which a restart records as
+    lost, never a queued row for a run that went on running)."""
     active = b.book.accept(
         b.book.actors["job"], input_value={"n": 1}, trigger=Trigger.SUBMIT, waiter=waiter()
     )
-    assert b.book.waiting() == 1 and not b.book.ready and b.replies.sent == []
-    assert b.dispatch("w1") == []  # not durable yet: no worker gets it
+    assert b.book.waiting() == 1 and b.replies.sent == []
+    b.workers.free.append("w1")
+    b.book.dispatch(b.workers)
+    assert b.workers.sent == [] and b.workers.free == []  # w1's room is taken, nothing sent
+    assert active.record.status == RunStatus.RUNNING and active.sent_to is None
+    assert [r.status for r in b.sink.runs(active.run_id)] == ["queued", "running"]
+    assert b.sink.committed == 0
     b.commit()
     assert b.replies.sent == [("r1", "accepted", {"run_id": active.run_id, "actor": "job"})]
-    ((worker, run),) = b.dispatch()
+    ((worker, run),) = b.workers.sent
     assert (worker, run.run_id, run.attempt, run.input_json) == ("w1", active.run_id, 1, '{"n":1}')
-    assert active.record.status == RunStatus.RUNNING and b.book.in_flight() == [active]
+    assert active.sent_to == "w1" and b.book.in_flight() == [active]
 
 
 def test_a_result_is_delivered_after_its_row_is_committed(b: Bench) -> None:
@@ -120,12 +129,14 @@ def test_worker_losses_are_free_until_the_run_is_poison(b: Bench) -> None:
 
 
 def test_a_missing_script_or_actor_fails_the_attempt_permanently(b: Bench) -> None:
+    """Refused at dispatch, in the turn it was accepted: its client still hears "accepted"
+    first (once the queued row commits), then the outcome."""
     b.code.missing = "script file job.py does not exist"
-    active = b.book.accept(b.book.actors["job"], input_value={}, trigger="submit")
-    b.commit()
+    active = b.book.accept(b.book.actors["job"], input_value={}, trigger="submit", waiter=waiter())
     assert b.dispatch("w1") == []
     (final,) = [r for r in b.sink.runs(active.run_id) if r.finished_at is not None]
     assert (final.status, final.reason) == (RunStatus.FAILED_PERMANENT, Reason.FILE_MISSING)
+    assert [kind for _, kind, _ in b.replies.sent] == ["accepted", "result"]
 
 
 def test_runs_of_an_actor_whose_code_is_loading_wait_for_it(b: Bench) -> None:
@@ -137,11 +148,18 @@ def test_runs_of_an_actor_whose_code_is_loading_wait_for_it(b: Bench) -> None:
     assert len(b.dispatch()) == 1 and not b.book.ready
 
 
-def test_an_unreachable_worker_leaves_the_run_at_the_front(b: Bench) -> None:
+def test_a_run_its_worker_never_got_is_retried_without_counting_as_poison(b: Bench) -> None:
+    """The send fails (the worker is unreachable, and the shell kills it): the attempt's row
+    already says running, so the worker's death ends it as lost, and the retry does not count
+    it toward poison -- the run never reached that worker."""
     b.workers.unreachable.add("dead")
     active = b.book.accept(b.book.actors["job"], input_value={}, trigger="submit")
-    b.commit()
-    assert b.dispatch("dead") == [] and list(b.book.ready) == [active.run_id]
+    assert b.dispatch("dead") == [] and active.sent_to is None
+    b.book.worker_gone("dead", "unreachable", [active.run_id])
+    assert [r.reason for r in b.sink.runs(active.run_id)][-2:] == [Reason.WORKER_LOST, None]
+    assert active.worker_losses == 0 and active.record.attempt == 2
+    b.clock.advance(10)
+    b.book.fire_due(b.clock())
     assert b.dispatch("w1")[0][1].run_id == active.run_id
 
 
@@ -178,8 +196,12 @@ def test_idempotency_keys_are_remembered_with_the_input_digest(b: Bench) -> None
     assert b.book.idempotency.find("job", "other") is None
 
 
-def test_a_fire_refused_by_the_store_is_dropped_not_run(b: Bench) -> None:
-    active = b.book.accept(b.book.actors["job"], input_value={}, trigger="schedule")
+def test_a_fire_refused_by_the_store_is_dropped_not_run(tmp_path: Path) -> None:
+    b = bench(tmp_path, JOB, epoch=1)  # under a lease: a fire is claimed in the store
+    active = b.book.accept(
+        b.book.actors["job"], input_value={}, trigger="schedule", scheduled_for=b.clock()
+    )
+    assert active.record.is_fire and not b.book.ready  # it waits for its claim
     b.sink.commit()
     b.book.on_commits(refused=[active.run_id])
     assert active.run_id not in b.book.runs and b.book.counters["fires_refused"] == 1
@@ -210,6 +232,18 @@ def test_shutdown_drains_then_kills_then_gives_up(b: Bench) -> None:
     assert b.book.advance_shutdown() is False and b.book.phase is Phase.DONE
     final = b.sink.runs(held.run_id)
     assert any(r.reason == Reason.SHUTDOWN for r in final)
+
+
+def test_a_run_accepted_as_shutdown_begins_is_told_once_that_it_stays_queued(b: Bench) -> None:
+    """Its queued row is not committed when shutdown begins: its client hears nothing until
+    the commit, then only that the run stays queued for the next start (never "accepted"
+    after that), and no worker gets it."""
+    active = b.book.accept(b.book.actors["job"], input_value={}, trigger="submit", waiter=waiter())
+    b.book.begin_shutdown("SIGTERM")
+    assert b.replies.sent == []
+    assert b.dispatch("w1") == []
+    assert [kind for _, kind, _ in b.replies.sent] == ["shutting_down"]
+    assert active.record.status == RunStatus.QUEUED and active.run_id in b.book.runs
 
 
 def test_a_second_stop_signal_ends_the_grace_period(b: Bench) -> None:
