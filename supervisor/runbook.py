@@ -322,12 +322,6 @@ class RunBook:
             active.record = started.record
             active.worker_id = slot.worker_id
             active.unsent = True
-            active.overdue_at = (
-                self._monotonic()
-                + started.message.timeout_s
-                + self.settings.kill_grace_s
-                + OVERDUE_SLACK_S
-            )
             self.sink.put(started.record)
             seq = self.sink.put(events.run_started(started.record, **active.metadata))
             self._after_commit(seq, functools.partial(self._send, active, started, slot, workers))
@@ -340,8 +334,15 @@ class RunBook:
         if active.record is not started.record:
             workers.release(slot, active.run_id)
             return
-        if workers.send(slot, started.message):  # False: the shell kills that worker, and
-            active.unsent = False  # its death ends the attempt (lost, not counted as poison)
+        if not workers.send(slot, started.message):
+            return  # the shell kills that worker: its death ends the attempt (not as poison)
+        active.unsent = False
+        active.overdue_at = (
+            self._monotonic()
+            + started.message.timeout_s
+            + self.settings.kill_grace_s
+            + OVERDUE_SLACK_S
+        )
 
     def _start(
         self, active: ActiveRun, actor: ActorRuntime | None, worker_id: str
@@ -521,12 +522,13 @@ class RunBook:
         self.complete_attempt(active, self._lost(record, Reason.SUPERVISOR_LOST, why))
 
     def overdue(self) -> list[tuple[str, str]]:
-        """Runs past their timeout, kill grace and slack, with the workers presumed hung."""
+        """Runs past their timeout, kill grace and slack, with the workers presumed hung (not
+        a run still waiting for its running row to commit: its worker never had it)."""
         now = self._monotonic()
         return [
             (a.run_id, a.worker_id)
             for a in self.runs.values()
-            if a.worker_id is not None and now > a.overdue_at
+            if a.worker_id is not None and not a.unsent and now > a.overdue_at
         ]
 
     # --- shutdown ---------------------------------------------------------------------------

@@ -187,6 +187,21 @@ def test_an_overdue_run_is_reported_after_timeout_kill_grace_and_slack(b: Bench)
     assert len(b.book.overdue()) == 1
 
 
+def test_a_run_its_worker_does_not_have_yet_is_never_overdue(b: Bench) -> None:
+    """A store outage holds its running row back, so it is not sent: not the worker's fault.
+    Its time counts from the send."""
+    b.book.accept(b.book.actors["job"], input_value={}, trigger="submit")
+    b.workers.free.append("w1")
+    b.book.dispatch(b.workers)
+    limit = 10 + b.book.settings.kill_grace_s + OVERDUE_SLACK_S
+    b.clock.advance(limit + 1)
+    assert b.book.overdue() == []
+    b.commit()
+    assert len(b.workers.sent) == 1 and b.book.overdue() == []
+    b.clock.advance(limit + 0.1)
+    assert len(b.book.overdue()) == 1
+
+
 def test_idempotency_keys_are_remembered_with_the_input_digest(b: Bench) -> None:
     active = b.book.accept(
         b.book.actors["job"], input_value={"a": 1}, trigger="submit", idempotency_key="k"
