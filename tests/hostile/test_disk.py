@@ -6,7 +6,6 @@ One supervisor serves the whole module: the attacks are independent runs of thei
 
 import json
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -168,8 +167,14 @@ def _report(outcome: RunOutcome) -> dict[str, Any]:
     return data
 
 
-def _host_free() -> int:
-    return shutil.disk_usage("/tmp").free
+def _host_leftovers() -> list[str]:
+    """Files of the fill scripts in the host's own scratch folders."""
+    return [
+        os.path.join(folder, name)
+        for folder in ("/tmp", "/var/tmp", "/dev/shm")
+        for name in os.listdir(folder)
+        if name.startswith("fill-")
+    ]
 
 
 @pytest.mark.timeout(180)
@@ -177,9 +182,7 @@ def _host_free() -> int:
 def test_filling_every_scratch_folder_stops_at_tmp_mb_and_spares_the_host(
     sup: RunningSupervisor, actor: str
 ) -> None:
-    free_before = _host_free()
     outcome = _submit(sup, actor)
-    free_after = _host_free()
 
     assert outcome.status.startswith("failed"), outcome
     assert outcome.reason == "exit_code", (outcome.reason, outcome.error)  # the script's own
@@ -188,10 +191,10 @@ def test_filling_every_scratch_folder_stops_at_tmp_mb_and_spares_the_host(
     assert report["errno"] == 28  # ENOSPC
     # All four folders share one tmpfs of TMP_MB: about that much fits, not four times it.
     assert (TMP_MB - 2) * MIB <= report["written"] <= TMP_MB * MIB, report
-    # Other engineers' processes share the host: allow noise, not the run's own megabytes.
-    assert free_before - free_after < TMP_MB * MIB // 2, (free_before, free_after)
-    assert not [n for n in os.listdir("/tmp") if n.startswith("fill-")]
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith("fill-")]
+    # Nothing it wrote is on the host (not the host's free space, which parallel tests and
+    # other processes move by more than TMP_MB: a flaky measure, where ENOSPC at TMP_MB and
+    # no leftovers are exact).
+    assert _host_leftovers() == []
 
     status = sup.status()
     assert status["store"]["degraded"] is False, status["store"]
@@ -213,13 +216,12 @@ def test_filling_every_scratch_folder_stops_at_tmp_mb_and_spares_the_host(
 
 @pytest.mark.timeout(120)
 def test_a_command_actor_fills_only_its_own_tmpfs(sup: RunningSupervisor) -> None:
-    free_before = _host_free()
     outcome = _submit(sup, "fill_sh")
     assert (outcome.status, outcome.reason) == ("failed_permanent", "exit_code") or (
         outcome.status == "failed_retryable" and outcome.reason == "exit_code"
     ), (outcome.status, outcome.reason, outcome.error, outcome.stderr_tail)
     assert "No space left on device" in outcome.stderr_tail, outcome.stderr_tail
-    assert free_before - _host_free() < TMP_MB * MIB // 2
+    assert _host_leftovers() == []
     assert sup.status()["store"]["degraded"] is False
 
 
