@@ -53,7 +53,8 @@ class WorkflowBook:
     ) -> None:
         self._book, self._configs, self._capacity = book, configs, capacity
         self._epoch, self._clock = epoch, clock
-        self.runs: dict[str, WorkflowRun] = {}
+        self.runs: dict[str, WorkflowRun] = {}  # until a finished run's last rows commit
+        self._last_put = 0  # the sink's sequence number of the last record put here
         self._due: dict[str, float | None] = {}  # scheduled workflows: the next fire
         self._scheduled: dict[str, str] = {}  # workflow -> its scheduled run still going
         book.final_listeners.append(self._on_final)
@@ -83,7 +84,8 @@ class WorkflowBook:
         return None
 
     def put(self, record: Record) -> int:
-        return self._book.sink.put(record)
+        self._last_put = self._book.sink.put(record)
+        return self._last_put
 
     # --- starting -----------------------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class WorkflowBook:
 
         :raises WorkflowRefused: no such unfinished run here."""
         run = self.runs.get(workflow_run_id)
-        if run is None:
+        if run is None or run.finished:  # finished: its last rows are on their way
             raise WorkflowRefused(
                 "unknown_workflow_run",
                 f"no unfinished workflow run {workflow_run_id!r} in this supervisor",
@@ -199,9 +201,15 @@ class WorkflowBook:
         }  # fmt: skip
 
     def _finished(self, run: WorkflowRun) -> None:
-        self.runs.pop(run.id, None)
-        if self._scheduled.get(run.header.workflow) == run.id:
-            del self._scheduled[run.header.workflow]
+        """A run ended: it stays among the live ones (``workflow`` requests list it) until its
+        final rows are committed, so that whoever sees it gone finds its outcome in the store."""
+
+        def gone() -> None:
+            self.runs.pop(run.id, None)
+            if self._scheduled.get(run.header.workflow) == run.id:
+                del self._scheduled[run.header.workflow]
+
+        self._book.after_commit(self._last_put, gone)
 
     # --- the loop's side ----------------------------------------------------------------------
 

@@ -124,6 +124,10 @@ def test_cancel_cancels_the_step_runs_in_flight_through_the_run_book(tmp_path: P
     b.book.on_result(worker, result(running, worker, RunStatus.CANCELLED, "cancelled"))
     b.commit()
     assert run.finished and run.status == "cancelled"
+    # listed (finished) until its last rows commit: whoever sees it gone finds them stored
+    assert [(p["workflow_run_id"], p["status"]) for p in book.progress()] == [(run.id, "cancelled")]
+    b.commit()
+    assert book.progress() == []
     finals = [
         r for r in b.sink.records if type(r).__name__ == "RunRecord" and r.finished_at is not None
     ]
