@@ -136,6 +136,9 @@ class Run:
     modules: tuple[str, ...] = ()
     argv: tuple[str, ...] = ()
     stored: bool = False
+    # A file-mode script that is its whole bundle: its SHA256 as the supervisor read it, which
+    # the run's child compares with what it runs ("": no check; see Result.code_sha256).
+    script_sha256: str = ""
 
     @classmethod
     def read(cls, r: FieldReader) -> "Run":
@@ -155,6 +158,7 @@ class Run:
             modules=r.str_list("modules"),
             argv=r.str_list("argv", max_items=4096),
             stored=r.boolean("stored", default=False),
+            script_sha256=r.opt_string("script_sha256", max_len=64) or "",
         )
 
 
@@ -179,6 +183,9 @@ class Result:
     finished_at: float = 0.0
     child_pid: int | None = None
     rusage: Rusage = field(default_factory=Rusage)
+    # The SHA256 of the script the run executed, when it is not the Run's code_sha256 (the
+    # file changed between the supervisor's read and the run's): what the row records.
+    code_sha256: str | None = None
 
     @classmethod
     def read(cls, r: FieldReader) -> "Result":
@@ -201,6 +208,7 @@ class Result:
             finished_at=r.number("finished_at", minimum=0),
             child_pid=r.opt_integer("child_pid", minimum=1),
             rusage=Rusage.read(r.sub("rusage")),
+            code_sha256=r.opt_string("code_sha256", max_len=64),
         )
 
 

@@ -370,6 +370,7 @@ class RunBook:
             cwd=code.cwd, mode=cfg.mode, input_json=record.input_json, env=cfg.env,
             limits=cfg.limits, timeout_s=cfg.timeout_s, code_sha256=code.sha256,
             network=cfg.network, modules=code.modules, argv=code.argv, stored=code.stored,
+            script_sha256=code.script_sha256,
         )  # fmt: skip
         return Dispatched(record, message)
 

@@ -124,7 +124,20 @@ def apply_result(record: RunRecord, result: Result) -> RunRecord:
         stime_s=result.rusage.stime_s,
         maxrss_kb=result.rusage.maxrss_kb,
         worker_id=result.worker_id,
+        **(_ran_other_code(record, result.code_sha256) if result.code_sha256 else {}),
     )
+
+
+def _ran_other_code(record: RunRecord, sha256: str) -> dict[str, Any]:
+    """The run executed a script other than the version it was sent with (its file changed in
+    between): the row names what ran -- a version the code history may never hold, if the file
+    changed again before the next look -- rather than what was meant to run."""
+    log.warning(
+        "run %s (actor %s) ran its script as changed after it was sent: sha256 %s, not %s",
+        record.run_id, record.actor, sha256[:12], (record.code_sha256 or "")[:12],
+        extra={"actor": record.actor, "run_id": record.run_id, "event": "code_changed_under_run"},
+    )  # fmt: skip
+    return {"code_sha256": sha256, "code_history_id": None}
 
 
 # The outcome's fields copied from the row under the same name (all but these two), and a

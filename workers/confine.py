@@ -77,10 +77,9 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
 def _order(argv: list[str], uid: int | None, limits: Mapping[str, int | None]) -> Order:
     """The fields of a run :meth:`Sandbox._apply_limits` reads; the rest is inert. (The
     sandbox's own methods, on an Order, rather than copies of them: one confinement to keep.)"""
-    values = {key: limits.get(key) for key in LIMIT_KEYS}
     return Order(
         run_id="", attempt=0, actor="", script=argv[0], cwd="/", mode="exec", input_json="",
         env={}, network="host", uid=uid, tmpdir="/", modules=(), argv=tuple(argv), tmp_mb=None,
-        keep=(), tmp_inside="", source=b"", code=b"", file_id=(), stored=False,
-        **values,
+        cpu_s=limits.get("cpu_s"), memory_mb=limits.get("memory_mb"),
+        nofile=limits.get("nofile"), nproc=limits.get("nproc"), fsize_mb=limits.get("fsize_mb"),
     )  # fmt: skip

@@ -25,7 +25,7 @@ from protocol.fields import MAX_TEXT
 from protocol.messages import Result, Run, Rusage
 from protocol.outcomes import Reason, RunStatus
 from workers.classify import classify
-from workers.sandbox import EXIT_SANDBOX, NOTE_MAX, Order, Sandbox
+from workers.sandbox import EXIT_SANDBOX, NOTE_MAX, Order, Sandbox, split_code_note
 
 CHUNK = 1 << 16  # one pipe buffer's worth per read
 DRAIN_MAX_READS = 16  # after exit, read at most this many chunks per pipe (a killed writer is
@@ -106,6 +106,7 @@ class Flight:
         """
         run = self.run
         tail = bytes(self.err[-self.err_cap :]) if self.err_cap else b""
+        ran_sha256, note = split_code_note(note)
         outcome = classify(
             reaped.status, self.out, note=note, stderr_tail=tail, killed=self.killed,
             cpu_used_s=reaped.utime_s + reaped.stime_s, limits=run.limits,
@@ -129,6 +130,7 @@ class Flight:
             rusage=Rusage(
                 utime_s=reaped.utime_s, stime_s=reaped.stime_s, maxrss_kb=reaped.maxrss_kb
             ),
+            code_sha256=ran_sha256,
         )
         try:
             body = encode(result)

@@ -34,6 +34,8 @@ from workers.script_main import BOOTSTRAP, MAGIC, Modules, module_name, run_main
 
 NOTE_SETUP = b"E"
 NOTE_MISSING = b"F"
+NOTE_CODE = b"C"  # then the SHA256 (64 hex digits) of the script the run executes, when it is
+# not the one the supervisor sent (the file changed meanwhile); another note may follow
 OOM_SCORE_ADJ = 1000  # runs (and the forker) go first when the host runs out of memory
 EXIT_SANDBOX = 71  # EX_OSERR: what a child exits with when its sandbox could not be set up
 NOTE_MAX = 4096  # the launcher reads at most this much of a child's notes
@@ -111,6 +113,10 @@ class Order(NamedTuple):
     # child as the run's user, and the launcher's copy used only if it is still this file.
     file_id: tuple[int, ...] = ()
     stored: bool = False  # Run.stored: the supervisor's private copy, read before the switch
+    # The SHA256 the supervisor read (Run.script_sha256) and the launcher's ``source`` has: a
+    # file-mode child that runs other code than the supervisor read says so (NOTE_CODE).
+    code_sha256: str = ""
+    source_sha256: str = ""
 
     def dumps(self) -> bytes:
         data: bytes = marshal.dumps(tuple(self))
@@ -175,7 +181,8 @@ class Sandbox:
             tuple(p for p in (self._python, sys.prefix, sys.base_prefix, *sys.path) if p),
             self._tmp_roots,
         )
-        self._compiled: dict[tuple[str, bytes], bytes] = {}  # (path, source) -> marshalled code
+        # (path, source) -> its marshalled code and SHA256
+        self._compiled: dict[tuple[str, bytes], tuple[bytes, str]] = {}
         self._libc = ctypes.CDLL(None, use_errno=True)
         # Resolved here, not in each child: a child's first lookup of a libc function builds
         # its ctypes wrapper (~30 copy-on-write faults).
@@ -199,36 +206,37 @@ class Sandbox:
             if "/tmp" in tops or "/".join(inside.split("/")[:3]) in tops:
                 inside = ""  # the host's /tmp is kept (the run's folder is /tmp itself)
         env = _run_environment(run, uid, inside or tmpdir)
-        source, code, file_id = (b"", b"", ()) if run.argv else self._compile(run.script)
+        source, code, file_id, sha = (b"", b"", (), "") if run.argv else self._compile(run.script)
         return Order(
             run.run_id, run.attempt, run.actor, run.script, run.cwd, run.mode, run.input_json,
             env, lim.cpu_s, lim.memory_mb, lim.nofile, lim.nproc, lim.fsize_mb, lim.tmp_mb,
             run.network, uid, tmpdir, run.modules, run.argv, keep, inside, source, code,
-            file_id, run.stored,
+            file_id, run.stored, run.script_sha256, sha,
         )  # fmt: skip
 
-    def _compile(self, path: str) -> tuple[bytes, bytes, FileId | tuple[()]]:
-        """The script's source, marshalled code and file id, compiled once per content (a
-        small cache: reading is one syscall or three, compiling far more); (b"", b"", ()) when
-        it cannot be read or compiled, which the child then reports as it always did.
+    def _compile(self, path: str) -> tuple[bytes, bytes, FileId | tuple[()], str]:
+        """The script's source, marshalled code, file id and SHA256, compiled and hashed once
+        per content (a small cache: reading is one syscall or three, compiling far more);
+        (b"", b"", (), "") when it cannot be read or compiled, which the child then reports as
+        it always did.
 
         Read as root: only the code is kept from it, never shown, and a child whose script is
         not the supervisor's own copy uses it only after opening the same file as its user."""
         found = _read_small_file(path, COMPILE_MAX_BYTES)
         if found is None:
-            return b"", b"", ()
+            return b"", b"", (), ""
         source, file_id = found
         key = (path, source)
-        code = self._compiled.get(key)
-        if code is None:
+        compiled = self._compiled.get(key)
+        if compiled is None:
             try:
                 code = marshal.dumps(compile(source, path, "exec", dont_inherit=True))
             except Exception:  # SyntaxError, RecursionError, MemoryError...
-                return b"", b"", ()  # the child compiles it again, under its limits, and reports
+                return b"", b"", (), ""  # the child compiles it again, under its limits
             if len(self._compiled) >= COMPILED_MAX:
                 del self._compiled[next(iter(self._compiled))]  # the oldest
-            self._compiled[key] = code
-        return source, code, file_id
+            compiled = self._compiled[key] = (code, _sha256(source))
+        return source, compiled[0], file_id, compiled[1]
 
     def adopt_process(self) -> None:
         """Make the launcher process itself the template every fork-mode child starts from.
@@ -307,7 +315,9 @@ class Sandbox:
                 self._exec_program(run)
             if not run.stored:
                 step = "script"  # as the run's user: through a symlink too, only what it may read
-                source, code = _read_own_script(run)
+                source, code, ran = _read_own_script(run)
+                if run.code_sha256 and ran != run.code_sha256:
+                    _note(note_fd, NOTE_CODE, ran)  # the file changed since the supervisor read it
             if run.mode == "exec":
                 step = "exec"
                 self._exec(run, source, code, modules)
@@ -661,8 +671,9 @@ def file_id(st: os.stat_result) -> FileId:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _read_own_script(run: Order) -> tuple[bytes, bytes]:
-    """The script's source and marshalled code (b"": compile it), opened as the run's user.
+def _read_own_script(run: Order) -> tuple[bytes, bytes, str]:
+    """The script's source, marshalled code (b"": compile it) and SHA256, opened as the run's
+    user.
 
     Not read before the switch: the file may be a symlink to one only root may read (a key, a
     password file), whose lines a SyntaxError's traceback would show in ``stderr_tail``. The
@@ -672,11 +683,12 @@ def _read_own_script(run: Order) -> tuple[bytes, bytes]:
     fd = os.open(run.script, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if run.code and file_id(os.fstat(fd)) == run.file_id:
-            return run.source, run.code
+            return run.source, run.code, run.source_sha256
         chunks: list[bytes] = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
-        return b"".join(chunks), b""
+        source = b"".join(chunks)
+        return source, b"", _sha256(source)
     finally:
         os.close(fd)
 
@@ -717,6 +729,23 @@ def _write_all(fd: int, data: bytes) -> None:
     written = 0
     while written < len(data):
         written += os.pwrite(fd, view[written:], written)
+
+
+def _sha256(data: bytes) -> str:
+    """Imported here, not at the top: the launcher imports hashlib after its forker forked (its
+    first compile), so it adds nothing to the image every run is forked from; a child imports
+    it only if it read a script the launcher had not (a big one, or one changed meanwhile)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def split_code_note(note: bytes) -> tuple[str | None, bytes]:
+    """A child's notes: the SHA256 of a script it ran other than the supervisor read (None:
+    the one sent), and the rest (a setup failure's note, which may follow)."""
+    if note[:1] != NOTE_CODE:
+        return None, note
+    return note[1:65].decode("ascii", "replace"), note[65:]
 
 
 def _note(fd: int, kind: bytes, text: str = "") -> None:

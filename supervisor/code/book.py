@@ -78,6 +78,7 @@ class RunCode:
     modules: tuple[str, ...] = ()  # stored code: the bundle's other files, beside ``script``
     argv: tuple[str, ...] = ()  # a command actor: exec ``script`` with these arguments
     stored: bool = False  # ``script`` is our materialized copy: the run's user may not read it
+    script_sha256: str = ""  # file mode, a script that is its whole bundle: ``sha256`` again
 
 
 SUMMARY_KEYS = ("changed", "unchanged", "drifted", "failed")
@@ -453,7 +454,11 @@ class CodeBook:
             if code.status == FILE_MISSING
             else None
         )
-        return RunCode(script, home, sha, history_id, FILE_SOURCE, missing, argv=cfg.command)
+        alone = sha if len(code.paths) == 1 and not cfg.command else ""  # its own hash: checkable
+        return RunCode(
+            script, home, sha, history_id, FILE_SOURCE, missing, argv=cfg.command,
+            script_sha256=alone,
+        )  # fmt: skip
 
     def reconfigure(self, actor: ActorRuntime, before: ActorConfig | None) -> None:
         """After a reload: a new actor, or a new script, exec_mode or sync, is synced again."""

@@ -93,9 +93,10 @@ def test_an_edit_between_two_scheduled_runs_is_a_new_version_each_run_names_its_
         database,
     )
     wait_for(lambda: runs(sup, database, "ticker"), 30, "a first scheduled run")
-    # In file mode a run records the hash its dispatch saw and its child reads the file just
-    # after: an edit landing between the two would run new code under the old hash. Edit
-    # while no run is on its way, as an operator's deploy would.
+    # In file mode a run's child reads the file just after its dispatch hashed it: an edit
+    # landing between the two runs code no version of the history holds yet (the run's row
+    # names its hash, with no history id; see the next test). Edit while no run is on its
+    # way, as an operator's deploy would, so that every run names a recorded version.
     assert sup.cli("pause", "ticker").returncode == 0
     wait_for(lambda: sup.status()["queue"]["in_flight"] == 0, 30, "the run in flight to end")
     versioned(public_tmp, "ticker.py", 2)
@@ -133,6 +134,44 @@ def test_an_edit_between_two_scheduled_runs_is_a_new_version_each_run_names_its_
     assert (meta["code_sha256"], meta["code_history_id"], meta["code_source"]) == (
         sha(script), history[0].history_id, "file",
     )  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_edits_racing_runs_leave_every_run_naming_the_code_it_ran(
+    public_tmp: Path, supervisors: Start
+) -> None:
+    """The script is replaced 40 times while a 20 ms interval actor runs it, with no pause: an
+    edit can land after the supervisor hashed the file for a run and before the run's child
+    opens it. Each run's row must still name what it ran: the hash of the version it printed
+    (its child says when that is not the version it was sent with)."""
+    script = versioned(public_tmp, "racer.py", 0)
+    contents = {0: script.read_bytes()}
+    sup = start(
+        supervisors,
+        '[[actors]]\nname = "racer"\nscript = "scripts/racer.py"\nsync = "before_run"\n'
+        'schedule = { type = "interval", seconds = 0.02 }\n',
+        "sqlite:state/actor-supervisor.db",
+    )
+    for version in range(1, 41):
+        staged = script.with_name("racer.py.new")
+        staged.write_text(VERSIONED.format(version=version))
+        staged.chmod(0o644)
+        contents[version] = staged.read_bytes()
+        staged.replace(script)  # atomic: a run reads one version or the next, never half
+        count = len(runs(sup, "sqlite:state/actor-supervisor.db", "racer"))
+        wait_for(
+            lambda c=count: len(runs(sup, "sqlite:state/actor-supervisor.db", "racer")) > c,
+            30,
+            "another run",
+        )
+    assert sup.stop() == 0
+    done = [
+        r for r in runs(sup, "sqlite:state/actor-supervisor.db", "racer") if r.status == "succeeded"
+    ]
+    assert len(done) >= 40
+    for run in done:
+        ran = hashlib.sha256(contents[output(run)["version"]]).hexdigest()
+        assert run.code_sha256 == ran, (run.run_id, output(run), run.code_sha256)
 
 
 @pytest.mark.timeout(120)

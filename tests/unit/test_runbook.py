@@ -71,6 +71,18 @@ def test_a_result_is_delivered_after_its_row_is_committed(b: Bench) -> None:
     assert b.book.counters["runs_succeeded"] == 1
 
 
+def test_a_run_that_ran_a_changed_script_records_what_ran(b: Bench) -> None:
+    """Its worker says the script it ran is not the version sent (the file changed between the
+    supervisor's read and the run's): the row names what ran, with no history id."""
+    active = b.book.accept(b.book.actors["job"], input_value={}, trigger="submit")
+    ((_, run),) = b.dispatch("w1")
+    assert active.record.code_sha256 == run.code_sha256 == "sha"
+    ran = "f" * 64
+    b.book.on_result("w1", result(run, "w1", RunStatus.SUCCEEDED, code_sha256=ran))
+    final = b.sink.runs(active.run_id)[-1]
+    assert (final.status, final.code_sha256, final.code_history_id) == ("succeeded", ran, None)
+
+
 def test_stale_results_are_ignored(b: Bench) -> None:
     b.book.accept(b.book.actors["job"], input_value={}, trigger="submit")
     b.commit()

@@ -10,7 +10,7 @@ import pytest
 from protocol.messages import Limits
 from protocol.outcomes import Reason
 from workers.classify import classify
-from workers.sandbox import NOTE_MISSING, NOTE_SETUP
+from workers.sandbox import NOTE_MISSING, NOTE_SETUP, split_code_note
 
 
 def status_of(child: Callable[[], None]) -> int:
@@ -205,3 +205,16 @@ def test_our_kills_win_over_every_note() -> None:
     for note in (NOTE_SETUP + b"forged", NOTE_MISSING + b"forged", b"M"):
         outcome = classify(exited(71), b"", note=note, killed=Reason.TIMEOUT, timeout_s=1)
         assert (outcome.status, outcome.reason) == ("failed_retryable", "timeout")
+
+
+def test_a_code_note_is_split_from_a_setup_note_that_follows_it() -> None:
+    """A child that ran a script other than the version sent says so first; a setup failure
+    after that (say, the exec of exec mode) still classifies as one."""
+    sha = "ab" * 32
+    assert split_code_note(b"C" + sha.encode() + b"Eexec: no such file") == (
+        sha,
+        b"Eexec: no such file",
+    )
+    assert split_code_note(b"C" + sha.encode()) == (sha, b"")
+    assert split_code_note(b"Fscript: missing") == (None, b"Fscript: missing")
+    assert split_code_note(b"") == (None, b"")

@@ -5,6 +5,7 @@ module-scoped launcher must survive all of them; the last test proves it still r
 script, and an autouse fixture checks after each test that nothing it spawned is left alive.
 """
 
+import hashlib
 import os
 import signal
 import time
@@ -30,6 +31,7 @@ from tests.workers.conftest import (
     wait_started,
 )
 from workers.launcher_handle import Finished, Launcher, LauncherGone, SandboxConfig, start_launcher
+from workers.sandbox import COMPILE_MAX_BYTES
 
 ECHO = """\
 import json, sys
@@ -357,6 +359,24 @@ def test_an_edited_script_runs_its_new_code_never_a_cached_one(
         result = run_script(launcher, make_run(script, mode))
         seen.append(result.output if result.status == "succeeded" else result.reason)
     assert seen == [1, 2, "exit_code", 3, 2]
+
+
+@pytest.mark.timeout(30)
+def test_a_run_names_the_script_it_ran_when_it_is_not_the_version_sent(
+    launcher: Launcher, public_tmp: Path, mode: str
+) -> None:
+    """The supervisor hashes a script when it sends a run; the file may change before the
+    run's child opens it. The result then carries the SHA256 of what ran (None when it is the
+    version sent), whether the launcher's compiled copy ran or the child read the file itself
+    (a script too big for the launcher's cache)."""
+    small = write_script(public_tmp, "small.py", "print(1)")
+    big = write_script(public_tmp, "big.py", "x = 1\n" * (COMPILE_MAX_BYTES // 6 + 1) + "print(2)")
+    for script, output in ((small, 1), (big, 2)):
+        actual = hashlib.sha256(script.read_bytes()).hexdigest()
+        same = run_script(launcher, make_run(script, mode, script_sha256=actual))
+        assert (same.status, same.output, same.code_sha256) == ("succeeded", output, None)
+        other = run_script(launcher, make_run(script, mode, script_sha256="0" * 64))
+        assert (other.status, other.output, other.code_sha256) == ("succeeded", output, actual)
 
 
 @pytest.mark.timeout(30)
