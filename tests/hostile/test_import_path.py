@@ -65,7 +65,8 @@ def test_start_and_check_refuse_an_import_folder_the_runs_could_write(
     public_tmp: Path, supervisors: Start
 ) -> None:
     """PYTHONPATH names a world-writable folder, and a missing one inside it (a run could create
-    it): ``start`` refuses before any run, and ``check`` reports both."""
+    it): ``start`` refuses before any run, and ``check`` reports both; then a world-writable
+    package folder below it is refused too, and a folder no import can name is not."""
     lib = public_tmp / "lib"
     lib.mkdir()
     lib.chmod(0o777)
@@ -92,6 +93,14 @@ def test_start_and_check_refuse_an_import_folder_the_runs_could_write(
     report = orjson.loads(checked.stdout)
     assert checked.returncode != 0 and not report["ok"], checked
     assert any(f"{lib}: user" in problem for problem in report["problems"]), report
-    lib.chmod(0o755)  # root's alone again: both accept it
-    sup = supervisors(config=config, env=env, workers=2)
+    lib.chmod(0o755)  # root's alone again, but a package folder below it is not
+    (lib / "pkg").mkdir(mode=0o777)
+    (lib / "pkg").chmod(0o777)  # a run would add pkg/json/__init__.py, or a .pyc
+    (lib / "not-a-package").mkdir()
+    (lib / "not-a-package").chmod(0o777)  # no import reaches a folder of that name
+    sup = supervisors(config=config, env=env, wait_ready=False)
+    wait_for(lambda: sup.proc.poll() is not None, 60, "the supervisor to refuse to start")
+    assert f"{lib / 'pkg'}: user" in sup.log() and "not-a-package" not in sup.log()
+    (lib / "pkg").chmod(0o755)
+    sup = supervisors(config=config, env=env, workers=2)  # all root's alone: it starts
     assert sup.status()["workers"]
