@@ -188,7 +188,13 @@ class Requests:
         return text
 
     def _duplicate(self, waiter: Waiter, actor: ActorRuntime, run_id: str) -> None:
-        """Same idempotency key as an earlier run: that run stands for this one."""
+        """Same idempotency key as an earlier run: that run stands for this one -- answered,
+        like its own client, once its queued row is committed (it may be of this very turn)."""
+        earlier = self.sup.book.runs.get(run_id)
+        queued = earlier.queued_seq if earlier is not None else 0
+        self.sup.book.after_commit(queued, lambda: self._stand_in(waiter, actor, run_id))
+
+    def _stand_in(self, waiter: Waiter, actor: ActorRuntime, run_id: str) -> None:
         control = self.sup.control
         control.reply(
             waiter, "accepted", {"run_id": run_id, "actor": actor.name, "deduplicated": True}

@@ -2,14 +2,19 @@
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from protocol.messages import Submit
 from protocol.outcomes import Reason, RunStatus
 from supervisor.heap import EntryKind
 from supervisor.records import Trigger
+from supervisor.requests import Requests
 from supervisor.runbook import OVERDUE_SLACK_S, POISON_LOSSES, Phase
 from supervisor.runs import Waiter
+from supervisor.status import Supervisor
 from tests.unit.fakes import Bench, bench, result
 
 JOB = """
@@ -221,6 +226,29 @@ def test_idempotency_keys_are_remembered_with_the_input_digest(b: Bench) -> None
     found = b.book.idempotency.find("job", "k")
     assert found is not None and found[0] == active.run_id and found[1] is not None
     assert b.book.idempotency.find("job", "other") is None
+
+
+def test_a_duplicate_submit_is_accepted_only_once_the_first_runs_row_is_committed(
+    b: Bench,
+) -> None:
+    """The same idempotency key in the turn the first run was accepted: the second client is
+    told "accepted" (deduplicated) after the commit, as the first is, never before."""
+    sup = SimpleNamespace(book=b.book, control=b.replies, actors=b.book.actors)
+    requests = Requests(cast(Supervisor, sup))
+    submit = {"actor": "job", "input": {"a": 1}, "wait": True, "idempotency_key": "k"}
+    requests.handle(waiter("first"), Submit(id="first", **submit))
+    requests.handle(waiter("second"), Submit(id="second", **submit))
+    assert b.replies.sent == []
+    ((_, run),) = b.dispatch("w1")  # commits the queued (and running) rows
+    assert [(rid, kind, data.get("deduplicated")) for rid, kind, data in b.replies.sent] == [
+        ("first", "accepted", None),
+        ("second", "accepted", True),
+    ]
+    b.book.on_result("w1", result(run, "w1", RunStatus.SUCCEEDED, output={}))
+    b.commit()
+    assert sorted(rid for rid, kind, _ in b.replies.sent if kind == "result") == [
+        "first", "second",
+    ]  # fmt: skip
 
 
 def test_a_fire_refused_by_the_store_is_dropped_not_run(tmp_path: Path) -> None:
