@@ -174,3 +174,8 @@ class RecordSink(Protocol):
     def committed(self) -> int:
         """The highest sequence number whose record, and every one before it, is durable."""
         ...
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last record put."""
+        ...

@@ -188,11 +188,13 @@ class Requests:
         return text
 
     def _duplicate(self, waiter: Waiter, actor: ActorRuntime, run_id: str) -> None:
-        """Same idempotency key as an earlier run: that run stands for this one -- answered,
-        like its own client, once its queued row is committed (it may be of this very turn)."""
-        earlier = self.sup.book.runs.get(run_id)
-        queued = earlier.queued_seq if earlier is not None else 0
-        self.sup.book.after_commit(queued, lambda: self._stand_in(waiter, actor, run_id))
+        """Same idempotency key as an earlier run: that run stands for this one -- answered
+        once everything put so far is committed, since the earlier run may have been accepted,
+        or have finished, in this very turn: "accepted" and its outcome are never ahead of
+        its rows."""
+        self.sup.book.after_commit(
+            self.sup.book.sink.last_seq, lambda: self._stand_in(waiter, actor, run_id)
+        )
 
     def _stand_in(self, waiter: Waiter, actor: ActorRuntime, run_id: str) -> None:
         control = self.sup.control

@@ -182,7 +182,7 @@ class RunBook:
             self.idempotency.add(actor.name, idempotency_key, run_id, now, digest(input_json))
         self.counters["runs_accepted"] += 1
         self.sink.put(record)
-        seq = active.queued_seq = self.sink.put(events.run_queued(record, **active.metadata))
+        seq = self.sink.put(events.run_queued(record, **active.metadata))
         if record.is_fire or self.phase is not Phase.RUNNING:
             # a fire the store may refuse (another supervisor claimed it) waits for its row
             self._awaiting_durable += 1

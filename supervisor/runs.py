@@ -45,7 +45,6 @@ class ActiveRun:
     metadata: dict[str, Any] = field(default_factory=dict)  # added to every event of the run
     unsent: bool = False  # the worker is not sent the attempt until its running row commits
     acknowledged: bool = False  # its first queued row is committed: its clients were answered
-    queued_seq: int = 0  # the sink's number of that row's event: "accepted" waits for it
 
     @property
     def run_id(self) -> str:

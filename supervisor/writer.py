@@ -257,6 +257,11 @@ class BatchWriter:
             return self._committed < self._last_seq
 
     @property
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._last_seq
+
+    @property
     def committed(self) -> int:
         """Every record whose sequence number is at most this is durable (stored or spooled)."""
         with self._lock:

@@ -41,6 +41,10 @@ class MemorySink:
     def commit(self) -> None:
         self.committed = len(self.records)
 
+    @property
+    def last_seq(self) -> int:
+        return len(self.records)
+
     def runs(self, run_id: str) -> list[RunRecord]:
         return [r for r in self.records if isinstance(r, RunRecord) and r.run_id == run_id]
 

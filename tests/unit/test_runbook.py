@@ -232,7 +232,8 @@ def test_a_duplicate_submit_is_accepted_only_once_the_first_runs_row_is_committe
     b: Bench,
 ) -> None:
     """The same idempotency key in the turn the first run was accepted: the second client is
-    told "accepted" (deduplicated) after the commit, as the first is, never before."""
+    told "accepted" (deduplicated) after the commit, as the first is, never before; and in
+    the turn it finished, its outcome only once its final row is committed."""
     sup = SimpleNamespace(book=b.book, control=b.replies, actors=b.book.actors)
     requests = Requests(cast(Supervisor, sup))
     submit = {"actor": "job", "input": {"a": 1}, "wait": True, "idempotency_key": "k"}
@@ -245,9 +246,11 @@ def test_a_duplicate_submit_is_accepted_only_once_the_first_runs_row_is_committe
         ("second", "accepted", True),
     ]
     b.book.on_result("w1", result(run, "w1", RunStatus.SUCCEEDED, output={}))
+    requests.handle(waiter("third"), Submit(id="third", **submit))  # finished, not committed
+    assert [rid for rid, _, _ in b.replies.sent] == ["first", "second"]
     b.commit()
     assert sorted(rid for rid, kind, _ in b.replies.sent if kind == "result") == [
-        "first", "second",
+        "first", "second", "third",
     ]  # fmt: skip
 
 
