@@ -2,7 +2,8 @@
 
 It validates the configuration, checks that the sandbox user can read every script (each file
 of its code bundle) and which interpreter will run it, or can execute a command actor's
-program (the start-up checks of :mod:`supervisor.preflight`), connects to the store read-only
+program, and can change no code the supervisor imports as root (the start-up checks of
+:mod:`supervisor.preflight`), connects to the store read-only
 and lists pending migrations, and shows each actor's next fires in its zone and in UTC. It
 starts nothing, writes nothing and migrates nothing: a SQLite file that does not exist is not
 created, and one that exists is opened read-only.
