@@ -183,7 +183,7 @@ class Result:
     finished_at: float = 0.0
     child_pid: int | None = None
     rusage: Rusage = field(default_factory=Rusage)
-    # The SHA256 of the script the run executed, when it is not the Run's code_sha256 (the
+    # The SHA256 of the script the run executed, when it is not the Run's script_sha256 (the
     # file changed between the supervisor's read and the run's): what the row records.
     code_sha256: str | None = None
 

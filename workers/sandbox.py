@@ -113,9 +113,9 @@ class Order(NamedTuple):
     # child as the run's user, and the launcher's copy used only if it is still this file.
     file_id: tuple[int, ...] = ()
     stored: bool = False  # Run.stored: the supervisor's private copy, read before the switch
-    # The SHA256 the supervisor read (Run.script_sha256) and the launcher's ``source`` has: a
-    # file-mode child that runs other code than the supervisor read says so (NOTE_CODE).
-    code_sha256: str = ""
+    # The SHA256 the supervisor read (Run.script_sha256; "": no check) and the one of the
+    # launcher's ``source``: a file-mode child that runs other code says so (NOTE_CODE).
+    script_sha256: str = ""
     source_sha256: str = ""
 
     def dumps(self) -> bytes:
@@ -315,9 +315,11 @@ class Sandbox:
                 self._exec_program(run)
             if not run.stored:
                 step = "script"  # as the run's user: through a symlink too, only what it may read
-                source, code, ran = _read_own_script(run)
-                if run.code_sha256 and ran != run.code_sha256:
-                    _note(note_fd, NOTE_CODE, ran)  # the file changed since the supervisor read it
+                source, code = _read_own_script(run)
+                if run.script_sha256:  # a check asked: the launcher hashed its copy (code), if used
+                    ran = run.source_sha256 if code else _sha256(source)
+                    if ran != run.script_sha256:  # the file changed since the supervisor read it
+                        _note(note_fd, NOTE_CODE, ran)
             if run.mode == "exec":
                 step = "exec"
                 self._exec(run, source, code, modules)
@@ -671,9 +673,8 @@ def file_id(st: os.stat_result) -> FileId:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _read_own_script(run: Order) -> tuple[bytes, bytes, str]:
-    """The script's source, marshalled code (b"": compile it) and SHA256, opened as the run's
-    user.
+def _read_own_script(run: Order) -> tuple[bytes, bytes]:
+    """The script's source and marshalled code (b"": compile it), opened as the run's user.
 
     Not read before the switch: the file may be a symlink to one only root may read (a key, a
     password file), whose lines a SyntaxError's traceback would show in ``stderr_tail``. The
@@ -683,12 +684,11 @@ def _read_own_script(run: Order) -> tuple[bytes, bytes, str]:
     fd = os.open(run.script, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if run.code and file_id(os.fstat(fd)) == run.file_id:
-            return run.source, run.code, run.source_sha256
+            return run.source, run.code
         chunks: list[bytes] = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
-        source = b"".join(chunks)
-        return source, b"", _sha256(source)
+        return b"".join(chunks), b""
     finally:
         os.close(fd)
 
@@ -734,7 +734,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def _sha256(data: bytes) -> str:
     """Imported here, not at the top: the launcher imports hashlib after its forker forked (its
     first compile), so it adds nothing to the image every run is forked from; a child imports
-    it only if it read a script the launcher had not (a big one, or one changed meanwhile)."""
+    it only to check a script the launcher had not read (a big one, or one changed since)."""
     import hashlib
 
     return hashlib.sha256(data).hexdigest()

@@ -54,7 +54,6 @@ class WorkflowBook:
         self._book, self._configs, self._capacity = book, configs, capacity
         self._epoch, self._clock = epoch, clock
         self.runs: dict[str, WorkflowRun] = {}  # until a finished run's last rows commit
-        self._last_put = 0  # the sink's sequence number of the last record put here
         self._due: dict[str, float | None] = {}  # scheduled workflows: the next fire
         self._scheduled: dict[str, str] = {}  # workflow -> its scheduled run still going
         book.final_listeners.append(self._on_final)
@@ -84,8 +83,7 @@ class WorkflowBook:
         return None
 
     def put(self, record: Record) -> int:
-        self._last_put = self._book.sink.put(record)
-        return self._last_put
+        return self._book.sink.put(record)
 
     # --- starting -----------------------------------------------------------------------------
 
@@ -209,7 +207,7 @@ class WorkflowBook:
             if self._scheduled.get(run.header.workflow) == run.id:
                 del self._scheduled[run.header.workflow]
 
-        self._book.after_commit(self._last_put, gone)
+        self._book.after_commit(self._book.sink.last_seq, gone)
 
     # --- the loop's side ----------------------------------------------------------------------
 
