@@ -9,6 +9,7 @@ starts nothing, writes nothing and migrates nothing: a SQLite file that does not
 created, and one that exists is opened read-only.
 """
 
+import contextlib
 import os
 import sqlite3
 import sys
@@ -24,6 +25,7 @@ from supervisor.controlkeys import control_endpoint
 from supervisor.errors import ConfigError, StartupError
 from supervisor.preflight import (
     alert_uid_problem,
+    checked_as,
     resolve_python,
     tmp_mb_unenforced,
     writable_imports,
@@ -85,7 +87,10 @@ def check(config: Config, *, now: float | None = None) -> Report:
         low, high = config.supervisor.run_as_range
         if (problem := alert_uid_problem(config, tuple(range(low, high + 1)))) is not None:
             report.problems.append(problem)
-    if (imports_as := _imports_checked_as(config, run_as)) is not None:
+    imports_as = None
+    with contextlib.suppress(AccessCheckError):  # an unknown run_as: _sandbox_user said so
+        imports_as = checked_as(config)
+    if imports_as is not None and imports_as[0] != 0:  # root (allowed) may write anything
         try:
             if (problem := writable_imports(config.supervisor.preload, imports_as)) is not None:
                 report.problems.append(problem)
@@ -106,17 +111,6 @@ def _sandbox_user(config: Config, report: Report) -> tuple[int, int] | None:
     except AccessCheckError as exc:
         report.problems.append(f"run_as = {config.supervisor.run_as!r}: {exc}")
         return None
-
-
-def _imports_checked_as(config: Config, run_as: tuple[int, int] | None) -> tuple[int, int] | None:
-    """Whom ``start`` checks the import path against: the first uid of the range (every uid of
-    it is "other" to our files), the fixed ``run_as`` unless it is root, or nobody (not root)."""
-    if os.geteuid() != 0:
-        return None
-    if config.sources.get("run_as", "default") == "default":
-        low = config.supervisor.run_as_range[0]
-        return low, low
-    return None if run_as is None or run_as[0] == 0 else run_as
 
 
 def _actor(

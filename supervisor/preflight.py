@@ -68,7 +68,6 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
     modes = {actor.mode for actor in config.actors.values()}
     run_as: tuple[int, int] | None = None
     run_uids: tuple[int, ...] = ()
-    check_as: tuple[int, int] | None = None
     user = settings.run_as
     offline = sorted(a.name for a in config.actors.values() if a.network == "none")
     if (unenforced := tmp_mb_unenforced(config)) is not None:
@@ -79,9 +78,9 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
             f"namespace); actors: {', '.join(offline)}"
         )
     try:
-        if os.geteuid() == 0:
+        if (check_as := checked_as(config)) is not None:
             if config.sources.get("run_as", "default") != "default":
-                run_as = check_as = resolve_user(settings.run_as)
+                run_as = check_as
                 if run_as[0] == 0 and not settings.allow_root_scripts:
                     raise StartupError(
                         f"run_as = {settings.run_as!r} is root: scripts would run with every "
@@ -91,7 +90,6 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
                 low, high = settings.run_as_range
                 run_uids = tuple(range(low, high + 1))
                 _check_alert_uid(config, run_uids)
-                check_as = (low, low)
                 user = f"#{low} (run_as_range {low}-{high})"
             # a missing script is no refusal: the start-up sync reports it (file_missing)
             # (a command's program need only be executable: a 0711 binary is fine)
@@ -121,6 +119,21 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
         kill_grace_s=settings.kill_grace_s,
         python=python,
     )
+
+
+def checked_as(config: Config) -> tuple[int, int] | None:
+    """Whom the start-up checks act as: the fixed ``run_as`` user, or else the first uid of
+    ``run_as_range`` (every uid of it is "other" to our files); None when we are not root
+    (runs keep our user).
+
+    :raises AccessCheckError: ``run_as`` names no user.
+    """
+    if os.geteuid() != 0:
+        return None
+    if config.sources.get("run_as", "default") != "default":
+        return resolve_user(config.supervisor.run_as)
+    low = config.supervisor.run_as_range[0]
+    return low, low
 
 
 def writable_imports(preload: tuple[str, ...], run_as: tuple[int, int]) -> str | None:
