@@ -28,6 +28,7 @@ from supervisor.preflight import (
     checked_as,
     resolve_python,
     tmp_mb_unenforced,
+    writable_code,
     writable_imports,
 )
 from supervisor.schedule import load_zone
@@ -92,8 +93,12 @@ def check(config: Config, *, now: float | None = None) -> Report:
         imports_as = checked_as(config)
     if imports_as is not None and imports_as[0] != 0:  # root (allowed) may write anything
         try:
-            if (problem := writable_imports(config.supervisor.preload, imports_as)) is not None:
-                report.problems.append(problem)
+            for problem in (
+                writable_imports(config.supervisor.preload, imports_as),
+                writable_code(config, imports_as),
+            ):
+                if problem is not None:
+                    report.problems.append(problem)
         except AccessCheckError as exc:
             report.problems.append(f"run_as = {config.supervisor.run_as!r}: {exc}")
     for actor in config.actors.values():

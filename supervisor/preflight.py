@@ -105,8 +105,13 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
                 )
             if "fork" in modes:
                 _warn_if_stdlib_hidden(user, check_as)
-            if check_as[0] != 0 and (unsafe := writable_imports(settings.preload, check_as)):
-                raise StartupError(unsafe)
+            if check_as[0] != 0:
+                for unsafe in (
+                    writable_imports(settings.preload, check_as),
+                    writable_code(config, check_as),
+                ):
+                    if unsafe is not None:
+                        raise StartupError(unsafe)
         python = resolve_python(settings.python, check_as, needed="exec" in modes)
     except AccessCheckError as exc:
         raise StartupError(f"run_as = {user!r}: {exc}") from exc
@@ -151,6 +156,27 @@ def writable_imports(preload: tuple[str, ...], run_as: tuple[int, int]) -> str |
         "the runs' user can change code this supervisor imports as root (a script could plant "
         "a module there and take over the supervisor); make these writable by root only "
         "(chmod go-w), or start from another folder:\n  " + "\n  ".join(found)
+    )
+
+
+def writable_code(config: Config, run_as: tuple[int, int]) -> str | None:
+    """Why one run could change what other runs execute, if it could: the runs' user can write
+    an actor's script or its folder (where a run would rewrite a helper module, or plant a
+    ``.pyc`` in ``__pycache__``: invisible to drift, which hashes the sources, and run by the
+    next actor that imports it -- under another uid).
+
+    :raises AccessCheckError: the check could not switch to that user.
+    """
+    places: set[str] = set()
+    for actor in config.actors.values():
+        folder = os.path.dirname(str(actor.script))
+        places.update((str(actor.script), folder, os.path.join(folder, "__pycache__")))
+    if not (found := writable_places(places, *run_as)):
+        return None
+    return (
+        "the runs' user can change actors' code (a run could rewrite a script or a helper "
+        "module, or plant a .pyc in __pycache__, that another actor's runs then execute); "
+        "make these writable by root only (chmod go-w):\n  " + "\n  ".join(found)
     )
 
 
