@@ -24,6 +24,7 @@ from protocol.codec import MAX_BODY_BYTES, encode
 from protocol.fields import MAX_TEXT
 from protocol.messages import Result, Run, Rusage
 from protocol.outcomes import Reason, RunStatus
+from workers.atfork import fork_without_hooks
 from workers.classify import classify
 from workers.sandbox import EXIT_SANDBOX, NOTE_MAX, Order, Sandbox, split_code_note
 
@@ -199,8 +200,11 @@ class Spare:
                 os.close(fd)
 
 
-def fork_spare(sandbox: Sandbox) -> Spare:
+def fork_spare(sandbox: Sandbox, *, without_hooks: bool = False) -> Spare:
     """Fork a child that detaches and waits for its run; it never comes back.
+
+    ``without_hooks``: fork as :func:`workers.atfork.fork_without_hooks` does (the caller has
+    one thread); a fork-mode run then catches up on what it needs.
 
     :raises OSError: when descriptors or the fork itself are not available; nothing leaks.
     """
@@ -218,10 +222,12 @@ def fork_spare(sandbox: Sandbox) -> Spare:
         run_fd = os.memfd_create("actor-run", os.MFD_CLOEXEC)  # written by us, read by it
         parent_fds.append(run_fd)
         stdin, out_w, err_w, note_w, go = child_fds
-        pid = os.fork()
+        pid = fork_without_hooks() if without_hooks else os.fork()
         if pid == 0:
             try:
-                sandbox.wait_and_run(stdin, out_w, err_w, note_w, go, run_fd)
+                sandbox.wait_and_run(
+                    stdin, out_w, err_w, note_w, go, run_fd, owes_hooks=without_hooks
+                )
             finally:
                 os._exit(EXIT_SANDBOX)
     except BaseException:

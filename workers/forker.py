@@ -25,6 +25,7 @@ import traceback
 from collections import deque
 from typing import Any
 
+from workers.atfork import single_threaded
 from workers.flight import Reaped, Spare, fork_spare
 from workers.sandbox import LAUNCHER_SIGNALS, RUN_FD, Sandbox
 
@@ -83,6 +84,7 @@ class Forker:
         sandbox.harden()  # inherited by every child: no per-run cost
         sandbox.enter_forker_namespace()  # likewise: see there
         self._sandbox = sandbox
+        self._without_hooks = single_threaded()  # it is, unless a preload hook started one
         self._sock = sock
         self._uid_sweep = uid_sweep
         self._live: set[int] = set()  # children forked and not yet reaped: spares and runs
@@ -129,7 +131,7 @@ class Forker:
 
     def _fork_spare(self) -> None:
         try:
-            spare = fork_spare(self._sandbox)
+            spare = fork_spare(self._sandbox, without_hooks=self._without_hooks)
         except OSError as exc:
             self._tell(NO_SPARE + str(exc).encode("utf-8", "replace")[:1000])
             return

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
 from protocol.messages import Run
+from workers.atfork import catch_up_in_child
 from workers.preload import DEFAULT_PRELOAD
 from workers.script_main import BOOTSTRAP, MAGIC, Modules, module_name, run_main
 
@@ -261,7 +262,15 @@ class Sandbox:
         )
 
     def wait_and_run(
-        self, stdin: int, stdout: int, stderr: int, status: int, go: int, run_fd: int
+        self,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        status: int,
+        go: int,
+        run_fd: int,
+        *,
+        owes_hooks: bool = False,
     ) -> NoReturn:
         """The whole life of a spare from its fork on; never returns.
 
@@ -274,6 +283,8 @@ class Sandbox:
         mounts for the private tmpfs; network), user, cwd,
         environment, then exec or the script itself.
         The run arrives as an :class:`Order`, already validated by the worker and the launcher.
+        ``owes_hooks``: forked without at-fork hooks, so a fork-mode script gets
+        :func:`workers.atfork.catch_up_in_child` first.
         """
         note_fd = status
         step = "session"
@@ -292,7 +303,11 @@ class Sandbox:
             os.close(GO_FD)
             _write_all(0, run.input_json.encode())  # pwrite: the offset stays at 0 for the script
             step = "signals"
-            _python_signals(fork_mode=run.mode == "fork" and not run.argv)
+            fork_script = run.mode == "fork" and not run.argv
+            _python_signals(fork_mode=fork_script)
+            if owes_hooks and fork_script:
+                step = "at-fork hooks"
+                catch_up_in_child()
             step = "script"  # stored code before the switch: it is private to the supervisor
             source, code, modules = _read_stored(run) if run.stored else (b"", b"", {})
             step = "limits"

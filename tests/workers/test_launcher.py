@@ -757,6 +757,19 @@ def test_sigterm_and_sighup_leave_the_launcher_and_its_runs_alone(
     own_launcher.close()
 
 
+@pytest.mark.timeout(30)
+def test_fork_mode_runs_draw_their_own_random_numbers(launcher: Launcher, public_tmp: Path) -> None:
+    """random is in the launcher (tempfile imports it), so every spare inherits one state; the
+    spares are forked without at-fork hooks, and each run must still be reseeded."""
+    script = write_script(
+        public_tmp,
+        "draw.py",
+        "import random; print(random.getrandbits(62))",
+    )
+    draws = [run_script(launcher, make_run(script, "fork")).output for _ in range(3)]
+    assert len(set(draws)) == 3, draws
+
+
 MODULES_SEEN = """\
 import json, sys
 print(json.dumps({name: name in sys.modules for name in ("colorsys", "wave")}))
