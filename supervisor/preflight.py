@@ -10,10 +10,10 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from supervisor.code.sync import OTHERS, RunsAs
-from supervisor.config import Config
+from supervisor.config import ActorConfig, Config
 from supervisor.errors import StartupError
 from workers.access import (
     AccessCheckError,
@@ -23,6 +23,7 @@ from workers.access import (
     unreadable_scripts_from_threads,
     unrunnable_python,
     writable_places,
+    writable_places_from_threads,
 )
 from workers.sandbox import SandboxConfig, private_tmp_available
 
@@ -167,11 +168,20 @@ def writable_code(config: Config, run_as: tuple[int, int]) -> str | None:
 
     :raises AccessCheckError: the check could not switch to that user.
     """
+    return _writable_code_message(writable_places(code_places(config.actors.values()), *run_as))
+
+
+def code_places(actors: Iterable[ActorConfig]) -> set[str]:
+    """Each actor's script, its folder and that folder's ``__pycache__``."""
     places: set[str] = set()
-    for actor in config.actors.values():
+    for actor in actors:
         folder = os.path.dirname(str(actor.script))
         places.update((str(actor.script), folder, os.path.join(folder, "__pycache__")))
-    if not (found := writable_places(places, *run_as)):
+    return places
+
+
+def _writable_code_message(found: list[str]) -> str | None:
+    if not found:
         return None
     return (
         "the runs' user can change actors' code (a run could rewrite a script or a helper "
@@ -310,16 +320,17 @@ def resolve_python(configured: str | None, run_as: tuple[int, int] | None, *, ne
 
 
 def check_reloaded_scripts(old: Config, new: Config, sandbox: SandboxConfig) -> None:
-    """At a reload, new or moved scripts must exist and be readable by the sandbox user, as at
-    start-up. (An unchanged path whose file is gone is no error: the actor keeps its stored
-    code.) :raises StartupError: naming the files.
+    """At a reload, new or moved scripts must exist and be readable by the sandbox user, and
+    out of its reach (:func:`writable_code`), as at start-up. (An unchanged path whose file is
+    gone is no error: the actor keeps its stored code.) :raises StartupError: naming the files.
     """
     fresh = [
-        str(a.script)
+        a
         for name, a in new.actors.items()
         if name not in old.actors or old.actors[name].script != a.script
     ]
-    if missing := [path for path in fresh if not os.path.isfile(path)]:
+    paths = [str(a.script) for a in fresh]
+    if missing := [path for path in paths if not os.path.isfile(path)]:
         raise StartupError("no such file: " + ", ".join(repr(path) for path in missing))
     user = sandbox_user(sandbox)
     if user is None or not fresh:
@@ -330,12 +341,15 @@ def check_reloaded_scripts(old: Config, new: Config, sandbox: SandboxConfig) -> 
     failures: list[str] = []
     for python in dict.fromkeys([sandbox.python, *_all_on_path("python3")]):
         try:
-            problems = unreadable_scripts_from_threads(python, fresh, *user)
+            problems = unreadable_scripts_from_threads(python, paths, *user)
+            writable = writable_places_from_threads(python, code_places(fresh), *user)
         except AccessCheckError as exc:
             failures.append(str(exc))
             continue
         if problems:
             raise StartupError("the sandbox user cannot read: " + "; ".join(problems))
+        if user[0] != 0 and (unsafe := _writable_code_message(writable)) is not None:
+            raise StartupError(unsafe)
         return
     raise StartupError("; ".join(failures))
 

@@ -47,40 +47,100 @@ def unexecutable(paths: Iterable[str], uid: int, gid: int) -> list[str]:
     return _check_as(uid, gid, [os.path.abspath(p) for p in paths], _exec_problems)
 
 
-_CHECK_SCRIPTS = """
-import json, os, sys
-found = []
-for path in sys.argv[1:]:
+# The checks themselves, as source: run in a child forked from here (:func:`_check_as`), or,
+# from a process that already has threads (a reload), by a fresh interpreter the kernel starts
+# as the user (:func:`_check_from_threads`) -- perhaps another Python, which cannot import ours.
+_CHECKS = """\
+import os
+
+
+def script_problems(path):
+    problems = []
     try:
-        os.close(os.open(path, os.O_RDONLY))
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     except FileNotFoundError:
-        found.append([path, "this file does not exist (or is hidden from it)"])
+        problems.append("this file does not exist (or is hidden from it)")
     except OSError:
-        found.append([path, "cannot read this file"])
+        problems.append("cannot read this file")
     folder = os.path.dirname(path)
     if not os.access(folder, os.R_OK | os.X_OK):
-        found.append([path, "cannot list and enter its folder " + folder])
-print(json.dumps(found))
+        problems.append("cannot list and enter its folder " + folder)
+    return problems
+
+
+def write_problems(path):
+    found = path
+    while not os.path.lexists(found) and found != os.path.dirname(found):
+        found = os.path.dirname(found)
+    if os.access(found, os.W_OK | (os.X_OK if os.path.isdir(found) else 0)):
+        if found == path:
+            return ["can write to it"]
+        return ["can create it (it can write to %s)" % found]
+    # A folder above it that the user can write lets it rename what lies below, root's or not,
+    # and put its own in its place -- unless the folder is sticky (/tmp): then only its own
+    # entries, or all of them when the folder is its own.
+    child, parent = found, os.path.dirname(found)
+    while parent != child:
+        writable, sticky, owned = _folder(parent)
+        if writable and (not sticky or owned or os.lstat(child).st_uid == os.getuid()):
+            name = os.path.basename(child)
+            return ["can replace it (it can rename %s in %s)" % (name, parent)]
+        child, parent = parent, os.path.dirname(parent)
+    return []
+
+
+_folders = {}  # a folder's answer, once per check: paths share most of their parents
+
+
+def _folder(path):
+    if path not in _folders:
+        st = os.stat(path)
+        _folders[path] = (
+            os.access(path, os.W_OK | os.X_OK),
+            bool(st.st_mode & 0o1000),  # S_ISVTX
+            st.st_uid == os.getuid(),
+        )
+    return _folders[path]
 """
+_REPORT = """
+import json, sys
+check = globals()[sys.argv[1]]
+print(json.dumps([[path, msg] for path in sys.argv[2:] for msg in check(path)]))
+"""
+_checks: dict[str, Callable[[str], list[str]]] = {}
+exec(compile(_CHECKS, "<access checks>", "exec"), _checks)  # our own text
+_script_problems = _checks["script_problems"]
+_write_problems = _checks["write_problems"]
 
 
 def unreadable_scripts_from_threads(
     python: str, paths: Iterable[str], uid: int, gid: int
 ) -> list[str]:
-    """:func:`unreadable_scripts` for a process that already has threads (a reload).
+    """:func:`unreadable_scripts` for a process that already has threads (a reload)."""
+    return _check_from_threads(python, uid, gid, paths, "script_problems")
 
-    Forking a threaded process is unsafe, so the check runs in a fresh ``python`` (one the
-    user can run) that the kernel starts as that user; it costs an interpreter start.
-    """
+
+def writable_places_from_threads(
+    python: str, paths: Iterable[str], uid: int, gid: int
+) -> list[str]:
+    """:func:`writable_places` for a process that already has threads (a reload)."""
+    return _check_from_threads(python, uid, gid, paths, "write_problems")
+
+
+def _check_from_threads(
+    python: str, uid: int, gid: int, paths: Iterable[str], check: str
+) -> list[str]:
+    """Forking a threaded process is unsafe, so the check runs in a fresh ``python`` (one the
+    user can run) that the kernel starts as that user; it costs an interpreter start."""
     import subprocess
 
-    paths = [os.path.abspath(p) for p in paths]
+    paths = sorted({os.path.abspath(p) for p in paths})
     if not paths:
         return []
     switch = os.geteuid() == 0 or (uid, gid) != (os.getuid(), os.getgid())
     try:
         done = subprocess.run(
-            [python, "-c", _CHECK_SCRIPTS, *paths],
+            [python, "-c", _CHECKS + _REPORT, check, *paths],
             capture_output=True,
             timeout=60,
             cwd="/",
@@ -126,34 +186,12 @@ def _python_problems(python: str) -> list[str]:
     return []
 
 
-def _script_problems(path: str) -> list[str]:
-    problems: list[str] = []
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-    except FileNotFoundError:
-        problems.append("this file does not exist (or is hidden from it)")
-    except OSError:
-        problems.append("cannot read this file")
-    folder = os.path.dirname(path)
-    if not os.access(folder, os.R_OK | os.X_OK):
-        problems.append(f"cannot list and enter its folder {folder}")
-    return problems
-
-
 def writable_places(paths: Iterable[str], uid: int, gid: int) -> list[str]:
     """Messages for each path user ``uid`` could change: a file it can write, a folder it can
-    create files in, or -- a path that does not exist -- the first folder above it that it can
-    create the path in. Empty when it can change none of them."""
+    create files in, a path that does not exist that it can create, or a path below a folder
+    where it could rename the path (or a folder on the way) and put its own in its place.
+    Empty when it can change none of them."""
     return _check_as(uid, gid, sorted({os.path.abspath(p) for p in paths}), _write_problems)
-
-
-def _write_problems(path: str) -> list[str]:
-    found = path
-    while not os.path.lexists(found) and found != os.path.dirname(found):
-        found = os.path.dirname(found)
-    if not os.access(found, os.W_OK | (os.X_OK if os.path.isdir(found) else 0)):
-        return []
-    return ["can write to it" if found == path else f"can create it (it can write to {found})"]
 
 
 def _exec_problems(path: str) -> list[str]:

@@ -86,30 +86,35 @@ def test_a_run_cannot_change_the_code_another_actors_runs_execute(
 
 
 @as_root
-@pytest.mark.parametrize("writable", ["scripts", "scripts/__pycache__"])
+@pytest.mark.parametrize("writable", ["scripts", "scripts/__pycache__", "code"])
 def test_start_and_check_refuse_code_folders_the_runs_could_write(
     public_tmp: Path, supervisors: Start, writable: str
 ) -> None:
-    """A scripts folder (or its ``__pycache__``) the runs' user may write: ``start`` refuses
-    before any run, ``check`` reports it, and made root's alone again it starts."""
-    write_script(public_tmp, "helper.py", HELPER)
-    write_script(public_tmp, "victim.py", VICTIM)
-    write_script(public_tmp, "attacker.py", "print('{}')")
+    """A scripts folder (or its ``__pycache__``) the runs' user may write, or the folder above
+    it (where a run would rename ``scripts`` away and make its own): ``start`` refuses before
+    any run, ``check`` reports it, and made root's alone again it starts."""
+    home = public_tmp / "code" if writable == "code" else public_tmp  # "code": scripts' parent
+    home.mkdir(exist_ok=True)
+    write_script(home, "helper.py", HELPER)
+    write_script(home, "victim.py", VICTIM)
+    write_script(home, "attacker.py", "print('{}')")
     place = public_tmp / writable
     place.mkdir(exist_ok=True)
     place.chmod(0o777)
-    sup = supervisors(ACTORS, wait_ready=False)
+    actors = ACTORS.replace('"scripts/', '"code/scripts/') if writable == "code" else ACTORS
+    sup = supervisors(actors, wait_ready=False)
     wait_for(lambda: sup.proc.poll() is not None, 60, "the supervisor to refuse to start")
     assert sup.proc.returncode != 0
     assert "the runs' user can change actors' code" in sup.log(), sup.log()
-    assert f"{place}: user" in sup.log()
+    named = f"(it can rename scripts in {place})" if writable == "code" else f"{place}: user"
+    assert named in sup.log()
     config = str(sup.config_path)
     checked = subprocess.run(
         [sys.executable, "-m", "supervisor.cli", "check", "--json", "--config", config],
         capture_output=True, text=True, timeout=120, cwd=public_tmp,
     )  # fmt: skip
     report = orjson.loads(checked.stdout)
-    assert not report["ok"] and any(f"{place}: user" in p for p in report["problems"]), report
+    assert not report["ok"] and any(named in p for p in report["problems"]), report
     place.chmod(0o755)
     started = supervisors(config=sup.config_path, workers=2)
     assert started.status()["workers"]

@@ -112,8 +112,15 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(
         "broken TOML": "[[actors]\nname = ",
         "a missing script": _actor("ticker", 0.5).replace("echo.py", "nowhere.py"),
     }
+    open_folder = public_tmp / "open"  # a run could plant a helper or a .pyc there
+    open_folder.mkdir()
+    write_script(open_folder, "echo.py", ECHO)
+    open_folder.chmod(0o777)
     if os.geteuid() == 0:  # scripts run as `nobody`, checked at reload as at start-up
         invalid["an unreadable script"] = _actor("ticker", 0.5).replace("echo.py", "private.py")
+        invalid["a script the runs could change"] = _actor("ticker", 0.5) + _actor(
+            "opened", 0.5
+        ).replace("scripts/echo.py", "open/scripts/echo.py")
     for number, actors in enumerate(invalid.values()):
         _rewrite(sup, actors)
         _hup(sup, rejected, number)
@@ -125,6 +132,8 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(
             "the sandbox user cannot read: " in log
             and f"private.py: user #{session_uids()[0]}" in log
         )
+        assert "the runs' user can change actors' code" in log
+        assert f"(it can rename scripts in {open_folder})" in log
     assert sup.proc.poll() is None
     status = sup.status()
     assert [a["name"] for a in status["actors"]] == ["ticker"]
