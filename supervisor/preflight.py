@@ -25,7 +25,7 @@ from workers.access import (
     writable_places,
     writable_places_from_threads,
 )
-from workers.sandbox import SandboxConfig, private_tmp_available
+from workers.sandbox import SandboxConfig, private_tmp_available, processes_hidable
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,20 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
         run_uids=run_uids,
         kill_grace_s=settings.kill_grace_s,
         python=python,
+        hide_processes=_hides_processes(),
     )
+
+
+def _hides_processes() -> bool:
+    """Whether runs' /proc will hide other users' processes; a warning as root when not."""
+    hidden = processes_hidable()
+    if not hidden and os.geteuid() == 0:
+        log.warning(
+            "runs see every process in /proc, command lines included (this kernel cannot "
+            "mount a /proc with hidepid=invisible: Linux 5.8 or later): keep secrets off "
+            "command lines"
+        )
+    return hidden
 
 
 def checked_as(config: Config) -> tuple[int, int] | None:

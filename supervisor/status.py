@@ -93,6 +93,7 @@ def protections(sandbox: SandboxConfig) -> dict[str, bool]:
         "network_none_available": root,
         "private_tmp": private_tmp_available(),  # tmp_mb: a tmpfs of its own per run
         "private_ipc": private_tmp_available(),  # System V IPC and POSIX queues of its own
+        "hidden_processes": sandbox.hide_processes,  # /proc shows a run its own user's only
         "pristine_fork": True,  # fork-mode runs are forked from a process that saw no run
         "orphans_by_uid": bool(sandbox.run_uids),  # else by session, which a script can leave
     }

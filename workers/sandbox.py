@@ -52,9 +52,11 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19
+HIDEPID = "hidepid=invisible"  # each run's /proc shows its own user's processes only
 # The shared scratch folders a run could fill the host's disk (or memory) through: with a tmp_mb
 # limit they are one private tmpfs of that size, the first mounted and the others bound to it.
 TMP_ROOTS: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
@@ -137,6 +139,8 @@ class SandboxConfig:
     heartbeat_timeout_s: float = 30.0  # the worker replaces a launcher silent for this long
     python: str = sys.executable  # interpreter for exec mode
     preload: tuple[str, ...] = DEFAULT_PRELOAD  # imported by the launcher: fork mode starts warm
+    hide_processes: bool = False  # runs' /proc shows their own user's processes only (see
+    # processes_hidable: the supervisor tried it at start-up)
 
 
 class Sandbox:
@@ -146,7 +150,7 @@ class Sandbox:
     """
 
     __slots__ = (
-        "_base_env", "_caps", "_compiled", "_hard", "_ids", "_keep", "_keep_tops", "_libc",
+        "_base_env", "_caps", "_compiled", "_hard", "_hide", "_ids", "_keep", "_keep_tops", "_libc",
         "_mounts", "_namespaces", "_python", "_tmp_roots",
     )  # fmt: skip
 
@@ -177,6 +181,7 @@ class Sandbox:
         self._namespaces = private_tmp_available()
         self._tmp_roots = tuple(root for root in TMP_ROOTS if os.path.isdir(root))
         self._mounts = self._namespaces and "/tmp" in self._tmp_roots
+        self._hide = config.hide_processes and self._mounts
         # The interpreter (exec mode, subprocesses) stays reachable even if it lives in /tmp.
         self._keep_tops = _tops(
             tuple(p for p in (self._python, sys.prefix, sys.base_prefix, *sys.path) if p),
@@ -394,6 +399,8 @@ class Sandbox:
         if self._mounts:
             self._mount_call("unshare", self._libc.unshare(CLONE_NEWNS))
             self._mount(None, "/", None, MS_REC | MS_SLAVE)
+            if self._hide:
+                _mount_hiding_proc(self._libc)
 
     def _unshare(self, order: Order, *, mounts: bool) -> None:
         """The run's namespaces, in one unshare() (root, before the switch).
@@ -563,6 +570,49 @@ def _last_capability() -> int:
             return int(f.read())
     except (OSError, ValueError):
         return 40  # CAP_CHECKPOINT_RESTORE, the last one as of Linux 5.9
+
+
+def processes_hidable() -> bool:
+    """Whether runs can get a /proc of their own that shows a process only to its own user
+    (``hidepid=invisible``). In the host's, every command line is readable, the supervisor's
+    included -- with a database password on it, if the operator put one there -- and so are
+    another actor's runs. Tried once, in a forked child, as the forker does it for every run
+    (:meth:`Sandbox.enter_forker_namespace`); call it before the process has threads. Needs
+    root and a kernel whose procfs mounts each have their own options (5.8): an older one
+    refuses the word ``invisible`` (a numeric ``hidepid`` there would reach the host's /proc).
+    """
+    if not private_tmp_available():
+        return False
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            # slaves first, as in the forker: else the new /proc would reach the host's
+            if (
+                libc.unshare(CLONE_NEWNS) == 0
+                and libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None) == 0
+            ):
+                _mount_hiding_proc(libc)
+                status = 0
+        except BaseException:
+            pass
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _mount_hiding_proc(libc: ctypes.CDLL) -> None:
+    """A new /proc over the old, in a mount namespace of our own whose mounts are slaves.
+
+    Root (the forker, the launcher) still sees every process.
+    :raises OSError: the kernel refused.
+    """
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if libc.mount(b"proc", b"/proc", b"proc", flags, HIDEPID.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount /proc ({HIDEPID}): {os.strerror(err)}")
 
 
 def private_tmp_available() -> bool:
