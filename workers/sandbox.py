@@ -50,6 +50,17 @@ PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
+# keyctl(2): no binding in the os module; its number where we know it (x86-64, and the
+# architectures of the generic table: arm64, riscv64, loongarch64).
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "loongarch64": 219}.get(
+    os.uname().machine
+)
+KEYCTL_JOIN_SESSION_KEYRING = 1
+KEYCTL_CLEAR = 7
+KEYCTL_GET_PERSISTENT = 22
+KEY_SPEC_SESSION_KEYRING = -3
+KEY_SPEC_USER_KEYRING = -4
+KEY_SPEC_USER_SESSION_KEYRING = -5
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
@@ -327,7 +338,10 @@ class Sandbox:
                 step = "network"
                 _loopback_up()
             step = "user"
+            launcher_uid = os.getuid()
             self._become_user(run.uid)
+            step = "keyrings"
+            self._fresh_keyrings(own_user=os.getuid() != launcher_uid)
             step = "cwd"  # after the switch: the folder must be enterable by the run's user
             os.chdir(run.cwd)
             if run.argv:
@@ -494,6 +508,27 @@ class Sandbox:
             os.setgroups([])
             os.setgid(self._ids[1])
             os.setuid(self._ids[0])
+
+    def _fresh_keyrings(self, *, own_user: bool) -> None:
+        """Kernel keyrings of the run's own, after the switch. Every process inherits its
+        parent's session keyring and may read what root put there (a login's, or ``keyctl add
+        ... @s``); and a uid's user keyrings and persistent keyring outlive its processes, so a
+        run could leave keys there for the next run given the same uid, another actor's. So:
+        a new anonymous session keyring, and (when the run has a user of its own, never ours)
+        those of its uid emptied. Where keyctl is missing or forbidden (a seccomp profile),
+        scripts cannot reach any keyring either, and there is nothing to do."""
+        if _SYS_KEYCTL is None:
+            return
+        keyctl = self._libc.syscall
+        if keyctl(_SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+            return
+        if not own_user:
+            return  # the launcher's own user (not root, or root runs): its keyrings stay
+        for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
+            keyctl(_SYS_KEYCTL, KEYCTL_CLEAR, ring)
+        persistent = keyctl(_SYS_KEYCTL, KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_SESSION_KEYRING)
+        if persistent > 0:  # linked into the new session keyring: gone with the run
+            keyctl(_SYS_KEYCTL, KEYCTL_CLEAR, persistent)
 
     def _prctl(self, option: int, arg: int) -> None:
         """prctl through libc (ctypes): the os module has no binding for it."""
