@@ -10,6 +10,7 @@ its own dies when the next command of that uid starts. A range with no uid left 
 commands is refused at start-up.
 """
 
+import ctypes
 import os
 import resource
 import subprocess
@@ -26,7 +27,7 @@ from tests.helpers import wait_for
 from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
 from tests.supervisor.test_alerts import FAILING, SYSTEM_PYTHON
 from workers.confine import command
-from workers.sandbox import EXIT_SANDBOX
+from workers.sandbox import _SYS_KEYCTL, EXIT_SANDBOX
 
 Start = Callable[..., RunningSupervisor]
 
@@ -57,6 +58,11 @@ SPY = """\
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(os.path.join(state, "control.sock"))
 
+    def keyring_id():  # KEYCTL_GET_KEYRING_ID of @s, without creating one; None: no keyctl
+        import ctypes
+        number = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+        return ctypes.CDLL(None).syscall(number, 0, -3, 0) if number else None
+
     status = dict(
         line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line
     )
@@ -77,6 +83,7 @@ SPY = """\
             for name in ("AS", "NOFILE", "NPROC", "FSIZE", "CORE")
         },
         "ipc": os.readlink("/proc/self/ns/ipc"),
+        "session_keyring": keyring_id(),
         "cwd": os.getcwd(),
         "home": os.environ.get("HOME"),
         "event": os.environ.get("ACTOR_SUPERVISOR_ALERT_EVENT"),
@@ -138,6 +145,14 @@ def _alerts(sup: RunningSupervisor, destination: str) -> list[AlertRecord]:
         store.close()
 
 
+def _new_session_keyring() -> int | None:
+    """Join a new session keyring (this test process's own); its id, or None without keyctl."""
+    if _SYS_KEYCTL is None:
+        return None
+    ring: int = ctypes.CDLL(None).syscall(_SYS_KEYCTL, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING
+    return ring if ring > 0 else None
+
+
 def _fail(sup: RunningSupervisor, actor: str) -> None:
     with sup.client() as client:
         outcome = client.submit(actor, {}, wait=True)
@@ -149,6 +164,7 @@ def _fail(sup: RunningSupervisor, actor: str) -> None:
 def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
     public_tmp: Path, supervisors: Start
 ) -> None:
+    ours = _new_session_keyring()  # the supervisor inherits it, as a login's
     write_script(public_tmp, "failing.py", FAILING)
     write_script(public_tmp, "sleeper.py", SLEEPER)
     spy = write_script(public_tmp, "spy.py", SPY)
@@ -209,6 +225,8 @@ def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
         "FSIZE": list(resource.getrlimit(resource.RLIMIT_FSIZE)),  # "unlimited": ours, inherited
     }  # fmt: skip
     assert report["ipc"] != os.readlink(f"/proc/{sup.proc.pid}/ns/ipc")  # System V IPC: its own
+    if ours is not None:  # a session keyring of its own, not the supervisor's
+        assert report["session_keyring"] not in (ours, None), report["session_keyring"]
     assert (report["cwd"], report["home"], report["event"]) == ("/", "/", "run_failed")
     for hostile in ("state", "control", "database", "kill_supervisor", "kill_run"):
         assert report[hostile].startswith("denied"), (hostile, report[hostile])
