@@ -26,6 +26,7 @@ from supervisor.errors import ConfigError, StartupError
 from supervisor.preflight import (
     alert_uid_problem,
     checked_as,
+    exposed_secrets,
     resolve_python,
     tmp_mb_unenforced,
     writable_code,
@@ -96,6 +97,7 @@ def check(config: Config, *, now: float | None = None) -> Report:
             for problem in (
                 writable_imports(config.supervisor.preload, imports_as),
                 writable_code(config, imports_as),
+                exposed_secrets(config, imports_as),
             ):
                 if problem is not None:
                     report.problems.append(problem)

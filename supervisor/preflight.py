@@ -15,8 +15,10 @@ from collections.abc import Iterable, Iterator
 from supervisor.code.sync import OTHERS, RunsAs
 from supervisor.config import ActorConfig, Config
 from supervisor.errors import StartupError
+from supervisor.store.urls import has_password
 from workers.access import (
     AccessCheckError,
+    readable_places,
     resolve_user,
     unexecutable,
     unreadable_scripts,
@@ -110,6 +112,7 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
                 for unsafe in (
                     writable_imports(settings.preload, check_as),
                     writable_code(config, check_as),
+                    exposed_secrets(config, check_as),
                 ):
                     if unsafe is not None:
                         raise StartupError(unsafe)
@@ -182,6 +185,60 @@ def writable_code(config: Config, run_as: tuple[int, int]) -> str | None:
     :raises AccessCheckError: the check could not switch to that user.
     """
     return _writable_code_message(writable_places(code_places(config.actors.values()), *run_as))
+
+
+def exposed_secrets(config: Config, run_as: tuple[int, int]) -> str | None:
+    """Why a run could take this supervisor's secrets or its configuration, if it could: the
+    runs' user can read a file holding a secret (the configuration file when it holds one, the
+    HTTP token, the CURVE secret key, the PostgreSQL password file), or change the
+    configuration file (an actor of its own, ``run_as = "root"``, at the next start).
+
+    :raises AccessCheckError: the check could not switch to that user.
+    """
+    secrets = secret_files(config)
+    found = readable_places(secrets, *run_as)
+    if config.path is not None:
+        found += writable_places([str(config.path)], *run_as)
+    if not found:
+        return None
+    held = "".join(f"\n  {path}: {what}" for path, what in sorted(secrets.items()))
+    return (
+        "the runs' user can read a secret of this supervisor or change its configuration (a "
+        "run would take the store's password and forge or read every run); make these "
+        "readable and writable by root only (chmod 600, chmod go-w on their folders):\n  "
+        + "\n  ".join(found)
+        + (f"\nwhat they hold:{held}" if held else "")
+    )
+
+
+def secret_files(config: Config) -> dict[str, str]:
+    """The files that hold a secret of ours, and what: the configuration file (a database
+    password, alert webhooks, signing secrets or headers), ``http_token_file``, the CURVE
+    secret key, and PostgreSQL's password and service files."""
+    s = config.supervisor
+    found: dict[str, str] = {}
+    if config.path is not None:
+        held = []
+        if config.sources.get("database") == "file" and has_password(s.database):
+            held.append("a database password")
+        if any(a.webhook or a.secret or a.headers for a in config.alerts):
+            held.append("alert webhooks (their URLs, secrets, headers)")
+        if held:
+            found[str(config.path)] = ", ".join(held)
+    if s.http_token_file is not None:
+        found[str(s.http_token_file)] = "the HTTP token"
+    if s.control_curve_secret_key is not None:
+        found[str(s.control_curve_secret_key)] = "the control socket's CURVE secret key"
+    for variable, what in (
+        ("PGPASSFILE", "PostgreSQL passwords"),
+        ("PGSERVICEFILE", "PostgreSQL services"),
+    ):
+        if value := os.environ.get(variable):
+            found[value] = what
+    pgpass = os.path.expanduser("~/.pgpass")
+    if "PGPASSFILE" not in os.environ and os.path.exists(pgpass):
+        found[pgpass] = "PostgreSQL passwords"
+    return found
 
 
 def code_places(actors: Iterable[ActorConfig]) -> set[str]:

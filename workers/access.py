@@ -89,6 +89,10 @@ def write_problems(path):
     return []
 
 
+def read_problems(path):
+    return ["can read it"] if os.access(path, os.R_OK) else []
+
+
 _folders = {}  # a folder's answer, once per check: paths share most of their parents
 
 
@@ -111,6 +115,7 @@ _checks: dict[str, Callable[[str], list[str]]] = {}
 exec(compile(_CHECKS, "<access checks>", "exec"), _checks)  # our own text
 _script_problems = _checks["script_problems"]
 _write_problems = _checks["write_problems"]
+_read_problems = _checks["read_problems"]
 
 
 def unreadable_scripts_from_threads(
@@ -192,6 +197,11 @@ def writable_places(paths: Iterable[str], uid: int, gid: int) -> list[str]:
     where it could rename the path (or a folder on the way) and put its own in its place.
     Empty when it can change none of them."""
     return _check_as(uid, gid, sorted({os.path.abspath(p) for p in paths}), _write_problems)
+
+
+def readable_places(paths: Iterable[str], uid: int, gid: int) -> list[str]:
+    """Messages for each path user ``uid`` can read; empty when it can read none of them."""
+    return _check_as(uid, gid, sorted({os.path.abspath(p) for p in paths}), _read_problems)
 
 
 def _exec_problems(path: str) -> list[str]:

@@ -107,6 +107,7 @@ def start_http(
     extra = f'http_listen = "127.0.0.1:{port}"\n' + settings
     if token is not None:
         (folder / "token").write_text(token + "\n")
+        (folder / "token").chmod(0o600)  # start refuses a token file the runs could read
         extra += 'http_token_file = "token"\n'
     sup = start_supervisor(folder, actors_toml(folder), settings=extra, env=env)
     if token is None:

@@ -128,6 +128,7 @@ def start_supervisor(
         + "\n"
         + textwrap.dedent(actors)
     )
+    config.chmod(0o600)  # root's alone: start refuses one a run could read (if it holds a secret)
     return start_on_config(
         config, workers=workers, wait_ready=wait_ready, env=env, args=args, new_session=new_session
     )

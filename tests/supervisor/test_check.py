@@ -128,9 +128,13 @@ def test_the_deployment_example_configuration_passes_check(public_tmp: Path) -> 
     for path in [public_tmp / "scripts", *(public_tmp / "scripts").rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     (public_tmp / "s.toml").write_text((repo / "examples/deploy/supervisor.toml").read_text())
+    (public_tmp / "s.toml").chmod(0o600)  # its webhooks are secrets: the Dockerfile's mode
     result = _cli(public_tmp, "check", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [a["name"] for a in _report(result)["alerts"]] == ["chat", "incidents"]
+    assert "chmod 600 /srv/actor-supervisor/supervisor.toml" in (
+        repo / "examples/deploy/Dockerfile"
+    ).read_text()
     unit = (repo / "examples/deploy/actor-supervisor.service").read_text()
     for line in ("Type=notify", "KillMode=mixed", "WatchdogSec=", "ProtectSystem=strict",
                  "ReadWritePaths=/srv/actor-supervisor/state", "OOMScoreAdjust=-500"):  # fmt: skip

@@ -21,6 +21,7 @@ def _keys(folder: Path) -> dict[str, Path]:
     for name in ("server", "client", "stranger"):
         (keys / name).mkdir(parents=True)
         zmq.auth.create_certificates(keys / name, name)
+    (keys / "server" / "server.key_secret").chmod(0o600)  # start refuses one a run could read
     allowed = keys / "allowed"
     allowed.mkdir()
     (allowed / "client.key").write_bytes((keys / "client" / "client.key").read_bytes())
