@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 
 def tmp_mb_unenforced(config: Config) -> str | None:
     """Why some actors' ``tmp_mb`` will not hold, if it will not: their runs keep the host's
-    /tmp, /var/tmp and /dev/shm (a private tmpfs needs root, CAP_SYS_ADMIN)."""
+    /tmp, /var/tmp, /dev/shm and /run/lock (a private tmpfs needs root, CAP_SYS_ADMIN)."""
     limited = sorted(a.name for a in config.actors.values() if a.limits.tmp_mb is not None)
     if not limited or private_tmp_available():
         return None
     return (
         "tmp_mb is not enforced: a private tmpfs per run needs the supervisor to run as root "
-        "(CAP_SYS_ADMIN); runs share the host's /tmp, /var/tmp and /dev/shm; actors: "
+        "(CAP_SYS_ADMIN); runs share the host's /tmp, /var/tmp, /dev/shm and /run/lock; actors: "
         + ", ".join(limited)
     )
 

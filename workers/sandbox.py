@@ -70,7 +70,8 @@ MS_SLAVE = 1 << 19
 HIDEPID = "hidepid=invisible"  # each run's /proc shows its own user's processes only
 # The shared scratch folders a run could fill the host's disk (or memory) through: with a tmp_mb
 # limit they are one private tmpfs of that size, the first mounted and the others bound to it.
-TMP_ROOTS: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
+# Every folder anyone may write on a usual host (/var/lock is a link to /run/lock): a run's own.
+TMP_ROOTS: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 PRIVATE_TMPDIR = "/tmp/run"  # a run's TMPDIR in its tmpfs when the launcher's is not in /tmp
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -435,8 +436,8 @@ class Sandbox:
             raise OSError(err, f"unshare({flags:#x}): {os.strerror(err)}")
 
     def _private_tmp(self, order: Order) -> None:
-        """Give the run /tmp, /var/tmp and /dev/shm of its own: one fresh tmpfs of ``tmp_mb``
-        MiB in its mount namespace (made by :meth:`_unshare`), so that a script can fill
+        """Give the run /tmp, /var/tmp, /dev/shm and /run/lock of its own: one fresh tmpfs of
+        ``tmp_mb`` MiB in its mount namespace (made by :meth:`_unshare`), so that a script can fill
         neither the host's disk (the state folder's, often) nor another run's TMPDIR, and
         leaves nothing behind: the tmpfs goes with the namespace's last process.
 

@@ -34,12 +34,12 @@ MIB = 1 << 20
 FILL = f"""\
     import json, os, sys
     json.load(sys.stdin)
-    folders = ["/tmp", "/var/tmp", "/dev/shm", os.environ["TMPDIR"]]
+    folders = [*SCRATCH, os.environ["TMPDIR"]]
     chunk = b"x" * (256 << 10)
     written, i = 0, 0
     try:
         while written < {4 * TMP_MB * MIB}:
-            path = os.path.join(folders[i % 4], f"fill-{{i}}")
+            path = os.path.join(folders[i % len(folders)], f"fill-{{i}}")
             with open(path, "wb") as f:
                 written += f.write(chunk)
                 f.flush()
@@ -56,7 +56,7 @@ LOOK = """\
     import json, os, sys
     json.load(sys.stdin)
     tmpdir = os.environ["TMPDIR"]
-    found = {f: sorted(os.listdir(f)) for f in ("/var/tmp", "/dev/shm", tmpdir)}
+    found = {f: sorted(os.listdir(f)) for f in (*SCRATCH[1:], tmpdir)}
     found["/tmp"] = sorted(n for n in os.listdir("/tmp") if n.startswith("fill-"))
     st = os.statvfs("/tmp")
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -69,7 +69,7 @@ HOLD = """\
     import json, os, sys, time
     drop = json.load(sys.stdin)["drop"]
     tmpdir = os.environ["TMPDIR"]
-    for folder in (tmpdir, "/tmp", "/dev/shm"):
+    for folder in (tmpdir, *SCRATCH):
         with open(os.path.join(folder, "marker-holder"), "w") as f:
             f.write("secret")
     with open(os.path.join(drop, "holder.tmp"), "w") as f:
@@ -88,7 +88,7 @@ SEEK = """\
     request = json.load(sys.stdin)
     pid, tmpdir = request["pid"], request["tmpdir"]
     seen = []
-    for top in ("/tmp", "/var/tmp", "/dev/shm"):
+    for top in SCRATCH:
         for folder, _, files in os.walk(top):
             seen += [os.path.join(folder, n) for n in files if n == "marker-holder"]
     tries = {}
@@ -106,6 +106,15 @@ SEEK = """\
             tries["write " + path] = exc.strerror
     print(json.dumps({"seen": seen, "tries": tries}))
 """
+
+# The host's folders anyone may write, each a run's own: named in every script above, after
+# its imports. Listed here, not taken from the sandbox: this is what it must cover.
+SCRATCH = tuple(
+    root for root in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if os.path.isdir(root)
+)
+FILL, LOOK, HOLD, SEEK = (
+    script.replace("\n", f"\n    SCRATCH = {SCRATCH!r}\n", 1) for script in (FILL, LOOK, HOLD, SEEK)
+)
 
 # A command actor: the same fill from a shell, through the exec path of the sandbox.
 FILL_SH = f"""\
@@ -171,9 +180,9 @@ def _host_leftovers() -> list[str]:
     """Files of the fill scripts in the host's own scratch folders."""
     return [
         os.path.join(folder, name)
-        for folder in ("/tmp", "/var/tmp", "/dev/shm")
+        for folder in SCRATCH
         for name in os.listdir(folder)
-        if name.startswith("fill-")
+        if name.startswith("fill-") or name == "marker-holder"
     ]
 
 
@@ -189,7 +198,7 @@ def test_filling_every_scratch_folder_stops_at_tmp_mb_and_spares_the_host(
     assert "No space left on device" in outcome.stderr_tail, outcome.stderr_tail
     report = _report(outcome)
     assert report["errno"] == 28  # ENOSPC
-    # All four folders share one tmpfs of TMP_MB: about that much fits, not four times it.
+    # The scratch folders share one tmpfs of TMP_MB: about that much fits, not a multiple.
     assert (TMP_MB - 2) * MIB <= report["written"] <= TMP_MB * MIB, report
     # Nothing it wrote is on the host (not the host's free space, which parallel tests and
     # other processes move by more than TMP_MB: a flaky measure, where ENOSPC at TMP_MB and

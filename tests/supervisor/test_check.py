@@ -132,9 +132,10 @@ def test_the_deployment_example_configuration_passes_check(public_tmp: Path) -> 
     result = _cli(public_tmp, "check", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [a["name"] for a in _report(result)["alerts"]] == ["chat", "incidents"]
-    assert "chmod 600 /srv/actor-supervisor/supervisor.toml" in (
-        repo / "examples/deploy/Dockerfile"
-    ).read_text()
+    assert (
+        "chmod 600 /srv/actor-supervisor/supervisor.toml"
+        in (repo / "examples/deploy/Dockerfile").read_text()
+    )
     unit = (repo / "examples/deploy/actor-supervisor.service").read_text()
     for line in ("Type=notify", "KillMode=mixed", "WatchdogSec=", "ProtectSystem=strict",
                  "ReadWritePaths=/srv/actor-supervisor/state", "OOMScoreAdjust=-500"):  # fmt: skip
