@@ -212,7 +212,7 @@ def test_a_second_stop_signal_cuts_the_grace_period_short(
     with sup.client() as client:
         accepted = client.submit("stuck")
     assert isinstance(accepted, Accepted)
-    _held_by(sup, accepted.run_id)
+    _held_by(sup, accepted.run_id, trace)  # its start note written: the kill comes after
     sup.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "run(s) in flight get 60.0s to finish" in sup.log(), 30, "the first stop")
     started = time.monotonic()
