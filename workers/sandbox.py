@@ -52,7 +52,7 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 # keyctl(2): no binding in the os module; its number where we know it (x86-64, and the
 # architectures of the generic table: arm64, riscv64, loongarch64).
-_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "loongarch64": 219}.get(
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "loongarch64": 219}.get(
     os.uname().machine
 )
 KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -518,18 +518,18 @@ class Sandbox:
         a new anonymous session keyring, and (when the run has a user of its own, never ours)
         those of its uid emptied. Where keyctl is missing or forbidden (a seccomp profile),
         scripts cannot reach any keyring either, and there is nothing to do."""
-        if _SYS_KEYCTL is None:
+        if SYS_KEYCTL is None:
             return
         keyctl = self._libc.syscall
-        if keyctl(_SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        if keyctl(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
             return
         if not own_user:
             return  # the launcher's own user (not root, or root runs): its keyrings stay
         for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
-            keyctl(_SYS_KEYCTL, KEYCTL_CLEAR, ring)
-        persistent = keyctl(_SYS_KEYCTL, KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_SESSION_KEYRING)
+            keyctl(SYS_KEYCTL, KEYCTL_CLEAR, ring)
+        persistent = keyctl(SYS_KEYCTL, KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_SESSION_KEYRING)
         if persistent > 0:  # linked into the new session keyring: gone with the run
-            keyctl(_SYS_KEYCTL, KEYCTL_CLEAR, persistent)
+            keyctl(SYS_KEYCTL, KEYCTL_CLEAR, persistent)
 
     def _prctl(self, option: int, arg: int) -> None:
         """prctl through libc (ctypes): the os module has no binding for it."""

@@ -12,12 +12,12 @@ import pytest
 
 from tests.hostile.common import output_of
 from tests.supervisor.harness import RunningSupervisor, write_script
-from workers.sandbox import _SYS_KEYCTL
+from workers.sandbox import SYS_KEYCTL
 
 Start = Callable[..., RunningSupervisor]
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runs are another user only as root"),
-    pytest.mark.skipif(_SYS_KEYCTL is None, reason="keyctl's number unknown on this machine"),
+    pytest.mark.skipif(SYS_KEYCTL is None, reason="keyctl's number unknown on this machine"),
 ]
 
 KEYS = """\
@@ -49,7 +49,7 @@ for label, ring in rings.items():
         data = b"left by an earlier run"
         libc.syscall(ADD_KEY, b"user", ("planted-" + label).encode(), data, len(data), ring)
 print(json.dumps({"uid": os.getuid(), "found": found, "rings": sorted(rings)}))
-""".replace("SYS_KEYCTL", str(_SYS_KEYCTL))
+""".replace("SYS_KEYCTL", str(SYS_KEYCTL))
 
 ACTORS = """
 [[actors]]
@@ -65,10 +65,10 @@ script = "scripts/keys.py"
 def _join_new_session_keyring_with(name: str, secret: bytes) -> None:
     """This test process's own session keyring (a new one, not the CI's), holding a secret
     that the supervisor started next inherits, as it would a login's."""
-    assert _SYS_KEYCTL is not None
+    assert SYS_KEYCTL is not None
     libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.syscall(_SYS_KEYCTL, 1, None) > 0  # KEYCTL_JOIN_SESSION_KEYRING
-    added = libc.syscall(_SYS_KEYCTL - 2, b"user", name.encode(), secret, len(secret), -3)
+    assert libc.syscall(SYS_KEYCTL, 1, None) > 0  # KEYCTL_JOIN_SESSION_KEYRING
+    added = libc.syscall(SYS_KEYCTL - 2, b"user", name.encode(), secret, len(secret), -3)
     assert added > 0, ctypes.get_errno()
 
 

@@ -27,7 +27,7 @@ from tests.helpers import wait_for
 from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
 from tests.supervisor.test_alerts import FAILING, SYSTEM_PYTHON
 from workers.confine import command
-from workers.sandbox import _SYS_KEYCTL, EXIT_SANDBOX
+from workers.sandbox import EXIT_SANDBOX, SYS_KEYCTL
 
 Start = Callable[..., RunningSupervisor]
 
@@ -147,9 +147,9 @@ def _alerts(sup: RunningSupervisor, destination: str) -> list[AlertRecord]:
 
 def _new_session_keyring() -> int | None:
     """Join a new session keyring (this test process's own); its id, or None without keyctl."""
-    if _SYS_KEYCTL is None:
+    if SYS_KEYCTL is None:
         return None
-    ring: int = ctypes.CDLL(None).syscall(_SYS_KEYCTL, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING
+    ring: int = ctypes.CDLL(None).syscall(SYS_KEYCTL, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING
     return ring if ring > 0 else None
 
 
