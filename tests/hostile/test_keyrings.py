@@ -51,15 +51,9 @@ for label, ring in rings.items():
 print(json.dumps({"uid": os.getuid(), "found": found, "rings": sorted(rings)}))
 """.replace("SYS_KEYCTL", str(SYS_KEYCTL))
 
-ACTORS = """
-[[actors]]
-name = "first"
-script = "scripts/keys.py"
-
-[[actors]]
-name = "second"
-script = "scripts/keys.py"
-"""
+ACTORS = "".join(
+    f'[[actors]]\nname = "{name}"\nscript = "scripts/keys.py"\n' for name in ("first", "second")
+)  # two actors, one script: runs of different actors
 
 
 def _join_new_session_keyring_with(name: str, secret: bytes) -> None:
