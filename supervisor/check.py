@@ -28,6 +28,7 @@ from supervisor.preflight import (
     checked_as,
     exposed_secrets,
     resolve_python,
+    store_open_to_runs,
     tmp_mb_unenforced,
     writable_code,
     writable_imports,
@@ -101,6 +102,8 @@ def check(config: Config, *, now: float | None = None) -> Report:
             ):
                 if problem is not None:
                     report.problems.append(problem)
+            if (open_store := store_open_to_runs(config, imports_as)) is not None:
+                report.warnings.append(open_store)
         except AccessCheckError as exc:
             report.problems.append(f"run_as = {config.supervisor.run_as!r}: {exc}")
     for actor in config.actors.values():

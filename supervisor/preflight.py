@@ -14,10 +14,12 @@ from collections.abc import Iterable, Iterator
 
 from supervisor.code.sync import OTHERS, RunsAs
 from supervisor.config import ActorConfig, Config
-from supervisor.errors import StartupError
-from supervisor.store.urls import has_password
+from supervisor.errors import ConfigError, StartupError
+from supervisor.store.openness import address_of, endpoint_of, lets_in_without_password
+from supervisor.store.urls import has_password, parse_store_url
 from workers.access import (
     AccessCheckError,
+    problems_as_user,
     readable_places,
     resolve_user,
     unexecutable,
@@ -116,6 +118,8 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
                 ):
                     if unsafe is not None:
                         raise StartupError(unsafe)
+                if (open_store := store_open_to_runs(config, check_as)) is not None:
+                    log.warning("%s", open_store)
         python = resolve_python(settings.python, check_as, needed="exec" in modes)
     except AccessCheckError as exc:
         raise StartupError(f"run_as = {user!r}: {exc}") from exc
@@ -208,6 +212,45 @@ def exposed_secrets(config: Config, run_as: tuple[int, int]) -> str | None:
         "readable and writable by root only (chmod 600, chmod go-w on their folders):\n  "
         + "\n  ".join(found)
         + (f"\nwhat they hold:{held}" if held else "")
+    )
+
+
+def store_open_to_runs(config: Config, run_as: tuple[int, int]) -> str | None:
+    """Why a run could connect to the PostgreSQL store itself, if it could: the server lets
+    the store's user in without a password from the runs' user (``trust`` in pg_hba.conf), over
+    the store's own address. Over TCP only actors with network can; over a Unix socket, all.
+    Asked of the server (:mod:`supervisor.store.openness`); a warning, since the server's
+    configuration is the host's, not ours.
+
+    :raises AccessCheckError: the check could not switch to that user.
+    """
+    url = config.supervisor.database
+    try:
+        scheme = parse_store_url(url, base_dir=config.base_dir).scheme
+    except ConfigError:
+        return None  # the store's own opening says what is wrong with it
+    address = address_of(url) if scheme in ("postgresql", "postgres") else None
+    if address is None:
+        return None
+    host, port, user, database = address
+    networked = [a.name for a in config.actors.values() if a.network != "none"]
+    endpoint = endpoint_of(host, port)
+    if endpoint is None or (not host.startswith("/") and not networked):
+        return None
+
+    def let_in(_: str) -> list[str]:
+        if not lets_in_without_password(endpoint, user, database):
+            return []
+        return [f"is let into database {database!r} as {user!r} without a password"]
+
+    found = problems_as_user(*run_as, [f"{host}:{port}"], let_in)
+    if not found:
+        return None
+    return (
+        "the store's server lets the runs' user in without a password: a run would read every "
+        "run's input and output and forge results; require a password there (pg_hba.conf: "
+        "scram-sha-256, not trust), or give actors network = 'none' (over TCP):\n  "
+        + "\n  ".join(found)
     )
 
 

@@ -39,15 +39,15 @@ def unreadable_scripts(paths: Iterable[str], uid: int, gid: int) -> list[str]:
 
     :raises AccessCheckError: when this process cannot switch to that user.
     """
-    return _check_as(uid, gid, [os.path.abspath(p) for p in paths], _script_problems)
+    return problems_as_user(uid, gid, [os.path.abspath(p) for p in paths], _script_problems)
 
 
 def unexecutable(paths: Iterable[str], uid: int, gid: int) -> list[str]:
     """Messages for each program (say, the exec-mode interpreter) user ``uid`` cannot run."""
-    return _check_as(uid, gid, [os.path.abspath(p) for p in paths], _exec_problems)
+    return problems_as_user(uid, gid, [os.path.abspath(p) for p in paths], _exec_problems)
 
 
-# The checks themselves, as source: run in a child forked from here (:func:`_check_as`), or,
+# The checks themselves, as source: run in a child forked from here (:func:`problems_as_user`), or,
 # from a process that already has threads (a reload), by a fresh interpreter the kernel starts
 # as the user (:func:`_check_from_threads`) -- perhaps another Python, which cannot import ours.
 _CHECKS = """\
@@ -167,7 +167,7 @@ def unrunnable_python(python: str, uid: int, gid: int) -> list[str]:
     Stronger than an execute-permission check: the interpreter's ``lib`` folder (a pyenv build
     under a private home, say) must be readable too, so the check really runs it.
     """
-    return _check_as(uid, gid, [python], _python_problems)
+    return problems_as_user(uid, gid, [python], _python_problems)
 
 
 def _python_problems(python: str) -> list[str]:
@@ -196,19 +196,19 @@ def writable_places(paths: Iterable[str], uid: int, gid: int) -> list[str]:
     create files in, a path that does not exist that it can create, or a path below a folder
     where it could rename the path (or a folder on the way) and put its own in its place.
     Empty when it can change none of them."""
-    return _check_as(uid, gid, sorted({os.path.abspath(p) for p in paths}), _write_problems)
+    return problems_as_user(uid, gid, sorted({os.path.abspath(p) for p in paths}), _write_problems)
 
 
 def readable_places(paths: Iterable[str], uid: int, gid: int) -> list[str]:
     """Messages for each path user ``uid`` can read; empty when it can read none of them."""
-    return _check_as(uid, gid, sorted({os.path.abspath(p) for p in paths}), _read_problems)
+    return problems_as_user(uid, gid, sorted({os.path.abspath(p) for p in paths}), _read_problems)
 
 
 def _exec_problems(path: str) -> list[str]:
     return [] if os.access(path, os.X_OK) else ["cannot execute this program"]
 
 
-def _check_as(
+def problems_as_user(
     uid: int, gid: int, paths: list[str], problems_of: Callable[[str], list[str]]
 ) -> list[str]:
     """Run ``problems_of`` on each path in a child switched to ``uid``/``gid``."""
