@@ -92,6 +92,7 @@ def _let_in(sock: socket.socket) -> bool:
             return False
         body = _read(sock, size - 4)
         if kind == b"Z":
+            sock.sendall(b"X\0\0\0\4")  # Terminate: a clean goodbye, not an EOF in its log
             return True
         if kind == b"E" or (kind == b"R" and struct.unpack("!i", body[:4])[0] != AUTH_OK):
             return False
