@@ -16,7 +16,6 @@ import socket
 import struct
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict
 
 PROTOCOL_3 = 196608
 AUTH_OK = 0
@@ -31,6 +30,8 @@ def address_of(url: str) -> tuple[str, int, str, str] | None:
     libpq's defaults (``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGDATABASE``, else the socket
     folder, 5432, our own user name, the user's name); ``host`` is a folder for a Unix socket.
     None when it names several hosts (not probed)."""
+    from psycopg.conninfo import conninfo_to_dict  # here: a SQLite store never loads psycopg
+
     params: dict[str, Any] = conninfo_to_dict(url)
     env = os.environ
     host = str(params.get("host") or params.get("hostaddr") or env.get("PGHOST") or _SOCKETS)
