@@ -16,7 +16,6 @@ import socket
 import struct
 from typing import Any
 
-
 PROTOCOL_3 = 196608
 AUTH_OK = 0
 TIMEOUT_S = 3.0
