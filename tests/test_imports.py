@@ -112,3 +112,16 @@ def test_the_graph_sees_lazy_and_relative_imports() -> None:
     graph = _graph()
     assert "workers.scoreboard" in graph["supervisor.pool"]
     assert "protocol.messages" in graph["workers.worker"]
+
+
+def test_every_package_is_installed_by_a_plain_pip_install() -> None:
+    """``pip install .`` (the README's first command) installs the packages pyproject.toml lists,
+    not the folders: a package left out imports fine from the checkout (and from an editable
+    install) and fails on a fresh machine. supervisor.workflows was, until this test."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {_module_name(init) for pkg in PACKAGES for init in (ROOT / pkg).rglob("__init__.py")}
+    assert found - listed == set()
