@@ -4,16 +4,13 @@ scripts and the helper modules beside them -- must be out of every run's reach. 
 way in is a ``.pyc`` in ``__pycache__``: drift hashes the sources, which stay untouched."""
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
 import pytest
 
 from tests.helpers import wait_for
-from tests.hostile.common import output_of
+from tests.hostile.common import check_report, output_of
 from tests.supervisor.harness import RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
@@ -108,12 +105,7 @@ def test_start_and_check_refuse_code_folders_the_runs_could_write(
     assert "the runs' user can change actors' code" in sup.log(), sup.log()
     named = f"(it can rename scripts in {place})" if writable == "code" else f"{place}: user"
     assert named in sup.log()
-    config = str(sup.config_path)
-    checked = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "check", "--json", "--config", config],
-        capture_output=True, text=True, timeout=120, cwd=public_tmp,
-    )  # fmt: skip
-    report = orjson.loads(checked.stdout)
+    report = check_report(sup.config_path)
     assert not report["ok"] and any(named in p for p in report["problems"]), report
     place.chmod(0o755)
     started = supervisors(config=sup.config_path, workers=2)

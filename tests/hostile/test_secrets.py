@@ -4,16 +4,13 @@ store (forge or read every run) or the alert channel; a configuration file it ca
 it the next start (``run_as = "root"``). Start and check refuse such files."""
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
 import pytest
 
 from tests.helpers import wait_for
-from tests.hostile.common import output_of
+from tests.hostile.common import check_report, output_of
 from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
 
 Start = Callable[..., RunningSupervisor]
@@ -63,11 +60,7 @@ def test_start_and_check_refuse_secrets_the_runs_could_take(
     log = refused.log()
     assert "the runs' user can read a secret of this supervisor" in log, log
     assert f"{place}: user" in log
-    checked = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "check", "--json", "--config", str(config)],
-        capture_output=True, text=True, timeout=120, cwd=public_tmp,
-    )  # fmt: skip
-    report = orjson.loads(checked.stdout)
+    report = check_report(config)
     assert not report["ok"] and any(f"{place}: user" in p for p in report["problems"]), report
     place.chmod(0o600)
     started = supervisors(config=config, workers=1)

@@ -5,16 +5,13 @@ so start and check name it, asking the server as the runs' user would, and an ac
 ``network = "none"`` cannot connect over TCP."""
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
 from tests import pg
-from tests.hostile.common import output_of
+from tests.hostile.common import check_report, output_of
 from tests.supervisor.harness import RunningSupervisor, write_script
 
 Start = Callable[..., RunningSupervisor]
@@ -59,20 +56,14 @@ except Exception as exc:
 print(json.dumps(found))
 """
 
-ACTORS = """
-[[actors]]
-name = "victim"
-script = "scripts/echo.py"
-
-[[actors]]
-name = "thief"
-script = "scripts/thief.py"
-
-[[actors]]
-name = "offline"
-script = "scripts/thief.py"
-network = "none"
-"""
+ACTORS = "".join(
+    f'[[actors]]\nname = "{name}"\nscript = "scripts/{script}"\n{extra}'
+    for name, script, extra in (
+        ("victim", "echo.py", ""),
+        ("thief", "thief.py", ""),
+        ("offline", "thief.py", 'network = "none"\n'),  # the same script, without network
+    )
+)
 
 
 @pytest.fixture
@@ -100,10 +91,5 @@ def test_a_store_that_lets_runs_in_is_named_by_start_and_check(
     warning = "the store's server lets the runs' user in without a password"
     assert warning in sup.log(), sup.log()
     assert f"127.0.0.1:{pg.server_port()}: user" in sup.log()
-    config = str(sup.config_path)
-    checked = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "check", "--json", "--config", config],
-        capture_output=True, text=True, timeout=120, cwd=public_tmp,
-    )  # fmt: skip
-    report = orjson.loads(checked.stdout)
+    report = check_report(sup.config_path)
     assert any(warning in w for w in report["warnings"]), report
