@@ -26,12 +26,9 @@ from supervisor.errors import ConfigError, StartupError
 from supervisor.preflight import (
     alert_uid_problem,
     checked_as,
-    exposed_secrets,
     resolve_python,
-    store_open_to_runs,
+    runs_reach,
     tmp_mb_unenforced,
-    writable_code,
-    writable_imports,
 )
 from supervisor.schedule import load_zone
 from supervisor.store.base import StoreError
@@ -95,15 +92,9 @@ def check(config: Config, *, now: float | None = None) -> Report:
         imports_as = checked_as(config)
     if imports_as is not None and imports_as[0] != 0:  # root (allowed) may write anything
         try:
-            for problem in (
-                writable_imports(config.supervisor.preload, imports_as),
-                writable_code(config, imports_as),
-                exposed_secrets(config, imports_as),
-            ):
-                if problem is not None:
-                    report.problems.append(problem)
-            if (open_store := store_open_to_runs(config, imports_as)) is not None:
-                report.warnings.append(open_store)
+            reach = runs_reach(config, imports_as)
+            report.problems += reach.problems
+            report.warnings += reach.warnings
         except AccessCheckError as exc:
             report.problems.append(f"run_as = {config.supervisor.run_as!r}: {exc}")
     for actor in config.actors.values():

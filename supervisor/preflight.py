@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from supervisor.code.sync import OTHERS, RunsAs
 from supervisor.config import ActorConfig, Config
@@ -111,15 +112,11 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
             if "fork" in modes:
                 _warn_if_stdlib_hidden(user, check_as)
             if check_as[0] != 0:
-                for unsafe in (
-                    writable_imports(settings.preload, check_as),
-                    writable_code(config, check_as),
-                    exposed_secrets(config, check_as),
-                ):
-                    if unsafe is not None:
-                        raise StartupError(unsafe)
-                if (open_store := store_open_to_runs(config, check_as)) is not None:
-                    log.warning("%s", open_store)
+                reach = runs_reach(config, check_as)
+                if reach.problems:
+                    raise StartupError("\n".join(reach.problems))
+                for warning in reach.warnings:
+                    log.warning("%s", warning)
         python = resolve_python(settings.python, check_as, needed="exec" in modes)
     except AccessCheckError as exc:
         raise StartupError(f"run_as = {user!r}: {exc}") from exc
@@ -162,57 +159,72 @@ def checked_as(config: Config) -> tuple[int, int] | None:
     return low, low
 
 
-def writable_imports(preload: tuple[str, ...], run_as: tuple[int, int]) -> str | None:
-    """Why the runs' user could run code as root, if it could: it can change a place the
-    supervisor, a worker or a launcher imports Python from (a worker respawned after a crash
-    imports afresh; a launcher imports ``preload``). A script would plant a module there -- a
-    ``json.py`` on an earlier ``sys.path`` folder, a package folder, a ``.pyc`` -- and the next
-    import would run it with every privilege.
+class Reach(NamedTuple):
+    """What the runs' user could reach that it must not: ``problems`` start refuses and check
+    reports; ``warnings`` only the host can close."""
 
-    :raises AccessCheckError: the check could not switch to that user.
+    problems: list[str]
+    warnings: list[str]
+
+
+def runs_reach(config: Config, run_as: tuple[int, int]) -> Reach:
+    """Ask as the runs' user, in one child per kind of check (places share their folders):
+
+    - code it could change that root imports (:func:`import_places`): a script would plant a
+      module there (a ``json.py`` on an earlier ``sys.path`` folder, a package folder, a
+      ``.pyc``) and the next import, a replaced worker's or a launcher's ``preload``, would
+      run it with every privilege;
+    - actors' code it could change (:func:`code_places`): a run would rewrite a helper module,
+      or plant a ``.pyc`` in ``__pycache__`` (invisible to drift, which hashes the sources)
+      that the next actor importing it runs, under another uid;
+    - secrets it could read (:func:`secret_files`) or a configuration it could change (an
+      actor of its own, ``run_as = "root"``, at the next start): a run would take the store's
+      password and forge or read every run;
+    - a PostgreSQL store that lets it in without a password (a warning:
+      :func:`store_open_to_runs`).
+
+    :raises AccessCheckError: the checks could not switch to that user.
     """
-    if not (found := writable_places(import_places(preload), *run_as)):
-        return None
-    return (
-        "the runs' user can change code this supervisor imports as root (a script could plant "
-        "a module there and take over the supervisor); make these writable by root only "
-        "(chmod go-w), or start from another folder:\n  " + "\n  ".join(found)
-    )
-
-
-def writable_code(config: Config, run_as: tuple[int, int]) -> str | None:
-    """Why one run could change what other runs execute, if it could: the runs' user can write
-    an actor's script or its folder (where a run would rewrite a helper module, or plant a
-    ``.pyc`` in ``__pycache__``: invisible to drift, which hashes the sources, and run by the
-    next actor that imports it -- under another uid).
-
-    :raises AccessCheckError: the check could not switch to that user.
-    """
-    return _writable_code_message(writable_places(code_places(config.actors.values()), *run_as))
-
-
-def exposed_secrets(config: Config, run_as: tuple[int, int]) -> str | None:
-    """Why a run could take this supervisor's secrets or its configuration, if it could: the
-    runs' user can read a file holding a secret (the configuration file when it holds one, the
-    HTTP token, the CURVE secret key, the PostgreSQL password file), or change the
-    configuration file (an actor of its own, ``run_as = "root"``, at the next start).
-
-    :raises AccessCheckError: the check could not switch to that user.
-    """
+    imports = import_places(config.supervisor.preload)
+    code = code_places(config.actors.values())
+    configuration = {str(config.path)} if config.path is not None else set()
+    writable = _by_place(writable_places(imports | code | configuration, *run_as))
     secrets = secret_files(config)
-    found = readable_places(secrets, *run_as)
-    if config.path is not None:
-        found += writable_places([str(config.path)], *run_as)
-    if not found:
-        return None
-    held = "".join(f"\n  {path}: {what}" for path, what in sorted(secrets.items()))
-    return (
-        "the runs' user can read a secret of this supervisor or change its configuration (a "
-        "run would take the store's password and forge or read every run); make these "
-        "readable and writable by root only (chmod 600, chmod go-w on their folders):\n  "
-        + "\n  ".join(found)
-        + (f"\nwhat they hold:{held}" if held else "")
-    )
+    readable = _by_place(readable_places(secrets, *run_as))
+    problems = []
+    if found := _found(writable, imports):
+        problems.append(
+            "the runs' user can change code this supervisor imports as root (a script could "
+            "plant a module there and take over the supervisor); make these writable by root "
+            "only (chmod go-w), or start from another folder:\n  " + "\n  ".join(found)
+        )
+    if (code_problem := _writable_code_message(_found(writable, code))) is not None:
+        problems.append(code_problem)
+    if found := _found(readable, set(secrets)) + _found(writable, configuration):
+        held = "".join(f"\n  {path}: {what}" for path, what in sorted(secrets.items()))
+        problems.append(
+            "the runs' user can read a secret of this supervisor or change its configuration "
+            "(a run would take the store's password and forge or read every run); make these "
+            "readable and writable by root only (chmod 600, chmod go-w on their folders):\n  "
+            + "\n  ".join(found)
+            + (f"\nwhat they hold:{held}" if held else "")
+        )
+    open_store = store_open_to_runs(config, run_as)
+    return Reach(problems, [open_store] if open_store is not None else [])
+
+
+def _by_place(messages: list[str]) -> dict[str, list[str]]:
+    """Access messages (``PATH: user NAME (uid N) ...``) by the path they name."""
+    found: dict[str, list[str]] = {}
+    for message in messages:
+        found.setdefault(message.partition(": user ")[0], []).append(message)
+    return found
+
+
+def _found(messages: dict[str, list[str]], places: set[str]) -> list[str]:
+    return [
+        m for place in sorted({os.path.abspath(p) for p in places}) for m in messages.get(place, [])
+    ]
 
 
 def store_open_to_runs(config: Config, run_as: tuple[int, int]) -> str | None:
