@@ -50,12 +50,12 @@ def fork_without_hooks() -> int:
     return pid
 
 
-def single_threaded() -> bool:
-    """Whether this process has exactly one thread, Python's or not (``/proc``)."""
+def thread_count() -> int:
+    """This process's threads, Python's or not (``/proc``: a C library's count too)."""
     try:
-        return len(os.listdir("/proc/self/task")) == 1
+        return len(os.listdir("/proc/self/task"))
     except OSError:
-        return False
+        return 1
 
 
 @contextmanager

@@ -25,7 +25,7 @@ import traceback
 from collections import deque
 from typing import Any
 
-from workers.atfork import single_threaded
+from workers.atfork import thread_count
 from workers.flight import Reaped, Spare, fork_spare
 from workers.sandbox import LAUNCHER_SIGNALS, RUN_FD, Sandbox
 
@@ -86,7 +86,7 @@ class Forker:
         sandbox.harden()  # inherited by every child: no per-run cost
         sandbox.enter_forker_namespace()  # likewise: see there
         self._sandbox = sandbox
-        self._without_hooks = single_threaded()  # it is, unless a preload hook started one
+        self._without_hooks = thread_count() == 1  # it is, unless a preload hook started one
         self._sock = sock
         self._uid_sweep = uid_sweep
         self._live: set[int] = set()  # children forked and not yet reaped: spares and runs

@@ -13,9 +13,8 @@ without importing the sandbox.
 """
 
 import importlib
-import os
 
-from workers.atfork import recording_hooks
+from workers.atfork import recording_hooks, thread_count
 
 DEFAULT_PRELOAD: tuple[str, ...] = (
     "argparse", "base64", "collections", "csv", "dataclasses", "datetime", "decimal", "enum",
@@ -37,22 +36,14 @@ def preload(modules: tuple[str, ...]) -> list[str]:
 
 
 def _load(name: str, problems: list[str]) -> None:
-    threads = _threads()
+    threads = thread_count()
     try:
         importlib.import_module(name)
     except (Exception, SystemExit) as exc:  # a module's own sys.exit() must not end us
         problems.append(f"{name}: {type(exc).__name__}: {exc}")
         return
-    if (started := _threads() - threads) > 0:
+    if (started := thread_count() - threads) > 0:
         problems.append(
             f"{name}: its import started {started} thread(s), which fork-mode runs do not "
             "get (a lock one of them held stays held in every run): take it out of preload"
         )
-
-
-def _threads() -> int:
-    """This process's threads, Python's or not (``/proc``: a C library's count too)."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 1

@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD = """\
 import os, random, sys
 sys.path.insert(0, {folder!r})
-from workers.atfork import catch_up_in_child, fork_without_hooks, single_threaded
+from workers.atfork import catch_up_in_child, fork_without_hooks, thread_count
 from workers.preload import preload
 print("problems", preload(("hooked", "logging", "concurrent.futures")), flush=True)
-print("single", single_threaded(), flush=True)
+print("single", thread_count() == 1, flush=True)
 import workers.atfork
 print("kept", len(workers.atfork._preloaded), flush=True)  # hooked's three child hooks only
 parent = random.getrandbits(64)
