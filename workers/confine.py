@@ -63,10 +63,7 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
         step = "namespaces"
         sandbox._unshare(order, mounts=False)  # root: System V IPC of its own, as a run's
         step = "user"
-        sender_uid = os.getuid()
         sandbox._become_user(uid)
-        step = "keyrings"
-        sandbox._fresh_keyrings(own_user=os.getuid() != sender_uid)
         step = "cwd"
         os.chdir("/")
         step = "program"

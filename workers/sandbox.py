@@ -339,10 +339,7 @@ class Sandbox:
                 step = "network"
                 _loopback_up()
             step = "user"
-            launcher_uid = os.getuid()
             self._become_user(run.uid)
-            step = "keyrings"
-            self._fresh_keyrings(own_user=os.getuid() != launcher_uid)
             step = "cwd"  # after the switch: the folder must be enterable by the run's user
             os.chdir(run.cwd)
             if run.argv:
@@ -412,10 +409,7 @@ class Sandbox:
         and needs no per-run ``MS_REC | MS_PRIVATE`` walk: nothing a child mounts propagates
         back, while mounts the host makes later still reach the forker and its children."""
         if self._mounts:
-            self._mount_call("unshare", self._libc.unshare(CLONE_NEWNS))
-            self._mount(None, "/", None, MS_REC | MS_SLAVE)
-            if self._hide:
-                _mount_hiding_proc(self._libc)
+            _own_mounts(self._libc, hide_processes=self._hide)
 
     def _unshare(self, order: Order, *, mounts: bool) -> None:
         """The run's namespaces, in one unshare() (root, before the switch).
@@ -489,16 +483,17 @@ class Sandbox:
         """mount(2) through libc (ctypes): the os module has no binding for it."""
         enc = [None if text is None else text.encode() for text in (source, target, fstype, data)]
         result = self._libc.mount(enc[0], enc[1], enc[2], flags, enc[3])
-        self._mount_call(f"mount {target}", result)
-
-    def _mount_call(self, what: str, result: int) -> None:
-        if result != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"{what}: {os.strerror(err)}")
+        _checked(f"mount {target}", result)
 
     def _become_user(self, uid: int | None) -> None:
         """Switch to the run's own uid, killing first whatever an earlier run of that uid left
-        (Linux never signals the caller of ``kill(-1)``), or to the fixed ``run_as`` user."""
+        (Linux never signals the caller of ``kill(-1)``), or to the fixed ``run_as`` user; then
+        take keyrings of its own (:meth:`_fresh_keyrings`)."""
+        before = os.getuid()
+        self._switch_user(uid)
+        self._fresh_keyrings(own_user=os.getuid() != before)
+
+    def _switch_user(self, uid: int | None) -> None:
         if uid is not None:
             os.setgroups([])
             os.setgid(uid)
@@ -623,14 +618,8 @@ def processes_hidable() -> bool:
     if pid == 0:
         status = 1
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            # slaves first, as in the forker: else the new /proc would reach the host's
-            if (
-                libc.unshare(CLONE_NEWNS) == 0
-                and libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None) == 0
-            ):
-                _mount_hiding_proc(libc)
-                status = 0
+            _own_mounts(ctypes.CDLL(None, use_errno=True), hide_processes=True)
+            status = 0
         except BaseException:
             pass
         finally:
@@ -639,16 +628,26 @@ def processes_hidable() -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def _mount_hiding_proc(libc: ctypes.CDLL) -> None:
-    """A new /proc over the old, in a mount namespace of our own whose mounts are slaves.
+def _own_mounts(libc: ctypes.CDLL, *, hide_processes: bool) -> None:
+    """A mount namespace of our own whose mounts are slaves of the host's (so nothing mounted
+    here reaches the host, a new /proc included), with a /proc that shows a process only to its
+    own user if asked. Root (the forker, the launcher) still sees every process.
 
-    Root (the forker, the launcher) still sees every process.
     :raises OSError: the kernel refused.
     """
-    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    if libc.mount(b"proc", b"/proc", b"proc", flags, HIDEPID.encode()) != 0:
+    _checked("unshare", libc.unshare(CLONE_NEWNS))
+    _checked("mount /", libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None))
+    if hide_processes:
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        proc = libc.mount(b"proc", b"/proc", b"proc", flags, HIDEPID.encode())
+        _checked(f"mount /proc ({HIDEPID})", proc)
+
+
+def _checked(what: str, result: int) -> None:
+    """A libc call's result: OSError with errno when it failed."""
+    if result != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"mount /proc ({HIDEPID}): {os.strerror(err)}")
+        raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def private_tmp_available() -> bool:
