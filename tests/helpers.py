@@ -115,3 +115,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def join_new_session_keyring() -> int | None:
+    """Give this test process a session keyring of its own (not the CI's: keys added to it go
+    with this process), which a supervisor started next inherits as it would a login's. Its
+    id; None where keyctl's number is unknown."""
+    import ctypes
+
+    from workers.sandbox import KEYCTL_JOIN_SESSION_KEYRING, SYS_KEYCTL
+
+    if SYS_KEYCTL is None:
+        return None
+    ring: int = ctypes.CDLL(None).syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
+    assert ring > 0
+    return ring

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import join_new_session_keyring
 from tests.hostile.common import output_of
 from tests.supervisor.harness import RunningSupervisor, write_script
 from workers.sandbox import SYS_KEYCTL
@@ -56,12 +57,10 @@ ACTORS = "".join(
 )  # two actors, one script: runs of different actors
 
 
-def _join_new_session_keyring_with(name: str, secret: bytes) -> None:
-    """This test process's own session keyring (a new one, not the CI's), holding a secret
-    that the supervisor started next inherits, as it would a login's."""
-    assert SYS_KEYCTL is not None
+def _add_to_session_keyring(name: str, secret: bytes) -> None:
+    """A secret in this test process's own new session keyring (see join_new_session_keyring)."""
+    assert SYS_KEYCTL is not None and join_new_session_keyring() is not None
     libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.syscall(SYS_KEYCTL, 1, None) > 0  # KEYCTL_JOIN_SESSION_KEYRING
     added = libc.syscall(SYS_KEYCTL - 2, b"user", name.encode(), secret, len(secret), -3)
     assert added > 0, ctypes.get_errno()
 
@@ -69,7 +68,7 @@ def _join_new_session_keyring_with(name: str, secret: bytes) -> None:
 def test_runs_share_no_keyring_with_root_or_each_other(
     public_tmp: Path, supervisors: Start
 ) -> None:
-    _join_new_session_keyring_with("root-session-secret", b"root's own")
+    _add_to_session_keyring("root-session-secret", b"root's own")
     write_script(public_tmp, "keys.py", KEYS)
     sup = supervisors(ACTORS, workers=1)  # one slot: the second run gets the first's uid back
     with sup.client() as client:

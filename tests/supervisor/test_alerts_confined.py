@@ -10,7 +10,6 @@ its own dies when the next command of that uid starts. A range with no uid left 
 commands is refused at start-up.
 """
 
-import ctypes
 import os
 import resource
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 
 from protocol.client import RunOutcome
 from supervisor.alerts.records import AlertRecord
-from tests.helpers import wait_for
+from tests.helpers import join_new_session_keyring, wait_for
 from tests.supervisor.harness import RunningSupervisor, session_uids, write_script
 from tests.supervisor.test_alerts import FAILING, SYSTEM_PYTHON
 from workers.confine import command
@@ -60,7 +59,7 @@ SPY = """\
 
     def keyring_id():  # KEYCTL_GET_KEYRING_ID of @s, without creating one; None: no keyctl
         import ctypes
-        number = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+        number = SYS_KEYCTL
         return ctypes.CDLL(None).syscall(number, 0, -3, 0) if number else None
 
     status = dict(
@@ -98,7 +97,7 @@ SPY = """\
     with open(os.path.join(inbox, "spy.tmp"), "w") as out:
         json.dump(report, out)
     os.rename(os.path.join(inbox, "spy.tmp"), os.path.join(inbox, "spy.json"))
-"""
+""".replace("SYS_KEYCTL", str(SYS_KEYCTL))  # keyctl's number here (None: not probed)
 
 HANG = """\
     import os, sys, time, uuid
@@ -145,14 +144,6 @@ def _alerts(sup: RunningSupervisor, destination: str) -> list[AlertRecord]:
         store.close()
 
 
-def _new_session_keyring() -> int | None:
-    """Join a new session keyring (this test process's own); its id, or None without keyctl."""
-    if SYS_KEYCTL is None:
-        return None
-    ring: int = ctypes.CDLL(None).syscall(SYS_KEYCTL, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING
-    return ring if ring > 0 else None
-
-
 def _fail(sup: RunningSupervisor, actor: str) -> None:
     with sup.client() as client:
         outcome = client.submit(actor, {}, wait=True)
@@ -164,7 +155,7 @@ def _fail(sup: RunningSupervisor, actor: str) -> None:
 def test_an_alert_command_is_confined_like_a_run_and_killed_with_its_group(
     public_tmp: Path, supervisors: Start
 ) -> None:
-    ours = _new_session_keyring()  # the supervisor inherits it, as a login's
+    ours = join_new_session_keyring()  # the supervisor inherits it, as a login's
     write_script(public_tmp, "failing.py", FAILING)
     write_script(public_tmp, "sleeper.py", SLEEPER)
     spy = write_script(public_tmp, "spy.py", SPY)
