@@ -26,6 +26,7 @@ from supervisor.workflows.book import WorkflowBook
 from supervisor.writer import BatchWriter
 from supervisor.writerstats import WriterStats
 from workers.sandbox import SandboxConfig, private_tmp_available
+from workers.seccomp import program
 
 
 class Supervisor(Protocol):
@@ -88,6 +89,7 @@ def protections(sandbox: SandboxConfig) -> dict[str, bool]:
         "fixed_user": sandbox.run_as is not None,
         "capabilities_dropped": root,
         "no_new_privs": True,
+        "no_user_namespaces": program(os.uname().machine) is not None,  # workers/seccomp.py
         "private_tmpdir": True,
         "umask_077": True,
         "network_none_available": root,

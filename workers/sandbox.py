@@ -32,6 +32,7 @@ from protocol.messages import Run
 from workers.atfork import catch_up_in_child
 from workers.preload import DEFAULT_PRELOAD
 from workers.script_main import BOOTSTRAP, MAGIC, Modules, module_name, run_main
+from workers.seccomp import deny_user_namespaces
 
 NOTE_SETUP = b"E"
 NOTE_MISSING = b"F"
@@ -386,13 +387,14 @@ class Sandbox:
 
     def harden(self) -> None:
         """What no script gets back: new privileges through exec (setuid binaries, file
-        capabilities), and any capability at all once root is dropped; umask 077; and the OOM
+        capabilities), user namespaces (:mod:`workers.seccomp`), and any capability at all once
+        root is dropped; umask 077; and the OOM
         killer's first pick (``oom_score_adj`` 1000): when runs together exhaust the host's
         memory, the kernel kills the biggest of them, not the supervisor. A run may lower it back
         to 0, never below (that needs CAP_SYS_RESOURCE): the systemd unit's OOMScoreAdjust=-500
         keeps the supervisor behind every run even then.
 
-        Called once in the forker, whose children inherit all four, so runs pay nothing for
+        Called once in the forker, whose children inherit all of it, so runs pay nothing for
         them. Dropping the bounding set leaves a process's own capabilities, which forking,
         and a child's switch to the run's user, still need; that switch then clears them.
         """
@@ -400,6 +402,7 @@ class Sandbox:
         with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adj:
             adj.write(str(OOM_SCORE_ADJ))  # no /proc, or a kernel without it: nothing to do
         self._prctl(PR_SET_NO_NEW_PRIVS, 1)
+        deny_user_namespaces()  # see workers.seccomp
         for cap in range(self._caps + 1):
             self._prctl(PR_CAPBSET_DROP, cap)
 
