@@ -250,9 +250,15 @@ class Supervisor:
             self.writer.wakeup_fd(): self._on_commits,
             self.reader.wakeup_fd(): self.reader.drain,
         }
+        committed = False
         while self.book.phase is not Phase.DONE:
-            ready = self._poller.poll(self._poll_timeout_ms(self._clock()))
-            with self.writer.held():  # the turn's records wake the writer thread once
+            # After a commit of its own the loop looks at its sockets without waiting, and
+            # takes the commit's news in the same turn: the writer wakes it only for its
+            # thread's commits (see BatchWriter.held).
+            ready = self._poller.poll(0 if committed else self._poll_timeout_ms(self._clock()))
+            with self.writer.held() as turn:  # the turn's records wake the writer thread once
+                if committed:
+                    self.book.on_commits(self.store.refused.take())
                 for item, _ in ready:
                     if (handler := handlers.get(item)) is not None:
                         handler()
@@ -264,6 +270,7 @@ class Supervisor:
                 if self.book.phase is Phase.RUNNING:
                     self.book.fire_due(self._clock())
                     self._dispatch()
+            committed = turn.committed
             if time.monotonic() >= self._next_tick:
                 self._next_tick = time.monotonic() + TICK_S
                 self._maintain()

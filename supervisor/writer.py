@@ -180,7 +180,7 @@ class BatchWriter:
             return self._last_seq
 
     @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self) -> Iterator["Turn"]:
         """Put records without waking the writer thread until the block ends, then wake it once.
 
         For the supervisor's loop around one turn of its handlers: woken at every ``put``, the
@@ -190,12 +190,18 @@ class BatchWriter:
         Records put meanwhile by other threads wait for the end of the turn too. Records of
         earlier turns never wait for this one: when turns follow each other without a pause (a
         burst of fires taken a chunk per turn), each turn's records go while the next is made.
+
+        The :class:`Turn` it yields says, once the block ended, whether the caller committed the
+        turn's records itself (see :meth:`_write_inline`): that commit does not make
+        :meth:`wakeup_fd` readable, since the caller knows of it already and can act on it at
+        once, without a wake-up and a turn of its poll.
         """
+        turn = Turn()
         with self._lock:
             self._held = True
             self._held_after = self._last_seq
         try:
-            yield
+            yield turn
         finally:
             with self._lock:
                 self._held = False
@@ -203,7 +209,7 @@ class BatchWriter:
                 if batch is None and self._queue:
                     self._work.notify()
             if batch is not None:
-                self._write_inline(batch)
+                turn.committed = self._write_inline(batch)
 
     def _take_inline(self) -> list[_Entry] | None:
         """The queued records, for the loop to write itself, when the store allows it and
@@ -224,9 +230,9 @@ class BatchWriter:
         self._count_reason(batch)
         return batch
 
-    def _write_inline(self, batch: list[_Entry]) -> None:
+    def _write_inline(self, batch: list[_Entry]) -> bool:
         """Commit ``batch`` on the caller's thread (the loop's, at the end of a turn), or hand
-        it back to the writer thread, untouched and first in line.
+        it back to the writer thread, untouched and first in line; say whether it committed.
 
         A healthy SQLite commit takes about a tenth of a millisecond: handing it to the thread
         cost more than writing it, in context switches and in the two threads trading the GIL
@@ -241,7 +247,7 @@ class BatchWriter:
         except Exception:  # the thread writes it again and reports what goes wrong
             written = False
         if written:
-            self._record_success(batch, (time.monotonic() - started) * 1000.0)
+            self._record_success(batch, (time.monotonic() - started) * 1000.0, wake=False)
         with self._lock:
             if not written:
                 self._count_reason(batch, -1)  # the thread counts it when it takes it
@@ -249,6 +255,7 @@ class BatchWriter:
             self._busy = False
             if self._queue or self._uncheckpointed >= CHECKPOINT_EVERY:
                 self._work.notify()
+        return written
 
     @property
     def writing(self) -> bool:
@@ -569,7 +576,7 @@ class BatchWriter:
             extra={"event": "store_write_failed", "records": len(batch), "retry_in_s": delay},
         )
 
-    def _record_success(self, batch: list[_Entry], elapsed_ms: float) -> None:
+    def _record_success(self, batch: list[_Entry], elapsed_ms: float, *, wake: bool = True) -> None:
         with self._lock:
             recovered = self._degraded and self._spool is None
             failures = self._failures
@@ -583,7 +590,7 @@ class BatchWriter:
             if self._spool is None:
                 self._degraded = False
             self._commits.notify_all()
-            if self._pipe_open:
+            if wake and self._pipe_open:
                 # a full pipe means the poller is already due to wake up
                 with contextlib.suppress(BlockingIOError):
                     os.write(self._wake_w, b"\x01")
@@ -612,6 +619,15 @@ class BatchWriter:
             if not pending:
                 self._degraded = False
             return self._failures
+
+
+class Turn:
+    """What :meth:`BatchWriter.held` tells its caller once the block ended."""
+
+    __slots__ = ("committed",)
+
+    def __init__(self) -> None:
+        self.committed = False  # the caller's thread committed the turn's records itself
 
 
 def _flatten(batch: list[_Entry]) -> list[Record]:

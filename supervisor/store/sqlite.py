@@ -181,6 +181,8 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._busy_now = self._busy_timeout_ms  # the connection's, as _connection() last set it
+        self._writes_wait = True  # False during write_batch_now, which holds the lock
         self._synchronous = synchronous.upper()
         self._checkpointer: sqlite3.Connection | None = None  # see checkpoint()
         self._checkpoint_lock = threading.Lock()
@@ -248,21 +250,28 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
                 raise StoreUnavailable(message) from exc
             raise StoreError(message) from exc
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _connection(self, *, waits: bool = True) -> sqlite3.Connection:
+        """The connection, waiting up to the busy timeout for another process's lock, or
+        (``waits=False``) failing at once. Call with the lock held."""
+        conn = self._conn
+        if conn is None:
             raise StoreError(f"{self.description}: the store is closed")
         if os.getpid() != self._pid:
             # a SQLite connection must never cross fork(); the child opens its own store
             raise StoreError(
                 f"{self.description}: opened in process {self._pid}, used in {os.getpid()}"
             )
-        return self._conn
+        busy = self._busy_timeout_ms if waits else 0
+        if busy != self._busy_now:  # set only on a change: the loop's commits in a row pay none
+            conn.execute(f"PRAGMA busy_timeout = {busy}")
+            self._busy_now = busy
+        return conn
 
     @contextmanager
-    def _tx(self, action: str) -> Iterator[sqlite3.Connection]:
+    def _tx(self, action: str, *, waits: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction: ``BEGIN IMMEDIATE``, then commit, or roll back on any error."""
         with self._lock, self._translate(action):
-            conn = self._connection()
+            conn = self._connection(waits=waits)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -299,7 +308,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         if not rows:
             return
         self._check_file()
-        with self._tx("write a batch") as conn:
+        with self._tx("write a batch", waits=self._writes_wait) as conn:
             if rows.code:
                 apply_code(_CodeDb(conn), rows.code)
             refused = claim_fires(conn.execute, _RUNS, rows.fires)
@@ -315,20 +324,17 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
     def write_batch_now(self, records: Sequence[Record]) -> bool:
         if not self._lock.acquire(blocking=False):
             return False  # another thread (the writer, a reader) is on the connection
+        self._writes_wait = False  # another process writing: say so at once
         try:
-            conn = self._connection()
-            conn.execute("PRAGMA busy_timeout = 0")  # another process writing: say so at once
-            try:
-                self.write_batch(records)
-            except StoreUnavailable as exc:
-                if _is_busy(exc):
-                    return False
-                raise
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            return True
+            self.write_batch(records)
+        except StoreUnavailable as exc:
+            if _is_busy(exc):
+                return False
+            raise
         finally:
+            self._writes_wait = True
             self._lock.release()
+        return True
 
     def defer_checkpoints(self) -> bool:
         with self._lock, self._translate("defer checkpoints"):
@@ -403,7 +409,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         with self._read("read settings") as conn:
             journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
             level = conn.execute("PRAGMA synchronous").fetchone()[0]
-            busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]  # as every wait has it
         names = {0: "off", 1: "normal", 2: "full", 3: "extra"}
         return {
             "journal_mode": journal,

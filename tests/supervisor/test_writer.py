@@ -449,10 +449,12 @@ def test_the_loop_commits_its_turn_itself_and_leaves_checkpoints_to_the_thread(
     store.migrate()
     try:
         writer = make_writer(writers, store)
-        for turn in range(CHECKPOINT_EVERY + 1):
-            with writer.held():
-                last = [writer.put(event(f"{turn}-{n}")) for n in range(3)][-1]
+        for n_turn in range(CHECKPOINT_EVERY + 1):
+            with writer.held() as turn:
+                last = [writer.put(event(f"{n_turn}-{n}")) for n in range(3)][-1]
             assert writer.committed == last  # durable when the turn's block ends
+            assert turn.committed  # and the loop is told so, instead of being woken
+            assert not readable(writer.wakeup_fd(), 0)
         assert store.sizes == [3] * (CHECKPOINT_EVERY + 1)
         wait_for(lambda: store.checkpoints == ["store-writer"], 10, "the thread's checkpoint")
         ids = [e.event_id for e in store.list_events(limit=1000)]
@@ -474,13 +476,15 @@ def test_a_locked_database_leaves_the_turn_to_the_thread_without_waiting(
         writer = make_writer(writers, slow)
         other.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
-        with writer.held():
+        with writer.held() as turn:
             seq = writer.put(event("locked"))
         assert time.monotonic() - started < 10  # not the 30 s busy timeout
-        assert writer.committed < seq and slow.sizes == []
+        assert writer.committed < seq and slow.sizes == [] and not turn.committed
         other.execute("COMMIT")
-        wait_for(lambda: writer.committed >= seq, 20, "the thread's write")
+        assert readable(writer.wakeup_fd(), 20)  # the thread's commit wakes the loop
+        assert writer.committed >= seq
         assert slow.sizes == [1] and writer.stats().failures == 0
+        assert slow.settings()["busy_timeout_ms"] == 30_000  # the thread's writes wait again
     finally:
         other.close()
         slow.close()
