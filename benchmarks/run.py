@@ -5,8 +5,9 @@ Starts its own supervisor in a temporary folder with a no-op actor, submits ``--
 reports runs/s and submit->result latency. In the same invocation it measures the *ceiling*: the
 bare mechanism with no ZeroMQ and no store, in as many parallel processes as there are workers
 -- fork a child, pipe a JSON document in and out, wait (fork mode); spawn ``python noop.py``
-the same way (exec mode). ``efficiency = runs_per_s / ceiling_runs_per_s`` holds on a noisy
-machine because both are measured on it, minutes apart.
+the same way (exec mode) -- each loop in a fresh interpreter (``ceiling.py``).
+``efficiency = runs_per_s / ceiling_runs_per_s`` holds on a noisy machine because both are
+measured on it, minutes apart.
 
 It also reports the CPU each kind of process spends per run (``cpu_ms_per_run``): the supervisor,
 its workers, their launchers and forkers (psutil ``cpu_times`` of each, before and after the load,
@@ -70,45 +71,6 @@ INPUT = {"n": 1, "payload": "x" * 64}
 # --- the ceiling: the bare mechanism --------------------------------------------------------
 
 
-def _bare_fork_loop(count: int, results: Any) -> None:
-    """Fork a child per run; it reads the JSON input from a pipe and writes JSON back."""
-    data = json.dumps(INPUT).encode()
-    cpu = _own_cpu_s(children=True)
-    started = time.perf_counter()
-    for _ in range(count):
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(in_w)
-            os.close(out_r)
-            request = json.loads(os.read(in_r, 65536))
-            os.write(out_w, json.dumps({"ok": True, "echo": request}).encode())
-            os._exit(0)
-        os.close(in_r)
-        os.close(out_w)
-        os.write(in_w, data)
-        os.close(in_w)
-        chunks = []
-        while chunk := os.read(out_r, 65536):
-            chunks.append(chunk)
-        os.close(out_r)
-        os.waitpid(pid, 0)
-        json.loads(b"".join(chunks))
-    results.put((time.perf_counter() - started, _own_cpu_s(children=True) - cpu))
-
-
-def _bare_exec_loop(count: int, script: str, python: str, results: Any) -> None:
-    """Spawn ``python script.py`` per run, JSON in and out (no -I: it drops the script dir)."""
-    data = json.dumps(INPUT).encode()
-    cpu = _own_cpu_s(children=True)
-    started = time.perf_counter()
-    for _ in range(count):
-        proc = subprocess.run([python, script], input=data, capture_output=True, check=True)
-        json.loads(proc.stdout)
-    results.put((time.perf_counter() - started, _own_cpu_s(children=True) - cpu))
-
-
 def _own_cpu_s(*, children: bool = False) -> float:
     """CPU seconds of this process (all its threads), plus its reaped children's if asked."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -122,25 +84,34 @@ def _own_cpu_s(*, children: bool = False) -> float:
 def measure_ceiling(
     mode: str, parallel: int, runs: int, script: Path, python: str
 ) -> tuple[float, float]:
-    """Runs per second of the bare loop in ``parallel`` processes (exec mode: on ``python``,
-    the interpreter the supervisor itself chose for exec mode), and its CPU ms per run."""
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
+    """Runs per second of the bare loop in ``parallel`` fresh processes (``ceiling.py``; exec
+    mode: on ``python``, the interpreter the supervisor itself chose for exec mode), started
+    together once all are up, and its CPU ms per run."""
     per_proc = max(1, runs // parallel)
-    target: Any = _bare_fork_loop if mode == "fork" else _bare_exec_loop
-    args: tuple[Any, ...] = (per_proc, results)
+    command = [sys.executable, str(Path(__file__).with_name("ceiling.py")), mode, str(per_proc)]
     if mode == "exec":
-        args = (per_proc, str(script), python, results)
-    started = time.perf_counter()
-    procs = [ctx.Process(target=target, args=args) for _ in range(parallel)]
-    for proc in procs:
-        proc.start()
-    gathered = [results.get(timeout=3600) for _ in procs]
-    for proc in procs:
-        proc.join()
-    elapsed = time.perf_counter() - started
-    cpu_ms = sum(cpu for _, cpu in gathered) * 1000 / (per_proc * parallel)
-    return per_proc * parallel / elapsed, cpu_ms
+        command += [str(script), python]
+    procs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(parallel)
+    ]
+    try:
+        for proc in procs:  # all go at once, past their start-up, which is not measured
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate(timeout=3600)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if any(proc.returncode for proc in procs):
+        raise SystemExit(f"the ceiling's loop failed: {[p.returncode for p in procs]}")
+    loops = [json.loads(out) for out in outputs]
+    elapsed = max(loop["elapsed_s"] for loop in loops)
+    cpu_s = sum(loop["cpu_s"] for loop in loops)
+    return per_proc * parallel / elapsed, cpu_s * 1000 / (per_proc * parallel)
 
 
 # --- the supervisor ---------------------------------------------------------------------------
