@@ -268,10 +268,12 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         return conn
 
     @contextmanager
-    def _tx(self, action: str, *, waits: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction: ``BEGIN IMMEDIATE``, then commit, or roll back on any error."""
+    def _tx(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction: ``BEGIN IMMEDIATE``, then commit, or roll back on any error.
+        It waits for another process's lock unless :meth:`write_batch_now` is the caller (the
+        flag is read under the lock, which that method holds while it is False)."""
         with self._lock, self._translate(action):
-            conn = self._connection(waits=waits)
+            conn = self._connection(waits=self._writes_wait)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -308,7 +310,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         if not rows:
             return
         self._check_file()
-        with self._tx("write a batch", waits=self._writes_wait) as conn:
+        with self._tx("write a batch") as conn:
             if rows.code:
                 apply_code(_CodeDb(conn), rows.code)
             refused = claim_fires(conn.execute, _RUNS, rows.fires)
@@ -409,7 +411,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         with self._read("read settings") as conn:
             journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
             level = conn.execute("PRAGMA synchronous").fetchone()[0]
-            busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]  # as every wait has it
+            busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]  # _read's: the full one
         names = {0: "off", 1: "normal", 2: "full", 3: "extra"}
         return {
             "journal_mode": journal,
