@@ -76,6 +76,35 @@ def test_a_workers_sweep_draws_its_plot(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150)
+def test_throughput_is_reported_next_to_the_ceiling_by_runs_and_by_cpu() -> None:
+    report, _ = bench("--runs", "30", "--preload", "json")
+    assert report["runs"] > 0 and report["failures"] == 0
+    ceiling, ceiling_cpu = report["ceiling_runs_per_s"], report["ceiling_cpu_ms_per_run"]
+    assert ceiling > 0 and ceiling_cpu > 0  # the bare loops ran (benchmarks/ceiling.py)
+    assert report["efficiency"] == round(report["runs_per_s"] / ceiling, 3)
+    total = report["cpu_ms_per_run"]["total"]
+    assert report["cpu_efficiency"] == round(ceiling_cpu / total, 3)
+
+
+@pytest.mark.timeout(60)
+def test_the_exec_ceiling_spawns_the_script_and_fails_loudly_when_it_cannot(
+    tmp_path: Path,
+) -> None:
+    sys.path.insert(0, str(RUN_PY.parent))
+    try:
+        from run import measure_ceiling  # benchmarks/run.py
+    finally:
+        sys.path.remove(str(RUN_PY.parent))
+    script = tmp_path / "noop.py"
+    script.write_text("import json, sys\njson.dump(json.load(sys.stdin), sys.stdout)\n")
+    rate, cpu_ms = measure_ceiling("exec", 2, 4, script, sys.executable)
+    assert rate > 0 and cpu_ms > 0
+    script.write_text("raise SystemExit(3)\n")
+    with pytest.raises(SystemExit, match="the ceiling's loop failed"):
+        measure_ceiling("exec", 1, 1, script, sys.executable)
+
+
+@pytest.mark.timeout(150)
 def test_profile_writes_a_cprofile_file_of_the_supervisor_and_says_how_to_read_it(
     tmp_path: Path,
 ) -> None:
