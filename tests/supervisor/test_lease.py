@@ -6,6 +6,7 @@ holder is killed with SIGKILL; and whatever happens no ``(actor, scheduled_for)`
 
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -77,6 +78,50 @@ def assert_no_double_fire(runs: list[RunRecord]) -> None:
     assert not doubled, doubled
 
 
+@pytest.mark.timeout(180)
+def test_a_second_supervisor_is_refused_by_the_lease_while_the_first_starts_runs(
+    database: str, public_tmp: Path
+) -> None:
+    """Both have the same run_as_range on this host (as a standby on the active one's host
+    has). Each run of the first kills every process of its uid as it takes it (an earlier
+    run's leftovers), so the second must not check what the runs' user can reach until the
+    lease and then the uids are its own: that check ran as the range's first uid, and runs
+    starting meanwhile killed it, which failed the start-up ("exit status -9") instead of
+    refusing (or standing by) for the lease."""
+    folder = public_tmp / "a"
+    folder.mkdir()
+    quick = write_script(
+        folder, "quick.py", "import json, sys\nprint(json.dumps(json.load(sys.stdin)))\n"
+    )
+    first = start_supervisor(
+        folder,
+        actors(folder) + f'[[actors]]\nname = "quick"\nscript = "{quick}"\n',
+        settings=f'database = "{database}"\nlease_ttl_s = 3\n',
+        workers=1,
+    )
+    stop, done = threading.Event(), [0]
+
+    def flood() -> None:  # a run starting every few milliseconds, each on the range's first uid
+        with first.client() as client:
+            while not stop.is_set():
+                client.submit("quick", {"n": done[0]}, wait=True)
+                done[0] += 1
+
+    flooding = threading.Thread(target=flood, daemon=True)
+    flooding.start()
+    try:
+        wait_for(lambda: done[0] >= 20, 60, "the first supervisor's runs")
+        for attempt in range(3):
+            second = start(public_tmp / f"b{attempt}", database, ready=False)
+            code = second.proc.wait(timeout=60)
+            assert code == 4 and "held by another supervisor" in second.log(), second.log()
+        assert flooding.is_alive()  # runs kept starting all along
+    finally:
+        stop.set()
+        flooding.join(timeout=30)
+        first.stop()
+
+
 @pytest.mark.timeout(120)
 def test_second_supervisor_refuses_naming_the_holder(database: str, public_tmp: Path) -> None:
     first = start(public_tmp / "a", database)
@@ -101,13 +146,13 @@ def test_standby_takes_over_after_kill_9_without_double_fires(
     first = start(public_tmp / "a", database)
     standby = start(public_tmp / "b", database, "--standby", ready=False)
     try:
-        wait_for(lambda: "standing by" in standby.log(), 60, "the standby to say it waits")
+        standby.wait_for_log("standing by", 60, "word of the standby waiting")
         wait_for(lambda: len(all_runs(database, public_tmp)) >= 3, 60, "a few fires of the first")
         term = first.status()["store"]["lease"]["term"]
         os.kill(first.proc.pid, signal.SIGKILL)
         killed = time.monotonic()
         first.proc.wait(timeout=10)
-        wait_for(lambda: "took over" in standby.log(), 60, "the standby to take over")
+        standby.wait_for_log("took over", 60, "takeover by the standby")
         took_over_s = time.monotonic() - killed
         wait_until_ready(standby, 1)
         ready_s = time.monotonic() - killed

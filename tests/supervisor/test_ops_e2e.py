@@ -227,7 +227,7 @@ def test_retention_days_prunes_in_the_running_supervisor(
     assert "young" in run_ids()
     done = running.cli("submit", "echo", "--wait", "--json")  # and the supervisor works on
     assert done.returncode == 0, done
-    wait_for(lambda: "retention: pruned 1 run(s)" in running.log(), 10, "the log line")
+    running.wait_for_log("retention: pruned 1 run(s)", 10, "the log line")
     assert running.stop() == 0
 
     # after a restart, status knows each actor's last run from the store at once

@@ -234,7 +234,7 @@ def test_start_up_waits_for_the_database_then_gives_up_clearly_and_hides_the_pas
     )
     # it waits rather than dying at once; the server comes back while it waits (on that line,
     # not after a fixed delay, which a slow start on a loaded machine could outlast)
-    wait_for(lambda: "retrying in" in started.log(), 60, "the supervisor to wait for the database")
+    started.wait_for_log("retrying in", 60, "sign of the supervisor waiting for the database")
     proxy.restore()
     wait_until_ready(started, workers=2)
     with started.client() as client:

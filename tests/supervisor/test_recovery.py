@@ -214,7 +214,7 @@ def test_a_second_stop_signal_cuts_the_grace_period_short(
     assert isinstance(accepted, Accepted)
     _held_by(sup, accepted.run_id, trace)  # its start note written: the kill comes after
     sup.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: "run(s) in flight get 60.0s to finish" in sup.log(), 30, "the first stop")
+    sup.wait_for_log("run(s) in flight get 60.0s to finish", 30, "first stop")
     started = time.monotonic()
     assert sup.stop(signal.SIGINT) == 0
     assert time.monotonic() - started < 20  # far less than the 60 s grace
