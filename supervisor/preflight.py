@@ -67,8 +67,8 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
 
     As root, runs get uids of their own from ``run_as_range`` unless the operator chose a fixed
     ``run_as`` (root itself only with ``allow_root_scripts``); every uid of the range is "other"
-    to the scripts' files, so checking as its first uid checks them all. Not as root, runs keep
-    our user, and ``network = "none"`` (which needs root) is refused.
+    to the scripts' files, so checking as one (:func:`check_uid`) checks them all. Not as root,
+    runs keep our user, and ``network = "none"`` (which needs root) is refused.
     """
     settings = config.supervisor
     modes = {actor.mode for actor in config.actors.values()}
@@ -96,7 +96,7 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
                 low, high = settings.run_as_range
                 run_uids = run_uids_for(config)
                 _check_alert_uid(config, run_uids)
-                user = f"#{low} (run_as_range {low}-{high})"
+                user = f"#{check_as[0]} (run_as_range {low}-{high})"
             # a missing script is no refusal: the start-up sync reports it (file_missing)
             # (a command's program need only be executable: a 0711 binary is fine)
             actors = [a for a in config.actors.values() if a.script.exists()]
@@ -154,9 +154,9 @@ def run_uids_for(config: Config) -> tuple[int, ...]:
 
 
 def checked_as(config: Config) -> tuple[int, int] | None:
-    """Whom the start-up checks act as: the fixed ``run_as`` user, or else the first uid of
-    ``run_as_range`` (every uid of it is "other" to our files); None when we are not root
-    (runs keep our user).
+    """Whom the start-up checks act as: the fixed ``run_as`` user, or else a uid of
+    ``run_as_range`` (every uid of it is "other" to our files: :func:`check_uid`); None when
+    we are not root (runs keep our user).
 
     :raises AccessCheckError: ``run_as`` names no user.
     """
@@ -164,8 +164,24 @@ def checked_as(config: Config) -> tuple[int, int] | None:
         return None
     if config.sources.get("run_as", "default") != "default":
         return resolve_user(config.supervisor.run_as)
-    low = config.supervisor.run_as_range[0]
-    return low, low
+    uid = check_uid(config)
+    return uid, uid
+
+
+def check_uid(config: Config) -> int:
+    """The uid of ``run_as_range`` the checks run as: the first after the runs' (workers x
+    concurrency) and before the command alerts' (the range's last), when the range has one
+    (the default's 256 uids do), else its first.
+
+    A run kills every process of its uid as it takes it (an earlier run's leftovers), and so
+    does an alert command; a script may do the same on purpose. A check as one of those uids
+    could die half-way: by accident at a reload under load, or on purpose, refusing every
+    reload (or, from a dead supervisor's leftover, every start).
+    """
+    s = config.supervisor
+    low, high = s.run_as_range
+    spare = low + s.workers * s.concurrency
+    return spare if spare < high else low
 
 
 class Reach(NamedTuple):
@@ -413,10 +429,12 @@ def alert_uid_problem(config: Config, run_uids: tuple[int, ...]) -> str | None:
     )
 
 
-def sandbox_user(sandbox: SandboxConfig) -> tuple[int, int] | None:
-    """Whom to check a script's access as: the fixed user, or any uid of the range."""
+def sandbox_user(config: Config, sandbox: SandboxConfig) -> tuple[int, int] | None:
+    """Whom to check a script's access as (``config``: the one ``sandbox`` was made from): the
+    fixed user, or the range's :func:`check_uid`."""
     if sandbox.run_uids:
-        return sandbox.run_uids[0], sandbox.run_uids[0]
+        uid = check_uid(config)
+        return uid, uid
     return sandbox.run_as
 
 
@@ -466,7 +484,7 @@ def check_reloaded_scripts(old: Config, new: Config, sandbox: SandboxConfig) -> 
     paths = [str(a.script) for a in fresh]
     if missing := [path for path in paths if not os.path.isfile(path)]:
         raise StartupError("no such file: " + ", ".join(repr(path) for path in missing))
-    user = sandbox_user(sandbox)
+    user = sandbox_user(old, sandbox)
     if user is None or not fresh:
         return
     # The check runs a Python as the sandbox user. In fork mode the sandbox keeps our own,

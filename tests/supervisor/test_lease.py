@@ -24,6 +24,7 @@ from tests.supervisor.harness import (
     wait_until_ready,
     write_script,
 )
+from tests.uids import session_uids
 
 TICKER = """\
     import json, sys, time
@@ -52,12 +53,14 @@ def actors(folder: Path) -> str:
     """
 
 
-def start(folder: Path, database: str, *args: str, ready: bool = True) -> RunningSupervisor:
+def start(
+    folder: Path, database: str, *args: str, ready: bool = True, settings: str = ""
+) -> RunningSupervisor:
     folder.mkdir(exist_ok=True)
     return start_supervisor(
         folder,
         actors(folder),
-        settings=f'database = "{database}"\nlease_ttl_s = 3\n',
+        settings=f'database = "{database}"\nlease_ttl_s = 3\n{settings}',
         workers=1,
         wait_ready=ready,
         args=args,
@@ -87,7 +90,10 @@ def test_a_second_supervisor_is_refused_by_the_lease_while_the_first_starts_runs
     run's leftovers), so the second must not check what the runs' user can reach until the
     lease and then the uids are its own: that check ran as the range's first uid, and runs
     starting meanwhile killed it, which failed the start-up ("exit status -9") instead of
-    refusing (or standing by) for the lease."""
+    refusing (or standing by) for the lease. A range of two uids leaves the checks no uid of
+    their own (preflight.check_uid): they run as the runs' one."""
+    low = session_uids()[0]
+    uids = f'run_as_range = "{low}-{low + 1}"\n'
     folder = public_tmp / "a"
     folder.mkdir()
     quick = write_script(
@@ -96,7 +102,7 @@ def test_a_second_supervisor_is_refused_by_the_lease_while_the_first_starts_runs
     first = start_supervisor(
         folder,
         actors(folder) + f'[[actors]]\nname = "quick"\nscript = "{quick}"\n',
-        settings=f'database = "{database}"\nlease_ttl_s = 3\n',
+        settings=f'database = "{database}"\nlease_ttl_s = 3\n{uids}',
         workers=1,
     )
     stop, done = threading.Event(), [0]
@@ -112,7 +118,7 @@ def test_a_second_supervisor_is_refused_by_the_lease_while_the_first_starts_runs
     try:
         wait_for(lambda: done[0] >= 20, 60, "the first supervisor's runs")
         for attempt in range(3):
-            second = start(public_tmp / f"b{attempt}", database, ready=False)
+            second = start(public_tmp / f"b{attempt}", database, ready=False, settings=uids)
             code = second.proc.wait(timeout=60)
             assert code == 4 and "held by another supervisor" in second.log(), second.log()
         assert flooding.is_alive()  # runs kept starting all along
