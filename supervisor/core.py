@@ -37,7 +37,7 @@ from supervisor.http.process import HttpSide
 from supervisor.leftovers import mark_owned
 from supervisor.notify import Notifier
 from supervisor.pool import WorkerHandle, WorkerPool
-from supervisor.preflight import prepare_sandbox, run_uids_for, runs_as
+from supervisor.preflight import prepare_sandbox, runs_as
 from supervisor.reader import Reader
 from supervisor.reload import ReloadRejected, reload_config
 from supervisor.requests import Requests
@@ -111,16 +111,15 @@ class Supervisor:
     ) -> None:
         """Sandbox, store, lease, spool, writer, alerts, code: everything before the loop."""
         self._control_endpoint, self._control_curve = secure_control(self.config, self._overrides)
+        # Checked before the lease, so that a standby with a broken configuration says so at
+        # once, not when it takes over: its checks' uid is no run's (preflight.check_uid).
+        self.sandbox = prepare_sandbox(self.config)
         if (warning := check_pool_memory(self.settings)) is not None:
             log.warning(warning, extra={"event": "pool_memory"})
         durable = open_durable(
             self.config, stack, last, instance_id=self.instance_id, standby=standby,
-            run_uids=run_uids_for(self.config),
+            run_uids=self.sandbox.run_uids,
         )  # fmt: skip
-        # The checks as the runs' user come once its uids are ours (lease, then claim): before,
-        # the supervisor still holding them (ours standing by, or refused) kills every process
-        # of a uid as one of its runs takes it, our checking child included.
-        self.sandbox = prepare_sandbox(self.config)
         self.store, self.lease, self.epoch = durable.store, durable.lease, durable.epoch
         self.spool, self.dead_letters = durable.spool, durable.dead_letters
         self._stored_states, self._unfinished = durable.stored_states, durable.unfinished

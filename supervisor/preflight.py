@@ -94,7 +94,7 @@ def prepare_sandbox(config: Config) -> SandboxConfig:
                     )
             else:
                 low, high = settings.run_as_range
-                run_uids = run_uids_for(config)
+                run_uids = tuple(range(low, high + 1))
                 _check_alert_uid(config, run_uids)
                 user = f"#{check_as[0]} (run_as_range {low}-{high})"
             # a missing script is no refusal: the start-up sync reports it (file_missing)
@@ -142,15 +142,6 @@ def _hides_processes() -> bool:
             "command lines"
         )
     return hidden
-
-
-def run_uids_for(config: Config) -> tuple[int, ...]:
-    """The uids runs get one each of: ``run_as_range`` as root without a fixed ``run_as``;
-    else none (runs share the ``run_as`` user, or keep ours)."""
-    if os.geteuid() != 0 or config.sources.get("run_as", "default") != "default":
-        return ()
-    low, high = config.supervisor.run_as_range
-    return tuple(range(low, high + 1))
 
 
 def checked_as(config: Config) -> tuple[int, int] | None:

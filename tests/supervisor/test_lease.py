@@ -24,7 +24,6 @@ from tests.supervisor.harness import (
     wait_until_ready,
     write_script,
 )
-from tests.uids import session_uids
 
 TICKER = """\
     import json, sys, time
@@ -53,14 +52,12 @@ def actors(folder: Path) -> str:
     """
 
 
-def start(
-    folder: Path, database: str, *args: str, ready: bool = True, settings: str = ""
-) -> RunningSupervisor:
+def start(folder: Path, database: str, *args: str, ready: bool = True) -> RunningSupervisor:
     folder.mkdir(exist_ok=True)
     return start_supervisor(
         folder,
         actors(folder),
-        settings=f'database = "{database}"\nlease_ttl_s = 3\n{settings}',
+        settings=f'database = "{database}"\nlease_ttl_s = 3\n',
         workers=1,
         wait_ready=ready,
         args=args,
@@ -87,13 +84,10 @@ def test_a_second_supervisor_is_refused_by_the_lease_while_the_first_starts_runs
 ) -> None:
     """Both have the same run_as_range on this host (as a standby on the active one's host
     has). Each run of the first kills every process of its uid as it takes it (an earlier
-    run's leftovers), so the second must not check what the runs' user can reach until the
-    lease and then the uids are its own: that check ran as the range's first uid, and runs
-    starting meanwhile killed it, which failed the start-up ("exit status -9") instead of
-    refusing (or standing by) for the lease. A range of two uids leaves the checks no uid of
-    their own (preflight.check_uid): they run as the runs' one."""
-    low = session_uids()[0]
-    uids = f'run_as_range = "{low}-{low + 1}"\n'
+    run's leftovers), so the second must check what the runs' user can reach as a uid no run
+    is given (preflight.check_uid): as the range's first uid, its check died while runs
+    started ("exit status -9") and the start-up failed instead of refusing (or standing by)
+    for the lease."""
     folder = public_tmp / "a"
     folder.mkdir()
     quick = write_script(
@@ -102,7 +96,7 @@ def test_a_second_supervisor_is_refused_by_the_lease_while_the_first_starts_runs
     first = start_supervisor(
         folder,
         actors(folder) + f'[[actors]]\nname = "quick"\nscript = "{quick}"\n',
-        settings=f'database = "{database}"\nlease_ttl_s = 3\n{uids}',
+        settings=f'database = "{database}"\nlease_ttl_s = 3\n',
         workers=1,
     )
     stop, done = threading.Event(), [0]
@@ -118,7 +112,7 @@ def test_a_second_supervisor_is_refused_by_the_lease_while_the_first_starts_runs
     try:
         wait_for(lambda: done[0] >= 20, 60, "the first supervisor's runs")
         for attempt in range(3):
-            second = start(public_tmp / f"b{attempt}", database, ready=False, settings=uids)
+            second = start(public_tmp / f"b{attempt}", database, ready=False)
             code = second.proc.wait(timeout=60)
             assert code == 4 and "held by another supervisor" in second.log(), second.log()
         assert flooding.is_alive()  # runs kept starting all along
