@@ -1,10 +1,10 @@
 """The ceiling's bare loop, in a fresh interpreter of its own: ``python ceiling.py MODE COUNT
 [SCRIPT PYTHON]``.
 
-It waits for a line on stdin (so that every parallel loop starts together), runs COUNT runs of
-the bare mechanism -- fork a child that reads a JSON document from a pipe and writes one back
-(fork mode), or ``PYTHON SCRIPT`` spawned the same way (exec mode) -- and prints one JSON line:
-``{"elapsed_s": ..., "cpu_s": ...}``, its wall time and the CPU of the loop and its children.
+It runs COUNT runs of the bare mechanism -- fork a child that reads a JSON document from a pipe
+and writes one back (fork mode), or ``PYTHON SCRIPT`` spawned the same way (exec mode) -- and
+prints one JSON line: ``{"elapsed_s": ..., "cpu_s": ...}``, the loop's wall time (its
+interpreter's start-up left out) and the CPU of the loop and its children.
 
 Run by ``run.py``'s ``measure_ceiling``. A loop forked from the benchmark itself measured that
 process instead of the mechanism: its image (everything the benchmark had imported and
@@ -66,7 +66,6 @@ def cpu_s() -> float:
 
 def main(argv: list[str]) -> None:
     mode, count = argv[0], int(argv[1])
-    sys.stdin.readline()  # go
     cpu, started = cpu_s(), time.perf_counter()
     if mode == "fork":
         fork_loop(count)

@@ -60,6 +60,7 @@ from typing import Any
 
 import psutil
 import workflow  # benchmarks/workflow.py, beside this script
+from ceiling import INPUT  # benchmarks/ceiling.py: the ceiling's loops send the same input
 
 import supervisor.events
 
@@ -67,41 +68,23 @@ NOOP_SCRIPT = """\
 import json, sys
 json.dump({"ok": True, "echo": json.load(sys.stdin)}, sys.stdout)
 """
-INPUT = {"n": 1, "payload": "x" * 64}
 
 
 # --- the ceiling: the bare mechanism --------------------------------------------------------
-
-
-def _own_cpu_s(*, children: bool = False) -> float:
-    """CPU seconds of this process (all its threads), plus its reaped children's if asked."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    total = own.ru_utime + own.ru_stime
-    if children:
-        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-        total += reaped.ru_utime + reaped.ru_stime
-    return total
 
 
 def measure_ceiling(
     mode: str, parallel: int, runs: int, script: Path, python: str
 ) -> tuple[float, float]:
     """Runs per second of the bare loop in ``parallel`` fresh processes (``ceiling.py``; exec
-    mode: on ``python``, the interpreter the supervisor itself chose for exec mode), started
-    together once all are up, and its CPU ms per run."""
+    mode: on ``python``, the interpreter the supervisor itself chose for exec mode), by the
+    slowest loop's own time (their start-up is not measured), and its CPU ms per run."""
     per_proc = max(1, runs // parallel)
     command = [sys.executable, str(Path(__file__).with_name("ceiling.py")), mode, str(per_proc)]
     if mode == "exec":
         command += [str(script), python]
-    procs = [
-        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for _ in range(parallel)
-    ]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(parallel)]
     try:
-        for proc in procs:  # all go at once, past their start-up, which is not measured
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
         outputs = [proc.communicate(timeout=3600)[0] for proc in procs]
     finally:
         for proc in procs:

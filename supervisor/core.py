@@ -260,7 +260,7 @@ class Supervisor:
             ready = self._poller.poll(0 if committed else self._poll_timeout_ms(self._clock()))
             with self.writer.held() as turn:  # the turn's records wake the writer thread once
                 if committed:
-                    self.book.on_commits(self.store.refused.take())
+                    self._take_commits()
                 for item, _ in ready:
                     if (handler := handlers.get(item)) is not None:
                         handler()
@@ -302,6 +302,9 @@ class Supervisor:
 
     def _on_commits(self) -> None:
         self.writer.drain_wakeups()
+        self._take_commits()
+
+    def _take_commits(self) -> None:
         self.book.on_commits(self.store.refused.take())
 
     def _on_worker_messages(self) -> None:

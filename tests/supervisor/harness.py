@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +71,19 @@ class RunningSupervisor:
     def wait_for_log(self, text: str, timeout: float, what: str) -> None:
         """Wait for ``text`` in the log; on a timeout, or if the supervisor exits first, fail
         with its exit status and its log (a bare timeout says nothing of why it never came)."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def seen() -> bool:
             exited = self.proc.poll() is not None  # before reading: an exited one's log is whole
             if text in self.log():
-                return
-            if exited or time.monotonic() > deadline:
-                state = f"exit {self.proc.returncode}" if exited else "running"
-                raise AssertionError(f"no {what} in {timeout}s ({state}); its log:\n{self.log()}")
-            time.sleep(0.02)
+                return True
+            if exited:
+                raise AssertionError(f"exit {self.proc.returncode} before {what}")
+            return False
+
+        try:
+            wait_for(seen, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log:\n{self.log()}") from None
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
